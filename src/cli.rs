@@ -1,0 +1,28 @@
+//! Command-line definitions only. Each subcommand's arguments live next to the library
+//! function that runs it; this file just lists the subcommands.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Quantize Hugging Face checkpoints to compressed-tensors, byte-identical to llm-compressor,
+/// and verify the result with qforge's own FP8 runtime.
+#[derive(Debug, Parser)]
+#[command(name = "qforge", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Quantize a BF16/F16/F32 checkpoint with an llm-compressor recipe.
+    Quantize(qforge::quantize::QuantizeArgs),
+}
+
+impl Cli {
+    pub fn run(self) -> qforge::Result<ExitCode> {
+        match self.command {
+            Command::Quantize(args) => qforge::quantize::run_cli(&args),
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! qforge: quantize Hugging Face checkpoints to compressed-tensors (byte-identical to
+//! llm-compressor), and verify the result with qforge's own FP8 runtime.
+//!
+//! Data flows one way: `recipe` (YAML → [`recipe::QuantPlan`]) → `quantize` (per-tensor
+//! transforms from `quant`, streamed through `checkpoint`) → on-disk checkpoint. The `runtime`
+//! reads only that on-disk format.
+
+pub mod checkpoint;
+pub mod error;
+pub mod format;
+pub mod quant;
+pub mod quantize;
+pub mod recipe;
+pub mod runtime;
+
+pub use error::{Error, Result};

@@ -1,0 +1,23 @@
+//! The `qforge` binary: parses the command line and calls one library function per subcommand.
+
+mod cli;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match cli.run() {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("qforge: error: {err}");
+            // A failed agreement gate is a result, not a crash: give it its own code so CI
+            // jobs can tell "the checkpoint is bad" from "the command could not run".
+            if matches!(err, qforge::Error::Verify(_)) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! The runtime: loads a checkpoint from its on-disk format (BF16/F16/F32 or compressed-tensors
+//! FP8_DYNAMIC) and runs it. Backends sit behind the small [`Backend`] trait.
+
+/// A loaded model that can run forward passes with a KV cache.
+///
+/// Contract shared by every backend (CPU reference, CUDA):
+/// * `forward(tokens, pos, all_logits)` runs `tokens` at positions `pos .. pos + tokens.len()`,
+///   appending their keys/values to the cache (which must already hold positions `0 .. pos`),
+///   and returns logits row-major: `[tokens.len(), vocab]` when `all_logits`, else only the last
+///   position's `[vocab]`.
+/// * `reset()` empties the cache.
+pub trait Backend {
+    fn forward(&mut self, tokens: &[u32], pos: usize, all_logits: bool) -> crate::Result<Vec<f32>>;
+    fn reset(&mut self);
+    fn vocab_size(&self) -> usize;
+    /// A short human name, e.g. "cpu (8 threads)".
+    fn describe(&self) -> String;
+}
