@@ -1,6 +1,13 @@
 //! The runtime: loads a checkpoint from its on-disk format (BF16/F16/F32 or compressed-tensors
 //! FP8_DYNAMIC) and runs it. Backends sit behind the small [`Backend`] trait.
 
+pub mod chat;
+pub mod config;
+pub mod cpu;
+pub mod sampler;
+pub mod tokenizer;
+pub mod weights;
+
 /// A loaded model that can run forward passes with a KV cache.
 ///
 /// Contract shared by every backend (CPU reference, CUDA):

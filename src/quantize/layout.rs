@@ -1,0 +1,191 @@
+//! The output layout: which tensors the quantized checkpoint holds, in state-dict order, and
+//! how each is made from the input (copied, or produced by a scheme's weight transform).
+
+use crate::checkpoint::writer::OutTensor;
+use crate::checkpoint::{Checkpoint, DType, TensorInfo};
+use crate::recipe::{arch, QuantPlan, Scheme};
+use crate::{Error, Result};
+use std::cmp::Ordering;
+
+/// How an output tensor is produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transform {
+    /// Copied byte for byte from the input tensor.
+    Copy,
+    /// A quantized Linear weight: `<module>.weight` becomes the tensors listed in
+    /// `outputs` (for FP8_DYNAMIC: `weight` F8_E4M3 and `weight_scale`).
+    Quantize { scheme: Scheme },
+}
+
+/// One input tensor and what becomes of it.
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub input: TensorInfo,
+    pub transform: Transform,
+    /// The output tensors this input produces, in state-dict order.
+    pub outputs: Vec<OutTensor>,
+}
+
+/// The whole output, before any data is computed.
+#[derive(Debug, Clone)]
+pub struct OutputLayout {
+    pub items: Vec<Item>,
+    /// Full names of the Linear modules left unquantized, in module order.
+    pub ignored: Vec<String>,
+    pub quantized: usize,
+    pub warnings: Vec<String>,
+}
+
+impl OutputLayout {
+    /// Every output tensor in state-dict order (the order shards are cut in).
+    pub fn out_tensors(&self) -> Vec<OutTensor> {
+        self.items.iter().flat_map(|i| i.outputs.iter().cloned()).collect()
+    }
+}
+
+/// Lays out the output of quantizing `ck` with `plan`.
+pub fn plan_layout(ck: &Checkpoint, plan: &QuantPlan) -> Result<OutputLayout> {
+    let shapes: Vec<(String, Vec<usize>)> =
+        ck.tensors().iter().map(|t| (t.name.clone(), t.shape.clone())).collect();
+    let (modules, warning) = arch::linear_modules(&ck.config, &shapes)?;
+    let groups = plan.assign(&modules)?;
+    let tied = ck.config.get("tie_word_embeddings").and_then(|v| v.as_bool()).unwrap_or(false);
+
+    let mut ignored = Vec::new();
+    let mut quantize = std::collections::HashMap::new();
+    for (module, group) in modules.iter().zip(&groups) {
+        match group {
+            Some(g) => {
+                quantize.insert(format!("{module}.weight"), plan.groups[*g].preset);
+            }
+            None => ignored.push(module.clone()),
+        }
+    }
+
+    let mut inputs: Vec<&TensorInfo> = ck.tensors().iter().filter(|t| keep(t, tied)).collect();
+    inputs.sort_by(|a, b| state_dict_cmp(&a.name, &b.name));
+    let mut items = Vec::with_capacity(inputs.len());
+    for t in inputs {
+        let item = match quantize.get(&t.name) {
+            Some(&scheme) => quantized_item(t, scheme, &ck.files()[t.file])?,
+            None => Item {
+                input: t.clone(),
+                transform: Transform::Copy,
+                outputs: vec![OutTensor::new(t.name.clone(), t.dtype, t.shape.clone())],
+            },
+        };
+        items.push(item);
+    }
+    if tied && quantize.contains_key("lm_head.weight") {
+        return Err(Error::Unsupported(
+            "lm_head is tied to the embeddings and cannot be quantized on its own; add lm_head to ignore".into(),
+        ));
+    }
+    let quantized = quantize.len();
+    for name in quantize.keys() {
+        if ck.get(name).is_none() && !(tied && name == "lm_head.weight") {
+            return Err(Error::Checkpoint(format!("tensor {name} is missing from the checkpoint")));
+        }
+    }
+    Ok(OutputLayout { items, ignored, quantized, warnings: warning.into_iter().collect() })
+}
+
+/// Tensors that a save through transformers would not write: the tied `lm_head.weight`
+/// (one shared table) and non-persistent rotary buffers some old checkpoints carry.
+fn keep(t: &TensorInfo, tied: bool) -> bool {
+    !(tied && t.name == "lm_head.weight") && !t.name.ends_with("rotary_emb.inv_freq")
+}
+
+fn quantized_item(t: &TensorInfo, scheme: Scheme, file: &std::path::Path) -> Result<Item> {
+    if !t.dtype.is_float_weight() {
+        return Err(Error::Quantize(format!(
+            "{}: tensor {} is {}; a Linear weight to quantize must be BF16, F16 or F32",
+            file.display(),
+            t.name,
+            t.dtype.name()
+        )));
+    }
+    if t.shape.len() != 2 {
+        return Err(Error::Quantize(format!(
+            "{}: tensor {} has shape {:?}; a Linear weight must be 2-D",
+            file.display(),
+            t.name,
+            t.shape
+        )));
+    }
+    let prefix = t.name.strip_suffix(".weight").unwrap_or(&t.name);
+    let outputs = match scheme {
+        Scheme::Fp8Dynamic => vec![
+            OutTensor::new(t.name.clone(), DType::F8_E4M3, t.shape.clone()),
+            OutTensor::new(format!("{prefix}.weight_scale"), t.dtype, vec![t.shape[0], 1]),
+        ],
+    };
+    Ok(Item { input: t.clone(), transform: Transform::Quantize { scheme }, outputs })
+}
+
+/// Rank of a name component in transformers' module registration order for Llama-family
+/// models; unknown components sort after known ones, by name.
+fn component_rank(c: &str) -> usize {
+    const ORDER: &[&str] = &[
+        "model", "embed_tokens", "layers", "self_attn", "q_proj", "k_proj", "v_proj", "o_proj",
+        "q_norm", "k_norm", "mlp", "gate_proj", "up_proj", "down_proj", "input_layernorm",
+        "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm",
+        "norm", "lm_head", "weight", "bias",
+    ];
+    ORDER.iter().position(|&k| k == c).unwrap_or(ORDER.len())
+}
+
+/// Orders tensor names as a Llama-family `state_dict()` lists them: component by component,
+/// numbers numerically, known module names by registration order.
+pub fn state_dict_cmp(a: &str, b: &str) -> Ordering {
+    let mut xs = a.split('.');
+    let mut ys = b.split('.');
+    loop {
+        match (xs.next(), ys.next()) {
+            (None, None) => return Ordering::Equal,
+            (None, Some(_)) => return Ordering::Less,
+            (Some(_), None) => return Ordering::Greater,
+            (Some(x), Some(y)) if x == y => continue,
+            (Some(x), Some(y)) => {
+                let ord = match (x.parse::<u64>(), y.parse::<u64>()) {
+                    (Ok(i), Ok(j)) => i.cmp(&j),
+                    _ => component_rank(x).cmp(&component_rank(y)).then_with(|| x.cmp(y)),
+                };
+                return ord;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::state_dict_cmp;
+
+    #[test]
+    fn state_dict_order_is_module_order() {
+        let mut names = vec![
+            "lm_head.weight",
+            "model.norm.weight",
+            "model.layers.10.mlp.down_proj.weight",
+            "model.layers.2.input_layernorm.weight",
+            "model.layers.2.mlp.gate_proj.weight",
+            "model.layers.2.self_attn.v_proj.weight",
+            "model.layers.2.self_attn.q_proj.weight",
+            "model.embed_tokens.weight",
+        ];
+        names.sort_by(|a, b| state_dict_cmp(a, b));
+        assert_eq!(
+            names,
+            [
+                "model.embed_tokens.weight",
+                "model.layers.2.self_attn.q_proj.weight",
+                "model.layers.2.self_attn.v_proj.weight",
+                "model.layers.2.mlp.gate_proj.weight",
+                "model.layers.2.input_layernorm.weight",
+                "model.layers.10.mlp.down_proj.weight",
+                "model.norm.weight",
+                "lm_head.weight",
+            ]
+        );
+    }
+}

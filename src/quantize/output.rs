@@ -1,0 +1,89 @@
+//! The output directory: everything is written into a hidden temporary sibling and renamed into
+//! place only when complete, so a failed or killed run never leaves anything that looks like a
+//! finished checkpoint, and `--force` never loses the old output before the new one is whole.
+
+use crate::{Error, Result};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// A temporary sibling directory that becomes `final_dir` on [`Staging::commit`] and is
+/// removed on drop otherwise.
+pub struct Staging {
+    tmp: PathBuf,
+    final_dir: PathBuf,
+    done: bool,
+}
+
+impl Staging {
+    /// Refuses an existing `final_dir` unless `force`; creates `.NAME.qforge-tmp-PID` beside it.
+    pub fn new(final_dir: &Path, force: bool) -> Result<Staging> {
+        if final_dir.exists() && !force {
+            return Err(Error::Output(format!(
+                "{}: output already exists (use --force to replace it)",
+                final_dir.display()
+            )));
+        }
+        let name = final_dir
+            .file_name()
+            .ok_or_else(|| Error::Output(format!("{}: not a directory name", final_dir.display())))?
+            .to_string_lossy()
+            .into_owned();
+        let parent = match final_dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+        let tmp = parent.join(format!(".{name}.qforge-tmp-{}", std::process::id()));
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        }
+        fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        Ok(Staging { tmp, final_dir: final_dir.to_path_buf(), done: false })
+    }
+
+    /// Where files go while the run is in progress.
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Writes a small file into the staging directory.
+    pub fn write(&self, name: &str, bytes: impl AsRef<[u8]>) -> Result<()> {
+        let path = self.tmp.join(name);
+        fs::write(&path, bytes).map_err(|e| Error::io(&path, e))
+    }
+
+    /// Moves the finished directory into place (replacing an old one when forced).
+    pub fn commit(mut self) -> Result<PathBuf> {
+        sync_dir(&self.tmp)?;
+        if self.final_dir.exists() {
+            let old = self.tmp.with_extension("old");
+            fs::rename(&self.final_dir, &old).map_err(|e| Error::io(&self.final_dir, e))?;
+            fs::rename(&self.tmp, &self.final_dir).map_err(|e| Error::io(&self.final_dir, e))?;
+            let _ = fs::remove_dir_all(&old);
+        } else {
+            fs::rename(&self.tmp, &self.final_dir).map_err(|e| Error::io(&self.final_dir, e))?;
+        }
+        self.done = true;
+        Ok(self.final_dir.clone())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    let entries = fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    for entry in entries {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        if path.is_file() {
+            let f = fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+            f.sync_all().map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    Ok(())
+}

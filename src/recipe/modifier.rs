@@ -1,0 +1,419 @@
+//! llm-compressor's `QuantizationModifier`: its arguments as a recipe gives them,
+//! validated as llm-compressor 0.14 / compressed-tensors 0.19 validate them, resolved into
+//! config groups, and dumped back (`model_dump()` minus `None`s) for `recipe.yaml`.
+
+use super::args::{QuantArgs, Role, Strategy};
+use super::plan::{match_pattern, ConfigGroup};
+use super::scheme::{find_preset, infer_format, Preset, PRESETS};
+use super::yaml_emit::Yaml;
+use crate::{Error, Result};
+use serde_json::{Map, Value};
+
+/// `scheme:` as written in the recipe: a preset name, or `{PRESET: [targets]}`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum SchemeArg {
+    Name(String),
+    Map(Vec<(String, Vec<String>)>),
+}
+
+/// A `config_groups:` entry (compressed-tensors `QuantizationScheme`).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct GroupArg {
+    name: String,
+    targets: Vec<String>,
+    weights: Option<QuantArgs>,
+    input_activations: Option<QuantArgs>,
+    output_activations: Option<QuantArgs>,
+    format: Option<String>,
+}
+
+/// The arguments of a `QuantizationModifier`, defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct QuantModifier {
+    config_groups: Option<Vec<GroupArg>>,
+    pub targets: Vec<String>,
+    pub ignore: Vec<String>,
+    scheme: Option<SchemeArg>,
+    pub bypass_divisibility_checks: bool,
+    pub requires_calibration_data: bool,
+}
+
+const NAME: &str = "QuantizationModifier";
+
+/// Fields of the modifier that qforge accepts only at their default (`null`).
+const UNSUPPORTED_FIELDS: &[&str] = &[
+    "kv_cache_scheme",
+    "weight_observer",
+    "input_observer",
+    "output_observer",
+    "observer",
+    "index",
+    "start",
+    "end",
+    "update",
+];
+
+impl QuantModifier {
+    /// Parses and validates the modifier's argument mapping (`null` counts as empty).
+    pub fn parse(args: &Value) -> Result<QuantModifier> {
+        let empty = Map::new();
+        let map = match args {
+            Value::Null => &empty,
+            Value::Object(m) => m,
+            _ => return Err(Error::Recipe(format!("{NAME}: expected a mapping of arguments"))),
+        };
+        let mut m = QuantModifier {
+            config_groups: None,
+            targets: vec!["Linear".into()],
+            ignore: Vec::new(),
+            scheme: None,
+            bypass_divisibility_checks: false,
+            requires_calibration_data: false,
+        };
+        for (key, val) in map {
+            let at = format!("{NAME}.{key}");
+            match key.as_str() {
+                "config_groups" => m.config_groups = parse_groups(val, &at)?,
+                "targets" => m.targets = parse_targets(val, &at)?,
+                "ignore" => m.ignore = string_list(val, &at)?,
+                "scheme" => m.scheme = parse_scheme(val, &at)?,
+                "bypass_divisibility_checks" => m.bypass_divisibility_checks = boolean(val, &at)?,
+                "requires_calibration_data" => m.requires_calibration_data = boolean(val, &at)?,
+                "group" => {
+                    return Err(Error::Recipe(format!(
+                        "{at}: cannot be set, the group comes from the `<name>_modifiers` key"
+                    )))
+                }
+                k if UNSUPPORTED_FIELDS.contains(&k) => {
+                    if !val.is_null() {
+                        return Err(Error::Unsupported(format!("{at} is not supported yet")));
+                    }
+                }
+                _ => return Err(Error::Recipe(format!("{NAME}: unknown argument `{key}`"))),
+            }
+        }
+        m.validate()?;
+        Ok(m)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.requires_calibration_data {
+            return Err(Error::Unsupported(format!(
+                "{NAME}.requires_calibration_data: true (calibration) is not supported yet"
+            )));
+        }
+        match (&self.scheme, &self.config_groups) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Recipe(format!(
+                    "{NAME}: set either `scheme` or `config_groups`, not both"
+                )))
+            }
+            (None, None) => {
+                return Err(Error::Recipe(format!("{NAME}: set `scheme` or `config_groups`")))
+            }
+            _ => {}
+        }
+        let patterns = self.targets.iter().chain(&self.ignore);
+        let group_targets = self.groups()?.into_iter().flat_map(|g| g.targets);
+        for pattern in patterns.cloned().chain(group_targets) {
+            match_pattern(&pattern, "")?;
+        }
+        Ok(())
+    }
+
+    /// The config groups this modifier quantizes with, as llm-compressor's
+    /// `resolve_quantization_config` builds them (`group_0`, `group_1`, ...).
+    pub fn groups(&self) -> Result<Vec<ConfigGroup>> {
+        if let Some(groups) = &self.config_groups {
+            return groups.iter().map(GroupArg::resolve).collect();
+        }
+        let pairs = match &self.scheme {
+            Some(SchemeArg::Name(name)) => vec![(name.clone(), self.targets.clone())],
+            Some(SchemeArg::Map(pairs)) => pairs.clone(),
+            None => Vec::new(),
+        };
+        let mut out = Vec::new();
+        for (idx, (name, targets)) in pairs.into_iter().enumerate() {
+            let preset = supported_preset(&name)?;
+            let args = preset.args()?;
+            let weights = args.weights;
+            let input_activations = args.input_activations;
+            let format = infer_format(weights.as_ref(), input_activations.as_ref());
+            out.push(ConfigGroup {
+                name: format!("group_{idx}"),
+                targets,
+                weights,
+                input_activations,
+                output_activations: None,
+                format: Some(format.to_string()),
+                preset: preset.scheme.expect("checked by supported_preset"),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The modifier's `model_dump()` without `None`s, in field order (QuantizationMixin's
+    /// fields, then Modifier's), as llm-compressor writes it to `recipe.yaml`.
+    pub fn to_yaml(&self) -> Yaml {
+        let mut args = Vec::new();
+        if let Some(groups) = &self.config_groups {
+            let dumped = groups.iter().map(|g| (g.name.clone(), g.to_yaml())).collect();
+            args.push(("config_groups".to_string(), Yaml::Map(dumped)));
+        }
+        args.push(("targets".into(), Yaml::strs(&self.targets)));
+        args.push(("ignore".into(), Yaml::strs(&self.ignore)));
+        match &self.scheme {
+            Some(SchemeArg::Name(name)) => args.push(("scheme".into(), Yaml::str(name.as_str()))),
+            Some(SchemeArg::Map(pairs)) => {
+                let map = pairs.iter().map(|(k, t)| (k.clone(), Yaml::strs(t))).collect();
+                args.push(("scheme".into(), Yaml::Map(map)));
+            }
+            None => {}
+        }
+        args.push(("bypass_divisibility_checks".into(), Yaml::Bool(self.bypass_divisibility_checks)));
+        args.push(("requires_calibration_data".into(), Yaml::Bool(self.requires_calibration_data)));
+        Yaml::Map(args)
+    }
+}
+
+impl GroupArg {
+    /// Matches the group's args against the presets: qforge implements presets, so an
+    /// explicit group is accepted when it equals an implemented preset's args.
+    fn resolve(&self) -> Result<ConfigGroup> {
+        let at = format!("{NAME}.config_groups.{}", self.name);
+        let inferred = infer_format(self.weights.as_ref(), self.input_activations.as_ref());
+        let same = |p: &&Preset| {
+            p.args().is_ok_and(|a| {
+                a.weights == self.weights
+                    && a.input_activations == self.input_activations
+                    && self.output_activations.is_none()
+            })
+        };
+        let preset = PRESETS.iter().find(same).ok_or_else(|| {
+            Error::Unsupported(format!(
+                "{at}: these quantization arguments are not supported yet (qforge supports \
+                 the arguments of {})",
+                supported_names()
+            ))
+        })?;
+        let scheme = preset.scheme.ok_or_else(|| {
+            Error::Unsupported(format!(
+                "{at}: these are the arguments of scheme {}, which is not supported yet \
+                 (supported: {})",
+                preset.name,
+                supported_names()
+            ))
+        })?;
+        if self.format.as_deref().is_some_and(|f| f != inferred) {
+            return Err(Error::Unsupported(format!(
+                "{at}.format: {} is not supported yet for these arguments (expected {inferred})",
+                self.format.as_deref().unwrap_or_default()
+            )));
+        }
+        Ok(ConfigGroup {
+            name: self.name.clone(),
+            targets: self.targets.clone(),
+            weights: self.weights.clone(),
+            input_activations: self.input_activations.clone(),
+            output_activations: self.output_activations.clone(),
+            format: Some(inferred.to_string()),
+            preset: scheme,
+        })
+    }
+
+    fn to_yaml(&self) -> Yaml {
+        let args = |a: &Option<QuantArgs>| a.as_ref().map_or(Yaml::Null, QuantArgs::to_yaml);
+        let entries = vec![
+            ("targets".to_string(), Yaml::strs(&self.targets)),
+            ("weights".to_string(), args(&self.weights)),
+            ("input_activations".to_string(), args(&self.input_activations)),
+            ("output_activations".to_string(), args(&self.output_activations)),
+            ("format".to_string(), self.format.as_deref().map_or(Yaml::Null, Yaml::str)),
+        ];
+        Yaml::Map(entries)
+    }
+}
+
+fn supported_names() -> String {
+    let names: Vec<&str> = PRESETS.iter().filter(|p| p.scheme.is_some()).map(|p| p.name).collect();
+    names.join(", ")
+}
+
+/// A preset name that qforge implements, else the matching error.
+fn supported_preset(name: &str) -> Result<&'static Preset> {
+    let preset = find_preset(name).ok_or_else(|| {
+        let names: Vec<&str> = PRESETS.iter().map(|p| p.name).collect();
+        Error::Recipe(format!("unknown scheme {name} (presets: {})", names.join(", ")))
+    })?;
+    if preset.scheme.is_none() {
+        return Err(Error::Unsupported(format!(
+            "scheme {} is not supported yet (supported: {})",
+            preset.name,
+            supported_names()
+        )));
+    }
+    Ok(preset)
+}
+
+fn boolean(v: &Value, at: &str) -> Result<bool> {
+    v.as_bool()
+        .ok_or_else(|| Error::Recipe(format!("{at}: expected true or false")))
+}
+
+fn string_list(v: &Value, at: &str) -> Result<Vec<String>> {
+    let bad = || Error::Recipe(format!("{at}: expected a list of strings"));
+    let items = v.as_array().ok_or_else(bad)?;
+    items.iter().map(|i| i.as_str().map(String::from).ok_or_else(bad)).collect()
+}
+
+/// `targets`: a string becomes a one-element list.
+fn parse_targets(v: &Value, at: &str) -> Result<Vec<String>> {
+    match v {
+        Value::String(s) => Ok(vec![s.clone()]),
+        v => string_list(v, at),
+    }
+}
+
+fn parse_scheme(v: &Value, at: &str) -> Result<Option<SchemeArg>> {
+    match v {
+        Value::Null => Ok(None),
+        Value::String(name) => {
+            supported_preset(name)?;
+            Ok(Some(SchemeArg::Name(name.clone())))
+        }
+        Value::Object(map) => {
+            let mut pairs = Vec::new();
+            for (name, targets) in map {
+                supported_preset(name)?;
+                pairs.push((name.clone(), parse_targets(targets, &format!("{at}.{name}"))?));
+            }
+            Ok(Some(SchemeArg::Map(pairs)))
+        }
+        _ => Err(Error::Recipe(format!(
+            "{at}: expected a preset name or a mapping of preset names to targets"
+        ))),
+    }
+}
+
+fn parse_groups(v: &Value, at: &str) -> Result<Option<Vec<GroupArg>>> {
+    let map = match v {
+        Value::Null => return Ok(None),
+        Value::Object(m) if m.is_empty() => {
+            return Err(Error::Recipe(format!("{at}: expected at least one group")))
+        }
+        Value::Object(m) => m,
+        _ => return Err(Error::Recipe(format!("{at}: expected a mapping of groups"))),
+    };
+    let groups = map
+        .iter()
+        .map(|(name, g)| parse_group(name, g, &format!("{at}.{name}")))
+        .collect::<Result<_>>()?;
+    Ok(Some(groups))
+}
+
+/// One `QuantizationScheme`: `targets` (required), the three arg sets and `format`.
+fn parse_group(name: &str, v: &Value, at: &str) -> Result<GroupArg> {
+    let map = v
+        .as_object()
+        .ok_or_else(|| Error::Recipe(format!("{at}: expected a mapping")))?;
+    let mut g = GroupArg {
+        name: name.to_string(),
+        targets: Vec::new(),
+        weights: None,
+        input_activations: None,
+        output_activations: None,
+        format: None,
+    };
+    let args = |val: &Value, role, key: &str| -> Result<Option<QuantArgs>> {
+        let at = format!("{at}.{key}");
+        match val {
+            Value::Null => Ok(None),
+            v => {
+                require_explicit_enums(v, &at)?;
+                QuantArgs::from_value(v, role, &at).map(Some)
+            }
+        }
+    };
+    let mut has_targets = false;
+    for (key, val) in map {
+        match key.as_str() {
+            "targets" => {
+                g.targets = string_list(val, &format!("{at}.targets"))?;
+                has_targets = true;
+            }
+            "weights" => g.weights = args(val, Role::Weights, key)?,
+            "input_activations" => g.input_activations = args(val, Role::InputActivations, key)?,
+            "output_activations" => g.output_activations = args(val, Role::OutputActivations, key)?,
+            "format" => g.format = parse_format(val, &format!("{at}.format"))?,
+            _ => return Err(Error::Recipe(format!("{at}: unknown key `{key}`"))),
+        }
+    }
+    if !has_targets {
+        return Err(Error::Recipe(format!("{at}: `targets` is required")));
+    }
+    check_activations(&g, at)?;
+    Ok(g)
+}
+
+/// llm-compressor dumps an inferred `strategy` or a defaulted `type` as Python enum
+/// objects (`!!python/object/apply:...` tags) into `recipe.yaml`, which no YAML loader
+/// reads back; qforge asks for both to be explicit instead of writing that.
+fn require_explicit_enums(v: &Value, at: &str) -> Result<()> {
+    for key in ["type", "strategy"] {
+        if v.get(key).is_none_or(Value::is_null) {
+            return Err(Error::Unsupported(format!(
+                "{at}: `{key}` must be given explicitly (an implicit {key} is not supported yet)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `QuantizationScheme.validate_model_after`: activation strategies and actorder.
+fn check_activations(g: &GroupArg, at: &str) -> Result<()> {
+    if let Some(i) = &g.input_activations {
+        let ok = matches!(
+            i.strategy,
+            Strategy::Token | Strategy::Tensor | Strategy::Group | Strategy::TensorGroup | Strategy::AttnHead
+        );
+        if !ok {
+            return Err(Error::Recipe(format!(
+                "{at}.input_activations: strategy {} is not possible for activations",
+                i.strategy.as_str()
+            )));
+        }
+    }
+    let acts = [("input_activations", &g.input_activations), ("output_activations", &g.output_activations)];
+    for (key, a) in acts {
+        if a.as_ref().is_some_and(|a| a.actorder.is_some()) {
+            return Err(Error::Recipe(format!("{at}.{key}: actorder applies to weights only")));
+        }
+    }
+    Ok(())
+}
+
+/// compressed-tensors' `CompressionFormat` values (a group cannot be `mixed-precision`).
+const FORMATS: &[&str] = &[
+    "dense",
+    "sparse-bitmask",
+    "sparse-24-bitmask",
+    "int-quantized",
+    "float-quantized",
+    "naive-quantized",
+    "pack-quantized",
+    "marlin-24",
+    "nvfp4-pack-quantized",
+    "mxfp4-pack-quantized",
+    "mxfp8-quantized",
+];
+
+fn parse_format(v: &Value, at: &str) -> Result<Option<String>> {
+    match v {
+        Value::Null => Ok(None),
+        Value::String(s) if FORMATS.contains(&s.as_str()) => Ok(Some(s.clone())),
+        _ => Err(Error::Recipe(format!(
+            "{at}: expected one of {} or null",
+            FORMATS.join(", ")
+        ))),
+    }
+}

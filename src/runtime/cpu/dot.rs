@@ -1,0 +1,258 @@
+//! Dot products of one weight row with up to [`TB`] activation rows: the inner loop of every
+//! matmul. An AVX2+FMA+F16C version is picked at run time when the CPU has it; the portable
+//! version is the reference and the fallback.
+//!
+//! FP8 rows are accumulated **exactly**: every E4M3 value is a multiple of 2^-9 with
+//! |v| ≤ 448, so each product `q_a · q_w` is exact in f32 and their sum is exact in f64 (for
+//! K ≤ 2^17). Rounding the f64 sum once to f32 gives the correctly rounded dot product, the
+//! same bits in every order, on every CPU and thread count: the W8A8 goldens are bit-exact
+//! targets. Dense rows (BF16/F16/F32 weights) accumulate in f32.
+
+use crate::quant::e4m3_to_f32;
+use crate::runtime::weights::Dense;
+#[cfg(target_arch = "x86_64")]
+use std::sync::OnceLock;
+
+/// Activation rows handled together, so each weight element is decoded once per block.
+pub const TB: usize = 4;
+
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| {
+            is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// `out[j] = Σ_k q_w[k] · xs[j][k]` for `j < xs.len() ≤ TB`, exact (see module docs). `xs` hold
+/// E4M3 values (activation codes already decoded to f32).
+pub fn fp8_dot(codes: &[u8], xs: &[&[f32]], out: &mut [f32]) {
+    check_args(codes.len(), xs, out);
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked above).
+        return unsafe { avx2::fp8_dot(codes, xs, out) };
+    }
+    fp8_dot_portable(codes, xs, out)
+}
+
+/// The portable exact FP8 dot product (also the AVX2 version's tail).
+pub fn fp8_dot_portable(codes: &[u8], xs: &[&[f32]], out: &mut [f32]) {
+    for (x, o) in xs.iter().zip(out.iter_mut()) {
+        let mut acc = 0.0f64;
+        for (&c, &a) in codes.iter().zip(x.iter()) {
+            acc += (e4m3_to_f32(c) * a) as f64; // the f32 product is exact
+        }
+        *o = acc as f32;
+    }
+}
+
+/// `out[j] = Σ_k w[row, k] · xs[j][k]` in f32 for a dense weight row `row` of width `k`.
+pub fn dense_dot(w: &Dense, row: usize, k: usize, xs: &[&[f32]], out: &mut [f32]) {
+    let range = row * k..(row + 1) * k;
+    check_args(k, xs, out);
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked above).
+        unsafe {
+            match w {
+                Dense::Bf16(v) => {
+                    avx2::dense_dot::<{ avx2::BF16 }>(v[range].as_ptr() as _, k, xs, out)
+                }
+                Dense::F16(v) => {
+                    avx2::dense_dot::<{ avx2::F16 }>(v[range].as_ptr() as _, k, xs, out)
+                }
+                Dense::F32(v) => {
+                    avx2::dense_dot::<{ avx2::F32 }>(v[range].as_ptr() as _, k, xs, out)
+                }
+            }
+        }
+        return;
+    }
+    match w {
+        Dense::Bf16(v) => dense_dot_portable(&v[range], bf16_to_f32, xs, out),
+        Dense::F16(v) => dense_dot_portable(&v[range], f16_to_f32, xs, out),
+        Dense::F32(v) => dense_dot_portable(&v[range], |x: f32| x, xs, out),
+    }
+}
+
+/// The SIMD kernels read `k` elements of every activation row through raw pointers: these
+/// bounds are what makes that sound (a violation is a bug in the caller, hence the panic).
+fn check_args(k: usize, xs: &[&[f32]], out: &[f32]) {
+    assert!(xs.len() <= TB && out.len() >= xs.len());
+    assert!(xs.iter().all(|x| x.len() >= k));
+}
+
+pub fn bf16_to_f32(bits: u16) -> f32 {
+    crate::quant::convert::bf16_bits_to_f32(bits)
+}
+
+pub fn f16_to_f32(bits: u16) -> f32 {
+    half::f16::from_bits(bits).to_f32()
+}
+
+fn dense_dot_portable<T: Copy>(w: &[T], conv: impl Fn(T) -> f32, xs: &[&[f32]], out: &mut [f32]) {
+    for (x, o) in xs.iter().zip(out.iter_mut()) {
+        *o = w.iter().zip(x.iter()).map(|(&w, &a)| conv(w) * a).sum();
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::TB;
+    use crate::quant::e4m3_to_f32;
+    use std::arch::x86_64::*;
+
+    /// Exact FP8 dot products. Codes are widened to f16 bit patterns that `vcvtph2ps` turns
+    /// into `q_w · 2^-8` exactly (subnormals included); products with the activation values
+    /// stay exact in f32 and are summed in f64; the final `· 256` is exact.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn fp8_dot(codes: &[u8], xs: &[&[f32]], out: &mut [f32]) {
+        let k = codes.len();
+        let k8 = k / 8 * 8;
+        let nt = xs.len().min(TB);
+        let mut lo = [_mm256_setzero_pd(); TB];
+        let mut hi = [_mm256_setzero_pd(); TB];
+        let mag_mask = _mm_set1_epi16(0x7F);
+        let sign_mask = _mm_set1_epi16(0x80);
+        let mut i = 0;
+        while i < k8 {
+            let c = _mm_cvtepu8_epi16(_mm_loadl_epi64(codes.as_ptr().add(i) as *const __m128i));
+            let mag = _mm_slli_epi16(_mm_and_si128(c, mag_mask), 7);
+            let sign = _mm_slli_epi16(_mm_and_si128(c, sign_mask), 8);
+            let w = _mm256_cvtph_ps(_mm_or_si128(mag, sign));
+            for j in 0..nt {
+                let p = _mm256_mul_ps(w, _mm256_loadu_ps(xs[j].as_ptr().add(i)));
+                lo[j] = _mm256_add_pd(lo[j], _mm256_cvtps_pd(_mm256_castps256_ps128(p)));
+                hi[j] = _mm256_add_pd(hi[j], _mm256_cvtps_pd(_mm256_extractf128_ps(p, 1)));
+            }
+            i += 8;
+        }
+        for j in 0..nt {
+            let mut lanes = [0.0f64; 4];
+            _mm256_storeu_pd(lanes.as_mut_ptr(), _mm256_add_pd(lo[j], hi[j]));
+            let mut acc = (lanes[0] + lanes[1] + lanes[2] + lanes[3]) * 256.0;
+            for (&c, &a) in codes[k8..].iter().zip(&xs[j][k8..k]) {
+                acc += (e4m3_to_f32(c) * a) as f64;
+            }
+            out[j] = acc as f32;
+        }
+    }
+
+    /// Element kinds of a dense row, as const generic parameters.
+    pub const BF16: u8 = 0;
+    pub const F16: u8 = 1;
+    pub const F32: u8 = 2;
+
+    /// Loads 8 elements of kind `KIND` starting at element `i` of `p`, widened to f32.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load<const KIND: u8>(p: *const u8, i: usize) -> __m256 {
+        match KIND {
+            BF16 => {
+                let v = _mm_loadu_si128(p.add(2 * i) as *const __m128i);
+                _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16))
+            }
+            F16 => _mm256_cvtph_ps(_mm_loadu_si128(p.add(2 * i) as *const __m128i)),
+            _ => _mm256_loadu_ps(p.add(4 * i) as *const f32),
+        }
+    }
+
+    /// f32 dot products of a dense row of `k` elements of kind `KIND` at `w`, two accumulators
+    /// per activation row to hide the FMA latency.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dense_dot<const KIND: u8>(
+        w: *const u8,
+        k: usize,
+        xs: &[&[f32]],
+        out: &mut [f32],
+    ) {
+        let k16 = k / 16 * 16;
+        let k8 = k / 8 * 8;
+        let nt = xs.len().min(TB);
+        let mut a0 = [_mm256_setzero_ps(); TB];
+        let mut a1 = [_mm256_setzero_ps(); TB];
+        let mut i = 0;
+        while i < k16 {
+            let w0 = load::<KIND>(w, i);
+            let w1 = load::<KIND>(w, i + 8);
+            for j in 0..nt {
+                let x = xs[j].as_ptr().add(i);
+                a0[j] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x), a0[j]);
+                a1[j] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x.add(8)), a1[j]);
+            }
+            i += 16;
+        }
+        if i < k8 {
+            let w0 = load::<KIND>(w, i);
+            for j in 0..nt {
+                a0[j] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xs[j].as_ptr().add(i)), a0[j]);
+            }
+        }
+        // The last k % 8 elements: decode them from a zero-padded copy.
+        let size = if KIND == F32 { 4 } else { 2 };
+        let mut padded = [0u8; 32];
+        std::ptr::copy_nonoverlapping(w.add(k8 * size), padded.as_mut_ptr(), (k - k8) * size);
+        let mut tail = [0.0f32; 8];
+        _mm256_storeu_ps(tail.as_mut_ptr(), load::<KIND>(padded.as_ptr(), 0));
+        for j in 0..nt {
+            let mut lanes = [0.0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(a0[j], a1[j]));
+            let mut acc: f32 = lanes.iter().sum();
+            for (t, &x) in tail.iter().zip(&xs[j][k8..k]) {
+                acc += t * x;
+            }
+            out[j] = acc;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The AVX2 FP8 path must give the portable (exact) result bit for bit, every code value,
+    /// odd lengths included.
+    #[test]
+    fn fp8_avx2_matches_portable() {
+        for k in [1usize, 7, 8, 9, 31, 64, 100] {
+            let codes: Vec<u8> = (0..k)
+                .map(|i| ((i * 37 + k) % 256) as u8)
+                .filter(|c| c & 0x7F != 0x7F)
+                .collect();
+            let k = codes.len();
+            let rows: Vec<Vec<f32>> = (0..3)
+                .map(|j| {
+                    (0..k)
+                        .map(|i| e4m3_to_f32(((i * 11 + j * 5) % 120) as u8))
+                        .collect()
+                })
+                .collect();
+            let xs: Vec<&[f32]> = rows.iter().map(|r| r.as_slice()).collect();
+            let (mut a, mut b) = ([0.0f32; 3], [0.0f32; 3]);
+            fp8_dot(&codes, &xs, &mut a);
+            fp8_dot_portable(&codes, &xs, &mut b);
+            assert_eq!(a.map(f32::to_bits), b.map(f32::to_bits), "k={k}");
+        }
+    }
+
+    #[test]
+    fn dense_tail_is_decoded() {
+        for k in [1usize, 5, 8, 13, 16, 23] {
+            let w: Vec<u16> = (0..k)
+                .map(|i| half::bf16::from_f32(i as f32 - 3.0).to_bits())
+                .collect();
+            let x: Vec<f32> = (0..k).map(|i| 0.5 * i as f32).collect();
+            let mut out = [0.0f32];
+            dense_dot(&Dense::Bf16(w), 0, k, &[&x], &mut out);
+            let want: f32 = (0..k).map(|i| (i as f32 - 3.0) * 0.5 * i as f32).sum();
+            assert_eq!(out[0], want, "k={k}");
+        }
+    }
+}

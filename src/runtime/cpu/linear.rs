@@ -1,0 +1,165 @@
+//! One Linear layer on the CPU: `y[t, :] = x[t, :] · Wᵀ (+ bias)` for `t` activation rows,
+//! parallel (rayon) over the weight's output rows.
+//!
+//! FP8 weights run vLLM's W8A8 semantics (fixtures/README.md §6.2), per activation row `x`:
+//! ```text
+//! s_a    = max(max|x| / 448, 1/(448·512))
+//! q_a[k] = e4m3_rne(clamp(x[k] / s_a, -448, 448))
+//! y[n]   = s_a · (s_w[n] · Σ_k q_a[k]·q_w[n,k])       (the sum exact, rounded once to f32)
+//! ```
+//! Dense weights are widened to f32 and accumulated in f32.
+
+use super::dot::{dense_dot, fp8_dot, TB};
+use crate::quant::{e4m3_to_f32, f32_to_e4m3, E4M3_MAX};
+use crate::runtime::weights::{Linear, LinearWeight};
+use crate::{Error, Result};
+use rayon::prelude::*;
+
+/// vLLM's smallest per-token activation scale, `1 / (448 · 512)` as an f32 division.
+pub const MIN_ACT_SCALE: f32 = 1.0 / (448.0 * 512.0);
+
+/// Reusable buffers for [`forward`]; they grow to the largest call and are then reused, so a
+/// decode loop does not allocate.
+#[derive(Debug, Default)]
+pub struct LinearScratch {
+    /// Activation code values `[t, cols]` (FP8 weights only).
+    q: Vec<f32>,
+    /// Activation scales `[t]` (FP8 weights only).
+    s: Vec<f32>,
+    /// The output transposed, `[rows, t]`, when `t > 1`.
+    yt: Vec<f32>,
+}
+
+fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
+}
+
+/// Dynamic per-token FP8 quantization of `x` (`[t, k]`): scales into `s[..t]`, code values
+/// (decoded back to f32, exact) into `q[..t*k]`. NaN in a row propagates to its scale.
+pub fn quantize_activations(x: &[f32], k: usize, q: &mut [f32], s: &mut [f32]) {
+    for ((row, qrow), s) in x
+        .chunks_exact(k)
+        .zip(q.chunks_exact_mut(k))
+        .zip(s.iter_mut())
+    {
+        let amax = row.iter().fold(0.0f32, |m, &v| {
+            if v.is_nan() || v.abs() > m {
+                v.abs()
+            } else {
+                m
+            }
+        });
+        let scale = amax / E4M3_MAX;
+        // Written as a comparison (not f32::max) so that a NaN scale stays NaN, as in torch.
+        let scale = if scale < MIN_ACT_SCALE {
+            MIN_ACT_SCALE
+        } else {
+            scale
+        };
+        *s = scale;
+        for (qv, &v) in qrow.iter_mut().zip(row) {
+            *qv = e4m3_to_f32(f32_to_e4m3((v / scale).clamp(-E4M3_MAX, E4M3_MAX)));
+        }
+    }
+}
+
+/// `y[..t*rows] = x[..t*cols] · Wᵀ (+ bias)`, both row-major.
+pub fn forward(lin: &Linear, x: &[f32], t: usize, y: &mut [f32], scratch: &mut LinearScratch) {
+    let (n, k) = (lin.rows, lin.cols);
+    assert!(
+        x.len() >= t * k && y.len() >= t * n,
+        "{}: buffer too small",
+        lin.name
+    );
+    let x = &x[..t * k];
+    let (acts, scales): (&[f32], &[f32]) = match &lin.weight {
+        LinearWeight::Fp8 { .. } => {
+            let q = grow(&mut scratch.q, t * k);
+            let s = grow(&mut scratch.s, t);
+            quantize_activations(x, k, q, s);
+            (&scratch.q[..t * k], &scratch.s[..t])
+        }
+        LinearWeight::Dense(_) => (x, &[]),
+    };
+    // One task per block of weight rows; each computes that row against all t activations,
+    // so a weight row is read (and decoded) once per call.
+    let out = if t == 1 {
+        &mut y[..n]
+    } else {
+        grow(&mut scratch.yt, n * t)
+    };
+    out.par_chunks_mut(t)
+        .enumerate()
+        .with_min_len(16)
+        .for_each(|(row, o)| row_dot(lin, row, acts, scales, o));
+    if t > 1 {
+        for (r, col) in scratch.yt[..n * t].chunks_exact(t).enumerate() {
+            for (i, &v) in col.iter().enumerate() {
+                y[i * n + r] = v;
+            }
+        }
+    }
+}
+
+/// `out[i]` = output `row` for activation row `i`, for every `i < out.len()`.
+fn row_dot(lin: &Linear, row: usize, acts: &[f32], act_scales: &[f32], out: &mut [f32]) {
+    let k = lin.cols;
+    let t = out.len();
+    for t0 in (0..t).step_by(TB) {
+        let nt = TB.min(t - t0);
+        let xs: [&[f32]; TB] = std::array::from_fn(|j| {
+            let r = (t0 + j).min(t - 1);
+            &acts[r * k..(r + 1) * k]
+        });
+        let o = &mut out[t0..t0 + nt];
+        match &lin.weight {
+            LinearWeight::Fp8 { codes, scales } => {
+                fp8_dot(&codes[row * k..(row + 1) * k], &xs[..nt], o);
+                for (j, v) in o.iter_mut().enumerate() {
+                    *v = act_scales[t0 + j] * (scales[row] * *v);
+                }
+            }
+            LinearWeight::Dense(w) => dense_dot(w, row, k, &xs[..nt], o),
+        }
+    }
+    if let Some(b) = &lin.bias {
+        for v in out.iter_mut() {
+            *v += b[row];
+        }
+    }
+}
+
+/// What one Linear did with given inputs: the debug hook behind the W8A8 linear goldens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinearTrace {
+    /// `[rows_in, lin.rows]` outputs.
+    pub y: Vec<f32>,
+    /// Per-row activation scales `s_a` (empty for a dense weight).
+    pub x_scale: Vec<f32>,
+    /// Activation code values `q_a`, `[rows_in, lin.cols]` (empty for a dense weight).
+    pub x_q: Vec<f32>,
+}
+
+/// Runs `lin` on `x` (`[x.len() / cols, cols]`) through the same code as the forward pass.
+pub fn run_linear(lin: &Linear, x: &[f32]) -> Result<LinearTrace> {
+    if x.is_empty() || x.len() % lin.cols != 0 {
+        return Err(Error::Runtime(format!(
+            "{}: input of {} values is not a whole number of rows of {}",
+            lin.name,
+            x.len(),
+            lin.cols
+        )));
+    }
+    let t = x.len() / lin.cols;
+    let mut scratch = LinearScratch::default();
+    let mut y = vec![0.0; t * lin.rows];
+    forward(lin, x, t, &mut y, &mut scratch);
+    let (x_scale, x_q) = match lin.weight {
+        LinearWeight::Fp8 { .. } => (scratch.s[..t].to_vec(), scratch.q[..x.len()].to_vec()),
+        LinearWeight::Dense(_) => (Vec::new(), Vec::new()),
+    };
+    Ok(LinearTrace { y, x_scale, x_q })
+}

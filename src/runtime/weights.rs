@@ -1,0 +1,443 @@
+//! Model weights in memory, backend-neutral, loaded from a [`Checkpoint`] after an integrity
+//! check.
+//!
+//! Memory layout choices:
+//! * FP8 Linear weights stay 1 byte per weight (the E4M3 codes as stored) with one f32 scale
+//!   per output row; they are never expanded.
+//! * Dense (unquantized) matrices keep their checkpoint dtype: BF16 and F16 as their 16-bit
+//!   patterns (half the memory of f32; widening to f32 is exact and cheap inside the matmul),
+//!   F32 as f32. The embedding table is one such matrix and doubles as the tied `lm_head`.
+//! * Norm weights, biases and scales are small and are widened to f32 at load.
+//!
+//! The integrity check ([`check`]) runs before anything is converted: every tensor the config
+//! implies must be present with the right dtype and shape, and FP8 scales must be finite and
+//! > 0. Its error names the tensor and what is wrong.
+
+use super::config::{ModelConfig, Quantization};
+use crate::checkpoint::{Checkpoint, DType, TensorInfo};
+use crate::{Error, Result};
+
+/// A dense matrix `[rows, cols]` row-major, in its checkpoint dtype.
+#[derive(Debug, Clone)]
+pub enum Dense {
+    Bf16(Vec<u16>),
+    F16(Vec<u16>),
+    F32(Vec<f32>),
+}
+
+/// The weight of a Linear layer, `[rows = out_features, cols = in_features]`.
+#[derive(Debug, Clone)]
+pub enum LinearWeight {
+    Dense(Dense),
+    /// compressed-tensors FP8: E4M3 codes row-major and one scale per output row.
+    Fp8 {
+        codes: Vec<u8>,
+        scales: Vec<f32>,
+    },
+}
+
+/// One Linear layer: `y = x · Wᵀ (+ bias)`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    /// Module name, e.g. `model.layers.0.self_attn.q_proj`.
+    pub name: String,
+    pub rows: usize,
+    pub cols: usize,
+    pub weight: LinearWeight,
+    pub bias: Option<Vec<f32>>,
+}
+
+impl Linear {
+    /// True when the weight is FP8 (W8A8 at run time).
+    pub fn is_fp8(&self) -> bool {
+        matches!(self.weight, LinearWeight::Fp8 { .. })
+    }
+}
+
+/// One decoder layer.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    pub input_norm: Vec<f32>,
+    pub post_attention_norm: Vec<f32>,
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    /// Qwen3's per-head norms (`head_dim` weights each).
+    pub q_norm: Option<Vec<f32>>,
+    pub k_norm: Option<Vec<f32>>,
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl Layer {
+    /// The layer's Linear modules, in forward order.
+    pub fn linears(&self) -> [&Linear; 7] {
+        [
+            &self.q_proj,
+            &self.k_proj,
+            &self.v_proj,
+            &self.o_proj,
+            &self.gate_proj,
+            &self.up_proj,
+            &self.down_proj,
+        ]
+    }
+}
+
+/// All weights of a model.
+#[derive(Debug, Clone)]
+pub struct Weights {
+    /// `model.embed_tokens.weight` as a `[vocab, hidden]` dense Linear (it is the lm_head when
+    /// the embeddings are tied).
+    pub embed: Linear,
+    pub layers: Vec<Layer>,
+    pub norm: Vec<f32>,
+    /// `lm_head.weight`; `None` when tied to the embedding.
+    pub lm_head: Option<Linear>,
+}
+
+impl Weights {
+    /// Checks the checkpoint against the config ([`check`]), then loads every tensor.
+    pub fn load(ck: &Checkpoint, cfg: &ModelConfig) -> Result<Weights> {
+        check(ck, cfg)?;
+        let loader = Loader { ck, cfg };
+        let layers = (0..cfg.num_layers)
+            .map(|i| loader.layer(i))
+            .collect::<Result<Vec<_>>>()?;
+        let embed = loader.dense_linear("model.embed_tokens", false)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(loader.linear("lm_head", false)?)
+        };
+        Ok(Weights {
+            embed,
+            layers,
+            norm: loader.vector("model.norm.weight")?,
+            lm_head,
+        })
+    }
+
+    /// The output projection: `lm_head`, or the embedding when tied.
+    pub fn lm_head(&self) -> &Linear {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// Every Linear module by name (layers, then `lm_head` if untied).
+    pub fn linear(&self, name: &str) -> Option<&Linear> {
+        let in_layers = self.layers.iter().flat_map(|l| l.linears());
+        in_layers
+            .chain(self.lm_head.as_ref())
+            .find(|l| l.name == name)
+    }
+}
+
+/// What one expected tensor must look like.
+struct Expect {
+    name: String,
+    shape: Vec<usize>,
+    kind: Kind,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    /// BF16, F16 or F32.
+    Float,
+    /// F8_E4M3 codes.
+    Fp8,
+    /// A per-output-row FP8 scale: float dtype, `[rows, 1]` or `[rows]`, finite and > 0.
+    Scale,
+}
+
+/// Verifies that every tensor `cfg` implies is in `ck` with the right dtype and shape, and that
+/// FP8 scales are finite and > 0 and FP8 codes hold no NaN. Returns the first problem found.
+pub fn check(ck: &Checkpoint, cfg: &ModelConfig) -> Result<()> {
+    for e in expected(cfg)? {
+        check_one(ck, &e)?;
+    }
+    Ok(())
+}
+
+/// The full list of tensors the config implies.
+fn expected(cfg: &ModelConfig) -> Result<Vec<Expect>> {
+    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    let float = |name: String, shape: Vec<usize>| Expect {
+        name,
+        shape,
+        kind: Kind::Float,
+    };
+    let mut out = vec![
+        float("model.embed_tokens.weight".into(), vec![cfg.vocab_size, h]),
+        float("model.norm.weight".into(), vec![h]),
+    ];
+    if !cfg.tie_word_embeddings {
+        linear_expect(&mut out, cfg, "lm_head", cfg.vocab_size, h, false)?;
+    }
+    for l in 0..cfg.num_layers {
+        let p = format!("model.layers.{l}");
+        out.push(float(format!("{p}.input_layernorm.weight"), vec![h]));
+        out.push(float(
+            format!("{p}.post_attention_layernorm.weight"),
+            vec![h],
+        ));
+        let a = format!("{p}.self_attn");
+        let (q, kv) = (cfg.q_dim(), cfg.kv_dim());
+        linear_expect(&mut out, cfg, &format!("{a}.q_proj"), q, h, cfg.qkv_bias)?;
+        linear_expect(&mut out, cfg, &format!("{a}.k_proj"), kv, h, cfg.qkv_bias)?;
+        linear_expect(&mut out, cfg, &format!("{a}.v_proj"), kv, h, cfg.qkv_bias)?;
+        linear_expect(&mut out, cfg, &format!("{a}.o_proj"), h, q, cfg.o_bias)?;
+        if cfg.qk_norm {
+            out.push(float(format!("{a}.q_norm.weight"), vec![cfg.head_dim]));
+            out.push(float(format!("{a}.k_norm.weight"), vec![cfg.head_dim]));
+        }
+        let m = format!("{p}.mlp");
+        linear_expect(&mut out, cfg, &format!("{m}.gate_proj"), i, h, cfg.mlp_bias)?;
+        linear_expect(&mut out, cfg, &format!("{m}.up_proj"), i, h, cfg.mlp_bias)?;
+        linear_expect(&mut out, cfg, &format!("{m}.down_proj"), h, i, cfg.mlp_bias)?;
+    }
+    Ok(out)
+}
+
+/// The tensors of one Linear `[rows, cols]`: FP8 codes + scale when the config quantizes it,
+/// else a float weight; plus the bias when present.
+fn linear_expect(
+    out: &mut Vec<Expect>,
+    cfg: &ModelConfig,
+    module: &str,
+    rows: usize,
+    cols: usize,
+    bias: bool,
+) -> Result<()> {
+    let weight = format!("{module}.weight");
+    if is_quantized(cfg, module)? {
+        out.push(Expect {
+            name: weight.clone(),
+            shape: vec![rows, cols],
+            kind: Kind::Fp8,
+        });
+        out.push(Expect {
+            name: format!("{weight}_scale"),
+            shape: vec![rows, 1],
+            kind: Kind::Scale,
+        });
+    } else {
+        out.push(Expect {
+            name: weight,
+            shape: vec![rows, cols],
+            kind: Kind::Float,
+        });
+    }
+    if bias {
+        out.push(Expect {
+            name: format!("{module}.bias"),
+            shape: vec![rows],
+            kind: Kind::Float,
+        });
+    }
+    Ok(())
+}
+
+/// Whether the config's quantization applies to the Linear `module` (compressed-tensors
+/// `ignore`: exact module names, or `re:` regexes matched at the start of the name).
+pub fn is_quantized(cfg: &ModelConfig, module: &str) -> Result<bool> {
+    let Quantization::Fp8Dynamic { ignore } = &cfg.quantization else {
+        return Ok(false);
+    };
+    for pat in ignore {
+        let hit = match pat.strip_prefix("re:") {
+            Some(re) => regex::Regex::new(&format!("^(?:{re})"))
+                .map_err(|e| {
+                    Error::Checkpoint(format!(
+                        "config.json: quantization_config.ignore pattern `{pat}`: {e}"
+                    ))
+                })?
+                .is_match(module),
+            None => pat == module,
+        };
+        if hit {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn check_one(ck: &Checkpoint, e: &Expect) -> Result<()> {
+    let Some(t) = ck.get(&e.name) else {
+        let what = match e.kind {
+            Kind::Fp8 => "FP8 weight",
+            Kind::Scale => "FP8 weight scale",
+            Kind::Float => "tensor",
+        };
+        return Err(bad(format!(
+            "{}: {what} {} is missing (config.json implies it)",
+            ck.dir.display(),
+            e.name
+        )));
+    };
+    let dtype_ok = match e.kind {
+        Kind::Float | Kind::Scale => t.dtype.is_float_weight(),
+        Kind::Fp8 => t.dtype == DType::F8_E4M3,
+    };
+    if !dtype_ok {
+        let want = match e.kind {
+            Kind::Fp8 => "F8_E4M3 (config.json quantizes this Linear)",
+            _ => "BF16, F16 or F32",
+        };
+        return Err(bad(format!(
+            "{}: tensor {} is {}, expected {want}",
+            ck.dir.display(),
+            e.name,
+            t.dtype
+        )));
+    }
+    let shape_ok = t.shape == e.shape || (e.kind == Kind::Scale && t.shape == e.shape[..1]);
+    if !shape_ok {
+        return Err(bad(format!(
+            "{}: tensor {} has shape {:?}, expected {:?}",
+            ck.dir.display(),
+            e.name,
+            t.shape,
+            e.shape
+        )));
+    }
+    match e.kind {
+        Kind::Scale => check_scales(ck, t),
+        Kind::Fp8 => check_codes(ck, t),
+        Kind::Float => Ok(()),
+    }
+}
+
+fn check_scales(ck: &Checkpoint, t: &TensorInfo) -> Result<()> {
+    let s = crate::quant::to_f32(t.dtype, ck.data(t))?;
+    match s.iter().position(|&v| !(v.is_finite() && v > 0.0)) {
+        None => Ok(()),
+        Some(r) => Err(bad(format!(
+            "{}: tensor {} row {r} is {}; FP8 scales must be finite and > 0",
+            ck.dir.display(),
+            t.name,
+            s[r]
+        ))),
+    }
+}
+
+/// 0x7F and 0xFF are E4M3FN's NaN codes; llm-compressor never writes them.
+fn check_codes(ck: &Checkpoint, t: &TensorInfo) -> Result<()> {
+    match ck.data(t).iter().position(|&c| c & 0x7F == 0x7F) {
+        None => Ok(()),
+        Some(i) => Err(bad(format!(
+            "{}: tensor {} holds a NaN code at element {i}",
+            ck.dir.display(),
+            t.name
+        ))),
+    }
+}
+
+fn bad(msg: String) -> Error {
+    Error::Checkpoint(msg)
+}
+
+/// Converts checked tensors into [`Weights`] parts.
+struct Loader<'a> {
+    ck: &'a Checkpoint,
+    cfg: &'a ModelConfig,
+}
+
+impl Loader<'_> {
+    fn tensor(&self, name: &str) -> Result<&TensorInfo> {
+        self.ck.get(name).ok_or_else(|| {
+            bad(format!(
+                "{}: tensor {name} is missing",
+                self.ck.dir.display()
+            ))
+        })
+    }
+
+    fn vector(&self, name: &str) -> Result<Vec<f32>> {
+        let t = self.tensor(name)?;
+        crate::quant::to_f32(t.dtype, self.ck.data(t))
+    }
+
+    fn layer(&self, i: usize) -> Result<Layer> {
+        let p = format!("model.layers.{i}");
+        let c = self.cfg;
+        let qk_norm = |which: &str| -> Result<Option<Vec<f32>>> {
+            match c.qk_norm {
+                true => Ok(Some(self.vector(&format!("{p}.self_attn.{which}.weight"))?)),
+                false => Ok(None),
+            }
+        };
+        Ok(Layer {
+            input_norm: self.vector(&format!("{p}.input_layernorm.weight"))?,
+            post_attention_norm: self.vector(&format!("{p}.post_attention_layernorm.weight"))?,
+            q_proj: self.linear(&format!("{p}.self_attn.q_proj"), c.qkv_bias)?,
+            k_proj: self.linear(&format!("{p}.self_attn.k_proj"), c.qkv_bias)?,
+            v_proj: self.linear(&format!("{p}.self_attn.v_proj"), c.qkv_bias)?,
+            o_proj: self.linear(&format!("{p}.self_attn.o_proj"), c.o_bias)?,
+            q_norm: qk_norm("q_norm")?,
+            k_norm: qk_norm("k_norm")?,
+            gate_proj: self.linear(&format!("{p}.mlp.gate_proj"), c.mlp_bias)?,
+            up_proj: self.linear(&format!("{p}.mlp.up_proj"), c.mlp_bias)?,
+            down_proj: self.linear(&format!("{p}.mlp.down_proj"), c.mlp_bias)?,
+        })
+    }
+
+    /// A Linear module: FP8 when its weight is F8_E4M3 (the check made sure that matches the
+    /// config), dense otherwise.
+    fn linear(&self, module: &str, bias: bool) -> Result<Linear> {
+        let w = self.tensor(&format!("{module}.weight"))?;
+        if w.dtype != DType::F8_E4M3 {
+            return self.dense_linear(module, bias);
+        }
+        let scales = self.vector(&format!("{module}.weight_scale"))?;
+        Ok(Linear {
+            name: module.to_string(),
+            rows: w.shape[0],
+            cols: w.shape[1],
+            weight: LinearWeight::Fp8 {
+                codes: self.ck.data(w).to_vec(),
+                scales,
+            },
+            bias: self.bias(module, bias)?,
+        })
+    }
+
+    fn dense_linear(&self, module: &str, bias: bool) -> Result<Linear> {
+        let w = self.tensor(&format!("{module}.weight"))?;
+        Ok(Linear {
+            name: module.to_string(),
+            rows: w.shape[0],
+            cols: w.shape[1],
+            weight: LinearWeight::Dense(self.dense(w)?),
+            bias: self.bias(module, bias)?,
+        })
+    }
+
+    fn bias(&self, module: &str, present: bool) -> Result<Option<Vec<f32>>> {
+        match present {
+            true => Ok(Some(self.vector(&format!("{module}.bias"))?)),
+            false => Ok(None),
+        }
+    }
+
+    fn dense(&self, t: &TensorInfo) -> Result<Dense> {
+        let bytes = self.ck.data(t);
+        let u16s = || {
+            bytes
+                .chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                .collect()
+        };
+        match t.dtype {
+            DType::BF16 => Ok(Dense::Bf16(u16s())),
+            DType::F16 => Ok(Dense::F16(u16s())),
+            DType::F32 => Ok(Dense::F32(crate::quant::to_f32(t.dtype, bytes)?)),
+            other => Err(bad(format!(
+                "{}: tensor {} is {other}, expected BF16, F16 or F32",
+                self.ck.dir.display(),
+                t.name
+            ))),
+        }
+    }
+}
