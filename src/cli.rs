@@ -17,12 +17,15 @@ pub struct Cli {
 pub enum Command {
     /// Quantize a BF16/F16/F32 checkpoint with an llm-compressor recipe.
     Quantize(qforge::quantize::QuantizeArgs),
+    /// Run a model on a chat prompt; with --reference, gate on its agreement with the reference.
+    Verify(qforge::runtime::verify::VerifyArgs),
 }
 
 impl Cli {
     pub fn run(self) -> qforge::Result<ExitCode> {
         match self.command {
             Command::Quantize(args) => qforge::quantize::run_cli(&args),
+            Command::Verify(args) => qforge::runtime::verify::run_cli(&args),
         }
     }
 }

@@ -5,7 +5,7 @@
 use super::args::QuantArgs;
 use super::scheme::Scheme;
 use crate::{Error, Result};
-use regex::Regex;
+use fancy_regex::Regex;
 use serde_json::{json, Map, Value};
 
 /// compressed-tensors version whose output qforge reproduces.
@@ -37,7 +37,8 @@ pub struct QuantPlan {
 }
 
 /// A target or ignore entry: `re:<pattern>` (Python `re.match`, anchored at the start
-/// only) or an exact string, which matches a module name or a class name.
+/// only; `fancy_regex` supports Python's look-around and back-references) or an exact
+/// string, which matches a module name or a class name.
 struct Matcher {
     text: String,
     regex: Option<Regex>,
@@ -59,10 +60,12 @@ impl Matcher {
     }
 
     /// compressed-tensors' `match_name`.
-    fn matches_name(&self, name: &str) -> bool {
+    fn matches_name(&self, name: &str) -> Result<bool> {
         match &self.regex {
-            Some(re) => re.is_match(name),
-            None => self.text == name,
+            Some(re) => re.is_match(name).map_err(|e| {
+                Error::Recipe(format!("regular expression `{}` failed on `{name}`: {e}", self.text))
+            }),
+            None => Ok(self.text == name),
         }
     }
 
@@ -71,13 +74,13 @@ impl Matcher {
         LINEAR_CLASSES.contains(&self.text.as_str())
     }
 
-    fn matches(&self, name: &str) -> bool {
-        self.matches_name(name) || self.matches_class()
+    fn matches(&self, name: &str) -> Result<bool> {
+        Ok(self.matches_class() || self.matches_name(name)?)
     }
 }
 
-/// The last line of the regex crate's (multi-line) error: the reason itself.
-fn short_regex_error(e: &regex::Error) -> String {
+/// The last line of a (possibly multi-line) regex error: the reason itself.
+fn short_regex_error(e: &fancy_regex::Error) -> String {
     let text = e.to_string();
     let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("invalid");
     last.trim().trim_start_matches("error: ").to_string()
@@ -86,7 +89,7 @@ fn short_regex_error(e: &regex::Error) -> String {
 /// Whether `pattern` (a target or ignore entry) matches module `name`; `Error::Recipe`
 /// when it is an invalid `re:` pattern.
 pub(crate) fn match_pattern(pattern: &str, name: &str) -> Result<bool> {
-    Ok(Matcher::new(pattern)?.matches_name(name))
+    Matcher::new(pattern)?.matches_name(name)
 }
 
 impl QuantPlan {
@@ -115,15 +118,20 @@ impl QuantPlan {
             .iter()
             .map(|(t, idx)| Ok((Matcher::new(t)?, *idx)))
             .collect::<Result<Vec<_>>>()?;
-        let pick = |name: &str| {
-            if ignore.iter().any(|m| m.matches(name)) {
-                return None;
+        let pick = |name: &str| -> Result<Option<usize>> {
+            for m in &ignore {
+                if m.matches(name)? {
+                    return Ok(None);
+                }
             }
-            let by_name = targets.iter().find(|(m, _)| m.matches_name(name));
-            let by_class = || targets.iter().find(|(m, _)| m.matches_class());
-            by_name.or_else(by_class).map(|(_, idx)| *idx)
+            for (m, idx) in &targets {
+                if m.matches_name(name)? {
+                    return Ok(Some(*idx));
+                }
+            }
+            Ok(targets.iter().find(|(m, _)| m.matches_class()).map(|(_, idx)| *idx))
         };
-        Ok(linear_modules.iter().map(|name| pick(name)).collect())
+        linear_modules.iter().map(|name| pick(name)).collect()
     }
 
     /// The `quantization_config` object llm-compressor writes into `config.json`, given

@@ -7,6 +7,8 @@ pub mod cpu;
 pub mod sampler;
 pub mod tokenizer;
 pub mod weights;
+pub mod generate;
+pub mod verify;
 
 /// A loaded model that can run forward passes with a KV cache.
 ///
@@ -23,3 +25,5 @@ pub trait Backend {
     /// A short human name, e.g. "cpu (8 threads)".
     fn describe(&self) -> String;
 }
+#[cfg(feature = "cuda")]
+pub mod cuda;

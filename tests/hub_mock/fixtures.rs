@@ -1,11 +1,9 @@
 //! Repos for the mock hub, built from the shared fixture checkpoint, and a per-test config.
 
-use super::{fake_commit, Access, MockHub, MockRepo};
+use super::{fake_commit, Access, Files, MockHub, MockRepo};
 use qforge::checkpoint::hub::HubConfig;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-pub type Files = Vec<(String, Vec<u8>)>;
 
 /// The fixture qforge quantizes in its other tests.
 pub fn fixture_dir() -> PathBuf {

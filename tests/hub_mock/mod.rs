@@ -17,6 +17,11 @@ pub const GRANTED_TOKEN: &str = "hf_granted";
 /// A valid token without access to gated or private repos.
 pub const OTHER_TOKEN: &str = "hf_other";
 
+/// A file of a commit: path and contents.
+pub type File = (String, Vec<u8>);
+/// The files of a commit.
+pub type Files = Vec<File>;
+
 /// Who may read a repo.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Access {
@@ -31,12 +36,12 @@ pub struct MockRepo {
     pub id: String,
     pub access: Access,
     pub refs: Vec<(String, String)>,
-    pub commits: Vec<(String, Vec<(String, Vec<u8>)>)>,
+    pub commits: Vec<(String, Files)>,
 }
 
 impl MockRepo {
     /// A public repo whose `main` is one commit with `files`; returns it and the commit hash.
-    pub fn single(id: &str, files: Vec<(String, Vec<u8>)>) -> (MockRepo, String) {
+    pub fn single(id: &str, files: Files) -> (MockRepo, String) {
         let commit = fake_commit(id);
         let repo = MockRepo {
             id: id.into(),
@@ -283,7 +288,7 @@ impl State {
     }
 }
 
-fn find_commit<'a>(repo: &'a MockRepo, rev: &str) -> Option<(&'a str, &'a [(String, Vec<u8>)])> {
+fn find_commit<'a>(repo: &'a MockRepo, rev: &str) -> Option<(&'a str, &'a [File])> {
     let commit = repo
         .refs
         .iter()

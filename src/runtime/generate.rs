@@ -1,0 +1,267 @@
+//! Text generation on a loaded model: device choice and loading ([`load`]), sampling settings
+//! from the command line ([`SamplingArgs`]), and the prefill + decode loop with streamed
+//! output and timings ([`generate`]).
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::runtime::cpu::{load_cpu_with, CpuModel, CpuOptions};
+use crate::runtime::sampler::{Sampler, SamplingParams};
+use crate::runtime::tokenizer::{DecodeStream, TextTokenizer};
+use crate::runtime::Backend;
+use crate::{Error, Result};
+
+/// Where a model runs (`--device`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    /// The best device this build and machine offer (the CPU until a CUDA backend exists).
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// A [`Backend`] that lends out its own logits buffer instead of returning a new vector, so
+/// that a decode loop allocates nothing per token. Every backend implements it.
+pub trait Engine: Backend {
+    /// [`Backend::forward`] returning a view of the backend's logits buffer.
+    fn forward_view(&mut self, tokens: &[u32], pos: usize, all_logits: bool) -> Result<&[f32]>;
+}
+
+impl Engine for CpuModel {
+    fn forward_view(&mut self, tokens: &[u32], pos: usize, all_logits: bool) -> Result<&[f32]> {
+        self.forward_logits(tokens, pos, all_logits)
+    }
+}
+
+/// The concrete device `device` means in this build: `auto` is the CPU for now; `cuda` is an
+/// error until the CUDA backend lands (behind the cargo feature `cuda`).
+pub fn resolve_device(device: Device) -> Result<Device> {
+    match device {
+        Device::Auto | Device::Cpu => Ok(Device::Cpu),
+        Device::Cuda => Err(cuda_unavailable()),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_unavailable() -> Error {
+    Error::Unsupported(
+        "this qforge was built without CUDA support (cargo feature `cuda`); use --device cpu"
+            .into(),
+    )
+}
+
+// The hook for the CUDA backend: `resolve_device` and `load` dispatch to it once it exists.
+#[cfg(feature = "cuda")]
+fn cuda_unavailable() -> Error {
+    Error::Unsupported("the CUDA backend is not available yet; use --device cpu".into())
+}
+
+/// Loads the checkpoint in `dir` on `device` (see [`resolve_device`]), with a KV cache for
+/// `max_seq` positions (`None`: the backend's default).
+pub fn load(dir: &Path, device: Device, max_seq: Option<usize>) -> Result<Box<dyn Engine>> {
+    match resolve_device(device)? {
+        Device::Cpu => Ok(Box::new(load_cpu_with(dir, &CpuOptions { max_seq })?)),
+        Device::Auto | Device::Cuda => Err(cuda_unavailable()),
+    }
+}
+
+/// Sampling flags as the user gave them. Greedy unless sampling is asked for: a temperature
+/// above 0, or (no temperature given) any of top-p / top-k / seed. Then what the user did not
+/// give comes from the model's `generation_config.json`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, clap::Args)]
+pub struct SamplingArgs {
+    /// Sampling temperature; 0 is greedy (the default).
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling: keep the smallest set of tokens with this much probability.
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Keep only the k most likely tokens (0 = all).
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Random seed for sampling.
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+impl SamplingArgs {
+    /// Whether these flags ask for sampling rather than greedy decoding.
+    pub fn wants_sampling(&self) -> bool {
+        match self.temperature {
+            Some(t) => t.is_nan() || t > 0.0,
+            None => self.top_p.is_some() || self.top_k.is_some() || self.seed.is_some(),
+        }
+    }
+
+    /// The settings to generate with, for the model in `model_dir`.
+    pub fn resolve(&self, model_dir: &Path) -> Result<SamplingParams> {
+        if !self.wants_sampling() {
+            if let Some(t) = self.temperature {
+                SamplingParams { temperature: t, ..SamplingParams::greedy() }.validate()?;
+            }
+            return Ok(SamplingParams::greedy());
+        }
+        let mut p = SamplingParams::from_generation_config(model_dir)?;
+        p.temperature = self.temperature.unwrap_or(p.temperature);
+        p.top_p = self.top_p.unwrap_or(p.top_p);
+        p.top_k = self.top_k.unwrap_or(p.top_k);
+        p.seed = self.seed.unwrap_or(p.seed);
+        p.validate()?;
+        Ok(p)
+    }
+}
+
+/// Generation limits and sampling.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GenerateOptions {
+    /// Generation stops after this many new tokens (at least 1).
+    pub max_new_tokens: usize,
+    /// EOS cannot be chosen before this many new tokens (transformers' `min_new_tokens`).
+    pub min_new_tokens: usize,
+    pub sampling: SamplingParams,
+}
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    Eos,
+    MaxNewTokens,
+}
+
+/// One generation and its timings.
+#[derive(Debug, Clone, Serialize)]
+pub struct Generation {
+    /// The new text, without the final EOS token (other special tokens are kept).
+    pub text: String,
+    /// Every new token id, including the EOS that stopped generation.
+    pub token_ids: Vec<u32>,
+    pub stop: StopReason,
+    pub prompt_tokens: usize,
+    /// Time to run the prompt and pick the first new token.
+    pub prefill_s: f64,
+    pub prefill_tokens_per_s: f64,
+    /// Single-token forward passes after the prefill, and their time (sampling included).
+    pub decode_tokens: usize,
+    pub decode_s: f64,
+    pub decode_tokens_per_s: f64,
+}
+
+/// Prefills `prompt`, then decodes token by token with the KV cache until an EOS id or
+/// `max_new_tokens`, writing the text to `out` as it is produced when given. The loop
+/// itself allocates nothing per token (a streamed token's text aside).
+pub fn generate(
+    model: &mut dyn Engine,
+    tok: &TextTokenizer,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    mut out: Option<&mut dyn Write>,
+) -> Result<Generation> {
+    if prompt.is_empty() {
+        return Err(Error::Runtime("the prompt encodes to no tokens".into()));
+    }
+    if opts.max_new_tokens == 0 {
+        return Err(Error::Runtime("--max-new-tokens must be at least 1".into()));
+    }
+    let vocab = model.vocab_size();
+    let mut pick = Picker {
+        sampler: Sampler::new(opts.sampling, vocab),
+        masked: vec![0.0; if opts.min_new_tokens > 0 { vocab } else { 0 }],
+        eos: tok.eos_ids(),
+        min_new: opts.min_new_tokens,
+    };
+    let mut stream = out.is_some().then(|| tok.stream());
+    let mut ids = Vec::with_capacity(opts.max_new_tokens);
+    model.reset();
+
+    let start = Instant::now();
+    let mut logits = model.forward_view(prompt, 0, false)?;
+    let mut prefill_s = None;
+    let stop = loop {
+        let id = pick.next(logits, ids.len());
+        prefill_s.get_or_insert_with(|| start.elapsed().as_secs_f64());
+        ids.push(id);
+        if tok.is_eos(id) {
+            break StopReason::Eos;
+        }
+        if let (Some(s), Some(w)) = (stream.as_mut(), out.as_deref_mut()) {
+            emit(s, w, id)?;
+        }
+        if ids.len() == opts.max_new_tokens {
+            break StopReason::MaxNewTokens;
+        }
+        logits = model.forward_view(&[id], prompt.len() + ids.len() - 1, false)?;
+    };
+    let total_s = start.elapsed().as_secs_f64();
+    if let Some(w) = out {
+        writeln!(w).and_then(|_| w.flush()).map_err(stdout_error)?;
+    }
+
+    let kept = if stop == StopReason::Eos { ids.len() - 1 } else { ids.len() };
+    let prefill_s = prefill_s.unwrap_or(total_s);
+    let decode_s = total_s - prefill_s;
+    let decode_tokens = ids.len() - 1;
+    Ok(Generation {
+        text: tok.decode(&ids[..kept])?,
+        stop,
+        prompt_tokens: prompt.len(),
+        prefill_s,
+        prefill_tokens_per_s: rate(prompt.len(), prefill_s),
+        decode_tokens,
+        decode_s,
+        decode_tokens_per_s: rate(decode_tokens, decode_s),
+        token_ids: ids,
+    })
+}
+
+/// Tokens per second, 0 when nothing was timed.
+fn rate(tokens: usize, secs: f64) -> f64 {
+    if tokens == 0 || secs <= 0.0 {
+        0.0
+    } else {
+        tokens as f64 / secs
+    }
+}
+
+/// Chooses the next token: the sampler, with EOS masked out while fewer than `min_new`
+/// tokens exist (on a copy into the preallocated `masked`, so the model's buffer stays as is).
+struct Picker<'a> {
+    sampler: Sampler,
+    masked: Vec<f32>,
+    eos: &'a [u32],
+    min_new: usize,
+}
+
+impl Picker<'_> {
+    fn next(&mut self, logits: &[f32], generated: usize) -> u32 {
+        if generated >= self.min_new || self.masked.len() != logits.len() {
+            return self.sampler.sample(logits);
+        }
+        self.masked.copy_from_slice(logits);
+        for &e in self.eos {
+            if let Some(x) = self.masked.get_mut(e as usize) {
+                *x = f32::NEG_INFINITY;
+            }
+        }
+        self.sampler.sample(&self.masked)
+    }
+}
+
+/// Writes the text `id` completes, if any, and flushes so it shows at once.
+fn emit(stream: &mut DecodeStream<'_>, out: &mut dyn Write, id: u32) -> Result<()> {
+    if let Some(piece) = stream.step(id)? {
+        out.write_all(piece.as_bytes())
+            .and_then(|_| out.flush())
+            .map_err(stdout_error)?;
+    }
+    Ok(())
+}
+
+fn stdout_error(e: std::io::Error) -> Error {
+    Error::Output(format!("cannot write the generated text: {e}"))
+}

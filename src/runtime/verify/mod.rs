@@ -1,0 +1,332 @@
+//! `qforge verify`: run a (quantized) model on a chat prompt, stream its answer and time it;
+//! with a reference model (the BF16 source), also run the reference, teacher-force both on the
+//! model's continuation and report top-1 agreement, KL(reference ‖ model) and perplexities,
+//! failing with [`Error::Verify`] when the agreement is below the gate.
+//!
+//! Models are loaded one at a time (the model, then the reference), so peak memory is one
+//! model plus the model's continuation logits (`[new tokens, vocab]` f32).
+
+mod metrics;
+mod report;
+
+pub use metrics::{compare, Agreement};
+pub use report::{ReferenceReport, SamplingReport, VerifyReport};
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use crate::checkpoint::hub::{resolve_model, HubOptions};
+use crate::runtime::chat::{user_prompt, ChatTemplate};
+use crate::runtime::generate::{
+    generate, load, resolve_device, Device, Engine, GenerateOptions, Generation, SamplingArgs,
+};
+use crate::runtime::tokenizer::TextTokenizer;
+use crate::{Error, Result};
+
+/// `qforge verify` command-line arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VerifyArgs {
+    /// The model to run: a local directory or a Hugging Face repo id.
+    #[arg(long)]
+    pub model: String,
+    /// The user message; it is formatted with the model's chat template.
+    #[arg(long)]
+    pub prompt: String,
+    /// A reference model (e.g. the BF16 source) to compare against: directory or repo id.
+    #[arg(long)]
+    pub reference: Option<String>,
+    /// Stop after this many new tokens.
+    #[arg(long, default_value_t = 128)]
+    pub max_new_tokens: usize,
+    /// Do not stop at EOS before this many new tokens (to compare a longer continuation).
+    #[arg(long, default_value_t = 0)]
+    pub min_new_tokens: usize,
+    /// Where to run the models.
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    pub device: Device,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Print the report as JSON (and do not stream the generation).
+    #[arg(long)]
+    pub json: bool,
+    /// With --reference: fail (exit code 2) when the top-1 agreement is below this.
+    #[arg(long, default_value_t = 0.9)]
+    pub min_agreement: f64,
+}
+
+/// How `verify` talks to the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Output {
+    /// Stream the generations to stdout, then print a short report.
+    #[default]
+    Human,
+    /// Print the report as JSON on stdout, nothing else (notices go to stderr).
+    Json,
+    /// Print nothing.
+    Silent,
+}
+
+/// Everything `verify` needs; [`VerifyOptions::new`] gives the command-line defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifyOptions {
+    /// Directory or hub repo id of the model to run.
+    pub model: String,
+    /// Directory or hub repo id of the reference model, if any.
+    pub reference: Option<String>,
+    /// The user message.
+    pub prompt: String,
+    pub max_new_tokens: usize,
+    pub min_new_tokens: usize,
+    pub device: Device,
+    pub sampling: SamplingArgs,
+    /// The agreement gate (with a reference); `None` reports without gating.
+    pub min_agreement: Option<f64>,
+    pub output: Output,
+}
+
+impl VerifyOptions {
+    /// The command-line defaults: 128 new tokens, greedy, device auto, gate 0.9, human output.
+    pub fn new(model: impl Into<String>, prompt: impl Into<String>) -> Self {
+        Self {
+            model: model.into(),
+            reference: None,
+            prompt: prompt.into(),
+            max_new_tokens: 128,
+            min_new_tokens: 0,
+            device: Device::Auto,
+            sampling: SamplingArgs::default(),
+            min_agreement: Some(0.9),
+            output: Output::Human,
+        }
+    }
+}
+
+impl From<&VerifyArgs> for VerifyOptions {
+    fn from(a: &VerifyArgs) -> Self {
+        Self {
+            model: a.model.clone(),
+            reference: a.reference.clone(),
+            prompt: a.prompt.clone(),
+            max_new_tokens: a.max_new_tokens,
+            min_new_tokens: a.min_new_tokens,
+            device: a.device,
+            sampling: a.sampling,
+            min_agreement: Some(a.min_agreement),
+            output: if a.json { Output::Json } else { Output::Human },
+        }
+    }
+}
+
+/// `qforge verify`: [`run`] with the parsed arguments.
+pub fn run_cli(args: &VerifyArgs) -> Result<ExitCode> {
+    run(&VerifyOptions::from(args))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// [`verify`], then the report (human or JSON, per `opts.output`), then the gate: an
+/// [`Error::Verify`] when the agreement is below `opts.min_agreement`.
+pub fn run(opts: &VerifyOptions) -> Result<VerifyReport> {
+    let report = verify(opts)?;
+    let mut out = std::io::stdout().lock();
+    let written = match opts.output {
+        Output::Human => report.write_human(&mut out),
+        Output::Json => serde_json::to_writer_pretty(&mut out, &report)
+            .map_err(std::io::Error::other)
+            .and_then(|_| writeln!(out)),
+        Output::Silent => Ok(()),
+    };
+    written.map_err(|e| Error::Output(format!("cannot write the verify report: {e}")))?;
+    report.gate()?;
+    Ok(report)
+}
+
+/// Runs the model (and the reference, when given) and measures; never gates (see
+/// [`VerifyReport::gate`]). With [`Output::Human`] the generations stream to stdout.
+pub fn verify(opts: &VerifyOptions) -> Result<VerifyReport> {
+    check(opts)?;
+    let loud = opts.output != Output::Silent;
+    let human = opts.output == Output::Human;
+    let model_dir = resolve("--model", &opts.model, loud)?;
+    let prompt = Prompt::load(&model_dir, &opts.prompt)?;
+    let reference = match &opts.reference {
+        Some(r) => {
+            let dir = resolve("--reference", r, loud)?;
+            let p = Prompt::load(&dir, &opts.prompt)?;
+            if p.ids != prompt.ids {
+                return Err(Error::Runtime(format!(
+                    "--reference {r}: its tokenizer and chat template give other prompt token ids \
+                     than --model's ({} vs {} tokens); verify compares models that share a tokenizer",
+                    p.ids.len(),
+                    prompt.ids.len()
+                )));
+            }
+            Some((r.as_str(), dir, p))
+        }
+        None => None,
+    };
+    let sampling = opts.sampling.resolve(&model_dir)?;
+    let gen = GenerateOptions {
+        max_new_tokens: opts.max_new_tokens,
+        min_new_tokens: opts.min_new_tokens,
+        sampling,
+    };
+    let device = resolve_device(opts.device)?;
+    let max_seq = Some(prompt.ids.len() + opts.max_new_tokens);
+
+    let mut model = load(&model_dir, device, max_seq)?;
+    let device_name = model.describe();
+    if loud {
+        eprintln!("qforge verify: device {device_name} (--device {})", device_label(opts.device));
+    }
+    if human {
+        println!("model      {}", model_dir.display());
+        println!("prompt     {} tokens ({})", prompt.ids.len(), prompt.template_label());
+        println!();
+    }
+    let generation = run_one(model.as_mut(), &prompt, &gen, human)?;
+
+    let reference = match reference {
+        None => None,
+        Some((name, dir, rp)) => {
+            let vocab = model.vocab_size();
+            let rows = teacher_forced(model.as_mut(), &prompt.ids, &generation.token_ids)?.to_vec();
+            drop(model);
+            let mut rm = load(&dir, device, max_seq)?;
+            if rm.vocab_size() != vocab {
+                return Err(Error::Runtime(format!(
+                    "--reference {name}: vocabulary of {} tokens, but --model has {vocab}",
+                    rm.vocab_size()
+                )));
+            }
+            if human {
+                println!("reference  {}", dir.display());
+                println!();
+            }
+            let ref_gen = run_one(rm.as_mut(), &rp, &gen, human)?;
+            let ref_rows = teacher_forced(rm.as_mut(), &prompt.ids, &generation.token_ids)?;
+            let agreement = compare(ref_rows, &rows, vocab, &generation.token_ids)?;
+            let passed = opts.min_agreement.is_none_or(|m| agreement.top1_agreement >= m);
+            Some(ReferenceReport {
+                model: name.to_string(),
+                model_dir: dir,
+                generation: ref_gen,
+                agreement,
+                min_agreement: opts.min_agreement,
+                passed,
+            })
+        }
+    };
+    Ok(VerifyReport {
+        model: opts.model.clone(),
+        model_dir,
+        device: device_name,
+        prompt: opts.prompt.clone(),
+        chat_template: prompt.template.clone(),
+        prompt_tokens: prompt.ids.len(),
+        sampling: SamplingReport::from(&sampling),
+        generation,
+        reference,
+    })
+}
+
+/// Validates the numeric options before anything is loaded.
+fn check(opts: &VerifyOptions) -> Result<()> {
+    if opts.max_new_tokens == 0 {
+        return Err(Error::Runtime("--max-new-tokens must be at least 1".into()));
+    }
+    if let Some(m) = opts.min_agreement {
+        if !(0.0..=1.0).contains(&m) {
+            return Err(Error::Runtime(format!(
+                "--min-agreement must be between 0 and 1, got {m}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn device_label(d: Device) -> &'static str {
+    match d {
+        Device::Auto => "auto",
+        Device::Cpu => "cpu",
+        Device::Cuda => "cuda",
+    }
+}
+
+/// A local directory as is, or a hub repo id downloaded into the HF cache.
+fn resolve(flag: &str, model: &str, progress: bool) -> Result<PathBuf> {
+    let opts = HubOptions {
+        revision: None,
+        progress,
+    };
+    resolve_model(model, &opts).map_err(|e| match e {
+        // The hub module words its messages for --model.
+        Error::Hub(msg) => Error::Hub(msg.replacen("--model", flag, 1)),
+        other => other,
+    })
+}
+
+/// Generates, streaming to stdout when `stream`.
+fn run_one(
+    model: &mut dyn Engine,
+    prompt: &Prompt,
+    gen: &GenerateOptions,
+    stream: bool,
+) -> Result<Generation> {
+    let mut stdout = std::io::stdout();
+    let out: Option<&mut dyn Write> = if stream { Some(&mut stdout) } else { None };
+    let g = generate(model, &prompt.tok, &prompt.ids, gen, out)?;
+    if stream {
+        println!();
+    }
+    Ok(g)
+}
+
+/// Runs `prompt` + `continuation` (all but its last token) in one forward pass and returns
+/// the `[continuation.len(), vocab]` logits that predict each continuation token.
+fn teacher_forced<'a>(
+    model: &'a mut dyn Engine,
+    prompt: &[u32],
+    continuation: &[u32],
+) -> Result<&'a [f32]> {
+    let (p, n, vocab) = (prompt.len(), continuation.len(), model.vocab_size());
+    if p == 0 || n == 0 {
+        return Err(Error::Runtime("verify: nothing to teacher-force".into()));
+    }
+    let mut seq = Vec::with_capacity(p + n - 1);
+    seq.extend_from_slice(prompt);
+    seq.extend_from_slice(&continuation[..n - 1]);
+    model.reset();
+    let all = model.forward_view(&seq, 0, true)?;
+    Ok(&all[(p - 1) * vocab..(p + n - 1) * vocab])
+}
+
+/// A model's tokenizer and the user message rendered and encoded for it.
+struct Prompt {
+    tok: TextTokenizer,
+    /// Where the chat template came from; `None` when the model has none (raw text).
+    template: Option<String>,
+    ids: Vec<u32>,
+}
+
+impl Prompt {
+    fn load(dir: &Path, message: &str) -> Result<Self> {
+        let tok = TextTokenizer::load(dir)?;
+        let template = ChatTemplate::load(dir)?;
+        let text = user_prompt(template.as_ref(), message)?;
+        // A rendered template holds its own special tokens; raw text gets the tokenizer's.
+        let ids = tok.encode(&text, template.is_none())?;
+        Ok(Self {
+            tok,
+            template: template.map(|t| t.origin().to_string()),
+            ids,
+        })
+    }
+
+    fn template_label(&self) -> String {
+        match &self.template {
+            Some(t) => format!("chat template {t}"),
+            None => "no chat template: raw text".into(),
+        }
+    }
+}

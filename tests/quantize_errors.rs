@@ -1,0 +1,238 @@
+//! Bad input to `qforge quantize`: each case exits non-zero with a one-line error that names
+//! the culprit, never panics, and leaves nothing behind in the output's parent directory.
+
+mod common;
+
+use qforge::checkpoint::writer::{self, OutTensor, ShardWriter};
+use qforge::checkpoint::{Checkpoint, DType};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fixture() -> PathBuf {
+    common::shared().join("fixtures/tiny-tied-bf16")
+}
+
+fn good_recipe() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/fp8_dynamic.yaml")
+}
+
+/// Copies the fixture model into `dst` (all files).
+fn copy_model(dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for f in std::fs::read_dir(fixture()).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dst.join(f.file_name().unwrap())).unwrap();
+    }
+}
+
+/// Rewrites `dir/model.safetensors` with `edit` applied to each (tensor, bytes).
+fn rewrite_tensors(dir: &Path, edit: impl Fn(&mut OutTensor, &mut Vec<u8>)) {
+    let path = dir.join("model.safetensors");
+    let (tensors, datas): (Vec<OutTensor>, Vec<Vec<u8>>) = {
+        let ck = Checkpoint::open(dir).unwrap();
+        ck.tensors()
+            .iter()
+            .map(|t| {
+                let mut out = OutTensor::new(t.name.clone(), t.dtype, t.shape.clone());
+                let mut data = ck.data(t).to_vec();
+                edit(&mut out, &mut data);
+                (out, data)
+            })
+            .unzip()
+    };
+    std::fs::remove_file(&path).unwrap();
+    let shard = writer::plan_shards(&tensors, u64::MAX).remove(0);
+    let w = ShardWriter::create(&path, &shard).unwrap();
+    for (t, d) in tensors.iter().zip(&datas) {
+        w.write_tensor(&t.name, d).unwrap();
+    }
+    w.finish().unwrap();
+}
+
+/// Runs quantize on `model` with `recipe` into a fresh output and checks the failure
+/// contract; returns the error line.
+fn fails(model: &Path, recipe: &Path) -> String {
+    let parent = tempfile::tempdir().unwrap();
+    let out = parent.path().join("out");
+    let result = Command::new(env!("CARGO_BIN_EXE_qforge"))
+        .args(["quantize", "--model"])
+        .arg(model)
+        .arg("--recipe")
+        .arg(recipe)
+        .arg("--output")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr).into_owned();
+    assert_eq!(result.status.code(), Some(1), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("qforge: warning")).collect();
+    assert_eq!(lines.len(), 1, "one line expected: {stderr}");
+    assert!(lines[0].starts_with("qforge: error: "), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(parent.path()).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    lines[0].to_string()
+}
+
+fn write_recipe(dir: &Path, text: &str) -> PathBuf {
+    let p = dir.join("recipe.yaml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn missing_or_invalid_config_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("m");
+    copy_model(&m);
+    std::fs::remove_file(m.join("config.json")).unwrap();
+    assert!(fails(&m, &good_recipe()).contains("config.json"));
+    std::fs::write(m.join("config.json"), "{ not json").unwrap();
+    assert!(fails(&m, &good_recipe()).contains("config.json"));
+}
+
+#[test]
+fn no_safetensors_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("m");
+    copy_model(&m);
+    std::fs::remove_file(m.join("model.safetensors")).unwrap();
+    assert!(fails(&m, &good_recipe()).contains("safetensors"));
+}
+
+#[test]
+fn corrupt_safetensors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("m");
+    copy_model(&m);
+    let path = m.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    // Truncated: tensors run past the end of the file.
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    assert!(fails(&m, &good_recipe()).contains("model.safetensors"));
+    // Header length larger than the file.
+    let mut bad = bytes.clone();
+    bad[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    std::fs::write(&path, &bad).unwrap();
+    assert!(fails(&m, &good_recipe()).contains("model.safetensors"));
+    // Garbage header.
+    let mut bad = bytes;
+    bad[8..20].copy_from_slice(b"not json at ");
+    std::fs::write(&path, &bad).unwrap();
+    assert!(fails(&m, &good_recipe()).contains("model.safetensors"));
+}
+
+#[test]
+fn linear_weight_of_a_non_float_dtype() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("m");
+    copy_model(&m);
+    rewrite_tensors(&m, |t, data| {
+        if t.name == "model.layers.1.mlp.up_proj.weight" {
+            t.dtype = DType::I16;
+            data.iter_mut().for_each(|b| *b = 1);
+        }
+    });
+    let err = fails(&m, &good_recipe());
+    assert!(err.contains("model.layers.1.mlp.up_proj.weight") && err.contains("I16"), "{err}");
+}
+
+#[test]
+fn nan_and_inf_weights_name_tensor_and_row() {
+    for (bits, what) in [(0x7FC0u16, "NaN"), (0xFF80u16, "-Inf")] {
+        let tmp = tempfile::tempdir().unwrap();
+        let m = tmp.path().join("m");
+        copy_model(&m);
+        rewrite_tensors(&m, |t, data| {
+            if t.name == "model.layers.0.mlp.down_proj.weight" {
+                let cols = t.shape[1];
+                let at = 2 * (17 * cols + 5); // row 17, col 5
+                data[at..at + 2].copy_from_slice(&bits.to_le_bytes());
+            }
+        });
+        let err = fails(&m, &good_recipe());
+        assert!(err.contains("model.layers.0.mlp.down_proj.weight") && err.contains("row 17"), "{what}: {err}");
+    }
+}
+
+#[test]
+fn bad_recipes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &str)] = &[
+        ("a: [unclosed", "recipe"),
+        (
+            "s_stage:\n  m_modifiers:\n    GPTQModifier:\n      scheme: W4A16\n",
+            "GPTQModifier",
+        ),
+        (
+            "s_stage:\n  m_modifiers:\n    FrobnicateModifier: {}\n",
+            "FrobnicateModifier",
+        ),
+        (
+            "s_stage:\n  m_modifiers:\n    QuantizationModifier:\n      scheme: FP8_DYNAMIC\n      colour: blue\n",
+            "colour",
+        ),
+        (
+            "s_stage:\n  m_modifiers:\n    QuantizationModifier:\n      scheme: FP9_FANTASY\n",
+            "unknown scheme FP9_FANTASY",
+        ),
+        (
+            "s_stage:\n  m_modifiers:\n    QuantizationModifier:\n      scheme: NVFP4\n",
+            "not supported yet",
+        ),
+        (
+            "s_stage:\n  m_modifiers:\n    QuantizationModifier:\n      scheme: FP8_DYNAMIC\n      ignore: ['re:(unclosed']\n",
+            "re:(unclosed",
+        ),
+    ];
+    for (text, needle) in cases {
+        let r = write_recipe(tmp.path(), text);
+        let err = fails(&fixture(), &r);
+        assert!(err.contains(needle), "recipe {text:?}: {err}");
+    }
+    let missing = tmp.path().join("nope.yaml");
+    assert!(fails(&fixture(), &missing).contains("nope.yaml"));
+}
+
+#[test]
+fn existing_output_is_refused() {
+    let parent = tempfile::tempdir().unwrap();
+    let out = parent.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let result = Command::new(env!("CARGO_BIN_EXE_qforge"))
+        .args(["quantize", "--model"])
+        .arg(fixture())
+        .arg("--recipe")
+        .arg(good_recipe())
+        .arg("--output")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(1));
+    assert!(stderr.contains("already exists"), "{stderr}");
+    assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn unknown_architecture_warns_and_still_quantizes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("m");
+    copy_model(&m);
+    let cfg = std::fs::read_to_string(m.join("config.json")).unwrap();
+    std::fs::write(m.join("config.json"), cfg.replace("LlamaForCausalLM", "FancyNewForCausalLM")).unwrap();
+    let out = tmp.path().join("out");
+    let result = Command::new(env!("CARGO_BIN_EXE_qforge"))
+        .args(["quantize", "--json", "--model"])
+        .arg(&m)
+        .arg("--recipe")
+        .arg(good_recipe())
+        .arg("--output")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+    assert!(summary["warnings"][0].as_str().unwrap().contains("FancyNewForCausalLM"));
+    assert_eq!(summary["quantized"], 14);
+}
