@@ -19,7 +19,8 @@ fn main() {
             for i in 0..h { let d = (a[t*h+i]-b[t*h+i]).abs(); if d > md { md = d; mi = i; } mx = mx.max(b[t*h+i].abs()); }
             line += &format!("t{t}:{md:.1e}@{mi}(max{mx:.0}) ");
         }
-        println!("{key}: {line}");
+        let ne = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+        println!("{key}: nonequal {ne} of {} {line}", a.len());
     }
     // layer-1 MLP on the golden input
     use qforge::runtime::cpu::{ops, linear};

@@ -17,6 +17,8 @@ pub struct Cli {
 pub enum Command {
     /// Quantize a BF16/F16/F32 checkpoint with an llm-compressor recipe.
     Quantize(qforge::quantize::QuantizeArgs),
+    /// Write a seeded random BF16 Llama-shaped checkpoint (demos, benchmarks, tests).
+    MakeModel(qforge::synthetic::MakeModelArgs),
     /// Run a model on a chat prompt; with --reference, gate on its agreement with the reference.
     Verify(qforge::runtime::verify::VerifyArgs),
 }
@@ -25,6 +27,7 @@ impl Cli {
     pub fn run(self) -> qforge::Result<ExitCode> {
         match self.command {
             Command::Quantize(args) => qforge::quantize::run_cli(&args),
+            Command::MakeModel(args) => qforge::synthetic::run_cli(&args),
             Command::Verify(args) => qforge::runtime::verify::run_cli(&args),
         }
     }

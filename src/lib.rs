@@ -12,5 +12,6 @@ pub mod quant;
 pub mod quantize;
 pub mod recipe;
 pub mod runtime;
+pub mod synthetic;
 
 pub use error::{Error, Result};

@@ -312,3 +312,32 @@ fn a_local_directory_is_returned_as_is() {
     let got = resolve_model_with(dir.to_str().unwrap(), &opts(None), &cfg).unwrap();
     assert_eq!(got, dir);
 }
+
+/// Needs a small filesystem (a few MB, e.g. `mount -t tmpfs -o size=3m tmpfs /mnt/small`):
+/// `QFORGE_SMALL_FS=/mnt/small cargo test --release --test hub_download -- --ignored`.
+#[test]
+#[ignore = "needs QFORGE_SMALL_FS, a filesystem smaller than the fixture"]
+fn disk_full_says_so_and_keeps_the_cache_consistent() {
+    let small = std::env::var_os("QFORGE_SMALL_FS").expect("set QFORGE_SMALL_FS");
+    let (repo, commit) = fixture_repo(REPO, Access::Public);
+    let hub = MockHub::start(vec![repo]);
+    let home = tempfile::tempdir_in(small).unwrap();
+    let cfg = config(&hub, home.path());
+    let err = resolve_model_with(REPO, &opts(None), &cfg)
+        .unwrap_err()
+        .to_string();
+    println!("{err}");
+    assert!(err.contains("no space left on device"), "{err}");
+    assert!(err.contains("HF_HUB_CACHE"), "{err}");
+    let cache = RepoCache::new(&cfg.cache_dir, REPO);
+    let weights = std::fs::read(fixture_dir().join("model.safetensors")).unwrap();
+    let sha = sha256_hex(&weights);
+    assert!(!cache.blob(&sha).exists());
+    assert!(!cache.snapshot(&commit).join("model.safetensors").exists());
+    assert_eq!(cache.read_ref("main"), None);
+    // Every link in the snapshot leads to a complete blob.
+    for name in listing(&cache.snapshot(&commit)) {
+        let want = std::fs::read(fixture_dir().join(&name)).unwrap();
+        assert!(std::fs::read(cache.snapshot(&commit).join(&name)).unwrap() == want);
+    }
+}

@@ -483,9 +483,18 @@ fn bench_one_gib_bf16() {
             .build()
             .unwrap();
         let t0 = std::time::Instant::now();
-        let out = pool.install(|| {
-            quantize_fp8_channel("w", DType::BF16, &data, rows, cols, Fp8Rounding::Eager).unwrap()
+        let (out, cpu) = pool.install(|| {
+            let c0 = thread_cpu_ns();
+            let out = quantize_fp8_channel("w", DType::BF16, &data, rows, cols, Fp8Rounding::Eager)
+                .unwrap();
+            (out, thread_cpu_ns() - c0)
         });
+        if threads == 1 {
+            eprintln!(
+                "1 thread: {:.2} ns CPU per element",
+                cpu as f64 / (rows * cols) as f64
+            );
+        }
         (out, t0.elapsed().as_secs_f64())
     };
     let (one, t1) = run(1);
@@ -497,4 +506,10 @@ fn bench_one_gib_bf16() {
         gib / t1,
         gib / t2
     );
+}
+
+/// CPU time of the calling thread in ns (Linux schedstat), to measure work on a busy machine.
+fn thread_cpu_ns() -> u64 {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+    s.split_whitespace().next().unwrap().parse().unwrap()
 }

@@ -51,9 +51,16 @@ const LINEAR_CLASSES: &[&str] = &["Linear", "Module"];
 impl Matcher {
     fn new(text: &str) -> Result<Matcher> {
         let regex = match text.strip_prefix("re:") {
-            Some(pattern) => Some(Regex::new(&format!("^(?:{pattern})")).map_err(|e| {
-                Error::Recipe(format!("invalid regular expression `{text}`: {}", short_regex_error(&e)))
-            })?),
+            Some(pattern) => {
+                let invalid = |e: fancy_regex::Error| {
+                    let reason = regex_error_reason(&e);
+                    Error::Recipe(format!("invalid regular expression `{text}`: {reason}"))
+                };
+                // Check the pattern as written (so error positions refer to it), then
+                // anchor it at the start as `re.match` does.
+                Regex::new(pattern).map_err(invalid)?;
+                Some(Regex::new(&format!("^(?:{pattern})")).map_err(invalid)?)
+            }
             None => None,
         };
         Ok(Matcher { text: text.to_string(), regex })
@@ -79,9 +86,20 @@ impl Matcher {
     }
 }
 
-/// The last line of a (possibly multi-line) regex error: the reason itself.
-fn short_regex_error(e: &fancy_regex::Error) -> String {
-    let text = e.to_string();
+/// The innermost cause of a regex error, on one line: the last line of the deepest
+/// `source()` (the regex crate's messages are multi-line with the reason last).
+fn regex_error_reason(e: &fancy_regex::Error) -> String {
+    let mut err: &dyn std::error::Error = e;
+    // fancy-regex does not chain the regex crate's error as a source: unwrap it by hand.
+    if let fancy_regex::Error::CompileError(c) = e {
+        if let fancy_regex::CompileError::InnerError(inner) = c.as_ref() {
+            err = inner;
+        }
+    }
+    while let Some(inner) = err.source() {
+        err = inner;
+    }
+    let text = err.to_string();
     let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("invalid");
     last.trim().trim_start_matches("error: ").to_string()
 }

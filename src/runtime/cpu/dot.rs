@@ -16,7 +16,8 @@ use std::sync::OnceLock;
 /// Activation rows handled together, so each weight element is decoded once per block.
 pub const TB: usize = 4;
 
-fn has_avx2() -> bool {
+/// True when the CPU has AVX2, FMA and F16C (checked once).
+pub fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static HAS: OnceLock<bool> = OnceLock::new();

@@ -2,6 +2,7 @@
 //! and scratch buffers (a decode step allocates nothing), rayon-parallel matmuls and FP8
 //! weights kept as 1 byte each (W8A8, see [`linear`]).
 
+pub mod attention;
 pub mod dot;
 pub mod linear;
 pub mod ops;
@@ -11,8 +12,9 @@ use crate::runtime::config::ModelConfig;
 use crate::runtime::weights::{Linear, Weights};
 use crate::runtime::Backend;
 use crate::{Error, Result};
+use attention::{AttnShape, KvView};
 use linear::LinearScratch;
-use ops::{AttnShape, RopeTables};
+use ops::RopeTables;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -245,17 +247,9 @@ impl CpuModel {
             let (kc, vc) = (&mut self.k_cache[l], &mut self.v_cache[l]);
             kc[pos * kvd..(pos + t) * kvd].copy_from_slice(&s.k[..t * kvd]);
             vc[pos * kvd..(pos + t) * kvd].copy_from_slice(&s.v[..t * kvd]);
-            ops::attention(
-                shape,
-                &s.q,
-                kc,
-                vc,
-                pos,
-                t,
-                &mut s.scores,
-                &mut s.att_h,
-                &mut s.att,
-            );
+            let kv = KvView { k: kc, v: vc };
+            let (sc, ah) = (&mut s.scores, &mut s.att_h);
+            attention::attention(shape, &s.q, kv, pos, t, sc, ah, &mut s.att);
             linear::forward(&layer.o_proj, &s.att, t, &mut s.proj, &mut s.lin);
             add(&mut s.x[..t * hd], &s.proj);
             record(&mut trace, "residual_after_attn", l, &s.x[..t * hd]);

@@ -1,63 +1,17 @@
-//! The non-Linear pieces of the forward pass, in f32, written to round like transformers'
+//! The element-wise pieces of the forward pass, in f32, written to round like transformers'
 //! f32 forward (fixtures/README.md §6.2): RMSNorm, rotary embedding (HF rotate-half layout,
-//! default and llama3 frequencies), SiLU gating and causal GQA attention.
+//! default and llama3 frequencies) and SiLU gating.
 
 use crate::runtime::config::{RopeConfig, RopeScaling};
-use rayon::prelude::*;
 
 /// `out = w * (x * rsqrt(mean(x²) + eps))` for each row of width `w.len()`.
 /// The mean of squares is summed in f64 and rounded once (torch's pairwise f32 sum is close to
 /// that); `rsqrt` is `1 / sqrt` as torch's CPU kernel computes it.
-pub fn sum_sq(xr: &[f32]) -> f32 {
-    match std::env::var("QF_SUM").as_deref() {
-        Ok("seq") => xr.iter().map(|&v| v * v).sum(),
-        Ok("torch8") => torch_sum(xr, 8),
-        Ok("torch16") => torch_sum(xr, 16),
-        _ => { let s: f64 = xr.iter().map(|&v| (v * v) as f64).sum(); s as f32 }
-    }
-}
-
-fn torch_sum(xr: &[f32], lanes: usize) -> f32 {
-    let sq: Vec<f32> = xr.iter().map(|&v| v * v).collect();
-    let n = sq.len();
-    let vec_size = n / lanes;
-    // row_sum over vectors with ilp 4
-    let size_ilp = vec_size / 4;
-    let vload = |i: usize| -> Vec<f32> { sq[i * lanes..(i + 1) * lanes].to_vec() };
-    let add = |a: &mut Vec<f32>, b: &Vec<f32>| { for (x, y) in a.iter_mut().zip(b) { *x += *y; } };
-    let zero = vec![0.0f32; lanes];
-    let mut acc = vec![vec![zero.clone(); 4]; 4]; // [level][k]
-    let ceil_log2 = |x: usize| -> usize { if x <= 1 { 0 } else { (usize::BITS - (x - 1).leading_zeros()) as usize } };
-    let level_power = std::cmp::max(4, ceil_log2(size_ilp) / 4);
-    let level_step = 1usize << level_power;
-    let level_mask = level_step - 1;
-    let mut i = 0;
-    while i + level_step <= size_ilp {
-        for _ in 0..level_step {
-            for k in 0..4 { let v = vload(i * 4 + k); add(&mut acc[0][k], &v); }
-            i += 1;
-        }
-        for j in 1..4 {
-            for k in 0..4 { let a = acc[j - 1][k].clone(); add(&mut acc[j][k], &a); acc[j - 1][k] = zero.clone(); }
-            let mask = level_mask << (j * level_power);
-            if i & mask != 0 { break; }
-        }
-    }
-    while i < size_ilp { for k in 0..4 { let v = vload(i * 4 + k); add(&mut acc[0][k], &v); } i += 1; }
-    for j in 1..4 { for k in 0..4 { let a = acc[j][k].clone(); add(&mut acc[0][k], &a); } }
-    let mut p0 = acc[0][0].clone();
-    for i in size_ilp * 4..vec_size { let v = vload(i); add(&mut p0, &v); }
-    for k in 1..4 { let a = acc[0][k].clone(); add(&mut p0, &a); }
-    let mut fin = 0.0f32;
-    for k in vec_size * lanes..n { fin += sq[k]; }
-    for v in p0 { fin += v; }
-    fin
-}
-
 pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let d = w.len();
     for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        let mean = sum_sq(xr) / d as f32;
+        let sum: f64 = xr.iter().map(|&v| (v * v) as f64).sum();
+        let mean = (sum / d as f64) as f32;
         let r = 1.0 / (mean + eps).sqrt();
         for ((o, &v), &g) in or.iter_mut().zip(xr).zip(w) {
             *o = g * (v * r);
@@ -170,85 +124,6 @@ impl RopeTables {
                 }
             }
         }
-    }
-}
-
-/// Shapes for [`attention`].
-#[derive(Debug, Clone, Copy)]
-pub struct AttnShape {
-    pub heads: usize,
-    pub kv_heads: usize,
-    pub head_dim: usize,
-}
-
-/// Causal softmax attention of `t` new query rows (positions `pos..pos+t`) against the cached
-/// keys/values of positions `0..pos+t`. `q`: `[t, heads*head_dim]`; `k_cache`, `v_cache`:
-/// `[max_seq, kv_heads*head_dim]`; `scores`: scratch of at least `heads * (pos+t)`; `out_heads`:
-/// scratch `[heads, t, head_dim]`; result in `out` `[t, heads*head_dim]`. Parallel over heads.
-#[allow(clippy::too_many_arguments)]
-pub fn attention(
-    shape: AttnShape,
-    q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
-    pos: usize,
-    t: usize,
-    scores: &mut [f32],
-    out_heads: &mut [f32],
-    out: &mut [f32],
-) {
-    let AttnShape {
-        heads,
-        kv_heads,
-        head_dim: d,
-    } = shape;
-    let (qw, kvw) = (heads * d, kv_heads * d);
-    let group = heads / kv_heads;
-    let len = pos + t;
-    let scale = (d as f64).powf(-0.5) as f32;
-    out_heads[..heads * t * d]
-        .par_chunks_mut(t * d)
-        .zip(scores[..heads * len].par_chunks_mut(len))
-        .enumerate()
-        .for_each(|(h, (oh, sc))| {
-            let kh = h / group; // GQA: kv heads repeated (repeat_interleave)
-            for i in 0..t {
-                let qi = &q[i * qw + h * d..i * qw + (h + 1) * d];
-                let n = pos + i + 1; // causal: keys 0..=pos+i
-                for (j, s) in sc[..n].iter_mut().enumerate() {
-                    let kj = &k_cache[j * kvw + kh * d..j * kvw + (kh + 1) * d];
-                    *s = qi.iter().zip(kj).fold(0.0f32, |acc, (a, b)| a.mul_add(*b, acc)) * scale;
-                }
-                softmax(&mut sc[..n]);
-                let o = &mut oh[i * d..(i + 1) * d];
-                o.fill(0.0);
-                for (j, &p) in sc[..n].iter().enumerate() {
-                    let vj = &v_cache[j * kvw + kh * d..j * kvw + (kh + 1) * d];
-                    for (ov, &vv) in o.iter_mut().zip(vj) {
-                        *ov = p.mul_add(vv, *ov);
-                    }
-                }
-            }
-        });
-    for h in 0..heads {
-        for i in 0..t {
-            let src = &out_heads[(h * t + i) * d..(h * t + i + 1) * d];
-            out[i * qw + h * d..i * qw + (h + 1) * d].copy_from_slice(src);
-        }
-    }
-}
-
-/// In-place softmax as torch's CPU kernel: `exp(x - max)`, then times `1 / sum`.
-fn softmax(x: &mut [f32]) {
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut sum = 0.0f32;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    for v in x.iter_mut() {
-        *v *= inv;
     }
 }
 

@@ -1,0 +1,91 @@
+// Shared helpers for qforge's kernels. Compiled by NVRTC at run time for the GPU's exact
+// architecture (sm_89 / sm_90a); needs no CUDA header: BF16 and FP8 conversions are written
+// as PTX `cvt` instructions (sm_89+), math comes from NVRTC's built-ins.
+#pragma once
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+// Largest finite E4M3 value and vLLM's smallest per-token activation scale 1/(448*512).
+#define FP8_MAX 448.0f
+#define MIN_ACT_SCALE (1.0f / (448.0f * 512.0f))
+#define NEG_INF (-__int_as_float(0x7f800000))
+
+__device__ __forceinline__ float bf16_to_f32(u16 b) { return __uint_as_float(((u32)b) << 16); }
+
+// f32 -> bf16, round to nearest even (NaN stays NaN).
+__device__ __forceinline__ u16 f32_to_bf16(float f) {
+    u16 r;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(f));
+    return r;
+}
+
+// Two f32 -> two E4M3 codes (round to nearest even, saturating to +-448; NaN stays NaN).
+// `lo` lands in the low byte (lower address), `hi` in the high byte.
+__device__ __forceinline__ u16 f32x2_to_e4m3x2(float lo, float hi) {
+    u16 r;
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+// Two E4M3 codes (low byte first) -> two f32, exactly (via f16, which holds every E4M3 value).
+__device__ __forceinline__ float2 e4m3x2_to_f32x2(u16 v) {
+    u32 h2;
+    asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(h2) : "h"(v));
+    u16 lo = (u16)(h2 & 0xffffu), hi = (u16)(h2 >> 16);
+    float a, b;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(a) : "h"(lo));
+    asm("cvt.f32.f16 %0, %1;" : "=f"(b) : "h"(hi));
+    return make_float2(a, b);
+}
+
+// max that propagates NaN (as torch's amax does), so a NaN row gets a NaN scale.
+__device__ __forceinline__ float nan_max(float a, float b) { return (a > b || a != a) ? a : b; }
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = nan_max(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Block-wide sum in double (fixed order: deterministic). `smem` holds 32 doubles.
+__device__ __forceinline__ double block_sum_f64(double v, double* smem) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    __syncthreads();
+    if (lane == 0) smem[w] = v;
+    __syncthreads();
+    double s = 0.0;
+    for (int i = 0; i < nw; i++) s += smem[i];
+    return s;
+}
+
+// Block-wide NaN-propagating max. `smem` holds 32 floats.
+__device__ __forceinline__ float block_max(float v, float* smem) {
+    v = warp_max(v);
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    __syncthreads();
+    if (lane == 0) smem[w] = v;
+    __syncthreads();
+    float m = smem[0];
+    for (int i = 1; i < nw; i++) m = nan_max(m, smem[i]);
+    return m;
+}
+
+// vLLM's per-token dynamic scale from a row's absmax: max(amax / 448, 1/(448*512)).
+// Written as a comparison so that a NaN amax gives a NaN scale.
+__device__ __forceinline__ float act_scale(float amax) {
+    float s = amax / FP8_MAX;
+    return s < MIN_ACT_SCALE ? MIN_ACT_SCALE : s;
+}
+
+// Quantizes two values with scale `s`: e4m3(clamp(v / s, -448, 448)), divisions in IEEE f32.
+__device__ __forceinline__ u16 quant2(float a, float b, float s) {
+    return f32x2_to_e4m3x2(a / s, b / s);
+}

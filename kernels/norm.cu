@@ -1,0 +1,111 @@
+// Row-wise kernels of the forward pass: embedding gather, residual add + RMSNorm (+ FP8
+// quantization), SiLU-gating (+ FP8 quantization), per-token FP8 quantization of a BF16 row,
+// the FP8 GEMM scale epilogue, bias add. One block per row unless said otherwise; the
+// quantizing kernels follow vLLM's dynamic per-token FP8 (common.cuh `act_scale`, `quant2`).
+// Widths `n` are even (checked by the host).
+#include "common.cuh"
+
+// x[r][i] = f32(table[ids[r]][i]). Grid (rows), block 256.
+extern "C" __global__ void embed_gather(const u16* table, const u32* ids, int n, float* x) {
+    const u16* src = table + (u64)ids[blockIdx.x] * n;
+    float* dst = x + (u64)blockIdx.x * n;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) dst[i] = bf16_to_f32(src[i]);
+}
+
+// Residual add + RMSNorm, one block per row:
+//   if delta: x += f32(delta)            (x is the f32 residual stream, updated in place)
+//   v = w * (x * (1 / sqrt(mean(x^2) + eps)))   (the sum of squares in f64, as the CPU backend)
+//   q != 0: q = e4m3(v / s), s = act_scale(max|v|)     (FP8 input of the next Linear)
+//   else:   out = bf16(v)                                (BF16 input of a dense Linear)
+extern "C" __global__ void add_rmsnorm(float* x, const u16* delta, const float* w, float eps,
+                                       int n, u8* q, float* s, u16* out) {
+    __shared__ double red[32];
+    __shared__ float redf[32];
+    float* xr = x + (u64)blockIdx.x * n;
+    const u16* dr = delta ? delta + (u64)blockIdx.x * n : 0;
+    double ss = 0.0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float v = xr[i];
+        if (dr) {
+            v += bf16_to_f32(dr[i]);
+            xr[i] = v;
+        }
+        ss += (double)(v * v);
+    }
+    ss = block_sum_f64(ss, red);
+    const float r = 1.0f / sqrtf((float)(ss / n) + eps);
+    if (!q) {
+        u16* o = out + (u64)blockIdx.x * n;
+        for (int i = threadIdx.x; i < n; i += blockDim.x) o[i] = f32_to_bf16(w[i] * (xr[i] * r));
+        return;
+    }
+    float amax = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) amax = nan_max(amax, fabsf(w[i] * (xr[i] * r)));
+    const float sc = act_scale(block_max(amax, redf));
+    if (threadIdx.x == 0) s[blockIdx.x] = sc;
+    u16* qr = (u16*)(q + (u64)blockIdx.x * n);
+    for (int i = threadIdx.x; i < n / 2; i += blockDim.x) {
+        const int j = 2 * i;
+        qr[i] = quant2(w[j] * (xr[j] * r), w[j + 1] * (xr[j + 1] * r), sc);
+    }
+}
+
+__device__ __forceinline__ float silu_mul1(u16 g, u16 u) {
+    const float a = bf16_to_f32(g);
+    return a / (1.0f + expf(-a)) * bf16_to_f32(u);
+}
+
+// gu: bf16 [rows][2*inter] (gate columns first, then up). v = silu(gate) * up, then as
+// add_rmsnorm: FP8 codes + scale when q != 0, else bf16 out [rows][inter].
+extern "C" __global__ void silu_mul(const u16* gu, int inter, u8* q, float* s, u16* out) {
+    __shared__ float redf[32];
+    const u16* g = gu + (u64)blockIdx.x * 2 * inter;
+    const u16* u = g + inter;
+    if (!q) {
+        u16* o = out + (u64)blockIdx.x * inter;
+        for (int i = threadIdx.x; i < inter; i += blockDim.x) o[i] = f32_to_bf16(silu_mul1(g[i], u[i]));
+        return;
+    }
+    float amax = 0.0f;
+    for (int i = threadIdx.x; i < inter; i += blockDim.x) amax = nan_max(amax, fabsf(silu_mul1(g[i], u[i])));
+    const float sc = act_scale(block_max(amax, redf));
+    if (threadIdx.x == 0) s[blockIdx.x] = sc;
+    u16* qr = (u16*)(q + (u64)blockIdx.x * inter);
+    for (int i = threadIdx.x; i < inter / 2; i += blockDim.x) {
+        const int j = 2 * i;
+        qr[i] = quant2(silu_mul1(g[j], u[j]), silu_mul1(g[j + 1], u[j + 1]), sc);
+    }
+}
+
+// Per-token FP8 quantization of a bf16 row (the attention output before o_proj).
+extern "C" __global__ void quant_rows(const u16* x, int n, u8* q, float* s) {
+    __shared__ float redf[32];
+    const u16* xr = x + (u64)blockIdx.x * n;
+    float amax = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) amax = nan_max(amax, fabsf(bf16_to_f32(xr[i])));
+    const float sc = act_scale(block_max(amax, redf));
+    if (threadIdx.x == 0) s[blockIdx.x] = sc;
+    u16* qr = (u16*)(q + (u64)blockIdx.x * n);
+    for (int i = threadIdx.x; i < n / 2; i += blockDim.x)
+        qr[i] = quant2(bf16_to_f32(xr[2 * i]), bf16_to_f32(xr[2 * i + 1]), sc);
+}
+
+// The W8A8 epilogue for a GEMM that produced raw f32 sums acc [rows][n]:
+//   y = bf16(sa[r] * (sw[c] * acc) (+ bias[c]))        grid (rows, ceil(n/256)), block 256.
+extern "C" __global__ void scale_epilogue(const float* acc, const float* sa, const float* sw,
+                                          const float* bias, int n, u16* y) {
+    const int c = blockIdx.y * blockDim.x + threadIdx.x;
+    if (c >= n) return;
+    const u64 i = (u64)blockIdx.x * n + c;
+    float v = sa[blockIdx.x] * (sw[c] * acc[i]);
+    if (bias) v += bias[c];
+    y[i] = f32_to_bf16(v);
+}
+
+// y = bf16(f32(y) + bias[c]) for a bf16 [rows][n] output.   grid (rows, ceil(n/256)).
+extern "C" __global__ void add_bias(u16* y, const float* bias, int n) {
+    const int c = blockIdx.y * blockDim.x + threadIdx.x;
+    if (c >= n) return;
+    const u64 i = (u64)blockIdx.x * n + c;
+    y[i] = f32_to_bf16(bf16_to_f32(y[i]) + bias[c]);
+}

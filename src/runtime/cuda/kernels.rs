@@ -1,0 +1,153 @@
+//! The kernel sources (`kernels/*.cu`, embedded in the binary), their NVRTC options, and the
+//! on-disk cubin cache: compiled once per (source, arch, NVRTC version, options), so the
+//! second run starts at once.
+
+use super::nvrtc::Nvrtc;
+use crate::{Error, Result};
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Headers the sources `#include`, by include name.
+pub const HEADERS: &[(&str, &str)] = &[(
+    "common.cuh",
+    include_str!("../../../kernels/common.cuh"),
+)];
+
+/// Every kernel source file, by file name.
+pub const SOURCES: &[(&str, &str)] = &[
+    ("norm.cu", include_str!("../../../kernels/norm.cu")),
+    ("rope.cu", include_str!("../../../kernels/rope.cu")),
+    ("attention.cu", include_str!("../../../kernels/attention.cu")),
+    ("gemv.cu", include_str!("../../../kernels/gemv.cu")),
+    ("sample.cu", include_str!("../../../kernels/sample.cu")),
+];
+
+/// Every kernel entry point, with the source that defines it.
+pub const FUNCTIONS: &[(&str, &str)] = &[
+    ("norm.cu", "embed_gather"),
+    ("norm.cu", "add_rmsnorm"),
+    ("norm.cu", "silu_mul"),
+    ("norm.cu", "quant_rows"),
+    ("norm.cu", "scale_epilogue"),
+    ("norm.cu", "add_bias"),
+    ("rope.cu", "rope_qkv"),
+    ("attention.cu", "attention"),
+    ("gemv.cu", "gemv_fp8"),
+    ("gemv.cu", "gemv_bf16"),
+    ("sample.cu", "argmax_rows"),
+    ("sample.cu", "fill_fp8_normal"),
+    ("sample.cu", "fill_bf16_normal"),
+    ("sample.cu", "fill_f32"),
+    ("sample.cu", "fp8_probe"),
+];
+
+/// The NVRTC target for compute capability `major.minor`: `sm_90a` on Hopper (the
+/// arch-specific variant), `sm_XY` elsewhere.
+pub fn arch_name(major: i32, minor: i32) -> String {
+    if (major, minor) == (9, 0) {
+        "sm_90a".to_string()
+    } else {
+        format!("sm_{major}{minor}")
+    }
+}
+
+/// NVRTC options for `arch` (e.g. `sm_90a`). Precise division and square root stay on (the
+/// defaults): the FP8 activation scales must match the CPU reference's IEEE arithmetic.
+pub fn options(arch: &str) -> Vec<String> {
+    let mut o = vec![
+        format!("--gpu-architecture={arch}"),
+        "-std=c++17".to_string(),
+        "--restrict".to_string(),
+    ];
+    if let Some(inc) = std::env::var_os("QFORGE_CUDA_INCLUDE") {
+        o.push(format!("-I{}", inc.to_string_lossy()));
+    }
+    o
+}
+
+/// The cache key of one source: its text and headers, the arch, the options and NVRTC's
+/// version.
+pub fn cache_key(nv: &Nvrtc, name: &str, src: &str, arch: &str, opts: &[String]) -> String {
+    let mut h = Sha256::new();
+    h.update(format!("nvrtc {}.{}\n{arch}\n", nv.version.0, nv.version.1));
+    for o in opts {
+        h.update(o.as_bytes());
+        h.update(b"\n");
+    }
+    for (n, t) in HEADERS {
+        h.update(n.as_bytes());
+        h.update(t.as_bytes());
+    }
+    h.update(name.as_bytes());
+    h.update(src.as_bytes());
+    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    hex[..24].to_string()
+}
+
+/// `$QFORGE_KERNEL_CACHE`, else `$XDG_CACHE_HOME/qforge/kernels`, else
+/// `~/.cache/qforge/kernels`, else a folder under the system temp dir.
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("QFORGE_KERNEL_CACHE") {
+        return d.into();
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("qforge").join("kernels")
+}
+
+/// A compiled source and whether it came from the cache.
+pub struct Cubin {
+    pub name: &'static str,
+    pub bytes: Vec<u8>,
+    pub cached: bool,
+}
+
+/// The cubin of every source for `arch`, from the cache or compiled (and then cached; a cache
+/// that cannot be written only costs the next start a recompile). NVRTC warnings are
+/// errors: the kernels must compile clean.
+pub fn load_all(nv: &Nvrtc, arch: &str) -> Result<Vec<Cubin>> {
+    let opts = options(arch);
+    let dir = cache_dir();
+    SOURCES
+        .iter()
+        .map(|&(name, src)| {
+            let key = cache_key(nv, name, src, arch, &opts);
+            let path = dir.join(format!("{}-{arch}-{key}.cubin", name.trim_end_matches(".cu")));
+            if let Ok(bytes) = std::fs::read(&path) {
+                return Ok(Cubin { name, bytes, cached: true });
+            }
+            let bytes = compile_clean(nv, name, src, &opts)?;
+            let _ = store(&dir, &path, &bytes);
+            Ok(Cubin { name, bytes, cached: false })
+        })
+        .collect()
+}
+
+/// Compiles one source and fails on any NVRTC message (error or warning).
+pub fn compile_clean(nv: &Nvrtc, name: &str, src: &str, opts: &[String]) -> Result<Vec<u8>> {
+    let c = nv.compile(name, src, HEADERS, opts)?;
+    if !c.log.is_empty() {
+        return Err(Error::Runtime(format!(
+            "kernels/{name}: NVRTC {}.{} warnings ({}):\n{}",
+            nv.version.0,
+            nv.version.1,
+            opts.join(" "),
+            c.log
+        )));
+    }
+    if c.cubin.is_empty() {
+        return Err(Error::Runtime(format!("kernels/{name}: NVRTC returned an empty cubin")));
+    }
+    Ok(c.cubin)
+}
+
+fn store(dir: &std::path::Path, path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
