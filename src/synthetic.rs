@@ -130,7 +130,7 @@ fn distribution(name: &str, shape: &LlamaShape) -> (f32, f32) {
     } else {
         // Residual branches scaled like a trained model's, so each layer moves the stream a
         // little and the forward pass stays finite for any depth.
-        (0.0, 4.0 / (shape.hidden as f32).sqrt())
+        (0.0, 1.2 / (shape.hidden as f32).sqrt())
     }
 }
 
@@ -244,7 +244,7 @@ fn copy_tokenizer(src: &Path, dst: &Path) -> Result<()> {
     for name in names {
         let from = src.join(name);
         if from.is_file() {
-            std::fs::copy(&from, dst.join(name)).map_err(|e| Error::io(&from, e))?;
+            crate::quantize::copy_file(&from, &dst.join(name))?;
         }
     }
     Ok(())

@@ -97,6 +97,7 @@ fn hot_kernels_do_not_spill() {
     for name in ["gemv.cu", "attention.cu", "norm.cu", "rope.cu"] {
         let src = SOURCES.iter().find(|s| s.0 == name).unwrap().1;
         let c = nv.compile(name, src, kernels::HEADERS, &opts).unwrap();
+        assert!(c.log.contains("spill stores"), "{name}: no ptxas report:\n{}", c.log);
         let spills: Vec<&str> = c
             .log
             .lines()

@@ -22,8 +22,13 @@ fn parse(text: &str) -> Value {
 #[test]
 fn tokenizer_config_is_byte_identical() {
     for model in ["tiny-llama3", "tiny-tied"] {
-        let src = parse(&read(&fixtures().join(format!("{model}-bf16/tokenizer_config.json"))));
-        assert!(src.get("chat_template").is_some(), "the source holds the template");
+        let src = parse(&read(
+            &fixtures().join(format!("{model}-bf16/tokenizer_config.json")),
+        ));
+        assert!(
+            src.get("chat_template").is_some(),
+            "the source holds the template"
+        );
         let want = read(&fixtures().join(format!("{model}-fp8-dynamic/tokenizer_config.json")));
         assert_eq!(format::tokenizer_config(&src), want, "{model}");
     }
@@ -46,7 +51,12 @@ fn python_written_configs_redump_identically() {
     assert!(files.len() >= 15, "{files:?}");
     for file in files {
         let text = read(&file);
-        assert_eq!(pyjson::dumps(&parse(&text), true), text, "{}", file.display());
+        assert_eq!(
+            pyjson::dumps(&parse(&text), true),
+            text,
+            "{}",
+            file.display()
+        );
     }
 }
 
@@ -56,7 +66,13 @@ fn classic_style_source_config_keeps_its_keys_and_floats() {
     // rope_scaling / rope_theta / torch_dtype and the float spellings.
     let src = parse(&read(&fixtures().join("tiny-llama3-bf16/config.json")));
     let out = format::model_config(&src, &Value::Null);
-    for line in ["  \"rms_norm_eps\": 1e-05,", "  \"rope_theta\": 500000.0,", "    \"factor\": 8.0,", "  \"attention_dropout\": 0.0,", "  \"torch_dtype\": \"bfloat16\","] {
+    for line in [
+        "  \"rms_norm_eps\": 1e-05,",
+        "  \"rope_theta\": 500000.0,",
+        "    \"factor\": 8.0,",
+        "  \"attention_dropout\": 0.0,",
+        "  \"torch_dtype\": \"bfloat16\",",
+    ] {
         assert!(out.contains(&format!("{line}\n")), "{line}");
     }
     assert!(out.find("\"pad_token_id\"") < out.find("\"pretraining_tp\""));
@@ -67,7 +83,13 @@ fn classic_style_source_config_keeps_its_keys_and_floats() {
 fn ensure_ascii_switch() {
     let v = parse(r#"{"name": "café ☕ 𝄞", "k": [1, -2.5e-7, 1e300, 12345678901234567890]}"#);
     let ascii = pyjson::dumps(&v, true);
-    assert!(ascii.contains(r#""name": "caf\u00e9 \u2615 \ud834\udd1e""#), "{ascii}");
-    assert!(ascii.contains("-2.5e-07,\n    1e+300,\n    12345678901234567890\n"), "{ascii}");
+    assert!(
+        ascii.contains(r#""name": "caf\u00e9 \u2615 \ud834\udd1e""#),
+        "{ascii}"
+    );
+    assert!(
+        ascii.contains("-2.5e-07,\n    1e+300,\n    12345678901234567890\n"),
+        "{ascii}"
+    );
     assert!(pyjson::dumps(&v, false).contains("\"name\": \"café ☕ 𝄞\""));
 }

@@ -326,7 +326,6 @@ fn disk_full_says_so_and_keeps_the_cache_consistent() {
     let err = resolve_model_with(REPO, &opts(None), &cfg)
         .unwrap_err()
         .to_string();
-    println!("{err}");
     assert!(err.contains("no space left on device"), "{err}");
     assert!(err.contains("HF_HUB_CACHE"), "{err}");
     let cache = RepoCache::new(&cfg.cache_dir, REPO);

@@ -26,7 +26,11 @@ fn check_residuals(checkpoint: &str, golden_file: &str, tol: f32) -> f32 {
     let mut worst = 0.0f32;
     for key in CHECKED {
         let want = &g[key];
-        assert_eq!(want.shape, [37, m.config.hidden_size], "{golden_file}: {key}");
+        assert_eq!(
+            want.shape,
+            [37, m.config.hidden_size],
+            "{golden_file}: {key}"
+        );
         let d = max_abs_diff(key, &trace[key], &want.f32);
         eprintln!("{checkpoint} vs {golden_file}: {key} max |diff| {d:e}");
         assert!(d <= tol, "{checkpoint}: {key} differs by {d:e} > {tol:e}");
@@ -37,22 +41,38 @@ fn check_residuals(checkpoint: &str, golden_file: &str, tol: f32) -> f32 {
 
 #[test]
 fn tiny_llama3_bf16_residuals() {
-    check_residuals("tiny-llama3-bf16", "tiny-llama3.bf16-f32compute.safetensors", 1e-6);
+    check_residuals(
+        "tiny-llama3-bf16",
+        "tiny-llama3.bf16-f32compute.safetensors",
+        1e-6,
+    );
 }
 
 #[test]
 fn tiny_tied_bf16_residuals() {
-    check_residuals("tiny-tied-bf16", "tiny-tied.bf16-f32compute.safetensors", 1e-6);
+    check_residuals(
+        "tiny-tied-bf16",
+        "tiny-tied.bf16-f32compute.safetensors",
+        1e-6,
+    );
 }
 
 #[test]
 fn tiny_llama3_w8a8_residuals() {
-    check_residuals("tiny-llama3-fp8-dynamic", "tiny-llama3.w8a8-f32compute.safetensors", 1e-6);
+    check_residuals(
+        "tiny-llama3-fp8-dynamic",
+        "tiny-llama3.w8a8-f32compute.safetensors",
+        1e-6,
+    );
 }
 
 #[test]
 fn tiny_tied_w8a8_residuals() {
-    check_residuals("tiny-tied-fp8-dynamic", "tiny-tied.w8a8-f32compute.safetensors", 1e-6);
+    check_residuals(
+        "tiny-tied-fp8-dynamic",
+        "tiny-tied.w8a8-f32compute.safetensors",
+        1e-6,
+    );
 }
 
 /// The W8A8 forward must not be the BF16 one: it sits ≥ 2e-3 away from the BF16 golden
@@ -62,6 +82,10 @@ fn tiny_w8a8_differs_from_bf16() {
     let g = golden("tiny-llama3.bf16-f32compute.safetensors");
     let mut m = load_cpu(&fixture("tiny-llama3-fp8-dynamic")).unwrap();
     let (_, trace) = m.forward_trace(&input_ids(&g), 0, false).unwrap();
-    let d = max_abs_diff("attn.1", &trace["residual_after_attn.1"], &g["residual_after_attn.1"].f32);
+    let d = max_abs_diff(
+        "attn.1",
+        &trace["residual_after_attn.1"],
+        &g["residual_after_attn.1"].f32,
+    );
     assert!(d > 1e-3, "W8A8 residual is only {d:e} from the BF16 golden");
 }

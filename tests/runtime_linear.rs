@@ -19,10 +19,16 @@ fn check_model(checkpoint: &str) {
     let m = load_cpu(&fixture(checkpoint)).unwrap();
     let mut prefixes: Vec<&str> = g.keys().filter_map(|k| k.strip_suffix(".x")).collect();
     prefixes.sort();
-    assert_eq!(prefixes.len(), 14, "{checkpoint}: 7 quantized Linears × 2 layers");
+    assert_eq!(
+        prefixes.len(),
+        14,
+        "{checkpoint}: 7 quantized Linears × 2 layers"
+    );
     let mut infinite = 0;
     for p in prefixes {
-        let lin = m.linear(p).unwrap_or_else(|| panic!("{checkpoint}: no Linear {p}"));
+        let lin = m
+            .linear(p)
+            .unwrap_or_else(|| panic!("{checkpoint}: no Linear {p}"));
         assert!(lin.is_fp8(), "{p} should be FP8");
         let x = &g[&format!("{p}.x")];
         assert_eq!(x.shape, [6, lin.cols], "{p}");
@@ -43,7 +49,10 @@ fn check_model(checkpoint: &str) {
         }
         infinite += want_y.iter().filter(|v| v.is_infinite()).count();
     }
-    assert!(infinite > 0, "{checkpoint}: the goldens' ±inf outputs were compared");
+    assert!(
+        infinite > 0,
+        "{checkpoint}: the goldens' ±inf outputs were compared"
+    );
 }
 
 #[test]
@@ -69,5 +78,9 @@ fn dense_linear_is_not_w8a8() {
     assert!(out.x_scale.is_empty() && out.x_q.is_empty());
     let want = &g[&format!("{p}.y")].f32;
     let differ = out.y.iter().zip(want).filter(|(a, b)| a != b).count();
-    assert!(differ > want.len() / 2, "only {differ} of {} differ", want.len());
+    assert!(
+        differ > want.len() / 2,
+        "only {differ} of {} differ",
+        want.len()
+    );
 }

@@ -47,7 +47,11 @@ fn golden_json(file: &str) -> serde_json::Value {
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 const RESIDUALS: [&str; 4] = [
@@ -80,7 +84,11 @@ fn smollm2_bf16_matches_transformers() {
     assert_eq!(got, want, "per-position argmax");
 
     let greedy = greedy_cached(&mut m, &prompt, 32);
-    let want: Vec<u32> = g["greedy_ids_eos_suppressed"].i64.iter().map(|&x| x as u32).collect();
+    let want: Vec<u32> = g["greedy_ids_eos_suppressed"]
+        .i64
+        .iter()
+        .map(|&x| x as u32)
+        .collect();
     eprintln!("smollm2 bf16 greedy: {greedy:?}");
     assert_eq!(greedy, want, "BF16 greedy ids (EOS suppressed)");
 }
@@ -93,7 +101,11 @@ fn smollm2_w8a8_matches_reference() {
     let g = golden("smollm2.w8a8-f32compute.safetensors");
     let prompt = input_ids(&g);
     let mut m = load_cpu(&fp8).unwrap();
-    assert!(m.weights.layers.iter().all(|l| l.linears().iter().all(|x| x.is_fp8())));
+    assert!(m
+        .weights
+        .layers
+        .iter()
+        .all(|l| l.linears().iter().all(|x| x.is_fp8())));
     let (logits, trace) = m.forward_trace(&prompt, 0, false).unwrap();
     for key in RESIDUALS {
         let d = max_abs_diff(key, &trace[key], &g[key].f32);
@@ -106,10 +118,17 @@ fn smollm2_w8a8_matches_reference() {
     assert_eq!(argmax(&logits), 504);
 
     let cached = greedy_cached(&mut m, &prompt, 32);
-    let want: Vec<u32> = g["greedy_ids_eos_suppressed"].i64.iter().map(|&x| x as u32).collect();
+    let want: Vec<u32> = g["greedy_ids_eos_suppressed"]
+        .i64
+        .iter()
+        .map(|&x| x as u32)
+        .collect();
     let agree = cached.iter().zip(&want).take_while(|(a, b)| a == b).count();
     eprintln!("smollm2 w8a8 greedy: {cached:?} (first {agree} of 32 agree)");
     assert!(agree >= 27, "only the first {agree} greedy ids agree");
     let recomputed = greedy_recompute(&mut m, &prompt, 32);
-    assert_eq!(cached, recomputed, "KV-cache decoding differs from full recompute");
+    assert_eq!(
+        cached, recomputed,
+        "KV-cache decoding differs from full recompute"
+    );
 }

@@ -1,6 +1,6 @@
 //! The decode loop allocates nothing per token: a counting global allocator compares a short
-//! and a long generation on the tiny fixture (all calls on this thread are counted; the final
-//! decode of the ids to text is measured separately and subtracted).
+//! and a long generation on the tiny fixture (allocations on every thread are counted, so this
+//! file holds one test; the final decode of the ids to text is measured apart and subtracted).
 
 mod verify_util;
 
@@ -8,20 +8,16 @@ use qforge::runtime::generate::{generate, load, Device, GenerateOptions};
 use qforge::runtime::sampler::SamplingParams;
 use qforge::runtime::tokenizer::TextTokenizer;
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use verify_util::*;
 
 struct Counting;
 
 static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
+static COUNTING: AtomicBool = AtomicBool::new(false);
 
 fn count() {
-    if COUNTING.with(Cell::get) {
+    if COUNTING.load(Ordering::Relaxed) {
         ALLOCS.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -47,12 +43,12 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// Allocations made on this thread by `f`.
+/// Allocations made (on any thread) while `f` runs.
 fn allocations<T>(f: impl FnOnce() -> T) -> (usize, T) {
     ALLOCS.store(0, Ordering::Relaxed);
-    COUNTING.with(|c| c.set(true));
+    COUNTING.store(true, Ordering::SeqCst);
     let out = f();
-    COUNTING.with(|c| c.set(false));
+    COUNTING.store(false, Ordering::SeqCst);
     (ALLOCS.load(Ordering::Relaxed), out)
 }
 
@@ -80,6 +76,9 @@ fn decode_loop_does_not_allocate_per_token() {
         let long = run(model.as_mut(), 72, min_new);
         eprintln!("allocations besides decoding to text: 8 tokens {short}, 72 tokens {long}");
         // 64 more decode steps: a per-token allocation would add at least 64.
-        assert!(long <= short + 8, "8 tokens: {short} allocations, 72 tokens: {long}");
+        assert!(
+            long <= short + 2,
+            "8 tokens: {short} allocations, 72 tokens: {long}"
+        );
     }
 }

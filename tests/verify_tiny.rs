@@ -24,7 +24,10 @@ fn missing_tokenizer_is_a_clear_error() {
     let msg = err.to_string();
     assert!(matches!(err, Error::Runtime(_)), "{err:?}");
     assert!(
-        msg.contains(&format!("{}: not found", dir.join("tokenizer.json").display())),
+        msg.contains(&format!(
+            "{}: not found",
+            dir.join("tokenizer.json").display()
+        )),
         "{msg}"
     );
 }
@@ -44,7 +47,10 @@ fn missing_model_directory_names_the_flag() {
     let mut o = silent(&fixture("tiny-llama3-bf16"), 4);
     o.reference = Some("/nonexistent/qforge-model".into());
     let msg = verify(&o).unwrap_err().to_string();
-    assert!(msg.contains("--reference /nonexistent/qforge-model"), "{msg}");
+    assert!(
+        msg.contains("--reference /nonexistent/qforge-model"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -80,7 +86,11 @@ fn no_gate_without_min_agreement() {
 fn reference_with_another_chat_template_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = copy_fixture("tiny-tied-bf16", tmp.path(), &[]);
-    std::fs::write(dir.join("chat_template.jinja"), "{{ messages[0]['content'] }}").unwrap();
+    std::fs::write(
+        dir.join("chat_template.jinja"),
+        "{{ messages[0]['content'] }}",
+    )
+    .unwrap();
     let mut o = silent(&fixture("tiny-llama3-bf16"), 4);
     o.reference = Some(dir.to_string_lossy().into_owned());
     let msg = verify(&o).unwrap_err().to_string();
@@ -119,7 +129,7 @@ fn devices() {
 fn report_serializes_to_json() {
     let report = verify(&mismatched()).unwrap();
     let v = serde_json::to_value(&report).unwrap();
-    assert_eq!(v["prompt_tokens"], 31);
+    assert_eq!(v["prompt_tokens"], 37); // the golden prompt (fixtures/README.md §6.1)
     assert_eq!(v["generation"]["stop"], "max_new_tokens");
     assert_eq!(v["sampling"]["greedy"], true);
     assert_eq!(v["reference"]["passed"], false);

@@ -193,8 +193,11 @@ fn read_config(dir: &Path) -> Result<(Value, String)> {
     Ok((value, text))
 }
 
-/// `model.safetensors.index.json`'s weight_map as (tensor, file name) pairs, if the index exists.
-fn read_index(dir: &Path) -> Result<Option<(PathBuf, Vec<(String, String)>)>> {
+/// An index file's path and its weight_map as (tensor, file name) pairs.
+type Index = (PathBuf, Vec<(String, String)>);
+
+/// `model.safetensors.index.json`, if the directory has one.
+fn read_index(dir: &Path) -> Result<Option<Index>> {
     let path = dir.join("model.safetensors.index.json");
     if !path.exists() {
         return Ok(None);
@@ -279,7 +282,7 @@ fn parse_header(path: &Path, map: &[u8], file: usize) -> Result<Vec<TensorInfo>>
     let mut n8 = [0u8; 8];
     n8.copy_from_slice(&map[..8]);
     let n = u64::from_le_bytes(n8);
-    if n > MAX_HEADER || n < 2 {
+    if !(2..=MAX_HEADER).contains(&n) {
         return Err(bad(format!("{p}: invalid header length {n}")));
     }
     if 8 + n > len {

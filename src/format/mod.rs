@@ -25,6 +25,12 @@ pub fn tokenizer_config(src: &Value) -> String {
 /// `config.json` as llm-compressor writes it: the source config with `quantization_config`
 /// added (replacing any existing one), `json.dump(cfg, indent=2, sort_keys=True)`, ASCII
 /// escaped, no trailing newline.
+///
+/// llm-compressor's `resave_config` first patches `tie_word_embeddings`,
+/// `torch_dtype`/`dtype` and the MoE expert counts from the loaded model; for a data-free
+/// scheme that leaves `lm_head` alone those values equal the source's. When the source
+/// lacks `tie_word_embeddings` or both dtype keys, llm-compressor falls back to
+/// transformers' own re-serialisation of the config, which this does not reproduce.
 pub fn model_config(src: &Value, quantization_config: &Value) -> String {
     let mut cfg = src.clone();
     if let Value::Object(map) = &mut cfg {

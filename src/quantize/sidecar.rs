@@ -25,8 +25,7 @@ pub fn copy_sidecar_files(src: &Path, staging: &Staging) -> Result<()> {
     for name in COPIED {
         let from = src.join(name);
         if from.is_file() {
-            let to = staging.path().join(name);
-            fs::copy(&from, &to).map_err(|e| Error::io(&from, e))?;
+            super::copy_file(&from, &staging.path().join(name))?;
         }
     }
     let mut template = read_optional(&src.join("chat_template.jinja"))?;

@@ -71,7 +71,10 @@ pub fn linear_modules(
 fn llama_linears(layers: u64) -> Vec<String> {
     let mut names = Vec::new();
     for n in 0..layers {
-        names.extend(ATTN.iter().map(|p| format!("model.layers.{n}.self_attn.{p}")));
+        names.extend(
+            ATTN.iter()
+                .map(|p| format!("model.layers.{n}.self_attn.{p}")),
+        );
         names.extend(MLP.iter().map(|p| format!("model.layers.{n}.mlp.{p}")));
     }
     names.push("lm_head".into());
@@ -117,7 +120,11 @@ fn generic_linears(tensors: &[(String, Vec<usize>)]) -> Vec<String> {
 
 fn is_embedding_or_norm(module: &str) -> bool {
     let last = module.rsplit('.').next().unwrap_or(module).to_lowercase();
-    last.contains("embed") || last == "wte" || last == "wpe" || last.contains("norm") || last.starts_with("ln_")
+    last.contains("embed")
+        || last == "wte"
+        || last == "wpe"
+        || last.contains("norm")
+        || last.starts_with("ln_")
 }
 
 /// Name order with numeric components compared as numbers and `lm_head` last.
@@ -180,10 +187,14 @@ mod tests {
     #[test]
     fn missing_projection_falls_back_with_warning() {
         let cfg = json!({"architectures": ["Qwen2ForCausalLM"], "num_hidden_layers": 2});
-        let tensors: Vec<_> =
-            llama_tensors(2).into_iter().filter(|(n, _)| !n.contains("1.mlp.up_proj")).collect();
+        let tensors: Vec<_> = llama_tensors(2)
+            .into_iter()
+            .filter(|(n, _)| !n.contains("1.mlp.up_proj"))
+            .collect();
         let (names, warning) = linear_modules(&cfg, &tensors).unwrap();
-        assert!(warning.unwrap().contains("model.layers.1.mlp.up_proj.weight is missing"));
+        assert!(warning
+            .unwrap()
+            .contains("model.layers.1.mlp.up_proj.weight is missing"));
         assert_eq!(names.len(), 14);
     }
 }

@@ -148,7 +148,9 @@ impl QuantArgs {
         Ok(match (self.kind, self.num_bits) {
             (QuantType::Float, 4) | (QuantType::Float, 8) => "torch.float8_e4m3fn",
             (QuantType::Float, n) => {
-                return Err(format!("float quantization with num_bits {n} is not defined (4 or 8)"))
+                return Err(format!(
+                    "float quantization with num_bits {n} is not defined (4 or 8)"
+                ))
             }
             (QuantType::Int, n) if n <= 8 => "torch.int8",
             (QuantType::Int, n) if n <= 16 => "torch.int16",
@@ -166,7 +168,9 @@ impl QuantArgs {
 
     /// The serialised `zp_dtype`: compressed-tensors writes it only for asymmetric args.
     fn zp_dtype_out(&self) -> Option<&str> {
-        (!self.symmetric).then_some(self.zp_dtype.as_deref()).flatten()
+        (!self.symmetric)
+            .then_some(self.zp_dtype.as_deref())
+            .flatten()
     }
 
     /// The JSON object in `quantization_config.config_groups.*.{weights,..}`.
@@ -176,16 +180,24 @@ impl QuantArgs {
         m.insert("num_bits".into(), Value::from(self.num_bits));
         m.insert("type".into(), Value::from(self.kind.as_str()));
         m.insert("symmetric".into(), Value::Bool(self.symmetric));
-        m.insert("group_size".into(), self.group_size.map_or(Value::Null, Value::from));
+        m.insert(
+            "group_size".into(),
+            self.group_size.map_or(Value::Null, Value::from),
+        );
         m.insert("strategy".into(), Value::from(self.strategy.as_str()));
-        let block = self.block_structure.map_or(Value::Null, |b| Value::from(b.to_vec()));
+        let block = self
+            .block_structure
+            .map_or(Value::Null, |b| Value::from(b.to_vec()));
         m.insert("block_structure".into(), block);
         m.insert("dynamic".into(), self.dynamic_value().0);
         m.insert("actorder".into(), opt(self.actorder.as_deref()));
         m.insert("scale_dtype".into(), opt(self.scale_dtype.as_deref()));
         m.insert("zp_dtype".into(), opt(self.zp_dtype_out()));
         m.insert("observer".into(), opt(self.observer.as_deref()));
-        m.insert("observer_kwargs".into(), Value::Object(self.observer_kwargs.clone()));
+        m.insert(
+            "observer_kwargs".into(),
+            Value::Object(self.observer_kwargs.clone()),
+        );
         Value::Object(m)
     }
 
@@ -195,7 +207,10 @@ impl QuantArgs {
         let block = self.block_structure.map_or(Yaml::Null, |b| {
             Yaml::Seq(b.iter().map(|v| Yaml::int(*v)).collect())
         });
-        let kwargs = self.observer_kwargs.iter().map(|(k, v)| (k.clone(), Yaml::from_json(v)));
+        let kwargs = self
+            .observer_kwargs
+            .iter()
+            .map(|(k, v)| (k.clone(), Yaml::from_json(v)));
         let entries = vec![
             ("num_bits", Yaml::int(self.num_bits)),
             ("type", Yaml::str(self.kind.as_str())),
@@ -210,7 +225,12 @@ impl QuantArgs {
             ("observer", opt(self.observer.as_deref())),
             ("observer_kwargs", Yaml::Map(kwargs.collect())),
         ];
-        Yaml::Map(entries.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+        Yaml::Map(
+            entries
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        )
     }
 
     /// Parses a recipe's `weights:` / `input_activations:` / `output_activations:` mapping
@@ -236,9 +256,10 @@ impl QuantArgs {
                 "zp_dtype" => a.zp_dtype = parse_dtype(val, &at)?,
                 "observer" => a.observer = opt_str(val, &at)?,
                 "observer_kwargs" => {
-                    a.observer_kwargs = val.as_object().cloned().ok_or_else(|| {
-                        Error::Recipe(format!("{at}: expected a mapping"))
-                    })?
+                    a.observer_kwargs = val
+                        .as_object()
+                        .cloned()
+                        .ok_or_else(|| Error::Recipe(format!("{at}: expected a mapping")))?
                 }
                 _ => return Err(Error::Recipe(format!("{path}: unknown key `{key}`"))),
             }
@@ -267,7 +288,10 @@ impl QuantArgs {
             return Err("static token quantization is impossible: set dynamic: true".into());
         }
         if grouped && gs.is_none_or(|g| g <= 0) {
-            return Err(format!("strategy {} needs a positive group_size", strategy.as_str()));
+            return Err(format!(
+                "strategy {} needs a positive group_size",
+                strategy.as_str()
+            ));
         }
         if !grouped && gs.is_some_and(|g| g > 0) {
             return Err("group_size needs strategy group or tensor_group".into());
@@ -281,7 +305,10 @@ impl QuantArgs {
                 Strategy::Token | Strategy::Tensor | Strategy::TensorGroup | Strategy::Group
             );
             if !ok {
-                return Err(format!("dynamic quantization cannot use strategy {}", strategy.as_str()));
+                return Err(format!(
+                    "dynamic quantization cannot use strategy {}",
+                    strategy.as_str()
+                ));
             }
             if self.dynamic == Dynamic::Local && strategy != Strategy::TensorGroup {
                 return Err("dynamic: local needs strategy tensor_group".into());
@@ -345,8 +372,14 @@ fn parse_block(v: &Value, at: &str) -> Result<Option<[i64; 2]>> {
     let dims: Vec<i64> = match v {
         Value::Null => return Ok(None),
         // The legacy "2x4" spelling.
-        Value::String(s) => s.split('x').map(|p| p.trim().parse().map_err(|_| bad())).collect::<Result<_>>()?,
-        Value::Array(items) => items.iter().map(|i| i.as_i64().ok_or_else(bad)).collect::<Result<_>>()?,
+        Value::String(s) => s
+            .split('x')
+            .map(|p| p.trim().parse().map_err(|_| bad()))
+            .collect::<Result<_>>()?,
+        Value::Array(items) => items
+            .iter()
+            .map(|i| i.as_i64().ok_or_else(bad))
+            .collect::<Result<_>>()?,
         _ => return Err(bad()),
     };
     match dims[..] {
@@ -360,7 +393,9 @@ fn parse_dynamic(v: &Value, at: &str) -> Result<Dynamic> {
         Value::Bool(false) => Ok(Dynamic::Static),
         Value::Bool(true) => Ok(Dynamic::Dynamic),
         Value::String(s) if s.eq_ignore_ascii_case("local") => Ok(Dynamic::Local),
-        _ => Err(Error::Recipe(format!("{at}: expected true, false or local"))),
+        _ => Err(Error::Recipe(format!(
+            "{at}: expected true, false or local"
+        ))),
     }
 }
 
@@ -375,7 +410,9 @@ fn parse_actorder(v: &Value, at: &str) -> Result<Option<String>> {
                 _ => Err(Error::Recipe(format!("{at}: unknown actorder `{s}`"))),
             }
         }
-        _ => Err(Error::Recipe(format!("{at}: expected a string, a boolean or null"))),
+        _ => Err(Error::Recipe(format!(
+            "{at}: expected a string, a boolean or null"
+        ))),
     }
 }
 
@@ -428,14 +465,21 @@ mod tests {
 
     #[test]
     fn infers_strategy_and_defaults() {
-        let a = QuantArgs::from_value(&json!({"num_bits": 4, "group_size": 128}), Role::Weights, "w")
-            .unwrap();
+        let a = QuantArgs::from_value(
+            &json!({"num_bits": 4, "group_size": 128}),
+            Role::Weights,
+            "w",
+        )
+        .unwrap();
         assert_eq!(a.strategy, Strategy::Group);
         assert_eq!(a.observer.as_deref(), Some("memoryless_minmax"));
         assert_eq!(a.zp_dtype.as_deref(), Some("torch.int8"));
         let dynamic = json!({"type": "FLOAT", "strategy": "Token", "dynamic": true});
         let a = QuantArgs::from_value(&dynamic, Role::InputActivations, "i").unwrap();
-        assert_eq!((a.kind, a.strategy, a.observer.clone()), (QuantType::Float, Strategy::Token, None));
+        assert_eq!(
+            (a.kind, a.strategy, a.observer.clone()),
+            (QuantType::Float, Strategy::Token, None)
+        );
     }
 
     #[test]
@@ -443,14 +487,19 @@ mod tests {
         let cases = [
             (json!({"strategy": "token"}), "set dynamic: true"),
             (json!({"strategy": "group"}), "positive group_size"),
-            (json!({"group_size": 64, "strategy": "channel"}), "needs strategy group"),
+            (
+                json!({"group_size": 64, "strategy": "channel"}),
+                "needs strategy group",
+            ),
             (json!({"strategy": "block"}), "block_structure go together"),
             (json!({"num_bits": 6, "type": "float"}), "num_bits 6"),
             (json!({"bits": 8}), "unknown key `bits`"),
             (json!({"scale_dtype": "torch.nope"}), "no such torch dtype"),
         ];
         for (v, want) in cases {
-            let err = QuantArgs::from_value(&v, Role::Weights, "w").unwrap_err().to_string();
+            let err = QuantArgs::from_value(&v, Role::Weights, "w")
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(want), "{v}: {err}");
         }
     }

@@ -70,13 +70,17 @@ impl Recipe {
         let mut stage = None;
         let mut found = Vec::new();
         for (stage_key, stage_val) in top {
-            let Some(groups) = stage_val.as_object().filter(|_| stage_key.ends_with("_stage"))
+            let Some(groups) = stage_val
+                .as_object()
+                .filter(|_| stage_key.ends_with("_stage"))
             else {
                 continue;
             };
             stage = Some(stage_key.replace("_stage", ""));
             for (group_key, group_val) in groups {
-                let Some(mods) = group_val.as_object().filter(|_| group_key.ends_with("_modifiers"))
+                let Some(mods) = group_val
+                    .as_object()
+                    .filter(|_| group_key.ends_with("_modifiers"))
                 else {
                     continue;
                 };
@@ -95,7 +99,11 @@ impl Recipe {
             }
             let modifier = QuantModifier::parse(args)?;
             let stage = stage.clone().unwrap_or_default();
-            recipe = Some(Recipe { stage, group, modifier });
+            recipe = Some(Recipe {
+                stage,
+                group,
+                modifier,
+            });
         }
         recipe.ok_or_else(|| no_modifier_error(top))
     }
@@ -113,7 +121,10 @@ impl Recipe {
     /// The `recipe.yaml` llm-compressor writes for this recipe, byte for byte: the
     /// modifier's arguments with defaults made explicit, dumped by PyYAML.
     pub fn to_yaml(&self) -> String {
-        let mods = Yaml::Map(vec![("QuantizationModifier".to_string(), self.modifier.to_yaml())]);
+        let mods = Yaml::Map(vec![(
+            "QuantizationModifier".to_string(),
+            self.modifier.to_yaml(),
+        )]);
         let group = Yaml::Map(vec![(format!("{}_modifiers", self.group), mods)]);
         yaml_emit::dump(&Yaml::Map(vec![(format!("{}_stage", self.stage), group)]))
     }
@@ -137,7 +148,12 @@ fn parse_yaml(text: &str) -> Result<Value> {
     };
     serde_saphyr::from_str_with_options::<Value>(text, options).map_err(|e| {
         let message = e.to_string();
-        let message = message.lines().next().unwrap_or("invalid YAML").trim().to_string();
+        let message = message
+            .lines()
+            .next()
+            .unwrap_or("invalid YAML")
+            .trim()
+            .to_string();
         match e.location() {
             Some(loc) if !message.contains("line") => Error::Recipe(format!(
                 "invalid YAML at line {} column {}: {message}",
@@ -153,7 +169,9 @@ fn check_modifier_name(name: &str) -> Result<()> {
     if name == "QuantizationModifier" {
         Ok(())
     } else if OTHER_MODIFIERS.contains(&name) {
-        Err(Error::Unsupported(format!("modifier {name} is not supported yet")))
+        Err(Error::Unsupported(format!(
+            "modifier {name} is not supported yet"
+        )))
     } else {
         Err(Error::Recipe(format!("unknown modifier {name}")))
     }

@@ -60,7 +60,11 @@ impl QuantModifier {
         let map = match args {
             Value::Null => &empty,
             Value::Object(m) => m,
-            _ => return Err(Error::Recipe(format!("{NAME}: expected a mapping of arguments"))),
+            _ => {
+                return Err(Error::Recipe(format!(
+                    "{NAME}: expected a mapping of arguments"
+                )))
+            }
         };
         let mut m = QuantModifier {
             config_groups: None,
@@ -109,7 +113,9 @@ impl QuantModifier {
                 )))
             }
             (None, None) => {
-                return Err(Error::Recipe(format!("{NAME}: set `scheme` or `config_groups`")))
+                return Err(Error::Recipe(format!(
+                    "{NAME}: set `scheme` or `config_groups`"
+                )))
             }
             _ => {}
         }
@@ -157,7 +163,10 @@ impl QuantModifier {
     pub fn to_yaml(&self) -> Yaml {
         let mut args = Vec::new();
         if let Some(groups) = &self.config_groups {
-            let dumped = groups.iter().map(|g| (g.name.clone(), g.to_yaml())).collect();
+            let dumped = groups
+                .iter()
+                .map(|g| (g.name.clone(), g.to_yaml()))
+                .collect();
             args.push(("config_groups".to_string(), Yaml::Map(dumped)));
         }
         args.push(("targets".into(), Yaml::strs(&self.targets)));
@@ -165,13 +174,22 @@ impl QuantModifier {
         match &self.scheme {
             Some(SchemeArg::Name(name)) => args.push(("scheme".into(), Yaml::str(name.as_str()))),
             Some(SchemeArg::Map(pairs)) => {
-                let map = pairs.iter().map(|(k, t)| (k.clone(), Yaml::strs(t))).collect();
+                let map = pairs
+                    .iter()
+                    .map(|(k, t)| (k.clone(), Yaml::strs(t)))
+                    .collect();
                 args.push(("scheme".into(), Yaml::Map(map)));
             }
             None => {}
         }
-        args.push(("bypass_divisibility_checks".into(), Yaml::Bool(self.bypass_divisibility_checks)));
-        args.push(("requires_calibration_data".into(), Yaml::Bool(self.requires_calibration_data)));
+        args.push((
+            "bypass_divisibility_checks".into(),
+            Yaml::Bool(self.bypass_divisibility_checks),
+        ));
+        args.push((
+            "requires_calibration_data".into(),
+            Yaml::Bool(self.requires_calibration_data),
+        ));
         Yaml::Map(args)
     }
 }
@@ -226,16 +244,29 @@ impl GroupArg {
         let entries = vec![
             ("targets".to_string(), Yaml::strs(&self.targets)),
             ("weights".to_string(), args(&self.weights)),
-            ("input_activations".to_string(), args(&self.input_activations)),
-            ("output_activations".to_string(), args(&self.output_activations)),
-            ("format".to_string(), self.format.as_deref().map_or(Yaml::Null, Yaml::str)),
+            (
+                "input_activations".to_string(),
+                args(&self.input_activations),
+            ),
+            (
+                "output_activations".to_string(),
+                args(&self.output_activations),
+            ),
+            (
+                "format".to_string(),
+                self.format.as_deref().map_or(Yaml::Null, Yaml::str),
+            ),
         ];
         Yaml::Map(entries)
     }
 }
 
 fn supported_names() -> String {
-    let names: Vec<&str> = PRESETS.iter().filter(|p| p.scheme.is_some()).map(|p| p.name).collect();
+    let names: Vec<&str> = PRESETS
+        .iter()
+        .filter(|p| p.scheme.is_some())
+        .map(|p| p.name)
+        .collect();
     names.join(", ")
 }
 
@@ -243,7 +274,10 @@ fn supported_names() -> String {
 fn supported_preset(name: &str) -> Result<&'static Preset> {
     let preset = find_preset(name).ok_or_else(|| {
         let names: Vec<&str> = PRESETS.iter().map(|p| p.name).collect();
-        Error::Recipe(format!("unknown scheme {name} (presets: {})", names.join(", ")))
+        Error::Recipe(format!(
+            "unknown scheme {name} (presets: {})",
+            names.join(", ")
+        ))
     })?;
     if preset.scheme.is_none() {
         return Err(Error::Unsupported(format!(
@@ -263,7 +297,10 @@ fn boolean(v: &Value, at: &str) -> Result<bool> {
 fn string_list(v: &Value, at: &str) -> Result<Vec<String>> {
     let bad = || Error::Recipe(format!("{at}: expected a list of strings"));
     let items = v.as_array().ok_or_else(bad)?;
-    items.iter().map(|i| i.as_str().map(String::from).ok_or_else(bad)).collect()
+    items
+        .iter()
+        .map(|i| i.as_str().map(String::from).ok_or_else(bad))
+        .collect()
 }
 
 /// `targets`: a string becomes a one-element list.
@@ -285,7 +322,10 @@ fn parse_scheme(v: &Value, at: &str) -> Result<Option<SchemeArg>> {
             let mut pairs = Vec::new();
             for (name, targets) in map {
                 supported_preset(name)?;
-                pairs.push((name.clone(), parse_targets(targets, &format!("{at}.{name}"))?));
+                pairs.push((
+                    name.clone(),
+                    parse_targets(targets, &format!("{at}.{name}"))?,
+                ));
             }
             Ok(Some(SchemeArg::Map(pairs)))
         }
@@ -374,7 +414,11 @@ fn check_activations(g: &GroupArg, at: &str) -> Result<()> {
     if let Some(i) = &g.input_activations {
         let ok = matches!(
             i.strategy,
-            Strategy::Token | Strategy::Tensor | Strategy::Group | Strategy::TensorGroup | Strategy::AttnHead
+            Strategy::Token
+                | Strategy::Tensor
+                | Strategy::Group
+                | Strategy::TensorGroup
+                | Strategy::AttnHead
         );
         if !ok {
             return Err(Error::Recipe(format!(
@@ -383,10 +427,15 @@ fn check_activations(g: &GroupArg, at: &str) -> Result<()> {
             )));
         }
     }
-    let acts = [("input_activations", &g.input_activations), ("output_activations", &g.output_activations)];
+    let acts = [
+        ("input_activations", &g.input_activations),
+        ("output_activations", &g.output_activations),
+    ];
     for (key, a) in acts {
         if a.as_ref().is_some_and(|a| a.actorder.is_some()) {
-            return Err(Error::Recipe(format!("{at}.{key}: actorder applies to weights only")));
+            return Err(Error::Recipe(format!(
+                "{at}.{key}: actorder applies to weights only"
+            )));
         }
     }
     Ok(())

@@ -63,14 +63,20 @@ impl Matcher {
             }
             None => None,
         };
-        Ok(Matcher { text: text.to_string(), regex })
+        Ok(Matcher {
+            text: text.to_string(),
+            regex,
+        })
     }
 
     /// compressed-tensors' `match_name`.
     fn matches_name(&self, name: &str) -> Result<bool> {
         match &self.regex {
             Some(re) => re.is_match(name).map_err(|e| {
-                Error::Recipe(format!("regular expression `{}` failed on `{name}`: {e}", self.text))
+                Error::Recipe(format!(
+                    "regular expression `{}` failed on `{name}`: {e}",
+                    self.text
+                ))
             }),
             None => Ok(self.text == name),
         }
@@ -100,7 +106,11 @@ fn regex_error_reason(e: &fancy_regex::Error) -> String {
         err = inner;
     }
     let text = err.to_string();
-    let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("invalid");
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid");
     last.trim().trim_start_matches("error: ").to_string()
 }
 
@@ -120,7 +130,11 @@ impl QuantPlan {
     /// matches, and the first one wins; a target listed by several groups belongs to the
     /// last of them.
     pub fn assign(&self, linear_modules: &[String]) -> Result<Vec<Option<usize>>> {
-        let ignore = self.ignore.iter().map(|t| Matcher::new(t)).collect::<Result<Vec<_>>>()?;
+        let ignore = self
+            .ignore
+            .iter()
+            .map(|t| Matcher::new(t))
+            .collect::<Result<Vec<_>>>()?;
         // target -> group, later groups overriding earlier ones (Python dict semantics).
         let mut owner: Vec<(String, usize)> = Vec::new();
         for (idx, group) in self.groups.iter().enumerate() {
@@ -147,7 +161,10 @@ impl QuantPlan {
                     return Ok(Some(*idx));
                 }
             }
-            Ok(targets.iter().find(|(m, _)| m.matches_class()).map(|(_, idx)| *idx))
+            Ok(targets
+                .iter()
+                .find(|(m, _)| m.matches_class())
+                .map(|(_, idx)| *idx))
         };
         linear_modules.iter().map(|name| pick(name)).collect()
     }

@@ -87,7 +87,11 @@ const fn preset(
     scheme: Option<Scheme>,
     build: fn() -> Result<PresetArgs>,
 ) -> Preset {
-    Preset { name, scheme, build }
+    Preset {
+        name,
+        scheme,
+        build,
+    }
 }
 
 /// The preset called `name` (case-insensitive, as `is_preset_scheme`).
@@ -120,7 +124,10 @@ pub fn infer_format(weights: Option<&QuantArgs>, inputs: Option<&QuantArgs>) -> 
         "nvfp4-pack-quantized"
     } else if int && inputs.is_some() {
         "int-quantized"
-    } else if int && (1..=8).contains(&w.num_bits) && inputs.is_none_or(|i| i.kind != QuantType::Float) {
+    } else if int
+        && (1..=8).contains(&w.num_bits)
+        && inputs.is_none_or(|i| i.kind != QuantType::Float)
+    {
         "pack-quantized"
     } else if fp && inputs.is_some() {
         "float-quantized"
@@ -145,16 +152,24 @@ fn grouped(mut a: QuantArgs, group_size: i64) -> QuantArgs {
 fn with(weights: QuantArgs, inputs: Option<QuantArgs>) -> Result<PresetArgs> {
     Ok(PresetArgs {
         weights: Some(weights.finish(Role::Weights)?),
-        input_activations: inputs.map(|i| i.finish(Role::InputActivations)).transpose()?,
+        input_activations: inputs
+            .map(|i| i.finish(Role::InputActivations))
+            .transpose()?,
     })
 }
 
 fn unquantized() -> Result<PresetArgs> {
-    Ok(PresetArgs { weights: None, input_activations: None })
+    Ok(PresetArgs {
+        weights: None,
+        input_activations: None,
+    })
 }
 
 fn int_wnam(weight_bits: u32, act_bits: u32) -> Result<PresetArgs> {
-    let w = grouped(args(weight_bits, QuantType::Int, Strategy::Group, false), 128);
+    let w = grouped(
+        args(weight_bits, QuantType::Int, Strategy::Group, false),
+        128,
+    );
     let i = (act_bits < 16).then(|| args(act_bits, QuantType::Int, Strategy::Token, true));
     with(w, i)
 }
@@ -251,7 +266,10 @@ mod tests {
         ];
         for (name, format) in want {
             let a = find_preset(name).unwrap().args().unwrap();
-            assert_eq!(infer_format(a.weights.as_ref(), a.input_activations.as_ref()), format);
+            assert_eq!(
+                infer_format(a.weights.as_ref(), a.input_activations.as_ref()),
+                format
+            );
         }
     }
 }

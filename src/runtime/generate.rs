@@ -27,7 +27,7 @@ pub enum Device {
 
 /// A [`Backend`] that lends out its own logits buffer instead of returning a new vector, so
 /// that a decode loop allocates nothing per token. Every backend implements it.
-pub trait Engine: Backend {
+pub trait Engine: Backend + Send {
     /// [`Backend::forward`] returning a view of the backend's logits buffer.
     fn forward_view(&mut self, tokens: &[u32], pos: usize, all_logits: bool) -> Result<&[f32]>;
 }
@@ -102,7 +102,11 @@ impl SamplingArgs {
     pub fn resolve(&self, model_dir: &Path) -> Result<SamplingParams> {
         if !self.wants_sampling() {
             if let Some(t) = self.temperature {
-                SamplingParams { temperature: t, ..SamplingParams::greedy() }.validate()?;
+                SamplingParams {
+                    temperature: t,
+                    ..SamplingParams::greedy()
+                }
+                .validate()?;
             }
             return Ok(SamplingParams::greedy());
         }
@@ -155,12 +159,16 @@ pub struct Generation {
 /// Prefills `prompt`, then decodes token by token with the KV cache until an EOS id or
 /// `max_new_tokens`, writing the text to `out` as it is produced when given. The loop
 /// itself allocates nothing per token (a streamed token's text aside).
+///
+/// The loop runs on a rayon worker thread: the backend's parallel matmuls then start on the
+/// caller's own deque, instead of being injected into the pool from outside (which wakes
+/// threads and allocates queue blocks every few dozen calls).
 pub fn generate(
     model: &mut dyn Engine,
     tok: &TextTokenizer,
     prompt: &[u32],
     opts: &GenerateOptions,
-    mut out: Option<&mut dyn Write>,
+    out: Option<&mut (dyn Write + Send)>,
 ) -> Result<Generation> {
     if prompt.is_empty() {
         return Err(Error::Runtime("the prompt encodes to no tokens".into()));
@@ -168,6 +176,17 @@ pub fn generate(
     if opts.max_new_tokens == 0 {
         return Err(Error::Runtime("--max-new-tokens must be at least 1".into()));
     }
+    rayon::scope(|_| decode(model, tok, prompt, opts, out))
+}
+
+/// The loop of [`generate`].
+fn decode(
+    model: &mut dyn Engine,
+    tok: &TextTokenizer,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    mut out: Option<&mut (dyn Write + Send)>,
+) -> Result<Generation> {
     let vocab = model.vocab_size();
     let mut pick = Picker {
         sampler: Sampler::new(opts.sampling, vocab),
@@ -202,7 +221,11 @@ pub fn generate(
         writeln!(w).and_then(|_| w.flush()).map_err(stdout_error)?;
     }
 
-    let kept = if stop == StopReason::Eos { ids.len() - 1 } else { ids.len() };
+    let kept = if stop == StopReason::Eos {
+        ids.len() - 1
+    } else {
+        ids.len()
+    };
     let prefill_s = prefill_s.unwrap_or(total_s);
     let decode_s = total_s - prefill_s;
     let decode_tokens = ids.len() - 1;

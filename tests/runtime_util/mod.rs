@@ -132,23 +132,35 @@ pub fn quantize_fp8_dynamic(src: &Path, dst: &Path) {
     use qforge::quant::{quantize_fp8_channel, Fp8Rounding};
     use safetensors::tensor::TensorView;
     const LINEARS: [&str; 7] = [
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
     ];
     let ck = Checkpoint::open(src).unwrap();
     let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     let mut copied: Vec<(String, Dtype, Vec<usize>, &[u8])> = Vec::new();
     for t in ck.tensors() {
         let quantized = t.name.starts_with("model.layers.")
-            && LINEARS.iter().any(|l| t.name.ends_with(&format!(".{l}.weight")));
+            && LINEARS
+                .iter()
+                .any(|l| t.name.ends_with(&format!(".{l}.weight")));
         assert_eq!(t.dtype, DType::BF16, "{}", t.name);
         if quantized {
             let (rows, cols) = (t.shape[0], t.shape[1]);
-            let (codes, scales) = quantize_fp8_channel(
-                &t.name, t.dtype, ck.data(t), rows, cols, Fp8Rounding::Eager,
-            )
-            .unwrap();
+            let (codes, scales) =
+                quantize_fp8_channel(&t.name, t.dtype, ck.data(t), rows, cols, Fp8Rounding::Eager)
+                    .unwrap();
             owned.push((t.name.clone(), Dtype::F8_E4M3, t.shape.clone(), codes));
-            owned.push((format!("{}_scale", t.name), Dtype::BF16, vec![rows, 1], scales));
+            owned.push((
+                format!("{}_scale", t.name),
+                Dtype::BF16,
+                vec![rows, 1],
+                scales,
+            ));
         } else {
             copied.push((t.name.clone(), Dtype::BF16, t.shape.clone(), ck.data(t)));
         }
@@ -156,19 +168,76 @@ pub fn quantize_fp8_dynamic(src: &Path, dst: &Path) {
     let views = owned
         .iter()
         .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
-        .chain(copied.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())));
+        .chain(
+            copied
+                .iter()
+                .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())),
+        );
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::serialize_to_file(views, Some(meta), &dst.join("model.safetensors")).unwrap();
     let q_src = fixture("tiny-tied-fp8-dynamic/config.json");
     let q: serde_json::Value = serde_json::from_slice(&std::fs::read(q_src).unwrap()).unwrap();
     let mut cfg = ck.config.clone();
     cfg["quantization_config"] = q["quantization_config"].clone();
-    std::fs::write(dst.join("config.json"), serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
+    std::fs::write(
+        dst.join("config.json"),
+        serde_json::to_string_pretty(&cfg).unwrap(),
+    )
+    .unwrap();
 }
 
 /// Hex SHA-256 of a file.
 pub fn sha256_file(path: &Path) -> String {
     use sha2::{Digest, Sha256};
     let bytes = std::fs::read(path).unwrap();
-    Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// One tensor of a checkpoint being rewritten.
+pub struct Entry {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
+}
+
+/// Copies the single-file checkpoint `src` into `dst` (created), passing its tensors through
+/// `edit` (which may change, drop or add entries) and its config.json through `config`.
+pub fn rewrite(
+    src: &Path,
+    dst: &Path,
+    edit: impl FnOnce(&mut Vec<Entry>),
+    config: impl FnOnce(&mut serde_json::Value),
+) {
+    use safetensors::tensor::TensorView;
+    std::fs::create_dir_all(dst).unwrap();
+    copy_dir(src, dst);
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut entries: Vec<Entry> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, v)| Entry {
+            name,
+            dtype: v.dtype(),
+            shape: v.shape().to_vec(),
+            data: v.data().to_vec(),
+        })
+        .collect();
+    edit(&mut entries);
+    let views = entries.iter().map(|e| {
+        (
+            e.name.clone(),
+            TensorView::new(e.dtype, e.shape.clone(), &e.data).unwrap(),
+        )
+    });
+    safetensors::serialize_to_file(views, None, &dst.join("model.safetensors")).unwrap();
+    let path = dst.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    config(&mut cfg);
+    std::fs::write(&path, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
 }

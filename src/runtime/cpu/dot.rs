@@ -3,10 +3,11 @@
 //! version is the reference and the fallback.
 //!
 //! FP8 rows are accumulated **exactly**: every E4M3 value is a multiple of 2^-9 with
-//! |v| ≤ 448, so each product `q_a · q_w` is exact in f32 and their sum is exact in f64 (for
+//! |v| ≤ 448, so each product `q_a · q_w` is exact and their sum is exact in f64 (for
 //! K ≤ 2^17). Rounding the f64 sum once to f32 gives the correctly rounded dot product, the
 //! same bits in every order, on every CPU and thread count: the W8A8 goldens are bit-exact
-//! targets. Dense rows (BF16/F16/F32 weights) accumulate in f32.
+//! targets. The activation codes come in as f64 values (converted once per matmul). Dense
+//! rows (BF16/F16/F32 weights) accumulate in f32.
 
 use crate::quant::e4m3_to_f32;
 use crate::runtime::weights::Dense;
@@ -31,24 +32,32 @@ pub fn has_avx2() -> bool {
     false
 }
 
-/// `out[j] = Σ_k q_w[k] · xs[j][k]` for `j < xs.len() ≤ TB`, exact (see module docs). `xs` hold
-/// E4M3 values (activation codes already decoded to f32).
-pub fn fp8_dot(codes: &[u8], xs: &[&[f32]], out: &mut [f32]) {
+/// `out[j] = Σ_k q_w[k] · xs[j][k]` for `j < xs.len() ≤ TB`, exact (see module docs). `xs`
+/// hold E4M3 values (the activation codes, decoded).
+pub fn fp8_dot(codes: &[u8], xs: &[&[f64]], out: &mut [f32]) {
     check_args(codes.len(), xs, out);
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
-        // SAFETY: the CPU has AVX2, FMA and F16C (checked above).
-        return unsafe { avx2::fp8_dot(codes, xs, out) };
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked above); `check_args` bounds `xs`.
+        unsafe {
+            match xs.len() {
+                1 => avx2::fp8_dot_one(codes, xs[0], out),
+                2 => avx2::fp8_dot::<2>(codes, xs, out),
+                3 => avx2::fp8_dot::<3>(codes, xs, out),
+                _ => avx2::fp8_dot::<4>(codes, xs, out),
+            }
+        }
+        return;
     }
     fp8_dot_portable(codes, xs, out)
 }
 
-/// The portable exact FP8 dot product (also the AVX2 version's tail).
-pub fn fp8_dot_portable(codes: &[u8], xs: &[&[f32]], out: &mut [f32]) {
+/// The portable exact FP8 dot product.
+pub fn fp8_dot_portable(codes: &[u8], xs: &[&[f64]], out: &mut [f32]) {
     for (x, o) in xs.iter().zip(out.iter_mut()) {
         let mut acc = 0.0f64;
         for (&c, &a) in codes.iter().zip(x.iter()) {
-            acc += (e4m3_to_f32(c) * a) as f64; // the f32 product is exact
+            acc += e4m3_to_f32(c) as f64 * a; // exact product, exact sum
         }
         *o = acc as f32;
     }
@@ -63,15 +72,9 @@ pub fn dense_dot(w: &Dense, row: usize, k: usize, xs: &[&[f32]], out: &mut [f32]
         // SAFETY: the CPU has AVX2, FMA and F16C (checked above).
         unsafe {
             match w {
-                Dense::Bf16(v) => {
-                    avx2::dense_dot::<{ avx2::BF16 }>(v[range].as_ptr() as _, k, xs, out)
-                }
-                Dense::F16(v) => {
-                    avx2::dense_dot::<{ avx2::F16 }>(v[range].as_ptr() as _, k, xs, out)
-                }
-                Dense::F32(v) => {
-                    avx2::dense_dot::<{ avx2::F32 }>(v[range].as_ptr() as _, k, xs, out)
-                }
+                Dense::Bf16(v) => avx2::dense::<{ avx2::BF16 }>(v[range].as_ptr() as _, k, xs, out),
+                Dense::F16(v) => avx2::dense::<{ avx2::F16 }>(v[range].as_ptr() as _, k, xs, out),
+                Dense::F32(v) => avx2::dense::<{ avx2::F32 }>(v[range].as_ptr() as _, k, xs, out),
             }
         }
         return;
@@ -85,7 +88,7 @@ pub fn dense_dot(w: &Dense, row: usize, k: usize, xs: &[&[f32]], out: &mut [f32]
 
 /// The SIMD kernels read `k` elements of every activation row through raw pointers: these
 /// bounds are what makes that sound (a violation is a bug in the caller, hence the panic).
-fn check_args(k: usize, xs: &[&[f32]], out: &[f32]) {
+fn check_args<T>(k: usize, xs: &[&[T]], out: &[f32]) {
     assert!(xs.len() <= TB && out.len() >= xs.len());
     assert!(xs.iter().all(|x| x.len() >= k));
 }
@@ -106,44 +109,69 @@ fn dense_dot_portable<T: Copy>(w: &[T], conv: impl Fn(T) -> f32, xs: &[&[f32]], 
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::TB;
     use crate::quant::e4m3_to_f32;
     use std::arch::x86_64::*;
 
-    /// Exact FP8 dot products. Codes are widened to f16 bit patterns that `vcvtph2ps` turns
-    /// into `q_w · 2^-8` exactly (subnormals included); products with the activation values
-    /// stay exact in f32 and are summed in f64; the final `· 256` is exact.
+    /// 16 codes → their values `· 2^-8` as f64 (four vectors of four), exactly: each code is
+    /// widened to the f16 bit pattern `sign << 15 | (code & 0x7F) << 7`, which `vcvtph2ps`
+    /// decodes (subnormals included).
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn fp8_dot(codes: &[u8], xs: &[&[f32]], out: &mut [f32]) {
-        let k = codes.len();
-        let k8 = k / 8 * 8;
-        let nt = xs.len().min(TB);
-        let mut lo = [_mm256_setzero_pd(); TB];
-        let mut hi = [_mm256_setzero_pd(); TB];
-        let mag_mask = _mm_set1_epi16(0x7F);
-        let sign_mask = _mm_set1_epi16(0x80);
+    unsafe fn decode16(p: *const u8) -> [__m256d; 4] {
+        let c = _mm256_cvtepu8_epi16(_mm_loadu_si128(p as *const __m128i));
+        let mag = _mm256_and_si256(_mm256_slli_epi16(c, 7), _mm256_set1_epi16(0x3F80));
+        let sign = _mm256_and_si256(_mm256_slli_epi16(c, 8), _mm256_set1_epi16(-0x8000));
+        let h = _mm256_or_si256(mag, sign);
+        let lo = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
+        let hi = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
+        [
+            _mm256_cvtps_pd(_mm256_castps256_ps128(lo)),
+            _mm256_cvtps_pd(_mm256_extractf128_ps(lo, 1)),
+            _mm256_cvtps_pd(_mm256_castps256_ps128(hi)),
+            _mm256_cvtps_pd(_mm256_extractf128_ps(hi, 1)),
+        ]
+    }
+
+    /// Sum of four f64 vectors' lanes times 256 plus the exact tail `k16..`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn finish(acc: [__m256d; 4], codes: &[u8], x: &[f64], k16: usize) -> f32 {
+        let sum = _mm256_add_pd(_mm256_add_pd(acc[0], acc[1]), _mm256_add_pd(acc[2], acc[3]));
+        let mut lanes = [0.0f64; 4];
+        _mm256_storeu_pd(lanes.as_mut_ptr(), sum);
+        let mut total = (lanes[0] + lanes[1] + lanes[2] + lanes[3]) * 256.0;
+        for (&c, &a) in codes[k16..].iter().zip(&x[k16..codes.len()]) {
+            total += e4m3_to_f32(c) as f64 * a;
+        }
+        total as f32
+    }
+
+    /// Exact FP8 dot products against `NT` activation rows (f64 fused multiply-adds of exact
+    /// products are exact; the final `· 256` undoes [`decode16`]'s scaling exactly).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn fp8_dot<const NT: usize>(codes: &[u8], xs: &[&[f64]], out: &mut [f32]) {
+        let k16 = codes.len() / 16 * 16;
+        let mut acc = [[_mm256_setzero_pd(); 4]; NT];
         let mut i = 0;
-        while i < k8 {
-            let c = _mm_cvtepu8_epi16(_mm_loadl_epi64(codes.as_ptr().add(i) as *const __m128i));
-            let mag = _mm_slli_epi16(_mm_and_si128(c, mag_mask), 7);
-            let sign = _mm_slli_epi16(_mm_and_si128(c, sign_mask), 8);
-            let w = _mm256_cvtph_ps(_mm_or_si128(mag, sign));
-            for j in 0..nt {
-                let p = _mm256_mul_ps(w, _mm256_loadu_ps(xs[j].as_ptr().add(i)));
-                lo[j] = _mm256_add_pd(lo[j], _mm256_cvtps_pd(_mm256_castps256_ps128(p)));
-                hi[j] = _mm256_add_pd(hi[j], _mm256_cvtps_pd(_mm256_extractf128_ps(p, 1)));
+        while i < k16 {
+            let w = decode16(codes.as_ptr().add(i));
+            for j in 0..NT {
+                let x = xs[j].as_ptr().add(i);
+                for (m, wm) in w.iter().enumerate() {
+                    acc[j][m] = _mm256_fmadd_pd(*wm, _mm256_loadu_pd(x.add(4 * m)), acc[j][m]);
+                }
             }
-            i += 8;
+            i += 16;
         }
-        for j in 0..nt {
-            let mut lanes = [0.0f64; 4];
-            _mm256_storeu_pd(lanes.as_mut_ptr(), _mm256_add_pd(lo[j], hi[j]));
-            let mut acc = (lanes[0] + lanes[1] + lanes[2] + lanes[3]) * 256.0;
-            for (&c, &a) in codes[k8..].iter().zip(&xs[j][k8..k]) {
-                acc += (e4m3_to_f32(c) * a) as f64;
-            }
-            out[j] = acc as f32;
+        for j in 0..NT {
+            out[j] = finish(acc[j], codes, xs[j], k16);
         }
+    }
+
+    /// [`fp8_dot`] for one activation row (decode): four independent FMA chains.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn fp8_dot_one(codes: &[u8], x: &[f64], out: &mut [f32]) {
+        fp8_dot::<1>(codes, &[x], out)
     }
 
     /// Element kinds of a dense row, as const generic parameters.
@@ -168,7 +196,17 @@ mod avx2 {
     /// f32 dot products of a dense row of `k` elements of kind `KIND` at `w`, two accumulators
     /// per activation row to hide the FMA latency.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dense_dot<const KIND: u8>(
+    pub unsafe fn dense<const KIND: u8>(w: *const u8, k: usize, xs: &[&[f32]], out: &mut [f32]) {
+        match xs.len() {
+            1 => dense_dot::<KIND, 1>(w, k, xs, out),
+            2 => dense_dot::<KIND, 2>(w, k, xs, out),
+            3 => dense_dot::<KIND, 3>(w, k, xs, out),
+            _ => dense_dot::<KIND, 4>(w, k, xs, out),
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dense_dot<const KIND: u8, const NT: usize>(
         w: *const u8,
         k: usize,
         xs: &[&[f32]],
@@ -176,9 +214,9 @@ mod avx2 {
     ) {
         let k16 = k / 16 * 16;
         let k8 = k / 8 * 8;
-        let nt = xs.len().min(TB);
-        let mut a0 = [_mm256_setzero_ps(); TB];
-        let mut a1 = [_mm256_setzero_ps(); TB];
+        let nt = NT;
+        let mut a0 = [_mm256_setzero_ps(); NT];
+        let mut a1 = [_mm256_setzero_ps(); NT];
         let mut i = 0;
         while i < k16 {
             let w0 = load::<KIND>(w, i);
@@ -228,18 +266,21 @@ mod tests {
                 .filter(|c| c & 0x7F != 0x7F)
                 .collect();
             let k = codes.len();
-            let rows: Vec<Vec<f32>> = (0..3)
+            let rows: Vec<Vec<f64>> = (0..TB)
                 .map(|j| {
                     (0..k)
-                        .map(|i| e4m3_to_f32(((i * 11 + j * 5) % 120) as u8))
+                        .map(|i| e4m3_to_f32(((i * 11 + j * 5) % 256) as u8) as f64)
+                        .map(|v| if v.is_nan() { 0.0 } else { v })
                         .collect()
                 })
                 .collect();
-            let xs: Vec<&[f32]> = rows.iter().map(|r| r.as_slice()).collect();
-            let (mut a, mut b) = ([0.0f32; 3], [0.0f32; 3]);
-            fp8_dot(&codes, &xs, &mut a);
-            fp8_dot_portable(&codes, &xs, &mut b);
-            assert_eq!(a.map(f32::to_bits), b.map(f32::to_bits), "k={k}");
+            for nt in 1..=TB {
+                let xs: Vec<&[f64]> = rows[..nt].iter().map(|r| r.as_slice()).collect();
+                let (mut a, mut b) = ([0.0f32; TB], [0.0f32; TB]);
+                fp8_dot(&codes, &xs, &mut a);
+                fp8_dot_portable(&codes, &xs, &mut b);
+                assert_eq!(a.map(f32::to_bits), b.map(f32::to_bits), "k={k} nt={nt}");
+            }
         }
     }
 

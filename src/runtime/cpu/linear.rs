@@ -24,15 +24,17 @@ pub const MIN_ACT_SCALE: f32 = 1.0 / (448.0 * 512.0);
 pub struct LinearScratch {
     /// Activation code values `[t, cols]` (FP8 weights only).
     q: Vec<f32>,
+    /// The same as f64, what the exact FP8 kernel reads.
+    q64: Vec<f64>,
     /// Activation scales `[t]` (FP8 weights only).
     s: Vec<f32>,
     /// The output transposed, `[rows, t]`, when `t > 1`.
     yt: Vec<f32>,
 }
 
-fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+fn grow<T: Copy + Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
     if v.len() < n {
-        v.resize(n, 0.0);
+        v.resize(n, T::default());
     }
     &mut v[..n]
 }
@@ -75,14 +77,19 @@ pub fn forward(lin: &Linear, x: &[f32], t: usize, y: &mut [f32], scratch: &mut L
         lin.name
     );
     let x = &x[..t * k];
-    let (acts, scales): (&[f32], &[f32]) = match &lin.weight {
+    let acts = match &lin.weight {
         LinearWeight::Fp8 { .. } => {
             let q = grow(&mut scratch.q, t * k);
-            let s = grow(&mut scratch.s, t);
-            quantize_activations(x, k, q, s);
-            (&scratch.q[..t * k], &scratch.s[..t])
+            quantize_activations(x, k, q, grow(&mut scratch.s, t));
+            for (d, &v) in grow(&mut scratch.q64, t * k).iter_mut().zip(q.iter()) {
+                *d = v as f64;
+            }
+            Acts::Fp8 {
+                q: &scratch.q64[..t * k],
+                s: &scratch.s[..t],
+            }
         }
-        LinearWeight::Dense(_) => (x, &[]),
+        LinearWeight::Dense(_) => Acts::Dense(x),
     };
     // One task per block of weight rows; each computes that row against all t activations,
     // so a weight row is read (and decoded) once per call.
@@ -94,7 +101,7 @@ pub fn forward(lin: &Linear, x: &[f32], t: usize, y: &mut [f32], scratch: &mut L
     out.par_chunks_mut(t)
         .enumerate()
         .with_min_len(16)
-        .for_each(|(row, o)| row_dot(lin, row, acts, scales, o));
+        .for_each(|(row, o)| row_dot(lin, row, &acts, o));
     if t > 1 {
         for (r, col) in scratch.yt[..n * t].chunks_exact(t).enumerate() {
             for (i, &v) in col.iter().enumerate() {
@@ -104,25 +111,38 @@ pub fn forward(lin: &Linear, x: &[f32], t: usize, y: &mut [f32], scratch: &mut L
     }
 }
 
+/// A matmul's activations: as given (dense weights) or quantized (FP8 weights).
+enum Acts<'a> {
+    Dense(&'a [f32]),
+    Fp8 { q: &'a [f64], s: &'a [f32] },
+}
+
+/// Activation rows `t0 ..` (at most [`TB`]) of a `[t, k]` buffer, as slices.
+fn rows<T>(a: &[T], k: usize, t0: usize, t: usize) -> [&[T]; TB] {
+    std::array::from_fn(|j| {
+        let r = (t0 + j).min(t - 1);
+        &a[r * k..(r + 1) * k]
+    })
+}
+
 /// `out[i]` = output `row` for activation row `i`, for every `i < out.len()`.
-fn row_dot(lin: &Linear, row: usize, acts: &[f32], act_scales: &[f32], out: &mut [f32]) {
+fn row_dot(lin: &Linear, row: usize, acts: &Acts, out: &mut [f32]) {
     let k = lin.cols;
     let t = out.len();
     for t0 in (0..t).step_by(TB) {
         let nt = TB.min(t - t0);
-        let xs: [&[f32]; TB] = std::array::from_fn(|j| {
-            let r = (t0 + j).min(t - 1);
-            &acts[r * k..(r + 1) * k]
-        });
         let o = &mut out[t0..t0 + nt];
-        match &lin.weight {
-            LinearWeight::Fp8 { codes, scales } => {
-                fp8_dot(&codes[row * k..(row + 1) * k], &xs[..nt], o);
+        match (&lin.weight, acts) {
+            (LinearWeight::Fp8 { codes, scales }, Acts::Fp8 { q, s }) => {
+                fp8_dot(&codes[row * k..(row + 1) * k], &rows(q, k, t0, t)[..nt], o);
                 for (j, v) in o.iter_mut().enumerate() {
-                    *v = act_scales[t0 + j] * (scales[row] * *v);
+                    *v = s[t0 + j] * (scales[row] * *v);
                 }
             }
-            LinearWeight::Dense(w) => dense_dot(w, row, k, &xs[..nt], o),
+            (LinearWeight::Dense(w), Acts::Dense(x)) => {
+                dense_dot(w, row, k, &rows(x, k, t0, t)[..nt], o)
+            }
+            _ => unreachable!("activations are prepared for the weight kind"),
         }
     }
     if let Some(b) = &lin.bias {

@@ -5,7 +5,7 @@
 use super::{kernels, nvrtc};
 use crate::{Error, Result};
 use cudarc::driver::sys::CUdevice_attribute as Attr;
-use cudarc::driver::{result as cu, CudaContext, CudaFunction, CudaStream, LaunchConfig};
+use cudarc::driver::{result as cu, CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -199,6 +199,13 @@ impl Gpu {
         let b = self.alloc(src.len())?;
         self.upload(b.ptr, src)?;
         Ok(b)
+    }
+
+    /// Device-to-device copy of `bytes` bytes (stream-ordered).
+    pub fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        // SAFETY: the caller passes two buffers with `bytes` bytes of room.
+        unsafe { cu::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream()) }
+            .map_err(|e| drv("device-to-device copy", e))
     }
 
     /// Copies `dst.len()` bytes from device address `src` once the stream reaches it.

@@ -40,7 +40,9 @@ impl<'a> Row<'a> {
         if logits.iter().any(|x| x.is_nan() || *x == f32::INFINITY) {
             return None;
         }
-        let max = logits.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(f64::from(x)));
+        let max = logits
+            .iter()
+            .fold(f64::NEG_INFINITY, |m, &x| m.max(f64::from(x)));
         if max == f64::NEG_INFINITY {
             return None;
         }
@@ -71,7 +73,12 @@ fn kl(p: &Row<'_>, q: &Row<'_>) -> f64 {
 
 /// Compares `reference` and `model`, both `[n, vocab]` row-major, where row `i` holds each
 /// model's logits for predicting `targets[i]`.
-pub fn compare(reference: &[f32], model: &[f32], vocab: usize, targets: &[u32]) -> Result<Agreement> {
+pub fn compare(
+    reference: &[f32],
+    model: &[f32],
+    vocab: usize,
+    targets: &[u32],
+) -> Result<Agreement> {
     let n = targets.len();
     if vocab == 0 || reference.len() != n * vocab || model.len() != n * vocab {
         return Err(Error::Runtime(format!(
@@ -87,7 +94,8 @@ pub fn compare(reference: &[f32], model: &[f32], vocab: usize, targets: &[u32]) 
     }
     let mut matches = 0;
     let mut nonfinite = 0;
-    let (mut kl_sum, mut kl_max, mut nll_ref, mut nll_model, mut finite) = (0.0, 0.0f64, 0.0, 0.0, 0);
+    let (mut kl_sum, mut kl_max, mut nll_ref, mut nll_model, mut finite) =
+        (0.0, 0.0f64, 0.0, 0.0, 0);
     let rows = reference.chunks_exact(vocab).zip(model.chunks_exact(vocab));
     for ((r, m), &target) in rows.zip(targets) {
         let (Some(r), Some(m)) = (Row::new(r), Row::new(m)) else {
@@ -108,7 +116,11 @@ pub fn compare(reference: &[f32], model: &[f32], vocab: usize, targets: &[u32]) 
     Ok(Agreement {
         tokens: n,
         top1_matches: matches,
-        top1_agreement: if n == 0 { 0.0 } else { matches as f64 / n as f64 },
+        top1_agreement: if n == 0 {
+            0.0
+        } else {
+            matches as f64 / n as f64
+        },
         kl_mean: mean(kl_sum),
         kl_max: (finite > 0).then_some(kl_max),
         perplexity_reference: mean(nll_ref).map(f64::exp),

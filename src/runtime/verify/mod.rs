@@ -177,11 +177,18 @@ pub fn verify(opts: &VerifyOptions) -> Result<VerifyReport> {
     let mut model = load(&model_dir, device, max_seq)?;
     let device_name = model.describe();
     if loud {
-        eprintln!("qforge verify: device {device_name} (--device {})", device_label(opts.device));
+        eprintln!(
+            "qforge verify: device {device_name} (--device {})",
+            device_label(opts.device)
+        );
     }
     if human {
         println!("model      {}", model_dir.display());
-        println!("prompt     {} tokens ({})", prompt.ids.len(), prompt.template_label());
+        println!(
+            "prompt     {} tokens ({})",
+            prompt.ids.len(),
+            prompt.template_label()
+        );
         println!();
     }
     let generation = run_one(model.as_mut(), &prompt, &gen, human)?;
@@ -206,7 +213,9 @@ pub fn verify(opts: &VerifyOptions) -> Result<VerifyReport> {
             let ref_gen = run_one(rm.as_mut(), &rp, &gen, human)?;
             let ref_rows = teacher_forced(rm.as_mut(), &prompt.ids, &generation.token_ids)?;
             let agreement = compare(ref_rows, &rows, vocab, &generation.token_ids)?;
-            let passed = opts.min_agreement.is_none_or(|m| agreement.top1_agreement >= m);
+            let passed = opts
+                .min_agreement
+                .is_none_or(|m| agreement.top1_agreement >= m);
             Some(ReferenceReport {
                 model: name.to_string(),
                 model_dir: dir,
@@ -274,7 +283,7 @@ fn run_one(
     stream: bool,
 ) -> Result<Generation> {
     let mut stdout = std::io::stdout();
-    let out: Option<&mut dyn Write> = if stream { Some(&mut stdout) } else { None };
+    let out: Option<&mut (dyn Write + Send)> = if stream { Some(&mut stdout) } else { None };
     let g = generate(model, &prompt.tok, &prompt.ids, gen, out)?;
     if stream {
         println!();

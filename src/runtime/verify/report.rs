@@ -101,11 +101,7 @@ impl VerifyReport {
         };
         timing_row(w, "reference", &r.generation)?;
         let a = &r.agreement;
-        writeln!(
-            w,
-            "teacher-forced on the model's {} new tokens:",
-            a.tokens
-        )?;
+        writeln!(w, "teacher-forced on the model's {} new tokens:", a.tokens)?;
         writeln!(
             w,
             "  top-1 agreement   {:.3} ({}/{})",
@@ -131,7 +127,11 @@ impl VerifyReport {
             )?;
         }
         if let Some(m) = r.min_agreement {
-            let (op, verdict) = if r.passed { (">=", "pass") } else { ("<", "FAIL") };
+            let (op, verdict) = if r.passed {
+                (">=", "pass")
+            } else {
+                ("<", "FAIL")
+            };
             writeln!(
                 w,
                 "  gate              {:.3} {op} {m:.3}: {verdict}",

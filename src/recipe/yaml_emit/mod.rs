@@ -10,8 +10,9 @@
 //! resolvers (a string that would read back as a bool/int/float/null/timestamp is quoted)
 //! and its line folding at column 88.
 
-use regex::Regex;
-use std::sync::LazyLock;
+mod scalar;
+
+use scalar::{analyze, escape, is_break, is_simple_key, needs_escape, resolves_to_str};
 
 /// A YAML value as the recipe writer needs it.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,9 +69,11 @@ impl Yaml {
             },
             Value::String(s) => Yaml::str(s.as_str()),
             Value::Array(items) => Yaml::Seq(items.iter().map(Yaml::from_json).collect()),
-            Value::Object(m) => {
-                Yaml::Map(m.iter().map(|(k, v)| (k.clone(), Yaml::from_json(v))).collect())
-            }
+            Value::Object(m) => Yaml::Map(
+                m.iter()
+                    .map(|(k, v)| (k.clone(), Yaml::from_json(v)))
+                    .collect(),
+            ),
         }
     }
 
@@ -100,7 +103,13 @@ pub fn dump(value: &Yaml) -> String {
         indents: Vec::new(),
         flow_level: 0,
     };
-    e.node(value, Ctx { root: true, ..Ctx::default() });
+    e.node(
+        value,
+        Ctx {
+            root: true,
+            ..Ctx::default()
+        },
+    );
     e.write_indent(); // document end
     if e.open_ended {
         e.write_indicator("...", true, false, false);
@@ -220,9 +229,19 @@ impl Emitter {
                 self.write_indent();
             }
             let key_node = Yaml::str(key.as_str());
-            let value_ctx = Ctx { mapping: true, ..Ctx::default() };
+            let value_ctx = Ctx {
+                mapping: true,
+                ..Ctx::default()
+            };
             if is_simple_key(key) {
-                self.node(&key_node, Ctx { mapping: true, simple_key: true, root: false });
+                self.node(
+                    &key_node,
+                    Ctx {
+                        mapping: true,
+                        simple_key: true,
+                        root: false,
+                    },
+                );
                 self.write_indicator(":", false, false, false);
             } else {
                 self.write_indicator("?", true, false, false);
@@ -255,9 +274,19 @@ impl Emitter {
         for (key, value) in entries {
             self.write_indent();
             let key_node = Yaml::str(key.as_str());
-            let value_ctx = Ctx { mapping: true, ..Ctx::default() };
+            let value_ctx = Ctx {
+                mapping: true,
+                ..Ctx::default()
+            };
             if is_simple_key(key) {
-                self.node(&key_node, Ctx { mapping: true, simple_key: true, root: false });
+                self.node(
+                    &key_node,
+                    Ctx {
+                        mapping: true,
+                        simple_key: true,
+                        root: false,
+                    },
+                );
                 self.write_indicator(":", false, false, false);
             } else {
                 self.write_indicator("?", true, false, true);
@@ -284,15 +313,13 @@ impl Emitter {
 
     fn write_indent(&mut self) {
         let indent = self.indent.unwrap_or(0);
-        if !self.indention
-            || self.column > indent
-            || (self.column == indent && !self.whitespace)
-        {
+        if !self.indention || self.column > indent || (self.column == indent && !self.whitespace) {
             self.write_line_break(None);
         }
         if self.column < indent {
             self.whitespace = true;
-            self.out.extend(std::iter::repeat_n(' ', indent - self.column));
+            self.out
+                .extend(std::iter::repeat_n(' ', indent - self.column));
             self.column = indent;
         }
     }
@@ -432,198 +459,17 @@ impl Emitter {
     }
 }
 
-fn is_break(c: char) -> bool {
-    matches!(c, '\n' | '\u{85}' | '\u{2028}' | '\u{2029}')
-}
-
-fn is_space_or_break(c: char) -> bool {
-    matches!(c, '\0' | ' ' | '\t' | '\r') || is_break(c)
-}
-
-/// A double-quoted character that must be escaped (with `allow_unicode=True`).
-fn needs_escape(c: char) -> bool {
-    matches!(c, '"' | '\\' | '\u{85}' | '\u{2028}' | '\u{2029}' | '\u{FEFF}')
-        || !((' '..='~').contains(&c)
-            || ('\u{A0}'..='\u{D7FF}').contains(&c)
-            || ('\u{E000}'..='\u{FFFD}').contains(&c))
-}
-
-fn escape(c: char) -> String {
-    let short = match c {
-        '\0' => Some('0'),
-        '\u{07}' => Some('a'),
-        '\u{08}' => Some('b'),
-        '\t' => Some('t'),
-        '\n' => Some('n'),
-        '\u{0B}' => Some('v'),
-        '\u{0C}' => Some('f'),
-        '\r' => Some('r'),
-        '\u{1B}' => Some('e'),
-        '"' => Some('"'),
-        '\\' => Some('\\'),
-        '\u{85}' => Some('N'),
-        '\u{A0}' => Some('_'),
-        '\u{2028}' => Some('L'),
-        '\u{2029}' => Some('P'),
-        _ => None,
-    };
-    match (short, c as u32) {
-        (Some(s), _) => format!("\\{s}"),
-        (None, n) if n <= 0xFF => format!("\\x{n:02X}"),
-        (None, n) if n <= 0xFFFF => format!("\\u{n:04X}"),
-        (None, n) => format!("\\U{n:08X}"),
-    }
-}
-
-/// PyYAML's `check_simple_key` for a string key. The length limit counts the prepared
-/// tag too (`!!str`, 5 characters) even though it is never written.
-fn is_simple_key(key: &str) -> bool {
-    let chars: Vec<char> = key.chars().collect();
-    let a = analyze(&chars);
-    chars.len() + "!!str".len() < 128 && !a.empty && !a.multiline
-}
-
-/// PyYAML's `ScalarAnalysis` (the fields the style choice reads).
-struct Analysis {
-    empty: bool,
-    multiline: bool,
-    allow_flow_plain: bool,
-    allow_block_plain: bool,
-    allow_single_quoted: bool,
-}
-
-/// Port of PyYAML's `Emitter.analyze_scalar` (with `allow_unicode=True`).
-fn analyze(s: &[char]) -> Analysis {
-    if s.is_empty() {
-        return Analysis {
-            empty: true,
-            multiline: false,
-            allow_flow_plain: false,
-            allow_block_plain: true,
-            allow_single_quoted: true,
-        };
-    }
-    let starts = |p: &str| s.iter().take(3).copied().eq(p.chars());
-    let document_marker = s.len() >= 3 && (starts("---") || starts("..."));
-    let (mut block_ind, mut flow_ind) = (document_marker, document_marker);
-    let (mut line_breaks, mut special) = (false, false);
-    let (mut leading_space, mut leading_break) = (false, false);
-    let (mut trailing_space, mut trailing_break) = (false, false);
-    let (mut break_space, mut space_break) = (false, false);
-    let (mut prev_space, mut prev_break) = (false, false);
-    let mut preceded_by_ws = true;
-    let mut followed_by_ws = s.len() == 1 || is_space_or_break(s[1]);
-    for (index, &ch) in s.iter().enumerate() {
-        if index == 0 {
-            if "#,[]{}&*!|>'\"%@`".contains(ch) {
-                flow_ind = true;
-                block_ind = true;
-            }
-            if ch == '?' || ch == ':' {
-                flow_ind = true;
-                block_ind |= followed_by_ws;
-            }
-            if ch == '-' && followed_by_ws {
-                flow_ind = true;
-                block_ind = true;
-            }
-        } else {
-            if ",?[]{}".contains(ch) {
-                flow_ind = true;
-            }
-            if ch == ':' {
-                flow_ind = true;
-                block_ind |= followed_by_ws;
-            }
-            if ch == '#' && preceded_by_ws {
-                flow_ind = true;
-                block_ind = true;
-            }
-        }
-        line_breaks |= is_break(ch);
-        if !(ch == '\n' || (' '..='~').contains(&ch)) {
-            let unicode = (ch == '\u{85}'
-                || ('\u{A0}'..='\u{D7FF}').contains(&ch)
-                || ('\u{E000}'..='\u{FFFD}').contains(&ch)
-                || ('\u{10000}'..'\u{10FFFF}').contains(&ch))
-                && ch != '\u{FEFF}';
-            special |= !unicode;
-        }
-        if ch == ' ' {
-            leading_space |= index == 0;
-            trailing_space |= index == s.len() - 1;
-            break_space |= prev_break;
-            (prev_space, prev_break) = (true, false);
-        } else if is_break(ch) {
-            leading_break |= index == 0;
-            trailing_break |= index == s.len() - 1;
-            space_break |= prev_space;
-            (prev_space, prev_break) = (false, true);
-        } else {
-            (prev_space, prev_break) = (false, false);
-        }
-        preceded_by_ws = is_space_or_break(ch);
-        followed_by_ws = index + 2 >= s.len() || is_space_or_break(s[index + 2]);
-    }
-    let mut flow_plain = true;
-    let mut block_plain = true;
-    let mut single = true;
-    if leading_space || leading_break || trailing_space || trailing_break {
-        (flow_plain, block_plain) = (false, false);
-    }
-    if break_space {
-        (flow_plain, block_plain, single) = (false, false, false);
-    }
-    if space_break || special {
-        (flow_plain, block_plain, single) = (false, false, false);
-    }
-    if line_breaks {
-        (flow_plain, block_plain) = (false, false);
-    }
-    flow_plain &= !flow_ind;
-    block_plain &= !block_ind;
-    Analysis {
-        empty: false,
-        multiline: line_breaks,
-        allow_flow_plain: flow_plain,
-        allow_block_plain: block_plain,
-        allow_single_quoted: single,
-    }
-}
-
-/// PyYAML's implicit resolvers (YAML 1.1): a plain scalar matching one of these reads back
-/// as something other than a string.
-static IMPLICIT: LazyLock<Vec<Regex>> = LazyLock::new(|| {
-    [
-        r"^(?:yes|Yes|YES|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF)$",
-        r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?|[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
-        r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+|[-+]?[1-9][0-9_]*(?::[0-5]?[0-9])+)$",
-        r"^(?:<<)$",
-        r"^(?:~|null|Null|NULL|)$",
-        r"^(?:[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]|[0-9][0-9][0-9][0-9]-[0-9][0-9]?-[0-9][0-9]?(?:[Tt]|[ \t]+)[0-9][0-9]?:[0-9][0-9]:[0-9][0-9](?:\.[0-9]*)?(?:[ \t]*(?:Z|[-+][0-9][0-9]?(?::[0-9][0-9])?))?)$",
-        r"^(?:=)$",
-        r"^(?:!|&|\*)$",
-    ]
-    .iter()
-    .map(|p| Regex::new(p).expect("static pattern"))
-    .collect()
-});
-
-/// Whether a plain `s` would be read back as a string by PyYAML's resolver.
-fn resolves_to_str(s: &str) -> bool {
-    // Python's `$` also matches before one trailing newline.
-    let trimmed = s.strip_suffix('\n');
-    !IMPLICIT
-        .iter()
-        .any(|re| re.is_match(s) || trimmed.is_some_and(|t| re.is_match(t)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn map(entries: &[(&str, Yaml)]) -> Yaml {
-        Yaml::Map(entries.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
+        Yaml::Map(
+            entries
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        )
     }
 
     #[test]
@@ -638,7 +484,10 @@ mod tests {
                 ("b", Yaml::Bool(false)),
                 ("i", Yaml::int(-3)),
                 ("f", Yaml::float(1e17)),
-                ("s", map(&[("X", Yaml::Seq(vec![Yaml::str("re:.*q_proj")]))])),
+                (
+                    "s",
+                    map(&[("X", Yaml::Seq(vec![Yaml::str("re:.*q_proj")]))]),
+                ),
             ]),
         )]);
         let want = "a:\n  targets: [Linear]\n  empty: []\n  obs: {}\n  n: null\n  b: false\n  \
@@ -651,7 +500,7 @@ mod tests {
     #[test]
     fn matches_pyyaml_dump() {
         let cases: Vec<(String, String)> =
-            serde_json::from_str(include_str!("testdata/pyyaml_dump_cases.json")).unwrap();
+            serde_json::from_str(include_str!("../testdata/pyyaml_dump_cases.json")).unwrap();
         let mut failed = Vec::new();
         for (input, want) in &cases {
             let v: serde_json::Value = serde_json::from_str(input).unwrap();
@@ -660,12 +509,30 @@ mod tests {
                 failed.push(format!("input {input}\n--- want\n{want}--- got\n{got}"));
             }
         }
-        assert!(failed.is_empty(), "{} of {} differ:\n{}", failed.len(), cases.len(), failed.join("\n"));
+        assert!(
+            failed.is_empty(),
+            "{} of {} differ:\n{}",
+            failed.len(),
+            cases.len(),
+            failed.join("\n")
+        );
     }
 
     #[test]
     fn resolver_quotes_look_alikes() {
-        for s in ["yes", "Off", "1_000", "0x1F", "1.5", ".inf", "~", "", "2024-01-02", "<<", "="] {
+        for s in [
+            "yes",
+            "Off",
+            "1_000",
+            "0x1F",
+            "1.5",
+            ".inf",
+            "~",
+            "",
+            "2024-01-02",
+            "<<",
+            "=",
+        ] {
             assert!(!resolves_to_str(s), "{s:?}");
         }
         for s in ["Linear", "lm_head", "FP8_DYNAMIC", "yess", "1.2.3", "0b2"] {

@@ -1,0 +1,251 @@
+//! [`CudaModel`]: the forward pass on the GPU, the same model definition as the CPU backend
+//! with vLLM's W8A8-FP8 semantics: per-token dynamic activation scales fused into the
+//! producing kernel (RMSNorm → FP8, SiLU·up → FP8), FP8 GEMMs with the epilogue
+//! `bf16(s_a · (s_w · acc))`, BF16 q/k/v and KV cache, f32 residual stream.
+//!
+//! GEMM dispatch per Linear: up to 16 activation rows, qforge's GEMV kernels (decode); more,
+//! cuBLASLt (prefill) with outer-vector scaling, else cuBLASLt with f32 sums plus the
+//! epilogue kernel, else (no cuBLASLt) the GEMV kernels 16 rows at a time. `QFORGE_GEMM`
+//! forces one: `gemv`, `lt-raw`, `lt-scaled` (default `auto`).
+
+use super::cublaslt::{Blas, Kind};
+use super::dweights::{DLinear, DWeight};
+use super::gpu::{DBuf, Gpu};
+use super::ops::{self, ActOut, AttnDims};
+use crate::runtime::config::ModelConfig;
+use crate::{Error, Result};
+
+/// How prefill GEMMs run (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemmMode {
+    Auto,
+    Gemv,
+    LtRaw,
+    LtScaled,
+}
+
+impl GemmMode {
+    /// `QFORGE_GEMM`, default [`GemmMode::Auto`].
+    pub fn from_env() -> Result<GemmMode> {
+        match std::env::var("QFORGE_GEMM").as_deref() {
+            Err(_) | Ok("") | Ok("auto") => Ok(GemmMode::Auto),
+            Ok("gemv") => Ok(GemmMode::Gemv),
+            Ok("lt-raw") => Ok(GemmMode::LtRaw),
+            Ok("lt-scaled") => Ok(GemmMode::LtScaled),
+            Ok(o) => Err(Error::Runtime(format!(
+                "QFORGE_GEMM={o}: expected auto, gemv, lt-raw or lt-scaled"
+            ))),
+        }
+    }
+}
+
+/// cuBLASLt workspace size.
+const WORKSPACE: usize = 64 << 20;
+
+/// The GEMM engine: cuBLASLt (when found) and the buffers its fallbacks need.
+pub struct Gemm {
+    pub blas: Option<Blas>,
+    /// Why cuBLASLt is not used, or which variant is.
+    pub note: String,
+    pub mode: GemmMode,
+    /// Whether outer-vector scaling worked (None = not tried yet).
+    pub outer_ok: Option<bool>,
+    acc: Option<DBuf>,
+    _workspace: Option<DBuf>,
+}
+
+impl Gemm {
+    pub fn new(g: &Gpu, mode: GemmMode) -> Result<Gemm> {
+        if mode == GemmMode::Gemv {
+            return Ok(Gemm::without("QFORGE_GEMM=gemv".into(), mode));
+        }
+        let ws = g.alloc(WORKSPACE)?;
+        Ok(match Blas::new(ws.ptr, WORKSPACE) {
+            Ok(b) => Gemm {
+                note: format!("cuBLASLt {} ({})", b.version, b.path.display()),
+                blas: Some(b),
+                mode,
+                outer_ok: (mode == GemmMode::LtRaw).then_some(false),
+                acc: None,
+                _workspace: Some(ws),
+            },
+            Err(e) if mode == GemmMode::Auto => Gemm::without(e.to_string(), mode),
+            Err(e) => return Err(e),
+        })
+    }
+
+    fn without(note: String, mode: GemmMode) -> Gemm {
+        Gemm { blas: None, note, mode, outer_ok: None, acc: None, _workspace: None }
+    }
+
+    /// The activation buffer kind `lin` reads.
+    pub fn wants(lin: &DLinear, a: &Acts) -> ActOut {
+        match lin.is_fp8() {
+            true => ActOut::Fp8 { q: a.q.ptr, s: a.s.ptr },
+            false => ActOut::Bf16(a.b.ptr),
+        }
+    }
+
+    /// `y[rows, n] = act[in_row.., k] · Wᵀ (+ bias)`; BF16 out, or f32 when `f32_out`
+    /// (dense weights only: the logits).
+    pub fn linear(
+        &mut self,
+        g: &Gpu,
+        lin: &DLinear,
+        a: &Acts,
+        (rows, in_row): (usize, usize),
+        y: u64,
+        f32_out: bool,
+    ) -> Result<()> {
+        let (n, k) = (lin.n, lin.k);
+        let bias = lin.bias.as_ref().map_or(0, |b| b.ptr);
+        let small = rows <= ops::GEMV_MAX_ROWS || self.blas.is_none();
+        match &lin.w {
+            DWeight::Fp8 { codes, scales } => {
+                if f32_out {
+                    return Err(Error::Unsupported(format!(
+                        "{}: an FP8 lm_head is not supported by the CUDA backend",
+                        lin.name
+                    )));
+                }
+                let (x, sa) = (a.q.at(in_row * k), a.s.at(in_row * 4));
+                if small {
+                    return ops::gemv_fp8(g, (codes.ptr, scales.ptr, bias), (x, sa), y, (rows, n, k));
+                }
+                self.fp8_lt(g, (codes.ptr, scales.ptr, bias), (x, sa), y, (rows, n, k))
+            }
+            DWeight::Bf16(w) => {
+                let x = a.b.at(in_row * k * 2);
+                if small {
+                    return ops::gemv_bf16(g, (w.ptr, bias), x, (y, f32_out), (rows, n, k));
+                }
+                let blas = self.blas.as_mut().expect("checked above");
+                let kind = Kind::Bf16 { f32_out };
+                blas.matmul(kind, (rows, n, k), w.ptr, x, y, 0, 0, g.raw_stream())?;
+                match bias {
+                    0 => Ok(()),
+                    b if !f32_out => ops::add_bias(g, y, b, rows, n),
+                    _ => Err(Error::Unsupported(format!("{}: bias with f32 output", lin.name))),
+                }
+            }
+        }
+    }
+
+    /// Prefill FP8 GEMM through cuBLASLt: outer-vector scaling when it works, else f32 sums
+    /// and the epilogue kernel.
+    fn fp8_lt(
+        &mut self,
+        g: &Gpu,
+        (w, sw, bias): (u64, u64, u64),
+        (x, sa): (u64, u64),
+        y: u64,
+        (m, n, k): (usize, usize, usize),
+    ) -> Result<()> {
+        let stream = g.raw_stream();
+        if self.outer_ok != Some(false) {
+            let blas = self.blas.as_mut().expect("cuBLASLt present");
+            match blas.matmul(Kind::Fp8Scaled, (m, n, k), w, x, y, sa, sw, stream) {
+                Ok(()) => {
+                    self.outer_ok = Some(true);
+                    return if bias != 0 { ops::add_bias(g, y, bias, m, n) } else { Ok(()) };
+                }
+                Err(e) if self.outer_ok.is_none() && self.mode == GemmMode::Auto => {
+                    self.outer_ok = Some(false);
+                    self.note = format!("{}; outer-vector scaling unavailable ({e})", self.note);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let need = m * n * 4;
+        if self.acc.as_ref().is_none_or(|b| b.bytes < need) {
+            self.acc = None; // free the old one first
+            self.acc = Some(g.alloc(need)?);
+        }
+        let acc = self.acc.as_ref().expect("allocated above").ptr;
+        let blas = self.blas.as_mut().expect("cuBLASLt present");
+        blas.matmul(Kind::Fp8Raw, (m, n, k), w, x, acc, 0, 0, stream)?;
+        ops::scale_epilogue(g, acc, sa, sw, bias, m, n, y)
+    }
+
+    /// Which FP8 prefill path runs: "cuBLASLt outer-vector", "cuBLASLt f32 + epilogue",
+    /// or "GEMV".
+    pub fn fp8_path(&self) -> &'static str {
+        match (&self.blas, self.outer_ok) {
+            (None, _) => "qforge GEMV (no cuBLASLt)",
+            (Some(_), Some(false)) => "cuBLASLt f32 sums + qforge epilogue",
+            (Some(_), _) => "cuBLASLt outer-vector scaled",
+        }
+    }
+}
+
+/// Activation buffers a Linear reads: FP8 codes + scales, or BF16.
+pub struct Acts {
+    pub q: DBuf,
+    pub s: DBuf,
+    pub b: DBuf,
+}
+
+/// Every per-step buffer, sized for `rows` rows.
+pub struct Scratch {
+    pub rows: usize,
+    pub ids: DBuf,
+    pub x: DBuf,
+    pub act: Acts,
+    pub qkv: DBuf,
+    pub q: DBuf,
+    pub att: DBuf,
+    pub proj: DBuf,
+    pub gu: DBuf,
+    pub logits: Option<DBuf>,
+    pub argmax: DBuf,
+}
+
+impl Scratch {
+    pub fn new(g: &Gpu, c: &ModelConfig, rows: usize) -> Result<Scratch> {
+        let (h, i, qd, kvd) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
+        let widest = h.max(i).max(qd);
+        Ok(Scratch {
+            rows,
+            ids: g.alloc(rows * 4)?,
+            x: g.alloc(rows * h * 4)?,
+            act: Acts {
+                q: g.alloc(rows * widest)?,
+                s: g.alloc(rows * 4)?,
+                b: g.alloc(rows * widest * 2)?,
+            },
+            qkv: g.alloc(rows * (qd + 2 * kvd) * 2)?,
+            q: g.alloc(rows * qd * 2)?,
+            att: g.alloc(rows * qd * 2)?,
+            proj: g.alloc(rows * h * 2)?,
+            gu: g.alloc(rows * 2 * i * 2)?,
+            logits: None,
+            argmax: g.alloc(rows * 4)?,
+        })
+    }
+
+    /// The logits buffer with room for `rows` rows of `vocab`.
+    pub fn logits(&mut self, g: &Gpu, rows: usize, vocab: usize) -> Result<u64> {
+        let need = rows * vocab * 4;
+        if self.logits.as_ref().is_none_or(|b| b.bytes < need) {
+            self.logits = None;
+            self.logits = Some(g.alloc(need)?);
+        }
+        Ok(self.logits.as_ref().expect("allocated above").ptr)
+    }
+}
+
+/// The attention shape of a config, checked against the kernels' limits.
+pub fn attn_dims(c: &ModelConfig) -> Result<AttnDims> {
+    let group = c.num_heads / c.num_kv_heads;
+    if c.head_dim > 256 || c.head_dim % 2 != 0 || group > 32 {
+        return Err(Error::Unsupported(format!(
+            "the CUDA attention kernel needs an even head_dim <= 256 and at most 32 query heads \
+             per kv head (got head_dim {}, {group})",
+            c.head_dim
+        )));
+    }
+    if c.hidden_size % 2 != 0 || c.intermediate_size % 2 != 0 {
+        return Err(Error::Unsupported("hidden and intermediate sizes must be even".into()));
+    }
+    Ok(AttnDims { heads: c.num_heads, kv_heads: c.num_kv_heads, head_dim: c.head_dim })
+}

@@ -1,0 +1,297 @@
+//! Typed launches of the kernels in `kernels/*.cu`: one function per kernel, its arguments in
+//! the kernel's order, grid and block chosen here. Pointers are device addresses (`u64`,
+//! 0 = null); counts are rows/columns.
+
+use super::gpu::{cfg, Arg, Gpu};
+use crate::{Error, Result};
+
+/// Where a norm / SiLU kernel writes the next Linear's input.
+#[derive(Debug, Clone, Copy)]
+pub enum ActOut {
+    /// FP8 codes `[rows, n]` and per-row scales `[rows]` (for an FP8 Linear).
+    Fp8 { q: u64, s: u64 },
+    /// BF16 `[rows, n]` (for a dense Linear, or the lm_head).
+    Bf16(u64),
+}
+
+impl ActOut {
+    fn args(self) -> [Arg; 3] {
+        match self {
+            ActOut::Fp8 { q, s } => [Arg::U64(q), Arg::U64(s), Arg::U64(0)],
+            ActOut::Bf16(o) => [Arg::U64(0), Arg::U64(0), Arg::U64(o)],
+        }
+    }
+}
+
+fn row_threads(n: usize) -> u32 {
+    if n >= 4096 {
+        1024
+    } else {
+        256
+    }
+}
+
+fn i32_of(what: &str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::Runtime(format!("{what} {v} exceeds the kernel's range")))
+}
+
+/// `x[r] = f32(table[ids[r]])`, `n` columns.
+pub fn embed_gather(g: &Gpu, table: u64, ids: u64, rows: usize, n: usize, x: u64) -> Result<()> {
+    let args = [Arg::U64(table), Arg::U64(ids), Arg::I32(i32_of("width", n)?), Arg::U64(x)];
+    g.launch("embed_gather", cfg((rows as u32, 1), 256, 0), &args)
+}
+
+/// Residual add (when `delta` != 0) + RMSNorm of `rows` rows of width `n` into `out`.
+#[allow(clippy::too_many_arguments)]
+pub fn add_rmsnorm(
+    g: &Gpu,
+    x: u64,
+    delta: u64,
+    w: u64,
+    eps: f32,
+    rows: usize,
+    n: usize,
+    out: ActOut,
+) -> Result<()> {
+    let [q, s, o] = out.args();
+    let args = [
+        Arg::U64(x),
+        Arg::U64(delta),
+        Arg::U64(w),
+        Arg::F32(eps),
+        Arg::I32(i32_of("width", n)?),
+        q,
+        s,
+        o,
+    ];
+    g.launch("add_rmsnorm", cfg((rows as u32, 1), row_threads(n), 0), &args)
+}
+
+/// `silu(gate) * up` of `gu` (`[rows, 2*inter]`) into `out`.
+pub fn silu_mul(g: &Gpu, gu: u64, rows: usize, inter: usize, out: ActOut) -> Result<()> {
+    let [q, s, o] = out.args();
+    let args = [Arg::U64(gu), Arg::I32(i32_of("width", inter)?), q, s, o];
+    g.launch("silu_mul", cfg((rows as u32, 1), row_threads(inter), 0), &args)
+}
+
+/// Per-row FP8 quantization of a bf16 `[rows, n]` matrix.
+pub fn quant_rows(g: &Gpu, x: u64, rows: usize, n: usize, q: u64, s: u64) -> Result<()> {
+    let args = [Arg::U64(x), Arg::I32(i32_of("width", n)?), Arg::U64(q), Arg::U64(s)];
+    g.launch("quant_rows", cfg((rows as u32, 1), row_threads(n), 0), &args)
+}
+
+/// `y = bf16(sa[r] * (sw[c] * acc) (+ bias))` over `[rows, n]`.
+#[allow(clippy::too_many_arguments)]
+pub fn scale_epilogue(
+    g: &Gpu,
+    acc: u64,
+    sa: u64,
+    sw: u64,
+    bias: u64,
+    rows: usize,
+    n: usize,
+    y: u64,
+) -> Result<()> {
+    let args = [
+        Arg::U64(acc),
+        Arg::U64(sa),
+        Arg::U64(sw),
+        Arg::U64(bias),
+        Arg::I32(i32_of("width", n)?),
+        Arg::U64(y),
+    ];
+    let grid = (rows as u32, n.div_ceil(256) as u32);
+    g.launch("scale_epilogue", cfg(grid, 256, 0), &args)
+}
+
+/// `y += bias` over a bf16 `[rows, n]` matrix.
+pub fn add_bias(g: &Gpu, y: u64, bias: u64, rows: usize, n: usize) -> Result<()> {
+    let args = [Arg::U64(y), Arg::U64(bias), Arg::I32(i32_of("width", n)?)];
+    let grid = (rows as u32, n.div_ceil(256) as u32);
+    g.launch("add_bias", cfg(grid, 256, 0), &args)
+}
+
+/// Shapes and buffers of [`rope_qkv`] and [`attention`].
+#[derive(Debug, Clone, Copy)]
+pub struct AttnDims {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// Rotary embedding of the fused qkv output `[rows, (H+2KVH)*d]` at positions `pos..`:
+/// q into `q_out`, k and v appended to the caches. `qn`/`kn` are Qwen3's per-head norms (0
+/// when absent).
+#[allow(clippy::too_many_arguments)]
+pub fn rope_qkv(
+    g: &Gpu,
+    dims: AttnDims,
+    qkv: u64,
+    rows: usize,
+    pos: usize,
+    (cos, sin): (u64, u64),
+    (qn, kn, eps): (u64, u64, f32),
+    (q_out, k_cache, v_cache): (u64, u64, u64),
+) -> Result<()> {
+    let warps = rows * (dims.heads + 2 * dims.kv_heads);
+    let args = [
+        Arg::U64(qkv),
+        Arg::I32(i32_of("rows", rows)?),
+        Arg::I32(dims.heads as i32),
+        Arg::I32(dims.kv_heads as i32),
+        Arg::I32(dims.head_dim as i32),
+        Arg::I32(i32_of("position", pos)?),
+        Arg::U64(cos),
+        Arg::U64(sin),
+        Arg::U64(qn),
+        Arg::U64(kn),
+        Arg::F32(eps),
+        Arg::U64(q_out),
+        Arg::U64(k_cache),
+        Arg::U64(v_cache),
+    ];
+    g.launch("rope_qkv", cfg((warps.div_ceil(8) as u32, 1), 256, 0), &args)
+}
+
+/// Query rows per attention block: work items (rows × group) at most 32 (8 warps × 4).
+pub fn attention_rows_per_block(dims: AttnDims, rows: usize) -> usize {
+    let group = dims.heads / dims.kv_heads;
+    (32 / group).clamp(1, 8).min(rows.max(1))
+}
+
+/// Dynamic shared memory of [`attention`] for `rq` rows per block.
+pub fn attention_smem(dims: AttnDims, rq: usize) -> usize {
+    let group = dims.heads / dims.kv_heads;
+    rq * group * dims.head_dim * 4 + 2 * 32 * (dims.head_dim + 2) * 2
+}
+
+/// Causal attention of `rows` query rows at positions `pos..` against cache positions
+/// `0..pos+rows`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    g: &Gpu,
+    dims: AttnDims,
+    q: u64,
+    (k_cache, v_cache): (u64, u64),
+    out: u64,
+    rows: usize,
+    pos: usize,
+    scale: f32,
+) -> Result<()> {
+    let rq = attention_rows_per_block(dims, rows);
+    let smem = attention_smem(dims, rq);
+    let args = [
+        Arg::U64(q),
+        Arg::U64(k_cache),
+        Arg::U64(v_cache),
+        Arg::U64(out),
+        Arg::I32(i32_of("rows", rows)?),
+        Arg::I32(i32_of("position", pos)?),
+        Arg::I32(dims.heads as i32),
+        Arg::I32(dims.kv_heads as i32),
+        Arg::I32(dims.head_dim as i32),
+        Arg::I32(rq as i32),
+        Arg::F32(scale),
+    ];
+    let grid = (rows.div_ceil(rq) as u32, dims.kv_heads as u32);
+    g.launch("attention", cfg(grid, 256, smem as u32), &args)
+}
+
+/// The most activation rows one GEMV launch takes.
+pub const GEMV_MAX_ROWS: usize = 16;
+
+/// W8A8 GEMV `y[m, n] = bf16(sa[m] * (sw[n] * x[m]·w[n]) (+ bias))`, any `m` (in launches of
+/// 16 rows; meant for m ≤ 16).
+#[allow(clippy::too_many_arguments)]
+pub fn gemv_fp8(
+    g: &Gpu,
+    (w, sw, bias): (u64, u64, u64),
+    (x, sa): (u64, u64),
+    y: u64,
+    (m, n, k): (usize, usize, usize),
+) -> Result<()> {
+    for m0 in (0..m).step_by(GEMV_MAX_ROWS) {
+        let mm = GEMV_MAX_ROWS.min(m - m0);
+        let args = [
+            Arg::U64(w),
+            Arg::U64(sw),
+            Arg::U64(x + (m0 * k) as u64),
+            Arg::U64(sa + (m0 * 4) as u64),
+            Arg::U64(bias),
+            Arg::U64(y + (m0 * n * 2) as u64),
+            Arg::I32(mm as i32),
+            Arg::I32(i32_of("rows", n)?),
+            Arg::I32(i32_of("width", k)?),
+        ];
+        g.launch("gemv_fp8", cfg((n.div_ceil(16) as u32, 1), 128, 0), &args)?;
+    }
+    Ok(())
+}
+
+/// Dense BF16 GEMV `y[m, n] = x[m]·w[n] (+ bias)`, f32 or bf16 out, any `m`.
+pub fn gemv_bf16(
+    g: &Gpu,
+    (w, bias): (u64, u64),
+    x: u64,
+    (y, f32_out): (u64, bool),
+    (m, n, k): (usize, usize, usize),
+) -> Result<()> {
+    let out_size = if f32_out { 4 } else { 2 };
+    for m0 in (0..m).step_by(GEMV_MAX_ROWS) {
+        let mm = GEMV_MAX_ROWS.min(m - m0);
+        let args = [
+            Arg::U64(w),
+            Arg::U64(x + (m0 * k * 2) as u64),
+            Arg::U64(bias),
+            Arg::U64(y + (m0 * n * out_size) as u64),
+            Arg::I32(f32_out as i32),
+            Arg::I32(mm as i32),
+            Arg::I32(i32_of("rows", n)?),
+            Arg::I32(i32_of("width", k)?),
+        ];
+        g.launch("gemv_bf16", cfg((n.div_ceil(16) as u32, 1), 128, 0), &args)?;
+    }
+    Ok(())
+}
+
+/// `out[r]` = argmax of `logits[r, 0..n]` (u32).
+pub fn argmax_rows(g: &Gpu, logits: u64, rows: usize, n: usize, out: u64) -> Result<()> {
+    let args = [Arg::U64(logits), Arg::I32(i32_of("vocab", n)?), Arg::U64(out)];
+    g.launch("argmax_rows", cfg((rows as u32, 1), 1024, 0), &args)
+}
+
+fn fill_grid(g: &Gpu) -> (u32, u32) {
+    ((g.info.sm_count.max(1) as u32) * 8, 1)
+}
+
+/// Random FP8 codes ~ e4m3(N(0,1)·112) (no NaN codes).
+pub fn fill_fp8_normal(g: &Gpu, p: u64, n: usize, seed: u32) -> Result<()> {
+    let args = [Arg::U64(p), Arg::U64(n as u64), Arg::U32(seed)];
+    g.launch("fill_fp8_normal", cfg(fill_grid(g), 256, 0), &args)
+}
+
+/// Random BF16 values ~ mean + std·N(0,1).
+pub fn fill_bf16_normal(g: &Gpu, p: u64, n: usize, seed: u32, mean: f32, std: f32) -> Result<()> {
+    let args = [
+        Arg::U64(p),
+        Arg::U64(n as u64),
+        Arg::U32(seed),
+        Arg::F32(mean),
+        Arg::F32(std),
+    ];
+    g.launch("fill_bf16_normal", cfg(fill_grid(g), 256, 0), &args)
+}
+
+/// `p[0..n] = v` (f32).
+pub fn fill_f32(g: &Gpu, p: u64, n: usize, v: f32) -> Result<()> {
+    let args = [Arg::U64(p), Arg::U64(n as u64), Arg::F32(v)];
+    g.launch("fill_f32", cfg(fill_grid(g), 256, 0), &args)
+}
+
+/// The FP8 conversion probe: `codes = e4m3(input)` (n even), `back[0..256]` = every code
+/// decoded.
+pub fn fp8_probe(g: &Gpu, input: u64, n: usize, codes: u64, back: u64) -> Result<()> {
+    let args = [Arg::U64(input), Arg::I32(n as i32), Arg::U64(codes), Arg::U64(back)];
+    let threads = (n / 2).max(128);
+    g.launch("fp8_probe", cfg((threads.div_ceil(256) as u32, 1), 256, 0), &args)
+}
