@@ -53,7 +53,11 @@ impl LlamaShape {
 
     /// A transformers-4 style config.json (as meta-llama's Hub repos have), BF16.
     pub fn config(&self) -> Value {
-        let (bos, eos) = if self.vocab == 49152 { (1, 2) } else { (128000, 128001) };
+        let (bos, eos) = if self.vocab == 49152 {
+            (1, 2)
+        } else {
+            (128000, 128001)
+        };
         json!({
             "architectures": ["LlamaForCausalLM"],
             "attention_bias": false,
@@ -96,7 +100,11 @@ impl LlamaShape {
 
     /// Every tensor of the checkpoint, in state-dict (module) order.
     pub fn tensors(&self) -> Vec<OutTensor> {
-        let t = |name: String, shape: Vec<usize>| OutTensor { name, dtype: DType::BF16, shape };
+        let t = |name: String, shape: Vec<usize>| OutTensor {
+            name,
+            dtype: DType::BF16,
+            shape,
+        };
         let (h, kv) = (self.hidden, self.kv_heads * self.head_dim());
         let mut out = vec![t("model.embed_tokens.weight".into(), vec![self.vocab, h])];
         for l in 0..self.layers {
@@ -105,9 +113,18 @@ impl LlamaShape {
             out.push(t(format!("{p}.self_attn.k_proj.weight"), vec![kv, h]));
             out.push(t(format!("{p}.self_attn.v_proj.weight"), vec![kv, h]));
             out.push(t(format!("{p}.self_attn.o_proj.weight"), vec![h, h]));
-            out.push(t(format!("{p}.mlp.gate_proj.weight"), vec![self.intermediate, h]));
-            out.push(t(format!("{p}.mlp.up_proj.weight"), vec![self.intermediate, h]));
-            out.push(t(format!("{p}.mlp.down_proj.weight"), vec![h, self.intermediate]));
+            out.push(t(
+                format!("{p}.mlp.gate_proj.weight"),
+                vec![self.intermediate, h],
+            ));
+            out.push(t(
+                format!("{p}.mlp.up_proj.weight"),
+                vec![self.intermediate, h],
+            ));
+            out.push(t(
+                format!("{p}.mlp.down_proj.weight"),
+                vec![h, self.intermediate],
+            ));
             out.push(t(format!("{p}.input_layernorm.weight"), vec![h]));
             out.push(t(format!("{p}.post_attention_layernorm.weight"), vec![h]));
         }
@@ -143,7 +160,8 @@ fn splitmix(mut z: u64) -> u64 {
 }
 
 fn name_seed(seed: u64, name: &str) -> u64 {
-    name.bytes().fold(splitmix(seed), |h, b| splitmix(h ^ u64::from(b)))
+    name.bytes()
+        .fold(splitmix(seed), |h, b| splitmix(h ^ u64::from(b)))
 }
 
 const CHUNK: usize = 1 << 16;
@@ -156,20 +174,27 @@ pub fn fill_bf16(seed: u64, name: &str, shape: &LlamaShape, first: usize, out: &
     let (mean, std) = distribution(name, shape);
     let half_width = std * 3f32.sqrt();
     let base = name_seed(seed, name);
-    out.par_chunks_mut(2 * CHUNK).enumerate().for_each(|(c, bytes)| {
-        let start = first + c * CHUNK;
-        for (i, pair) in bytes.chunks_exact_mut(2).enumerate() {
-            let r = splitmix(base ^ (start + i) as u64);
-            let u = (r >> 40) as f32 / (1u64 << 24) as f32; // [0, 1)
-            let v = mean + half_width * (2.0 * u - 1.0);
-            pair.copy_from_slice(&half::bf16::from_f32(v).to_bits().to_le_bytes());
-        }
-    });
+    out.par_chunks_mut(2 * CHUNK)
+        .enumerate()
+        .for_each(|(c, bytes)| {
+            let start = first + c * CHUNK;
+            for (i, pair) in bytes.chunks_exact_mut(2).enumerate() {
+                let r = splitmix(base ^ (start + i) as u64);
+                let u = (r >> 40) as f32 / (1u64 << 24) as f32; // [0, 1)
+                let v = mean + half_width * (2.0 * u - 1.0);
+                pair.copy_from_slice(&half::bf16::from_f32(v).to_bits().to_le_bytes());
+            }
+        });
 }
 
 /// Writes a random BF16 checkpoint of `shape` into `dir` (config.json, generation_config.json,
 /// safetensors shards + index), streaming tensor by tensor.
-pub fn write_checkpoint(shape: &LlamaShape, dir: &Path, seed: u64, max_shard_bytes: u64) -> Result<()> {
+pub fn write_checkpoint(
+    shape: &LlamaShape,
+    dir: &Path,
+    seed: u64,
+    max_shard_bytes: u64,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let tensors = shape.tensors();
     let shards = writer::plan_shards(&tensors, max_shard_bytes);
@@ -227,20 +252,33 @@ pub struct MakeModelArgs {
 
 /// Runs `qforge make-model`.
 pub fn run_cli(args: &MakeModelArgs) -> Result<std::process::ExitCode> {
-    let shape = named_shape(&args.shape)
-        .ok_or_else(|| Error::Unsupported(format!("unknown shape {}: use one of {SHAPE_NAMES}", args.shape)))?;
+    let shape = named_shape(&args.shape).ok_or_else(|| {
+        Error::Unsupported(format!(
+            "unknown shape {}: use one of {SHAPE_NAMES}",
+            args.shape
+        ))
+    })?;
     let staging = crate::quantize::Staging::new(&args.output, args.force)?;
     write_checkpoint(&shape, staging.path(), args.seed, args.max_shard_size)?;
     if let Some(src) = &args.tokenizer_from {
         copy_tokenizer(src, staging.path())?;
     }
     let out = staging.commit()?;
-    println!("wrote {} ({} parameters)", out.display(), shape.parameters());
+    println!(
+        "wrote {} ({} parameters)",
+        out.display(),
+        shape.parameters()
+    );
     Ok(std::process::ExitCode::SUCCESS)
 }
 
 fn copy_tokenizer(src: &Path, dst: &Path) -> Result<()> {
-    let names = ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"];
+    let names = [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        "special_tokens_map.json",
+    ];
     for name in names {
         let from = src.join(name);
         if from.is_file() {

@@ -19,8 +19,16 @@ fn bundled_model_is_reproducible_from_its_command() {
         .unwrap();
     assert!(status.success());
     let bundled = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tiny-random-llama");
-    for f in ["model.safetensors", "config.json", "generation_config.json", "tokenizer.json"] {
-        assert!(std::fs::read(out.join(f)).unwrap() == std::fs::read(bundled.join(f)).unwrap(), "{f} differs");
+    for f in [
+        "model.safetensors",
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+    ] {
+        assert!(
+            std::fs::read(out.join(f)).unwrap() == std::fs::read(bundled.join(f)).unwrap(),
+            "{f} differs"
+        );
     }
 }
 

@@ -66,7 +66,10 @@ fn fails(model: &Path, recipe: &Path) -> String {
     let stderr = String::from_utf8_lossy(&result.stderr).into_owned();
     assert_eq!(result.status.code(), Some(1), "stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("qforge: warning")).collect();
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.starts_with("qforge: warning"))
+        .collect();
     assert_eq!(lines.len(), 1, "one line expected: {stderr}");
     assert!(lines[0].starts_with("qforge: error: "), "{stderr}");
     let left: Vec<_> = std::fs::read_dir(parent.path()).unwrap().collect();
@@ -134,7 +137,10 @@ fn linear_weight_of_a_non_float_dtype() {
         }
     });
     let err = fails(&m, &good_recipe());
-    assert!(err.contains("model.layers.1.mlp.up_proj.weight") && err.contains("I16"), "{err}");
+    assert!(
+        err.contains("model.layers.1.mlp.up_proj.weight") && err.contains("I16"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -151,7 +157,10 @@ fn nan_and_inf_weights_name_tensor_and_row() {
             }
         });
         let err = fails(&m, &good_recipe());
-        assert!(err.contains("model.layers.0.mlp.down_proj.weight") && err.contains("row 17"), "{what}: {err}");
+        assert!(
+            err.contains("model.layers.0.mlp.down_proj.weight") && err.contains("row 17"),
+            "{what}: {err}"
+        );
     }
 }
 
@@ -220,7 +229,11 @@ fn unknown_architecture_warns_and_still_quantizes() {
     let m = tmp.path().join("m");
     copy_model(&m);
     let cfg = std::fs::read_to_string(m.join("config.json")).unwrap();
-    std::fs::write(m.join("config.json"), cfg.replace("LlamaForCausalLM", "FancyNewForCausalLM")).unwrap();
+    std::fs::write(
+        m.join("config.json"),
+        cfg.replace("LlamaForCausalLM", "FancyNewForCausalLM"),
+    )
+    .unwrap();
     let out = tmp.path().join("out");
     let result = Command::new(env!("CARGO_BIN_EXE_qforge"))
         .args(["quantize", "--json", "--model"])
@@ -231,8 +244,15 @@ fn unknown_architecture_warns_and_still_quantizes() {
         .arg(&out)
         .output()
         .unwrap();
-    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
     let summary: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
-    assert!(summary["warnings"][0].as_str().unwrap().contains("FancyNewForCausalLM"));
+    assert!(summary["warnings"][0]
+        .as_str()
+        .unwrap()
+        .contains("FancyNewForCausalLM"));
     assert_eq!(summary["quantized"], 14);
 }

@@ -9,7 +9,9 @@ use qforge::quantize::{quantize, QuantizeJob};
 use std::path::{Path, PathBuf};
 
 fn recipe(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("recipes")
+        .join(name)
 }
 
 fn run(model: &Path, recipe_name: &str, out: &Path) -> qforge::quantize::Summary {
@@ -27,7 +29,12 @@ fn assert_same_files(expected: &Path, got: &Path) {
     for name in names {
         let want = std::fs::read(expected.join(&name)).unwrap();
         let have = std::fs::read(got.join(&name)).unwrap_or_else(|_| panic!("{name} not written"));
-        assert!(want == have, "{name} differs from llm-compressor's ({} vs {} bytes)", have.len(), want.len());
+        assert!(
+            want == have,
+            "{name} differs from llm-compressor's ({} vs {} bytes)",
+            have.len(),
+            want.len()
+        );
     }
 }
 
@@ -76,9 +83,17 @@ fn scheme_fixtures_and_config_groups_recipe_are_byte_identical() {
         assert_same_files(&fx.join(format!("{model}-FP8_DYNAMIC")), &out);
         // The explicit config_groups recipe writes the same weights and config.
         let out2 = tmp.path().join(format!("{model}-cg"));
-        run(&fx.join(format!("{model}-bf16")), "fp8_dynamic_config_groups.yaml", &out2);
+        run(
+            &fx.join(format!("{model}-bf16")),
+            "fp8_dynamic_config_groups.yaml",
+            &out2,
+        );
         for f in ["model.safetensors", "config.json"] {
-            assert_eq!(std::fs::read(out.join(f)).unwrap(), std::fs::read(out2.join(f)).unwrap(), "{f}");
+            assert_eq!(
+                std::fs::read(out.join(f)).unwrap(),
+                std::fs::read(out2.join(f)).unwrap(),
+                "{f}"
+            );
         }
     }
 }
@@ -88,7 +103,16 @@ fn tensors_of(dir: &Path) -> std::collections::BTreeMap<String, (String, Vec<usi
     let ck = Checkpoint::open(dir).unwrap();
     ck.tensors()
         .iter()
-        .map(|t| (t.name.clone(), (t.dtype.name().to_string(), t.shape.clone(), ck.data(t).to_vec())))
+        .map(|t| {
+            (
+                t.name.clone(),
+                (
+                    t.dtype.name().to_string(),
+                    t.shape.clone(),
+                    ck.data(t).to_vec(),
+                ),
+            )
+        })
         .collect()
 }
 
@@ -97,23 +121,38 @@ fn sharded_output_has_a_valid_index_and_the_same_tensors() {
     let fx = common::shared().join("fixtures");
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("sharded");
-    let mut job = QuantizeJob::new(fx.join("tiny-llama3-bf16"), recipe("fp8_dynamic.yaml"), &out);
+    let mut job = QuantizeJob::new(
+        fx.join("tiny-llama3-bf16"),
+        recipe("fp8_dynamic.yaml"),
+        &out,
+    );
     job.max_shard_bytes = 1_000_000;
     let summary = quantize(&job).unwrap();
-    let shards: Vec<_> = summary.files.iter().filter(|f| f.ends_with(".safetensors")).collect();
+    let shards: Vec<_> = summary
+        .files
+        .iter()
+        .filter(|f| f.ends_with(".safetensors"))
+        .collect();
     assert!(shards.len() >= 3, "{shards:?}");
-    assert!(shards.iter().all(|f| f.starts_with("model-0000") && f.contains(&format!("-of-{:05}", shards.len()))));
+    assert!(shards
+        .iter()
+        .all(|f| f.starts_with("model-0000") && f.contains(&format!("-of-{:05}", shards.len()))));
 
     // The index names every tensor once, and points at the shard that holds it.
-    let index: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("model.safetensors.index.json")).unwrap()).unwrap();
+    let index: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("model.safetensors.index.json")).unwrap(),
+    )
+    .unwrap();
     let map = index["weight_map"].as_object().unwrap();
     let sharded = tensors_of(&out);
     assert_eq!(map.len(), sharded.len());
     for (name, file) in map {
         let ck = Checkpoint::open(&out).unwrap();
         let t = ck.get(name).unwrap();
-        assert_eq!(Some(ck.files()[t.file].file_name().unwrap().to_str().unwrap()), file.as_str());
+        assert_eq!(
+            Some(ck.files()[t.file].file_name().unwrap().to_str().unwrap()),
+            file.as_str()
+        );
     }
     let total: u64 = sharded.values().map(|(_, _, b)| b.len() as u64).sum();
     assert_eq!(index["metadata"]["total_size"].as_u64(), Some(total));
@@ -125,18 +164,27 @@ fn sharded_output_has_a_valid_index_and_the_same_tensors() {
 fn split_into_two_shards(src: &Path, dst: &Path) {
     std::fs::create_dir_all(dst).unwrap();
     let ck = Checkpoint::open(src).unwrap();
-    let all: Vec<OutTensor> = ck.tensors().iter().map(|t| OutTensor::new(t.name.clone(), t.dtype, t.shape.clone())).collect();
+    let all: Vec<OutTensor> = ck
+        .tensors()
+        .iter()
+        .map(|t| OutTensor::new(t.name.clone(), t.dtype, t.shape.clone()))
+        .collect();
     let half = (ck.total_bytes() / 2) + 1;
     let shards = writer::plan_shards(&all, half);
     assert_eq!(shards.len(), 2);
     for shard in &shards {
         let w = ShardWriter::create(&dst.join(&shard.file_name), shard).unwrap();
         for t in &shard.tensors {
-            w.write_tensor(&t.name, ck.data(ck.get(&t.name).unwrap())).unwrap();
+            w.write_tensor(&t.name, ck.data(ck.get(&t.name).unwrap()))
+                .unwrap();
         }
         w.finish().unwrap();
     }
-    std::fs::write(dst.join("model.safetensors.index.json"), writer::index_json(&shards)).unwrap();
+    std::fs::write(
+        dst.join("model.safetensors.index.json"),
+        writer::index_json(&shards),
+    )
+    .unwrap();
     for f in std::fs::read_dir(src).unwrap() {
         let f = f.unwrap().path();
         if !f.to_str().unwrap().ends_with(".safetensors") {
@@ -165,8 +213,14 @@ fn force_replaces_an_existing_output_and_refuses_without_it() {
     std::fs::write(out.join("old.txt"), "old").unwrap();
     let mut job = QuantizeJob::new(fx.join("tiny-tied-bf16"), recipe("fp8_dynamic.yaml"), &out);
     let err = quantize(&job).unwrap_err().to_string();
-    assert!(err.contains("already exists") && err.contains("--force"), "{err}");
-    assert!(out.join("old.txt").exists(), "refusing must not touch the old output");
+    assert!(
+        err.contains("already exists") && err.contains("--force"),
+        "{err}"
+    );
+    assert!(
+        out.join("old.txt").exists(),
+        "refusing must not touch the old output"
+    );
     job.force = true;
     quantize(&job).unwrap();
     assert!(!out.join("old.txt").exists());
@@ -178,7 +232,11 @@ fn direct_rounding_changes_codes_but_not_scales() {
     let fx = common::shared().join("fixtures");
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("direct");
-    let mut job = QuantizeJob::new(fx.join("tiny-llama3-bf16"), recipe("fp8_dynamic.yaml"), &out);
+    let mut job = QuantizeJob::new(
+        fx.join("tiny-llama3-bf16"),
+        recipe("fp8_dynamic.yaml"),
+        &out,
+    );
     job.rounding = qforge::quant::Fp8Rounding::Direct;
     quantize(&job).unwrap();
     let eager = tensors_of(&fx.join("tiny-llama3-fp8-dynamic"));

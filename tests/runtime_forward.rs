@@ -89,3 +89,52 @@ fn tiny_w8a8_differs_from_bf16() {
     );
     assert!(d > 1e-3, "W8A8 residual is only {d:e} from the BF16 golden");
 }
+
+/// The KV cache: a prompt fed in chunks and then one token at a time gives the same residual
+/// streams, bit for bit, as one prefill (both weight kinds; the per-row arithmetic does not
+/// depend on how many rows run together).
+#[test]
+fn kv_cache_chunks_equal_full_prefill() {
+    for checkpoint in ["tiny-tied-bf16", "tiny-llama3-fp8-dynamic"] {
+        let ids = input_ids(&golden("tiny-tied.bf16-f32compute.safetensors"));
+        let mut m = load_cpu(&fixture(checkpoint)).unwrap();
+        let (_, full) = m.forward_trace(&ids, 0, false).unwrap();
+        m.reset();
+        let mut pieces: Vec<f32> = Vec::new();
+        let mut pos = 0;
+        for chunk in [&ids[..20], &ids[20..30]]
+            .into_iter()
+            .chain(ids[30..].chunks(1))
+        {
+            let (_, tr) = m.forward_trace(chunk, pos, false).unwrap();
+            pieces.extend(&tr["residual_after_attn.1"]);
+            pos += chunk.len();
+        }
+        assert_eq!(m.cached_len(), 37);
+        let same = pieces
+            .iter()
+            .zip(&full["residual_after_attn.1"])
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(
+            same,
+            "{checkpoint}: chunked residuals differ from the full prefill"
+        );
+    }
+}
+
+#[test]
+fn forward_argument_errors() {
+    use qforge::runtime::cpu::{load_cpu_with, CpuOptions};
+    use qforge::runtime::Backend;
+    let opts = CpuOptions { max_seq: Some(8) };
+    let mut m = load_cpu_with(&fixture("tiny-tied-bf16"), &opts).unwrap();
+    assert_eq!(m.max_seq(), 8);
+    let err = |r: qforge::Result<Vec<f32>>| r.unwrap_err().to_string();
+    assert!(err(m.forward(&[], 0, false)).contains("no tokens"));
+    assert!(err(m.forward(&[1, 2], 3, false)).contains("holds only 0"));
+    assert!(err(m.forward(&[49152], 0, false)).contains("outside the vocabulary"));
+    assert!(err(m.forward(&[1; 9], 0, false)).contains("exceed the KV cache length 8"));
+    let logits = m.forward(&[1, 2, 3], 0, true).unwrap();
+    assert_eq!(logits.len(), 3 * m.vocab_size());
+    assert_eq!(m.forward(&[4], 3, false).unwrap().len(), m.vocab_size());
+}

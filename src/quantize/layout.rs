@@ -39,17 +39,27 @@ pub struct OutputLayout {
 impl OutputLayout {
     /// Every output tensor in state-dict order (the order shards are cut in).
     pub fn out_tensors(&self) -> Vec<OutTensor> {
-        self.items.iter().flat_map(|i| i.outputs.iter().cloned()).collect()
+        self.items
+            .iter()
+            .flat_map(|i| i.outputs.iter().cloned())
+            .collect()
     }
 }
 
 /// Lays out the output of quantizing `ck` with `plan`.
 pub fn plan_layout(ck: &Checkpoint, plan: &QuantPlan) -> Result<OutputLayout> {
-    let shapes: Vec<(String, Vec<usize>)> =
-        ck.tensors().iter().map(|t| (t.name.clone(), t.shape.clone())).collect();
+    let shapes: Vec<(String, Vec<usize>)> = ck
+        .tensors()
+        .iter()
+        .map(|t| (t.name.clone(), t.shape.clone()))
+        .collect();
     let (modules, warning) = arch::linear_modules(&ck.config, &shapes)?;
     let groups = plan.assign(&modules)?;
-    let tied = ck.config.get("tie_word_embeddings").and_then(|v| v.as_bool()).unwrap_or(false);
+    let tied = ck
+        .config
+        .get("tie_word_embeddings")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
 
     let mut ignored = Vec::new();
     let mut quantize = std::collections::HashMap::new();
@@ -84,16 +94,24 @@ pub fn plan_layout(ck: &Checkpoint, plan: &QuantPlan) -> Result<OutputLayout> {
     let quantized = quantize.len();
     for name in quantize.keys() {
         if ck.get(name).is_none() && !(tied && name == "lm_head.weight") {
-            return Err(Error::Checkpoint(format!("tensor {name} is missing from the checkpoint")));
+            return Err(Error::Checkpoint(format!(
+                "tensor {name} is missing from the checkpoint"
+            )));
         }
     }
-    Ok(OutputLayout { items, ignored, quantized, warnings: warning.into_iter().collect() })
+    Ok(OutputLayout {
+        items,
+        ignored,
+        quantized,
+        warnings: warning.into_iter().collect(),
+    })
 }
 
 /// Tensors that a save through transformers would not write: the tied `lm_head.weight`
 /// (one shared table) and non-persistent rotary buffers some old checkpoints carry.
 fn keep(t: &TensorInfo, tied: bool) -> bool {
-    !(tied && t.name == "lm_head.weight") && !t.name.ends_with("rotary_emb.inv_freq")
+    let tied_head = tied && t.name == "lm_head.weight";
+    !tied_head && !t.name.ends_with("rotary_emb.inv_freq")
 }
 
 fn quantized_item(t: &TensorInfo, scheme: Scheme, file: &std::path::Path) -> Result<Item> {
@@ -117,20 +135,46 @@ fn quantized_item(t: &TensorInfo, scheme: Scheme, file: &std::path::Path) -> Res
     let outputs = match scheme {
         Scheme::Fp8Dynamic => vec![
             OutTensor::new(t.name.clone(), DType::F8_E4M3, t.shape.clone()),
-            OutTensor::new(format!("{prefix}.weight_scale"), t.dtype, vec![t.shape[0], 1]),
+            OutTensor::new(
+                format!("{prefix}.weight_scale"),
+                t.dtype,
+                vec![t.shape[0], 1],
+            ),
         ],
     };
-    Ok(Item { input: t.clone(), transform: Transform::Quantize { scheme }, outputs })
+    Ok(Item {
+        input: t.clone(),
+        transform: Transform::Quantize { scheme },
+        outputs,
+    })
 }
 
 /// Rank of a name component in transformers' module registration order for Llama-family
 /// models; unknown components sort after known ones, by name.
 fn component_rank(c: &str) -> usize {
     const ORDER: &[&str] = &[
-        "model", "embed_tokens", "layers", "self_attn", "q_proj", "k_proj", "v_proj", "o_proj",
-        "q_norm", "k_norm", "mlp", "gate_proj", "up_proj", "down_proj", "input_layernorm",
-        "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm",
-        "norm", "lm_head", "weight", "bias",
+        "model",
+        "embed_tokens",
+        "layers",
+        "self_attn",
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "q_norm",
+        "k_norm",
+        "mlp",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+        "input_layernorm",
+        "post_attention_layernorm",
+        "pre_feedforward_layernorm",
+        "post_feedforward_layernorm",
+        "norm",
+        "lm_head",
+        "weight",
+        "bias",
     ];
     ORDER.iter().position(|&k| k == c).unwrap_or(ORDER.len())
 }
@@ -149,7 +193,9 @@ pub fn state_dict_cmp(a: &str, b: &str) -> Ordering {
             (Some(x), Some(y)) => {
                 let ord = match (x.parse::<u64>(), y.parse::<u64>()) {
                     (Ok(i), Ok(j)) => i.cmp(&j),
-                    _ => component_rank(x).cmp(&component_rank(y)).then_with(|| x.cmp(y)),
+                    _ => component_rank(x)
+                        .cmp(&component_rank(y))
+                        .then_with(|| x.cmp(y)),
                 };
                 return ord;
             }

@@ -73,7 +73,12 @@ pub struct QuantizeArgs {
     #[arg(long, default_value_t = 64, value_name = "N", requires = "verify")]
     pub verify_max_new_tokens: usize,
     /// The agreement gate of --verify (teacher-forced top-1 agreement with the source).
-    #[arg(long, default_value_t = 0.9, value_name = "FRACTION", requires = "verify")]
+    #[arg(
+        long,
+        default_value_t = 0.9,
+        value_name = "FRACTION",
+        requires = "verify"
+    )]
     pub min_agreement: f64,
     /// Device for --verify.
     #[arg(long, value_enum, default_value = "auto", requires = "verify")]
@@ -121,7 +126,11 @@ pub struct QuantizeJob {
 
 impl QuantizeJob {
     /// A job with the defaults of the command line.
-    pub fn new(model_dir: impl Into<PathBuf>, recipe: impl Into<PathBuf>, output: impl Into<PathBuf>) -> Self {
+    pub fn new(
+        model_dir: impl Into<PathBuf>,
+        recipe: impl Into<PathBuf>,
+        output: impl Into<PathBuf>,
+    ) -> Self {
         QuantizeJob {
             model_dir: model_dir.into(),
             recipe: recipe.into(),
@@ -157,7 +166,10 @@ pub fn run_cli(args: &QuantizeArgs) -> Result<ExitCode> {
         set_threads(n)?;
     }
     let progress = !args.json;
-    let hub_opts = HubOptions { revision: args.revision.clone(), progress };
+    let hub_opts = HubOptions {
+        revision: args.revision.clone(),
+        progress,
+    };
     let model_dir = hub::resolve_model(&args.model, &hub_opts)?;
     let job = QuantizeJob {
         model_dir,
@@ -177,7 +189,10 @@ pub fn run_cli(args: &QuantizeArgs) -> Result<ExitCode> {
         None => None,
     };
     if args.json {
-        let out = JsonOutput { summary: &summary, verify: report.as_ref() };
+        let out = JsonOutput {
+            summary: &summary,
+            verify: report.as_ref(),
+        };
         let text = serde_json::to_string_pretty(&out)
             .map_err(|e| Error::Output(format!("cannot encode the summary: {e}")))?;
         println!("{text}");
@@ -261,7 +276,10 @@ pub fn quantize(job: &QuantizeJob) -> Result<Summary> {
         staging.write("model.safetensors.index.json", writer::index_json(&shards))?;
     }
     let qconfig = plan.quantization_config(&layout.ignored);
-    staging.write("config.json", crate::format::model_config(&ck.config, &qconfig))?;
+    staging.write(
+        "config.json",
+        crate::format::model_config(&ck.config, &qconfig),
+    )?;
     staging.write("recipe.yaml", recipe.to_yaml())?;
     sidecar::copy_sidecar_files(&job.model_dir, &staging)?;
 
@@ -305,8 +323,14 @@ fn write_shards(
     let bar = progress_bar(total, job.progress);
     let mut scratch = stream::Scratch::default();
     for item in &layout.items {
-        let sinks: stream::Sinks = item.outputs.iter().map(|o| &writers[shard_of[o.name.as_str()]]).collect();
-        stream::produce(ck, item, &sinks, job.rounding, &mut scratch, &|n| bar.inc(n))?;
+        let sinks: stream::Sinks = item
+            .outputs
+            .iter()
+            .map(|o| &writers[shard_of[o.name.as_str()]])
+            .collect();
+        stream::produce(ck, item, &sinks, job.rounding, &mut scratch, &|n| {
+            bar.inc(n)
+        })?;
     }
     bar.finish_and_clear();
     for w in writers {
@@ -346,7 +370,11 @@ fn list_files(dir: &Path) -> Result<Vec<String>> {
 }
 
 fn dir_bytes(dir: &Path, files: &[String]) -> u64 {
-    files.iter().filter_map(|f| std::fs::metadata(dir.join(f)).ok()).map(|m| m.len()).sum()
+    files
+        .iter()
+        .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
+        .map(|m| m.len())
+        .sum()
 }
 
 /// Parses a size the way transformers' `convert_file_size_to_int` does: a plain integer is
@@ -364,7 +392,8 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
         ("GB", 1_000_000_000),
         ("TB", 1_000_000_000_000),
     ];
-    let bad = || format!("invalid size '{s}': use bytes or a number with KB, MB, GB, KiB, MiB or GiB");
+    let bad =
+        || format!("invalid size '{s}': use bytes or a number with KB, MB, GB, KiB, MiB or GiB");
     for (unit, mult) in units {
         if let Some(num) = upper.strip_suffix(unit) {
             let v: f64 = num.trim().parse().map_err(|_| bad())?;

@@ -38,7 +38,11 @@ impl Staging {
             fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         }
         fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        Ok(Staging { tmp, final_dir: final_dir.to_path_buf(), done: false })
+        Ok(Staging {
+            tmp,
+            final_dir: final_dir.to_path_buf(),
+            done: false,
+        })
     }
 
     /// Where files go while the run is in progress.

@@ -34,9 +34,15 @@ pub fn copy_sidecar_files(src: &Path, staging: &Staging) -> Result<()> {
         let cfg: Value = serde_json::from_str(&text)
             .map_err(|e| Error::Checkpoint(format!("{}: invalid JSON: {e}", cfg_path.display())))?;
         if template.is_none() {
-            template = cfg.get("chat_template").and_then(Value::as_str).map(str::to_string);
+            template = cfg
+                .get("chat_template")
+                .and_then(Value::as_str)
+                .map(str::to_string);
         }
-        staging.write("tokenizer_config.json", crate::format::tokenizer_config(&cfg))?;
+        staging.write(
+            "tokenizer_config.json",
+            crate::format::tokenizer_config(&cfg),
+        )?;
     }
     if let Some(t) = template {
         staging.write("chat_template.jinja", t)?;

@@ -41,7 +41,9 @@ pub fn produce(
                 progress(block.len() as u64);
             }
         }
-        Transform::Quantize { scheme: Scheme::Fp8Dynamic } => {
+        Transform::Quantize {
+            scheme: Scheme::Fp8Dynamic,
+        } => {
             fp8_dynamic(ck, item, sinks, rounding, scratch, progress)?;
         }
     }
@@ -89,10 +91,18 @@ fn fp8_dynamic(
 
 /// The quantizer reports rows relative to the block; name the row in the whole tensor and
 /// the file it came from.
-fn locate_bad_row(ck: &Checkpoint, item: &Item, block: &[u8], first_row: usize, err: Error) -> Error {
+fn locate_bad_row(
+    ck: &Checkpoint,
+    item: &Item,
+    block: &[u8],
+    first_row: usize,
+    err: Error,
+) -> Error {
     let t = &item.input;
     let cols = t.shape[1];
-    let bad = block.chunks(cols * t.dtype.size()).position(|r| !row_is_finite(t.dtype, r));
+    let bad = block
+        .chunks(cols * t.dtype.size())
+        .position(|r| !row_is_finite(t.dtype, r));
     match bad {
         Some(r) => Error::Quantize(format!(
             "{}: tensor {} row {} contains NaN or Inf; cannot quantize",
@@ -105,5 +115,7 @@ fn locate_bad_row(ck: &Checkpoint, item: &Item, block: &[u8], first_row: usize, 
 }
 
 fn row_is_finite(dtype: DType, row: &[u8]) -> bool {
-    quant::to_f32(dtype, row).map(|v| v.iter().all(|x| x.is_finite())).unwrap_or(false)
+    quant::to_f32(dtype, row)
+        .map(|v| v.iter().all(|x| x.is_finite()))
+        .unwrap_or(false)
 }

@@ -4,11 +4,11 @@
 pub mod chat;
 pub mod config;
 pub mod cpu;
+pub mod generate;
 pub mod sampler;
 pub mod tokenizer;
-pub mod weights;
-pub mod generate;
 pub mod verify;
+pub mod weights;
 
 /// A loaded model that can run forward passes with a KV cache.
 ///

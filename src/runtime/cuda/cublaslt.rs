@@ -99,13 +99,35 @@ struct Fns {
     pref_set: unsafe extern "C" fn(Handle, c_int, *const c_void, usize) -> Status,
     #[allow(clippy::type_complexity)]
     heuristic: unsafe extern "C" fn(
-        Handle, Handle, Handle, Handle, Handle, Handle, Handle, c_int, *mut Heuristic, *mut c_int,
+        Handle,
+        Handle,
+        Handle,
+        Handle,
+        Handle,
+        Handle,
+        Handle,
+        c_int,
+        *mut Heuristic,
+        *mut c_int,
     ) -> Status,
     #[allow(clippy::type_complexity)]
     matmul: unsafe extern "C" fn(
-        Handle, Handle, *const c_void, *const c_void, Handle, *const c_void, Handle,
-        *const c_void, *const c_void, Handle, *mut c_void, Handle, *const c_void, *mut c_void,
-        usize, *mut c_void,
+        Handle,
+        Handle,
+        *const c_void,
+        *const c_void,
+        Handle,
+        *const c_void,
+        Handle,
+        *const c_void,
+        *const c_void,
+        Handle,
+        *mut c_void,
+        Handle,
+        *const c_void,
+        *mut c_void,
+        usize,
+        *mut c_void,
     ) -> Status,
 }
 
@@ -260,13 +282,33 @@ impl Blas {
                 check(f, "transa", set(DESC_TRANSA, OP_T))?;
                 check(f, "transb", set(DESC_TRANSB, OP_N))?;
                 if key.kind == Kind::Fp8Scaled {
-                    check(f, "A scale mode", set(DESC_A_SCALE_MODE, SCALE_OUTER_VEC_32F))?;
-                    check(f, "B scale mode", set(DESC_B_SCALE_MODE, SCALE_OUTER_VEC_32F))?;
+                    check(
+                        f,
+                        "A scale mode",
+                        set(DESC_A_SCALE_MODE, SCALE_OUTER_VEC_32F),
+                    )?;
+                    check(
+                        f,
+                        "B scale mode",
+                        set(DESC_B_SCALE_MODE, SCALE_OUTER_VEC_32F),
+                    )?;
                 }
                 // Column-major: W is K×N (ld K), X is K×M (ld K), D is N×M (ld N).
-                check(f, "layout W", (f.layout_create)(&mut p.layouts[0], in_t, k, n, k as i64))?;
-                check(f, "layout X", (f.layout_create)(&mut p.layouts[1], in_t, k, m, k as i64))?;
-                check(f, "layout D", (f.layout_create)(&mut p.layouts[2], out_t, n, m, n as i64))?;
+                check(
+                    f,
+                    "layout W",
+                    (f.layout_create)(&mut p.layouts[0], in_t, k, n, k as i64),
+                )?;
+                check(
+                    f,
+                    "layout X",
+                    (f.layout_create)(&mut p.layouts[1], in_t, k, m, k as i64),
+                )?;
+                check(
+                    f,
+                    "layout D",
+                    (f.layout_create)(&mut p.layouts[2], out_t, n, m, n as i64),
+                )?;
                 let mut count: c_int = 0;
                 let st = (f.heuristic)(
                     self.handle,
@@ -333,7 +375,11 @@ fn check(f: &Fns, what: &str, st: Status) -> Result<()> {
     let name = f
         .status_string
         // SAFETY: returns a static string for any status.
-        .map(|s| unsafe { CStr::from_ptr(s(st)) }.to_string_lossy().into_owned())
+        .map(|s| {
+            unsafe { CStr::from_ptr(s(st)) }
+                .to_string_lossy()
+                .into_owned()
+        })
         .unwrap_or_else(|| format!("status {st}"));
     Err(Error::Runtime(format!("cuBLASLt {what}: {name}")))
 }

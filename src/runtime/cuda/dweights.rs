@@ -86,7 +86,12 @@ impl DWeights {
         let layers: u64 = self
             .layers
             .iter()
-            .map(|l| [&l.qkv, &l.o, &l.gate_up, &l.down].iter().map(|x| x.weight_bytes()).sum::<u64>())
+            .map(|l| {
+                [&l.qkv, &l.o, &l.gate_up, &l.down]
+                    .iter()
+                    .map(|x| x.weight_bytes())
+                    .sum::<u64>()
+            })
             .sum();
         layers + self.lm_head().weight_bytes()
     }
@@ -94,7 +99,10 @@ impl DWeights {
 
 /// A Linear's weight on the host, borrowed where it can be.
 pub enum HostWeight<'a> {
-    Fp8 { codes: Cow<'a, [u8]>, scales: Vec<f32> },
+    Fp8 {
+        codes: Cow<'a, [u8]>,
+        scales: Vec<f32>,
+    },
     /// BF16 values as little-endian bytes.
     Bf16(Cow<'a, [u8]>),
 }
@@ -122,7 +130,10 @@ pub fn upload_fused(g: &Gpu, name: &str, parts: &[HostPart]) -> Result<DLinear> 
     let k = parts[0].cols;
     let n: usize = parts.iter().map(|p| p.rows).sum();
     let fp8 = matches!(parts[0].w, HostWeight::Fp8 { .. });
-    if parts.iter().any(|p| p.cols != k || matches!(p.w, HostWeight::Fp8 { .. }) != fp8) {
+    if parts
+        .iter()
+        .any(|p| p.cols != k || matches!(p.w, HostWeight::Fp8 { .. }) != fp8)
+    {
         return Err(Error::Unsupported(format!(
             "{name}: the CUDA backend fuses these Linears and needs them all FP8 or all dense"
         )));
@@ -152,7 +163,10 @@ pub fn upload_fused(g: &Gpu, name: &str, parts: &[HostPart]) -> Result<DLinear> 
     let bias = match parts.iter().filter(|p| p.bias.is_some()).count() {
         0 => None,
         c if c == parts.len() => {
-            let all: Vec<f32> = parts.iter().flat_map(|p| p.bias.clone().unwrap_or_default()).collect();
+            let all: Vec<f32> = parts
+                .iter()
+                .flat_map(|p| p.bias.clone().unwrap_or_default())
+                .collect();
             Some(g.upload_new(&f32_bytes(&all))?)
         }
         _ => {
@@ -162,10 +176,19 @@ pub fn upload_fused(g: &Gpu, name: &str, parts: &[HostPart]) -> Result<DLinear> 
         }
     };
     let w = match sbuf {
-        Some(scales) => DWeight::Fp8 { codes: wbuf, scales },
+        Some(scales) => DWeight::Fp8 {
+            codes: wbuf,
+            scales,
+        },
         None => DWeight::Bf16(wbuf),
     };
-    Ok(DLinear { name: name.to_string(), n, k, w, bias })
+    Ok(DLinear {
+        name: name.to_string(),
+        n,
+        k,
+        w,
+        bias,
+    })
 }
 
 fn vector(g: &Gpu, v: &[f32]) -> Result<DBuf> {
@@ -189,7 +212,12 @@ fn host_part(l: &weights::Linear) -> HostPart<'_> {
             HostWeight::Bf16(Cow::Owned(bf16_bytes_of(v.iter().copied())))
         }
     };
-    HostPart { rows: l.rows, cols: l.cols, w, bias: l.bias.clone() }
+    HostPart {
+        rows: l.rows,
+        cols: l.cols,
+        w,
+        bias: l.bias.clone(),
+    }
 }
 
 impl DWeights {
@@ -205,7 +233,10 @@ impl DWeights {
             layers.push(DLayer {
                 input_norm: vector(g, &l.input_norm)?,
                 post_norm: vector(g, &l.post_attention_norm)?,
-                qkv: up(&format!("{p}.self_attn.qkv"), &[&l.q_proj, &l.k_proj, &l.v_proj])?,
+                qkv: up(
+                    &format!("{p}.self_attn.qkv"),
+                    &[&l.q_proj, &l.k_proj, &l.v_proj],
+                )?,
                 o: up(&format!("{p}.self_attn.o_proj"), &[&l.o_proj])?,
                 gate_up: up(&format!("{p}.mlp.gate_up"), &[&l.gate_proj, &l.up_proj])?,
                 down: up(&format!("{p}.mlp.down_proj"), &[&l.down_proj])?,
@@ -217,7 +248,11 @@ impl DWeights {
             embed: up("model.embed_tokens", &[&w.embed])?,
             layers,
             norm: vector(g, &w.norm)?,
-            lm_head: w.lm_head.as_ref().map(|l| up("lm_head", &[l])).transpose()?,
+            lm_head: w
+                .lm_head
+                .as_ref()
+                .map(|l| up("lm_head", &[l]))
+                .transpose()?,
         })
     }
 
@@ -248,7 +283,12 @@ impl DWeights {
         };
         let norm = s.vector("model.norm.weight")?;
         progress(total, total);
-        Ok(DWeights { embed, layers, norm, lm_head })
+        Ok(DWeights {
+            embed,
+            layers,
+            norm,
+            lm_head,
+        })
     }
 
     /// Random weights created directly in GPU memory: FP8 Linears (codes ~ N(0,1)·112,
@@ -267,7 +307,13 @@ impl DWeights {
             ops::fill_fp8_normal(g, codes.ptr, n * k, seed())?;
             let scales = g.alloc(n * 4)?;
             ops::fill_f32(g, scales.ptr, n, 0.02 / 112.0)?;
-            Ok(DLinear { name, n, k, w: DWeight::Fp8 { codes, scales }, bias: None })
+            Ok(DLinear {
+                name,
+                n,
+                k,
+                w: DWeight::Fp8 { codes, scales },
+                bias: None,
+            })
         };
         let ones = |n: usize| -> Result<DBuf> {
             let b = g.alloc(n * 4)?;
@@ -291,7 +337,13 @@ impl DWeights {
         let mut dense = |name: &str| -> Result<DLinear> {
             let w = g.alloc(cfg.vocab_size * h * 2)?;
             ops::fill_bf16_normal(g, w.ptr, cfg.vocab_size * h, seed(), 0.0, 0.02)?;
-            Ok(DLinear { name: name.into(), n: cfg.vocab_size, k: h, w: DWeight::Bf16(w), bias: None })
+            Ok(DLinear {
+                name: name.into(),
+                n: cfg.vocab_size,
+                k: h,
+                w: DWeight::Bf16(w),
+                bias: None,
+            })
         };
         let embed = dense("model.embed_tokens")?;
         let lm_head = match cfg.tie_word_embeddings {
@@ -299,7 +351,12 @@ impl DWeights {
             false => Some(dense("lm_head")?),
         };
         g.sync()?;
-        Ok(DWeights { embed, layers, norm: ones(h)?, lm_head })
+        Ok(DWeights {
+            embed,
+            layers,
+            norm: ones(h)?,
+            lm_head,
+        })
     }
 }
 
@@ -313,7 +370,10 @@ struct Streamer<'a> {
 impl Streamer<'_> {
     fn tensor(&self, name: &str) -> Result<&TensorInfo> {
         self.ck.get(name).ok_or_else(|| {
-            Error::Checkpoint(format!("{}: tensor {name} is missing", self.ck.dir.display()))
+            Error::Checkpoint(format!(
+                "{}: tensor {name} is missing",
+                self.ck.dir.display()
+            ))
         })
     }
 
@@ -350,7 +410,12 @@ impl Streamer<'_> {
             }
             false => None,
         };
-        let part = HostPart { rows: t.shape[0], cols: t.shape[1], w, bias };
+        let part = HostPart {
+            rows: t.shape[0],
+            cols: t.shape[1],
+            w,
+            bias,
+        };
         Ok((part, used))
     }
 
@@ -381,7 +446,11 @@ impl Streamer<'_> {
                 false => Ok(None),
             }
         };
-        let (q, k, v) = (format!("{a}.q_proj"), format!("{a}.k_proj"), format!("{a}.v_proj"));
+        let (q, k, v) = (
+            format!("{a}.q_proj"),
+            format!("{a}.k_proj"),
+            format!("{a}.v_proj"),
+        );
         let (gp, up) = (format!("{m}.gate_proj"), format!("{m}.up_proj"));
         let layer = DLayer {
             input_norm: self.vector(&format!("{p}.input_layernorm.weight"))?,
@@ -389,7 +458,11 @@ impl Streamer<'_> {
             qkv: self.linear(&format!("{a}.qkv"), &[&q, &k, &v], c.qkv_bias)?,
             o: self.linear(&format!("{a}.o_proj"), &[&format!("{a}.o_proj")], c.o_bias)?,
             gate_up: self.linear(&format!("{m}.gate_up"), &[&gp, &up], c.mlp_bias)?,
-            down: self.linear(&format!("{m}.down_proj"), &[&format!("{m}.down_proj")], c.mlp_bias)?,
+            down: self.linear(
+                &format!("{m}.down_proj"),
+                &[&format!("{m}.down_proj")],
+                c.mlp_bias,
+            )?,
             q_norm: norm("q_norm")?,
             k_norm: norm("k_norm")?,
         };

@@ -28,7 +28,12 @@ pub struct CudaOptions {
 
 impl Default for CudaOptions {
     fn default() -> Self {
-        CudaOptions { device: 0, max_seq: None, max_rows: None, gemm: GemmMode::Auto }
+        CudaOptions {
+            device: 0,
+            max_seq: None,
+            max_rows: None,
+            gemm: GemmMode::Auto,
+        }
     }
 }
 
@@ -66,9 +71,17 @@ pub fn load_cuda(dir: &Path, opts: &CudaOptions) -> Result<CudaModel> {
 
 impl CudaModel {
     /// Builds the runtime state (KV cache, rope tables, scratch, GEMM engine) around weights.
-    pub fn new(gpu: Gpu, config: ModelConfig, weights: DWeights, opts: &CudaOptions) -> Result<CudaModel> {
+    pub fn new(
+        gpu: Gpu,
+        config: ModelConfig,
+        weights: DWeights,
+        opts: &CudaOptions,
+    ) -> Result<CudaModel> {
         let dims = attn_dims(&config)?;
-        let mut max_seq = opts.max_seq.unwrap_or(4096).min(config.max_position_embeddings);
+        let mut max_seq = opts
+            .max_seq
+            .unwrap_or(4096)
+            .min(config.max_position_embeddings);
         if let Some(w) = config.sliding_window {
             max_seq = max_seq.min(w);
         }
@@ -105,7 +118,11 @@ impl CudaModel {
     }
 
     /// Uploads host weights (small models and tests).
-    pub fn from_host(config: ModelConfig, weights: &Weights, opts: &CudaOptions) -> Result<CudaModel> {
+    pub fn from_host(
+        config: ModelConfig,
+        weights: &Weights,
+        opts: &CudaOptions,
+    ) -> Result<CudaModel> {
         let gpu = Gpu::new(opts.device)?;
         attn_dims(&config)?;
         let w = DWeights::from_host(&gpu, weights)?;
@@ -137,7 +154,10 @@ impl CudaModel {
                 self.max_seq
             )));
         }
-        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= self.config.vocab_size) {
+        if let Some(&bad) = tokens
+            .iter()
+            .find(|&&id| id as usize >= self.config.vocab_size)
+        {
             return Err(Error::Runtime(format!(
                 "forward: token id {bad} is outside the vocabulary ({})",
                 self.config.vocab_size
@@ -162,7 +182,13 @@ impl CudaModel {
         let mut rows_out = 0;
         for (i, part) in tokens.chunks(chunk).enumerate() {
             let last = (i + 1) * chunk >= tokens.len();
-            let want = if all { part.len() } else if last { 1 } else { 0 };
+            let want = if all {
+                part.len()
+            } else if last {
+                1
+            } else {
+                0
+            };
             self.step(part, pos + i * chunk, want, trace.as_deref_mut())?;
             if let (Some(o), true) = (out.as_deref_mut(), want > 0) {
                 let v = self.config.vocab_size;
@@ -175,7 +201,13 @@ impl CudaModel {
     }
 
     /// One chunk: embedding, layers, and logits for its last `logit_rows` rows.
-    fn step(&mut self, tokens: &[u32], pos: usize, logit_rows: usize, mut trace: Option<&mut Trace>) -> Result<()> {
+    fn step(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        logit_rows: usize,
+        mut trace: Option<&mut Trace>,
+    ) -> Result<()> {
         let t = tokens.len();
         let c = &self.config;
         let (g, w, s, dims) = (&self.gpu, &self.weights, &mut self.scratch, self.dims);
@@ -192,11 +224,21 @@ impl CudaModel {
             if l > 0 {
                 record(g, &mut trace, "residual_after_mlp", l - 1, s.x.ptr, t * h)?;
             }
-            self.gemm.linear(g, &layer.qkv, &s.act, (t, 0), s.qkv.ptr, false)?;
+            self.gemm
+                .linear(g, &layer.qkv, &s.act, (t, 0), s.qkv.ptr, false)?;
             let norms = (opt_ptr(&layer.q_norm), opt_ptr(&layer.k_norm), eps);
             let cache = (self.k_cache[l].ptr, self.v_cache[l].ptr);
             let tables = (self.cos.ptr, self.sin.ptr);
-            ops::rope_qkv(g, dims, s.qkv.ptr, t, pos, tables, norms, (s.q.ptr, cache.0, cache.1))?;
+            ops::rope_qkv(
+                g,
+                dims,
+                s.qkv.ptr,
+                t,
+                pos,
+                tables,
+                norms,
+                (s.q.ptr, cache.0, cache.1),
+            )?;
             ops::attention(g, dims, s.q.ptr, cache, s.att.ptr, t, pos, scale)?;
             let o_in = if layer.o.is_fp8() {
                 ops::quant_rows(g, s.att.ptr, t, c.q_dim(), s.act.q.ptr, s.act.s.ptr)?;
@@ -205,13 +247,16 @@ impl CudaModel {
                 g.copy(s.act.b.ptr, s.att.ptr, t * c.q_dim() * 2)?;
                 &s.act
             };
-            self.gemm.linear(g, &layer.o, o_in, (t, 0), s.proj.ptr, false)?;
+            self.gemm
+                .linear(g, &layer.o, o_in, (t, 0), s.proj.ptr, false)?;
             let act = Gemm::wants(&layer.gate_up, &s.act);
             ops::add_rmsnorm(g, s.x.ptr, s.proj.ptr, layer.post_norm.ptr, eps, t, h, act)?;
             record(g, &mut trace, "residual_after_attn", l, s.x.ptr, t * h)?;
-            self.gemm.linear(g, &layer.gate_up, &s.act, (t, 0), s.gu.ptr, false)?;
+            self.gemm
+                .linear(g, &layer.gate_up, &s.act, (t, 0), s.gu.ptr, false)?;
             ops::silu_mul(g, s.gu.ptr, t, inter, Gemm::wants(&layer.down, &s.act))?;
-            self.gemm.linear(g, &layer.down, &s.act, (t, 0), s.proj.ptr, false)?;
+            self.gemm
+                .linear(g, &layer.down, &s.act, (t, 0), s.proj.ptr, false)?;
             pending = s.proj.ptr;
         }
         self.cached = pos + t;
@@ -229,21 +274,40 @@ impl CudaModel {
             return Ok(());
         }
         let xr = s.x.at(first * h * 4);
-        let pr = if pending == 0 { 0 } else { pending + (first * h * 2) as u64 };
-        ops::add_rmsnorm(g, xr, pr, w.norm.ptr, eps, t - first, h, ActOut::Bf16(s.act.b.ptr))?;
+        let pr = if pending == 0 {
+            0
+        } else {
+            pending + (first * h * 2) as u64
+        };
+        ops::add_rmsnorm(
+            g,
+            xr,
+            pr,
+            w.norm.ptr,
+            eps,
+            t - first,
+            h,
+            ActOut::Bf16(s.act.b.ptr),
+        )?;
         if let Some(l) = c.num_layers.checked_sub(1) {
             record(g, &mut trace, "residual_after_mlp", l, s.x.ptr, t * h)?;
         }
         if logit_rows > 0 {
             let logits = s.logits(g, logit_rows, c.vocab_size)?;
             let in_row = t - logit_rows - first;
-            self.gemm.linear(g, lm, &s.act, (logit_rows, in_row), logits, true)?;
+            self.gemm
+                .linear(g, lm, &s.act, (logit_rows, in_row), logits, true)?;
         }
         Ok(())
     }
 
     /// Like [`Backend::forward`] but also records the residual stream after every block.
-    pub fn forward_trace(&mut self, tokens: &[u32], pos: usize, all_logits: bool) -> Result<(Vec<f32>, Trace)> {
+    pub fn forward_trace(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        all_logits: bool,
+    ) -> Result<(Vec<f32>, Trace)> {
         let mut trace = Trace::new();
         let mut out = Vec::new();
         self.run(tokens, pos, all_logits, Some(&mut out), Some(&mut trace))?;
@@ -274,7 +338,14 @@ fn opt_ptr(b: &Option<DBuf>) -> u64 {
 }
 
 /// Downloads `n` f32 of the residual stream into the trace, when tracing.
-fn record(g: &Gpu, trace: &mut Option<&mut Trace>, what: &str, layer: usize, x: u64, n: usize) -> Result<()> {
+fn record(
+    g: &Gpu,
+    trace: &mut Option<&mut Trace>,
+    what: &str,
+    layer: usize,
+    x: u64,
+    n: usize,
+) -> Result<()> {
     if let Some(t) = trace.as_deref_mut() {
         t.insert(format!("{what}.{layer}"), g.download_f32(x, n)?);
     }

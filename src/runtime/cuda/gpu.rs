@@ -5,7 +5,9 @@
 use super::{kernels, nvrtc};
 use crate::{Error, Result};
 use cudarc::driver::sys::CUdevice_attribute as Attr;
-use cudarc::driver::{result as cu, CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    result as cu, CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg,
+};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -60,7 +62,9 @@ pub fn probe(ordinal: usize) -> Result<DeviceInfo> {
 
 fn info_of(ctx: &Arc<CudaContext>, ordinal: usize) -> Result<DeviceInfo> {
     let name = ctx.name().map_err(|e| drv("device name", e))?;
-    let cc = ctx.compute_capability().map_err(|e| drv("compute capability", e))?;
+    let cc = ctx
+        .compute_capability()
+        .map_err(|e| drv("compute capability", e))?;
     if cc < (8, 9) {
         return Err(Error::Unsupported(format!(
             "{name}: FP8 needs compute capability >= 8.9 (Ada or Hopper); this GPU is {}.{}",
@@ -227,7 +231,9 @@ impl Gpu {
 
     /// Waits for the stream; an asynchronous kernel fault surfaces here.
     pub fn sync(&self) -> Result<()> {
-        self.stream.synchronize().map_err(|e| drv("kernel execution", e))
+        self.stream
+            .synchronize()
+            .map_err(|e| drv("kernel execution", e))
     }
 
     /// Launches kernel `name` on the stream.

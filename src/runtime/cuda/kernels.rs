@@ -9,16 +9,16 @@ use std::io::Write;
 use std::path::PathBuf;
 
 /// Headers the sources `#include`, by include name.
-pub const HEADERS: &[(&str, &str)] = &[(
-    "common.cuh",
-    include_str!("../../../kernels/common.cuh"),
-)];
+pub const HEADERS: &[(&str, &str)] = &[("common.cuh", include_str!("../../../kernels/common.cuh"))];
 
 /// Every kernel source file, by file name.
 pub const SOURCES: &[(&str, &str)] = &[
     ("norm.cu", include_str!("../../../kernels/norm.cu")),
     ("rope.cu", include_str!("../../../kernels/rope.cu")),
-    ("attention.cu", include_str!("../../../kernels/attention.cu")),
+    (
+        "attention.cu",
+        include_str!("../../../kernels/attention.cu"),
+    ),
     ("gemv.cu", include_str!("../../../kernels/gemv.cu")),
     ("sample.cu", include_str!("../../../kernels/sample.cu")),
 ];
@@ -115,13 +115,24 @@ pub fn load_all(nv: &Nvrtc, arch: &str) -> Result<Vec<Cubin>> {
         .iter()
         .map(|&(name, src)| {
             let key = cache_key(nv, name, src, arch, &opts);
-            let path = dir.join(format!("{}-{arch}-{key}.cubin", name.trim_end_matches(".cu")));
+            let path = dir.join(format!(
+                "{}-{arch}-{key}.cubin",
+                name.trim_end_matches(".cu")
+            ));
             if let Ok(bytes) = std::fs::read(&path) {
-                return Ok(Cubin { name, bytes, cached: true });
+                return Ok(Cubin {
+                    name,
+                    bytes,
+                    cached: true,
+                });
             }
             let bytes = compile_clean(nv, name, src, &opts)?;
             let _ = store(&dir, &path, &bytes);
-            Ok(Cubin { name, bytes, cached: false })
+            Ok(Cubin {
+                name,
+                bytes,
+                cached: false,
+            })
         })
         .collect()
 }
@@ -139,7 +150,9 @@ pub fn compile_clean(nv: &Nvrtc, name: &str, src: &str, opts: &[String]) -> Resu
         )));
     }
     if c.cubin.is_empty() {
-        return Err(Error::Runtime(format!("kernels/{name}: NVRTC returned an empty cubin")));
+        return Err(Error::Runtime(format!(
+            "kernels/{name}: NVRTC returned an empty cubin"
+        )));
     }
     Ok(c.cubin)
 }

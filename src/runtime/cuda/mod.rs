@@ -6,14 +6,15 @@
 //! without a toolkit or a GPU. Kernels (`kernels/*.cu`) are embedded and compiled by NVRTC
 //! for the GPU's exact architecture, cached on disk ([`kernels`]).
 
+pub mod cublaslt;
+pub mod dweights;
+pub mod forward;
+pub mod gpu;
 pub mod kernels;
 pub mod libs;
-pub mod nvrtc;
-pub mod cublaslt;
-pub mod gpu;
-pub mod ops;
-pub mod dweights;
 pub mod model;
-pub mod forward;
+pub mod nvrtc;
+pub mod ops;
 pub mod randmodel;
 pub mod report;
+pub mod selftest;

@@ -75,13 +75,23 @@ impl Gemm {
     }
 
     fn without(note: String, mode: GemmMode) -> Gemm {
-        Gemm { blas: None, note, mode, outer_ok: None, acc: None, _workspace: None }
+        Gemm {
+            blas: None,
+            note,
+            mode,
+            outer_ok: None,
+            acc: None,
+            _workspace: None,
+        }
     }
 
     /// The activation buffer kind `lin` reads.
     pub fn wants(lin: &DLinear, a: &Acts) -> ActOut {
         match lin.is_fp8() {
-            true => ActOut::Fp8 { q: a.q.ptr, s: a.s.ptr },
+            true => ActOut::Fp8 {
+                q: a.q.ptr,
+                s: a.s.ptr,
+            },
             false => ActOut::Bf16(a.b.ptr),
         }
     }
@@ -110,7 +120,13 @@ impl Gemm {
                 }
                 let (x, sa) = (a.q.at(in_row * k), a.s.at(in_row * 4));
                 if small {
-                    return ops::gemv_fp8(g, (codes.ptr, scales.ptr, bias), (x, sa), y, (rows, n, k));
+                    return ops::gemv_fp8(
+                        g,
+                        (codes.ptr, scales.ptr, bias),
+                        (x, sa),
+                        y,
+                        (rows, n, k),
+                    );
                 }
                 self.fp8_lt(g, (codes.ptr, scales.ptr, bias), (x, sa), y, (rows, n, k))
             }
@@ -125,7 +141,10 @@ impl Gemm {
                 match bias {
                     0 => Ok(()),
                     b if !f32_out => ops::add_bias(g, y, b, rows, n),
-                    _ => Err(Error::Unsupported(format!("{}: bias with f32 output", lin.name))),
+                    _ => Err(Error::Unsupported(format!(
+                        "{}: bias with f32 output",
+                        lin.name
+                    ))),
                 }
             }
         }
@@ -147,7 +166,11 @@ impl Gemm {
             match blas.matmul(Kind::Fp8Scaled, (m, n, k), w, x, y, sa, sw, stream) {
                 Ok(()) => {
                     self.outer_ok = Some(true);
-                    return if bias != 0 { ops::add_bias(g, y, bias, m, n) } else { Ok(()) };
+                    return if bias != 0 {
+                        ops::add_bias(g, y, bias, m, n)
+                    } else {
+                        Ok(())
+                    };
                 }
                 Err(e) if self.outer_ok.is_none() && self.mode == GemmMode::Auto => {
                     self.outer_ok = Some(false);
@@ -245,7 +268,13 @@ pub fn attn_dims(c: &ModelConfig) -> Result<AttnDims> {
         )));
     }
     if c.hidden_size % 2 != 0 || c.intermediate_size % 2 != 0 {
-        return Err(Error::Unsupported("hidden and intermediate sizes must be even".into()));
+        return Err(Error::Unsupported(
+            "hidden and intermediate sizes must be even".into(),
+        ));
     }
-    Ok(AttnDims { heads: c.num_heads, kv_heads: c.num_kv_heads, head_dim: c.head_dim })
+    Ok(AttnDims {
+        heads: c.num_heads,
+        kv_heads: c.num_kv_heads,
+        head_dim: c.head_dim,
+    })
 }

@@ -17,11 +17,7 @@ pub const NVRTC: LibSpec = LibSpec {
     what: "NVRTC (libnvrtc.so)",
     env_path: "QFORGE_NVRTC_LIB",
     env_dir: "QFORGE_NVRTC_DIR",
-    names: &[
-        "libnvrtc.so.13",
-        "libnvrtc.so",
-        "libnvrtc.so.12",
-    ],
+    names: &["libnvrtc.so.13", "libnvrtc.so", "libnvrtc.so.12"],
     wheel_dirs: &["nvidia/cu13/lib", "nvidia/cuda_nvrtc/lib"],
     hint: "install the CUDA toolkit, or `pip install nvidia-cuda-nvrtc==13.0.88` \
            (see scripts/install_nvrtc.sh)",
@@ -178,7 +174,12 @@ impl Nvrtc {
 
     /// # Safety
     /// `prog` must be a live program.
-    unsafe fn compile_prog(&self, prog: Prog, name: &str, opts: &[*const c_char]) -> Result<Compiled> {
+    unsafe fn compile_prog(
+        &self,
+        prog: Prog,
+        name: &str,
+        opts: &[*const c_char],
+    ) -> Result<Compiled> {
         let st = (self.compile)(prog, opts.len() as c_int, opts.as_ptr());
         let log = self.read(prog, self.log_size, self.log)?;
         let log = String::from_utf8_lossy(&log)

@@ -37,7 +37,12 @@ fn i32_of(what: &str, v: usize) -> Result<i32> {
 
 /// `x[r] = f32(table[ids[r]])`, `n` columns.
 pub fn embed_gather(g: &Gpu, table: u64, ids: u64, rows: usize, n: usize, x: u64) -> Result<()> {
-    let args = [Arg::U64(table), Arg::U64(ids), Arg::I32(i32_of("width", n)?), Arg::U64(x)];
+    let args = [
+        Arg::U64(table),
+        Arg::U64(ids),
+        Arg::I32(i32_of("width", n)?),
+        Arg::U64(x),
+    ];
     g.launch("embed_gather", cfg((rows as u32, 1), 256, 0), &args)
 }
 
@@ -64,20 +69,37 @@ pub fn add_rmsnorm(
         s,
         o,
     ];
-    g.launch("add_rmsnorm", cfg((rows as u32, 1), row_threads(n), 0), &args)
+    g.launch(
+        "add_rmsnorm",
+        cfg((rows as u32, 1), row_threads(n), 0),
+        &args,
+    )
 }
 
 /// `silu(gate) * up` of `gu` (`[rows, 2*inter]`) into `out`.
 pub fn silu_mul(g: &Gpu, gu: u64, rows: usize, inter: usize, out: ActOut) -> Result<()> {
     let [q, s, o] = out.args();
     let args = [Arg::U64(gu), Arg::I32(i32_of("width", inter)?), q, s, o];
-    g.launch("silu_mul", cfg((rows as u32, 1), row_threads(inter), 0), &args)
+    g.launch(
+        "silu_mul",
+        cfg((rows as u32, 1), row_threads(inter), 0),
+        &args,
+    )
 }
 
 /// Per-row FP8 quantization of a bf16 `[rows, n]` matrix.
 pub fn quant_rows(g: &Gpu, x: u64, rows: usize, n: usize, q: u64, s: u64) -> Result<()> {
-    let args = [Arg::U64(x), Arg::I32(i32_of("width", n)?), Arg::U64(q), Arg::U64(s)];
-    g.launch("quant_rows", cfg((rows as u32, 1), row_threads(n), 0), &args)
+    let args = [
+        Arg::U64(x),
+        Arg::I32(i32_of("width", n)?),
+        Arg::U64(q),
+        Arg::U64(s),
+    ];
+    g.launch(
+        "quant_rows",
+        cfg((rows as u32, 1), row_threads(n), 0),
+        &args,
+    )
 }
 
 /// `y = bf16(sa[r] * (sw[c] * acc) (+ bias))` over `[rows, n]`.
@@ -150,7 +172,11 @@ pub fn rope_qkv(
         Arg::U64(k_cache),
         Arg::U64(v_cache),
     ];
-    g.launch("rope_qkv", cfg((warps.div_ceil(8) as u32, 1), 256, 0), &args)
+    g.launch(
+        "rope_qkv",
+        cfg((warps.div_ceil(8) as u32, 1), 256, 0),
+        &args,
+    )
 }
 
 /// Query rows per attention block: work items (rows × group) at most 32 (8 warps × 4).
@@ -256,7 +282,11 @@ pub fn gemv_bf16(
 
 /// `out[r]` = argmax of `logits[r, 0..n]` (u32).
 pub fn argmax_rows(g: &Gpu, logits: u64, rows: usize, n: usize, out: u64) -> Result<()> {
-    let args = [Arg::U64(logits), Arg::I32(i32_of("vocab", n)?), Arg::U64(out)];
+    let args = [
+        Arg::U64(logits),
+        Arg::I32(i32_of("vocab", n)?),
+        Arg::U64(out),
+    ];
     g.launch("argmax_rows", cfg((rows as u32, 1), 1024, 0), &args)
 }
 
@@ -291,7 +321,16 @@ pub fn fill_f32(g: &Gpu, p: u64, n: usize, v: f32) -> Result<()> {
 /// The FP8 conversion probe: `codes = e4m3(input)` (n even), `back[0..256]` = every code
 /// decoded.
 pub fn fp8_probe(g: &Gpu, input: u64, n: usize, codes: u64, back: u64) -> Result<()> {
-    let args = [Arg::U64(input), Arg::I32(n as i32), Arg::U64(codes), Arg::U64(back)];
+    let args = [
+        Arg::U64(input),
+        Arg::I32(n as i32),
+        Arg::U64(codes),
+        Arg::U64(back),
+    ];
     let threads = (n / 2).max(128);
-    g.launch("fp8_probe", cfg((threads.div_ceil(256) as u32, 1), 256, 0), &args)
+    g.launch(
+        "fp8_probe",
+        cfg((threads.div_ceil(256) as u32, 1), 256, 0),
+        &args,
+    )
 }

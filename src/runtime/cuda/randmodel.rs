@@ -25,9 +25,7 @@ pub fn shape_config(name: &str) -> Result<ModelConfig> {
             )))
         }
     };
-    let fp8 = |strategy: &str, dynamic: bool| {
-        json!({"type": "float", "num_bits": 8, "symmetric": true, "strategy": strategy, "dynamic": dynamic})
-    };
+    let fp8 = |strategy: &str, dynamic: bool| json!({"type": "float", "num_bits": 8, "symmetric": true, "strategy": strategy, "dynamic": dynamic});
     ModelConfig::from_json(&json!({
         "architectures": ["LlamaForCausalLM"], "hidden_size": h, "intermediate_size": i,
         "num_hidden_layers": l, "num_attention_heads": heads, "num_key_value_heads": kv,
@@ -68,7 +66,13 @@ fn fp8_linear(name: String, rows: usize, cols: usize, seed: u64) -> Result<Linea
     let (codes, scales) =
         quantize_fp8_channel(&name, DType::BF16, &bytes, rows, cols, Fp8Rounding::Eager)?;
     let scales = crate::quant::to_f32(DType::BF16, &scales)?;
-    Ok(Linear { name, rows, cols, weight: LinearWeight::Fp8 { codes, scales }, bias: None })
+    Ok(Linear {
+        name,
+        rows,
+        cols,
+        weight: LinearWeight::Fp8 { codes, scales },
+        bias: None,
+    })
 }
 
 fn norm(n: usize, seed: u64) -> Vec<f32> {
@@ -81,7 +85,12 @@ fn norm(n: usize, seed: u64) -> Vec<f32> {
 /// Random host weights for `cfg`: BF16 N(0, 0.02)-like values quantized per channel to FP8
 /// exactly as `qforge quantize` does, BF16 embeddings, norms 1 ± 0.1.
 pub fn random_host_weights(cfg: &ModelConfig, seed: u64) -> Result<Weights> {
-    let (h, i, qd, kvd) = (cfg.hidden_size, cfg.intermediate_size, cfg.q_dim(), cfg.kv_dim());
+    let (h, i, qd, kvd) = (
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        cfg.q_dim(),
+        cfg.kv_dim(),
+    );
     let mut s = seed;
     let mut next = || {
         s += 1;
@@ -109,10 +118,20 @@ pub fn random_host_weights(cfg: &ModelConfig, seed: u64) -> Result<Weights> {
         name: name.into(),
         rows: cfg.vocab_size,
         cols: h,
-        weight: LinearWeight::Dense(Dense::Bf16(bf16_values(cfg.vocab_size * h, next(), 0.0, 0.02))),
+        weight: LinearWeight::Dense(Dense::Bf16(bf16_values(
+            cfg.vocab_size * h,
+            next(),
+            0.0,
+            0.02,
+        ))),
         bias: None,
     };
     let embed = dense("model.embed_tokens");
     let lm_head = (!cfg.tie_word_embeddings).then(|| dense("lm_head"));
-    Ok(Weights { embed, layers, norm: norm(h, seed ^ 0xABCD), lm_head })
+    Ok(Weights {
+        embed,
+        layers,
+        norm: norm(h, seed ^ 0xABCD),
+        lm_head,
+    })
 }

@@ -24,7 +24,14 @@ pub struct Report {
 
 impl Report {
     /// Adds and prints a row.
-    pub fn row(&mut self, stage: &str, check: &str, value: String, limit: &str, pass: Option<bool>) {
+    pub fn row(
+        &mut self,
+        stage: &str,
+        check: &str,
+        value: String,
+        limit: &str,
+        pass: Option<bool>,
+    ) {
         let verdict = match pass {
             Some(true) => "PASS",
             Some(false) => "FAIL",
@@ -48,7 +55,13 @@ impl Report {
     /// A row that passes when `value <= limit`.
     pub fn at_most(&mut self, stage: &str, check: &str, value: f64, limit: f64) {
         let pass = value <= limit; // NaN fails
-        self.row(stage, check, format!("{value:.3e}"), &format!("<= {limit:.1e}"), Some(pass));
+        self.row(
+            stage,
+            check,
+            format!("{value:.3e}"),
+            &format!("<= {limit:.1e}"),
+            Some(pass),
+        );
     }
 
     /// A stage that could not run (counts as a failure).
@@ -61,7 +74,9 @@ impl Report {
     }
 
     pub fn header(title: &str) {
-        println!("\n### {title}\n\n| stage | check | value | limit | result |\n|---|---|---|---|---|");
+        println!(
+            "\n### {title}\n\n| stage | check | value | limit | result |\n|---|---|---|---|---|"
+        );
     }
 
     /// Writes rows and extra records to `path` as JSON (errors are printed, not fatal).
@@ -96,6 +111,10 @@ pub fn compare(a: &[f32], b: &[f32]) -> (f64, f64, usize) {
             _ => odd += 1,
         }
     }
-    let rel = if den > 0.0 { (num / den).sqrt() } else { num.sqrt() };
+    let rel = if den > 0.0 {
+        (num / den).sqrt()
+    } else {
+        num.sqrt()
+    };
     (rel, max, odd + a.len().abs_diff(b.len()))
 }
