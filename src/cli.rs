@@ -21,12 +21,18 @@ pub enum Command {
     MakeModel(qforge::synthetic::MakeModelArgs),
     /// Run a model on a chat prompt; with --reference, gate on its agreement with the reference.
     Verify(qforge::runtime::verify::VerifyArgs),
+    /// CUDA backend checks and benchmarks (developer tool, used by scripts/gpu_check.sh).
+    #[cfg(feature = "cuda")]
+    #[command(hide = true)]
+    Gpu(qforge::runtime::cuda::cli::GpuArgs),
 }
 
 impl Cli {
     pub fn run(self) -> qforge::Result<ExitCode> {
         match self.command {
             Command::Quantize(args) => qforge::quantize::run_cli(&args),
+            #[cfg(feature = "cuda")]
+            Command::Gpu(args) => qforge::runtime::cuda::cli::run(&args),
             Command::MakeModel(args) => qforge::synthetic::run_cli(&args),
             Command::Verify(args) => qforge::runtime::verify::run_cli(&args),
         }

@@ -7,6 +7,7 @@
 mod runtime_util;
 
 use qforge::runtime::cpu::load_cpu;
+use qforge::runtime::Backend;
 use runtime_util::{fixture, golden, input_ids, max_abs_diff};
 
 const CHECKED: [&str; 3] = [
@@ -125,7 +126,6 @@ fn kv_cache_chunks_equal_full_prefill() {
 #[test]
 fn forward_argument_errors() {
     use qforge::runtime::cpu::{load_cpu_with, CpuOptions};
-    use qforge::runtime::Backend;
     let opts = CpuOptions { max_seq: Some(8) };
     let mut m = load_cpu_with(&fixture("tiny-tied-bf16"), &opts).unwrap();
     assert_eq!(m.max_seq(), 8);

@@ -221,11 +221,19 @@ fn quantize_row(
         DType::F16 => scale_out.copy_from_slice(&f16::from_f32(s).to_bits().to_le_bytes()),
         _ => scale_out.copy_from_slice(&s.to_le_bytes()),
     }
+    fp8_codes(dtype, row, s, rounding, out);
+    Some(())
+}
+
+/// E4M3 codes of the raw `dtype` elements `src` divided by the scale `s` (a value of
+/// `dtype`): `e4m3(clamp(D(w / s) + 0.0, ±448))` for `Eager`, without the `D(..)` for
+/// `Direct`. The elements must be finite.
+pub fn fp8_codes(dtype: DType, src: &[u8], s: f32, rounding: Fp8Rounding, out: &mut [u8]) {
     match (dtype, rounding) {
-        (DType::BF16, Fp8Rounding::Eager) => quantize_bf16_eager(row, out, s),
+        (DType::BF16, Fp8Rounding::Eager) => quantize_bf16_eager(src, out, s),
         (DType::F16, Fp8Rounding::Eager) => {
             let table = &**F16_TO_E4M3;
-            for (o, c) in out.iter_mut().zip(row.chunks_exact(2)) {
+            for (o, c) in out.iter_mut().zip(src.chunks_exact(2)) {
                 let w = f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
                 *o = table[f16::from_f32(w / s).to_bits() as usize];
             }
@@ -233,13 +241,12 @@ fn quantize_row(
         // F32 eager (the dtype rounding is the identity) and every direct rounding.
         _ => {
             let step = dtype.size();
-            for (o, c) in out.iter_mut().zip(row.chunks_exact(step)) {
+            for (o, c) in out.iter_mut().zip(src.chunks_exact(step)) {
                 let w = element_to_f32(dtype, c);
                 *o = f32_to_e4m3((w / s + 0.0).clamp(-E4M3_MAX, E4M3_MAX));
             }
         }
     }
-    Some(())
 }
 
 /// The BF16 eager path in blocks: a branch-free (vectorisable) divide-and-round pass into a

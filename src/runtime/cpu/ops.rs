@@ -72,7 +72,8 @@ pub fn inv_freq(rope: &RopeConfig, head_dim: usize) -> Vec<f32> {
             let smooth = ((1.0 / wavelen) * old_ctx as f32 - lo32)
                 / (high_freq_factor - low_freq_factor) as f32;
             let smoothed = (1.0 - smooth) * inv_l / factor32 + smooth * inv_l;
-            let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+            // transformers: ~(wavelen < high) & ~(wavelen > low); wavelen is never NaN here.
+            let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
             if medium {
                 smoothed
             } else {

@@ -18,3 +18,5 @@ pub mod ops;
 pub mod randmodel;
 pub mod report;
 pub mod selftest;
+pub mod bench;
+pub mod cli;

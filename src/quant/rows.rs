@@ -1,0 +1,90 @@
+//! Shared plumbing of the row-wise quantizers: argument checks, decoding a row of raw
+//! BF16/F16/F32 bytes to f32, the NaN/Inf error, and writing a scale in the weight dtype.
+
+use super::convert::{round_to, to_f32_into};
+use crate::checkpoint::DType;
+use crate::{Error, Result};
+use half::{bf16, f16};
+
+/// Checks that `data` is a `[rows, cols]` matrix of a float weight dtype, and that each
+/// output buffer has the expected length (`(what, got, want)`).
+pub(crate) fn check_matrix(
+    name: &str,
+    dtype: DType,
+    data: &[u8],
+    rows: usize,
+    cols: usize,
+    outputs: &[(&str, usize, usize)],
+) -> Result<()> {
+    if !dtype.is_float_weight() {
+        return Err(Error::Quantize(format!(
+            "{name}: cannot quantize a {dtype} weight (BF16, F16 or F32 only)"
+        )));
+    }
+    if cols == 0 {
+        return Err(Error::Quantize(format!("{name}: weight has no columns")));
+    }
+    let nbytes = rows
+        .checked_mul(cols)
+        .and_then(|n| n.checked_mul(dtype.size()));
+    if nbytes != Some(data.len()) {
+        return Err(Error::Quantize(format!(
+            "{name}: {} bytes of {dtype} data do not make a [{rows}, {cols}] matrix",
+            data.len()
+        )));
+    }
+    for &(what, got, want) in outputs {
+        if got != want {
+            return Err(Error::Quantize(format!(
+                "{name}: {what} buffer of {got} bytes, expected {want} for [{rows}, {cols}]"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Decodes one row to f32 into `out`; `None` when it holds NaN or Inf.
+#[inline]
+pub(crate) fn decode_finite(dtype: DType, row: &[u8], out: &mut [f32]) -> Option<()> {
+    to_f32_into(dtype, row, out).ok()?;
+    out.iter().all(|x| x.is_finite()).then_some(())
+}
+
+/// The error for the first row of `data` holding NaN or Inf (row relative to `data`).
+pub(crate) fn bad_row_error(name: &str, dtype: DType, data: &[u8], cols: usize) -> Error {
+    let mut buf = vec![0.0f32; cols];
+    let bad = data
+        .chunks(cols * dtype.size())
+        .position(|row| decode_finite(dtype, row, &mut buf).is_none())
+        .unwrap_or(0);
+    Error::Quantize(format!(
+        "{name}: row {bad} contains NaN or Inf; cannot quantize"
+    ))
+}
+
+/// Writes `s` (already a value of `dtype`) as little-endian `dtype` bytes.
+#[inline]
+pub(crate) fn put_scale(dtype: DType, s: f32, out: &mut [u8]) {
+    match dtype {
+        DType::BF16 => out.copy_from_slice(&bf16::from_f32(s).to_bits().to_le_bytes()),
+        DType::F16 => out.copy_from_slice(&f16::from_f32(s).to_bits().to_le_bytes()),
+        _ => out.copy_from_slice(&s.to_le_bytes()),
+    }
+}
+
+/// `D(x)` when `eager`, else `x`: the rounding of a quotient to the weight dtype that the
+/// CPU path performs and the triton path skips.
+#[inline(always)]
+pub(crate) fn maybe_round(dtype: DType, eager: bool, x: f32) -> f32 {
+    if eager {
+        round_to(dtype, x)
+    } else {
+        x
+    }
+}
+
+/// `max |x|` of a slice of finite values (0 for an empty slice; -0.0 counts as 0).
+#[inline]
+pub(crate) fn absmax(xs: &[f32]) -> f32 {
+    xs.iter().fold(0.0f32, |m, &x| m.max(x.abs()))
+}

@@ -1,0 +1,173 @@
+//! `qforge gpu bench` and `qforge gpu gemm`: speed on random models created in GPU memory
+//! (decode and prefill tokens/s, % of the HBM roofline) and the FP8 GEMM paths alone on
+//! DeepSeek-R1-Distill-Llama-70B's Linear shapes (compared with `torch._scaled_mm` by
+//! scripts/gpu_report.py).
+
+use super::dweights::DWeights;
+use super::forward::{CudaModel, CudaOptions};
+use super::gpu::Gpu;
+use super::model::{Gemm, GemmMode};
+use super::randmodel::shape_config;
+use super::report::Report;
+use super::{cublaslt::Kind, ops};
+use crate::runtime::Backend;
+use crate::{Error, Result};
+use serde_json::json;
+use std::time::Instant;
+
+/// Bandwidth of a 4 GiB device-to-device copy (bytes read + written per second), GB/s.
+pub fn copy_bandwidth(g: &Gpu) -> Result<f64> {
+    let n = 4usize << 30;
+    let (a, b) = (g.alloc(n)?, g.alloc(n)?);
+    g.copy(b.ptr, a.ptr, n)?;
+    g.sync()?;
+    let t0 = Instant::now();
+    for _ in 0..5 {
+        g.copy(b.ptr, a.ptr, n)?;
+    }
+    g.sync()?;
+    Ok(2.0 * n as f64 * 5.0 / t0.elapsed().as_secs_f64() / 1e9)
+}
+
+/// Decode and prefill speed of random FP8 models of the given shapes.
+pub fn bench_models(device: usize, shapes: &[String], prompt: usize, decode: usize, prefill: usize, r: &mut Report) {
+    Report::header("bench: random FP8 models in GPU memory");
+    let bw = match Gpu::new(device).and_then(|g| Ok((g.info.peak_bw_gbps, copy_bandwidth(&g)?))) {
+        Ok(v) => v,
+        Err(e) => return r.error("bench", &e.to_string()),
+    };
+    let peak = bw.0.unwrap_or(bw.1);
+    r.info("bench", "HBM peak (driver clock x bus) GB/s", format!("{:?}", bw.0.map(|v| v.round())));
+    r.info("bench", "HBM 4 GiB copy GB/s", format!("{:.0}", bw.1));
+    for shape in shapes {
+        if let Err(e) = bench_one(device, shape, (prompt, decode, prefill), (peak, bw.1), r) {
+            r.error(&format!("bench {shape}"), &e.to_string());
+        }
+    }
+}
+
+fn bench_one(device: usize, shape: &str, (prompt, decode, prefill): (usize, usize, usize), (peak, copy): (f64, f64), r: &mut Report) -> Result<()> {
+    let st = format!("bench {shape}");
+    let cfg = shape_config(shape)?;
+    let g = Gpu::new(device)?;
+    let t0 = Instant::now();
+    let w = DWeights::random(&g, &cfg, 7)?;
+    let bytes = w.bytes_per_token();
+    r.info(&st, "random weights in GPU memory", format!("{:.1} GB in {:.1} s", bytes as f64 / 1e9, t0.elapsed().as_secs_f64()));
+    let max_seq = (prompt + decode + 8).max(prefill);
+    let opts = CudaOptions { device, max_seq: Some(max_seq), max_rows: Some(prefill), gemm: GemmMode::from_env()? };
+    let mut m = CudaModel::new(g, cfg.clone(), w, &opts)?;
+    let ids = |n: usize| -> Vec<u32> { (0..n as u32).map(|i| (i * 2654435761u32) % 128000).collect() };
+    // Prefill: a warm-up run makes the cuBLASLt plans, then the timed one.
+    let p = ids(prefill);
+    m.forward_sync(&p, 0)?;
+    let t0 = Instant::now();
+    m.forward_sync(&p, 0)?;
+    let tp = t0.elapsed().as_secs_f64();
+    let params = (bytes as f64 - 2.0 * (cfg.vocab_size * cfg.hidden_size) as f64).max(0.0);
+    r.info(&st, &format!("prefill {prefill} tokens/s"), format!("{:.0} ({:.0} ms, {:.0} TFLOP/s in the FP8 Linears; {})", prefill as f64 / tp, tp * 1e3, 2.0 * params * prefill as f64 / tp / 1e12, m.gemm.fp8_path()));
+    // Decode: prompt, 4 warm-up steps, then `decode` timed steps with device argmax.
+    m.reset();
+    let mut tok = m.forward_argmax(&ids(prompt), 0)?;
+    let mut pos = prompt;
+    for _ in 0..4 {
+        tok = m.forward_argmax(&[tok], pos)?;
+        pos += 1;
+    }
+    let t0 = Instant::now();
+    for _ in 0..decode {
+        tok = m.forward_argmax(&[tok], pos)?;
+        pos += 1;
+    }
+    let td = t0.elapsed().as_secs_f64() / decode as f64;
+    let gbps = bytes as f64 / td / 1e9;
+    r.info(&st, "decode tokens/s (batch 1)", format!("{:.1} ({:.2} ms/token, weights {:.1} GB/token, {gbps:.0} GB/s)", 1.0 / td, td * 1e3, bytes as f64 / 1e9));
+    let pct = 100.0 * gbps / peak;
+    r.row(&st, "decode % of HBM roofline (peak)", format!("{pct:.1}"), ">= 80", Some(pct >= 80.0));
+    r.info(&st, "decode % of 4 GiB copy bandwidth", format!("{:.1}", 100.0 * gbps / copy));
+    r.extra.push(json!({"kind": "model", "shape": shape, "prefill_tokens": prefill, "prefill_tok_s": prefill as f64 / tp,
+        "decode_tok_s": 1.0 / td, "decode_ms": td * 1e3, "weight_bytes_per_token": bytes, "decode_GBps": gbps,
+        "peak_GBps": peak, "copy_GBps": copy, "pct_roofline": pct, "fp8_path": m.gemm.fp8_path()}));
+    Ok(())
+}
+
+/// DeepSeek-R1-Distill-Llama-70B's Linear shapes (N, K), q/k/v and gate/up fused.
+pub const SHAPES_70B: &[(&str, usize, usize)] = &[
+    ("qkv_proj", 10240, 8192),
+    ("o_proj", 8192, 8192),
+    ("gate_up_proj", 57344, 8192),
+    ("down_proj", 8192, 28672),
+];
+
+/// Times every FP8 GEMM path on the 70B shapes at the given M (CUDA events, 20 runs after
+/// 3 warm-ups).
+pub fn bench_gemm(device: usize, ms: &[usize], r: &mut Report) {
+    Report::header("gemm: FP8 W8A8 paths on 70B shapes (compare gpu_torch_gemm.py)");
+    if let Err(e) = gemm_all(device, ms, r) {
+        r.error("gemm", &e.to_string());
+    }
+}
+
+fn time_us(g: &Gpu, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..3 {
+        f()?;
+    }
+    g.sync()?;
+    let ev = |g: &Gpu| g.ctx.new_event(None).map_err(|e| Error::Runtime(format!("CUDA event: {e:?}")));
+    let (a, b) = (ev(g)?, ev(g)?);
+    let iters = 20;
+    a.record(&g.stream).map_err(|e| Error::Runtime(format!("{e:?}")))?;
+    for _ in 0..iters {
+        f()?;
+    }
+    b.record(&g.stream).map_err(|e| Error::Runtime(format!("{e:?}")))?;
+    g.sync()?;
+    let ms = a.elapsed_ms(&b).map_err(|e| Error::Runtime(format!("{e:?}")))?;
+    Ok(ms as f64 * 1e3 / iters as f64)
+}
+
+fn gemm_all(device: usize, ms: &[usize], r: &mut Report) -> Result<()> {
+    let g = Gpu::new(device)?;
+    let mut gemm = Gemm::new(&g, GemmMode::Auto)?;
+    r.info("gemm", "engine", gemm.note.clone());
+    let mmax = ms.iter().copied().max().unwrap_or(1);
+    for &(name, n, k) in SHAPES_70B {
+        let (w, sw) = (g.alloc(n * k)?, g.alloc(n * 4)?);
+        ops::fill_fp8_normal(&g, w.ptr, n * k, 11)?;
+        ops::fill_f32(&g, sw.ptr, n, 0.02 / 112.0)?;
+        let (x, sa) = (g.alloc(mmax * k)?, g.alloc(mmax * 4)?);
+        ops::fill_fp8_normal(&g, x.ptr, mmax * k, 12)?;
+        ops::fill_f32(&g, sa.ptr, mmax, 0.01)?;
+        let y = g.alloc(mmax * n * 2)?;
+        let acc = g.alloc(mmax * n * 4)?;
+        for &m in ms {
+            let mut paths: Vec<(&str, f64)> = Vec::new();
+            if m <= ops::GEMV_MAX_ROWS {
+                let t = time_us(&g, &mut || ops::gemv_fp8(&g, (w.ptr, sw.ptr, 0), (x.ptr, sa.ptr), y.ptr, (m, n, k)))?;
+                paths.push(("qforge-gemv", t));
+            }
+            if let Some(b) = gemm.blas.as_mut() {
+                let s = g.raw_stream();
+                match time_us(&g, &mut || b.matmul(Kind::Fp8Scaled, (m, n, k), w.ptr, x.ptr, y.ptr, sa.ptr, sw.ptr, s)) {
+                    Ok(t) => paths.push(("cublaslt-scaled", t)),
+                    Err(e) => r.info("gemm", &format!("{name} M={m} cublaslt-scaled"), format!("n/a: {e}")),
+                }
+                let res = time_us(&g, &mut || {
+                    b.matmul(Kind::Fp8Raw, (m, n, k), w.ptr, x.ptr, acc.ptr, 0, 0, s)?;
+                    ops::scale_epilogue(&g, acc.ptr, sa.ptr, sw.ptr, 0, m, n, y.ptr)
+                });
+                match res {
+                    Ok(t) => paths.push(("cublaslt-f32+epilogue", t)),
+                    Err(e) => r.info("gemm", &format!("{name} M={m} cublaslt-f32"), format!("n/a: {e}")),
+                }
+            }
+            for (path, us) in paths {
+                let tflops = 2.0 * (m * n * k) as f64 / us / 1e6;
+                let gbps = (n * k) as f64 / us / 1e3;
+                r.info("gemm", &format!("{name} M={m} {path}"), format!("{us:.1} us, {tflops:.1} TFLOP/s, {gbps:.0} GB/s weights"));
+                r.extra.push(json!({"kind": "gemm", "shape": name, "M": m, "N": n, "K": k, "path": path, "us": us, "TFLOPs": tflops, "weight_GBps": gbps}));
+            }
+        }
+    }
+    Ok(())
+}
