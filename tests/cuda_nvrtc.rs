@@ -36,7 +36,10 @@ fn find_nvrtc() -> Result<Nvrtc, String> {
         Err(e) => e.to_string(),
     };
     for sp in python_site_packages() {
-        for sub in ["nvidia/cu13/lib/libnvrtc.so.13", "nvidia/cuda_nvrtc/lib/libnvrtc.so.12"] {
+        for sub in [
+            "nvidia/cu13/lib/libnvrtc.so.13",
+            "nvidia/cuda_nvrtc/lib/libnvrtc.so.12",
+        ] {
             let p = sp.join(sub);
             if p.exists() {
                 return Nvrtc::open(&p).map_err(|e| e.to_string());
@@ -64,9 +67,17 @@ fn nvrtc_or_skip() -> Option<Nvrtc> {
 #[test]
 fn every_kernel_compiles_clean_for_sm90a_and_sm89() {
     let Some(nv) = nvrtc_or_skip() else { return };
-    eprintln!("NVRTC {}.{} at {}", nv.version.0, nv.version.1, nv.path.display());
+    eprintln!(
+        "NVRTC {}.{} at {}",
+        nv.version.0,
+        nv.version.1,
+        nv.path.display()
+    );
     let archs = nv.supported_archs();
-    assert!(archs.contains(&90) && archs.contains(&89), "NVRTC supports {archs:?}");
+    assert!(
+        archs.contains(&90) && archs.contains(&89),
+        "NVRTC supports {archs:?}"
+    );
     let mut failures = Vec::new();
     for arch in ["sm_90a", "sm_89"] {
         let opts = kernels::options(arch);
@@ -97,11 +108,17 @@ fn hot_kernels_do_not_spill() {
     for name in ["gemv.cu", "attention.cu", "norm.cu", "rope.cu"] {
         let src = SOURCES.iter().find(|s| s.0 == name).unwrap().1;
         let c = nv.compile(name, src, kernels::HEADERS, &opts).unwrap();
-        assert!(c.log.contains("spill stores"), "{name}: no ptxas report:\n{}", c.log);
+        assert!(
+            c.log.contains("spill stores"),
+            "{name}: no ptxas report:\n{}",
+            c.log
+        );
         let spills: Vec<&str> = c
             .log
             .lines()
-            .filter(|l| l.contains("spill") && !l.contains(" 0 bytes spill stores, 0 bytes spill loads"))
+            .filter(|l| {
+                l.contains("spill") && !l.contains(" 0 bytes spill stores, 0 bytes spill loads")
+            })
             .collect();
         assert!(spills.is_empty(), "{name} spills:\n{}", c.log);
     }
@@ -113,7 +130,9 @@ fn compile_errors_are_reported() {
     let Some(nv) = nvrtc_or_skip() else { return };
     let opts = kernels::options("sm_90a");
     let bad = "extern \"C\" __global__ void k(int* p) { p[0] = undefined_name; }";
-    let e = kernels::compile_clean(&nv, "bad.cu", bad, &opts).unwrap_err().to_string();
+    let e = kernels::compile_clean(&nv, "bad.cu", bad, &opts)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("undefined_name"), "{e}");
     let warn = "extern \"C\" __global__ void k(int* p) { int unused = 3; p[0] = 1; }";
     let e = kernels::compile_clean(&nv, "warn.cu", warn, &opts);

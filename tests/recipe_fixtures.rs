@@ -294,8 +294,8 @@ fn every_error_is_one_intended_line() {
         ("x_stage:\n  y_modifiers:\n    FooModifier: {}\n".into(), "recipe: unknown modifier FooModifier"),
         (modifier(&format!("{fp8}      foo: 1\n")), "recipe: QuantizationModifier: unknown argument `foo`"),
         (modifier("      scheme: FP9\n"), "recipe: unknown scheme FP9 (presets: UNQUANTIZED, W4A16_ASYM, W8A8,"),
-        (modifier("      scheme: W8A8\n"), "scheme W8A8 is not supported yet (supported: FP8_DYNAMIC)"),
-        (modifier("      scheme: {NVFP4A16: [Linear]}\n"), "scheme NVFP4A16 is not supported yet"),
+        (modifier("      scheme: W4A8\n"), "scheme W4A8 is not supported yet (supported: W4A16_ASYM, W8A8, INT8, FP8_DYNAMIC,"),
+        (modifier("      scheme: {NVFP4: [Linear]}\n"), "scheme NVFP4 is not supported yet"),
         (
             modifier(&format!("{fp8}      config_groups: {{g: {{targets: [Linear]}}}}\n")),
             "recipe: QuantizationModifier: set either `scheme` or `config_groups`, not both",
@@ -308,12 +308,12 @@ fn every_error_is_one_intended_line() {
         ("version: 1\nQuantizationModifier: {scheme: FP8_DYNAMIC}\n".into(), "recipe: no modifier found: expected `<name>_stage: <name>_modifiers: QuantizationModifier: ...` (top-level key `version` is not a `<name>_stage`, so it is ignored)"),
         ("- QuantizationModifier\n".into(), "recipe: expected a mapping of `<name>_stage` keys at the top level"),
         (
-            modifier("      config_groups:\n        group_0:\n          targets: [Linear]\n          weights: {num_bits: 8, type: int, strategy: channel}\n          input_activations: {num_bits: 8, type: int, strategy: token, dynamic: true}\n"),
-            "QuantizationModifier.config_groups.group_0: these are the arguments of scheme W8A8, which is not supported yet (supported: FP8_DYNAMIC)",
+            modifier("      config_groups:\n        group_0:\n          targets: [Linear]\n          weights: {num_bits: 4, type: int, strategy: group, group_size: 128}\n          input_activations: {num_bits: 8, type: int, strategy: token, dynamic: true}\n"),
+            "QuantizationModifier.config_groups.group_0: these are the arguments of scheme W4A8, which is not supported yet (supported: W4A16_ASYM,",
         ),
         (
             modifier("      config_groups:\n        group_0:\n          targets: [Linear]\n          weights: {num_bits: 8, type: float, strategy: tensor}\n"),
-            "QuantizationModifier.config_groups.group_0: these quantization arguments are not supported yet (qforge supports the arguments of FP8_DYNAMIC)",
+            "QuantizationModifier.config_groups.group_0: these quantization arguments are not supported yet (qforge supports the arguments of W4A16_ASYM,",
         ),
         (
             modifier("      config_groups:\n        group_0:\n          targets: [Linear]\n          weights: {num_bits: 8, type: float, strategy: token}\n"),
@@ -336,7 +336,7 @@ fn every_error_is_one_intended_line() {
 #[test]
 fn error_kinds_and_file_names() {
     assert!(matches!(
-        err(&modifier("      scheme: W8A8\n")),
+        err(&modifier("      scheme: W4A8\n")),
         Error::Unsupported(_)
     ));
     assert!(matches!(
@@ -357,8 +357,8 @@ fn error_kinds_and_file_names() {
     assert!(missing.contains("none.yaml"), "{missing}");
 }
 
-/// The preset table already holds the exact args and formats of the presets that issue 8
-/// adds (schemes/*/config.json), although they are rejected for now.
+/// The preset table holds the exact args and formats of the presets of the scheme fixtures
+/// (schemes/*/config.json), and their recipe.yaml reads back to itself.
 #[test]
 fn preset_table_matches_the_scheme_fixtures() {
     for scheme in [

@@ -35,23 +35,15 @@ pub const MXFP4_GROUP: usize = 32;
 #[inline]
 pub fn fp4_nibble(x: f32) -> u8 {
     let a = x.abs().min(FP4_MAX);
-    let index = if a <= 0.25 {
-        0
-    } else if a < 0.75 {
-        1
-    } else if a <= 1.25 {
-        2
-    } else if a < 1.75 {
-        3
-    } else if a <= 2.5 {
-        4
-    } else if a < 3.5 {
-        5
-    } else if a <= 5.0 {
-        6
-    } else {
-        7
-    };
+    // The thresholds of round-to-nearest-even between neighbouring values: `<=` where the
+    // tie goes down (to the even lower value), `<` where it goes up. Branch-free.
+    let index = u8::from(a > 0.25)
+        + u8::from(a >= 0.75)
+        + u8::from(a > 1.25)
+        + u8::from(a >= 1.75)
+        + u8::from(a > 2.5)
+        + u8::from(a >= 3.5)
+        + u8::from(a > 5.0);
     index | (u8::from(x < 0.0) << 3)
 }
 
@@ -81,7 +73,14 @@ pub fn nvfp4_global_scale(dtype: DType, absmax: f32) -> f32 {
 
 /// `max |w|` of a `[rows, cols]` weight, or the NaN/Inf error naming its first bad row.
 pub fn weight_absmax(name: &str, dtype: DType, data: &[u8], cols: usize) -> Result<f32> {
-    check_matrix(name, dtype, data, data.len() / (cols * dtype.size()).max(1), cols, &[])?;
+    check_matrix(
+        name,
+        dtype,
+        data,
+        data.len() / (cols * dtype.size()).max(1),
+        cols,
+        &[],
+    )?;
     data.par_chunks(cols * dtype.size())
         .try_fold(
             || (vec![0.0f32; cols], 0.0f32),
@@ -107,6 +106,7 @@ fn check_groups(name: &str, cols: usize, group: usize) -> Result<()> {
 
 /// NVFP4 quantization of a `[rows, cols]` weight with global scale `gs`. Writes `packed`
 /// (`rows * cols/2` bytes) and `scales` (`rows * cols/16` E4M3 codes).
+#[allow(clippy::too_many_arguments)]
 pub fn quantize_nvfp4_into(
     name: &str,
     dtype: DType,
@@ -271,8 +271,8 @@ mod tests {
     fn every_fp4_tie_goes_to_even() {
         // U9 of fixtures/schemes/README.md: packed bytes 80 A2 A2 C4 C4 E6 E6 F7.
         let xs = [
-            0.25f32, -0.25, 0.75, -0.75, 1.25, -1.25, 1.75, -1.75, 2.5, -2.5, 3.5, -3.5, 5.0,
-            -5.0, 6.0, -6.0,
+            0.25f32, -0.25, 0.75, -0.75, 1.25, -1.25, 1.75, -1.75, 2.5, -2.5, 3.5, -3.5, 5.0, -5.0,
+            6.0, -6.0,
         ];
         let mut out = [0u8; 8];
         pack_nibbles(xs.iter().map(|&x| fp4_nibble(x + 0.0)), &mut out);
@@ -294,7 +294,7 @@ mod tests {
     #[test]
     fn mx_scales_round_up_from_three_quarters() {
         // a = 0.043212890625 (0x3D31): mantissa below 0x60, p = 2^-5, u = 120, s = 2^-7.
-        let s = mx_scale(DType::BF16, 0.043212890625);
+        let s = mx_scale(DType::BF16, half::bf16::from_bits(0x3D31).to_f32());
         assert_eq!((s, mx_scale_byte(s)), (2f32.powi(-7), 120));
         // 1.75 * 2^-5 rounds up to 2^-4.
         assert_eq!(mx_scale(DType::BF16, 1.75 / 32.0), 2f32.powi(-6));

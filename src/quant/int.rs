@@ -172,7 +172,7 @@ mod tests {
         // fixtures/schemes/README.md §5.3: s = 0x39E2, W/s = 99.5 → 100.
         let s = half::bf16::from_bits(0x39E2).to_f32();
         let mut row = vec![0.0f32; 8];
-        row[0] = 0.054931640625; // the row absmax (0x3D61)
+        row[0] = half::bf16::from_bits(0x3D61).to_f32(); // the row absmax
         row[1] = 0.04296875;
         let data = bf16_bytes(&row);
         let p = IntParams {

@@ -74,13 +74,22 @@ pub(crate) fn put_scale(dtype: DType, s: f32, out: &mut [u8]) {
 
 /// `D(x)` when `eager`, else `x`: the rounding of a quotient to the weight dtype that the
 /// CPU path performs and the triton path skips.
+/// `x` must not be NaN (quotients of finite weights by positive scales never are).
 #[inline(always)]
 pub(crate) fn maybe_round(dtype: DType, eager: bool, x: f32) -> f32 {
-    if eager {
-        round_to(dtype, x)
-    } else {
-        x
+    match (eager, dtype) {
+        (false, _) => x,
+        (true, DType::BF16) => bf16_round(x),
+        (true, _) => round_to(dtype, x),
     }
+}
+
+/// `bf16(x)` (round to nearest even) widened back to f32, on the bits: branch-free, for the
+/// hot loops. Overflow gives inf as it should; not valid for NaN.
+#[inline(always)]
+pub(crate) fn bf16_round(x: f32) -> f32 {
+    let b = x.to_bits();
+    f32::from_bits((b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF_0000)
 }
 
 /// `max |x|` of a slice of finite values (0 for an empty slice; -0.0 counts as 0).

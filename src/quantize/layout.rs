@@ -1,8 +1,13 @@
 //! The output layout: which tensors the quantized checkpoint holds, in state-dict order, and
 //! how each is made from the input (copied, or produced by a scheme's weight transform).
+//! Cross-tensor rules are settled here, before anything is written: the group-size
+//! divisibility check and the NVFP4 global scales shared by fused projections.
+
+mod checks;
 
 use crate::checkpoint::writer::OutTensor;
 use crate::checkpoint::{Checkpoint, DType, TensorInfo};
+use crate::quant::pack::packed_len;
 use crate::recipe::{arch, QuantPlan, Scheme};
 use crate::{Error, Result};
 use std::cmp::Ordering;
@@ -13,8 +18,12 @@ pub enum Transform {
     /// Copied byte for byte from the input tensor.
     Copy,
     /// A quantized Linear weight: `<module>.weight` becomes the tensors listed in
-    /// `outputs` (for FP8_DYNAMIC: `weight` F8_E4M3 and `weight_scale`).
-    Quantize { scheme: Scheme },
+    /// `outputs` (for FP8_DYNAMIC: `weight` F8_E4M3 and `weight_scale`). `global_scale` is
+    /// the NVFP4 global scale (computed over the fused projections), `None` otherwise.
+    Quantize {
+        scheme: Scheme,
+        global_scale: Option<f32>,
+    },
 }
 
 /// One input tensor and what becomes of it.
@@ -99,6 +108,13 @@ pub fn plan_layout(ck: &Checkpoint, plan: &QuantPlan) -> Result<OutputLayout> {
             )));
         }
     }
+    checks::check_divisibility(&quantize, &modules, ck, plan.bypass_divisibility_checks)?;
+    let global_scales = checks::nvfp4_global_scales(&quantize, &modules, ck)?;
+    for item in &mut items {
+        if let Transform::Quantize { global_scale, .. } = &mut item.transform {
+            *global_scale = global_scales.get(&item.input.name).copied();
+        }
+    }
     Ok(OutputLayout {
         items,
         ignored,
@@ -131,22 +147,82 @@ fn quantized_item(t: &TensorInfo, scheme: Scheme, file: &std::path::Path) -> Res
             t.shape
         )));
     }
-    let prefix = t.name.strip_suffix(".weight").unwrap_or(&t.name);
-    let outputs = match scheme {
-        Scheme::Fp8Dynamic => vec![
-            OutTensor::new(t.name.clone(), DType::F8_E4M3, t.shape.clone()),
-            OutTensor::new(
-                format!("{prefix}.weight_scale"),
-                t.dtype,
-                vec![t.shape[0], 1],
-            ),
-        ],
-    };
     Ok(Item {
         input: t.clone(),
-        transform: Transform::Quantize { scheme },
-        outputs,
+        transform: Transform::Quantize {
+            scheme,
+            global_scale: None,
+        },
+        outputs: scheme_outputs(t, scheme),
     })
+}
+
+/// The tensors a quantized `<module>.weight` becomes, in the order compressed-tensors'
+/// compressors leave them in the module (which only matters for where shards are cut).
+/// Scales of FP8 and integer schemes are in the weight's dtype.
+fn scheme_outputs(t: &TensorInfo, scheme: Scheme) -> Vec<OutTensor> {
+    let prefix = t.name.strip_suffix(".weight").unwrap_or(&t.name);
+    let out = |suffix: &str, dtype: DType, shape: Vec<usize>| {
+        OutTensor::new(format!("{prefix}.{suffix}"), dtype, shape)
+    };
+    let (rows, cols) = (t.shape[0], t.shape[1]);
+    let groups = |g: usize| cols.div_ceil(g);
+    match scheme {
+        Scheme::Fp8Dynamic => vec![
+            out("weight", DType::F8_E4M3, vec![rows, cols]),
+            out("weight_scale", t.dtype, vec![rows, 1]),
+        ],
+        Scheme::Fp8Block => vec![
+            out("weight", DType::F8_E4M3, vec![rows, cols]),
+            out(
+                "weight_scale",
+                t.dtype,
+                vec![rows.div_ceil(128), groups(128)],
+            ),
+        ],
+        Scheme::W8A8 => vec![
+            out("weight", DType::I8, vec![rows, cols]),
+            out("weight_scale", t.dtype, vec![rows, 1]),
+        ],
+        Scheme::W8A16 | Scheme::W4A16 | Scheme::W4A16Asym => {
+            let bits = int_bits(scheme);
+            let mut v = vec![
+                out("weight_scale", t.dtype, vec![rows, groups(128)]),
+                out("weight_shape", DType::I64, vec![2]),
+                out(
+                    "weight_packed",
+                    DType::I32,
+                    vec![rows, packed_len(cols, bits)],
+                ),
+            ];
+            if scheme == Scheme::W4A16Asym {
+                let zp_rows = packed_len(rows, bits);
+                v.push(out(
+                    "weight_zero_point",
+                    DType::I32,
+                    vec![zp_rows, groups(128)],
+                ));
+            }
+            v
+        }
+        Scheme::Nvfp4A16 => vec![
+            out("weight_global_scale", DType::F32, vec![1]),
+            out("weight_scale", DType::F8_E4M3, vec![rows, groups(16)]),
+            out("weight_packed", DType::U8, vec![rows, cols.div_ceil(2)]),
+        ],
+        Scheme::Mxfp4A16 => vec![
+            out("weight_scale", DType::U8, vec![rows, groups(32)]),
+            out("weight_packed", DType::U8, vec![rows, cols.div_ceil(2)]),
+        ],
+    }
+}
+
+/// Bits per value of an integer scheme.
+pub fn int_bits(scheme: Scheme) -> u32 {
+    match scheme {
+        Scheme::W4A16 | Scheme::W4A16Asym => 4,
+        _ => 8,
+    }
 }
 
 /// Rank of a name component in transformers' module registration order for Llama-family

@@ -202,8 +202,8 @@ impl GroupArg {
         let inferred = infer_format(self.weights.as_ref(), self.input_activations.as_ref());
         let same = |p: &&Preset| {
             p.args().is_ok_and(|a| {
-                a.weights == self.weights
-                    && a.input_activations == self.input_activations
+                comparable(&a.weights) == comparable(&self.weights)
+                    && comparable(&a.input_activations) == comparable(&self.input_activations)
                     && self.output_activations.is_none()
             })
         };
@@ -259,6 +259,18 @@ impl GroupArg {
         ];
         Yaml::Map(entries)
     }
+}
+
+/// Args as far as they change the quantization or the written config: the zero-point
+/// dtype of symmetric args is neither used nor serialised, so an explicit group may leave
+/// it at its default where a preset sets it (MXFP4's `torch.uint8`).
+fn comparable(a: &Option<QuantArgs>) -> Option<QuantArgs> {
+    a.clone().map(|mut a| {
+        if a.symmetric {
+            a.zp_dtype = None;
+        }
+        a
+    })
 }
 
 fn supported_names() -> String {

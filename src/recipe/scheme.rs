@@ -1,19 +1,35 @@
 //! The preset schemes of compressed-tensors 0.19 (`PRESET_SCHEMES` in `quant_scheme.py`)
 //! and the compression format compressed-tensors infers for a scheme.
 //!
-//! Every preset is recognised. Those qforge can produce carry a [`Scheme`]; the others are
+//! Every preset is recognised. Those qforge can produce carry a [`Scheme`] (FP8_DYNAMIC,
+//! FP8_BLOCK, W8A8/INT8, W8A16, W4A16, W4A16_ASYM, NVFP4A16, MXFP4A16); the others are
 //! rejected as "not supported yet". To support one, add a `Scheme` variant and set it in
 //! [`PRESETS`]: its args and format are already encoded here.
 
 use super::args::{Dynamic, QuantArgs, QuantType, Role, Strategy};
 use crate::Result;
 
-/// A quantization scheme qforge implements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A quantization scheme qforge implements (one per preset; `INT8` is `W8A8`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scheme {
     /// FP8 E4M3 weights with one scale per output channel; FP8 activations quantized per
     /// token at run time.
     Fp8Dynamic,
+    /// FP8 E4M3 weights with one scale per 128×128 block; FP8 activations quantized per
+    /// group of 128 at run time.
+    Fp8Block,
+    /// Symmetric int8 weights per output channel; int8 activations per token at run time.
+    W8A8,
+    /// Symmetric int8 weights in groups of 128, packed into int32.
+    W8A16,
+    /// Symmetric int4 weights in groups of 128, packed into int32.
+    W4A16,
+    /// Asymmetric int4 weights (with int4 zero points) in groups of 128, packed into int32.
+    W4A16Asym,
+    /// FP4 E2M1 weights in groups of 16 with E4M3 scales under an F32 global scale.
+    Nvfp4A16,
+    /// FP4 E2M1 weights in groups of 32 with E8M0 (power-of-two) scales.
+    Mxfp4A16,
 }
 
 impl Scheme {
@@ -21,6 +37,24 @@ impl Scheme {
     pub fn name(self) -> &'static str {
         match self {
             Scheme::Fp8Dynamic => "FP8_DYNAMIC",
+            Scheme::Fp8Block => "FP8_BLOCK",
+            Scheme::W8A8 => "W8A8",
+            Scheme::W8A16 => "W8A16",
+            Scheme::W4A16 => "W4A16",
+            Scheme::W4A16Asym => "W4A16_ASYM",
+            Scheme::Nvfp4A16 => "NVFP4A16",
+            Scheme::Mxfp4A16 => "MXFP4A16",
+        }
+    }
+
+    /// The columns per weight scale of a GROUP / TENSOR_GROUP scheme: `in_features` must be
+    /// a multiple of it. `None` for schemes without that requirement.
+    pub fn group_size(self) -> Option<usize> {
+        match self {
+            Scheme::W8A16 | Scheme::W4A16 | Scheme::W4A16Asym => Some(128),
+            Scheme::Nvfp4A16 => Some(16),
+            Scheme::Mxfp4A16 => Some(32),
+            Scheme::Fp8Dynamic | Scheme::Fp8Block | Scheme::W8A8 => None,
         }
     }
 }
@@ -51,16 +85,16 @@ impl Preset {
 /// All presets, in `PRESET_SCHEMES` order.
 pub static PRESETS: &[Preset] = &[
     preset("UNQUANTIZED", None, unquantized),
-    preset("W4A16_ASYM", None, w4a16_asym),
-    preset("W8A8", None, int8_w8a8),
-    preset("INT8", None, int8_w8a8),
+    preset("W4A16_ASYM", Some(Scheme::W4A16Asym), w4a16_asym),
+    preset("W8A8", Some(Scheme::W8A8), int8_w8a8),
+    preset("INT8", Some(Scheme::W8A8), int8_w8a8),
     preset("W4AFP8", None, w4afp8),
     preset("FP8", None, fp8),
     preset("FP8_DYNAMIC", Some(Scheme::Fp8Dynamic), fp8_dynamic),
-    preset("FP8_BLOCK", None, fp8_block),
-    preset("NVFP4A16", None, nvfp4a16),
+    preset("FP8_BLOCK", Some(Scheme::Fp8Block), fp8_block),
+    preset("NVFP4A16", Some(Scheme::Nvfp4A16), nvfp4a16),
     preset("NVFP4", None, nvfp4),
-    preset("MXFP4A16", None, || mx(4, false)),
+    preset("MXFP4A16", Some(Scheme::Mxfp4A16), || mx(4, false)),
     preset("MXFP4", None, || mx(4, true)),
     preset("MXFP8A16", None, || mx(8, false)),
     preset("MXFP8", None, || mx(8, true)),
@@ -72,14 +106,14 @@ pub static PRESETS: &[Preset] = &[
     preset("W3A16", None, || int_wnam(3, 16)),
     preset("W4A4", None, || int_wnam(4, 4)),
     preset("W4A8", None, || int_wnam(4, 8)),
-    preset("W4A16", None, || int_wnam(4, 16)),
+    preset("W4A16", Some(Scheme::W4A16), || int_wnam(4, 16)),
     preset("W5A8", None, || int_wnam(5, 8)),
     preset("W5A16", None, || int_wnam(5, 16)),
     preset("W6A8", None, || int_wnam(6, 8)),
     preset("W6A16", None, || int_wnam(6, 16)),
     preset("W7A8", None, || int_wnam(7, 8)),
     preset("W7A16", None, || int_wnam(7, 16)),
-    preset("W8A16", None, || int_wnam(8, 16)),
+    preset("W8A16", Some(Scheme::W8A16), || int_wnam(8, 16)),
 ];
 
 const fn preset(

@@ -18,7 +18,7 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Device {
-    /// The best device this build and machine offer (the CPU until a CUDA backend exists).
+    /// CUDA when a capable GPU is present (compute capability ≥ 8.9), else the CPU.
     #[default]
     Auto,
     Cpu,
@@ -38,35 +38,96 @@ impl Engine for CpuModel {
     }
 }
 
-/// The concrete device `device` means in this build: `auto` is the CPU for now; `cuda` is an
-/// error until the CUDA backend lands (behind the cargo feature `cuda`).
+/// The concrete device `device` means on this machine: `auto` is CUDA when this build has the
+/// CUDA backend and a driver with an FP8-capable GPU (compute capability ≥ 8.9) is present,
+/// else the CPU (saying why on stderr); `cuda` is an error when no such GPU is usable.
 pub fn resolve_device(device: Device) -> Result<Device> {
     match device {
-        Device::Auto | Device::Cpu => Ok(Device::Cpu),
-        Device::Cuda => Err(cuda_unavailable()),
+        Device::Cpu => Ok(Device::Cpu),
+        Device::Cuda => cuda_probe().map(|_| Device::Cuda).map_err(Error::Unsupported),
+        Device::Auto => match cuda_probe() {
+            Ok(()) => Ok(Device::Cuda),
+            Err(reason) => {
+                eprintln!("qforge: --device auto: using the CPU ({reason})");
+                Ok(Device::Cpu)
+            }
+        },
     }
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda_unavailable() -> Error {
-    Error::Unsupported(
-        "this qforge was built without CUDA support (cargo feature `cuda`); use --device cpu"
-            .into(),
-    )
+fn cuda_probe() -> std::result::Result<(), String> {
+    Err("this qforge was built without the CUDA backend (cargo feature `cuda`)".into())
 }
 
-// The hook for the CUDA backend: `resolve_device` and `load` dispatch to it once it exists.
 #[cfg(feature = "cuda")]
-fn cuda_unavailable() -> Error {
-    Error::Unsupported("the CUDA backend is not available yet; use --device cpu".into())
+fn cuda_probe() -> std::result::Result<(), String> {
+    crate::runtime::cuda::auto_device(0)
+        .map(|_| ())
+        .map_err(|e| e.trim_start_matches("using the CPU: ").to_string())
 }
 
 /// Loads the checkpoint in `dir` on `device` (see [`resolve_device`]), with a KV cache for
 /// `max_seq` positions (`None`: the backend's default).
 pub fn load(dir: &Path, device: Device, max_seq: Option<usize>) -> Result<Box<dyn Engine>> {
     match resolve_device(device)? {
-        Device::Cpu => Ok(Box::new(load_cpu_with(dir, &CpuOptions { max_seq })?)),
-        Device::Auto | Device::Cuda => Err(cuda_unavailable()),
+        Device::Cuda => load_cuda(dir, max_seq),
+        Device::Auto | Device::Cpu => Ok(Box::new(load_cpu_with(dir, &CpuOptions { max_seq })?)),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn load_cuda(_dir: &Path, _max_seq: Option<usize>) -> Result<Box<dyn Engine>> {
+    Err(Error::Unsupported(cuda_probe().unwrap_err()))
+}
+
+#[cfg(feature = "cuda")]
+fn load_cuda(dir: &Path, max_seq: Option<usize>) -> Result<Box<dyn Engine>> {
+    use crate::runtime::cuda::{load_cuda, CudaOptions};
+    let opts = CudaOptions { max_seq, ..CudaOptions::default() };
+    Ok(Box::new(CudaEngine { model: load_cuda(dir, &opts)?, logits: Vec::new() }))
+}
+
+/// The CUDA model as an [`Engine`]: its logits come back to the host once per step, into a
+/// buffer kept here.
+#[cfg(feature = "cuda")]
+struct CudaEngine {
+    model: crate::runtime::cuda::CudaModel,
+    logits: Vec<f32>,
+}
+
+#[cfg(feature = "cuda")]
+impl Backend for CudaEngine {
+    fn forward(&mut self, tokens: &[u32], pos: usize, all_logits: bool) -> Result<Vec<f32>> {
+        self.model.forward(tokens, pos, all_logits)
+    }
+    fn reset(&mut self) {
+        self.model.reset()
+    }
+    fn vocab_size(&self) -> usize {
+        self.model.vocab_size()
+    }
+    fn describe(&self) -> String {
+        self.model.describe()
+    }
+}
+
+// SAFETY: the engine is moved between threads, never shared (`&mut` access only), and every
+// forward pass first makes the model's CUDA context current on the calling thread; the raw
+// cuBLASLt handle inside is tied to that context, not to a thread.
+#[cfg(feature = "cuda")]
+unsafe impl Send for CudaEngine {}
+
+#[cfg(feature = "cuda")]
+impl Engine for CudaEngine {
+    fn forward_view(&mut self, tokens: &[u32], pos: usize, all_logits: bool) -> Result<&[f32]> {
+        self.model
+            .gpu
+            .ctx
+            .bind_to_thread()
+            .map_err(|e| Error::Runtime(format!("cuda: cannot bind the context: {e:?}")))?;
+        self.logits = self.model.forward(tokens, pos, all_logits)?;
+        Ok(&self.logits)
     }
 }
 

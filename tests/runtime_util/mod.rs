@@ -121,6 +121,13 @@ pub fn smollm2_fp8(bf16: &Path, tmp: &Path) -> PathBuf {
     }
     std::fs::create_dir_all(&out).unwrap();
     quantize_fp8_dynamic(bf16, &out);
+    // fixtures/README.md: llm-compressor's own output for SmolLM2 has this SHA-256, so the
+    // runtime is tested on exactly the checkpoint the goldens were made from.
+    let sha = sha256_file(&out.join("model.safetensors"));
+    assert_eq!(
+        sha, "6490f92a453adcdae9d18d4b07b11f593550efdeac64e610485f435cefa7d6c2",
+        "the in-test FP8 SmolLM2 is not byte-identical to llm-compressor's"
+    );
     out
 }
 

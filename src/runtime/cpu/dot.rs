@@ -1,13 +1,14 @@
 //! Dot products of one weight row with up to [`TB`] activation rows: the inner loop of every
 //! matmul. An AVX2+FMA+F16C version is picked at run time when the CPU has it; the portable
-//! version is the reference and the fallback.
+//! version is the reference and the fallback (FP8 results are identical bit for bit).
 //!
 //! FP8 rows are accumulated **exactly**: every E4M3 value is a multiple of 2^-9 with
 //! |v| ≤ 448, so each product `q_a · q_w` is exact and their sum is exact in f64 (for
 //! K ≤ 2^17). Rounding the f64 sum once to f32 gives the correctly rounded dot product, the
 //! same bits in every order, on every CPU and thread count: the W8A8 goldens are bit-exact
-//! targets. The activation codes come in as f64 values (converted once per matmul). Dense
-//! rows (BF16/F16/F32 weights) accumulate in f32.
+//! targets. The activation codes come in as f64 values (converted once per matmul, see
+//! [`prepare_fp8_acts`]); the AVX2 kernel turns weight codes into f64 with integer shifts
+//! only. Dense rows (BF16/F16/F32 weights) accumulate in f32.
 
 use crate::quant::e4m3_to_f32;
 use crate::runtime::weights::Dense;
@@ -32,8 +33,20 @@ pub fn has_avx2() -> bool {
     false
 }
 
-/// `out[j] = Σ_k q_w[k] · xs[j][k]` for `j < xs.len() ≤ TB`, exact (see module docs). `xs`
-/// hold E4M3 values (the activation codes, decoded).
+/// Writes the activation code values `q` in the form [`fp8_dot`] reads (f64, scaled by a power
+/// of two that depends on the kernel in use).
+pub fn prepare_fp8_acts(q: &[f32], out: &mut [f64]) {
+    #[cfg(target_arch = "x86_64")]
+    let scale = if has_avx2() { avx2::ACT_SCALE } else { 1.0 };
+    #[cfg(not(target_arch = "x86_64"))]
+    let scale = 1.0;
+    for (o, &v) in out.iter_mut().zip(q) {
+        *o = v as f64 * scale;
+    }
+}
+
+/// `out[j] = Σ_k q_w[k] · a_j[k]` for `j < xs.len() ≤ TB`, exact (see module docs), where
+/// `xs` are activation code values prepared by [`prepare_fp8_acts`].
 pub fn fp8_dot(codes: &[u8], xs: &[&[f64]], out: &mut [f32]) {
     check_args(codes.len(), xs, out);
     #[cfg(target_arch = "x86_64")]
@@ -52,8 +65,8 @@ pub fn fp8_dot(codes: &[u8], xs: &[&[f64]], out: &mut [f32]) {
     fp8_dot_portable(codes, xs, out)
 }
 
-/// The portable exact FP8 dot product.
-pub fn fp8_dot_portable(codes: &[u8], xs: &[&[f64]], out: &mut [f32]) {
+/// The portable exact FP8 dot product (activations unscaled).
+fn fp8_dot_portable(codes: &[u8], xs: &[&[f64]], out: &mut [f32]) {
     for (x, o) in xs.iter().zip(out.iter_mut()) {
         let mut acc = 0.0f64;
         for (&c, &a) in codes.iter().zip(x.iter()) {
@@ -93,10 +106,12 @@ fn check_args<T>(k: usize, xs: &[&[T]], out: &[f32]) {
     assert!(xs.iter().all(|x| x.len() >= k));
 }
 
+/// BF16 bits → f32 (exact).
 pub fn bf16_to_f32(bits: u16) -> f32 {
     crate::quant::convert::bf16_bits_to_f32(bits)
 }
 
+/// F16 bits → f32 (exact).
 pub fn f16_to_f32(bits: u16) -> f32 {
     half::f16::from_bits(bits).to_f32()
 }
@@ -112,66 +127,86 @@ mod avx2 {
     use crate::quant::e4m3_to_f32;
     use std::arch::x86_64::*;
 
-    /// 16 codes → their values `· 2^-8` as f64 (four vectors of four), exactly: each code is
-    /// widened to the f16 bit pattern `sign << 15 | (code & 0x7F) << 7`, which `vcvtph2ps`
-    /// decodes (subnormals included).
+    /// Activations are stored times 2^1000 for this kernel (see [`decode16`]).
+    pub const ACT_SCALE: f64 = f64::from_bits((1023 + 1000) << 52);
+    /// `2^-1016 · 2^1000 · 2^16 = 1`: what undoes both scalings of a product.
+    const OUT_SCALE: f64 = 65536.0;
+
+    /// 16 codes → their values times 2^-1016 as f64, exactly and without any conversion
+    /// instruction: the sign-extended code shifted left by 49 puts the E4M3 exponent and
+    /// mantissa into the low bits of the f64 exponent and the top of its mantissa (exponent
+    /// bias 1023 instead of 7; E4M3 subnormals become f64 subnormals) and its sign at bit 63.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn decode16(p: *const u8) -> [__m256d; 4] {
-        let c = _mm256_cvtepu8_epi16(_mm_loadu_si128(p as *const __m128i));
-        let mag = _mm256_and_si256(_mm256_slli_epi16(c, 7), _mm256_set1_epi16(0x3F80));
-        let sign = _mm256_and_si256(_mm256_slli_epi16(c, 8), _mm256_set1_epi16(-0x8000));
-        let h = _mm256_or_si256(mag, sign);
-        let lo = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
-        let hi = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
+        let raw = _mm_loadu_si128(p as *const __m128i);
+        let mask = _mm256_set1_epi64x(0x80FE_0000_0000_0000u64 as i64);
+        let widen = |v: __m128i| {
+            let bits = _mm256_slli_epi64(_mm256_cvtepi8_epi64(v), 49);
+            _mm256_castsi256_pd(_mm256_and_si256(bits, mask))
+        };
         [
-            _mm256_cvtps_pd(_mm256_castps256_ps128(lo)),
-            _mm256_cvtps_pd(_mm256_extractf128_ps(lo, 1)),
-            _mm256_cvtps_pd(_mm256_castps256_ps128(hi)),
-            _mm256_cvtps_pd(_mm256_extractf128_ps(hi, 1)),
+            widen(raw),
+            widen(_mm_srli_si128(raw, 4)),
+            widen(_mm_srli_si128(raw, 8)),
+            widen(_mm_srli_si128(raw, 12)),
         ]
     }
 
-    /// Sum of four f64 vectors' lanes times 256 plus the exact tail `k16..`.
+    /// The lanes of `acc` summed, plus the exact tail `k16..`, unscaled and rounded once.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn finish(acc: [__m256d; 4], codes: &[u8], x: &[f64], k16: usize) -> f32 {
-        let sum = _mm256_add_pd(_mm256_add_pd(acc[0], acc[1]), _mm256_add_pd(acc[2], acc[3]));
+    unsafe fn finish(acc: __m256d, codes: &[u8], x: &[f64], k16: usize) -> f32 {
         let mut lanes = [0.0f64; 4];
-        _mm256_storeu_pd(lanes.as_mut_ptr(), sum);
-        let mut total = (lanes[0] + lanes[1] + lanes[2] + lanes[3]) * 256.0;
+        _mm256_storeu_pd(lanes.as_mut_ptr(), acc);
+        let mut total = lanes[0] + lanes[1] + lanes[2] + lanes[3];
+        let w_scale = f64::from_bits((1023 - 1016) << 52); // 2^-1016, as decode16 scales
         for (&c, &a) in codes[k16..].iter().zip(&x[k16..codes.len()]) {
-            total += e4m3_to_f32(c) as f64 * a;
+            total += (e4m3_to_f32(c) as f64 * w_scale) * a;
         }
-        total as f32
+        (total * OUT_SCALE) as f32
     }
 
-    /// Exact FP8 dot products against `NT` activation rows (f64 fused multiply-adds of exact
-    /// products are exact; the final `· 256` undoes [`decode16`]'s scaling exactly).
+    /// Exact FP8 dot products against `NT ≥ 2` activation rows (f64 fused multiply-adds of
+    /// exact products are exact; every scaling is by a power of two, hence exact).
+    /// Two accumulators per row: with several rows that is enough independent chains.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn fp8_dot<const NT: usize>(codes: &[u8], xs: &[&[f64]], out: &mut [f32]) {
         let k16 = codes.len() / 16 * 16;
-        let mut acc = [[_mm256_setzero_pd(); 4]; NT];
+        let mut acc = [[_mm256_setzero_pd(); 2]; NT];
         let mut i = 0;
         while i < k16 {
             let w = decode16(codes.as_ptr().add(i));
             for j in 0..NT {
                 let x = xs[j].as_ptr().add(i);
                 for (m, wm) in w.iter().enumerate() {
-                    acc[j][m] = _mm256_fmadd_pd(*wm, _mm256_loadu_pd(x.add(4 * m)), acc[j][m]);
+                    let a = &mut acc[j][m & 1];
+                    *a = _mm256_fmadd_pd(*wm, _mm256_loadu_pd(x.add(4 * m)), *a);
                 }
             }
             i += 16;
         }
         for j in 0..NT {
-            out[j] = finish(acc[j], codes, xs[j], k16);
+            out[j] = finish(_mm256_add_pd(acc[j][0], acc[j][1]), codes, xs[j], k16);
         }
     }
 
-    /// [`fp8_dot`] for one activation row (decode): four independent FMA chains.
+    /// [`fp8_dot`] for one activation row (decode), with four accumulators.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn fp8_dot_one(codes: &[u8], x: &[f64], out: &mut [f32]) {
-        fp8_dot::<1>(codes, &[x], out)
+        let k16 = codes.len() / 16 * 16;
+        let mut acc = [_mm256_setzero_pd(); 4];
+        let mut i = 0;
+        while i < k16 {
+            let w = decode16(codes.as_ptr().add(i));
+            let xp = x.as_ptr().add(i);
+            for (m, wm) in w.iter().enumerate() {
+                acc[m] = _mm256_fmadd_pd(*wm, _mm256_loadu_pd(xp.add(4 * m)), acc[m]);
+            }
+            i += 16;
+        }
+        let sum = _mm256_add_pd(_mm256_add_pd(acc[0], acc[1]), _mm256_add_pd(acc[2], acc[3]));
+        out[0] = finish(sum, codes, x, k16);
     }
 
     /// Element kinds of a dense row, as const generic parameters.
@@ -275,10 +310,19 @@ mod tests {
                 })
                 .collect();
             for nt in 1..=TB {
-                let xs: Vec<&[f64]> = rows[..nt].iter().map(|r| r.as_slice()).collect();
+                let plain: Vec<&[f64]> = rows[..nt].iter().map(|r| r.as_slice()).collect();
+                let prepared: Vec<Vec<f64>> = rows[..nt]
+                    .iter()
+                    .map(|r| {
+                        let mut p = vec![0.0; k];
+                        prepare_fp8_acts(&r.iter().map(|&v| v as f32).collect::<Vec<_>>(), &mut p);
+                        p
+                    })
+                    .collect();
+                let xs: Vec<&[f64]> = prepared.iter().map(|r| r.as_slice()).collect();
                 let (mut a, mut b) = ([0.0f32; TB], [0.0f32; TB]);
                 fp8_dot(&codes, &xs, &mut a);
-                fp8_dot_portable(&codes, &xs, &mut b);
+                fp8_dot_portable(&codes, &plain, &mut b);
                 assert_eq!(a.map(f32::to_bits), b.map(f32::to_bits), "k={k} nt={nt}");
             }
         }

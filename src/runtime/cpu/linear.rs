@@ -9,7 +9,7 @@
 //! ```
 //! Dense weights are widened to f32 and accumulated in f32.
 
-use super::dot::{dense_dot, fp8_dot, TB};
+use super::dot::{dense_dot, fp8_dot, prepare_fp8_acts, TB};
 use crate::quant::{e4m3_to_f32, f32_to_e4m3, E4M3_MAX};
 use crate::runtime::weights::{Linear, LinearWeight};
 use crate::{Error, Result};
@@ -24,7 +24,7 @@ pub const MIN_ACT_SCALE: f32 = 1.0 / (448.0 * 512.0);
 pub struct LinearScratch {
     /// Activation code values `[t, cols]` (FP8 weights only).
     q: Vec<f32>,
-    /// The same as f64, what the exact FP8 kernel reads.
+    /// The same in the form the FP8 kernel reads ([`prepare_fp8_acts`]).
     q64: Vec<f64>,
     /// Activation scales `[t]` (FP8 weights only).
     s: Vec<f32>,
@@ -81,9 +81,7 @@ pub fn forward(lin: &Linear, x: &[f32], t: usize, y: &mut [f32], scratch: &mut L
         LinearWeight::Fp8 { .. } => {
             let q = grow(&mut scratch.q, t * k);
             quantize_activations(x, k, q, grow(&mut scratch.s, t));
-            for (d, &v) in grow(&mut scratch.q64, t * k).iter_mut().zip(q.iter()) {
-                *d = v as f64;
-            }
+            prepare_fp8_acts(q, grow(&mut scratch.q64, t * k));
             Acts::Fp8 {
                 q: &scratch.q64[..t * k],
                 s: &scratch.s[..t],

@@ -1,6 +1,7 @@
 //! The CPU backend: one readable forward pass over [`Weights`], with a preallocated KV cache
-//! and scratch buffers (a decode step allocates nothing), rayon-parallel matmuls and FP8
-//! weights kept as 1 byte each (W8A8, see [`linear`]).
+//! and scratch buffers (a decode step through [`CpuModel::forward_logits`] makes no
+//! allocation of its own), rayon-parallel matmuls, and FP8 weights kept as 1 byte each
+//! (W8A8 with exact accumulation, see [`linear`] and [`dot`]).
 
 pub mod attention;
 pub mod dot;
@@ -204,9 +205,22 @@ impl CpuModel {
         Ok(())
     }
 
+    /// Runs [`Self::forward_pass`] on a rayon worker thread, so that the many parallel
+    /// matmuls inside it are spawned locally instead of each being injected into the pool
+    /// from outside (which costs a wake-up and, every 63 injections, an allocation).
+    fn run(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        all_logits: bool,
+        trace: Option<&mut Trace>,
+    ) -> Result<&[f32]> {
+        rayon::scope(|_| self.forward_pass(tokens, pos, all_logits, trace))
+    }
+
     /// The forward pass: `tokens` at positions `pos..`, returning logits for every row or the
     /// last one. Reads top to bottom like the model definition.
-    fn run(
+    fn forward_pass(
         &mut self,
         tokens: &[u32],
         pos: usize,

@@ -30,14 +30,25 @@ pub fn copy_bandwidth(g: &Gpu) -> Result<f64> {
 }
 
 /// Decode and prefill speed of random FP8 models of the given shapes.
-pub fn bench_models(device: usize, shapes: &[String], prompt: usize, decode: usize, prefill: usize, r: &mut Report) {
+pub fn bench_models(
+    device: usize,
+    shapes: &[String],
+    prompt: usize,
+    decode: usize,
+    prefill: usize,
+    r: &mut Report,
+) {
     Report::header("bench: random FP8 models in GPU memory");
     let bw = match Gpu::new(device).and_then(|g| Ok((g.info.peak_bw_gbps, copy_bandwidth(&g)?))) {
         Ok(v) => v,
         Err(e) => return r.error("bench", &e.to_string()),
     };
     let peak = bw.0.unwrap_or(bw.1);
-    r.info("bench", "HBM peak (driver clock x bus) GB/s", format!("{:?}", bw.0.map(|v| v.round())));
+    r.info(
+        "bench",
+        "HBM peak (driver clock x bus) GB/s",
+        format!("{:?}", bw.0.map(|v| v.round())),
+    );
     r.info("bench", "HBM 4 GiB copy GB/s", format!("{:.0}", bw.1));
     for shape in shapes {
         if let Err(e) = bench_one(device, shape, (prompt, decode, prefill), (peak, bw.1), r) {
@@ -46,18 +57,41 @@ pub fn bench_models(device: usize, shapes: &[String], prompt: usize, decode: usi
     }
 }
 
-fn bench_one(device: usize, shape: &str, (prompt, decode, prefill): (usize, usize, usize), (peak, copy): (f64, f64), r: &mut Report) -> Result<()> {
+fn bench_one(
+    device: usize,
+    shape: &str,
+    (prompt, decode, prefill): (usize, usize, usize),
+    (peak, copy): (f64, f64),
+    r: &mut Report,
+) -> Result<()> {
     let st = format!("bench {shape}");
     let cfg = shape_config(shape)?;
     let g = Gpu::new(device)?;
     let t0 = Instant::now();
     let w = DWeights::random(&g, &cfg, 7)?;
     let bytes = w.bytes_per_token();
-    r.info(&st, "random weights in GPU memory", format!("{:.1} GB in {:.1} s", bytes as f64 / 1e9, t0.elapsed().as_secs_f64()));
+    r.info(
+        &st,
+        "random weights in GPU memory",
+        format!(
+            "{:.1} GB in {:.1} s",
+            bytes as f64 / 1e9,
+            t0.elapsed().as_secs_f64()
+        ),
+    );
     let max_seq = (prompt + decode + 8).max(prefill);
-    let opts = CudaOptions { device, max_seq: Some(max_seq), max_rows: Some(prefill), gemm: GemmMode::from_env()? };
+    let opts = CudaOptions {
+        device,
+        max_seq: Some(max_seq),
+        max_rows: Some(prefill),
+        gemm: GemmMode::from_env()?,
+    };
     let mut m = CudaModel::new(g, cfg.clone(), w, &opts)?;
-    let ids = |n: usize| -> Vec<u32> { (0..n as u32).map(|i| (i * 2654435761u32) % 128000).collect() };
+    let ids = |n: usize| -> Vec<u32> {
+        (0..n as u32)
+            .map(|i| (i * 2654435761u32) % 128000)
+            .collect()
+    };
     // Prefill: a warm-up run makes the cuBLASLt plans, then the timed one.
     let p = ids(prefill);
     m.forward_sync(&p, 0)?;
@@ -65,7 +99,17 @@ fn bench_one(device: usize, shape: &str, (prompt, decode, prefill): (usize, usiz
     m.forward_sync(&p, 0)?;
     let tp = t0.elapsed().as_secs_f64();
     let params = (bytes as f64 - 2.0 * (cfg.vocab_size * cfg.hidden_size) as f64).max(0.0);
-    r.info(&st, &format!("prefill {prefill} tokens/s"), format!("{:.0} ({:.0} ms, {:.0} TFLOP/s in the FP8 Linears; {})", prefill as f64 / tp, tp * 1e3, 2.0 * params * prefill as f64 / tp / 1e12, m.gemm.fp8_path()));
+    r.info(
+        &st,
+        &format!("prefill {prefill} tokens/s"),
+        format!(
+            "{:.0} ({:.0} ms, {:.0} TFLOP/s in the FP8 Linears; {})",
+            prefill as f64 / tp,
+            tp * 1e3,
+            2.0 * params * prefill as f64 / tp / 1e12,
+            m.gemm.fp8_path()
+        ),
+    );
     // Decode: prompt, 4 warm-up steps, then `decode` timed steps with device argmax.
     m.reset();
     let mut tok = m.forward_argmax(&ids(prompt), 0)?;
@@ -81,10 +125,29 @@ fn bench_one(device: usize, shape: &str, (prompt, decode, prefill): (usize, usiz
     }
     let td = t0.elapsed().as_secs_f64() / decode as f64;
     let gbps = bytes as f64 / td / 1e9;
-    r.info(&st, "decode tokens/s (batch 1)", format!("{:.1} ({:.2} ms/token, weights {:.1} GB/token, {gbps:.0} GB/s)", 1.0 / td, td * 1e3, bytes as f64 / 1e9));
+    r.info(
+        &st,
+        "decode tokens/s (batch 1)",
+        format!(
+            "{:.1} ({:.2} ms/token, weights {:.1} GB/token, {gbps:.0} GB/s)",
+            1.0 / td,
+            td * 1e3,
+            bytes as f64 / 1e9
+        ),
+    );
     let pct = 100.0 * gbps / peak;
-    r.row(&st, "decode % of HBM roofline (peak)", format!("{pct:.1}"), ">= 80", Some(pct >= 80.0));
-    r.info(&st, "decode % of 4 GiB copy bandwidth", format!("{:.1}", 100.0 * gbps / copy));
+    r.row(
+        &st,
+        "decode % of HBM roofline (peak)",
+        format!("{pct:.1}"),
+        ">= 80",
+        Some(pct >= 80.0),
+    );
+    r.info(
+        &st,
+        "decode % of 4 GiB copy bandwidth",
+        format!("{:.1}", 100.0 * gbps / copy),
+    );
     r.extra.push(json!({"kind": "model", "shape": shape, "prefill_tokens": prefill, "prefill_tok_s": prefill as f64 / tp,
         "decode_tok_s": 1.0 / td, "decode_ms": td * 1e3, "weight_bytes_per_token": bytes, "decode_GBps": gbps,
         "peak_GBps": peak, "copy_GBps": copy, "pct_roofline": pct, "fp8_path": m.gemm.fp8_path()}));
@@ -113,16 +176,24 @@ fn time_us(g: &Gpu, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
         f()?;
     }
     g.sync()?;
-    let ev = |g: &Gpu| g.ctx.new_event(None).map_err(|e| Error::Runtime(format!("CUDA event: {e:?}")));
+    let ev = |g: &Gpu| {
+        g.ctx
+            .new_event(None)
+            .map_err(|e| Error::Runtime(format!("CUDA event: {e:?}")))
+    };
     let (a, b) = (ev(g)?, ev(g)?);
     let iters = 20;
-    a.record(&g.stream).map_err(|e| Error::Runtime(format!("{e:?}")))?;
+    a.record(&g.stream)
+        .map_err(|e| Error::Runtime(format!("{e:?}")))?;
     for _ in 0..iters {
         f()?;
     }
-    b.record(&g.stream).map_err(|e| Error::Runtime(format!("{e:?}")))?;
+    b.record(&g.stream)
+        .map_err(|e| Error::Runtime(format!("{e:?}")))?;
     g.sync()?;
-    let ms = a.elapsed_ms(&b).map_err(|e| Error::Runtime(format!("{e:?}")))?;
+    let ms = a
+        .elapsed_ms(&b)
+        .map_err(|e| Error::Runtime(format!("{e:?}")))?;
     Ok(ms as f64 * 1e3 / iters as f64)
 }
 
@@ -143,14 +214,31 @@ fn gemm_all(device: usize, ms: &[usize], r: &mut Report) -> Result<()> {
         for &m in ms {
             let mut paths: Vec<(&str, f64)> = Vec::new();
             if m <= ops::GEMV_MAX_ROWS {
-                let t = time_us(&g, &mut || ops::gemv_fp8(&g, (w.ptr, sw.ptr, 0), (x.ptr, sa.ptr), y.ptr, (m, n, k)))?;
+                let t = time_us(&g, &mut || {
+                    ops::gemv_fp8(&g, (w.ptr, sw.ptr, 0), (x.ptr, sa.ptr), y.ptr, (m, n, k))
+                })?;
                 paths.push(("qforge-gemv", t));
             }
             if let Some(b) = gemm.blas.as_mut() {
-                let s = g.raw_stream();
-                match time_us(&g, &mut || b.matmul(Kind::Fp8Scaled, (m, n, k), w.ptr, x.ptr, y.ptr, sa.ptr, sw.ptr, s)) {
+                let s = &g.stream;
+                match time_us(&g, &mut || {
+                    b.matmul(
+                        Kind::Fp8Scaled,
+                        (m, n, k),
+                        w.ptr,
+                        x.ptr,
+                        y.ptr,
+                        sa.ptr,
+                        sw.ptr,
+                        s,
+                    )
+                }) {
                     Ok(t) => paths.push(("cublaslt-scaled", t)),
-                    Err(e) => r.info("gemm", &format!("{name} M={m} cublaslt-scaled"), format!("n/a: {e}")),
+                    Err(e) => r.info(
+                        "gemm",
+                        &format!("{name} M={m} cublaslt-scaled"),
+                        format!("n/a: {e}"),
+                    ),
                 }
                 let res = time_us(&g, &mut || {
                     b.matmul(Kind::Fp8Raw, (m, n, k), w.ptr, x.ptr, acc.ptr, 0, 0, s)?;
@@ -158,13 +246,21 @@ fn gemm_all(device: usize, ms: &[usize], r: &mut Report) -> Result<()> {
                 });
                 match res {
                     Ok(t) => paths.push(("cublaslt-f32+epilogue", t)),
-                    Err(e) => r.info("gemm", &format!("{name} M={m} cublaslt-f32"), format!("n/a: {e}")),
+                    Err(e) => r.info(
+                        "gemm",
+                        &format!("{name} M={m} cublaslt-f32"),
+                        format!("n/a: {e}"),
+                    ),
                 }
             }
             for (path, us) in paths {
                 let tflops = 2.0 * (m * n * k) as f64 / us / 1e6;
                 let gbps = (n * k) as f64 / us / 1e3;
-                r.info("gemm", &format!("{name} M={m} {path}"), format!("{us:.1} us, {tflops:.1} TFLOP/s, {gbps:.0} GB/s weights"));
+                r.info(
+                    "gemm",
+                    &format!("{name} M={m} {path}"),
+                    format!("{us:.1} us, {tflops:.1} TFLOP/s, {gbps:.0} GB/s weights"),
+                );
                 r.extra.push(json!({"kind": "gemm", "shape": name, "M": m, "N": n, "K": k, "path": path, "us": us, "TFLOPs": tflops, "weight_GBps": gbps}));
             }
         }

@@ -64,34 +64,77 @@ pub fn run(args: &GpuArgs) -> Result<ExitCode> {
         GpuCommand::Selftest { fixtures, steps } => {
             selftest::run(args.device, fixtures.as_deref(), (*steps).max(2), &mut r)
         }
-        GpuCommand::Bench { shapes, prompt, decode, prefill } => {
-            bench::bench_models(args.device, shapes, *prompt, (*decode).max(1), *prefill, &mut r)
-        }
+        GpuCommand::Bench {
+            shapes,
+            prompt,
+            decode,
+            prefill,
+        } => bench::bench_models(
+            args.device,
+            shapes,
+            *prompt,
+            (*decode).max(1),
+            *prefill,
+            &mut r,
+        ),
         GpuCommand::Gemm { m } => bench::bench_gemm(args.device, m, &mut r),
     }
     r.write_json(args.json.as_deref());
     let failed = r.failures();
-    println!("\n{} checks, {failed} failed", r.rows.iter().filter(|x| x.pass.is_some()).count());
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    println!(
+        "\n{} checks, {failed} failed",
+        r.rows.iter().filter(|x| x.pass.is_some()).count()
+    );
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn info(device: usize, r: &mut Report) {
     Report::header("info");
     match gpu::probe(device) {
         Ok(i) => {
-            r.info("info", "gpu", format!("{} (cc {}.{}, {}, {} SMs, {:.1} GiB)", i.name, i.cc.0, i.cc.1, i.arch, i.sm_count, i.total_mem as f64 / (1u64 << 30) as f64));
+            r.info(
+                "info",
+                "gpu",
+                format!(
+                    "{} (cc {}.{}, {}, {} SMs, {:.1} GiB)",
+                    i.name,
+                    i.cc.0,
+                    i.cc.1,
+                    i.arch,
+                    i.sm_count,
+                    i.total_mem as f64 / (1u64 << 30) as f64
+                ),
+            );
             r.info("info", "driver", format!("{}", i.driver_version));
         }
         Err(e) => return r.error("info", &e.to_string()),
     }
     match nvrtc::get() {
-        Ok(nv) => r.info("info", "nvrtc", format!("{}.{} at {}", nv.version.0, nv.version.1, nv.path.display())),
+        Ok(nv) => r.info(
+            "info",
+            "nvrtc",
+            format!("{}.{} at {}", nv.version.0, nv.version.1, nv.path.display()),
+        ),
         Err(e) => r.error("nvrtc", &e.to_string()),
     }
     match gpu::Gpu::new(device) {
         Ok(g) => {
-            let how = if g.kernels_cached { "loaded from cache" } else { "compiled" };
-            r.row("info", &format!("kernels {how} ({})", super::kernels::cache_dir().display()), format!("{:.2} s", g.compile_s), "", Some(true));
+            let how = if g.kernels_cached {
+                "loaded from cache"
+            } else {
+                "compiled"
+            };
+            r.row(
+                "info",
+                &format!("kernels {how} ({})", super::kernels::cache_dir().display()),
+                format!("{:.2} s", g.compile_s),
+                "",
+                Some(true),
+            );
             match super::model::Gemm::new(&g, super::model::GemmMode::Auto) {
                 Ok(m) => r.info("info", "gemm", m.note),
                 Err(e) => r.error("cublaslt", &e.to_string()),

@@ -212,7 +212,7 @@ impl Blas {
         d: u64,
         sa: u64,
         sw: u64,
-        stream: *mut c_void,
+        stream: &cudarc::driver::CudaStream,
     ) -> Result<()> {
         let key = Key { kind, m, n, k };
         if !self.plans.contains_key(&key) {
@@ -247,7 +247,7 @@ impl Blas {
                 p.algo.algo.as_ptr() as _,
                 self.workspace as *mut c_void,
                 self.workspace_size,
-                stream,
+                stream.cu_stream() as *mut c_void,
             );
             check(f, &format!("matmul {kind:?} m={m} n={n} k={k}"), st)
         }

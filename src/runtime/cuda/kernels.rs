@@ -58,7 +58,6 @@ pub fn options(arch: &str) -> Vec<String> {
     let mut o = vec![
         format!("--gpu-architecture={arch}"),
         "-std=c++17".to_string(),
-        "--restrict".to_string(),
     ];
     if let Some(inc) = std::env::var_os("QFORGE_CUDA_INCLUDE") {
         o.push(format!("-I{}", inc.to_string_lossy()));

@@ -6,6 +6,8 @@
 //! without a toolkit or a GPU. Kernels (`kernels/*.cu`) are embedded and compiled by NVRTC
 //! for the GPU's exact architecture, cached on disk ([`kernels`]).
 
+pub mod bench;
+pub mod cli;
 pub mod cublaslt;
 pub mod dweights;
 pub mod forward;
@@ -18,5 +20,12 @@ pub mod ops;
 pub mod randmodel;
 pub mod report;
 pub mod selftest;
-pub mod bench;
-pub mod cli;
+
+pub use forward::{load_cuda, CudaModel, CudaOptions};
+
+/// For `--device auto`: the GPU to run on, or — as a one-line reason to print before falling
+/// back to the CPU — why not (no driver, no device, compute capability below 8.9). Never
+/// panics, also on machines without any CUDA library.
+pub fn auto_device(ordinal: usize) -> std::result::Result<gpu::DeviceInfo, String> {
+    gpu::probe(ordinal).map_err(|e| format!("using the CPU: {e}"))
+}

@@ -137,7 +137,7 @@ impl Gemm {
                 }
                 let blas = self.blas.as_mut().expect("checked above");
                 let kind = Kind::Bf16 { f32_out };
-                blas.matmul(kind, (rows, n, k), w.ptr, x, y, 0, 0, g.raw_stream())?;
+                blas.matmul(kind, (rows, n, k), w.ptr, x, y, 0, 0, &g.stream)?;
                 match bias {
                     0 => Ok(()),
                     b if !f32_out => ops::add_bias(g, y, b, rows, n),
@@ -160,7 +160,7 @@ impl Gemm {
         y: u64,
         (m, n, k): (usize, usize, usize),
     ) -> Result<()> {
-        let stream = g.raw_stream();
+        let stream = &g.stream;
         if self.outer_ok != Some(false) {
             let blas = self.blas.as_mut().expect("cuBLASLt present");
             match blas.matmul(Kind::Fp8Scaled, (m, n, k), w, x, y, sa, sw, stream) {

@@ -237,7 +237,7 @@ fn linear_goldens(g: &Gpu, fx: &Path, r: &mut Report) -> Result<()> {
                             acc.ptr,
                             0,
                             0,
-                            g.raw_stream(),
+                            &g.stream,
                         )
                         .and_then(|_| {
                             ops::scale_epilogue(g, acc.ptr, xs.ptr, scales.ptr, 0, m, n, y.ptr)
@@ -250,7 +250,7 @@ fn linear_goldens(g: &Gpu, fx: &Path, r: &mut Report) -> Result<()> {
                         y.ptr,
                         xs.ptr,
                         scales.ptr,
-                        g.raw_stream(),
+                        &g.stream,
                     ),
                     _ => Err(Error::Runtime("no cuBLASLt".into())),
                 };

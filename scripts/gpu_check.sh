@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The CUDA backend's GPU check: what a session with a GPU runs, in one go, in at most 8 minutes.
+#
+#   scripts/gpu_check.sh [FIXTURES_DIR]      # default ../shared/fixtures (skipped if absent)
+#
+# Needs only the built binary (target/release/qforge from `cargo build --release --features
+# cuda`, or $QFORGE_BIN), an NVIDIA driver, NVRTC + cuBLASLt (CUDA toolkit, found under
+# /usr/local/cuda*), and python3 with PyTorch for the torch._scaled_mm comparison. No Rust,
+# no network. Every stage runs under its own timeout, writes its log and JSON under $OUT
+# (default $TMPDIR/qforge-gpu-check), and a failed stage does not stop the next one. The last step prints
+# docs/gpu-results.md's section for this run (also in $OUT/report.md): paste it there.
+#
+# Stages: (0) environment, (1) `qforge gpu info` twice (cold compile, then the disk cache),
+# (a) `qforge gpu selftest`: CUDA vs CPU on FP8 conversions, the W8A8 Linear goldens, the four
+# tiny fixtures (residual streams, decode vs prefill) and a random Llama-3.2-1B-shaped model
+# quantized on the spot (logits, greedy ids); (b) `qforge gpu bench`: decode/prefill tokens/s
+# and % of HBM roofline of random 8B- and 70B-shaped FP8 models made in GPU memory; (c)
+# `qforge gpu gemm` and scripts/gpu_torch_gemm.py: FP8 GEMM paths vs torch._scaled_mm on the
+# 70B shapes at M = 1, 16, 128, 2048.
+set -uo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+bin=${QFORGE_BIN:-$root/target/release/qforge}
+fixtures=${1:-$root/../shared/fixtures}
+out=${OUT:-${TMPDIR:-/tmp}/qforge-gpu-check}
+mkdir -p "$out"
+export QFORGE_KERNEL_CACHE=${QFORGE_KERNEL_CACHE:-$out/kernel-cache}
+rm -rf "$QFORGE_KERNEL_CACHE" # stage 1 measures a cold compile, then the cached start
+# Toolkit libraries (NVRTC's builtins, cuBLASLt) on the loader path as well; the binary
+# also searches these folders itself.
+for d in /usr/local/cuda/lib64 /usr/local/cuda-13*/lib64 /usr/local/cuda-12*/lib64; do
+    [ -d "$d" ] && LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+done
+export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}
+
+failed=()
+step() { # name timeout_s command...
+    local name=$1 t=$2
+    shift 2
+    printf '\n== %s (%s, limit %ss)\n' "$name" "$(date +%T)" "$t"
+    local start=$SECONDS
+    timeout -k 5 "$t" "$@" 2>&1 | tee "$out/$name.log"
+    local rc=${PIPESTATUS[0]}
+    printf -- '-- %s: exit %s after %ss\n' "$name" "$rc" "$((SECONDS - start))"
+    [ "$rc" = 0 ] || failed+=("$name(exit $rc)")
+}
+
+step env 20 bash -c "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.memory --format=csv;
+    ls -d /usr/local/cuda* 2>/dev/null; ls -l '$bin';
+    python3 -c 'import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda)'"
+if [ ! -x "$bin" ]; then
+    echo "gpu_check: $bin is missing: build it with cargo build --release --features cuda" >&2
+    exit 2
+fi
+step info-cold 60 "$bin" gpu info --json "$out/info.json"
+step info-cached 20 "$bin" gpu info
+fx_args=()
+if [ -d "$fixtures/golden" ]; then
+    fx_args=(--fixtures "$fixtures")
+else
+    echo "gpu_check: no fixtures at $fixtures: selftest skips the fixture stages"
+fi
+step selftest 150 "$bin" gpu selftest "${fx_args[@]}" --json "$out/selftest.json"
+step bench 120 "$bin" gpu bench --json "$out/bench.json"
+step gemm 50 "$bin" gpu gemm --json "$out/gemm.json"
+step torch-gemm 50 python3 "$root/scripts/gpu_torch_gemm.py" "$out/torch_gemm.json"
+step report 10 python3 "$root/scripts/gpu_report.py" "$out"
+cp "$out/report.log" "$out/report.md" 2>/dev/null
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "gpu_check: failed stages: ${failed[*]} (logs in $out)"
+    exit 1
+fi
+echo "gpu_check: all stages passed (logs in $out)"

@@ -1,0 +1,67 @@
+#!/usr/bin/env python3
+"""Joins the JSON that scripts/gpu_check.sh left in OUT (argv[1]) into the markdown section
+docs/gpu-results.md keeps per run: selftest verdicts, model speed vs the HBM roofline, and
+qforge's FP8 GEMM paths vs torch._scaled_mm."""
+import datetime
+import json
+import os
+import sys
+
+
+def load(out, name):
+    try:
+        with open(os.path.join(out, name)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def main():
+    out = sys.argv[1]
+    torch = load(out, "torch_gemm.json") or {}
+    info = load(out, "info.json") or {"rows": []}
+    gpu = next((r["value"] for r in info["rows"] if r["check"] == "gpu"), torch.get("gpu", "?"))
+    print(f"## {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC — {gpu}\n")
+    for r in info["rows"]:
+        print(f"- {r['check']}: {r['value']}")
+    st = load(out, "selftest.json")
+    if st:
+        rows = [r for r in st["rows"] if r["pass"] is not None]
+        bad = [r for r in rows if not r["pass"]]
+        print(f"\n**selftest**: {len(rows) - len(bad)}/{len(rows)} checks pass\n")
+        print("| stage | check | value | limit | result |\n|---|---|---|---|---|")
+        for r in st["rows"]:
+            verdict = {True: "PASS", False: "FAIL", None: "info"}[r["pass"]]
+            print(f"| {r['stage']} | {r['check']} | {r['value']} | {r['limit']} | {verdict} |")
+    else:
+        print("\n**selftest**: no result (see selftest.log)")
+    bench = load(out, "bench.json")
+    models = [r for r in (bench or {}).get("records", []) if r.get("kind") == "model"]
+    print("\n| model (random FP8) | prefill tok/s | decode tok/s | ms/token | weights GB/token "
+          "| decode GB/s | % HBM roofline (target >= 80) | prefill GEMM path |\n|---|---|---|---|---|---|---|---|")
+    for r in models:
+        print(f"| {r['shape']} | {r['prefill_tok_s']:.0f} ({r['prefill_tokens']} tok) | {r['decode_tok_s']:.1f} "
+              f"| {r['decode_ms']:.2f} | {r['weight_bytes_per_token'] / 1e9:.1f} | {r['decode_GBps']:.0f} "
+              f"| {r['pct_roofline']:.1f} (peak {r['peak_GBps']:.0f}, copy {r['copy_GBps']:.0f} GB/s) | {r['fp8_path']} |")
+    if not models:
+        print("| (no result, see bench.log) | | | | | | | |")
+    ours = [r for r in (load(out, "gemm.json") or {}).get("records", []) if r.get("kind") == "gemm"]
+    ref = {(r["shape"], r["M"]): r for r in torch.get("records", []) if "us" in r}
+    print("\n| shape | M | torch._scaled_mm us | qforge best | us | torch/qforge (target >= 0.95 for M >= 128) "
+          "| all qforge paths (us) |\n|---|---|---|---|---|---|---|")
+    keys = sorted({(r["shape"], r["M"]) for r in ours}, key=lambda k: (k[0], k[1]))
+    for key in keys:
+        paths = [r for r in ours if (r["shape"], r["M"]) == key]
+        best = min(paths, key=lambda r: r["us"])
+        t = ref.get(key)
+        ratio = f"{t['us'] / best['us']:.2f}" if t else "n/a"
+        tus = f"{t['us']:.1f}" if t else "n/a"
+        allp = ", ".join(f"{r['path']} {r['us']:.1f}" for r in paths)
+        print(f"| {key[0]} | {key[1]} | {tus} | {best['path']} | {best['us']:.1f} | {ratio} | {allp} |")
+    if not keys:
+        print("| (no result, see gemm.log) | | | | | | |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
