@@ -21,6 +21,8 @@ pub enum Command {
     MakeModel(qforge::synthetic::MakeModelArgs),
     /// Run a model on a chat prompt; with --reference, gate on its agreement with the reference.
     Verify(qforge::runtime::verify::VerifyArgs),
+    /// Single-stream latency of use-case profiles (prompt/generated tokens), vs the seed's.
+    Bench(qforge::bench::BenchArgs),
     /// CUDA backend checks and benchmarks (developer tool, used by scripts/gpu_check.sh).
     #[cfg(feature = "cuda")]
     #[command(hide = true)]
@@ -33,6 +35,7 @@ impl Cli {
             Command::Quantize(args) => qforge::quantize::run_cli(&args),
             #[cfg(feature = "cuda")]
             Command::Gpu(args) => qforge::runtime::cuda::cli::run(&args),
+            Command::Bench(args) => qforge::bench::run_cli(&args),
             Command::MakeModel(args) => qforge::synthetic::run_cli(&args),
             Command::Verify(args) => qforge::runtime::verify::run_cli(&args),
         }

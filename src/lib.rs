@@ -5,6 +5,7 @@
 //! transforms from `quant`, streamed through `checkpoint`) → on-disk checkpoint. The `runtime`
 //! reads only that on-disk format.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod error;
 pub mod format;

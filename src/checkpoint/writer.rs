@@ -177,54 +177,15 @@ pub fn index_json(shards: &[ShardPlan]) -> String {
 /// [`index_json`] with an explicit `total_parameters`.
 pub fn index_json_with(shards: &[ShardPlan], total_parameters: u64) -> String {
     let total_size: u64 = shards.iter().map(ShardPlan::data_bytes).sum();
-    let mut map: Vec<(&str, &str)> = shards
+    let weight_map: serde_json::Map<String, serde_json::Value> = shards
         .iter()
-        .flat_map(|s| {
-            s.tensors
-                .iter()
-                .map(|t| (t.name.as_str(), s.file_name.as_str()))
-        })
+        .flat_map(|s| s.tensors.iter().map(|t| (t.name.clone(), s.file_name.clone().into())))
         .collect();
-    map.sort();
-    let mut out = format!(
-        "{{\n  \"metadata\": {{\n    \"total_parameters\": {total_parameters},\n    \"total_size\": {total_size}\n  }},\n  \"weight_map\": {{"
-    );
-    for (i, (name, file)) in map.iter().enumerate() {
-        let sep = if i == 0 { "" } else { "," };
-        out.push_str(&format!("{sep}\n    {}: {}", py_str(name), py_str(file)));
-    }
-    out.push_str(if map.is_empty() {
-        "}\n}\n"
-    } else {
-        "\n  }\n}\n"
+    let index = serde_json::json!({
+        "metadata": {"total_parameters": total_parameters, "total_size": total_size},
+        "weight_map": weight_map,
     });
-    out
-}
-
-/// A JSON string as Python's `json.dumps` writes it (ensure_ascii: non-ASCII as \uXXXX).
-fn py_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            ' '..='~' => out.push(c),
-            _ => {
-                let mut buf = [0u16; 2];
-                for unit in c.encode_utf16(&mut buf) {
-                    out.push_str(&format!("\\u{unit:04x}"));
-                }
-            }
-        }
-    }
-    out.push('"');
-    out
+    crate::format::pyjson::dumps(&index, true) + "\n"
 }
 
 /// Writes one shard. The header JSON goes in at creation; tensors are written at their

@@ -1,7 +1,7 @@
-//! Python's `json.dumps(v, indent=2, sort_keys=True, ensure_ascii=...)`, byte for byte.
+//! Python's `json.dumps`, byte for byte.
 //!
-//! This is how llm-compressor / transformers write `config.json` and
-//! `tokenizer_config.json`:
+//! llm-compressor / transformers write `config.json` and `tokenizer_config.json` with
+//! `json.dumps(v, indent=2, sort_keys=True, ensure_ascii=...)` ([`dumps`]):
 //! * object keys sorted recursively by code point (Rust's `str` order is the same),
 //! * two-space indent, `","` at the end of an item line and `": "` between key and value,
 //! * empty containers as `{}` and `[]`,
@@ -9,74 +9,148 @@
 //! * with `ensure_ascii` every character outside `' '..='~'` is written as `\uXXXX`
 //!   (lowercase hex, surrogate pairs above U+FFFF),
 //! * no trailing newline.
+//!
+//! Chat templates get the general form ([`dumps_with`]) as transformers' `tojson` filter:
+//! no HTML escaping, separators `", "` / `": "` by default, Python's `indent` layout.
 
-use serde_json::{Number, Value};
-use std::fmt::Write;
+use serde_json::Value;
 
 /// `json.dumps(v, indent=2, sort_keys=True, ensure_ascii=ensure_ascii)`.
 pub fn dumps(v: &Value, ensure_ascii: bool) -> String {
+    let opts = DumpOptions {
+        ensure_ascii,
+        indent: Some("  ".into()),
+        separators: None,
+        sort_keys: true,
+    };
+    dumps_with(v, &opts)
+}
+
+/// Options of `json.dumps` that templates use.
+#[derive(Debug, Clone, Default)]
+pub struct DumpOptions {
+    pub ensure_ascii: bool,
+    /// Indent string per level (`indent=4` → four spaces); `None` → one line.
+    pub indent: Option<String>,
+    /// (item separator, key separator); default `(", ", ": ")`, or `(",", ": ")` with indent.
+    pub separators: Option<(String, String)>,
+    pub sort_keys: bool,
+}
+
+/// `json.dumps(value, **opts)`.
+pub fn dumps_with(value: &Value, opts: &DumpOptions) -> String {
+    let (item_sep, key_sep) = match &opts.separators {
+        Some((i, k)) => (i.as_str(), k.as_str()),
+        None if opts.indent.is_some() => (",", ": "),
+        None => (", ", ": "),
+    };
+    let w = Writer {
+        opts,
+        item_sep,
+        key_sep,
+    };
     let mut out = String::new();
-    write_value(&mut out, v, 0, ensure_ascii);
+    w.value(value, 0, &mut out);
     out
 }
 
-fn write_value(out: &mut String, v: &Value, level: usize, ascii: bool) {
-    match v {
-        Value::Null => out.push_str("null"),
-        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Number(n) => out.push_str(&number_repr(n)),
-        Value::String(s) => write_string(out, s, ascii),
-        Value::Array(items) if items.is_empty() => out.push_str("[]"),
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                item_start(out, i, level + 1);
-                write_value(out, item, level + 1, ascii);
+struct Writer<'a> {
+    opts: &'a DumpOptions,
+    item_sep: &'a str,
+    key_sep: &'a str,
+}
+
+impl Writer<'_> {
+    fn value(&self, v: &Value, level: usize, out: &mut String) {
+        match v {
+            Value::Null => out.push_str("null"),
+            Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+                (Some(i), _, _) if !n.is_f64() => out.push_str(&i.to_string()),
+                (_, Some(u), _) if !n.is_f64() => out.push_str(&u.to_string()),
+                (_, _, Some(f)) => out.push_str(&py_float_repr(f)),
+                _ => out.push_str(&n.to_string()),
+            },
+            Value::String(s) => self.string(s, out),
+            Value::Array(items) => {
+                if items.is_empty() {
+                    out.push_str("[]");
+                    return;
+                }
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    self.separate(i, level + 1, out);
+                    self.value(item, level + 1, out);
+                }
+                self.newline(level, out);
+                out.push(']');
             }
-            newline_indent(out, level);
-            out.push(']');
-        }
-        Value::Object(map) if map.is_empty() => out.push_str("{}"),
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, key) in keys.into_iter().enumerate() {
-                item_start(out, i, level + 1);
-                write_string(out, key, ascii);
-                out.push_str(": ");
-                write_value(out, &map[key], level + 1, ascii);
+            Value::Object(map) => {
+                if map.is_empty() {
+                    out.push_str("{}");
+                    return;
+                }
+                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                if self.opts.sort_keys {
+                    entries.sort_by(|a, b| a.0.cmp(b.0));
+                }
+                out.push('{');
+                for (i, (k, item)) in entries.into_iter().enumerate() {
+                    self.separate(i, level + 1, out);
+                    self.string(k, out);
+                    out.push_str(self.key_sep);
+                    self.value(item, level + 1, out);
+                }
+                self.newline(level, out);
+                out.push('}');
             }
-            newline_indent(out, level);
-            out.push('}');
         }
     }
+
+    /// Writes the item separator (before all but the first item) and the line break.
+    fn separate(&self, index: usize, level: usize, out: &mut String) {
+        if index > 0 {
+            out.push_str(self.item_sep);
+        }
+        self.newline(level, out);
+    }
+
+    fn newline(&self, level: usize, out: &mut String) {
+        if let Some(unit) = &self.opts.indent {
+            out.push('\n');
+            for _ in 0..level {
+                out.push_str(unit);
+            }
+        }
+    }
+
+    fn string(&self, s: &str, out: &mut String) {
+        out.push('"');
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\u{8}' => out.push_str("\\b"),
+                '\u{c}' => out.push_str("\\f"),
+                c if (c as u32) < 0x20 => push_u16_escape(c as u16, out),
+                c if self.opts.ensure_ascii && !(' '..='~').contains(&c) => {
+                    let mut buf = [0u16; 2];
+                    for unit in c.encode_utf16(&mut buf) {
+                        push_u16_escape(*unit, out);
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
 }
 
-/// Item separator: Python uses `","` (no space) when `indent` is set.
-fn item_start(out: &mut String, index: usize, level: usize) {
-    if index > 0 {
-        out.push(',');
-    }
-    newline_indent(out, level);
-}
-
-fn newline_indent(out: &mut String, level: usize) {
-    out.push('\n');
-    for _ in 0..level {
-        out.push_str("  ");
-    }
-}
-
-/// A JSON number as Python writes it: ints as ints, floats in `repr`.
-fn number_repr(n: &Number) -> String {
-    if let Some(i) = n.as_i64() {
-        return i.to_string();
-    }
-    if let Some(u) = n.as_u64() {
-        return u.to_string();
-    }
-    py_float_repr(n.as_f64().unwrap_or(f64::NAN))
+fn push_u16_escape(unit: u16, out: &mut String) {
+    out.push_str(&format!("\\u{unit:04x}"));
 }
 
 /// Python `repr(float)` as `json.dumps` writes it (`allow_nan=True`): shortest round-trip
@@ -122,36 +196,6 @@ fn fixed_notation(digits: &str, exp: i32) -> String {
         return format!("{digits}{zeros}.0");
     }
     format!("{}.{}", &digits[..point], &digits[point..])
-}
-
-/// A JSON string literal as Python's encoder writes it.
-fn write_string(out: &mut String, s: &str, ascii: bool) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{08}' => out.push_str("\\b"),
-            '\u{0c}' => out.push_str("\\f"),
-            c if (c as u32) < 0x20 => push_u_escape(out, c as u32),
-            c if ascii && !(' '..='~').contains(&c) => {
-                let mut units = [0u16; 2];
-                for unit in c.encode_utf16(&mut units) {
-                    push_u_escape(out, u32::from(*unit));
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
-fn push_u_escape(out: &mut String, unit: u32) {
-    // Writing to a String cannot fail.
-    let _ = write!(out, "\\u{unit:04x}");
 }
 
 #[cfg(test)]
@@ -202,5 +246,27 @@ mod tests {
     fn control_characters_are_escaped() {
         let v = json!("a\"b\\c\n\r\t\u{8}\u{c}\u{1}");
         assert_eq!(dumps(&v, false), r#""a\"b\\c\n\r\t\b\f\u0001""#);
+    }
+
+    #[test]
+    fn dumps_like_python() {
+        let v: Value = serde_json::from_str(
+            r#"{"b": [1, 2.0, {"c": null}], "a": "x<'&>\"\n\u0001é", "e": [], "f": {}}"#,
+        )
+        .unwrap();
+        let plain = dumps_with(&v, &DumpOptions::default());
+        assert_eq!(
+            plain,
+            r#"{"b": [1, 2.0, {"c": null}], "a": "x<'&>\"\n\u0001é", "e": [], "f": {}}"#
+        );
+        let opts = DumpOptions {
+            indent: Some("  ".into()),
+            ensure_ascii: true,
+            sort_keys: true,
+            ..Default::default()
+        };
+        let pretty = dumps_with(&v, &opts);
+        let want = "{\n  \"a\": \"x<'&>\\\"\\n\\u0001\\u00e9\",\n  \"b\": [\n    1,\n    2.0,\n    {\n      \"c\": null\n    }\n  ],\n  \"e\": [],\n  \"f\": {}\n}";
+        assert_eq!(pretty, want);
     }
 }

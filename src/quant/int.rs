@@ -16,7 +16,9 @@
 //! are skipped; scales and zero points are the same.
 
 use super::convert::{eps, round_to};
-use super::rows::{absmax, bad_row_error, check_matrix, decode_finite, maybe_round, put_scale};
+use super::rows::{
+    absmax, bad_row_error, check_matrix, decode_finite, maybe_round, put_scale, rint_small,
+};
 use super::Fp8Rounding;
 use crate::checkpoint::DType;
 use crate::Result;
@@ -153,7 +155,7 @@ fn quantize_group(
         if zp != 0.0 {
             y = maybe_round(dtype, eager, y + zp);
         }
-        *o = y.clamp(lo, hi).round_ties_even() as i8 as u8;
+        *o = rint_small(y.clamp(lo, hi)) as i8 as u8;
     }
 }
 

@@ -92,6 +92,14 @@ pub(crate) fn bf16_round(x: f32) -> f32 {
     f32::from_bits((b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF_0000)
 }
 
+/// Round half to even of `|x| <= 2^22` by the 1.5·2^23 trick (`round_ties_even` is a libm
+/// call on baseline x86-64). The integer quantizers only round clamped values.
+#[inline(always)]
+pub(crate) fn rint_small(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+    (x + MAGIC) - MAGIC
+}
+
 /// `max |x|` of a slice of finite values (0 for an empty slice; -0.0 counts as 0).
 #[inline]
 pub(crate) fn absmax(xs: &[f32]) -> f32 {

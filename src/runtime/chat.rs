@@ -6,7 +6,6 @@
 //! `json.dumps(ensure_ascii=False)`. [`ChatTemplate`] mirrors that with minijinja plus
 //! minijinja-contrib's `pycompat` (Python string/dict methods such as `.split`, `.items()`).
 
-mod pyjson;
 
 use std::error::Error as _;
 use std::path::Path;
@@ -18,7 +17,7 @@ use serde_json::{Map, Value as Json};
 use crate::runtime::tokenizer::{read_json_opt, special_tokens};
 use crate::{Error, Result};
 
-pub use pyjson::{dumps as py_json_dumps, DumpOptions};
+pub use crate::format::pyjson::{dumps_with as py_json_dumps, DumpOptions};
 
 const NAME: &str = "chat_template";
 
@@ -275,7 +274,7 @@ fn tojson(
     }
     let json = serde_json::to_value(value)
         .map_err(|e| bad(&format!("value is not JSON serializable: {e}")))?;
-    Ok(Value::from(pyjson::dumps(&json, &opts)))
+    Ok(Value::from(crate::format::pyjson::dumps_with(&json, &opts)))
 }
 
 /// transformers' `AssistantTracker` extension adds `{% generation %}…{% endgeneration %}`, which

@@ -18,13 +18,15 @@ use std::sync::OnceLock;
 /// Activation rows handled together, so each weight element is decoded once per block.
 pub const TB: usize = 4;
 
-/// True when the CPU has AVX2, FMA and F16C (checked once).
+/// True when the CPU has AVX2, FMA and F16C (checked once) and `QFORGE_NO_SIMD` is not set
+/// (that variable forces the portable kernels, to test them on any machine).
 pub fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static HAS: OnceLock<bool> = OnceLock::new();
         *HAS.get_or_init(|| {
-            is_x86_feature_detected!("avx2")
+            std::env::var_os("QFORGE_NO_SIMD").is_none()
+                && is_x86_feature_detected!("avx2")
                 && is_x86_feature_detected!("fma")
                 && is_x86_feature_detected!("f16c")
         })

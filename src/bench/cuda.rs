@@ -1,0 +1,76 @@
+//! The CUDA backend for `qforge bench`: a checkpoint streamed onto the GPU, or a random
+//! FP8_DYNAMIC model made directly in GPU memory (the same one `qforge gpu bench` times).
+
+use super::runner::BenchModel;
+use crate::runtime::config::ModelConfig;
+use crate::runtime::cuda::dweights::DWeights;
+use crate::runtime::cuda::gpu::Gpu;
+use crate::runtime::cuda::model::GemmMode;
+use crate::runtime::cuda::{load_cuda, CudaModel, CudaOptions};
+use crate::runtime::Backend;
+use crate::Result;
+use std::path::Path;
+
+/// A model on the GPU; the decode loop picks tokens by device argmax (4 bytes read back).
+pub struct CudaBench {
+    pub model: CudaModel,
+}
+
+fn options(max_seq: usize) -> Result<CudaOptions> {
+    Ok(CudaOptions {
+        device: 0,
+        max_seq: Some(max_seq),
+        max_rows: None,
+        gemm: GemmMode::from_env()?,
+    })
+}
+
+/// Loads the checkpoint in `dir` onto GPU 0.
+pub fn load(dir: &Path, max_seq: usize) -> Result<CudaBench> {
+    Ok(CudaBench {
+        model: load_cuda(dir, &options(max_seq)?)?,
+    })
+}
+
+/// A random FP8_DYNAMIC model of `cfg`'s shape made in GPU 0's memory.
+pub fn synthetic(cfg: &ModelConfig, seed: u64, max_seq: usize) -> Result<CudaBench> {
+    let gpu = Gpu::new(0)?;
+    let w = DWeights::random(&gpu, cfg, seed as u32)?;
+    Ok(CudaBench {
+        model: CudaModel::new(gpu, cfg.clone(), w, &options(max_seq)?)?,
+    })
+}
+
+impl CudaBench {
+    /// The GPU's name and its memory bandwidth in GB/s with where the figure comes from: the
+    /// datasheet table by name, else the driver's clock × bus width, else a measured copy.
+    pub fn bandwidth(&self) -> Result<(String, f64, String)> {
+        let info = &self.model.gpu.info;
+        if let Some(bw) = super::report::peak_bandwidth(&info.name) {
+            return Ok((info.name.clone(), bw, "datasheet peak".into()));
+        }
+        if let Some(bw) = info.peak_bw_gbps {
+            return Ok((info.name.clone(), bw, "peak from driver clock x bus".into()));
+        }
+        let bw = crate::runtime::cuda::bench::copy_bandwidth(&self.model.gpu)?;
+        Ok((info.name.clone(), bw, "measured 4 GiB copy".into()))
+    }
+}
+
+impl BenchModel for CudaBench {
+    fn next_token(&mut self, tokens: &[u32], pos: usize) -> Result<u32> {
+        self.model.forward_argmax(tokens, pos)
+    }
+    fn reset(&mut self) {
+        self.model.reset()
+    }
+    fn vocab_size(&self) -> usize {
+        self.model.config.vocab_size
+    }
+    fn bytes_per_token(&self) -> u64 {
+        self.model.weights.bytes_per_token()
+    }
+    fn describe(&self) -> String {
+        self.model.describe()
+    }
+}

@@ -1,0 +1,148 @@
+//! `qforge bench` on the CPU: the CI-sized synthetic llama-1b run, a real checkpoint (the
+//! bundled tiny random Llama), argument errors, and `--profiles` parsing.
+
+use qforge::bench::profile::{parse_profiles, seed_latency, Profile, SEED};
+use serde_json::Value;
+use std::process::Command;
+
+fn bench(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_qforge"))
+        .arg("bench")
+        .args(args)
+        .output()
+        .expect("run qforge")
+}
+
+/// Runs `qforge bench ... --json` and returns the parsed report.
+fn bench_json(args: &[&str]) -> Value {
+    let out = bench(&[args, &["--device", "cpu", "--json"]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "qforge bench failed: {stderr}");
+    serde_json::from_slice(&out.stdout).expect("stdout is the JSON report")
+}
+
+/// Checks one profile row: its lengths and plausible positive timings; `max_pct` bounds the
+/// roofline % (a model that fits in the CPU caches can beat the DRAM copy bandwidth).
+fn check_row(row: &Value, prompt: u64, generated: u64, max_pct: f64) {
+    assert_eq!(row["profile"], format!("{prompt}/{generated}"));
+    assert_eq!(row["prompt_tokens"], prompt);
+    assert_eq!(row["generated_tokens"], generated);
+    let f = |k: &str| {
+        row[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k} missing: {row}"))
+    };
+    let (latency, ttft, tps) = (f("latency_s"), f("ttft_s"), f("decode_tokens_per_s"));
+    assert!(ttft > 0.0 && latency > ttft, "{row}");
+    assert!(tps > 0.0, "{row}");
+    // Decode time = generated-1 tokens at the reported rate.
+    let decode = (generated - 1) as f64 / tps;
+    assert!(
+        (ttft + decode - latency).abs() < 1e-6 * latency.max(1.0),
+        "{row}"
+    );
+    let pct = f("roofline_pct");
+    assert!(pct > 0.0 && pct < max_pct, "roofline % {pct}");
+}
+
+#[test]
+fn synthetic_llama_1b_on_the_cpu() {
+    let r = bench_json(&["--synthetic", "llama-1b", "--profiles", "32/8"]);
+    let rows = r["profiles"].as_array().expect("profiles");
+    assert_eq!(rows.len(), 1);
+    check_row(&rows[0], 32, 8, 200.0);
+    // llama-1b: 16 layers of FP8 Linears (codes + f32 row scales) + the tied BF16 head.
+    let (h, i, kv, v) = (2048u64, 8192u64, 512u64, 128256u64);
+    let codes = 2 * h * h + 2 * kv * h + 3 * h * i;
+    let scales = 4 * (3 * h + 2 * kv + 2 * i);
+    let expect = 16 * (codes + scales) + 2 * v * h;
+    assert_eq!(r["weight_bytes_per_token"], expect);
+    assert_eq!(r["seed_compared"], false);
+    assert!(rows[0]["seed_latency_s"].is_null());
+    assert!(r["bandwidth_gbps"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn real_checkpoint_tiny_random_llama() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/tiny-random-llama");
+    let r = bench_json(&["--model", dir, "--profiles", "16/4,8/2"]);
+    let rows = r["profiles"].as_array().expect("profiles");
+    assert_eq!(rows.len(), 2);
+    check_row(&rows[0], 16, 4, f64::INFINITY);
+    check_row(&rows[1], 8, 2, f64::INFINITY);
+    // BF16 checkpoint: 2 layers of BF16 Linears + the tied 49152×48 BF16 head.
+    let (h, i, kv) = (48u64, 128u64, 16u64);
+    let per_layer = 2 * (2 * h * h + 2 * kv * h + 3 * h * i);
+    assert_eq!(r["weight_bytes_per_token"], 2 * per_layer + 2 * 49152 * h);
+    assert_eq!(r["model"], dir);
+}
+
+#[test]
+fn argument_errors_are_one_line() {
+    for (args, want) in [
+        (
+            vec!["--profiles", "32/8"],
+            "exactly one of --model and --synthetic",
+        ),
+        (vec!["--synthetic", "llama-3b"], "--synthetic llama-3b"),
+        (
+            vec!["--synthetic", "tiny", "--profiles", "32x8"],
+            "--profiles: `32x8`",
+        ),
+        (
+            vec!["--model", "/nonexistent/qforge-model"],
+            "/nonexistent/qforge-model",
+        ),
+    ] {
+        let out = bench(&[&args[..], &["--device", "cpu"]].concat());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn seed_expands_to_the_model_card_profiles() {
+    let p = parse_profiles("seed").unwrap();
+    let pairs: Vec<(usize, usize)> = p.iter().map(|p| (p.prompt, p.generate)).collect();
+    assert_eq!(
+        pairs,
+        [
+            (256, 128),
+            (512, 256),
+            (768, 128),
+            (1024, 128),
+            (256, 1024),
+            (1024, 1024),
+            (4096, 512),
+            (10240, 1536)
+        ]
+    );
+    let secs: Vec<f64> = p.iter().map(|&p| seed_latency(p).unwrap()).collect();
+    assert_eq!(secs, [2.7, 5.3, 2.7, 2.8, 21.1, 21.4, 11.5, 47.2]);
+    assert_eq!(SEED.len(), 8);
+}
+
+#[test]
+fn profile_lists_mix_pairs_and_seed() {
+    let p = parse_profiles("32/8, 128/32,seed").unwrap();
+    assert_eq!(p.len(), 10);
+    assert_eq!(
+        p[1],
+        Profile {
+            prompt: 128,
+            generate: 32
+        }
+    );
+    assert_eq!(seed_latency(p[0]), None);
+}
+
+#[test]
+fn bad_profiles_are_errors() {
+    for bad in [
+        "", "32", "32/0", "0/8", "a/8", "32/8,", "32/-1", "32/8/1", "seeds",
+    ] {
+        let e = parse_profiles(bad).expect_err(bad).to_string();
+        assert!(e.contains("--profiles"), "{bad}: {e}");
+    }
+}
