@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The CUDA backend's GPU check: what a session with a GPU runs, in one go, in at most 8 minutes.
+# The CUDA backend's GPU check: what a session with a GPU runs, in one go, in at most 13 minutes
+# (the stage limits; a healthy run takes far less).
 #
 #   scripts/gpu_check.sh [FIXTURES_DIR]      # default ../shared/fixtures (skipped if absent)
 #
@@ -16,7 +17,9 @@
 # quantized on the spot (logits, greedy ids); (b) `qforge gpu bench`: decode/prefill tokens/s
 # and % of HBM roofline of random 8B- and 70B-shaped FP8 models made in GPU memory; (c)
 # `qforge gpu gemm` and scripts/gpu_torch_gemm.py: FP8 GEMM paths vs torch._scaled_mm on the
-# 70B shapes at M = 1, 16, 128, 2048.
+# 70B shapes at M = 1, 16, 128, 2048; (d) `qforge bench --profiles seed`: the seed model card's
+# eight single-stream latency profiles on random 8B- and 70B-shaped FP8 models in GPU memory,
+# the 70B one beside the card's 2xH100 figures (tables appended to report.md).
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=${QFORGE_BIN:-$root/target/release/qforge}
@@ -63,8 +66,16 @@ step selftest 150 "$bin" gpu selftest "${fx_args[@]}" --json "$out/selftest.json
 step bench 120 "$bin" gpu bench --json "$out/bench.json"
 step gemm 50 "$bin" gpu gemm --json "$out/gemm.json"
 step torch-gemm 50 python3 "$root/scripts/gpu_torch_gemm.py" "$out/torch_gemm.json"
+for shape in llama-8b llama-70b; do # JSON on stdout, the table on stderr (into the log)
+    step "profiles-$shape" "$([ $shape = llama-70b ] && echo 240 || echo 90)" bash -c \
+        "'$bin' bench --synthetic $shape --device cuda --profiles seed --json > '$out/profiles-$shape.json'"
+done
 step report 10 python3 "$root/scripts/gpu_report.py" "$out"
 cp "$out/report.log" "$out/report.md" 2>/dev/null
+for shape in llama-8b llama-70b; do
+    printf '\n**qforge bench --synthetic %s --profiles seed**\n\n```\n%s\n```\n' \
+        "$shape" "$(cat "$out/profiles-$shape.log" 2>/dev/null)" >>"$out/report.md"
+done
 if [ ${#failed[@]} -gt 0 ]; then
     echo "gpu_check: failed stages: ${failed[*]} (logs in $out)"
     exit 1

@@ -92,7 +92,6 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
             )
         }
     };
-    eprintln!("qforge bench: {name} on {}", model.describe());
     let bytes = model.bytes_per_token();
     runner::warm_up(model.as_mut(), profiles[0].prompt.min(16))?;
     let mut rows = Vec::with_capacity(profiles.len());

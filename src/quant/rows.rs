@@ -105,3 +105,27 @@ pub(crate) fn rint_small(x: f32) -> f32 {
 pub(crate) fn absmax(xs: &[f32]) -> f32 {
     xs.iter().fold(0.0f32, |m, &x| m.max(x.abs()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bit_rounding_matches_half_and_rint() {
+        // Every bf16 neighbourhood's halfway points and their neighbours, for all finite
+        // bf16 prefixes, plus a sweep of the f32 bit space.
+        let lows = [0x0000u32, 0x0001, 0x7FFF, 0x8000, 0x8001, 0xFFFF];
+        let halfway = (0u32..0x7F80).flat_map(|hi| lows.iter().map(move |lo| (hi << 16) | lo));
+        let sweep = (0u32..0x7F80_0000).step_by(4093);
+        for bits in halfway.chain(sweep) {
+            for x in [f32::from_bits(bits), -f32::from_bits(bits)] {
+                let want = half::bf16::from_f32(x).to_f32();
+                assert_eq!(bf16_round(x).to_bits(), want.to_bits(), "{bits:#x}");
+            }
+        }
+        for i in -2560..=2560 {
+            let x = i as f32 / 20.0;
+            assert_eq!(rint_small(x), x.round_ties_even(), "{x}");
+        }
+    }
+}

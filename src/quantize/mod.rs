@@ -61,8 +61,10 @@ pub struct QuantizeArgs {
     /// Print a machine-readable JSON summary on stdout instead of the human one.
     #[arg(long)]
     pub json: bool,
-    /// FP8 rounding: `eager` = llm-compressor's CPU path (bf16 intermediate, the verified
-    /// default); `direct` = its Hopper/triton path (f32 → e4m3 in one rounding, ~3% of codes differ).
+    /// Rounding of the quantized codes: `eager` = llm-compressor's CPU path (w/s rounded to
+    /// the weight dtype first, then to the code; the verified default); `direct` = its GPU
+    /// path (w/s rounded once, straight to the code: about 3% of FP8 and 10% of INT8 codes
+    /// differ; scales are identical). See docs/presets.md.
     #[arg(long, value_enum, default_value = "eager", value_name = "MODE")]
     pub fp8_rounding: RoundingArg,
     /// After quantizing, run `qforge verify` on the output with this prompt, the source model
