@@ -3,13 +3,17 @@
 //! Supported: the Llama family (`LlamaForCausalLM`, `MistralForCausalLM`, `Qwen2ForCausalLM`,
 //! `Qwen3ForCausalLM`). Both config styles are read: the classic one (`rope_theta` +
 //! `rope_scaling`, transformers 4) and transformers 5's `rope_parameters`. Quantization: none,
-//! or compressed-tensors `float-quantized` FP8_DYNAMIC (FP8 weights with one scale per output
-//! channel, FP8 activations with one dynamic scale per token). Anything else is refused with
-//! [`Error::Unsupported`] naming the key at fault.
+//! compressed-tensors `float-quantized` FP8_DYNAMIC (FP8 weights with one scale per output
+//! channel, FP8 activations with one dynamic scale per token), or the other presets' config
+//! groups ([`WeightScheme`]). Anything else is refused with [`Error::Unsupported`] naming the
+//! key at fault.
 
 use crate::{Error, Result};
 use serde_json::Value;
 use std::path::Path;
+
+mod schemes;
+pub use schemes::{SchemeGroup, WeightScheme};
 
 /// The architecture families the runtime implements. They share one forward pass; the
 /// differences are flags on [`ModelConfig`].
@@ -64,6 +68,13 @@ pub enum Quantization {
     /// F8_E4M3 codes plus a per-output-channel `weight_scale`; activations are quantized per
     /// token at run time. `ignore` entries are module names, or regexes prefixed with `re:`.
     Fp8Dynamic { ignore: Vec<String> },
+    /// Any other compressed-tensors checkpoint `qforge quantize` writes (FP8_BLOCK, W8A8,
+    /// W8A16, W4A16, W4A16_ASYM, NVFP4A16, MXFP4A16, or a mix of them): each Linear takes the
+    /// scheme of the group whose `targets` match it ([`Quantization::scheme_for`]).
+    Compressed {
+        groups: Vec<SchemeGroup>,
+        ignore: Vec<String>,
+    },
 }
 
 /// Everything the runtime reads from `config.json`.
@@ -328,9 +339,9 @@ fn parse_sliding_window(v: &Value, arch: Arch) -> Result<Option<usize>> {
     }
 }
 
-/// Accepts no `quantization_config`, or exactly compressed-tensors FP8_DYNAMIC: one config
-/// group, float 8-bit symmetric weights per channel (static), float 8-bit symmetric dynamic
-/// per-token input activations, no output activations, no KV-cache scheme.
+/// Accepts no `quantization_config`, compressed-tensors FP8_DYNAMIC (its own variant, the
+/// W8A8-FP8 compute path), or any set of config groups whose weights are one of the formats
+/// `qforge quantize` writes ([`WeightScheme`]).
 fn parse_quantization(v: &Value) -> Result<Quantization> {
     let Some(q) = v.get("quantization_config").filter(|q| !q.is_null()) else {
         return Ok(Quantization::None);
@@ -338,13 +349,7 @@ fn parse_quantization(v: &Value) -> Result<Quantization> {
     let method = q.get("quant_method").and_then(Value::as_str).unwrap_or("?");
     if method != "compressed-tensors" {
         return Err(unsupported(format!(
-            "quantization_config.quant_method `{method}` is not supported (compressed-tensors FP8_DYNAMIC only)"
-        )));
-    }
-    let format = q.get("format").and_then(Value::as_str).unwrap_or("?");
-    if format != "float-quantized" {
-        return Err(unsupported(format!(
-            "quantization_config.format `{format}` is not supported (float-quantized only)"
+            "quantization_config.quant_method `{method}` is not supported (compressed-tensors only)"
         )));
     }
     if q.get("kv_cache_scheme").is_some_and(|k| !k.is_null()) {
@@ -356,25 +361,39 @@ fn parse_quantization(v: &Value) -> Result<Quantization> {
         .get("config_groups")
         .and_then(Value::as_object)
         .ok_or_else(|| bad("quantization_config.config_groups is missing".into()))?;
-    if groups.len() != 1 {
-        return Err(unsupported(format!(
-            "quantization_config has {} config groups (one FP8_DYNAMIC group supported)",
-            groups.len()
-        )));
+    if groups.is_empty() {
+        return Err(bad("quantization_config.config_groups is empty".into()));
     }
-    for (name, g) in groups {
-        check_fp8_dynamic_group(name, g)?;
+    let ignore = parse_ignore(q)?;
+    let format = q.get("format").and_then(Value::as_str).unwrap_or("?");
+    if groups.len() == 1 && format == "float-quantized" {
+        let (name, g) = groups.iter().next().expect("one group");
+        let fp8_channel = g
+            .get("weights")
+            .and_then(|w| w.get("strategy"))
+            .is_some_and(|s| s == "channel");
+        if fp8_channel {
+            check_fp8_dynamic_group(name, g)?;
+            return Ok(Quantization::Fp8Dynamic { ignore });
+        }
     }
-    let ignore = match q.get("ignore") {
-        None | Some(Value::Null) => Vec::new(),
+    let groups = groups
+        .iter()
+        .map(|(name, g)| schemes::parse_group(name, g, format))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Quantization::Compressed { groups, ignore })
+}
+
+fn parse_ignore(q: &Value) -> Result<Vec<String>> {
+    match q.get("ignore") {
+        None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::Array(a)) => a
             .iter()
             .map(|x| x.as_str().map(str::to_string))
             .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| bad("quantization_config.ignore must list strings".into()))?,
-        Some(_) => return Err(bad("quantization_config.ignore must be a list".into())),
-    };
-    Ok(Quantization::Fp8Dynamic { ignore })
+            .ok_or_else(|| bad("quantization_config.ignore must list strings".into())),
+        Some(_) => Err(bad("quantization_config.ignore must be a list".into())),
+    }
 }
 
 fn check_fp8_dynamic_group(name: &str, g: &Value) -> Result<()> {

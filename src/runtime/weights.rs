@@ -13,9 +13,12 @@
 //! implies must be present with the right dtype and shape, and FP8 scales must be finite and
 //! > 0. Its error names the tensor and what is wrong.
 
-use super::config::{ModelConfig, Quantization};
+use super::config::{ModelConfig, WeightScheme};
 use crate::checkpoint::{Checkpoint, DType, TensorInfo};
 use crate::{Error, Result};
+
+mod dequant;
+pub use dequant::{unpack_columns, unpack_rows};
 
 /// A dense matrix `[rows, cols]` row-major, in its checkpoint dtype.
 #[derive(Debug, Clone)]
@@ -149,6 +152,10 @@ enum Kind {
     Fp8,
     /// A per-output-row FP8 scale: float dtype, `[rows, 1]` or `[rows]`, finite and > 0.
     Scale,
+    /// Float scales of exactly the expected shape, finite and > 0.
+    Scales,
+    /// Exactly this dtype (integer codes, packed words, E8M0 bytes, `weight_shape`).
+    Typed(DType),
 }
 
 /// Verifies that every tensor `cfg` implies is in `ck` with the right dtype and shape, and that
@@ -210,24 +217,13 @@ fn linear_expect(
     cols: usize,
     bias: bool,
 ) -> Result<()> {
-    let weight = format!("{module}.weight");
-    if is_quantized(cfg, module)? {
-        out.push(Expect {
-            name: weight.clone(),
-            shape: vec![rows, cols],
-            kind: Kind::Fp8,
-        });
-        out.push(Expect {
-            name: format!("{weight}_scale"),
-            shape: vec![rows, 1],
-            kind: Kind::Scale,
-        });
-    } else {
-        out.push(Expect {
-            name: weight,
+    match cfg.quantization.scheme_for(module)? {
+        Some(scheme) => out.extend(dequant::expect(scheme, module, rows, cols)?),
+        None => out.push(Expect {
+            name: format!("{module}.weight"),
             shape: vec![rows, cols],
             kind: Kind::Float,
-        });
+        }),
     }
     if bias {
         out.push(Expect {
@@ -242,25 +238,7 @@ fn linear_expect(
 /// Whether the config's quantization applies to the Linear `module` (compressed-tensors
 /// `ignore`: exact module names, or `re:` regexes matched at the start of the name).
 pub fn is_quantized(cfg: &ModelConfig, module: &str) -> Result<bool> {
-    let Quantization::Fp8Dynamic { ignore } = &cfg.quantization else {
-        return Ok(false);
-    };
-    for pat in ignore {
-        let hit = match pat.strip_prefix("re:") {
-            Some(re) => regex::Regex::new(&format!("^(?:{re})"))
-                .map_err(|e| {
-                    Error::Checkpoint(format!(
-                        "config.json: quantization_config.ignore pattern `{pat}`: {e}"
-                    ))
-                })?
-                .is_match(module),
-            None => pat == module,
-        };
-        if hit {
-            return Ok(false);
-        }
-    }
-    Ok(true)
+    Ok(cfg.quantization.scheme_for(module)?.is_some())
 }
 
 fn check_one(ck: &Checkpoint, e: &Expect) -> Result<()> {
@@ -268,7 +246,7 @@ fn check_one(ck: &Checkpoint, e: &Expect) -> Result<()> {
         let what = match e.kind {
             Kind::Fp8 => "FP8 weight",
             Kind::Scale => "FP8 weight scale",
-            Kind::Float => "tensor",
+            Kind::Float | Kind::Scales | Kind::Typed(_) => "tensor",
         };
         return Err(bad(format!(
             "{}: {what} {} is missing (config.json implies it)",
@@ -277,13 +255,15 @@ fn check_one(ck: &Checkpoint, e: &Expect) -> Result<()> {
         )));
     };
     let dtype_ok = match e.kind {
-        Kind::Float | Kind::Scale => t.dtype.is_float_weight(),
+        Kind::Float | Kind::Scale | Kind::Scales => t.dtype.is_float_weight(),
         Kind::Fp8 => t.dtype == DType::F8_E4M3,
+        Kind::Typed(d) => t.dtype == d,
     };
     if !dtype_ok {
         let want = match e.kind {
-            Kind::Fp8 => "F8_E4M3 (config.json quantizes this Linear)",
-            _ => "BF16, F16 or F32",
+            Kind::Fp8 => "F8_E4M3 (config.json quantizes this Linear)".to_string(),
+            Kind::Typed(d) => format!("{d} (config.json quantizes this Linear)"),
+            _ => "BF16, F16 or F32".to_string(),
         };
         return Err(bad(format!(
             "{}: tensor {} is {}, expected {want}",
@@ -303,9 +283,9 @@ fn check_one(ck: &Checkpoint, e: &Expect) -> Result<()> {
         )));
     }
     match e.kind {
-        Kind::Scale => check_scales(ck, t),
+        Kind::Scale | Kind::Scales => check_scales(ck, t),
         Kind::Fp8 => check_codes(ck, t),
-        Kind::Float => Ok(()),
+        Kind::Float | Kind::Typed(_) => Ok(()),
     }
 }
 
@@ -383,13 +363,16 @@ impl Loader<'_> {
         })
     }
 
-    /// A Linear module: FP8 when its weight is F8_E4M3 (the check made sure that matches the
-    /// config), dense otherwise.
+    /// A Linear module by its config scheme (the check made sure the tensors match it): FP8
+    /// channel codes as stored, the other formats dequantized ([`dequant`]), dense otherwise.
     fn linear(&self, module: &str, bias: bool) -> Result<Linear> {
+        let scheme = match self.cfg.quantization.scheme_for(module)? {
+            None => return self.dense_linear(module, bias),
+            Some(WeightScheme::Fp8Channel) => WeightScheme::Fp8Channel,
+            Some(other) => return self.dequantized_linear(module, other, bias),
+        };
+        debug_assert_eq!(scheme, WeightScheme::Fp8Channel);
         let w = self.tensor(&format!("{module}.weight"))?;
-        if w.dtype != DType::F8_E4M3 {
-            return self.dense_linear(module, bias);
-        }
         let scales = self.vector(&format!("{module}.weight_scale"))?;
         Ok(Linear {
             name: module.to_string(),
@@ -400,6 +383,37 @@ impl Loader<'_> {
                 scales,
             },
             bias: self.bias(module, bias)?,
+        })
+    }
+
+    /// Rows and columns come from the config; the output dtype is the embedding's.
+    fn dequantized_linear(&self, module: &str, scheme: WeightScheme, bias: bool) -> Result<Linear> {
+        let (rows, cols) = self.linear_shape(module)?;
+        let out = self.tensor("model.embed_tokens.weight")?.dtype;
+        Ok(Linear {
+            name: module.to_string(),
+            rows,
+            cols,
+            weight: LinearWeight::Dense(dequant::dequantize(
+                self.ck, scheme, module, rows, cols, out,
+            )?),
+            bias: self.bias(module, bias)?,
+        })
+    }
+
+    /// `[out_features, in_features]` of a Linear, from the config.
+    fn linear_shape(&self, module: &str) -> Result<(usize, usize)> {
+        let c = self.cfg;
+        let (h, q, kv, i) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
+        let leaf = module.rsplit('.').next().unwrap_or(module);
+        Ok(match leaf {
+            "q_proj" => (q, h),
+            "k_proj" | "v_proj" => (kv, h),
+            "o_proj" => (h, q),
+            "gate_proj" | "up_proj" => (i, h),
+            "down_proj" => (h, i),
+            "lm_head" => (c.vocab_size, h),
+            _ => return Err(bad(format!("{module}: not a Linear of the model"))),
         })
     }
 

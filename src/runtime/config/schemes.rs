@@ -1,0 +1,201 @@
+//! compressed-tensors config groups: which weight format a quantized Linear has, and which
+//! group applies to a module (`targets` / `ignore` matching).
+//!
+//! The formats are the ones `qforge quantize` writes (docs/presets.md):
+//!
+//! | preset | group `format` | weights `type`, `num_bits`, `strategy` |
+//! |---|---|---|
+//! | FP8_DYNAMIC | float-quantized | float 8 channel |
+//! | FP8_BLOCK | float-quantized | float 8 block (`block_structure` [128,128]) |
+//! | W8A8 | int-quantized | int 8 channel, symmetric |
+//! | W8A16, W4A16, W4A16_ASYM | pack-quantized | int 8/4 group (`group_size`) |
+//! | NVFP4A16 | nvfp4-pack-quantized | float 4 tensor_group 16 |
+//! | MXFP4A16 | mxfp4-pack-quantized | float 4 group 32 |
+//!
+//! A top-level `format` of `mixed-precision` means each group names its own.
+
+use super::{bad, unsupported, Quantization};
+use crate::Result;
+use serde_json::Value;
+
+/// The stored format of a quantized Linear's weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightScheme {
+    /// F8_E4M3 `weight` + one scale per output row (FP8_DYNAMIC, in a mixed config).
+    Fp8Channel,
+    /// F8_E4M3 `weight` + one scale per `[block_rows, block_cols]` block (FP8_BLOCK).
+    Fp8Block { block_rows: usize, block_cols: usize },
+    /// I8 `weight` + one scale per output row (W8A8).
+    Int8Channel,
+    /// `bits`-bit integer codes packed into I32 `weight_packed` along the columns, one scale
+    /// (and, when asymmetric, one packed zero point) per `group` columns.
+    IntGroup {
+        bits: u32,
+        group: usize,
+        symmetric: bool,
+    },
+    /// FP4 E2M1 nibbles, E4M3 scales per 16 columns, an F32 global scale (NVFP4A16).
+    Nvfp4,
+    /// FP4 E2M1 nibbles, E8M0 scales (as U8) per 32 columns (MXFP4A16).
+    Mxfp4,
+}
+
+/// One config group: the modules it targets and their weight format.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SchemeGroup {
+    pub name: String,
+    /// `Linear` (every Linear), exact module names, or `re:` regexes.
+    pub targets: Vec<String>,
+    pub scheme: WeightScheme,
+}
+
+/// Whether a compressed-tensors target/ignore pattern matches `module`: `Linear` matches
+/// every Linear, `re:X` is a regex matched at the start of the name (Python `re.match`),
+/// anything else is an exact module name.
+pub fn pattern_matches(pat: &str, module: &str) -> Result<bool> {
+    if pat == "Linear" {
+        return Ok(true);
+    }
+    match pat.strip_prefix("re:") {
+        Some(re) => Ok(regex::Regex::new(&format!("^(?:{re})"))
+            .map_err(|e| bad(format!("quantization_config pattern `{pat}`: {e}")))?
+            .is_match(module)),
+        None => Ok(pat == module),
+    }
+}
+
+/// How specific a matching pattern is: an exact name beats a regex, which beats `Linear`.
+fn specificity(pat: &str) -> u8 {
+    match pat {
+        "Linear" => 0,
+        p if p.starts_with("re:") => 1,
+        _ => 2,
+    }
+}
+
+impl Quantization {
+    /// The weight format of the Linear `module`: `None` when it is not quantized (no
+    /// quantization, listed in `ignore`, or matched by no group). When several groups match,
+    /// the most specific target wins (exact name, then regex, then `Linear`), then the first.
+    pub fn scheme_for(&self, module: &str) -> Result<Option<WeightScheme>> {
+        let (groups, ignore) = match self {
+            Quantization::None => return Ok(None),
+            Quantization::Fp8Dynamic { ignore } => (None, ignore),
+            Quantization::Compressed { groups, ignore } => (Some(groups), ignore),
+        };
+        for pat in ignore {
+            if pattern_matches(pat, module)? {
+                return Ok(None);
+            }
+        }
+        let Some(groups) = groups else {
+            return Ok(Some(WeightScheme::Fp8Channel));
+        };
+        let mut best: Option<(u8, WeightScheme)> = None;
+        for g in groups {
+            for t in &g.targets {
+                let rank = specificity(t);
+                if best.is_none_or(|(b, _)| rank > b) && pattern_matches(t, module)? {
+                    best = Some((rank, g.scheme));
+                }
+            }
+        }
+        Ok(best.map(|(_, s)| s))
+    }
+}
+
+/// Parses one config group; `top_format` is `quantization_config.format`.
+pub(super) fn parse_group(name: &str, g: &Value, top_format: &str) -> Result<SchemeGroup> {
+    let at = format!("quantization_config.config_groups.{name}");
+    let targets = g
+        .get("targets")
+        .and_then(Value::as_array)
+        .and_then(|a| {
+            a.iter()
+                .map(|x| x.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+        })
+        .ok_or_else(|| bad(format!("{at}.targets must list strings")))?;
+    if g.get("output_activations").is_some_and(|o| !o.is_null()) {
+        return Err(unsupported(format!(
+            "{at}.output_activations is not supported"
+        )));
+    }
+    let format = match g.get("format").and_then(Value::as_str) {
+        Some(f) => f,
+        None if top_format != "mixed-precision" => top_format,
+        None => return Err(bad(format!("{at}.format is missing (mixed-precision)"))),
+    };
+    let w = g
+        .get("weights")
+        .filter(|w| !w.is_null())
+        .ok_or_else(|| unsupported(format!("{at}.weights is missing")))?;
+    let scheme = weight_scheme(&format!("{at}.weights"), w, format)?;
+    check_activations(&at, g.get("input_activations"), scheme)?;
+    Ok(SchemeGroup {
+        name: name.to_string(),
+        targets,
+        scheme,
+    })
+}
+
+/// The weight format from a `weights` args block and the group's `format`.
+fn weight_scheme(at: &str, w: &Value, format: &str) -> Result<WeightScheme> {
+    let kind = w.get("type").and_then(Value::as_str).unwrap_or("?");
+    let bits = w.get("num_bits").and_then(Value::as_u64).unwrap_or(0);
+    let strategy = w.get("strategy").and_then(Value::as_str).unwrap_or("?");
+    let symmetric = w.get("symmetric").and_then(Value::as_bool).unwrap_or(true);
+    let group = w.get("group_size").and_then(Value::as_u64).unwrap_or(0) as usize;
+    let block = w
+        .get("block_structure")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_u64).collect::<Vec<_>>());
+    let scheme = match (format, kind, bits, strategy) {
+        ("float-quantized", "float", 8, "channel") if symmetric => WeightScheme::Fp8Channel,
+        ("float-quantized", "float", 8, "block") if symmetric => match block.as_deref() {
+            Some(&[r, c]) if r > 0 && c > 0 => WeightScheme::Fp8Block {
+                block_rows: r as usize,
+                block_cols: c as usize,
+            },
+            _ => return Err(bad(format!("{at}.block_structure must be [rows, cols]"))),
+        },
+        ("int-quantized", "int", 8, "channel") if symmetric => WeightScheme::Int8Channel,
+        ("pack-quantized", "int", 4 | 8, "group") if group > 0 => WeightScheme::IntGroup {
+            bits: bits as u32,
+            group,
+            symmetric,
+        },
+        ("nvfp4-pack-quantized", "float", 4, "tensor_group") if group == 16 => {
+            WeightScheme::Nvfp4
+        }
+        ("mxfp4-pack-quantized", "float", 4, "group") if group == 32 => WeightScheme::Mxfp4,
+        _ => {
+            return Err(unsupported(format!(
+                "{at}: format `{format}` with weights.type {kind}, weights.num_bits {bits}, \
+                 weights.strategy = \"{strategy}\", symmetric {symmetric}, group_size {group} \
+                 is not supported (see docs/presets.md)"
+            )))
+        }
+    };
+    Ok(scheme)
+}
+
+/// Input activations: none for the weight-only formats; dynamic (FP8 or int8, per token or
+/// per group) for FP8 and W8A8. The runtime runs FP8_BLOCK and W8A8 weight-only on the CPU
+/// (see `weights`), so their activation args are only checked to be dynamic.
+fn check_activations(at: &str, a: Option<&Value>, scheme: WeightScheme) -> Result<()> {
+    let Some(a) = a.filter(|a| !a.is_null()) else {
+        return Ok(());
+    };
+    let dynamic = a.get("dynamic").and_then(Value::as_bool).unwrap_or(false);
+    let allowed = matches!(
+        scheme,
+        WeightScheme::Fp8Channel | WeightScheme::Fp8Block { .. } | WeightScheme::Int8Channel
+    );
+    if !allowed || !dynamic {
+        return Err(unsupported(format!(
+            "{at}.input_activations (dynamic {dynamic}) is not supported with {scheme:?} weights"
+        )));
+    }
+    Ok(())
+}
