@@ -256,3 +256,30 @@ fn unknown_architecture_warns_and_still_quantizes() {
         .contains("FancyNewForCausalLM"));
     assert_eq!(summary["quantized"], 14);
 }
+
+/// A full disk: one line that says so, exit 1, and nothing left on the full filesystem.
+/// Needs a filesystem of a few MB in `QFORGE_SMALL_FS` (.ci/run mounts a 3 MB tmpfs); skipped
+/// (and says so) without it.
+#[test]
+fn full_disk_is_reported_and_cleaned_up() {
+    let Some(small) = std::env::var_os("QFORGE_SMALL_FS") else {
+        eprintln!("skipped: set QFORGE_SMALL_FS to a filesystem of a few MB");
+        return;
+    };
+    let parent = tempfile::tempdir_in(small).unwrap();
+    let out = parent.path().join("out");
+    let result = Command::new(env!("CARGO_BIN_EXE_qforge"))
+        .args(["quantize", "--model"])
+        .arg(fixture())
+        .arg("--recipe")
+        .arg(good_recipe())
+        .arg("--output")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("no space left on device"), "{stderr}");
+    assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 0, "left behind");
+}
