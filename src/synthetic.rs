@@ -199,6 +199,8 @@ pub fn write_checkpoint(
     let tensors = shape.tensors();
     let shards = writer::plan_shards(&tensors, max_shard_bytes);
     let mut buf = Vec::new();
+    let total = tensors.iter().map(|t| t.nbytes()).sum();
+    let bar = crate::quantize::progress_bar("writing", total, true);
     for shard in &shards {
         let w = writer::ShardWriter::create(&dir.join(&shard.file_name), shard)?;
         for t in &shard.tensors {
@@ -209,11 +211,13 @@ pub fn write_checkpoint(
                 buf.resize(len * 2, 0);
                 fill_bf16(seed, &t.name, shape, first, &mut buf);
                 w.write_at(&t.name, 2 * first as u64, &buf)?;
+                bar.inc(buf.len() as u64);
                 first += len;
             }
         }
         w.finish()?;
     }
+    bar.finish_and_clear();
     if shards.len() > 1 {
         let path = dir.join("model.safetensors.index.json");
         std::fs::write(&path, writer::index_json(&shards)).map_err(|e| Error::io(&path, e))?;

@@ -281,5 +281,9 @@ fn full_disk_is_reported_and_cleaned_up() {
     assert_eq!(result.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("no space left on device"), "{stderr}");
-    assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 0, "left behind");
+    assert_eq!(
+        std::fs::read_dir(parent.path()).unwrap().count(),
+        0,
+        "left behind"
+    );
 }

@@ -14,9 +14,19 @@ fn readme_quick_start_and_test_commands_are_run_by_ci() {
         .lines()
         .find(|l| l.starts_with("cargo run --release -- quantize"))
         .expect("README has a quick-start quantize command");
-    let ci_quick = quick.replacen("cargo run --release --", "cargo run --release --locked --", 1);
-    assert!(ci.contains(&ci_quick), "CI does not run the README quick start:\n{quick}");
+    let ci_quick = quick.replacen(
+        "cargo run --release --",
+        "cargo run --release --locked --",
+        1,
+    );
+    assert!(
+        ci.contains(&ci_quick),
+        "CI does not run the README quick start:\n{quick}"
+    );
     assert!(quick.contains("--model fixtures/tiny-random-llama") && quick.contains("--verify"));
-    assert!(readme.lines().any(|l| l == "scripts/test.sh"), "README names scripts/test.sh");
+    assert!(
+        readme.lines().any(|l| l == "scripts/test.sh"),
+        "README names scripts/test.sh"
+    );
     assert!(ci.contains("scripts/test.sh"), "CI runs scripts/test.sh");
 }

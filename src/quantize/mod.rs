@@ -322,7 +322,7 @@ fn write_shards(
         .flat_map(|(i, s)| s.tensors.iter().map(move |t| (t.name.as_str(), i)))
         .collect();
     let total: u64 = layout.items.iter().map(|i| i.input.nbytes() as u64).sum();
-    let bar = progress_bar(total, job.progress);
+    let bar = progress_bar("quantizing", total, job.progress);
     let mut scratch = stream::Scratch::default();
     for item in &layout.items {
         let sinks: stream::Sinks = item
@@ -341,14 +341,16 @@ fn write_shards(
     Ok(())
 }
 
-fn progress_bar(total: u64, wanted: bool) -> ProgressBar {
+/// A byte-counting progress bar on stderr, drawn only on a terminal (hidden otherwise, so
+/// logs and pipes stay clean).
+pub fn progress_bar(label: &str, total: u64, wanted: bool) -> ProgressBar {
     if !wanted || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(total);
-    let style = ProgressStyle::with_template(
-        "quantizing {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-    )
+    let style = ProgressStyle::with_template(&format!(
+        "{label} {{bar:40}} {{bytes}}/{{total_bytes}} {{bytes_per_sec}} eta {{eta}}"
+    ))
     .unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
     bar

@@ -24,7 +24,10 @@ pub enum WeightScheme {
     /// F8_E4M3 `weight` + one scale per output row (FP8_DYNAMIC, in a mixed config).
     Fp8Channel,
     /// F8_E4M3 `weight` + one scale per `[block_rows, block_cols]` block (FP8_BLOCK).
-    Fp8Block { block_rows: usize, block_cols: usize },
+    Fp8Block {
+        block_rows: usize,
+        block_cols: usize,
+    },
     /// I8 `weight` + one scale per output row (W8A8).
     Int8Channel,
     /// `bits`-bit integer codes packed into I32 `weight_packed` along the columns, one scale
@@ -165,9 +168,7 @@ fn weight_scheme(at: &str, w: &Value, format: &str) -> Result<WeightScheme> {
             group,
             symmetric,
         },
-        ("nvfp4-pack-quantized", "float", 4, "tensor_group") if group == 16 => {
-            WeightScheme::Nvfp4
-        }
+        ("nvfp4-pack-quantized", "float", 4, "tensor_group") if group == 16 => WeightScheme::Nvfp4,
         ("mxfp4-pack-quantized", "float", 4, "group") if group == 32 => WeightScheme::Mxfp4,
         _ => {
             return Err(unsupported(format!(

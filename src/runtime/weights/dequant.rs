@@ -91,12 +91,20 @@ pub(super) fn expect(
             v
         }
         WeightScheme::Nvfp4 => vec![
-            e("weight_packed", vec![rows, cols / 2], Kind::Typed(DType::U8)),
+            e(
+                "weight_packed",
+                vec![rows, cols / 2],
+                Kind::Typed(DType::U8),
+            ),
             e("weight_scale", vec![rows, need_groups(16)?], Kind::Fp8),
             e("weight_global_scale", vec![1], Kind::Scales),
         ],
         WeightScheme::Mxfp4 => vec![
-            e("weight_packed", vec![rows, cols / 2], Kind::Typed(DType::U8)),
+            e(
+                "weight_packed",
+                vec![rows, cols / 2],
+                Kind::Typed(DType::U8),
+            ),
             e(
                 "weight_scale",
                 vec![rows, need_groups(32)?],
