@@ -179,7 +179,11 @@ pub fn index_json_with(shards: &[ShardPlan], total_parameters: u64) -> String {
     let total_size: u64 = shards.iter().map(ShardPlan::data_bytes).sum();
     let weight_map: serde_json::Map<String, serde_json::Value> = shards
         .iter()
-        .flat_map(|s| s.tensors.iter().map(|t| (t.name.clone(), s.file_name.clone().into())))
+        .flat_map(|s| {
+            s.tensors
+                .iter()
+                .map(|t| (t.name.clone(), s.file_name.clone().into()))
+        })
         .collect();
     let index = serde_json::json!({
         "metadata": {"total_parameters": total_parameters, "total_size": total_size},

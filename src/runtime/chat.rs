@@ -6,7 +6,6 @@
 //! `json.dumps(ensure_ascii=False)`. [`ChatTemplate`] mirrors that with minijinja plus
 //! minijinja-contrib's `pycompat` (Python string/dict methods such as `.split`, `.items()`).
 
-
 use std::error::Error as _;
 use std::path::Path;
 

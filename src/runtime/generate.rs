@@ -44,7 +44,9 @@ impl Engine for CpuModel {
 pub fn resolve_device(device: Device) -> Result<Device> {
     match device {
         Device::Cpu => Ok(Device::Cpu),
-        Device::Cuda => cuda_probe().map(|_| Device::Cuda).map_err(Error::Unsupported),
+        Device::Cuda => cuda_probe()
+            .map(|_| Device::Cuda)
+            .map_err(Error::Unsupported),
         Device::Auto => match cuda_probe() {
             Ok(()) => Ok(Device::Cuda),
             Err(reason) => {
@@ -84,8 +86,14 @@ fn load_cuda(_dir: &Path, _max_seq: Option<usize>) -> Result<Box<dyn Engine>> {
 #[cfg(feature = "cuda")]
 fn load_cuda(dir: &Path, max_seq: Option<usize>) -> Result<Box<dyn Engine>> {
     use crate::runtime::cuda::{load_cuda, CudaOptions};
-    let opts = CudaOptions { max_seq, ..CudaOptions::default() };
-    Ok(Box::new(CudaEngine { model: load_cuda(dir, &opts)?, logits: Vec::new() }))
+    let opts = CudaOptions {
+        max_seq,
+        ..CudaOptions::default()
+    };
+    Ok(Box::new(CudaEngine {
+        model: load_cuda(dir, &opts)?,
+        logits: Vec::new(),
+    }))
 }
 
 /// The CUDA model as an [`Engine`]: its logits come back to the host once per step, into a
