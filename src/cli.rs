@@ -7,7 +7,18 @@ use std::process::ExitCode;
 /// Quantize Hugging Face checkpoints to compressed-tensors, byte-identical to llm-compressor,
 /// and verify the result with qforge's own FP8 runtime.
 #[derive(Debug, Parser)]
-#[command(name = "qforge", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "qforge",
+    version,
+    about,
+    long_about = None,
+    propagate_version = true,
+    after_help = "Typical use:\n  \
+    qforge quantize --model deepseek-ai/DeepSeek-R1-Distill-Llama-70B --recipe recipes/fp8_dynamic.yaml --output out/r1-70b-fp8\n  \
+    qforge verify --model out/r1-70b-fp8 --reference deepseek-ai/DeepSeek-R1-Distill-Llama-70B --prompt \"What is the capital of France?\"\n  \
+    qforge bench --model out/r1-70b-fp8 --profiles seed\n\n\
+    Run `qforge <COMMAND> --help` for each command's options and examples."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
