@@ -8,10 +8,16 @@
 //!   patterns (half the memory of f32; widening to f32 is exact and cheap inside the matmul),
 //!   F32 as f32. The embedding table is one such matrix and doubles as the tied `lm_head`.
 //! * Norm weights, biases and scales are small and are widened to f32 at load.
+//! * The other quantized formats (FP8_BLOCK, W8A8, W8A16, W4A16, W4A16_ASYM, NVFP4A16,
+//!   MXFP4A16) are dequantized at load into dense matrices of the model dtype, exactly as
+//!   compressed-tensors decompresses them ([`dequant`]): as much memory as the BF16 model,
+//!   and they run weight-only (f32 activations).
 //!
 //! The integrity check ([`check`]) runs before anything is converted: every tensor the config
-//! implies must be present with the right dtype and shape, and FP8 scales must be finite and
-//! > 0. Its error names the tensor and what is wrong.
+//! implies must be present with the right dtype and shape, scales must be finite and
+//! positive, and FP8 codes must not be NaN. That covers every preset's tensors (packed
+//! codes, zero points, block/group scales; [`dequant`]); the values of `weight_shape` are
+//! checked when the weight is dequantized. Errors name the tensor and what is wrong.
 
 use super::config::{ModelConfig, WeightScheme};
 use crate::checkpoint::{Checkpoint, DType, TensorInfo};
@@ -294,7 +300,7 @@ fn check_scales(ck: &Checkpoint, t: &TensorInfo) -> Result<()> {
     match s.iter().position(|&v| !(v.is_finite() && v > 0.0)) {
         None => Ok(()),
         Some(r) => Err(bad(format!(
-            "{}: tensor {} row {r} is {}; FP8 scales must be finite and > 0",
+            "{}: tensor {} row {r} is {}; scales must be finite and > 0",
             ck.dir.display(),
             t.name,
             s[r]
@@ -366,12 +372,11 @@ impl Loader<'_> {
     /// A Linear module by its config scheme (the check made sure the tensors match it): FP8
     /// channel codes as stored, the other formats dequantized ([`dequant`]), dense otherwise.
     fn linear(&self, module: &str, bias: bool) -> Result<Linear> {
-        let scheme = match self.cfg.quantization.scheme_for(module)? {
+        match self.cfg.quantization.scheme_for(module)? {
             None => return self.dense_linear(module, bias),
-            Some(WeightScheme::Fp8Channel) => WeightScheme::Fp8Channel,
+            Some(WeightScheme::Fp8Channel) => {}
             Some(other) => return self.dequantized_linear(module, other, bias),
-        };
-        debug_assert_eq!(scheme, WeightScheme::Fp8Channel);
+        }
         let w = self.tensor(&format!("{module}.weight"))?;
         let scales = self.vector(&format!("{module}.weight_scale"))?;
         Ok(Linear {

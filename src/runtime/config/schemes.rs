@@ -200,3 +200,53 @@ fn check_activations(at: &str, a: Option<&Value>, scheme: WeightScheme) -> Resul
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn int_group(bits: u32, symmetric: bool) -> Value {
+        json!({"type": "int", "num_bits": bits, "strategy": "group", "group_size": 128,
+               "symmetric": symmetric})
+    }
+
+    #[test]
+    fn mixed_precision_picks_the_most_specific_target() {
+        let q = json!({"quant_method": "compressed-tensors", "format": "mixed-precision",
+            "ignore": ["lm_head"],
+            "config_groups": {
+                "a": {"targets": ["Linear"], "format": "pack-quantized", "weights": int_group(4, true)},
+                "b": {"targets": ["re:.*down_proj"], "format": "pack-quantized",
+                      "weights": int_group(8, false)},
+                "c": {"targets": ["model.layers.0.mlp.down_proj"], "format": "mxfp4-pack-quantized",
+                      "weights": {"type": "float", "num_bits": 4, "strategy": "group",
+                                  "group_size": 32}}}});
+        let v = json!({"quantization_config": q});
+        let quant = super::super::parse_quantization(&v).unwrap();
+        let s = |m: &str| quant.scheme_for(m).unwrap();
+        assert_eq!(s("lm_head"), None);
+        assert_eq!(s("model.layers.0.mlp.down_proj"), Some(WeightScheme::Mxfp4));
+        let int = |bits, symmetric| WeightScheme::IntGroup {
+            bits,
+            group: 128,
+            symmetric,
+        };
+        assert_eq!(s("model.layers.1.mlp.down_proj"), Some(int(8, false)));
+        assert_eq!(s("model.layers.1.mlp.up_proj"), Some(int(4, true)));
+    }
+
+    #[test]
+    fn unknown_weight_formats_are_refused_naming_the_group() {
+        let q = json!({"quant_method": "compressed-tensors", "format": "pack-quantized",
+            "config_groups": {"g": {"targets": ["Linear"],
+                "weights": {"type": "int", "num_bits": 2, "strategy": "group", "group_size": 128}}}});
+        let e = super::super::parse_quantization(&json!({ "quantization_config": q }))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("config_groups.g") && e.contains("num_bits 2"),
+            "{e}"
+        );
+    }
+}
