@@ -14,19 +14,23 @@ use std::path::PathBuf;
 /// Every preset with the gates of `logits_agree_with_bf16`: the minimum top-1 agreement with
 /// the BF16 model over 32 positions, and the maximum relative error of the residual stream
 /// after layer 0. Measured (both fixtures, `cargo test --release --test runtime_presets --
-/// --nocapture`): top-1 FP8_DYNAMIC 0.44/0.56, FP8_BLOCK 0.16/0.31, W8A8 0.88/0.94, W8A16
+/// --nocapture`): top-1 FP8_DYNAMIC 0.44/0.56, FP8_BLOCK 0.16/0.31, W8A8 0.75/0.59, W8A16
 /// 0.91, W4A16 0.31, W4A16_ASYM 0.16, NVFP4A16 0.22/0.38, MXFP4A16 0.13/0.56; layer-0 error
-/// FP8_DYNAMIC 0.048/0.069, FP8_BLOCK 0.031/0.048, W8A8 0.009/0.013, W8A16 0.009, W4A16 0.136,
+/// FP8_DYNAMIC 0.048/0.069, FP8_BLOCK 0.031/0.048, W8A8 0.013/0.101, W8A16 0.009, W4A16 0.136,
 /// W4A16_ASYM 0.132, NVFP4A16 0.118/0.130, MXFP4A16 0.150/0.138. Each gate is one position
 /// (1/32) below, or ~20% above, the worst fixture. The top-1 numbers are low because these
 /// are random models with nearly flat logits and the fixtures' edits hit layer 1 hard: FP8_BLOCK
 /// zeroes the 128×128 block of `up_proj` around the 1e30 row (B8), NVFP4A16 zeroes layer 1's
 /// `gate_proj` (shared global scale with that row), the 300.0 outlier (B2) flattens its row of
-/// `down_proj` in the per-row presets. Chance level is 1/512.
+/// `down_proj` in the per-row presets. W8A8 quantizes its activations to int8 per token (a
+/// uniform grid of amax/127, unlike FP8's relative one); its high unaligned layer-0 error most
+/// likely comes from edit U2 (a 100.0 weight in layer 0's `down_proj`), which multiplies the
+/// int8 rounding error of one activation by 100.
+/// Chance level is 1/512.
 const PRESETS: [(&str, f64, f64); 8] = [
     ("FP8_DYNAMIC", 0.40, 0.085),
     ("FP8_BLOCK", 0.12, 0.06),
-    ("W8A8", 0.84, 0.016),
+    ("W8A8", 0.56, 0.12),
     ("W8A16", 0.87, 0.011),
     ("W4A16", 0.28, 0.165),
     ("W4A16_ASYM", 0.12, 0.16),
@@ -175,6 +179,13 @@ fn load(path: &std::path::Path) -> (Checkpoint, Weights) {
 fn dense_f32(l: &LinearWeight) -> Vec<f32> {
     match l {
         LinearWeight::Dense(Dense::Bf16(v)) => v.iter().map(|&b| bf16(b)).collect(),
+        // W8A8 stays int8 codes at run time; its dequantized value, rounded like the others.
+        LinearWeight::Int8 { codes, scales } => {
+            let cols = codes.len() / scales.len();
+            let it = codes.iter().enumerate();
+            it.map(|(i, &c)| round_bf16(c as f32 * scales[i / cols]))
+                .collect()
+        }
         other => panic!("expected a dequantized BF16 weight, got {other:?}"),
     }
 }
@@ -266,6 +277,7 @@ fn defuse(m: &mut qforge::runtime::cpu::CpuModel) {
     match &mut up.weight {
         LinearWeight::Dense(Dense::Bf16(v)) => v[row].fill(0),
         LinearWeight::Fp8 { codes, .. } => codes[row].fill(0),
+        LinearWeight::Int8 { codes, .. } => codes[row].fill(0),
         other => panic!("unexpected up_proj weight {other:?}"),
     }
 }

@@ -12,14 +12,14 @@ use std::path::Path;
 use verify_util::*;
 
 /// `(preset, recipe, minimum top-1 agreement, maximum mean KL)`. Measured with this test
-/// (README.md, "Presets on SmolLM2"): top-1 58, 60, 62, 51, 61 of 64, mean KL 0.033, 0.014,
-/// 0.003, 0.27, 0.26. Each top-1 gate sits about six tokens below its measurement (low-margin
+/// (README.md, "Presets on SmolLM2"): top-1 58, 60, 56, 51, 61 of 64, mean KL 0.033, 0.014,
+/// 0.042, 0.27, 0.26 (W8A8 with its per-token int8 activations). Each top-1 gate sits about six tokens below its measurement (low-margin
 /// tokens flip between correct implementations, see tests/verify_smollm2.rs), each KL gate at
 /// about twice it (FP8_DYNAMIC keeps verify_smollm2.rs's gates).
 const ACCEPTED: [(&str, &str, f64, f64); 5] = [
     ("FP8_DYNAMIC", "fp8_dynamic", 0.80, 0.10),
     ("FP8_BLOCK", "fp8_block", 0.84, 0.03),
-    ("W8A8", "w8a8", 0.87, 0.01),
+    ("W8A8", "w8a8", 0.78, 0.085),
     ("NVFP4A16", "nvfp4a16", 0.70, 0.55),
     ("MXFP4A16", "mxfp4a16", 0.80, 0.55),
 ];

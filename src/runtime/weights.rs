@@ -8,10 +8,15 @@
 //!   patterns (half the memory of f32; widening to f32 is exact and cheap inside the matmul),
 //!   F32 as f32. The embedding table is one such matrix and doubles as the tied `lm_head`.
 //! * Norm weights, biases and scales are small and are widened to f32 at load.
-//! * The other quantized formats (FP8_BLOCK, W8A8, W8A16, W4A16, W4A16_ASYM, NVFP4A16,
-//!   MXFP4A16) are dequantized at load into dense matrices of the model dtype, exactly as
+//! * INT8 per-channel Linear weights (the W8A8 preset) likewise stay 1 byte per weight (the
+//!   int8 codes) with one f32 scale per output row; they run vLLM's W8A8-INT8 path (dynamic
+//!   per-token int8 activations, exact i32 accumulation; `cpu::linear`).
+//! * The other quantized formats (FP8_BLOCK, W8A16, W4A16, W4A16_ASYM, NVFP4A16, MXFP4A16)
+//!   are dequantized at load into dense matrices of the model dtype, exactly as
 //!   compressed-tensors decompresses them ([`dequant`]): as much memory as the BF16 model,
-//!   and they run weight-only (f32 activations).
+//!   and they run weight-only (f32 activations). FP8_BLOCK is W8A8 in vLLM (per-token-group
+//!   FP8 activations) but stays weight-only here: its block-scaled activation path is not
+//!   written.
 //!
 //! The integrity check ([`check`]) runs before anything is converted: every tensor the config
 //! implies must be present with the right dtype and shape, scales must be finite and
@@ -43,6 +48,12 @@ pub enum LinearWeight {
         codes: Vec<u8>,
         scales: Vec<f32>,
     },
+    /// compressed-tensors INT8 channel (W8A8): int8 codes row-major and one scale per output
+    /// row; `W[r, c] = codes[r·cols + c] · scales[r]`.
+    Int8 {
+        codes: Vec<i8>,
+        scales: Vec<f32>,
+    },
 }
 
 /// One Linear layer: `y = x · Wᵀ (+ bias)`.
@@ -60,6 +71,11 @@ impl Linear {
     /// True when the weight is FP8 (W8A8 at run time).
     pub fn is_fp8(&self) -> bool {
         matches!(self.weight, LinearWeight::Fp8 { .. })
+    }
+
+    /// True when the weight is INT8 per channel (W8A8-INT8 at run time).
+    pub fn is_int8(&self) -> bool {
+        matches!(self.weight, LinearWeight::Int8 { .. })
     }
 }
 
@@ -370,23 +386,33 @@ impl Loader<'_> {
     }
 
     /// A Linear module by its config scheme (the check made sure the tensors match it): FP8
-    /// channel codes as stored, the other formats dequantized ([`dequant`]), dense otherwise.
+    /// and INT8 channel codes as stored, the other formats dequantized ([`dequant`]), dense
+    /// otherwise.
     fn linear(&self, module: &str, bias: bool) -> Result<Linear> {
-        match self.cfg.quantization.scheme_for(module)? {
+        let int8 = match self.cfg.quantization.scheme_for(module)? {
             None => return self.dense_linear(module, bias),
-            Some(WeightScheme::Fp8Channel) => {}
+            Some(WeightScheme::Fp8Channel) => false,
+            Some(WeightScheme::Int8Channel) => true,
             Some(other) => return self.dequantized_linear(module, other, bias),
-        }
+        };
         let w = self.tensor(&format!("{module}.weight"))?;
         let scales = self.vector(&format!("{module}.weight_scale"))?;
+        let bytes = self.ck.data(w);
+        let weight = match int8 {
+            true => LinearWeight::Int8 {
+                codes: bytes.iter().map(|&b| b as i8).collect(),
+                scales,
+            },
+            false => LinearWeight::Fp8 {
+                codes: bytes.to_vec(),
+                scales,
+            },
+        };
         Ok(Linear {
             name: module.to_string(),
             rows: w.shape[0],
             cols: w.shape[1],
-            weight: LinearWeight::Fp8 {
-                codes: self.ck.data(w).to_vec(),
-                scales,
-            },
+            weight,
             bias: self.bias(module, bias)?,
         })
     }

@@ -182,8 +182,10 @@ fn weight_scheme(at: &str, w: &Value, format: &str) -> Result<WeightScheme> {
 }
 
 /// Input activations: none for the weight-only formats; dynamic (FP8 or int8, per token or
-/// per group) for FP8 and W8A8. The runtime runs FP8_BLOCK and W8A8 weight-only on the CPU
-/// (see `weights`), so their activation args are only checked to be dynamic.
+/// per group) for FP8 and W8A8. The CPU runtime runs W8A8 (INT8 channel weights) with
+/// symmetric per-token int8 activations, so those args must say exactly that; it runs
+/// FP8_BLOCK weight-only (see `weights`), so its activation args are only checked to be
+/// dynamic.
 fn check_activations(at: &str, a: Option<&Value>, scheme: WeightScheme) -> Result<()> {
     let Some(a) = a.filter(|a| !a.is_null()) else {
         return Ok(());
@@ -197,6 +199,23 @@ fn check_activations(at: &str, a: Option<&Value>, scheme: WeightScheme) -> Resul
         return Err(unsupported(format!(
             "{at}.input_activations (dynamic {dynamic}) is not supported with {scheme:?} weights"
         )));
+    }
+    if scheme == WeightScheme::Int8Channel {
+        let field = |k: &str| a.get(k).cloned().unwrap_or(Value::Null);
+        let symmetric = field("symmetric").as_bool().unwrap_or(true);
+        let ok = field("type") == "int"
+            && field("num_bits") == 8
+            && field("strategy") == "token"
+            && symmetric;
+        if !ok {
+            return Err(unsupported(format!(
+                "{at}.input_activations must be symmetric per-token int8 with INT8 channel \
+                 weights (got type {}, num_bits {}, strategy {}, symmetric {symmetric})",
+                field("type"),
+                field("num_bits"),
+                field("strategy")
+            )));
+        }
     }
     Ok(())
 }
@@ -234,6 +253,29 @@ mod tests {
         };
         assert_eq!(s("model.layers.1.mlp.down_proj"), Some(int(8, false)));
         assert_eq!(s("model.layers.1.mlp.up_proj"), Some(int(4, true)));
+    }
+
+    /// W8A8 runs symmetric per-token int8 activations; a config asking for anything else
+    /// (here asymmetric, which vLLM runs with zero points) is refused, not run differently.
+    #[test]
+    fn int8_activations_must_be_symmetric_per_token() {
+        let config = |symmetric: bool| {
+            let acts = json!({"type": "int", "num_bits": 8, "strategy": "token",
+                              "dynamic": true, "symmetric": symmetric});
+            let q = json!({"quant_method": "compressed-tensors", "format": "int-quantized",
+                "config_groups": {"g": {"targets": ["Linear"], "input_activations": acts,
+                    "weights": {"type": "int", "num_bits": 8, "strategy": "channel",
+                                "symmetric": true}}}});
+            super::super::parse_quantization(&json!({ "quantization_config": q }))
+        };
+        let quant = config(true).unwrap();
+        let s = quant.scheme_for("model.layers.0.mlp.up_proj").unwrap();
+        assert_eq!(s, Some(WeightScheme::Int8Channel));
+        let e = config(false).unwrap_err().to_string();
+        assert!(
+            e.contains("config_groups.g") && e.contains("symmetric false"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! same bits in every order, on every CPU and thread count: the W8A8 goldens are bit-exact
 //! targets. The activation codes come in as f64 values (converted once per matmul, see
 //! [`prepare_fp8_acts`]); the AVX2 kernel turns weight codes into f64 with integer shifts
-//! only. Dense rows (BF16/F16/F32 weights) accumulate in f32.
+//! only. INT8 rows ([`int8_dot`]) accumulate in i32, exactly, as vLLM's int8 GEMMs do.
+//! Dense rows (BF16/F16/F32 weights) accumulate in f32.
 
 use crate::quant::e4m3_to_f32;
 use crate::runtime::weights::Dense;
@@ -65,6 +66,42 @@ pub fn fp8_dot(codes: &[u8], xs: &[&[f64]], out: &mut [f32]) {
         return;
     }
     fp8_dot_portable(codes, xs, out)
+}
+
+/// `out[j] = Σ_k w[k] · a_j[k]` for `j < xs.len() ≤ TB`, in i32 and exact: every product is at
+/// most 128·128 = 2^14 in magnitude, so no sum of fewer than 2^17 terms can overflow (the
+/// longest Linear of a 70B model has K = 28672). Integer sums do not depend on order, so the
+/// AVX2 build of the same loop gives the same bits.
+pub fn int8_dot(codes: &[i8], xs: &[&[i8]], out: &mut [i32]) {
+    assert!(
+        xs.len() <= TB && xs.len() <= out.len() && xs.iter().all(|x| x.len() >= codes.len()),
+        "int8_dot: bad arguments"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 (checked above); the body is safe code.
+        unsafe { int8_dot_avx2(codes, xs, out) };
+        return;
+    }
+    int8_dot_portable(codes, xs, out)
+}
+
+/// [`int8_dot_portable`] compiled for AVX2 (LLVM vectorizes it with `vpmaddwd`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn int8_dot_avx2(codes: &[i8], xs: &[&[i8]], out: &mut [i32]) {
+    int8_dot_portable(codes, xs, out)
+}
+
+#[inline(always)]
+fn int8_dot_portable(codes: &[i8], xs: &[&[i8]], out: &mut [i32]) {
+    for (x, o) in xs.iter().zip(out.iter_mut()) {
+        *o = codes
+            .iter()
+            .zip(x.iter())
+            .map(|(&w, &a)| w as i32 * a as i32)
+            .sum();
+    }
 }
 
 /// The portable exact FP8 dot product (activations unscaled).

@@ -7,9 +7,18 @@
 //! q_a[k] = e4m3_rne(clamp(x[k] / s_a, -448, 448))
 //! y[n]   = s_a · (s_w[n] · Σ_k q_a[k]·q_w[n,k])       (the sum exact, rounded once to f32)
 //! ```
+//! INT8 channel weights (the W8A8 preset) run vLLM's W8A8-INT8 path (compressed-tensors
+//! `CompressedTensorsW8A8Int8` → `ops.scaled_int8_quant` → `cutlass_scaled_mm`), per
+//! activation row `x` ([`quantize_int8_activations`]):
+//! ```text
+//! amax   = max_k |x[k]|                            (NaN ignored, like CUDA fmaxf)
+//! s_a    = amax / 127
+//! q_a[k] = sat_i8(rne(x[k] · (127 / amax)))        (an all-zero row gives q_a = 0, s_a = 0)
+//! y[n]   = s_a · (s_w[n] · f32(Σ_k q_a[k]·q_w[n,k]))  (the sum exact in i32)
+//! ```
 //! Dense weights are widened to f32 and accumulated in f32.
 
-use super::dot::{dense_dot, fp8_dot, prepare_fp8_acts, TB};
+use super::dot::{dense_dot, fp8_dot, int8_dot, prepare_fp8_acts, TB};
 use crate::quant::{e4m3_to_f32, f32_to_e4m3, E4M3_MAX};
 use crate::runtime::weights::{Linear, LinearWeight};
 use crate::{Error, Result};
@@ -26,8 +35,10 @@ pub struct LinearScratch {
     q: Vec<f32>,
     /// The same in the form the FP8 kernel reads ([`prepare_fp8_acts`]).
     q64: Vec<f64>,
-    /// Activation scales `[t]` (FP8 weights only).
+    /// Activation scales `[t]` (FP8 and INT8 weights).
     s: Vec<f32>,
+    /// Activation int8 codes `[t, cols]` (INT8 weights only).
+    q8: Vec<i8>,
     /// The output transposed, `[rows, t]`, when `t > 1`.
     yt: Vec<f32>,
 }
@@ -68,6 +79,30 @@ pub fn quantize_activations(x: &[f32], k: usize, q: &mut [f32], s: &mut [f32]) {
     }
 }
 
+/// Dynamic per-token symmetric int8 quantization of `x` (`[t, k]`), exactly as vLLM's
+/// `dynamic_scaled_int8_quant_kernel` (csrc/quantization/compressed_tensors/
+/// int8_quant_kernels.cu) computes it: `amax` by `fmaxf` (which skips NaN), the stored
+/// scale `amax / 127.0f`, and the codes `float_to_int8_rn(x * (127.0f / amax))` — a multiply
+/// by the reciprocal, not a division by the scale, which can differ in the last bit and so at
+/// .5 ties — where `float_to_int8_rn` is PTX `cvt.rni.sat.s8.f32` (round half to even,
+/// saturate to [-128, 127], NaN → 0). Rust's `round_ties_even` then the saturating `as i8`
+/// cast (NaN → 0) is that instruction. An all-zero row has `amax = 0`: the reciprocal is
+/// +inf, every `0 · inf` is NaN → code 0, and the scale is 0, so its outputs are 0 (+ bias).
+pub fn quantize_int8_activations(x: &[f32], k: usize, q: &mut [i8], s: &mut [f32]) {
+    for ((row, qrow), s) in x
+        .chunks_exact(k)
+        .zip(q.chunks_exact_mut(k))
+        .zip(s.iter_mut())
+    {
+        let amax = row.iter().fold(0.0f32, |m, &v| m.max(v.abs()));
+        *s = amax / 127.0;
+        let inv = 127.0f32 / amax;
+        for (qv, &v) in qrow.iter_mut().zip(row) {
+            *qv = (v * inv).round_ties_even() as i8;
+        }
+    }
+}
+
 /// `y[..t*rows] = x[..t*cols] · Wᵀ (+ bias)`, both row-major.
 pub fn forward(lin: &Linear, x: &[f32], t: usize, y: &mut [f32], scratch: &mut LinearScratch) {
     let (n, k) = (lin.rows, lin.cols);
@@ -84,6 +119,14 @@ pub fn forward(lin: &Linear, x: &[f32], t: usize, y: &mut [f32], scratch: &mut L
             prepare_fp8_acts(q, grow(&mut scratch.q64, t * k));
             Acts::Fp8 {
                 q: &scratch.q64[..t * k],
+                s: &scratch.s[..t],
+            }
+        }
+        LinearWeight::Int8 { .. } => {
+            let q = grow(&mut scratch.q8, t * k);
+            quantize_int8_activations(x, k, q, grow(&mut scratch.s, t));
+            Acts::Int8 {
+                q: &scratch.q8[..t * k],
                 s: &scratch.s[..t],
             }
         }
@@ -109,10 +152,11 @@ pub fn forward(lin: &Linear, x: &[f32], t: usize, y: &mut [f32], scratch: &mut L
     }
 }
 
-/// A matmul's activations: as given (dense weights) or quantized (FP8 weights).
+/// A matmul's activations: as given (dense weights) or quantized (FP8 or INT8 weights).
 enum Acts<'a> {
     Dense(&'a [f32]),
     Fp8 { q: &'a [f64], s: &'a [f32] },
+    Int8 { q: &'a [i8], s: &'a [f32] },
 }
 
 /// Activation rows `t0 ..` (at most [`TB`]) of a `[t, k]` buffer, as slices.
@@ -137,6 +181,20 @@ fn row_dot(lin: &Linear, row: usize, acts: &Acts, out: &mut [f32]) {
                     *v = s[t0 + j] * (scales[row] * *v);
                 }
             }
+            (LinearWeight::Int8 { codes, scales }, Acts::Int8 { q, s }) => {
+                let mut acc = [0i32; TB];
+                int8_dot(
+                    &codes[row * k..(row + 1) * k],
+                    &rows(q, k, t0, t)[..nt],
+                    &mut acc,
+                );
+                // vLLM's ScaledEpilogue (csrc/cutlass_extensions/epilogue/
+                // scaled_mm_epilogues_c3x.hpp): `ScaleA * (ScaleB * float(acc))`, both
+                // products in f32 — the weight scale first, then the token scale.
+                for (j, v) in o.iter_mut().enumerate() {
+                    *v = s[t0 + j] * (scales[row] * acc[j] as f32);
+                }
+            }
             (LinearWeight::Dense(w), Acts::Dense(x)) => {
                 dense_dot(w, row, k, &rows(x, k, t0, t)[..nt], o)
             }
@@ -157,7 +215,8 @@ pub struct LinearTrace {
     pub y: Vec<f32>,
     /// Per-row activation scales `s_a` (empty for a dense weight).
     pub x_scale: Vec<f32>,
-    /// Activation code values `q_a`, `[rows_in, lin.cols]` (empty for a dense weight).
+    /// Activation code values `q_a` (FP8 values, or int8 codes as f32),
+    /// `[rows_in, lin.cols]` (empty for a dense weight).
     pub x_q: Vec<f32>,
 }
 
@@ -177,6 +236,10 @@ pub fn run_linear(lin: &Linear, x: &[f32]) -> Result<LinearTrace> {
     forward(lin, x, t, &mut y, &mut scratch);
     let (x_scale, x_q) = match lin.weight {
         LinearWeight::Fp8 { .. } => (scratch.s[..t].to_vec(), scratch.q[..x.len()].to_vec()),
+        LinearWeight::Int8 { .. } => (
+            scratch.s[..t].to_vec(),
+            scratch.q8[..x.len()].iter().map(|&c| c as f32).collect(),
+        ),
         LinearWeight::Dense(_) => (Vec::new(), Vec::new()),
     };
     Ok(LinearTrace { y, x_scale, x_q })

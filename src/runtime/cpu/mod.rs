@@ -312,6 +312,11 @@ fn embed_row(embed: &Linear, id: usize, row: &mut [f32]) {
                 *o = crate::quant::e4m3_to_f32(c) * scales[id];
             }
         }
+        LinearWeight::Int8 { codes, scales } => {
+            for (o, &c) in row.iter_mut().zip(&codes[range]) {
+                *o = c as f32 * scales[id];
+            }
+        }
     }
 }
 

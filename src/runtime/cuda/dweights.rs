@@ -211,6 +211,14 @@ fn host_part(l: &weights::Linear) -> HostPart<'_> {
         LinearWeight::Dense(Dense::F32(v)) => {
             HostWeight::Bf16(Cow::Owned(bf16_bytes_of(v.iter().copied())))
         }
+        // The CUDA W8A8-INT8 path (int8 activations, i32 GEMM) is not written: INT8 channel
+        // weights are dequantized to BF16 on upload and run weight-only, as before.
+        LinearWeight::Int8 { codes, scales } => HostWeight::Bf16(Cow::Owned(bf16_bytes_of(
+            codes
+                .iter()
+                .enumerate()
+                .map(|(i, &c)| c as f32 * scales[i / l.cols]),
+        ))),
     };
     HostPart {
         rows: l.rows,

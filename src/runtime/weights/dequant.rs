@@ -1,6 +1,8 @@
 //! The tensors of the non-FP8_DYNAMIC presets, and their load-time dequantization.
 //!
-//! Every such Linear is expanded once, at load, into a dense matrix of the model's dtype
+//! The loader keeps W8A8 (INT8 channel) weights as int8 codes (see the parent module); the
+//! W8A8 row below is kept for callers that need the dense form. Every other such Linear is
+//! expanded once, at load, into a dense matrix of the model's dtype
 //! `D` (the dtype of `model.embed_tokens.weight`, BF16 for llm-compressor outputs), exactly
 //! as compressed-tensors' `decompress` gives it (fixtures/schemes/README.md, "dequant"):
 //!
@@ -15,7 +17,7 @@
 //!
 //! Memory: 2 bytes per weight (BF16/F16), like an unquantized model — 4× the packed size of
 //! the 4-bit formats, 2× that of the 8-bit ones. The matmul is then the dense BF16 one, with
-//! f32 activations; FP8_BLOCK and W8A8 therefore run weight-only too (their dynamic
+//! f32 activations; FP8_BLOCK therefore runs weight-only (its dynamic per-token-group FP8
 //! activation quantization is not applied on the CPU).
 
 use super::{bad, Dense, Expect, Kind};
