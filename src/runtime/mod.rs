@@ -27,3 +27,35 @@ pub trait Backend {
 }
 #[cfg(feature = "cuda")]
 pub mod cuda;
+
+/// The checks every backend makes before a forward pass: tokens given, `pos` within the cached
+/// prefix, the KV cache long enough, every id inside the vocabulary.
+pub fn check_forward_inputs(
+    tokens: &[u32],
+    pos: usize,
+    cached: usize,
+    max_seq: usize,
+    vocab: usize,
+) -> crate::Result<()> {
+    use crate::Error;
+    if tokens.is_empty() {
+        return Err(Error::Runtime("forward: no tokens".into()));
+    }
+    if pos > cached {
+        return Err(Error::Runtime(format!(
+            "forward: position {pos} but the KV cache holds only {cached} positions"
+        )));
+    }
+    if pos + tokens.len() > max_seq {
+        return Err(Error::Runtime(format!(
+            "forward: {} positions exceed the KV cache length {max_seq} (max_seq)",
+            pos + tokens.len()
+        )));
+    }
+    if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= vocab) {
+        return Err(Error::Runtime(format!(
+            "forward: token id {bad} is outside the vocabulary ({vocab})"
+        )));
+    }
+    Ok(())
+}

@@ -138,32 +138,13 @@ impl CudaModel {
     }
 
     fn check_inputs(&self, tokens: &[u32], pos: usize) -> Result<()> {
-        if tokens.is_empty() {
-            return Err(Error::Runtime("forward: no tokens".into()));
-        }
-        if pos > self.cached {
-            return Err(Error::Runtime(format!(
-                "forward: position {pos} but the KV cache holds only {} positions",
-                self.cached
-            )));
-        }
-        if pos + tokens.len() > self.max_seq {
-            return Err(Error::Runtime(format!(
-                "forward: {} positions exceed the KV cache length {} (max_seq)",
-                pos + tokens.len(),
-                self.max_seq
-            )));
-        }
-        if let Some(&bad) = tokens
-            .iter()
-            .find(|&&id| id as usize >= self.config.vocab_size)
-        {
-            return Err(Error::Runtime(format!(
-                "forward: token id {bad} is outside the vocabulary ({})",
-                self.config.vocab_size
-            )));
-        }
-        Ok(())
+        crate::runtime::check_forward_inputs(
+            tokens,
+            pos,
+            self.cached,
+            self.max_seq,
+            self.config.vocab_size,
+        )
     }
 
     /// Runs `tokens` at `pos..` in chunks of the scratch size; the logits of the last
