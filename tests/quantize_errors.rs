@@ -49,20 +49,27 @@ fn rewrite_tensors(dir: &Path, edit: impl Fn(&mut OutTensor, &mut Vec<u8>)) {
     w.finish().unwrap();
 }
 
+/// Runs `qforge quantize [extra] --model M --recipe R --output O`.
+fn run_quantize(model: &Path, recipe: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_qforge"))
+        .arg("quantize")
+        .args(extra)
+        .arg("--model")
+        .arg(model)
+        .arg("--recipe")
+        .arg(recipe)
+        .arg("--output")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
 /// Runs quantize on `model` with `recipe` into a fresh output and checks the failure
 /// contract; returns the error line.
 fn fails(model: &Path, recipe: &Path) -> String {
     let parent = tempfile::tempdir().unwrap();
     let out = parent.path().join("out");
-    let result = Command::new(env!("CARGO_BIN_EXE_qforge"))
-        .args(["quantize", "--model"])
-        .arg(model)
-        .arg("--recipe")
-        .arg(recipe)
-        .arg("--output")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let result = run_quantize(model, recipe, &out, &[]);
     let stderr = String::from_utf8_lossy(&result.stderr).into_owned();
     assert_eq!(result.status.code(), Some(1), "stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -208,15 +215,7 @@ fn existing_output_is_refused() {
     let parent = tempfile::tempdir().unwrap();
     let out = parent.path().join("out");
     std::fs::create_dir(&out).unwrap();
-    let result = Command::new(env!("CARGO_BIN_EXE_qforge"))
-        .args(["quantize", "--model"])
-        .arg(fixture())
-        .arg("--recipe")
-        .arg(good_recipe())
-        .arg("--output")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let result = run_quantize(&fixture(), &good_recipe(), &out, &[]);
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert_eq!(result.status.code(), Some(1));
     assert!(stderr.contains("already exists"), "{stderr}");
@@ -235,15 +234,7 @@ fn unknown_architecture_warns_and_still_quantizes() {
     )
     .unwrap();
     let out = tmp.path().join("out");
-    let result = Command::new(env!("CARGO_BIN_EXE_qforge"))
-        .args(["quantize", "--json", "--model"])
-        .arg(&m)
-        .arg("--recipe")
-        .arg(good_recipe())
-        .arg("--output")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let result = run_quantize(&m, &good_recipe(), &out, &["--json"]);
     assert!(
         result.status.success(),
         "{}",
@@ -268,15 +259,7 @@ fn full_disk_is_reported_and_cleaned_up() {
     };
     let parent = tempfile::tempdir_in(small).unwrap();
     let out = parent.path().join("out");
-    let result = Command::new(env!("CARGO_BIN_EXE_qforge"))
-        .args(["quantize", "--model"])
-        .arg(fixture())
-        .arg("--recipe")
-        .arg(good_recipe())
-        .arg("--output")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let result = run_quantize(&fixture(), &good_recipe(), &out, &[]);
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert_eq!(result.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
