@@ -14,25 +14,8 @@ use qforge::quantize::{quantize, QuantizeJob};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-const RECIPES: &[(&str, &str)] = &[
-    ("FP8_DYNAMIC", "fp8_dynamic.yaml"),
-    ("FP8_BLOCK", "fp8_block.yaml"),
-    ("W8A8", "w8a8.yaml"),
-    ("W8A16", "w8a16.yaml"),
-    ("W4A16", "w4a16.yaml"),
-    ("W4A16_ASYM", "w4a16_asym.yaml"),
-    ("NVFP4A16", "nvfp4a16.yaml"),
-    ("MXFP4A16", "mxfp4a16.yaml"),
-];
-
 fn g128() -> PathBuf {
     common::shared().join("fixtures/schemes/g128-bf16")
-}
-
-fn recipe(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("recipes")
-        .join(name)
 }
 
 type Tensors = BTreeMap<String, (DType, Vec<usize>, Vec<u8>)>;
@@ -264,9 +247,9 @@ fn f16_checkpoint_follows_the_formulas_with_f16_scales() {
         .map(|n| n.trim_end_matches(".weight").to_string())
         .collect();
     assert_eq!(linears.len(), 14);
-    for (preset, file) in RECIPES {
+    for (preset, file) in common::PRESET_RECIPES {
         let out = tmp.path().join(preset);
-        quantize(&QuantizeJob::new(&model, recipe(file), &out))
+        quantize(&QuantizeJob::new(&model, common::recipe(file), &out))
             .unwrap_or_else(|e| panic!("{preset}: {e}"));
         let got = tensors(&out);
         for m in &linears {
@@ -373,9 +356,9 @@ fn nan_in_a_weight_is_refused_by_every_preset() {
         },
         "bfloat16",
     );
-    for (preset, file) in RECIPES {
+    for (preset, file) in common::PRESET_RECIPES {
         let out = tmp.path().join(preset);
-        let err = quantize(&QuantizeJob::new(&model, recipe(file), &out))
+        let err = quantize(&QuantizeJob::new(&model, common::recipe(file), &out))
             .unwrap_err()
             .to_string();
         assert!(
@@ -416,9 +399,13 @@ fn direct_rounding_changes_only_the_codes_readme_counts() {
         ("MXFP4A16", ".weight_packed", 0),
     ];
     for (preset, suffix, want) in cases {
-        let file = RECIPES.iter().find(|(p, _)| *p == preset).unwrap().1;
+        let file = common::PRESET_RECIPES
+            .iter()
+            .find(|(p, _)| *p == preset)
+            .unwrap()
+            .1;
         let out = tmp.path().join(preset);
-        let mut job = QuantizeJob::new(g128(), recipe(file), &out);
+        let mut job = QuantizeJob::new(g128(), common::recipe(file), &out);
         job.rounding = Fp8Rounding::Direct;
         quantize(&job).unwrap();
         let eager = tensors(&schemes.join(format!("g128-{preset}")));

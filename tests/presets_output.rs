@@ -5,27 +5,10 @@
 mod common;
 
 use qforge::quantize::{quantize, QuantizeJob};
-use std::path::{Path, PathBuf};
-
-const PRESETS: &[(&str, &str)] = &[
-    ("FP8_DYNAMIC", "fp8_dynamic.yaml"),
-    ("FP8_BLOCK", "fp8_block.yaml"),
-    ("W8A8", "w8a8.yaml"),
-    ("W8A16", "w8a16.yaml"),
-    ("W4A16", "w4a16.yaml"),
-    ("W4A16_ASYM", "w4a16_asym.yaml"),
-    ("NVFP4A16", "nvfp4a16.yaml"),
-    ("MXFP4A16", "mxfp4a16.yaml"),
-];
+use std::path::PathBuf;
 
 fn schemes() -> PathBuf {
     common::shared().join("fixtures/schemes")
-}
-
-fn recipe(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("recipes")
-        .join(name)
 }
 
 /// The first byte where two files differ, for a readable failure.
@@ -41,7 +24,7 @@ fn every_golden_pair_is_byte_identical() {
     let tmp = tempfile::tempdir().unwrap();
     let mut compared = 0;
     for fixture in ["g128", "unaligned"] {
-        for (preset, recipe_file) in PRESETS {
+        for (preset, recipe_file) in common::PRESET_RECIPES {
             let golden = schemes().join(format!("{fixture}-{preset}"));
             if !golden.exists() {
                 continue;
@@ -49,7 +32,7 @@ fn every_golden_pair_is_byte_identical() {
             let out = tmp.path().join(format!("{fixture}-{preset}"));
             let job = QuantizeJob::new(
                 schemes().join(format!("{fixture}-bf16")),
-                recipe(recipe_file),
+                common::recipe(recipe_file),
                 &out,
             );
             let summary = quantize(&job).unwrap_or_else(|e| panic!("{fixture} {preset}: {e}"));
@@ -78,7 +61,11 @@ fn unaligned_group_presets_are_refused_naming_the_tensors() {
         assert!(!schemes().join(format!("unaligned-{preset}")).exists());
         let file = format!("{}.yaml", preset.to_lowercase());
         let out = tmp.path().join(preset);
-        let job = QuantizeJob::new(schemes().join("unaligned-bf16"), recipe(&file), &out);
+        let job = QuantizeJob::new(
+            schemes().join("unaligned-bf16"),
+            common::recipe(&file),
+            &out,
+        );
         let err = quantize(&job).unwrap_err().to_string();
         assert!(!err.contains('\n'), "{err}");
         assert!(err.contains("not a multiple of the group size"), "{err}");

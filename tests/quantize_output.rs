@@ -6,16 +6,10 @@ mod common;
 use qforge::checkpoint::writer::{self, OutTensor, ShardWriter};
 use qforge::checkpoint::Checkpoint;
 use qforge::quantize::{quantize, QuantizeJob};
-use std::path::{Path, PathBuf};
-
-fn recipe(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("recipes")
-        .join(name)
-}
+use std::path::Path;
 
 fn run(model: &Path, recipe_name: &str, out: &Path) -> qforge::quantize::Summary {
-    quantize(&QuantizeJob::new(model, recipe(recipe_name), out)).expect("quantize")
+    quantize(&QuantizeJob::new(model, common::recipe(recipe_name), out)).expect("quantize")
 }
 
 /// Every file of `expected` exists in `got` with the same bytes.
@@ -123,7 +117,7 @@ fn sharded_output_has_a_valid_index_and_the_same_tensors() {
     let out = tmp.path().join("sharded");
     let mut job = QuantizeJob::new(
         fx.join("tiny-llama3-bf16"),
-        recipe("fp8_dynamic.yaml"),
+        common::recipe("fp8_dynamic.yaml"),
         &out,
     );
     job.max_shard_bytes = 1_000_000;
@@ -211,7 +205,11 @@ fn force_replaces_an_existing_output_and_refuses_without_it() {
     let out = tmp.path().join("out");
     std::fs::create_dir(&out).unwrap();
     std::fs::write(out.join("old.txt"), "old").unwrap();
-    let mut job = QuantizeJob::new(fx.join("tiny-tied-bf16"), recipe("fp8_dynamic.yaml"), &out);
+    let mut job = QuantizeJob::new(
+        fx.join("tiny-tied-bf16"),
+        common::recipe("fp8_dynamic.yaml"),
+        &out,
+    );
     let err = quantize(&job).unwrap_err().to_string();
     assert!(
         err.contains("already exists") && err.contains("--force"),
@@ -234,7 +232,7 @@ fn direct_rounding_changes_codes_but_not_scales() {
     let out = tmp.path().join("direct");
     let mut job = QuantizeJob::new(
         fx.join("tiny-llama3-bf16"),
-        recipe("fp8_dynamic.yaml"),
+        common::recipe("fp8_dynamic.yaml"),
         &out,
     );
     job.rounding = qforge::quant::Fp8Rounding::Direct;

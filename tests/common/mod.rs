@@ -9,3 +9,20 @@ pub fn shared() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared")))
 }
+
+/// A recipe shipped in `recipes/`, by file name.
+pub fn recipe(name: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/recipes")).join(name)
+}
+
+/// Every preset qforge writes, with its shipped recipe.
+pub const PRESET_RECIPES: &[(&str, &str)] = &[
+    ("FP8_DYNAMIC", "fp8_dynamic.yaml"),
+    ("FP8_BLOCK", "fp8_block.yaml"),
+    ("W8A8", "w8a8.yaml"),
+    ("W8A16", "w8a16.yaml"),
+    ("W4A16", "w4a16.yaml"),
+    ("W4A16_ASYM", "w4a16_asym.yaml"),
+    ("NVFP4A16", "nvfp4a16.yaml"),
+    ("MXFP4A16", "mxfp4a16.yaml"),
+];
