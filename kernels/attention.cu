@@ -19,7 +19,7 @@
 extern "C" __global__ void attention(const u16* q, const u16* k_cache, const u16* v_cache,
                                      u16* out, int t, int pos, int H, int KVH, int d, int rq,
                                      float scale) {
-    extern __shared__ float smem[];
+    DYNAMIC_SMEM(float, smem);
     const int G = H / KVH, items = rq * G, kh = blockIdx.y;
     const int row0 = blockIdx.x * rq;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;

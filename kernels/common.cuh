@@ -15,6 +15,10 @@ typedef unsigned long long u64;
 
 __device__ __forceinline__ float bf16_to_f32(u16 b) { return __uint_as_float(((u32)b) << 16); }
 
+#ifndef QFORGE_EMU  // kernels/emu/emu.h defines these three (and DYNAMIC_SMEM) for the host
+// The kernel's dynamic shared memory.
+#define DYNAMIC_SMEM(T, name) extern __shared__ T name[]
+
 // f32 -> bf16, round to nearest even (NaN stays NaN).
 __device__ __forceinline__ u16 f32_to_bf16(float f) {
     u16 r;
@@ -40,6 +44,7 @@ __device__ __forceinline__ float2 e4m3x2_to_f32x2(u16 v) {
     asm("cvt.f32.f16 %0, %1;" : "=f"(b) : "h"(hi));
     return make_float2(a, b);
 }
+#endif  // QFORGE_EMU
 
 // max that propagates NaN (as torch's amax does), so a NaN row gets a NaN scale.
 __device__ __forceinline__ float nan_max(float a, float b) { return (a > b || a != a) ? a : b; }

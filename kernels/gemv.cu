@@ -15,6 +15,7 @@
 #define GEMV_WARPS 4
 #define GEMV_UNROLL 4
 
+#ifndef QFORGE_EMU  // kernels/emu/emu.h emulates these three on the host
 __device__ __forceinline__ uint4 ld_stream(const u8* p) {
     uint4 r;
     asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
@@ -38,6 +39,7 @@ __device__ __forceinline__ void mma_bf16(float* d, u32 a0, u32 a1, u32 a2, u32 a
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
+#endif  // QFORGE_EMU
 
 // One 64-byte k-chunk: rows g (wa) and g+8 (wb) against one activation column (xv).
 template <bool FP8>

@@ -52,8 +52,10 @@ impl CudaBench {
         if let Some(bw) = info.peak_bw_gbps {
             return Ok((info.name.clone(), bw, "peak from driver clock x bus".into()));
         }
-        let bw = crate::runtime::cuda::bench::copy_bandwidth(&self.model.gpu)?;
-        Ok((info.name.clone(), bw, "measured 4 GiB copy".into()))
+        use crate::runtime::cuda::bench::{copy_bandwidth, copy_bytes};
+        let g = &self.model.gpu;
+        let how = format!("measured {} MiB copy", copy_bytes(g) >> 20);
+        Ok((info.name.clone(), copy_bandwidth(g)?, how))
     }
 }
 

@@ -129,11 +129,7 @@ unsafe impl Send for CudaEngine {}
 #[cfg(feature = "cuda")]
 impl Engine for CudaEngine {
     fn forward_view(&mut self, tokens: &[u32], pos: usize, all_logits: bool) -> Result<&[f32]> {
-        self.model
-            .gpu
-            .ctx
-            .bind_to_thread()
-            .map_err(|e| Error::Runtime(format!("cuda: cannot bind the context: {e:?}")))?;
+        self.model.gpu.bind()?;
         self.logits = self.model.forward(tokens, pos, all_logits)?;
         Ok(&self.logits)
     }

@@ -212,8 +212,9 @@ impl Blas {
         d: u64,
         sa: u64,
         sw: u64,
-        stream: &cudarc::driver::CudaStream,
+        g: &super::gpu::Gpu,
     ) -> Result<()> {
+        let stream = g.raw_stream()?;
         let key = Key { kind, m, n, k };
         if !self.plans.contains_key(&key) {
             let plan = self.plan(key)?;
@@ -247,7 +248,7 @@ impl Blas {
                 p.algo.algo.as_ptr() as _,
                 self.workspace as *mut c_void,
                 self.workspace_size,
-                stream.cu_stream() as *mut c_void,
+                stream,
             );
             check(f, &format!("matmul {kind:?} m={m} n={n} k={k}"), st)
         }

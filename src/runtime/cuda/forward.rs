@@ -60,7 +60,11 @@ pub struct CudaModel {
 
 /// Loads a checkpoint directory onto the GPU, streaming the weights.
 pub fn load_cuda(dir: &Path, opts: &CudaOptions) -> Result<CudaModel> {
-    let gpu = Gpu::new(opts.device)?;
+    load_cuda_on(Gpu::new(opts.device)?, dir, opts)
+}
+
+/// [`load_cuda`] onto a given GPU (or the emulator).
+pub fn load_cuda_on(gpu: Gpu, dir: &Path, opts: &CudaOptions) -> Result<CudaModel> {
     let ck = Checkpoint::open(dir)?;
     let config = ModelConfig::from_json(&ck.config)?;
     attn_dims(&config)?;
@@ -123,7 +127,16 @@ impl CudaModel {
         weights: &Weights,
         opts: &CudaOptions,
     ) -> Result<CudaModel> {
-        let gpu = Gpu::new(opts.device)?;
+        CudaModel::from_host_on(Gpu::new(opts.device)?, config, weights, opts)
+    }
+
+    /// [`CudaModel::from_host`] onto a given GPU (or the emulator).
+    pub fn from_host_on(
+        gpu: Gpu,
+        config: ModelConfig,
+        weights: &Weights,
+        opts: &CudaOptions,
+    ) -> Result<CudaModel> {
         attn_dims(&config)?;
         let w = DWeights::from_host(&gpu, weights)?;
         CudaModel::new(gpu, config, w, opts)

@@ -1,8 +1,11 @@
 //! The GPU: driver checks, context and stream, the compiled kernels, device buffers and
 //! kernel launches. All CUDA work of the backend goes through one stream, so ordering is
 //! the stream's and cudarc's per-buffer event tracking is switched off.
+//!
+//! A `Gpu` is either a real device or the CUDA emulator ([`super::emu`], chosen with
+//! `QFORGE_CUDA_EMULATE=1`): the same kernels and host code, run on the CPU.
 
-use super::{kernels, nvrtc};
+use super::{emu, kernels, nvrtc};
 use crate::{Error, Result};
 use cudarc::driver::sys::CUdevice_attribute as Attr;
 use cudarc::driver::{
@@ -44,6 +47,9 @@ pub fn driver_present() -> bool {
 /// The GPU at `ordinal`, or why there is none: no driver, no device, or a GPU without FP8
 /// (compute capability below 8.9).
 pub fn probe(ordinal: usize) -> Result<DeviceInfo> {
+    if emu::enabled() {
+        return Ok(emulated_info(ordinal));
+    }
     if !driver_present() {
         return Err(Error::Runtime(
             "no CUDA driver (libcuda.so.1 not found): install the NVIDIA driver".into(),
@@ -90,6 +96,21 @@ fn info_of(ctx: &Arc<CudaContext>, ordinal: usize) -> Result<DeviceInfo> {
     })
 }
 
+/// What the emulator reports as its device (an sm_90a-like GPU without cuBLASLt).
+fn emulated_info(ordinal: usize) -> DeviceInfo {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    DeviceInfo {
+        ordinal,
+        name: format!("qforge CUDA emulator ({threads} host threads)"),
+        cc: (9, 0),
+        arch: "sm_90a (emulated)".into(),
+        total_mem: 0,
+        sm_count: threads as i32,
+        peak_bw_gbps: None,
+        driver_version: 0,
+    }
+}
+
 /// One kernel argument (all kernels take device pointers, ints and floats).
 #[derive(Debug, Clone, Copy)]
 pub enum Arg {
@@ -100,11 +121,29 @@ pub enum Arg {
     F32(f32),
 }
 
+impl Arg {
+    /// The emulator's (kind, 8-byte slot) form.
+    fn slot(self) -> (i32, u64) {
+        match self {
+            Arg::U64(v) => (0, v),
+            Arg::I32(v) => (1, v as u32 as u64),
+            Arg::U32(v) => (2, v as u64),
+            Arg::F32(v) => (3, v.to_bits() as u64),
+        }
+    }
+}
+
+/// Who frees a [`DBuf`].
+enum Owner {
+    Cuda(Arc<CudaContext>),
+    Emu(Arc<emu::Emu>),
+}
+
 /// An owned device allocation (raw, so kernels and cuBLASLt take plain pointers).
 pub struct DBuf {
     pub ptr: u64,
     pub bytes: usize,
-    ctx: Arc<CudaContext>,
+    owner: Owner,
 }
 
 impl DBuf {
@@ -117,28 +156,51 @@ impl DBuf {
 
 impl Drop for DBuf {
     fn drop(&mut self) {
-        if self.ptr != 0 && self.ctx.bind_to_thread().is_ok() {
-            // SAFETY: allocated by `Gpu::alloc` in this context, freed once.
-            let _ = unsafe { cu::free_sync(self.ptr) };
+        match &self.owner {
+            Owner::Cuda(ctx) if self.ptr != 0 && ctx.bind_to_thread().is_ok() => {
+                // SAFETY: allocated by `Gpu::alloc` in this context, freed once.
+                let _ = unsafe { cu::free_sync(self.ptr) };
+            }
+            // SAFETY: allocated by `Gpu::alloc` on this emulator, freed once.
+            Owner::Emu(e) => unsafe { e.free(self.ptr) },
+            Owner::Cuda(_) => {}
         }
     }
 }
 
-/// A ready GPU: context, stream and loaded kernels.
+/// A real device's context, stream and loaded kernels.
+struct Cuda {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    funcs: HashMap<&'static str, CudaFunction>,
+}
+
+enum Dev {
+    Cuda(Cuda),
+    Emu(Arc<emu::Emu>),
+}
+
+/// A ready GPU: context, stream and loaded kernels (or the emulator).
 pub struct Gpu {
-    pub ctx: Arc<CudaContext>,
-    pub stream: Arc<CudaStream>,
     pub info: DeviceInfo,
     /// True when every kernel came from the on-disk cache; `compile_s` is the time spent
     /// compiling or loading them.
     pub kernels_cached: bool,
     pub compile_s: f64,
-    funcs: HashMap<&'static str, CudaFunction>,
+    dev: Dev,
+}
+
+fn on_emulator(what: &str) -> Error {
+    Error::Unsupported(format!("{what} is not available on the CUDA emulator"))
 }
 
 impl Gpu {
-    /// Opens GPU `ordinal` ([`probe`]'s checks) and loads every kernel (NVRTC + cache).
+    /// Opens GPU `ordinal` ([`probe`]'s checks) and loads every kernel (NVRTC + cache); the
+    /// emulator instead when `QFORGE_CUDA_EMULATE` is set.
     pub fn new(ordinal: usize) -> Result<Gpu> {
+        if emu::enabled() {
+            return Gpu::emulated();
+        }
         let info = probe(ordinal)?;
         let ctx = CudaContext::new(ordinal).map_err(|e| drv("context", e))?;
         // SAFETY: all work goes through one stream; no buffer is shared across streams.
@@ -164,21 +226,61 @@ impl Gpu {
         Ok(Gpu {
             kernels_cached: cubins.iter().all(|c| c.cached),
             compile_s: t0.elapsed().as_secs_f64(),
-            ctx,
-            stream,
             info,
-            funcs,
+            dev: Dev::Cuda(Cuda { ctx, stream, funcs }),
         })
+    }
+
+    /// The CUDA emulator (kernels compiled by the host C++ compiler, run on the CPU).
+    pub fn emulated() -> Result<Gpu> {
+        let t0 = Instant::now();
+        let e = emu::get()?;
+        Ok(Gpu {
+            info: emulated_info(0),
+            kernels_cached: true,
+            compile_s: t0.elapsed().as_secs_f64(),
+            dev: Dev::Emu(e),
+        })
+    }
+
+    pub fn is_emulated(&self) -> bool {
+        matches!(self.dev, Dev::Emu(_))
+    }
+
+    /// The CUDA context and stream (cuBLASLt, events); an error on the emulator.
+    pub fn cuda(&self) -> Result<(&Arc<CudaContext>, &Arc<CudaStream>)> {
+        match &self.dev {
+            Dev::Cuda(c) => Ok((&c.ctx, &c.stream)),
+            Dev::Emu(_) => Err(on_emulator("cuBLASLt / CUDA events")),
+        }
+    }
+
+    /// Makes the context current on the calling thread (nothing to do on the emulator).
+    pub fn bind(&self) -> Result<()> {
+        match &self.dev {
+            Dev::Cuda(c) => c.ctx.bind_to_thread().map_err(|e| drv("bind", e)),
+            Dev::Emu(_) => Ok(()),
+        }
     }
 
     /// A zeroed device buffer of `bytes` bytes (at least 1).
     pub fn alloc(&self, bytes: usize) -> Result<DBuf> {
-        self.ctx.bind_to_thread().map_err(|e| drv("bind", e))?;
+        let c = match &self.dev {
+            Dev::Cuda(c) => c,
+            Dev::Emu(e) => {
+                return Ok(DBuf {
+                    ptr: e.alloc(bytes)?,
+                    bytes,
+                    owner: Owner::Emu(e.clone()),
+                })
+            }
+        };
+        c.ctx.bind_to_thread().map_err(|e| drv("bind", e))?;
         let n = bytes.max(1);
         // SAFETY: plain allocation and memset of the new buffer.
         let ptr = unsafe {
             let p = cu::malloc_sync(n).map_err(|e| {
-                let free = self.ctx.mem_get_info().map(|m| m.0 >> 20).unwrap_or(0);
+                let free = c.ctx.mem_get_info().map(|m| m.0 >> 20).unwrap_or(0);
                 drv(&format!("allocating {} MiB ({free} MiB free)", n >> 20), e)
             })?;
             cu::memset_d8_sync(p, 0, n).map_err(|e| drv("memset", e))?;
@@ -187,15 +289,22 @@ impl Gpu {
         Ok(DBuf {
             ptr,
             bytes,
-            ctx: self.ctx.clone(),
+            owner: Owner::Cuda(c.ctx.clone()),
         })
     }
 
     /// Copies host bytes to device address `dst` (stream-ordered; `src` may be freed after).
     pub fn upload(&self, dst: u64, src: &[u8]) -> Result<()> {
-        // SAFETY: the caller passes an address with `src.len()` bytes of room.
-        unsafe { cu::memcpy_htod_async(dst, src, self.stream.cu_stream()) }
-            .map_err(|e| drv("host-to-device copy", e))
+        match &self.dev {
+            // SAFETY: the caller passes an address with `src.len()` bytes of room.
+            Dev::Cuda(c) => unsafe { cu::memcpy_htod_async(dst, src, c.stream.cu_stream()) }
+                .map_err(|e| drv("host-to-device copy", e)),
+            // SAFETY: as above; emulator buffers are host memory.
+            Dev::Emu(_) => unsafe {
+                std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len());
+                Ok(())
+            },
+        }
     }
 
     /// A device buffer holding `src`.
@@ -207,16 +316,29 @@ impl Gpu {
 
     /// Device-to-device copy of `bytes` bytes (stream-ordered).
     pub fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
-        // SAFETY: the caller passes two buffers with `bytes` bytes of room.
-        unsafe { cu::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream()) }
-            .map_err(|e| drv("device-to-device copy", e))
+        match &self.dev {
+            // SAFETY: the caller passes two buffers with `bytes` bytes of room.
+            Dev::Cuda(c) => unsafe { cu::memcpy_dtod_async(dst, src, bytes, c.stream.cu_stream()) }
+                .map_err(|e| drv("device-to-device copy", e)),
+            // SAFETY: as above (host memory; `copy` allows overlap like cudaMemcpy does not).
+            Dev::Emu(_) => unsafe {
+                std::ptr::copy(src as *const u8, dst as *mut u8, bytes);
+                Ok(())
+            },
+        }
     }
 
     /// Copies `dst.len()` bytes from device address `src` once the stream reaches it.
     pub fn download(&self, src: u64, dst: &mut [u8]) -> Result<()> {
-        // SAFETY: the caller passes an address with `dst.len()` readable bytes.
-        unsafe { cu::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }
-            .map_err(|e| drv("device-to-host copy", e))?;
+        match &self.dev {
+            // SAFETY: the caller passes an address with `dst.len()` readable bytes.
+            Dev::Cuda(c) => unsafe { cu::memcpy_dtoh_async(dst, src, c.stream.cu_stream()) }
+                .map_err(|e| drv("device-to-host copy", e))?,
+            // SAFETY: as above (host memory).
+            Dev::Emu(_) => unsafe {
+                std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len())
+            },
+        }
         self.sync()
     }
 
@@ -231,18 +353,36 @@ impl Gpu {
 
     /// Waits for the stream; an asynchronous kernel fault surfaces here.
     pub fn sync(&self) -> Result<()> {
-        self.stream
-            .synchronize()
-            .map_err(|e| drv("kernel execution", e))
+        match &self.dev {
+            Dev::Cuda(c) => c
+                .stream
+                .synchronize()
+                .map_err(|e| drv("kernel execution", e)),
+            Dev::Emu(_) => Ok(()), // launches run to completion
+        }
     }
 
     /// Launches kernel `name` on the stream.
     pub fn launch(&self, name: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
-        let f = self
+        let c = match &self.dev {
+            Dev::Cuda(c) => c,
+            Dev::Emu(e) => {
+                let slots: Vec<(i32, u64)> = args.iter().map(|a| a.slot()).collect();
+                let (g, b) = (cfg.grid_dim, cfg.block_dim);
+                return e.launch(
+                    name,
+                    [g.0, g.1, g.2],
+                    [b.0, b.1, b.2],
+                    cfg.shared_mem_bytes,
+                    &slots,
+                );
+            }
+        };
+        let f = c
             .funcs
             .get(name)
             .ok_or_else(|| Error::Runtime(format!("kernel {name} is not loaded")))?;
-        let mut b = self.stream.launch_builder(f);
+        let mut b = c.stream.launch_builder(f);
         for a in args {
             match a {
                 Arg::U64(v) => b.arg(v),
@@ -260,7 +400,10 @@ impl Gpu {
 
     /// Raises the dynamic shared memory limit of kernel `name` to `bytes`.
     pub fn set_max_smem(&self, name: &str, bytes: usize) -> Result<()> {
-        let f = &self.funcs[name];
+        let f = match &self.dev {
+            Dev::Cuda(c) => &c.funcs[name],
+            Dev::Emu(e) => return e.set_max_smem(name, bytes),
+        };
         f.set_attribute(
             cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
             bytes as i32,
@@ -269,8 +412,8 @@ impl Gpu {
     }
 
     /// The raw stream handle (for cuBLASLt).
-    pub fn raw_stream(&self) -> *mut std::ffi::c_void {
-        self.stream.cu_stream() as *mut std::ffi::c_void
+    pub fn raw_stream(&self) -> Result<*mut std::ffi::c_void> {
+        Ok(self.cuda()?.1.cu_stream() as *mut std::ffi::c_void)
     }
 }
 

@@ -10,6 +10,7 @@ pub mod bench;
 pub mod cli;
 pub mod cublaslt;
 pub mod dweights;
+pub mod emu;
 pub mod forward;
 pub mod gpu;
 pub mod kernels;

@@ -59,6 +59,9 @@ impl Gemm {
         if mode == GemmMode::Gemv {
             return Ok(Gemm::without("QFORGE_GEMM=gemv".into(), mode));
         }
+        if g.is_emulated() {
+            return Ok(Gemm::without("emulated: GEMV kernels only".into(), mode));
+        }
         let ws = g.alloc(WORKSPACE)?;
         Ok(match Blas::new(ws.ptr, WORKSPACE) {
             Ok(b) => Gemm {
@@ -137,7 +140,7 @@ impl Gemm {
                 }
                 let blas = self.blas.as_mut().expect("checked above");
                 let kind = Kind::Bf16 { f32_out };
-                blas.matmul(kind, (rows, n, k), w.ptr, x, y, 0, 0, &g.stream)?;
+                blas.matmul(kind, (rows, n, k), w.ptr, x, y, 0, 0, g)?;
                 match bias {
                     0 => Ok(()),
                     b if !f32_out => ops::add_bias(g, y, b, rows, n),
@@ -160,10 +163,9 @@ impl Gemm {
         y: u64,
         (m, n, k): (usize, usize, usize),
     ) -> Result<()> {
-        let stream = &g.stream;
         if self.outer_ok != Some(false) {
             let blas = self.blas.as_mut().expect("cuBLASLt present");
-            match blas.matmul(Kind::Fp8Scaled, (m, n, k), w, x, y, sa, sw, stream) {
+            match blas.matmul(Kind::Fp8Scaled, (m, n, k), w, x, y, sa, sw, g) {
                 Ok(()) => {
                     self.outer_ok = Some(true);
                     return if bias != 0 {
@@ -186,7 +188,7 @@ impl Gemm {
         }
         let acc = self.acc.as_ref().expect("allocated above").ptr;
         let blas = self.blas.as_mut().expect("cuBLASLt present");
-        blas.matmul(Kind::Fp8Raw, (m, n, k), w, x, acc, 0, 0, stream)?;
+        blas.matmul(Kind::Fp8Raw, (m, n, k), w, x, acc, 0, 0, g)?;
         ops::scale_epilogue(g, acc, sa, sw, bias, m, n, y)
     }
 

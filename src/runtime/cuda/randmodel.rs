@@ -14,6 +14,19 @@ pub const SHAPES: &[&str] = &["llama-1b", "llama-8b", "llama-70b"];
 
 /// An FP8_DYNAMIC Llama config of the named shape (vocab 128256, llama3 rope).
 pub fn shape_config(name: &str) -> Result<ModelConfig> {
+    ModelConfig::from_json(&shape_json(name)?)
+}
+
+/// The named shape without its quantization config (a BF16 model, see [`dequantized`]).
+pub fn dense_shape_config(name: &str) -> Result<ModelConfig> {
+    let mut v = shape_json(name)?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("quantization_config");
+    }
+    ModelConfig::from_json(&v)
+}
+
+fn shape_json(name: &str) -> Result<serde_json::Value> {
     let (h, i, l, heads, kv, tied, factor) = match name {
         "llama-1b" => (2048, 8192, 16, 32, 8, true, 32.0),
         "llama-8b" => (4096, 14336, 32, 32, 8, false, 8.0),
@@ -26,7 +39,7 @@ pub fn shape_config(name: &str) -> Result<ModelConfig> {
         }
     };
     let fp8 = |strategy: &str, dynamic: bool| json!({"type": "float", "num_bits": 8, "symmetric": true, "strategy": strategy, "dynamic": dynamic});
-    ModelConfig::from_json(&json!({
+    Ok(json!({
         "architectures": ["LlamaForCausalLM"], "hidden_size": h, "intermediate_size": i,
         "num_hidden_layers": l, "num_attention_heads": heads, "num_key_value_heads": kv,
         "vocab_size": 128256, "max_position_embeddings": 131072, "rms_norm_eps": 1e-5,
@@ -38,6 +51,31 @@ pub fn shape_config(name: &str) -> Result<ModelConfig> {
             "ignore": ["lm_head"], "config_groups": {"group_0": {"targets": ["Linear"],
             "weights": fp8("channel", false), "input_activations": fp8("token", true)}}}
     }))
+}
+
+/// `w` with every FP8 Linear replaced by its exact BF16 dequantization `bf16(code · scale)`:
+/// the same model as a BF16 checkpoint, free of FP8 activation rounding.
+pub fn dequantized(mut w: Weights) -> Weights {
+    for layer in &mut w.layers {
+        for lin in [
+            &mut layer.q_proj,
+            &mut layer.k_proj,
+            &mut layer.v_proj,
+            &mut layer.o_proj,
+            &mut layer.gate_proj,
+            &mut layer.up_proj,
+            &mut layer.down_proj,
+        ] {
+            if let LinearWeight::Fp8 { codes, scales } = &lin.weight {
+                let cols = lin.cols;
+                let vals = codes.par_iter().enumerate().map(|(i, &c)| {
+                    half::bf16::from_f32(crate::quant::e4m3_to_f32(c) * scales[i / cols]).to_bits()
+                });
+                lin.weight = LinearWeight::Dense(Dense::Bf16(vals.collect()));
+            }
+        }
+    }
+    w
 }
 
 /// Uniform in [-a, a) from a counter (splitmix64).

@@ -5,11 +5,14 @@
 //! * FP8 conversions: exact (same RNE + saturation rules as the CPU quantizer).
 //! * One Linear on the W8A8 goldens (inputs given as codes + scales): within 2⁻⁸ relative of
 //!   the golden — the output is rounded to BF16 (≤ 2⁻⁹) and summed in f32 in another order.
-//! * Residual streams and logits, CUDA vs CPU: relative RMS ≤ 5e-2. The CUDA path stores
-//!   every GEMM output, q/k/v and the KV cache in BF16 (≤ 2⁻⁹ each), which flips some FP8
-//!   activation codes by one step (≈ 6 %) downstream; both effects are a few per mille to a
-//!   few per cent after many layers, while a wrong scale, layout or mask gives errors of
-//!   order 1. Decode vs prefill on the GPU (same numerics, other kernels): ≤ 1e-2.
+//! * Residual streams and logits, CUDA vs CPU: relative RMS ≤ 5e-2 on the two-layer tiny
+//!   fixtures. The CUDA path stores every GEMM output, q/k/v and the KV cache in BF16 (≤ 2⁻⁹
+//!   each), which flips some FP8 activation codes by one step (≈ 6 %) downstream, and the
+//!   flips compound layer by layer: on the CUDA emulator the random 1B-shaped FP8 model's
+//!   logits differ by 0.19 relative RMS after 16 layers (0.079 after 2, 0.10 after 4), its
+//!   BF16 dequantization by 8.8e-3 after 2 layers. So random-1b allows 0.35 with FP8 weights
+//!   (its argmax checks are the sharp ones) and 5e-2 with BF16 weights; a wrong scale,
+//!   layout or mask gives errors of order 1. Decode vs prefill on the GPU: ≤ 1e-2.
 //! * Greedy ids: equal wherever the CPU's top-1/top-2 logit gap exceeds twice the largest
 //!   logit difference measured between the two backends on the same inputs.
 
@@ -17,7 +20,7 @@ use super::dweights::{upload_fused, DWeight, HostPart, HostWeight};
 use super::forward::{load_cuda, CudaModel, CudaOptions};
 use super::gpu::Gpu;
 use super::model::{Gemm, GemmMode};
-use super::randmodel::{random_host_weights, shape_config};
+use super::randmodel::{dense_shape_config, dequantized, random_host_weights, shape_config};
 use super::report::{compare, Report};
 use super::{cublaslt::Kind, ops};
 use crate::checkpoint::Checkpoint;
@@ -68,8 +71,13 @@ pub fn run(device: usize, fixtures: Option<&Path>, steps: usize, r: &mut Report)
             );
         }
     }
-    let res = random_1b(device, steps, r);
-    stage(r, "random-1b", res);
+    if steps == 0 {
+        return r.info("random-1b", "skipped", "--steps 0".into());
+    }
+    for dense in [false, true] {
+        let res = random_1b(device, steps.max(2), dense, r);
+        stage(r, if dense { "random-1b-bf16" } else { "random-1b" }, res);
+    }
 }
 
 /// Reports a stage's error as a failure row.
@@ -97,7 +105,7 @@ fn bf16_of(b: &[u8]) -> Vec<f32> {
 
 /// The kernels' f32 → E4M3 and E4M3 → f32 against the CPU quantizer, on rounding ties,
 /// saturation, subnormals and random values.
-fn fp8_convert(g: &Gpu, r: &mut Report) -> Result<()> {
+pub fn fp8_convert(g: &Gpu, r: &mut Report) -> Result<()> {
     let t = 2f32.powi(-9);
     let mut x = vec![
         448.0,
@@ -229,16 +237,7 @@ fn linear_goldens(g: &Gpu, fx: &Path, r: &mut Report) -> Result<()> {
                         (m, n, k),
                     ),
                     ("lt-raw", Some(b)) => b
-                        .matmul(
-                            Kind::Fp8Raw,
-                            (m, n, k),
-                            codes.ptr,
-                            xq.ptr,
-                            acc.ptr,
-                            0,
-                            0,
-                            &g.stream,
-                        )
+                        .matmul(Kind::Fp8Raw, (m, n, k), codes.ptr, xq.ptr, acc.ptr, 0, 0, g)
                         .and_then(|_| {
                             ops::scale_epilogue(g, acc.ptr, xs.ptr, scales.ptr, 0, m, n, y.ptr)
                         }),
@@ -250,7 +249,7 @@ fn linear_goldens(g: &Gpu, fx: &Path, r: &mut Report) -> Result<()> {
                         y.ptr,
                         xs.ptr,
                         scales.ptr,
-                        &g.stream,
+                        g,
                     ),
                     _ => Err(Error::Runtime("no cuBLASLt".into())),
                 };
@@ -383,13 +382,20 @@ fn top2(logits: &[f32]) -> (u32, f32) {
     (best, logits[best as usize] - second)
 }
 
-/// A random Llama-3.2-1B-shaped model quantized on the spot: CPU greedy decode, the GPU
-/// teacher-forced on the same ids (logits per step), then the GPU's own greedy decode.
-fn random_1b(device: usize, steps: usize, r: &mut Report) -> Result<()> {
-    let st = "random-1b";
-    let cfg = shape_config("llama-1b")?;
+/// A random Llama-3.2-1B-shaped model quantized on the spot (or, `dense`, its exact BF16
+/// dequantization): CPU greedy decode, the GPU teacher-forced on the same ids (logits per
+/// step), then the GPU's own greedy decode.
+fn random_1b(device: usize, steps: usize, dense: bool, r: &mut Report) -> Result<()> {
+    let st = if dense { "random-1b-bf16" } else { "random-1b" };
     let t0 = Instant::now();
-    let weights = random_host_weights(&cfg, 1234)?;
+    let (cfg, weights) = if dense {
+        let w = random_host_weights(&shape_config("llama-1b")?, 1234)?;
+        (dense_shape_config("llama-1b")?, dequantized(w))
+    } else {
+        let cfg = shape_config("llama-1b")?;
+        let w = random_host_weights(&cfg, 1234)?;
+        (cfg, w)
+    };
     r.info(
         st,
         "build + quantize on the CPU",
@@ -439,7 +445,7 @@ fn random_1b(device: usize, steps: usize, r: &mut Report) -> Result<()> {
         st,
         &format!("logits cuda vs cpu, rel rms (max abs {worst_abs:.3})"),
         worst_rel,
-        5e-2,
+        if dense { 5e-2 } else { 0.35 },
     );
     let bad = flips
         .iter()

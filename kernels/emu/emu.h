@@ -1,0 +1,249 @@
+// Host emulation of the CUDA features qforge's kernels use, so that the very same
+// kernels/*.cu run on a CPU (QFORGE_CUDA_EMULATE=1, see src/runtime/cuda/emu.rs). It checks
+// the kernel logic, the launch parameters and the host code on machines without a GPU (CI).
+//
+// Every CUDA thread is a fiber; a worker thread runs one block at a time, switching between its
+// fibers at barriers. Warp shuffles and the tensor-core `mma` instructions are warp-collective:
+// each lane deposits its operands, the warp meets, each lane computes its result from all the
+// lanes' operands using the PTX ISA's fragment layouts. Barriers reached by only part of a
+// warp or block (divergence), collectives out of step, and non-full shuffle masks are errors.
+//
+// Numerics: FP8 and BF16 conversions are exact as on the GPU (RNE, satfinite). Math functions
+// come from the host libm (CUDA's expf/logf may differ by an ulp), and mma sums its products
+// exactly and rounds once (tensor cores truncate a little), so results agree with a GPU to
+// about 1e-6 relative, not bit for bit.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace emu {
+
+struct dim3u {
+    unsigned x, y, z;
+};
+
+enum State : int { RUN, AT_BLOCK, AT_WARP, DONE };
+
+[[noreturn]] void fail(const char* msg);
+
+// One lane's operands of a warp collective (an mma needs 10 words).
+struct Lane {
+    uint32_t w[12];
+};
+
+struct Fiber {
+    void* sp;  // saved stack pointer while switched out
+    State st;
+    dim3u tid;
+    int lane, warp;
+    unsigned seq;  // collectives done: picks the exchange buffer and checks warps stay in step
+};
+
+struct Block {
+    dim3u bid, bdim, gdim;
+    int nthreads;
+    Fiber* fibers;
+    void* sched_sp;
+    unsigned char* dyn_smem;
+    Lane xch[2][32][32];  // [seq parity][warp][lane]
+};
+
+extern thread_local Block* g_block;
+extern thread_local Fiber* g_fiber;
+
+// Switches from the running fiber back to its block's scheduler.
+void yield();
+
+inline void syncthreads() {
+    g_fiber->st = AT_BLOCK;
+    yield();
+}
+
+// This lane's slot for its next collective, and the warp's row of slots.
+inline Lane* slot(Lane** warp_row) {
+    Fiber* f = g_fiber;
+    if ((f->warp + 1) * 32 > g_block->nthreads) fail("warp collective in a partial warp");
+    *warp_row = g_block->xch[f->seq++ & 1][f->warp];
+    return &(*warp_row)[f->lane];
+}
+
+inline void warp_meet() {
+    g_fiber->st = AT_WARP;
+    yield();
+}
+
+template <class T>
+T shfl_from(unsigned mask, T v, int src) {
+    static_assert(sizeof(T) <= 8, "shuffle of at most 8 bytes");
+    if (mask != 0xffffffffu) fail("shuffle with a partial lane mask");
+    Lane* row;
+    Lane* me = slot(&row);
+    std::memcpy(me->w, &v, sizeof(T));
+    warp_meet();
+    T r;
+    std::memcpy(&r, row[src & 31].w, sizeof(T));
+    return r;
+}
+
+inline uint32_t bits_of(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return u;
+}
+
+inline float float_of(uint32_t u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+// E4M3 (OCP "fn": no infinities, 0x7f/0xff NaN) code -> value, computed.
+inline float e4m3_decode(uint8_t c) {
+    const int e = (c >> 3) & 15, m = c & 7;
+    float v;
+    if (e == 15 && m == 7) v = NAN;
+    else if (e == 0) v = std::ldexp((float)m, -9);
+    else v = std::ldexp(1.0f + m / 8.0f, e - 7);
+    return (c & 0x80) ? -v : v;
+}
+
+struct E4m3Table {
+    float v[256];
+    E4m3Table() {
+        for (int c = 0; c < 256; c++) v[c] = e4m3_decode((uint8_t)c);
+    }
+};
+
+// The same, by table (the emulated mma decodes 8192 codes per call).
+inline float e4m3_value(uint8_t c) {
+    static const E4m3Table t;
+    return t.v[c];
+}
+
+// f32 -> E4M3 as `cvt.rn.satfinite`: round to nearest even, +-448 for anything beyond
+// (infinities included), NaN -> 0x7f, sign of zero kept.
+inline uint8_t e4m3_code(float x) {
+    if (x != x) return 0x7f;
+    const uint8_t sign = std::signbit(x) ? 0x80 : 0;
+    const float a = std::fabs(x);
+    if (a >= 464.0f) return sign | 0x7e;
+    if (a < 0.015625f) return sign | (uint8_t)std::nearbyint(a * 512.0f);  // subnormal steps
+    int e;
+    std::frexp(a, &e);
+    int E = e - 1;  // a = 1.m * 2^E, -6 <= E <= 8
+    int r = (int)std::nearbyint(std::ldexp(a, 3 - E));  // 8..16
+    if (r == 16) {
+        E += 1;
+        r = 8;
+    }
+    return sign | (uint8_t)(((E + 7) << 3) | (r - 8));
+}
+
+// f32 -> bf16 as `cvt.rn.bf16.f32`: round to nearest even, NaN -> 0x7fff.
+inline uint16_t bf16_code(float f) {
+    const uint32_t b = bits_of(f);
+    if (f != f) return 0x7fff;
+    return (uint16_t)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+}
+
+inline uint8_t byte_of(uint32_t w, int i) { return (uint8_t)(w >> (8 * i)); }
+inline uint16_t half_of(uint32_t w, int i) { return (uint16_t)(w >> (16 * i)); }
+
+// mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 and m16n8k16 ... bf16: D = A.B + C
+// for a 16xK A, Kx8 B held in fragments across the warp (PTX ISA, "Matrix Fragments for
+// mma.m16n8k32" / "mma.m16n8k16"). `d` is this lane's C on entry and D on return.
+template <bool FP8>
+void mma(float* d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
+    Lane* row;
+    Lane* me = slot(&row);
+    const uint32_t in[6] = {a0, a1, a2, a3, b0, b1};
+    std::memcpy(me->w, in, sizeof in);
+    warp_meet();
+    const int lane = g_fiber->lane, g = lane >> 2, t = lane & 3;
+    for (int i = 0; i < 4; i++) {
+        const int r = g + 8 * (i >> 1), c = 2 * t + (i & 1);  // this lane's D element
+        double s = 0.0;
+        if (FP8) {
+            for (int k = 0; k < 32; k++) {
+                // A[r][k]: lane (r%8)*4 + (k%16)/4, register (k<16 ? 0 : 2) + (r>=8), byte k%4
+                const int al = (r & 7) * 4 + ((k & 15) >> 2), ar = (k < 16 ? 0 : 2) + (r >> 3);
+                // B[k][c]: lane c*4 + (k%16)/4, register 4 + (k>=16), byte k%4
+                const int bl = c * 4 + ((k & 15) >> 2), br = 4 + (k >> 4);
+                s += (double)e4m3_value(byte_of(row[al].w[ar], k & 3)) *
+                     (double)e4m3_value(byte_of(row[bl].w[br], k & 3));
+            }
+        } else {
+            for (int k = 0; k < 16; k++) {
+                // A[r][k]: lane (r%8)*4 + (k%8)/2, register (k<8 ? 0 : 2) + (r>=8), half k%2
+                const int al = (r & 7) * 4 + ((k & 7) >> 1), ar = (k < 8 ? 0 : 2) + (r >> 3);
+                // B[k][c]: lane c*4 + (k%8)/2, register 4 + (k>=8), half k%2
+                const int bl = c * 4 + ((k & 7) >> 1), br = 4 + (k >> 3);
+                s += (double)float_of((uint32_t)half_of(row[al].w[ar], k & 1) << 16) *
+                     (double)float_of((uint32_t)half_of(row[bl].w[br], k & 1) << 16);
+            }
+        }
+        d[i] = (float)((double)d[i] + s);
+    }
+}
+
+void* dyn_smem();
+
+}  // namespace emu
+
+// ---- the CUDA C++ surface the kernels use ----
+#define __global__
+#define __device__ static
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static thread_local
+#define threadIdx (emu::g_fiber->tid)
+#define blockIdx (emu::g_block->bid)
+#define blockDim (emu::g_block->bdim)
+#define gridDim (emu::g_block->gdim)
+#define DYNAMIC_SMEM(T, name) T* name = (T*)emu::dyn_smem()
+
+struct alignas(16) uint4 {
+    unsigned x, y, z, w;
+};
+struct alignas(8) float2 {
+    float x, y;
+};
+static inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
+static inline float2 make_float2(float x, float y) { return {x, y}; }
+static inline uint4 __ldg(const uint4* p) { return *p; }
+static inline float __uint_as_float(unsigned u) { return emu::float_of(u); }
+static inline float __int_as_float(int i) { return emu::float_of((unsigned)i); }
+// Built with -ffp-contract=off: these two never fuse, as on the GPU.
+static inline float __fadd_rn(float a, float b) { return a + b; }
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline int min(int a, int b) { return a < b ? a : b; }
+static inline int max(int a, int b) { return a > b ? a : b; }
+static inline float cospif(float x) { return (float)std::cos(M_PI * (double)x); }
+static inline void __syncthreads() { emu::syncthreads(); }
+template <class T>
+static inline T __shfl_xor_sync(unsigned mask, T v, int o) {
+    return emu::shfl_from(mask, v, (int)(emu::g_fiber->lane ^ o));
+}
+template <class T>
+static inline T __shfl_sync(unsigned mask, T v, int src) {
+    return emu::shfl_from(mask, v, src);
+}
+
+// The PTX helpers of common.cuh and gemv.cu (which compile them only without QFORGE_EMU).
+static inline unsigned short f32_to_bf16(float f) { return emu::bf16_code(f); }
+static inline unsigned short f32x2_to_e4m3x2(float lo, float hi) {
+    return (unsigned short)(emu::e4m3_code(lo) | (emu::e4m3_code(hi) << 8));
+}
+static inline float2 e4m3x2_to_f32x2(unsigned short v) {
+    return make_float2(emu::e4m3_value((uint8_t)(v & 0xff)), emu::e4m3_value((uint8_t)(v >> 8)));
+}
+static inline uint4 ld_stream(const unsigned char* p) { return *(const uint4*)p; }
+static inline void mma_e4m3(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                            unsigned b0, unsigned b1) {
+    emu::mma<true>(d, a0, a1, a2, a3, b0, b1);
+}
+static inline void mma_bf16(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                            unsigned b0, unsigned b1) {
+    emu::mma<false>(d, a0, a1, a2, a3, b0, b1);
+}

@@ -1,0 +1,166 @@
+//! The binary's CUDA paths on the CUDA emulator (QFORGE_CUDA_EMULATE=1 in the child only):
+//! `verify --device cuda`, `bench --device cuda`, and `gpu selftest` — what a GPU machine
+//! runs, end to end, on a machine without one. Skipped without a C++ compiler unless
+//! QFORGE_REQUIRE_EMU is set (CI sets it).
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use qforge::runtime::cuda::gpu::Gpu;
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn emulator_present() -> bool {
+    match Gpu::emulated() {
+        Ok(_) => true,
+        Err(e) if std::env::var_os("QFORGE_REQUIRE_EMU").is_some() => {
+            panic!("QFORGE_REQUIRE_EMU is set but: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            false
+        }
+    }
+}
+
+/// `qforge args…` with the emulator standing in for the GPU.
+fn qforge_emulated(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_qforge"))
+        .args(args)
+        .env("QFORGE_CUDA_EMULATE", "1")
+        .output()
+        .expect("run qforge")
+}
+
+fn ok_json(out: &Output) -> Value {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "qforge failed: {stderr}");
+    serde_json::from_slice(&out.stdout).expect("stdout is JSON")
+}
+
+fn bundled() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/tiny-random-llama").to_string()
+}
+
+fn verify(model: &Path, device: &str) -> Value {
+    let model = model.to_string_lossy();
+    let reference = bundled();
+    ok_json(&qforge_emulated(&[
+        "verify",
+        "--model",
+        &model,
+        "--reference",
+        &reference,
+        "--prompt",
+        "What is the capital of France?",
+        "--max-new-tokens",
+        "12",
+        "--device",
+        device,
+        "--json",
+    ]))
+}
+
+/// The README's job with `--device cuda`: the bundled model quantized to FP8_DYNAMIC,
+/// generated on the emulated GPU, gives the CPU's tokens and full agreement with the BF16
+/// original.
+#[test]
+fn verify_on_cuda_gives_the_cpu_tokens() {
+    if !emulator_present() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let q = tmp.path().join("fp8");
+    let recipe = concat!(env!("CARGO_MANIFEST_DIR"), "/recipes/fp8_dynamic.yaml");
+    let out = Command::new(env!("CARGO_BIN_EXE_qforge"))
+        .args(["quantize", "--model", &bundled(), "--recipe", recipe])
+        .arg("--output")
+        .arg(&q)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (cuda, cpu) = (verify(&q, "cuda"), verify(&q, "cpu"));
+    let device = cuda["device"].as_str().unwrap_or_default();
+    assert!(device.contains("CUDA emulator"), "{device}");
+    let ids = |v: &Value| v["generation"]["token_ids"].clone();
+    assert_eq!(ids(&cuda).as_array().map(Vec::len), Some(12));
+    assert_eq!(ids(&cuda), ids(&cpu));
+    for v in [&cuda, &cpu] {
+        assert_eq!(v["reference"]["agreement"]["top1_agreement"], 1.0, "{v}");
+        assert_eq!(v["reference"]["agreement"]["nonfinite_positions"], 0);
+    }
+}
+
+/// `bench --device cuda --synthetic`: a random FP8 model built in (emulated) GPU memory
+/// runs the profiles with consistent timings.
+#[test]
+fn bench_on_cuda_runs_the_profiles() {
+    if !emulator_present() {
+        return;
+    }
+    let config = format!("{}/config.json", bundled());
+    let r = ok_json(&qforge_emulated(&[
+        "bench",
+        "--device",
+        "cuda",
+        "--synthetic",
+        &config,
+        "--profiles",
+        "16/4,40/2",
+        "--json",
+    ]));
+    assert!(
+        r["device"].as_str().unwrap().contains("CUDA emulator"),
+        "{r}"
+    );
+    let rows = r["profiles"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for (row, (p, g)) in rows.iter().zip([(16, 4), (40, 2)]) {
+        assert_eq!(row["prompt_tokens"], p);
+        assert_eq!(row["generated_tokens"], g);
+        let (lat, ttft) = (row["latency_s"].as_f64(), row["ttft_s"].as_f64());
+        assert!(ttft.unwrap() > 0.0 && lat.unwrap() > ttft.unwrap(), "{row}");
+    }
+    assert!(r["bandwidth_source"]
+        .as_str()
+        .unwrap()
+        .contains("256 MiB copy"));
+}
+
+/// `qforge gpu selftest` (what scripts/gpu_check.sh runs first) passes every check on the
+/// emulator: FP8 conversions, the W8A8 Linear goldens through the GEMV kernel, and the four
+/// tiny fixtures against the CPU (the random-1B stage is skipped: too slow emulated).
+#[test]
+fn gpu_selftest_passes() {
+    if !emulator_present() {
+        return;
+    }
+    let fixtures = common::shared().join("fixtures");
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("selftest.json");
+    let out = qforge_emulated(&[
+        "gpu",
+        "selftest",
+        "--fixtures",
+        fixtures.to_str().unwrap(),
+        "--steps",
+        "0",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains(", 0 failed"), "{stdout}");
+    let rows: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let text = rows.to_string();
+    let passed = text.matches("\"pass\":true").count();
+    assert!(passed >= 30, "{passed} passing checks: {text}");
+    for stage in ["fp8-convert", "linear-golden", "tiny-tied-bf16"] {
+        assert!(text.contains(stage), "stage {stage} missing");
+    }
+}
