@@ -1,6 +1,6 @@
 // Row-wise kernels of the forward pass: embedding gather, residual add + RMSNorm (+ FP8
 // quantization), SiLU-gating (+ FP8 quantization), per-token FP8 quantization of a BF16 row,
-// the FP8 GEMM scale epilogue, bias add. One block per row unless said otherwise; the
+// the GEMM epilogue (scales, bias). One block per row unless said otherwise; the
 // quantizing kernels follow vLLM's dynamic per-token FP8 (common.cuh `act_scale`, `quant2`).
 // Widths `n` are even (checked by the host).
 #include "common.cuh"
@@ -92,20 +92,14 @@ extern "C" __global__ void quant_rows(const u16* x, int n, u8* q, float* s) {
 
 // The W8A8 epilogue for a GEMM that produced raw f32 sums acc [rows][n]:
 //   y = bf16(sa[r] * (sw[c] * acc) (+ bias[c]))        grid (rows, ceil(n/256)), block 256.
+// Without scales (sa = sw = null): y = bf16(acc (+ bias[c])), a dense GEMM's bias added
+// before the one rounding, as vLLM's epilogues do.
 extern "C" __global__ void scale_epilogue(const float* acc, const float* sa, const float* sw,
                                           const float* bias, int n, u16* y) {
     const int c = blockIdx.y * blockDim.x + threadIdx.x;
     if (c >= n) return;
     const u64 i = (u64)blockIdx.x * n + c;
-    float v = sa[blockIdx.x] * (sw[c] * acc[i]);
+    float v = sa ? sa[blockIdx.x] * (sw[c] * acc[i]) : acc[i];
     if (bias) v += bias[c];
     y[i] = f32_to_bf16(v);
-}
-
-// y = bf16(f32(y) + bias[c]) for a bf16 [rows][n] output.   grid (rows, ceil(n/256)).
-extern "C" __global__ void add_bias(u16* y, const float* bias, int n) {
-    const int c = blockIdx.y * blockDim.x + threadIdx.x;
-    if (c >= n) return;
-    const u64 i = (u64)blockIdx.x * n + c;
-    y[i] = f32_to_bf16(bf16_to_f32(y[i]) + bias[c]);
 }

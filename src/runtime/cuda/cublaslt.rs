@@ -131,8 +131,50 @@ struct Fns {
     ) -> Status,
 }
 
+/// cuBLASLt, or its host stand-in on the CUDA emulator ([`super::emu_blas`]).
+pub enum Blas {
+    Lt(Box<Lt>),
+    Host,
+}
+
+impl Blas {
+    /// Finds and opens cuBLASLt ([`Lt::new`]).
+    pub fn new(workspace: u64, workspace_size: usize) -> Result<Blas> {
+        Lt::new(workspace, workspace_size).map(|l| Blas::Lt(Box::new(l)))
+    }
+
+    /// Which library, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Blas::Lt(l) => format!("cuBLASLt {} ({})", l.version, l.path.display()),
+            Blas::Host => "cuBLASLt emulated on the host".into(),
+        }
+    }
+
+    /// [`Lt::matmul`] (the emulator: the same product computed on the host).
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul(
+        &mut self,
+        kind: Kind,
+        shape: (usize, usize, usize),
+        w: u64,
+        x: u64,
+        d: u64,
+        sa: u64,
+        sw: u64,
+        g: &super::gpu::Gpu,
+    ) -> Result<()> {
+        match self {
+            Blas::Lt(l) => l.matmul(kind, shape, w, x, d, sa, sw, g),
+            // SAFETY: emulator buffers are host memory of the sizes `kind` and the shape imply
+            // (the caller's contract, as for cuBLASLt).
+            Blas::Host => unsafe { super::emu_blas::matmul(kind, shape, w, x, d, sa, sw) },
+        }
+    }
+}
+
 /// A cuBLASLt handle with its workspace and the plans made so far.
-pub struct Blas {
+pub struct Lt {
     pub path: PathBuf,
     /// `cublasLtGetVersion()`, e.g. 130000.
     pub version: usize,
@@ -152,11 +194,11 @@ fn sym<T: Copy>(lib: &Library, name: &str) -> Result<T> {
         .map_err(|e| Error::Runtime(format!("cuBLASLt: missing symbol {name}: {e}")))
 }
 
-impl Blas {
+impl Lt {
     /// Finds and opens cuBLASLt and creates a handle. `workspace` is a device buffer of
     /// `workspace_size` bytes that outlives the `Blas` (owned by the caller). The CUDA
     /// context must be current on this thread.
-    pub fn new(workspace: u64, workspace_size: usize) -> Result<Blas> {
+    pub fn new(workspace: u64, workspace_size: usize) -> Result<Lt> {
         let opened = libs::find(&CUBLASLT)?;
         let lib = opened.lib;
         let fns = Fns {
@@ -186,7 +228,7 @@ impl Blas {
             check(&fns, "preference workspace", st)?;
             (fns.version)()
         };
-        Ok(Blas {
+        Ok(Lt {
             path: opened.path,
             version,
             fns,
@@ -356,7 +398,7 @@ impl Blas {
     }
 }
 
-impl Drop for Blas {
+impl Drop for Lt {
     fn drop(&mut self) {
         for p in self.plans.values() {
             self.drop_plan(p);

@@ -30,7 +30,6 @@ pub const FUNCTIONS: &[(&str, &str)] = &[
     ("norm.cu", "silu_mul"),
     ("norm.cu", "quant_rows"),
     ("norm.cu", "scale_epilogue"),
-    ("norm.cu", "add_bias"),
     ("rope.cu", "rope_qkv"),
     ("attention.cu", "attention"),
     ("gemv.cu", "gemv_fp8"),

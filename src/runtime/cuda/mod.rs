@@ -11,6 +11,7 @@ pub mod cli;
 pub mod cublaslt;
 pub mod dweights;
 pub mod emu;
+pub mod emu_blas;
 pub mod forward;
 pub mod gpu;
 pub mod kernels;

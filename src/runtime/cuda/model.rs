@@ -59,18 +59,21 @@ impl Gemm {
         if mode == GemmMode::Gemv {
             return Ok(Gemm::without("QFORGE_GEMM=gemv".into(), mode));
         }
-        if g.is_emulated() {
-            return Ok(Gemm::without("emulated: GEMV kernels only".into(), mode));
-        }
-        let ws = g.alloc(WORKSPACE)?;
-        Ok(match Blas::new(ws.ptr, WORKSPACE) {
+        let (ws, blas) = if g.is_emulated() {
+            (None, Ok(Blas::Host))
+        } else {
+            let ws = g.alloc(WORKSPACE)?;
+            let b = Blas::new(ws.ptr, WORKSPACE);
+            (Some(ws), b)
+        };
+        Ok(match blas {
             Ok(b) => Gemm {
-                note: format!("cuBLASLt {} ({})", b.version, b.path.display()),
+                note: b.describe(),
                 blas: Some(b),
                 mode,
                 outer_ok: (mode == GemmMode::LtRaw).then_some(false),
                 acc: None,
-                _workspace: Some(ws),
+                _workspace: ws,
             },
             Err(e) if mode == GemmMode::Auto => Gemm::without(e.to_string(), mode),
             Err(e) => return Err(e),
@@ -138,23 +141,39 @@ impl Gemm {
                 if small {
                     return ops::gemv_bf16(g, (w.ptr, bias), x, (y, f32_out), (rows, n, k));
                 }
-                let blas = self.blas.as_mut().expect("checked above");
-                let kind = Kind::Bf16 { f32_out };
-                blas.matmul(kind, (rows, n, k), w.ptr, x, y, 0, 0, g)?;
-                match bias {
-                    0 => Ok(()),
-                    b if !f32_out => ops::add_bias(g, y, b, rows, n),
-                    _ => Err(Error::Unsupported(format!(
+                if bias == 0 {
+                    let blas = self.blas.as_mut().expect("checked above");
+                    let kind = Kind::Bf16 { f32_out };
+                    return blas.matmul(kind, (rows, n, k), w.ptr, x, y, 0, 0, g);
+                }
+                if f32_out {
+                    return Err(Error::Unsupported(format!(
                         "{}: bias with f32 output",
                         lin.name
-                    ))),
+                    )));
                 }
+                // f32 sums, then the bias before the one rounding to BF16 (as the GEMV does).
+                let acc = self.acc_buf(g, rows * n * 4)?;
+                let blas = self.blas.as_mut().expect("checked above");
+                let kind = Kind::Bf16 { f32_out: true };
+                blas.matmul(kind, (rows, n, k), w.ptr, x, acc, 0, 0, g)?;
+                ops::scale_epilogue(g, acc, 0, 0, bias, rows, n, y)
             }
         }
     }
 
-    /// Prefill FP8 GEMM through cuBLASLt: outer-vector scaling when it works, else f32 sums
-    /// and the epilogue kernel.
+    /// A scratch f32 buffer of at least `bytes` bytes (grown on demand).
+    fn acc_buf(&mut self, g: &Gpu, bytes: usize) -> Result<u64> {
+        if self.acc.as_ref().is_none_or(|b| b.bytes < bytes) {
+            self.acc = None; // free the old one first
+            self.acc = Some(g.alloc(bytes)?);
+        }
+        Ok(self.acc.as_ref().expect("allocated above").ptr)
+    }
+
+    /// Prefill FP8 GEMM through cuBLASLt: outer-vector scaling when it works (and there is
+    /// no bias: it must be added before the rounding to BF16), else f32 sums and the
+    /// epilogue kernel.
     fn fp8_lt(
         &mut self,
         g: &Gpu,
@@ -163,16 +182,12 @@ impl Gemm {
         y: u64,
         (m, n, k): (usize, usize, usize),
     ) -> Result<()> {
-        if self.outer_ok != Some(false) {
+        if self.outer_ok != Some(false) && bias == 0 {
             let blas = self.blas.as_mut().expect("cuBLASLt present");
             match blas.matmul(Kind::Fp8Scaled, (m, n, k), w, x, y, sa, sw, g) {
                 Ok(()) => {
                     self.outer_ok = Some(true);
-                    return if bias != 0 {
-                        ops::add_bias(g, y, bias, m, n)
-                    } else {
-                        Ok(())
-                    };
+                    return Ok(());
                 }
                 Err(e) if self.outer_ok.is_none() && self.mode == GemmMode::Auto => {
                     self.outer_ok = Some(false);
@@ -181,12 +196,7 @@ impl Gemm {
                 Err(e) => return Err(e),
             }
         }
-        let need = m * n * 4;
-        if self.acc.as_ref().is_none_or(|b| b.bytes < need) {
-            self.acc = None; // free the old one first
-            self.acc = Some(g.alloc(need)?);
-        }
-        let acc = self.acc.as_ref().expect("allocated above").ptr;
+        let acc = self.acc_buf(g, m * n * 4)?;
         let blas = self.blas.as_mut().expect("cuBLASLt present");
         blas.matmul(Kind::Fp8Raw, (m, n, k), w, x, acc, 0, 0, g)?;
         ops::scale_epilogue(g, acc, sa, sw, bias, m, n, y)

@@ -102,7 +102,7 @@ pub fn quant_rows(g: &Gpu, x: u64, rows: usize, n: usize, q: u64, s: u64) -> Res
     )
 }
 
-/// `y = bf16(sa[r] * (sw[c] * acc) (+ bias))` over `[rows, n]`.
+/// `y = bf16(sa[r] * (sw[c] * acc) (+ bias))` over `[rows, n]`; `sa = sw = 0`: no scaling.
 #[allow(clippy::too_many_arguments)]
 pub fn scale_epilogue(
     g: &Gpu,
@@ -124,13 +124,6 @@ pub fn scale_epilogue(
     ];
     let grid = (rows as u32, n.div_ceil(256) as u32);
     g.launch("scale_epilogue", cfg(grid, 256, 0), &args)
-}
-
-/// `y += bias` over a bf16 `[rows, n]` matrix.
-pub fn add_bias(g: &Gpu, y: u64, bias: u64, rows: usize, n: usize) -> Result<()> {
-    let args = [Arg::U64(y), Arg::U64(bias), Arg::I32(i32_of("width", n)?)];
-    let grid = (rows as u32, n.div_ceil(256) as u32);
-    g.launch("add_bias", cfg(grid, 256, 0), &args)
 }
 
 /// Shapes and buffers of [`rope_qkv`] and [`attention`].
