@@ -26,9 +26,14 @@ fn emulator_present() -> bool {
 
 /// `qforge args…` with the emulator standing in for the GPU.
 fn qforge_emulated(args: &[&str]) -> Output {
+    qforge_emulated_env(args, &[])
+}
+
+fn qforge_emulated_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_qforge"))
         .args(args)
         .env("QFORGE_CUDA_EMULATE", "1")
+        .envs(env.iter().copied())
         .output()
         .expect("run qforge")
 }
@@ -44,22 +49,29 @@ fn bundled() -> String {
 }
 
 fn verify(model: &Path, device: &str) -> Value {
+    verify_env(model, device, &[])
+}
+
+fn verify_env(model: &Path, device: &str, env: &[(&str, &str)]) -> Value {
     let model = model.to_string_lossy();
     let reference = bundled();
-    ok_json(&qforge_emulated(&[
-        "verify",
-        "--model",
-        &model,
-        "--reference",
-        &reference,
-        "--prompt",
-        "What is the capital of France?",
-        "--max-new-tokens",
-        "12",
-        "--device",
-        device,
-        "--json",
-    ]))
+    ok_json(&qforge_emulated_env(
+        &[
+            "verify",
+            "--model",
+            &model,
+            "--reference",
+            &reference,
+            "--prompt",
+            "What is the capital of France?",
+            "--max-new-tokens",
+            "12",
+            "--device",
+            device,
+            "--json",
+        ],
+        env,
+    ))
 }
 
 /// The README's job with `--device cuda`: the bundled model quantized to FP8_DYNAMIC,
@@ -94,6 +106,14 @@ fn verify_on_cuda_gives_the_cpu_tokens() {
         assert_eq!(v["reference"]["agreement"]["top1_agreement"], 1.0, "{v}");
         assert_eq!(v["reference"]["agreement"]["nonfinite_positions"], 0);
     }
+    // The kernels do not depend on the order threads run between barriers (a missing
+    // barrier would): last-to-first gives bit-identical logits, so the same KL and ppl.
+    let reversed = verify_env(&q, "cuda", &[("QFORGE_EMU_REVERSE", "1")]);
+    assert_eq!(ids(&reversed), ids(&cuda));
+    assert_eq!(
+        reversed["reference"]["agreement"],
+        cuda["reference"]["agreement"]
+    );
 }
 
 /// `bench --device cuda --synthetic`: a random FP8 model built in (emulated) GPU memory

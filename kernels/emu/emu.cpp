@@ -171,6 +171,14 @@ struct Job {
 
 static thread_local Job* g_job = nullptr;
 
+// QFORGE_EMU_REVERSE=1 runs a block's threads last to first between barriers: a kernel whose
+// result depends on that order reads shared data some other thread has not written yet (a
+// missing barrier), which the two orders expose from both sides.
+static const bool g_reverse = [] {
+    const char* s = std::getenv("QFORGE_EMU_REVERSE");
+    return s && *s && std::strcmp(s, "0") != 0;
+}();
+
 static void fiber_entry() {
     g_job->e->call(g_job->e->fn, g_job->args.data());
     g_fiber->st = DONE;
@@ -228,7 +236,8 @@ struct Worker {
         g_error = &err;
         g_job = &job;
         for (;;) {
-            for (int t = 0; t < b.nthreads; t++) {
+            for (int i = 0; i < b.nthreads; i++) {
+                const int t = g_reverse ? b.nthreads - 1 - i : i;
                 if (fibers[t].st != RUN) continue;
                 g_fiber = &fibers[t];
                 qf_emu_switch(&b.sched_sp, fibers[t].sp);
