@@ -6,6 +6,10 @@
 // rq * G (query row, q head of the group) pairs, spread over 8 warps (at most 4 each, so
 // rq * G <= 32). Per tile, lane j scores key j for one item; the softmax statistics are
 // warp reductions; for P.V each lane owns dims lane, lane+32, ... (d <= 256).
+//
+// Decode has one query row, so its grid would be only KVH blocks: there the keys are split
+// over gridDim.z blocks of `kchunk` keys each (flash-decoding); each writes its unnormalised
+// state (max, sum, P.V) and attention_combine merges them.
 #include "common.cuh"
 
 #define ATT_WARPS 8
@@ -14,11 +18,13 @@
 #define MAX_DIM_CHUNKS 8
 
 // q: bf16 [t][H*d]; caches bf16 [max_seq][KVH*d] holding positions 0..pos+t; out bf16
-// [t][H*d]. Grid (ceil(t/rq), KVH), block 256, dynamic shared memory
-// rq*G*d*4 + 2 * 32*(d+2)*2 bytes.
+// [t][H*d]. Grid (ceil(t/rq), KVH, splits), block 256, dynamic shared memory
+// rq*G*d*4 + 2 * 32*(d+2)*2 bytes. With splits > 1, block z takes keys
+// [z*kchunk, (z+1)*kchunk) (kchunk a multiple of 32) and writes part[z][row][head] =
+// (max score, sum of exp, unnormalised P.V [d]) as f32 [splits][t][H][d+2] instead of `out`.
 extern "C" __global__ void attention(const u16* q, const u16* k_cache, const u16* v_cache,
                                      u16* out, int t, int pos, int H, int KVH, int d, int rq,
-                                     float scale) {
+                                     float scale, int kchunk, float* part) {
     DYNAMIC_SMEM(float, smem);
     const int G = H / KVH, items = rq * G, kh = blockIdx.y;
     const int row0 = blockIdx.x * rq;
@@ -40,15 +46,16 @@ extern "C" __global__ void attention(const u16* q, const u16* k_cache, const u16
         l[a] = 0.0f;
         _Pragma("unroll") for (int b = 0; b < MAX_DIM_CHUNKS; b++) acc[a][b] = 0.0f;
     }
-    // Keys needed by the last row of the block (causal).
+    // Keys needed by the last row of the block (causal), within this block's split.
     const int kmax = pos + min(t, row0 + rq);
+    const int kbeg = blockIdx.z * kchunk, kend = min(kmax, kbeg + kchunk);
     const int half_d = d / 2;
-    for (int k0 = 0; k0 < kmax; k0 += ATT_TILE) {
+    for (int k0 = kbeg; k0 < kend; k0 += ATT_TILE) {
         __syncthreads();  // previous tile fully consumed (and q loaded, first time)
         for (int i = threadIdx.x; i < ATT_TILE * half_d; i += blockDim.x) {
             const int j = i / half_d, c = 2 * (i % half_d);
             u32 kv = 0, vv = 0;
-            if (k0 + j < kmax) {
+            if (k0 + j < kend) {
                 const u64 off = (u64)(k0 + j) * kvw + (u64)kh * d + c;
                 kv = *(const u32*)(k_cache + off);
                 vv = *(const u32*)(v_cache + off);
@@ -65,7 +72,7 @@ extern "C" __global__ void attention(const u16* q, const u16* k_cache, const u16
             if (row >= t) continue;
             const int qpos = pos + row, j = k0 + lane;
             float sc = NEG_INF;
-            if (j <= qpos) {
+            if (j <= qpos && j < kend) {
                 const float* qi = qs + it * d;
                 const u32* kj = (const u32*)(ks + lane * ds);
                 float dot = 0.0f;
@@ -101,11 +108,52 @@ extern "C" __global__ void attention(const u16* q, const u16* k_cache, const u16
         if (it >= items) break;
         const int row = row0 + it / G, head = kh * G + it % G;
         if (row >= t) continue;
+        if (gridDim.z > 1) {  // this split's state, merged by attention_combine
+            float* pr = part + (((u64)blockIdx.z * t + row) * H + head) * (d + 2);
+            if (lane == 0) {
+                pr[0] = m[a];
+                pr[1] = l[a];
+            }
+            _Pragma("unroll") for (int b = 0; b < MAX_DIM_CHUNKS; b++) {
+                const int c = lane + 32 * b;
+                if (c < d) pr[2 + c] = acc[a][b];
+            }
+            continue;
+        }
         const float inv = 1.0f / l[a];
         u16* o = out + (u64)row * qw + (u64)head * d;
         _Pragma("unroll") for (int b = 0; b < MAX_DIM_CHUNKS; b++) {
             const int c = lane + 32 * b;
             if (c < d) o[c] = f32_to_bf16(acc[a][b] * inv);
         }
+    }
+}
+
+// Merges the splits of a split attention: for each (row, head), with M the largest split
+// max, out = sum_s exp(m_s - M) * acc_s / sum_s exp(m_s - M) * l_s. A split that saw no key
+// of a row has m = -inf and is skipped. One warp per (row, head): grid ceil(t*H/8), block 256.
+extern "C" __global__ void attention_combine(const float* part, int splits, int t, int H, int d,
+                                             u16* out) {
+    const int lane = threadIdx.x & 31;
+    const u64 gw = (u64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (gw >= (u64)t * H) return;
+    const u64 stride = (u64)t * H * (d + 2);
+    const float* p0 = part + gw * (d + 2);
+    float mx = NEG_INF;
+    for (int s = 0; s < splits; s++) mx = fmaxf(mx, p0[s * stride]);
+    float sum = 0.0f;
+    for (int s = 0; s < splits; s++) {
+        const float* p = p0 + s * stride;
+        if (p[0] != NEG_INF) sum += p[1] * expf(p[0] - mx);
+    }
+    const float inv = 1.0f / sum;
+    u16* o = out + gw * d;  // row * H * d + head * d
+    for (int c = lane; c < d; c += 32) {
+        float v = 0.0f;
+        for (int s = 0; s < splits; s++) {
+            const float* p = p0 + s * stride;
+            if (p[0] != NEG_INF) v = fmaf(p[2 + c], expf(p[0] - mx), v);
+        }
+        o[c] = f32_to_bf16(v * inv);
     }
 }

@@ -20,8 +20,8 @@ fn options(max_seq: usize) -> Result<CudaOptions> {
     Ok(CudaOptions {
         device: 0,
         max_seq: Some(max_seq),
-        max_rows: None,
         gemm: GemmMode::from_env()?,
+        ..CudaOptions::default()
     })
 }
 

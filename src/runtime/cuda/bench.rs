@@ -95,6 +95,7 @@ fn bench_one(
         max_seq: Some(max_seq),
         max_rows: Some(prefill),
         gemm: GemmMode::from_env()?,
+        ..CudaOptions::default()
     };
     let mut m = CudaModel::new(g, cfg.clone(), w, &opts)?;
     let ids = |n: usize| -> Vec<u32> {

@@ -24,6 +24,9 @@ pub struct CudaOptions {
     /// Rows per prefill step; longer prompts run in chunks (default 2048).
     pub max_rows: Option<usize>,
     pub gemm: GemmMode,
+    /// Fewest keys per split of a split (flash-decoding) attention (default 256; tests
+    /// force small splits).
+    pub split_keys: Option<usize>,
 }
 
 impl Default for CudaOptions {
@@ -33,6 +36,7 @@ impl Default for CudaOptions {
             max_seq: None,
             max_rows: None,
             gemm: GemmMode::Auto,
+            split_keys: None,
         }
     }
 }
@@ -54,6 +58,9 @@ pub struct CudaModel {
     v_cache: Vec<DBuf>,
     cos: DBuf,
     sin: DBuf,
+    /// Partial states of split attentions, and the fewest keys per split.
+    part: DBuf,
+    split_keys: usize,
     // Last: every buffer above is freed while the context is alive.
     pub gpu: Gpu,
 }
@@ -106,6 +113,8 @@ impl CudaModel {
             gpu.set_max_smem("attention", smem)?;
         }
         Ok(CudaModel {
+            part: gpu.alloc(ops::attention_part_len(dims) * 4)?,
+            split_keys: opts.split_keys.unwrap_or(256),
             gemm: Gemm::new(&gpu, opts.gemm)?,
             scratch: Scratch::new(&gpu, &config, rows)?,
             dims,
@@ -233,7 +242,10 @@ impl CudaModel {
                 norms,
                 (s.q.ptr, cache.0, cache.1),
             )?;
-            ops::attention(g, dims, s.q.ptr, cache, s.att.ptr, t, pos, scale)?;
+            let sms = g.info.sm_count.max(1) as usize;
+            let split = ops::attention_split(dims, t, pos, sms, self.split_keys)
+                .map(|chunk| (chunk, self.part.ptr));
+            ops::attention(g, dims, s.q.ptr, cache, s.att.ptr, t, pos, scale, split)?;
             let o_in = if layer.o.is_fp8() {
                 ops::quant_rows(g, s.att.ptr, t, c.q_dim(), s.act.q.ptr, s.act.s.ptr)?;
                 &s.act

@@ -32,6 +32,7 @@ pub const FUNCTIONS: &[(&str, &str)] = &[
     ("norm.cu", "scale_epilogue"),
     ("rope.cu", "rope_qkv"),
     ("attention.cu", "attention"),
+    ("attention.cu", "attention_combine"),
     ("gemv.cu", "gemv_fp8"),
     ("gemv.cu", "gemv_bf16"),
     ("sample.cu", "argmax_rows"),

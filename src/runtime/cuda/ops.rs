@@ -184,8 +184,41 @@ pub fn attention_smem(dims: AttnDims, rq: usize) -> usize {
     rq * group * dims.head_dim * 4 + 2 * 32 * (dims.head_dim + 2) * 2
 }
 
+/// The most query rows a split (flash-decoding) attention takes, and the most splits.
+pub const SPLIT_MAX_ROWS: usize = 16;
+pub const SPLIT_MAX: usize = 64;
+
+/// f32 count of the partial-state buffer a split attention needs at most.
+pub fn attention_part_len(dims: AttnDims) -> usize {
+    SPLIT_MAX * SPLIT_MAX_ROWS * dims.heads * (dims.head_dim + 2)
+}
+
+/// Keys per split for `rows` query rows at `pos` (`None`: no split). Decode has only
+/// `kv_heads` blocks of work, so long contexts are split until there are about two blocks per
+/// SM, each taking at least `min_chunk` keys (256 by default; tests force smaller ones).
+pub fn attention_split(
+    dims: AttnDims,
+    rows: usize,
+    pos: usize,
+    sm_count: usize,
+    min_chunk: usize,
+) -> Option<usize> {
+    let kmax = pos + rows;
+    let min_chunk = min_chunk.max(1).next_multiple_of(32);
+    if rows > SPLIT_MAX_ROWS || kmax <= min_chunk {
+        return None;
+    }
+    let blocks = rows.div_ceil(attention_rows_per_block(dims, rows)) * dims.kv_heads;
+    let want = (2 * sm_count).div_ceil(blocks).clamp(1, SPLIT_MAX);
+    let splits = want.min(kmax.div_ceil(min_chunk));
+    let chunk = kmax.div_ceil(splits).next_multiple_of(32).max(min_chunk);
+    (kmax.div_ceil(chunk) > 1).then_some(chunk)
+}
+
 /// Causal attention of `rows` query rows at positions `pos..` against cache positions
-/// `0..pos+rows`.
+/// `0..pos+rows`; with `split = Some((chunk, part))`, over key splits of `chunk` keys whose
+/// states go through `part` (f32, [`attention_part_len`]) and are merged by
+/// `attention_combine`.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     g: &Gpu,
@@ -196,9 +229,18 @@ pub fn attention(
     rows: usize,
     pos: usize,
     scale: f32,
+    split: Option<(usize, u64)>,
 ) -> Result<()> {
     let rq = attention_rows_per_block(dims, rows);
     let smem = attention_smem(dims, rq);
+    let kmax = pos + rows;
+    let (chunk, part) = split.unwrap_or((kmax, 0));
+    let splits = kmax.div_ceil(chunk.max(1));
+    if splits > 1 && (rows > SPLIT_MAX_ROWS || splits > SPLIT_MAX || chunk % 32 != 0) {
+        return Err(Error::Runtime(format!(
+            "attention split of {rows} rows into {splits} x {chunk} keys is out of range"
+        )));
+    }
     let args = [
         Arg::U64(q),
         Arg::U64(k_cache),
@@ -211,9 +253,33 @@ pub fn attention(
         Arg::I32(dims.head_dim as i32),
         Arg::I32(rq as i32),
         Arg::F32(scale),
+        Arg::I32(i32_of("keys per split", chunk)?),
+        Arg::U64(part),
     ];
-    let grid = (rows.div_ceil(rq) as u32, dims.kv_heads as u32);
-    g.launch("attention", cfg(grid, 256, smem as u32), &args)
+    let mut c = cfg(
+        (rows.div_ceil(rq) as u32, dims.kv_heads as u32),
+        256,
+        smem as u32,
+    );
+    c.grid_dim.2 = splits as u32;
+    g.launch("attention", c, &args)?;
+    if splits == 1 {
+        return Ok(());
+    }
+    let args = [
+        Arg::U64(part),
+        Arg::I32(splits as i32),
+        Arg::I32(rows as i32),
+        Arg::I32(dims.heads as i32),
+        Arg::I32(dims.head_dim as i32),
+        Arg::U64(out),
+    ];
+    let warps = rows * dims.heads;
+    g.launch(
+        "attention_combine",
+        cfg((warps.div_ceil(8) as u32, 1), 256, 0),
+        &args,
+    )
 }
 
 /// The most activation rows one GEMV launch takes.
