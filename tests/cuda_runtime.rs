@@ -161,8 +161,9 @@ fn add_qwen_parts(w: &mut Weights, head_dim: usize) {
 
 /// A random model with real head sizes (64 and 128, grouped 8:1 as the 70B and 2:1; with
 /// Qwen's q/k norms and q/k/v biases or without): a 70-token prefill (three 32-key attention
-/// tiles, several query rows per block) gives the CPU's logits, and prefill + single-token
-/// decode steps give the same logits as one prefill.
+/// tiles, several query rows per block) gives the CPU's logits; prefill + single-token decode
+/// steps (attention split into 32-key blocks) and a prefill in 24-row chunks give the logits
+/// of one prefill.
 ///
 /// Tolerances (relative RMS of the logits): BF16 weights 1e-2 (BF16 storage of GEMM
 /// outputs, q/k/v and the KV cache; 5.3e-3 … 6.8e-3 measured on the emulator). FP8 weights
@@ -226,6 +227,22 @@ fn random_models_match_cpu_in_prefill_and_decode() {
             let (rel, _, _) = compare(&stepped, &all[69 * v..]);
             eprintln!("{label}: decode vs prefill rel {rel:.3e}");
             assert!(rel <= limit, "{label}: decode vs prefill rel {rel:.3e}");
+            // A prompt longer than the scratch rows runs in chunks (here 24, 24, 22 rows at
+            // positions 0, 24, 48): the same logits as one prefill.
+            drop(m);
+            let opts = CudaOptions {
+                max_rows: Some(24),
+                ..opts
+            };
+            let mut m =
+                CudaModel::from_host_on(same_device(&label), cfg.clone(), &weights, &opts).unwrap();
+            let chunked = m.forward(&ids, 0, true).unwrap();
+            let (rel, _, _) = compare(&chunked, &all);
+            eprintln!("{label}: chunked prefill rel {rel:.3e}");
+            assert!(
+                rel <= limit,
+                "{label}: chunked vs one prefill rel {rel:.3e}"
+            );
         }
     }
 }
