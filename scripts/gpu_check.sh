@@ -21,6 +21,10 @@
 # single-stream latency profiles on a random 70B-shaped FP8 model in GPU memory, beside the
 # card's 2xH100 figures (all eight, and the 8B shape too, with QFORGE_GPU_FULL_PROFILES=1,
 # which needs about 5 more minutes; the table is appended to report.md).
+#
+# QFORGE_GPU_CHECK_SMOKE=1 (with QFORGE_CUDA_EMULATE=1: CI does it, tests/gpu_check_script.rs)
+# runs every stage on tiny shapes, without nvidia-smi and PyTorch: it checks the script and
+# the report, not the GPU.
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=${QFORGE_BIN:-$root/target/release/qforge}
@@ -36,6 +40,8 @@ for d in /usr/local/cuda/lib64 /usr/local/cuda-13*/lib64 /usr/local/cuda-12*/lib
 done
 export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}
 
+smoke=${QFORGE_GPU_CHECK_SMOKE:-0}
+tiny=$root/fixtures/tiny-random-llama/config.json
 failed=()
 step() { # name timeout_s command...
     local name=$1 t=$2
@@ -48,9 +54,12 @@ step() { # name timeout_s command...
     [ "$rc" = 0 ] || failed+=("$name(exit $rc)")
 }
 
-step env 15 bash -c "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.memory --format=csv;
+if [ "$smoke" = 1 ]; then
+    step env 15 ls -l "$bin"
+else step env 15 bash -c "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.memory --format=csv;
     ls -d /usr/local/cuda* 2>/dev/null; ls -l '$bin';
     python3 -c 'import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda)'"
+fi
 if [ ! -x "$bin" ]; then
     echo "gpu_check: $bin is missing: build it with cargo build --release" >&2
     exit 2
@@ -63,24 +72,35 @@ if [ -d "$fixtures/golden" ]; then
 else
     echo "gpu_check: no fixtures at $fixtures: selftest skips the fixture stages"
 fi
-step selftest 150 "$bin" gpu selftest "${fx_args[@]}" --json "$out/selftest.json"
-step bench 100 "$bin" gpu bench --json "$out/bench.json"
-step gemm 45 "$bin" gpu gemm --json "$out/gemm.json"
-step torch-gemm 45 python3 "$root/scripts/gpu_torch_gemm.py" "$out/torch_gemm.json"
+if [ "$smoke" = 1 ]; then
+    step selftest 150 "$bin" gpu selftest "${fx_args[@]}" --steps 0 --json "$out/selftest.json"
+    step bench 100 "$bin" gpu bench --shapes "$tiny" --prompt 8 --decode 4 --prefill 32 \
+        --json "$out/bench.json"
+    step gemm 45 "$bin" gpu gemm --m 1,16,32 --div 64 --json "$out/gemm.json"
+else
+    step selftest 150 "$bin" gpu selftest "${fx_args[@]}" --json "$out/selftest.json"
+    step bench 100 "$bin" gpu bench --json "$out/bench.json"
+    step gemm 45 "$bin" gpu gemm --json "$out/gemm.json"
+    step torch-gemm 45 python3 "$root/scripts/gpu_torch_gemm.py" "$out/torch_gemm.json"
+fi
 # JSON on stdout, the table on stderr (into the log).
 shapes=(llama-70b) profiles=256/128,512/256,1024/128,4096/512 limit=60
 if [ "${QFORGE_GPU_FULL_PROFILES:-0}" = 1 ]; then
     shapes=(llama-8b llama-70b) profiles=seed limit=240
 fi
+if [ "$smoke" = 1 ]; then
+    shapes=("$tiny") profiles=16/4,24/2
+fi
 for shape in "${shapes[@]}"; do
-    step "profiles-$shape" "$limit" bash -c \
-        "'$bin' bench --synthetic $shape --device cuda --profiles $profiles --json > '$out/profiles-$shape.json'"
+    name=$(basename "$shape" .json)
+    step "profiles-$name" "$limit" bash -c \
+        "'$bin' bench --synthetic '$shape' --device cuda --profiles $profiles --json > '$out/profiles-$name.json'"
 done
 step report 10 python3 "$root/scripts/gpu_report.py" "$out"
 cp "$out/report.log" "$out/report.md" 2>/dev/null
 for shape in "${shapes[@]}"; do
     printf '\n**qforge bench --synthetic %s --profiles '"$profiles"'**\n\n```\n%s\n```\n' \
-        "$shape" "$(cat "$out/profiles-$shape.log" 2>/dev/null)" >>"$out/report.md"
+        "$shape" "$(cat "$out/profiles-$(basename "$shape" .json).log" 2>/dev/null)" >>"$out/report.md"
 done
 if [ ${#failed[@]} -gt 0 ]; then
     echo "gpu_check: failed stages: ${failed[*]} (logs in $out)"

@@ -37,7 +37,7 @@ pub enum GpuCommand {
     },
     /// Decode / prefill tokens/s of random FP8 models created in GPU memory.
     Bench {
-        /// Model shapes: llama-1b, llama-8b, llama-70b.
+        /// Model shapes: llama-1b, llama-8b, llama-70b, or a config.json.
         #[arg(long, value_delimiter = ',', default_value = "llama-8b,llama-70b")]
         shapes: Vec<String>,
         /// Prompt tokens before the timed decode steps.
@@ -54,6 +54,9 @@ pub enum GpuCommand {
     Gemm {
         #[arg(long, value_delimiter = ',', default_value = "1,16,128,2048")]
         m: Vec<usize>,
+        /// Divide N and K by this (smoke runs of scripts/gpu_check.sh on the emulator).
+        #[arg(long, default_value_t = 1, hide = true)]
+        div: usize,
     },
 }
 
@@ -78,7 +81,7 @@ pub fn run(args: &GpuArgs) -> Result<ExitCode> {
             *prefill,
             &mut r,
         ),
-        GpuCommand::Gemm { m } => bench::bench_gemm(args.device, m, &mut r),
+        GpuCommand::Gemm { m, div } => bench::bench_gemm(args.device, m, (*div).max(1), &mut r),
     }
     r.write_json(args.json.as_deref());
     let failed = r.failures();

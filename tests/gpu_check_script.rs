@@ -1,0 +1,84 @@
+//! `scripts/gpu_check.sh` — the one script a session with a GPU runs — end to end on the CUDA
+//! emulator in its smoke mode (tiny shapes, no nvidia-smi or PyTorch): every stage runs and
+//! `gpu_report.py` turns their JSON into the report pasted into docs/gpu-results.md. Skipped
+//! without a C++ compiler or python3, unless QFORGE_REQUIRE_EMU is set (CI sets it).
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use qforge::runtime::cuda::gpu::Gpu;
+use std::process::Command;
+
+fn ready() -> bool {
+    let python = Command::new("python3").arg("--version").output().is_ok();
+    match (Gpu::emulated(), python) {
+        (Ok(_), true) => true,
+        (res, _) if std::env::var_os("QFORGE_REQUIRE_EMU").is_some() => {
+            panic!(
+                "QFORGE_REQUIRE_EMU is set but: emulator {:?}, python3 {python}",
+                res.err()
+            )
+        }
+        (res, _) => {
+            eprintln!("skipped: emulator {:?}, python3 {python}", res.err());
+            false
+        }
+    }
+}
+
+#[test]
+fn gpu_check_runs_every_stage_and_writes_the_report() {
+    if !ready() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/gpu_check.sh");
+    let run = Command::new("bash")
+        .arg(script)
+        .arg(common::shared().join("fixtures"))
+        .env("QFORGE_CUDA_EMULATE", "1")
+        .env("QFORGE_GPU_CHECK_SMOKE", "1")
+        .env("QFORGE_BIN", env!("CARGO_BIN_EXE_qforge"))
+        .env("OUT", out.path())
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&run.stdout);
+    for stage in [
+        "env",
+        "selftest",
+        "bench",
+        "gemm",
+        "profiles-config",
+        "report",
+    ] {
+        assert!(
+            log.contains(&format!("-- {stage}: exit 0")),
+            "{stage}:\n{log}"
+        );
+    }
+    // `gpu info` also reports NVRTC, which only a machine with it installed has (CI does).
+    if std::env::var_os("QFORGE_NVRTC_LIB").is_some() {
+        assert!(run.status.success(), "{log}");
+        assert!(log.contains("gpu_check: all stages passed"), "{log}");
+    }
+    let report = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    assert!(report.contains("qforge CUDA emulator"), "{report}");
+    assert!(report.contains("checks pass"), "{report}");
+    assert!(!report.contains("| FAIL |"), "{report}");
+    assert!(report.contains("| linear-golden |") && report.contains("| tiny-tied-bf16 |"));
+    assert!(
+        report.contains("tiny-random-llama/config.json | "),
+        "model row:\n{report}"
+    );
+    for shape in ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"] {
+        for m in [1, 16, 32] {
+            let row = format!("| {shape} | {m} | n/a | ");
+            assert!(report.contains(&row), "{row}:\n{report}");
+        }
+    }
+    assert!(report.contains("**qforge bench --synthetic"), "{report}");
+    assert!(
+        report.contains("16/4") && report.contains("24/2"),
+        "{report}"
+    );
+}
