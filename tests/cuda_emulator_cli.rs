@@ -68,6 +68,8 @@ fn verify_env(model: &Path, device: &str, env: &[(&str, &str)]) -> Value {
             "12",
             "--device",
             device,
+            "--min-agreement",
+            "0",
             "--json",
         ],
         env,
@@ -114,6 +116,37 @@ fn verify_on_cuda_gives_the_cpu_tokens() {
         reversed["reference"]["agreement"],
         cuda["reference"]["agreement"]
     );
+}
+
+/// The other presets the runtime loads stream onto the GPU too (INT8 and the dequantized
+/// formats as BF16, as the CPU loader reads them): the CPU's tokens and top-1 agreement.
+/// FP8_BLOCK's block scales were once taken for per-channel ones here (garbage output).
+#[test]
+fn verify_on_cuda_loads_the_other_presets() {
+    if !emulator_present() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    for preset in ["w8a8", "fp8_block", "nvfp4a16"] {
+        let q = tmp.path().join(preset);
+        let recipe = format!("{}/recipes/{preset}.yaml", env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new(env!("CARGO_BIN_EXE_qforge"))
+            .args(["quantize", "--model", &bundled(), "--recipe", &recipe])
+            .arg("--output")
+            .arg(&q)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (cuda, cpu) = (verify(&q, "cuda"), verify(&q, "cpu"));
+        let ids = |v: &Value| v["generation"]["token_ids"].clone();
+        assert_eq!(ids(&cuda), ids(&cpu), "{preset}");
+        let top1 = |v: &Value| v["reference"]["agreement"]["top1_agreement"].clone();
+        assert_eq!(top1(&cuda), top1(&cpu), "{preset}");
+    }
 }
 
 /// `bench --device cuda --synthetic`: a random FP8 model built in (emulated) GPU memory

@@ -340,6 +340,13 @@ fn bad(msg: String) -> Error {
     Error::Checkpoint(msg)
 }
 
+/// One Linear module of a checked checkpoint, as [`Weights::load`] loads it: FP8 and INT8
+/// channel codes as stored, other quantized formats dequantized, dense otherwise (the CUDA
+/// loader streams the formats it does not upload as they are through this).
+pub fn load_linear(ck: &Checkpoint, cfg: &ModelConfig, module: &str, bias: bool) -> Result<Linear> {
+    Loader { ck, cfg }.linear(module, bias)
+}
+
 /// Converts checked tensors into [`Weights`] parts.
 struct Loader<'a> {
     ck: &'a Checkpoint,

@@ -1,5 +1,6 @@
-//! Model weights in GPU memory. FP8 Linears stay FP8 (1 byte per weight) with f32
-//! per-channel scales; dense matrices (embedding, lm_head, unquantized Linears) are BF16;
+//! Model weights in GPU memory. FP8 channel Linears stay FP8 (1 byte per weight) with f32
+//! per-channel scales; dense matrices (embedding, lm_head, unquantized Linears, and every
+//! other preset dequantized as the CPU loader does: INT8, FP8 blocks, INT4, FP4) are BF16;
 //! norm weights and biases f32. q/k/v and gate/up are fused into one matrix each (rows
 //! concatenated), so each takes one GEMM and one activation quantization.
 //!
@@ -113,6 +114,25 @@ pub struct HostPart<'a> {
     pub cols: usize,
     pub w: HostWeight<'a>,
     pub bias: Option<Vec<f32>>,
+}
+
+impl HostPart<'_> {
+    /// The same part owning its bytes.
+    pub fn into_owned(self) -> HostPart<'static> {
+        let w = match self.w {
+            HostWeight::Fp8 { codes, scales } => HostWeight::Fp8 {
+                codes: Cow::Owned(codes.into_owned()),
+                scales,
+            },
+            HostWeight::Bf16(b) => HostWeight::Bf16(Cow::Owned(b.into_owned())),
+        };
+        HostPart {
+            rows: self.rows,
+            cols: self.cols,
+            w,
+            bias: self.bias,
+        }
+    }
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
@@ -391,8 +411,24 @@ impl Streamer<'_> {
         vector(self.g, &v)
     }
 
-    /// One module as a host part, borrowing the mmap for FP8 codes and BF16 weights.
+    /// One module as a host part, borrowing the mmap for FP8 channel codes and BF16 weights;
+    /// every other quantized format goes through the CPU loader (INT8 and the dequantized
+    /// formats become BF16, see [`host_part`]).
     fn part(&self, module: &str, bias: bool) -> Result<(HostPart<'_>, Vec<&TensorInfo>)> {
+        use crate::runtime::config::WeightScheme;
+        // The embedding is not a Linear: its table is dense whatever the scheme targets.
+        let scheme = match module == "model.embed_tokens" {
+            true => None,
+            false => self.cfg.quantization.scheme_for(module)?,
+        };
+        match scheme {
+            None | Some(WeightScheme::Fp8Channel) => {}
+            Some(_) => {
+                let lin = weights::load_linear(self.ck, self.cfg, module, bias)?;
+                let used = self.tensors_of(module);
+                return Ok((host_part(&lin).into_owned(), used));
+            }
+        }
         let t = self.tensor(&format!("{module}.weight"))?;
         let data = self.ck.data(t);
         let mut used = vec![t];
@@ -425,6 +461,16 @@ impl Streamer<'_> {
             bias,
         };
         Ok((part, used))
+    }
+
+    /// Every checkpoint tensor of `module` (`<module>.*`), to release after upload.
+    fn tensors_of(&self, module: &str) -> Vec<&TensorInfo> {
+        let prefix = format!("{module}.");
+        self.ck
+            .tensors()
+            .iter()
+            .filter(|t| t.name.starts_with(&prefix))
+            .collect()
     }
 
     fn linear(&self, name: &str, modules: &[&str], bias: bool) -> Result<DLinear> {
