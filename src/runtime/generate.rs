@@ -22,6 +22,8 @@ pub enum Device {
     #[default]
     Auto,
     Cpu,
+    /// An NVIDIA GPU (Ada or Hopper); with QFORGE_CUDA_EMULATE=1, the CUDA emulator (the same
+    /// kernels on the CPU, slowly: for tests).
     Cuda,
 }
 

@@ -117,13 +117,29 @@ fn info(device: usize, r: &mut Report) {
         }
         Err(e) => return r.error("info", &e.to_string()),
     }
-    match nvrtc::get() {
-        Ok(nv) => r.info(
+    match (nvrtc::get(), super::emu::enabled()) {
+        (Ok(nv), _) => r.info(
             "info",
             "nvrtc",
             format!("{}.{} at {}", nv.version.0, nv.version.1, nv.path.display()),
         ),
-        Err(e) => r.error("nvrtc", &e.to_string()),
+        (Err(e), true) => r.info("info", "nvrtc", format!("not used by the emulator ({e})")),
+        (Err(e), false) => r.error("nvrtc", &e.to_string()),
+    }
+    if super::emu::enabled() {
+        match super::emu::get() {
+            Ok(e) => r.info(
+                "info",
+                "emulator",
+                format!(
+                    "{}, {} threads, {}",
+                    e.compiler,
+                    e.threads,
+                    e.path.display()
+                ),
+            ),
+            Err(e) => r.error("emulator", &e.to_string()),
+        }
     }
     match gpu::Gpu::new(device) {
         Ok(g) => {
