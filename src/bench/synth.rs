@@ -169,9 +169,9 @@ pub fn bytes_per_token(w: &Weights) -> u64 {
     let linear = |l: &Linear| -> u64 {
         let n = (l.rows * l.cols) as u64;
         match &l.weight {
-            LinearWeight::Fp8 { scales, .. } | LinearWeight::Int8 { scales, .. } => {
-                n + 4 * scales.len() as u64
-            }
+            LinearWeight::Fp8 { scales, .. }
+            | LinearWeight::Int8 { scales, .. }
+            | LinearWeight::Fp8Block { scales, .. } => n + 4 * scales.len() as u64,
             LinearWeight::Dense(Dense::Bf16(_) | Dense::F16(_)) => 2 * n,
             LinearWeight::Dense(Dense::F32(_)) => 4 * n,
         }

@@ -11,12 +11,12 @@
 //! * INT8 per-channel Linear weights (the W8A8 preset) likewise stay 1 byte per weight (the
 //!   int8 codes) with one f32 scale per output row; they run vLLM's W8A8-INT8 path (dynamic
 //!   per-token int8 activations, exact i32 accumulation; `cpu::linear`).
-//! * The other quantized formats (FP8_BLOCK, W8A16, W4A16, W4A16_ASYM, NVFP4A16, MXFP4A16)
-//!   are dequantized at load into dense matrices of the model dtype, exactly as
-//!   compressed-tensors decompresses them ([`dequant`]): as much memory as the BF16 model,
-//!   and they run weight-only (f32 activations). FP8_BLOCK is W8A8 in vLLM (per-token-group
-//!   FP8 activations) but stays weight-only here: its block-scaled activation path is not
-//!   written.
+//! * FP8_BLOCK weights whose columns are whole blocks stay codes + block scales and run
+//!   vLLM's block path (per-token-group FP8 activations; `cpu::linear`).
+//! * The other quantized formats (FP8_BLOCK with a partial column block, W8A16, W4A16,
+//!   W4A16_ASYM, NVFP4A16, MXFP4A16) are dequantized at load into dense matrices of the model
+//!   dtype, exactly as compressed-tensors decompresses them ([`dequant`]): as much memory as
+//!   the BF16 model, and they run weight-only (f32 activations).
 //!
 //! The integrity check ([`check`]) runs before anything is converted: every tensor the config
 //! implies must be present with the right dtype and shape, scales must be finite and
@@ -54,6 +54,16 @@ pub enum LinearWeight {
         codes: Vec<i8>,
         scales: Vec<f32>,
     },
+    /// compressed-tensors FP8_BLOCK with `cols` a multiple of `block_cols`: E4M3 codes
+    /// row-major and one scale per `[block_rows, block_cols]` block, row-major
+    /// `[⌈rows/block_rows⌉, cols/block_cols]`. Runs vLLM's W8A8 block path (activations
+    /// quantized per token and group of `block_cols`).
+    Fp8Block {
+        codes: Vec<u8>,
+        scales: Vec<f32>,
+        block_rows: usize,
+        block_cols: usize,
+    },
 }
 
 /// One Linear layer: `y = x · Wᵀ (+ bias)`.
@@ -65,6 +75,29 @@ pub struct Linear {
     pub cols: usize,
     pub weight: LinearWeight,
     pub bias: Option<Vec<f32>>,
+}
+
+impl LinearWeight {
+    /// The weight value at row `r`, column `c` of a `[_, cols]` matrix (dequantized).
+    pub fn value(&self, r: usize, c: usize, cols: usize) -> f32 {
+        let i = r * cols + c;
+        match self {
+            LinearWeight::Dense(Dense::Bf16(v)) => half::bf16::from_bits(v[i]).to_f32(),
+            LinearWeight::Dense(Dense::F16(v)) => half::f16::from_bits(v[i]).to_f32(),
+            LinearWeight::Dense(Dense::F32(v)) => v[i],
+            LinearWeight::Fp8 { codes, scales } => crate::quant::e4m3_to_f32(codes[i]) * scales[r],
+            LinearWeight::Int8 { codes, scales } => codes[i] as f32 * scales[r],
+            LinearWeight::Fp8Block {
+                codes,
+                scales,
+                block_rows,
+                block_cols,
+            } => {
+                let s = scales[(r / block_rows) * (cols / block_cols) + c / block_cols];
+                crate::quant::e4m3_to_f32(codes[i]) * s
+            }
+        }
+    }
 }
 
 impl Linear {
@@ -400,6 +433,12 @@ impl Loader<'_> {
             None => return self.dense_linear(module, bias),
             Some(WeightScheme::Fp8Channel) => false,
             Some(WeightScheme::Int8Channel) => true,
+            Some(WeightScheme::Fp8Block {
+                block_rows,
+                block_cols,
+            }) if self.linear_shape(module)?.1 % block_cols == 0 => {
+                return self.block_linear(module, (block_rows, block_cols), bias)
+            }
             Some(other) => return self.dequantized_linear(module, other, bias),
         };
         let w = self.tensor(&format!("{module}.weight"))?;
@@ -420,6 +459,24 @@ impl Loader<'_> {
             rows: w.shape[0],
             cols: w.shape[1],
             weight,
+            bias: self.bias(module, bias)?,
+        })
+    }
+
+    /// FP8_BLOCK codes and block scales as stored (the columns fill whole blocks; otherwise
+    /// vLLM cannot group the activations and the weight is dequantized instead).
+    fn block_linear(&self, module: &str, (br, bc): (usize, usize), bias: bool) -> Result<Linear> {
+        let w = self.tensor(&format!("{module}.weight"))?;
+        Ok(Linear {
+            name: module.to_string(),
+            rows: w.shape[0],
+            cols: w.shape[1],
+            weight: LinearWeight::Fp8Block {
+                codes: self.ck.data(w).to_vec(),
+                scales: self.vector(&format!("{module}.weight_scale"))?,
+                block_rows: br,
+                block_cols: bc,
+            },
             bias: self.bias(module, bias)?,
         })
     }

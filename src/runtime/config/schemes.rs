@@ -183,9 +183,10 @@ fn weight_scheme(at: &str, w: &Value, format: &str) -> Result<WeightScheme> {
 
 /// Input activations: none for the weight-only formats; dynamic (FP8 or int8, per token or
 /// per group) for FP8 and W8A8. The CPU runtime runs W8A8 (INT8 channel weights) with
-/// symmetric per-token int8 activations, so those args must say exactly that; it runs
-/// FP8_BLOCK weight-only (see `weights`), so its activation args are only checked to be
-/// dynamic.
+/// symmetric per-token int8 activations, so those args must say exactly that. FP8_BLOCK's are
+/// only checked to be dynamic: the runtime quantizes them per token and group of the block's
+/// columns, as the preset defines them (or runs weight-only when the columns are not whole
+/// blocks; see `weights`).
 fn check_activations(at: &str, a: Option<&Value>, scheme: WeightScheme) -> Result<()> {
     let Some(a) = a.filter(|a| !a.is_null()) else {
         return Ok(());

@@ -16,6 +16,14 @@
 //! q_a[k] = sat_i8(rne(x[k] · (127 / amax)))        (an all-zero row gives q_a = 0, s_a = 0)
 //! y[n]   = s_a · (s_w[n] · f32(Σ_k q_a[k]·q_w[n,k]))  (the sum exact in i32)
 //! ```
+//! FP8_BLOCK weights (`[br, bc]` blocks, columns a multiple of `bc`) run vLLM's block path
+//! (`per_token_group_quant_fp8` → `w8a8_block_fp8_matmul`), per activation row `x` and group
+//! `g` of `bc` columns ([`quantize_group_activations`]):
+//! ```text
+//! s_a[g]   = max(max_{k∈g} |x[k]|, 1e-10) / 448
+//! q_a[k]   = e4m3_rne(clamp(x[k] / s_a[g], -448, 448))
+//! y[n]     = Σ_g f32(Σ_{k∈g} q_a[k]·q_w[n,k]) · s_a[g] · s_w[n/br, g]   (summed in f32, in g order)
+//! ```
 //! Dense weights are widened to f32 and accumulated in f32.
 
 use super::dot::{dense_dot, fp8_dot, int8_dot, prepare_fp8_acts, TB};
@@ -35,7 +43,7 @@ pub struct LinearScratch {
     q: Vec<f32>,
     /// The same in the form the FP8 kernel reads ([`prepare_fp8_acts`]).
     q64: Vec<f64>,
-    /// Activation scales `[t]` (FP8 and INT8 weights).
+    /// Activation scales `[t]` (FP8 and INT8 weights), `[t, groups]` (FP8_BLOCK).
     s: Vec<f32>,
     /// Activation int8 codes `[t, cols]` (INT8 weights only).
     q8: Vec<i8>,
@@ -48,6 +56,23 @@ fn grow<T: Copy + Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
         v.resize(n, T::default());
     }
     &mut v[..n]
+}
+
+/// vLLM's `per_token_group_quant_fp8` of `x` (`[t, k]`, `k` a multiple of `group`): one scale
+/// per row and group into `s[..t * k / group]`, code values (decoded, exact) into `q`.
+pub fn quantize_group_activations(x: &[f32], group: usize, q: &mut [f32], s: &mut [f32]) {
+    for ((part, qpart), s) in x
+        .chunks_exact(group)
+        .zip(q.chunks_exact_mut(group))
+        .zip(s.iter_mut())
+    {
+        let amax = part.iter().fold(0.0f32, |m, &v| m.max(v.abs()));
+        let scale = amax.max(1e-10) / E4M3_MAX;
+        *s = scale;
+        for (qv, &v) in qpart.iter_mut().zip(part) {
+            *qv = e4m3_to_f32(f32_to_e4m3((v / scale).clamp(-E4M3_MAX, E4M3_MAX)));
+        }
+    }
 }
 
 /// Dynamic per-token FP8 quantization of `x` (`[t, k]`): scales into `s[..t]`, code values
@@ -130,6 +155,16 @@ pub fn forward(lin: &Linear, x: &[f32], t: usize, y: &mut [f32], scratch: &mut L
                 s: &scratch.s[..t],
             }
         }
+        LinearWeight::Fp8Block { block_cols, .. } => {
+            let q = grow(&mut scratch.q, t * k);
+            let groups = t * k / block_cols;
+            quantize_group_activations(x, *block_cols, q, grow(&mut scratch.s, groups));
+            prepare_fp8_acts(q, grow(&mut scratch.q64, t * k));
+            Acts::Fp8 {
+                q: &scratch.q64[..t * k],
+                s: &scratch.s[..groups],
+            }
+        }
         LinearWeight::Dense(_) => Acts::Dense(x),
     };
     // One task per block of weight rows; each computes that row against all t activations,
@@ -195,6 +230,31 @@ fn row_dot(lin: &Linear, row: usize, acts: &Acts, out: &mut [f32]) {
                     *v = s[t0 + j] * (scales[row] * acc[j] as f32);
                 }
             }
+            (
+                LinearWeight::Fp8Block {
+                    codes,
+                    scales,
+                    block_rows,
+                    block_cols,
+                },
+                Acts::Fp8 { q, s },
+            ) => {
+                let (bc, groups) = (*block_cols, k / block_cols);
+                let sw = &scales[(row / block_rows) * groups..][..groups];
+                let mut part = [0.0f32; TB];
+                o.fill(0.0);
+                for (g, &sw) in sw.iter().enumerate() {
+                    let xs: [&[f64]; TB] = std::array::from_fn(|j| {
+                        let r = (t0 + j).min(t - 1);
+                        &q[r * k + g * bc..r * k + (g + 1) * bc]
+                    });
+                    let w = &codes[row * k + g * bc..row * k + (g + 1) * bc];
+                    fp8_dot(w, &xs[..nt], &mut part[..nt]);
+                    for (j, v) in o.iter_mut().enumerate() {
+                        *v += part[j] * s[(t0 + j) * groups + g] * sw;
+                    }
+                }
+            }
             (LinearWeight::Dense(w), Acts::Dense(x)) => {
                 dense_dot(w, row, k, &rows(x, k, t0, t)[..nt], o)
             }
@@ -236,6 +296,10 @@ pub fn run_linear(lin: &Linear, x: &[f32]) -> Result<LinearTrace> {
     forward(lin, x, t, &mut y, &mut scratch);
     let (x_scale, x_q) = match lin.weight {
         LinearWeight::Fp8 { .. } => (scratch.s[..t].to_vec(), scratch.q[..x.len()].to_vec()),
+        LinearWeight::Fp8Block { block_cols, .. } => (
+            scratch.s[..x.len() / block_cols].to_vec(),
+            scratch.q[..x.len()].to_vec(),
+        ),
         LinearWeight::Int8 { .. } => (
             scratch.s[..t].to_vec(),
             scratch.q8[..x.len()].iter().map(|&c| c as f32).collect(),

@@ -298,6 +298,11 @@ fn embed_row(embed: &Linear, id: usize, row: &mut [f32]) {
                 *o = c as f32 * scales[id];
             }
         }
+        LinearWeight::Fp8Block { .. } => {
+            for (c, o) in row.iter_mut().enumerate() {
+                *o = embed.weight.value(id, c, d);
+            }
+        }
     }
 }
 

@@ -231,14 +231,13 @@ fn host_part(l: &weights::Linear) -> HostPart<'_> {
         LinearWeight::Dense(Dense::F32(v)) => {
             HostWeight::Bf16(Cow::Owned(bf16_bytes_of(v.iter().copied())))
         }
-        // The CUDA W8A8-INT8 path (int8 activations, i32 GEMM) is not written: INT8 channel
-        // weights are dequantized to BF16 on upload and run weight-only, as before.
-        LinearWeight::Int8 { codes, scales } => HostWeight::Bf16(Cow::Owned(bf16_bytes_of(
-            codes
-                .iter()
-                .enumerate()
-                .map(|(i, &c)| c as f32 * scales[i / l.cols]),
-        ))),
+        // The CUDA W8A8-INT8 and FP8_BLOCK paths (int8 / per-group activations) are not
+        // written: their weights are dequantized to BF16 on upload and run weight-only.
+        w @ (LinearWeight::Int8 { .. } | LinearWeight::Fp8Block { .. }) => {
+            HostWeight::Bf16(Cow::Owned(bf16_bytes_of(
+                (0..l.rows * l.cols).map(|i| w.value(i / l.cols, i % l.cols, l.cols)),
+            )))
+        }
     };
     HostPart {
         rows: l.rows,

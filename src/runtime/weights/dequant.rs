@@ -17,8 +17,8 @@
 //!
 //! Memory: 2 bytes per weight (BF16/F16), like an unquantized model — 4× the packed size of
 //! the 4-bit formats, 2× that of the 8-bit ones. The matmul is then the dense BF16 one, with
-//! f32 activations; FP8_BLOCK therefore runs weight-only (its dynamic per-token-group FP8
-//! activation quantization is not applied on the CPU).
+//! f32 activations: an FP8_BLOCK weight dequantized here (a partial column block, which
+//! vLLM's activation grouping cannot handle) runs weight-only.
 
 use super::{bad, Dense, Expect, Kind};
 use crate::checkpoint::{Checkpoint, DType, TensorInfo};
