@@ -85,19 +85,7 @@ fn verify_on_cuda_gives_the_cpu_tokens() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let q = tmp.path().join("fp8");
-    let recipe = concat!(env!("CARGO_MANIFEST_DIR"), "/recipes/fp8_dynamic.yaml");
-    let out = Command::new(env!("CARGO_BIN_EXE_qforge"))
-        .args(["quantize", "--model", &bundled(), "--recipe", recipe])
-        .arg("--output")
-        .arg(&q)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let q = quantized(tmp.path(), "fp8_dynamic");
     let (cuda, cpu) = (verify(&q, "cuda"), verify(&q, "cpu"));
     let device = cuda["device"].as_str().unwrap_or_default();
     assert!(device.contains("CUDA emulator"), "{device}");
@@ -118,9 +106,11 @@ fn verify_on_cuda_gives_the_cpu_tokens() {
     );
 }
 
-/// The other presets the runtime loads stream onto the GPU too (INT8 and the dequantized
-/// formats as BF16, as the CPU loader reads them): the CPU's tokens and top-1 agreement.
-/// FP8_BLOCK's block scales were once taken for per-channel ones here (garbage output).
+/// `verify --device cuda` runs the other presets too (streamed through the CPU loader and
+/// uploaded as BF16: weight-only, where the CPU quantizes W8A8's and FP8_BLOCK's
+/// activations), with finite logits and the agreement of its own semantics; the numerics
+/// are checked in-process in `tests/cuda_runtime.rs`. FP8_BLOCK's block scales were once
+/// taken for per-channel ones here (KL 49.7).
 #[test]
 fn verify_on_cuda_loads_the_other_presets() {
     if !emulator_present() {
@@ -128,25 +118,35 @@ fn verify_on_cuda_loads_the_other_presets() {
     }
     let tmp = tempfile::tempdir().unwrap();
     for preset in ["w8a8", "fp8_block", "nvfp4a16"] {
-        let q = tmp.path().join(preset);
-        let recipe = format!("{}/recipes/{preset}.yaml", env!("CARGO_MANIFEST_DIR"));
-        let out = Command::new(env!("CARGO_BIN_EXE_qforge"))
-            .args(["quantize", "--model", &bundled(), "--recipe", &recipe])
-            .arg("--output")
-            .arg(&q)
-            .output()
-            .unwrap();
+        let q = quantized(tmp.path(), preset);
+        let cuda = verify(&q, "cuda");
+        let a = &cuda["reference"]["agreement"];
+        assert_eq!(a["nonfinite_positions"], 0, "{preset}: {a}");
+        let kl = a["kl_mean"].as_f64().unwrap();
+        assert!(kl < 1.0, "{preset}: KL {kl}");
         assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+            a["top1_agreement"].as_f64().unwrap() >= 0.5,
+            "{preset}: {a}"
         );
-        let (cuda, cpu) = (verify(&q, "cuda"), verify(&q, "cpu"));
-        let ids = |v: &Value| v["generation"]["token_ids"].clone();
-        assert_eq!(ids(&cuda), ids(&cpu), "{preset}");
-        let top1 = |v: &Value| v["reference"]["agreement"]["top1_agreement"].clone();
-        assert_eq!(top1(&cuda), top1(&cpu), "{preset}");
     }
+}
+
+/// The bundled model quantized with `recipes/<preset>.yaml` into `dir/<preset>`.
+fn quantized(dir: &Path, preset: &str) -> std::path::PathBuf {
+    let q = dir.join(preset);
+    let recipe = format!("{}/recipes/{preset}.yaml", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(env!("CARGO_BIN_EXE_qforge"))
+        .args(["quantize", "--model", &bundled(), "--recipe", &recipe])
+        .arg("--output")
+        .arg(&q)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    q
 }
 
 /// `bench --device cuda --synthetic`: a random FP8 model built in (emulated) GPU memory

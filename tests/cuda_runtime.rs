@@ -383,3 +383,66 @@ fn no_driver_is_an_error() {
         .to_string();
     assert!(e.contains("no CUDA driver"), "{e}");
 }
+
+/// Every preset the CPU loads streams onto the GPU as the CPU loader reads it: FP8 channel
+/// codes as they are, everything else as the BF16 of its dequantized values (what the CUDA
+/// backend runs, weight-only). So the CUDA trace equals the CPU's on those BF16 weights
+/// (within BF16 storage, 1e-2). The streaming loader once read FP8_BLOCK's block scales as
+/// per-channel ones and could not load W8A8 or NVFP4A16 at all.
+#[test]
+fn presets_stream_onto_the_gpu_as_the_cpu_reads_them() {
+    use qforge::checkpoint::Checkpoint;
+    use qforge::runtime::weights::{Dense, LinearWeight};
+    let tmp = tempfile::tempdir().unwrap();
+    let bundled = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/tiny-random-llama");
+    let ids: Vec<u32> = (0..24).map(|i| (i * 577 + 3) % 49152).collect();
+    for preset in ["fp8_dynamic", "w8a8", "fp8_block", "nvfp4a16"] {
+        let q = tmp.path().join(preset);
+        let recipe = format!("{}/recipes/{preset}.yaml", env!("CARGO_MANIFEST_DIR"));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_qforge"))
+            .args(["quantize", "--model", bundled, "--recipe", &recipe])
+            .arg("--output")
+            .arg(&q)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ck = Checkpoint::open(&q).unwrap();
+        let cfg = ModelConfig::from_json(&ck.config).unwrap();
+        let mut w = Weights::load(&ck, &cfg).unwrap();
+        for lin in w.layers.iter_mut().flat_map(|l| {
+            [
+                &mut l.q_proj,
+                &mut l.k_proj,
+                &mut l.v_proj,
+                &mut l.o_proj,
+                &mut l.gate_proj,
+                &mut l.up_proj,
+                &mut l.down_proj,
+            ]
+        }) {
+            if matches!(
+                lin.weight,
+                LinearWeight::Int8 { .. } | LinearWeight::Fp8Block { .. }
+            ) {
+                let c = lin.cols;
+                let v = (0..lin.rows * c)
+                    .map(|i| half::bf16::from_f32(lin.weight.value(i / c, i % c, c)).to_bits());
+                lin.weight = LinearWeight::Dense(Dense::Bf16(v.collect()));
+            }
+        }
+        let mut cpu = CpuModel::new(cfg.clone(), w, &CpuOptions { max_seq: Some(64) }).unwrap();
+        let want = cpu.forward(&ids, 0, true).unwrap();
+        for (label, g) in devices() {
+            let mut m = load_cuda_on(g, &q, &CudaOptions::default()).unwrap();
+            let got = m.forward(&ids, 0, true).unwrap();
+            let (rel, max, odd) = compare(&got, &want);
+            eprintln!("{label} {preset}: logits rel {rel:.3e} max {max:.3e}");
+            let limit = if preset == "fp8_dynamic" { 0.15 } else { 1e-2 }; // as random_models_…
+            assert!(rel <= limit && odd == 0, "{label} {preset}: rel {rel:.3e}");
+        }
+    }
+}
