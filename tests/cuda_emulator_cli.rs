@@ -45,7 +45,7 @@ fn ok_json(out: &Output) -> Value {
 }
 
 fn bundled() -> String {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/tiny-random-llama").to_string()
+    common::bundled_model().to_string_lossy().into_owned()
 }
 
 fn verify(model: &Path, device: &str) -> Value {
@@ -85,7 +85,7 @@ fn verify_on_cuda_gives_the_cpu_tokens() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let q = quantized(tmp.path(), "fp8_dynamic");
+    let q = common::quantize_bundled(tmp.path(), "fp8_dynamic");
     let (cuda, cpu) = (verify(&q, "cuda"), verify(&q, "cpu"));
     let device = cuda["device"].as_str().unwrap_or_default();
     assert!(device.contains("CUDA emulator"), "{device}");
@@ -118,7 +118,7 @@ fn verify_on_cuda_loads_the_other_presets() {
     }
     let tmp = tempfile::tempdir().unwrap();
     for preset in ["w8a8", "fp8_block", "nvfp4a16"] {
-        let q = quantized(tmp.path(), preset);
+        let q = common::quantize_bundled(tmp.path(), preset);
         let cuda = verify(&q, "cuda");
         let a = &cuda["reference"]["agreement"];
         assert_eq!(a["nonfinite_positions"], 0, "{preset}: {a}");
@@ -129,24 +129,6 @@ fn verify_on_cuda_loads_the_other_presets() {
             "{preset}: {a}"
         );
     }
-}
-
-/// The bundled model quantized with `recipes/<preset>.yaml` into `dir/<preset>`.
-fn quantized(dir: &Path, preset: &str) -> std::path::PathBuf {
-    let q = dir.join(preset);
-    let recipe = format!("{}/recipes/{preset}.yaml", env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new(env!("CARGO_BIN_EXE_qforge"))
-        .args(["quantize", "--model", &bundled(), "--recipe", &recipe])
-        .arg("--output")
-        .arg(&q)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    q
 }
 
 /// `bench --device cuda --synthetic`: a random FP8 model built in (emulated) GPU memory

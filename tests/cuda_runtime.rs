@@ -394,22 +394,9 @@ fn presets_stream_onto_the_gpu_as_the_cpu_reads_them() {
     use qforge::checkpoint::Checkpoint;
     use qforge::runtime::weights::{Dense, LinearWeight};
     let tmp = tempfile::tempdir().unwrap();
-    let bundled = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/tiny-random-llama");
     let ids: Vec<u32> = (0..24).map(|i| (i * 577 + 3) % 49152).collect();
     for preset in ["fp8_dynamic", "w8a8", "fp8_block", "nvfp4a16"] {
-        let q = tmp.path().join(preset);
-        let recipe = format!("{}/recipes/{preset}.yaml", env!("CARGO_MANIFEST_DIR"));
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_qforge"))
-            .args(["quantize", "--model", bundled, "--recipe", &recipe])
-            .arg("--output")
-            .arg(&q)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let q = common::quantize_bundled(tmp.path(), preset);
         let ck = Checkpoint::open(&q).unwrap();
         let cfg = ModelConfig::from_json(&ck.config).unwrap();
         let mut w = Weights::load(&ck, &cfg).unwrap();
@@ -428,10 +415,7 @@ fn presets_stream_onto_the_gpu_as_the_cpu_reads_them() {
                 lin.weight,
                 LinearWeight::Int8 { .. } | LinearWeight::Fp8Block { .. }
             ) {
-                let c = lin.cols;
-                let v = (0..lin.rows * c)
-                    .map(|i| half::bf16::from_f32(lin.weight.value(i / c, i % c, c)).to_bits());
-                lin.weight = LinearWeight::Dense(Dense::Bf16(v.collect()));
+                lin.weight = LinearWeight::Dense(Dense::Bf16(lin.to_bf16()));
             }
         }
         let mut cpu = CpuModel::new(cfg.clone(), w, &CpuOptions { max_seq: Some(64) }).unwrap();

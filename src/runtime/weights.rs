@@ -101,6 +101,16 @@ impl LinearWeight {
 }
 
 impl Linear {
+    /// The weight dequantized and rounded to BF16 bits, row-major (a weight-only copy).
+    pub fn to_bf16(&self) -> Vec<u16> {
+        use rayon::prelude::*;
+        let c = self.cols;
+        (0..self.rows * c)
+            .into_par_iter()
+            .map(|i| half::bf16::from_f32(self.weight.value(i / c, i % c, c)).to_bits())
+            .collect()
+    }
+
     /// True when the weight is FP8 (W8A8 at run time).
     pub fn is_fp8(&self) -> bool {
         matches!(self.weight, LinearWeight::Fp8 { .. })

@@ -26,3 +26,32 @@ pub const PRESET_RECIPES: &[(&str, &str)] = &[
     ("NVFP4A16", "nvfp4a16.yaml"),
     ("MXFP4A16", "mxfp4a16.yaml"),
 ];
+
+/// The bundled default model (`fixtures/tiny-random-llama`).
+pub fn bundled_model() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/tiny-random-llama"
+    ))
+}
+
+/// The bundled model quantized by the binary with `recipes/<preset>.yaml` into `dir/<preset>`.
+pub fn quantize_bundled(dir: &std::path::Path, preset: &str) -> PathBuf {
+    let q = dir.join(preset);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qforge"))
+        .arg("quantize")
+        .arg("--model")
+        .arg(bundled_model())
+        .arg("--recipe")
+        .arg(recipe(&format!("{preset}.yaml")))
+        .arg("--output")
+        .arg(&q)
+        .output()
+        .expect("run qforge quantize");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    q
+}

@@ -288,19 +288,9 @@ fn embed_row(embed: &Linear, id: usize, row: &mut [f32]) {
         }
         LinearWeight::Dense(Dense::F32(v)) => row.copy_from_slice(&v[range]),
         // Not produced by the loader (embeddings are never quantized); dequantize if given.
-        LinearWeight::Fp8 { codes, scales } => {
-            for (o, &c) in row.iter_mut().zip(&codes[range]) {
-                *o = crate::quant::e4m3_to_f32(c) * scales[id];
-            }
-        }
-        LinearWeight::Int8 { codes, scales } => {
-            for (o, &c) in row.iter_mut().zip(&codes[range]) {
-                *o = c as f32 * scales[id];
-            }
-        }
-        LinearWeight::Fp8Block { .. } => {
+        w => {
             for (c, o) in row.iter_mut().enumerate() {
-                *o = embed.weight.value(id, c, d);
+                *o = w.value(id, c, d);
             }
         }
     }

@@ -233,11 +233,9 @@ fn host_part(l: &weights::Linear) -> HostPart<'_> {
         }
         // The CUDA W8A8-INT8 and FP8_BLOCK paths (int8 / per-group activations) are not
         // written: their weights are dequantized to BF16 on upload and run weight-only.
-        w @ (LinearWeight::Int8 { .. } | LinearWeight::Fp8Block { .. }) => {
-            HostWeight::Bf16(Cow::Owned(bf16_bytes_of(
-                (0..l.rows * l.cols).map(|i| w.value(i / l.cols, i % l.cols, l.cols)),
-            )))
-        }
+        LinearWeight::Int8 { .. } | LinearWeight::Fp8Block { .. } => HostWeight::Bf16(Cow::Owned(
+            l.to_bf16().iter().flat_map(|b| b.to_le_bytes()).collect(),
+        )),
     };
     HostPart {
         rows: l.rows,

@@ -220,6 +220,10 @@ impl CudaModel {
         let ids: Vec<u8> = tokens.iter().flat_map(|i| i.to_le_bytes()).collect();
         g.upload(s.ids.ptr, &ids)?;
         ops::embed_gather(g, w.embed.w_ptr(), s.ids.ptr, t, h, s.x.ptr)?;
+        // The same attention split for every layer of this chunk.
+        let sms = g.info.sm_count.max(1) as usize;
+        let split = ops::attention_split(dims, t, pos, sms, self.split_keys)
+            .map(|chunk| (chunk, self.part.ptr));
         let mut pending = 0u64; // the previous block's output, added by the next norm
         for (l, layer) in w.layers.iter().enumerate() {
             let act = Gemm::wants(&layer.qkv, &s.act);
@@ -242,9 +246,6 @@ impl CudaModel {
                 norms,
                 (s.q.ptr, cache.0, cache.1),
             )?;
-            let sms = g.info.sm_count.max(1) as usize;
-            let split = ops::attention_split(dims, t, pos, sms, self.split_keys)
-                .map(|chunk| (chunk, self.part.ptr));
             ops::attention(g, dims, s.q.ptr, cache, s.att.ptr, t, pos, scale, split)?;
             let o_in = if layer.o.is_fp8() {
                 ops::quant_rows(g, s.att.ptr, t, c.q_dim(), s.act.q.ptr, s.act.s.ptr)?;

@@ -66,12 +66,8 @@ pub fn dequantized(mut w: Weights) -> Weights {
             &mut layer.up_proj,
             &mut layer.down_proj,
         ] {
-            if let LinearWeight::Fp8 { codes, scales } = &lin.weight {
-                let cols = lin.cols;
-                let vals = codes.par_iter().enumerate().map(|(i, &c)| {
-                    half::bf16::from_f32(crate::quant::e4m3_to_f32(c) * scales[i / cols]).to_bits()
-                });
-                lin.weight = LinearWeight::Dense(Dense::Bf16(vals.collect()));
+            if lin.is_fp8() {
+                lin.weight = LinearWeight::Dense(Dense::Bf16(lin.to_bf16()));
             }
         }
     }
