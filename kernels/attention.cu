@@ -1,6 +1,8 @@
 // Causal GQA attention over the BF16 KV cache, flash style: keys and values are streamed
 // through shared memory in tiles of 32 positions with an online softmax, so no [T, T] buffer
-// exists. Used for prefill (many query rows) and decode (one row) alike.
+// exists. `attention` (CUDA cores) serves decode and short chunks, any head dim up to 256;
+// `attention_mma_*` (tensor cores, at the end of this file) serves prefill chunks of more
+// than 16 rows for head dims 64, 128 and 256.
 //
 // A block takes one kv head and `rq` consecutive query rows; its work items are the
 // rq * G (query row, q head of the group) pairs, spread over 8 warps (at most 4 each, so
@@ -17,16 +19,18 @@
 #define MAX_ITEMS_PER_WARP 4
 #define MAX_DIM_CHUNKS 8
 
-// q: bf16 [t][H*d]; caches bf16 [max_seq][KVH*d] holding positions 0..pos+t; out bf16
-// [t][H*d]. Grid (ceil(t/rq), KVH, splits), block 256, dynamic shared memory
-// rq*G*d*4 + 2 * 32*(d+2)*2 bytes. With splits > 1, block z takes keys
-// [z*kchunk, (z+1)*kchunk) (kchunk a multiple of 32) and writes part[z][row][head] =
-// (max score, sum of exp, unnormalised P.V [d]) as f32 [splits][t][H][d+2] instead of `out`.
+// q: bf16 [t][H*d]; caches bf16 [max_seq][KVH*d] holding positions 0..pos+t, pos = *posp
+// (in device memory: a captured decode step serves every position); out bf16 [t][H*d].
+// Grid (ceil(t/rq), KVH, splits), block 256, dynamic shared memory
+// rq*G*d*4 + 2 * 32*(d+2)*2 bytes. Block z takes keys [z*kchunk, (z+1)*kchunk) (unsplit:
+// one z, kchunk 2^30). With splits > 1 (kchunk a multiple of 32) it writes
+// part[z][row][head] = (max score, sum of exp, unnormalised P.V [d]) as f32
+// [splits][t][H][d+2] instead of `out`; a split past the last key writes max = -inf.
 extern "C" __global__ void attention(const u16* q, const u16* k_cache, const u16* v_cache,
-                                     u16* out, int t, int pos, int H, int KVH, int d, int rq,
-                                     float scale, int kchunk, float* part) {
+                                     u16* out, int t, const int* posp, int H, int KVH, int d,
+                                     int rq, float scale, int kchunk, float* part) {
     DYNAMIC_SMEM(float, smem);
-    const int G = H / KVH, items = rq * G, kh = blockIdx.y;
+    const int G = H / KVH, items = rq * G, kh = blockIdx.y, pos = *posp;
     const int row0 = blockIdx.x * rq;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int ds = d + 2;  // padded row stride of the K/V tiles (conflict-free lane reads)
@@ -157,3 +161,157 @@ extern "C" __global__ void attention_combine(const float* part, int splits, int 
         o[c] = f32_to_bf16(v * inv);
     }
 }
+
+// ---- prefill attention on tensor cores ----
+//
+// FlashAttention-2 style: a block of 4 warps takes 64 query rows (16 per warp) of one q head;
+// key tiles of 32 positions are staged in shared memory (K as is, V transposed); each warp
+// computes its 16x32 score tile with mma.sync m16n8k16 (BF16 in, f32 accumulate), keeps an
+// online softmax per row, and multiplies the probabilities (rounded to BF16, as FlashAttention
+// does) by V with mma into f32 accumulators. The score accumulator's fragment layout is the
+// layout of the next mma's A operand, so probabilities never leave registers. No [T, T]
+// buffer exists; tiles wholly in a warp's future are skipped.
+#define MMA_ROWS 64
+#define MMA_KEYS 32
+#define MMA_PAD 8  // bf16 padding per shared-memory row: conflict-free fragment reads
+
+__device__ __forceinline__ u32 ld_u32(const u16* p) { return *(const u32*)p; }
+
+__device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
+    return (u32)f32_to_bf16(lo) | ((u32)f32_to_bf16(hi) << 16);
+}
+
+// q: bf16 [t][H*D]; caches bf16 [max_seq][KVH*D] holding positions 0..pos+t, pos = *posp;
+// out bf16 [t][H*D]. Grid (ceil(t/64), H), block 128, dynamic shared memory
+// attention_mma_smem(D) bytes.
+template <int D>
+__device__ __forceinline__ void attention_mma_body(const u16* q, const u16* k_cache,
+                                                   const u16* v_cache, u16* out, int t,
+                                                   const int* posp, int H, int KVH, float scale,
+                                                   float* smem) {
+    const int QS = D + MMA_PAD, VS = MMA_KEYS + MMA_PAD;
+    u16* qs = (u16*)smem;             // [64][QS]
+    u16* ks = qs + MMA_ROWS * QS;     // [32][QS]
+    u16* vt = ks + MMA_KEYS * QS;     // [D][VS]: V transposed
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, tg = lane & 3;
+    const int h = blockIdx.y, kh = h / (H / KVH), pos = *posp;
+    const int row0 = blockIdx.x * MMA_ROWS, wrow = row0 + warp * 16;
+    const u64 qw = (u64)H * D, kvw = (u64)KVH * D;
+    for (int i = tid; i < MMA_ROWS * D / 2; i += blockDim.x) {
+        const int r = i / (D / 2), c = 2 * (i % (D / 2));
+        const u32 v = row0 + r < t ? ld_u32(q + (u64)(row0 + r) * qw + (u64)h * D + c) : 0u;
+        *(u32*)(qs + r * QS + c) = v;
+    }
+    // This warp's rows g and g+8 (as positions), and the last key any of its rows sees.
+    const int ra = wrow + g, rb = ra + 8;
+    const int wlast = pos + min(t - 1, wrow + 15);
+    const int kmax = pos + min(t, row0 + MMA_ROWS);  // keys the block needs
+    float o[D / 8][4], m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    for (int k0 = 0; k0 < kmax; k0 += MMA_KEYS) {
+        __syncthreads();  // the previous tile is consumed (and q staged, first time)
+        for (int i = tid; i < MMA_KEYS * D / 2; i += blockDim.x) {
+            const int j = i / (D / 2), c = 2 * (i % (D / 2));
+            u32 kv = 0, vv = 0;
+            if (k0 + j < kmax) {
+                const u64 off = (u64)(k0 + j) * kvw + (u64)kh * D + c;
+                kv = ld_u32(k_cache + off);
+                vv = ld_u32(v_cache + off);
+            }
+            *(u32*)(ks + j * QS + c) = kv;
+            vt[c * VS + j] = (u16)(vv & 0xffffu);
+            vt[(c + 1) * VS + j] = (u16)(vv >> 16);
+        }
+        __syncthreads();
+        if (wrow >= t || k0 > wlast) continue;  // uniform per warp: no mma divergence
+        // S = Q K^T for this warp's 16 rows and the tile's 32 keys (4 n-tiles of 8).
+        float s[4][4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) {
+            const u16* qa = qs + (warp * 16 + g) * QS + kk * 16 + 2 * tg;
+            const u32 a0 = ld_u32(qa), a1 = ld_u32(qa + 8 * QS), a2 = ld_u32(qa + 8),
+                      a3 = ld_u32(qa + 8 * QS + 8);
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const u16* kb = ks + (j * 8 + g) * QS + kk * 16 + 2 * tg;
+                mma_bf16(s[j], a0, a1, a2, a3, ld_u32(kb), ld_u32(kb + 8));
+            }
+        }
+        // Scale, causal mask, and the online softmax of rows ra (i < 2) and rb (i >= 2).
+        float mx[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int key = k0 + j * 8 + 2 * tg + (i & 1), row = i < 2 ? ra : rb;
+                const bool see = row < t && key <= pos + row;
+                s[j][i] = see ? s[j][i] * scale : NEG_INF;
+                mx[i >> 1] = fmaxf(mx[i >> 1], s[j][i]);
+            }
+#pragma unroll
+        for (int x = 0; x < 2; x++) {
+            mx[x] = fmaxf(mx[x], __shfl_xor_sync(0xffffffffu, mx[x], 1));
+            mx[x] = fmaxf(mx[x], __shfl_xor_sync(0xffffffffu, mx[x], 2));
+            const float mnew = fmaxf(m[x], mx[x]);
+            const float corr = mnew == NEG_INF ? 1.0f : expf(m[x] - mnew);
+            m[x] = mnew;
+            l[x] *= corr;
+#pragma unroll
+            for (int n = 0; n < D / 8; n++) {
+                o[n][2 * x] *= corr;
+                o[n][2 * x + 1] *= corr;
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const float p = s[j][i] == NEG_INF ? 0.0f : expf(s[j][i] - m[i >> 1]);
+                s[j][i] = p;
+                l[i >> 1] += p;
+            }
+        // O += P V, two k-steps of 16 keys; P's accumulator fragments are the A operand.
+#pragma unroll
+        for (int kk = 0; kk < 2; kk++) {
+            const u32 a0 = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
+            const u32 a1 = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
+            const u32 a2 = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+            const u32 a3 = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+            for (int n = 0; n < D / 8; n++) {
+                const u16* vb = vt + (n * 8 + g) * VS + kk * 16 + 2 * tg;
+                mma_bf16(o[n], a0, a1, a2, a3, ld_u32(vb), ld_u32(vb + 8));
+            }
+        }
+    }
+    if (wrow >= t) return;
+#pragma unroll
+    for (int x = 0; x < 2; x++) {
+        l[x] += __shfl_xor_sync(0xffffffffu, l[x], 1);
+        l[x] += __shfl_xor_sync(0xffffffffu, l[x], 2);
+    }
+#pragma unroll
+    for (int x = 0; x < 2; x++) {
+        const int row = x == 0 ? ra : rb;
+        if (row >= t) continue;
+        const float inv = 1.0f / l[x];
+        u16* orow = out + (u64)row * qw + (u64)h * D + 2 * tg;
+#pragma unroll
+        for (int n = 0; n < D / 8; n++)
+            *(u32*)(orow + n * 8) = pack_bf16(o[n][2 * x] * inv, o[n][2 * x + 1] * inv);
+    }
+}
+
+#define ATTENTION_MMA(D)                                                                       \
+    extern "C" __global__ void __launch_bounds__(128)                                          \
+        attention_mma_##D(const u16* q, const u16* k_cache, const u16* v_cache, u16* out,      \
+                          int t, const int* posp, int H, int KVH, float scale) {               \
+        DYNAMIC_SMEM(float, smem);                                                             \
+        attention_mma_body<D>(q, k_cache, v_cache, out, t, posp, H, KVH, scale, smem);         \
+    }
+ATTENTION_MMA(64)
+ATTENTION_MMA(128)
+ATTENTION_MMA(256)

@@ -15,7 +15,7 @@ typedef unsigned long long u64;
 
 __device__ __forceinline__ float bf16_to_f32(u16 b) { return __uint_as_float(((u32)b) << 16); }
 
-#ifndef QFORGE_EMU  // kernels/emu/emu.h defines these three (and DYNAMIC_SMEM) for the host
+#ifndef QFORGE_EMU  // kernels/emu/emu.h defines these four (and DYNAMIC_SMEM) for the host
 // The kernel's dynamic shared memory.
 #define DYNAMIC_SMEM(T, name) extern __shared__ T name[]
 
@@ -43,6 +43,16 @@ __device__ __forceinline__ float2 e4m3x2_to_f32x2(u16 v) {
     asm("cvt.f32.f16 %0, %1;" : "=f"(a) : "h"(lo));
     asm("cvt.f32.f16 %0, %1;" : "=f"(b) : "h"(hi));
     return make_float2(a, b);
+}
+
+// D = A.B + C on tensor cores: A 16x16, B 16x8 BF16 fragments, f32 accumulators (PTX ISA,
+// "Matrix Fragments for mma.m16n8k16"; lane = 4*group + thread-in-group).
+__device__ __forceinline__ void mma_bf16(float* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 #endif  // QFORGE_EMU
 

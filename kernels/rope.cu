@@ -6,12 +6,13 @@
 
 // qkv: bf16 [t][(H + 2*KVH) * d]. One warp per (row, head), heads 0..H are q, then KVH k
 // heads, then KVH v heads. Writes q_out bf16 [t][H*d] and k_cache / v_cache bf16
-// [max_seq][KVH*d] at rows pos + row. qn / kn: f32 [d] norm weights or null.
-extern "C" __global__ void rope_qkv(const u16* qkv, int t, int H, int KVH, int d, int pos,
+// [max_seq][KVH*d] at rows pos + row, where pos = *posp (in device memory, so that a
+// captured decode step serves every position). qn / kn: f32 [d] norm weights or null.
+extern "C" __global__ void rope_qkv(const u16* qkv, int t, int H, int KVH, int d, const int* posp,
                                     const float* cos_t, const float* sin_t, const float* qn,
                                     const float* kn, float eps, u16* q_out, u16* k_cache,
                                     u16* v_cache) {
-    const int lane = threadIdx.x & 31;
+    const int lane = threadIdx.x & 31, pos = *posp;
     const int heads = H + 2 * KVH;
     const u64 gw = (u64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (gw >= (u64)t * heads) return;

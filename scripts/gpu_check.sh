@@ -74,7 +74,12 @@ else
 fi
 if [ "$smoke" = 1 ]; then
     step selftest 150 "$bin" gpu selftest "${fx_args[@]}" --steps 0 --json "$out/selftest.json"
-    step bench 100 "$bin" gpu bench --shapes "$tiny" --prompt 8 --decode 4 --prefill 32 \
+    # The tiny model's shape with head dim 64, so that the tensor-core attention is timed too.
+    wide=$out/tiny-d64.json
+    python3 -c 'import json, sys; c = json.load(open(sys.argv[1]))
+c.update(hidden_size=128, num_attention_heads=2, num_key_value_heads=1, head_dim=64)
+json.dump(c, open(sys.argv[2], "w"))' "$tiny" "$wide"
+    step bench 100 "$bin" gpu bench --shapes "$wide" --prompt 8 --decode 4 --prefill 32 \
         --json "$out/bench.json"
     step gemm 45 "$bin" gpu gemm --m 1,16,32 --div 64 --json "$out/gemm.json"
 else

@@ -37,14 +37,24 @@ def main():
         print("\n**selftest**: no result (see selftest.log)")
     bench = load(out, "bench.json")
     models = [r for r in (bench or {}).get("records", []) if r.get("kind") == "model"]
-    print("\n| model (random FP8) | prefill tok/s | decode tok/s | ms/token | weights GB/token "
-          "| decode GB/s | % HBM roofline (target >= 80) | prefill GEMM path |\n|---|---|---|---|---|---|---|---|")
+    print("\n| model (random FP8) | prefill tok/s | decode tok/s | ms/token | ms/token without CUDA graph "
+          "| weights GB/token | decode GB/s | % HBM roofline (target >= 80) | prefill GEMM path |"
+          "\n|---|---|---|---|---|---|---|---|---|")
     for r in models:
+        plain = r.get("decode_ms_without_graph")
+        plain = f"{plain:.2f}" if r.get("cuda_graph") and plain is not None else "(no graph)"
         print(f"| {r['shape']} | {r['prefill_tok_s']:.0f} ({r['prefill_tokens']} tok) | {r['decode_tok_s']:.1f} "
-              f"| {r['decode_ms']:.2f} | {r['weight_bytes_per_token'] / 1e9:.1f} | {r['decode_GBps']:.0f} "
+              f"| {r['decode_ms']:.2f} | {plain} | {r['weight_bytes_per_token'] / 1e9:.1f} | {r['decode_GBps']:.0f} "
               f"| {r['pct_roofline']:.1f} (peak {r['peak_GBps']:.0f}, copy {r['copy_GBps']:.0f} GB/s) | {r['fp8_path']} |")
     if not models:
-        print("| (no result, see bench.log) | | | | | | | |")
+        print("| (no result, see bench.log) | | | | | | | | |")
+    attn = [r for r in (bench or {}).get("records", []) if r.get("kind") == "attention"]
+    if attn:
+        print("\n| prefill attention, one layer | rows | CUDA cores us | tensor cores us | tensor-core TFLOP/s "
+              "| speedup |\n|---|---|---|---|---|---|")
+    for r in attn:
+        print(f"| {r['heads']}/{r['kv_heads']} heads x {r['head_dim']} | {r['rows']} | {r['simt_us']:.0f} "
+              f"| {r['mma_us']:.0f} | {r['mma_tflops']:.1f} | {r['simt_us'] / r['mma_us']:.2f}x |")
     ours = [r for r in (load(out, "gemm.json") or {}).get("records", []) if r.get("kind") == "gemm"]
     ref = {(r["shape"], r["M"]): r for r in torch.get("records", []) if "us" in r}
     print("\n| shape | M | torch._scaled_mm us | qforge best | us | torch/qforge (target >= 0.95 for M >= 128) "

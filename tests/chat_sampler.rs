@@ -1,7 +1,8 @@
 //! The sampler: greedy is argmax, seeded sampling is reproducible, top-k/top-p filter as
 //! transformers does, and the temperature shapes the distribution.
 
-use qforge::runtime::sampler::{argmax, Sampler, SamplingParams};
+use qforge::runtime::sampler::{argmax, top_candidates, Sampler, SamplingParams};
+use std::cmp::Ordering;
 
 fn params(temperature: f32, top_p: f32, top_k: usize, seed: u64) -> SamplingParams {
     SamplingParams {
@@ -123,6 +124,108 @@ fn temperature_shapes_the_distribution() {
             );
         }
     }
+}
+
+/// A row of 1000 logits from a few values (so they tie), with NaN, ±inf and ±0.
+fn tied_row(seed: u64) -> Vec<f32> {
+    let values = [
+        f32::NAN,
+        f32::NEG_INFINITY,
+        -0.0,
+        0.0,
+        1.5,
+        -2.25,
+        3.0,
+        f32::INFINITY,
+    ];
+    let mut s = seed;
+    (0..1000)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
+            values[(s >> 61) as usize]
+        })
+        .collect()
+}
+
+/// The order `top_candidates` promises, spelled out: larger value first (-0 equals +0);
+/// NaN below -inf; then the lower id.
+fn reference_order(a: &(f32, u32), b: &(f32, u32)) -> Ordering {
+    let class = |x: f32| !x.is_nan();
+    class(b.0)
+        .cmp(&class(a.0))
+        .then_with(|| b.0.partial_cmp(&a.0).unwrap_or(Ordering::Equal))
+        .then(a.1.cmp(&b.1))
+}
+
+#[test]
+fn top_candidates_are_the_best_logits_in_a_fixed_order() {
+    let mut got = Vec::new();
+    for seed in 0..8 {
+        for row in [tied_row(seed), logits(1000, seed)] {
+            let mut all: Vec<(f32, u32)> = row.iter().copied().zip(0..).collect();
+            all.sort_by(reference_order);
+            for k in [1, 2, 7, 50, 999, 1000, 1200] {
+                top_candidates(&row, k, &mut got);
+                let want = &all[..k.min(row.len())];
+                assert_eq!(got.len(), want.len());
+                for (g, w) in got.iter().zip(want) {
+                    assert_eq!(
+                        (g.0.to_bits(), g.1),
+                        (w.0.to_bits(), w.1),
+                        "seed {seed} k {k}"
+                    );
+                }
+                assert_eq!(got[0].1, argmax(&row), "the best is argmax's pick");
+            }
+        }
+    }
+    top_candidates(&[-1.0, -0.0, f32::NAN, 0.0], 2, &mut got);
+    assert_eq!(
+        got.iter().map(|c| c.1).collect::<Vec<_>>(),
+        [1, 3],
+        "-0 ties +0"
+    );
+    top_candidates(&[f32::NAN, f32::NAN, f32::NEG_INFINITY], 2, &mut got);
+    assert_eq!(got.iter().map(|c| c.1).collect::<Vec<_>>(), [2, 0]);
+}
+
+/// The GPU hands the sampler only the best logits; the tokens must be the ones sampling the
+/// whole row gives, draw for draw.
+#[test]
+fn sampling_from_the_best_logits_equals_sampling_the_row() {
+    let mut rows: Vec<Vec<f32>> = (0..48).map(|s| logits(4096, s)).collect();
+    rows.extend((0..8).map(|s| {
+        let mut r = tied_row(s);
+        r.resize(4096, -1.0);
+        r
+    }));
+    rows.push(vec![f32::NAN; 4096]);
+    rows.push(vec![f32::NEG_INFINITY; 4096]);
+    let mut top = Vec::new();
+    for p in [
+        SamplingParams::greedy(),
+        params(0.8, 1.0, 50, 3),
+        params(0.6, 0.95, 50, 4),
+        params(1.3, 0.5, 2, 5),
+        params(0.7, 1.0, 1, 6),
+        params(2.0, 0.9, 1000, 7),
+    ] {
+        let mut whole = Sampler::new(p, 4096);
+        let mut best = Sampler::new(p, 4096);
+        let k = whole.candidates_needed(4096).unwrap();
+        assert_eq!(k, if p.is_greedy() { 1 } else { p.top_k });
+        for (i, row) in rows.iter().enumerate() {
+            // More candidates than needed (as with masked EOS ids): the extra ones are unused.
+            top_candidates(row, k + 3, &mut top);
+            assert_eq!(whole.sample(row), best.sample_top(&top), "{p:?} row {i}");
+        }
+    }
+    let all = Sampler::new(params(0.8, 0.9, 0, 1), 4096);
+    assert_eq!(
+        all.candidates_needed(4096),
+        None,
+        "no top-k: every logit counts"
+    );
 }
 
 #[test]

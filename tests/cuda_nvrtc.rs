@@ -113,6 +113,13 @@ fn hot_kernels_do_not_spill() {
             "{name}: no ptxas report:\n{}",
             c.log
         );
+        for l in c
+            .log
+            .lines()
+            .filter(|l| l.contains("Compiling entry") || l.contains("Used"))
+        {
+            eprintln!("{name}: {}", l.trim()); // registers per kernel, with --nocapture
+        }
         let spills: Vec<&str> = c
             .log
             .lines()

@@ -5,69 +5,20 @@
 #![cfg(feature = "cuda")]
 
 mod common;
+mod cuda_util;
 
+use cuda_util::{devices, emulator, same_device};
 use qforge::bench::synth::synthetic_config;
 use qforge::runtime::config::ModelConfig;
 use qforge::runtime::cpu::{load_cpu, CpuModel, CpuOptions};
 use qforge::runtime::cuda::forward::{load_cuda, load_cuda_on, CudaModel, CudaOptions};
-use qforge::runtime::cuda::gpu::{self, cfg, Arg, Gpu};
-use qforge::runtime::cuda::ops;
+use qforge::runtime::cuda::gpu::{self, cfg, Arg};
 use qforge::runtime::cuda::randmodel::{dequantized, random_host_weights};
 use qforge::runtime::cuda::report::{compare, Report};
 use qforge::runtime::cuda::selftest;
 use qforge::runtime::sampler::argmax;
 use qforge::runtime::weights::Weights;
 use qforge::runtime::Backend;
-
-/// The emulator, or `None` after saying why (a panic when QFORGE_REQUIRE_EMU is set).
-fn emulator() -> Option<Gpu> {
-    match Gpu::emulated() {
-        Ok(g) => Some(g),
-        Err(e) if std::env::var_os("QFORGE_REQUIRE_EMU").is_some() => {
-            panic!("QFORGE_REQUIRE_EMU is set but: {e}")
-        }
-        Err(e) => {
-            eprintln!("emulator skipped: {e}");
-            None
-        }
-    }
-}
-
-/// A real GPU's ordinal, or `None` after saying why.
-fn real_gpu() -> Option<usize> {
-    if !gpu::driver_present() {
-        eprintln!("gpu skipped: no CUDA driver");
-        return None;
-    }
-    match gpu::probe(0) {
-        Ok(_) => Some(0),
-        Err(e) => {
-            eprintln!("gpu skipped: {e}");
-            None
-        }
-    }
-}
-
-/// Every device to run a check on: (label, a fresh `Gpu`).
-fn devices() -> Vec<(&'static str, Gpu)> {
-    let mut v = Vec::new();
-    if let Some(g) = emulator() {
-        v.push(("emulator", g));
-    }
-    if let Some(d) = real_gpu() {
-        v.push(("gpu", Gpu::new(d).expect("the probed GPU opens")));
-    }
-    v
-}
-
-/// A fresh `Gpu` of the kind `label` (from [`devices`]) names.
-fn same_device(label: &str) -> Gpu {
-    if label.starts_with("emulator") {
-        Gpu::emulated().unwrap()
-    } else {
-        Gpu::new(0).unwrap()
-    }
-}
 
 /// Greedy ids must agree wherever the CPU's top-1/top-2 gap exceeds twice the largest logit
 /// difference between the backends (the selftest's rule); returns the rows checked.
@@ -252,74 +203,6 @@ fn random_models_match_cpu_in_prefill_and_decode() {
     }
 }
 
-/// Flash-decoding: the keys split over several blocks and merged by `attention_combine`
-/// give the one-pass result (up to f32 rounding of the rescaling: BF16 outputs within 1e-3
-/// relative RMS), for decode and for a few rows, head dims 64 and 128, GQA 8:1 and 2:1.
-#[test]
-fn split_attention_equals_one_pass() {
-    for (label, g) in devices() {
-        for (heads, kv_heads, head_dim) in [(8, 1, 128), (4, 2, 64)] {
-            let dims = ops::AttnDims {
-                heads,
-                kv_heads,
-                head_dim,
-            };
-            for (rows, pos) in [(1, 150), (3, 97), (16, 40)] {
-                let kmax = pos + rows;
-                let bf16s = |n: usize, seed: usize| -> Vec<u8> {
-                    (0..n)
-                        .flat_map(|i| {
-                            let v = (((i * 7919 + seed) % 2003) as f32 / 2003.0 - 0.5) * 4.0;
-                            half::bf16::from_f32(v).to_le_bytes()
-                        })
-                        .collect()
-                };
-                let q = g.upload_new(&bf16s(rows * heads * head_dim, 1)).unwrap();
-                let k = g.upload_new(&bf16s(kmax * kv_heads * head_dim, 2)).unwrap();
-                let v = g.upload_new(&bf16s(kmax * kv_heads * head_dim, 3)).unwrap();
-                let part = g.alloc(ops::attention_part_len(dims) * 4).unwrap();
-                let n = rows * heads * head_dim;
-                let run = |split| {
-                    let out = g.alloc(n * 2).unwrap();
-                    let cache = (k.ptr, v.ptr);
-                    ops::attention(&g, dims, q.ptr, cache, out.ptr, rows, pos, 0.1, split).unwrap();
-                    let mut b = vec![0u8; n * 2];
-                    g.download(out.ptr, &mut b).unwrap();
-                    b.chunks(2)
-                        .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                        .collect::<Vec<f32>>()
-                };
-                let one = run(None);
-                let split = run(Some((32, part.ptr)));
-                let (rel, max, odd) = compare(&split, &one);
-                let what = format!("{label} {heads}/{kv_heads}x{head_dim} rows {rows} pos {pos}");
-                assert!(
-                    rel <= 1e-3 && odd == 0,
-                    "{what}: rel {rel:.3e} max {max:.3e}"
-                );
-                assert!(one.iter().any(|&x| x != 0.0), "{what}: output written");
-            }
-        }
-    }
-}
-
-/// When decode splits its keys: long contexts on many SMs, never prefill or short contexts.
-#[test]
-fn attention_split_policy() {
-    let d70 = ops::AttnDims {
-        heads: 64,
-        kv_heads: 8,
-        head_dim: 128,
-    };
-    // 8 blocks of work at decode → ~2 per SM on an H200 (132 SMs): 32 splits of 352 keys.
-    assert_eq!(ops::attention_split(d70, 1, 10999, 132, 256), Some(352));
-    assert_eq!(ops::attention_split(d70, 1, 299, 132, 256), Some(256));
-    assert_eq!(ops::attention_split(d70, 1, 200, 132, 256), None);
-    assert_eq!(ops::attention_split(d70, 17, 10000, 132, 256), None);
-    // Enough blocks already: no split.
-    assert_eq!(ops::attention_split(d70, 1, 10999, 4, 256), None);
-}
-
 /// The kernels' FP8 conversions equal the CPU quantizer's on ties, saturation, subnormals.
 #[test]
 fn fp8_conversions_match_cpu() {
@@ -355,7 +238,8 @@ fn emulator_rejects_bad_launches() {
     g.launch("quant_rows", cfg((1, 1), 64, 0), &quant(Arg::I32(64)))
         .unwrap();
     let mut att = vec![Arg::U64(buf.ptr); 4];
-    att.extend([16, 0, 8, 1, 128, 1].map(Arg::I32));
+    att.extend([Arg::I32(16), Arg::U64(buf.at(192))]);
+    att.extend([8, 1, 128, 1].map(Arg::I32));
     att.extend([Arg::F32(0.125), Arg::I32(16), Arg::U64(0)]);
     let e = err("attention", cfg((1, 1), 256, 64 << 10), &att);
     assert!(

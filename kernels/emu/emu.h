@@ -86,6 +86,19 @@ T shfl_from(unsigned mask, T v, int src) {
     return r;
 }
 
+// __match_any_sync: the lanes whose `v` equals this lane's.
+inline unsigned match_any(unsigned mask, unsigned v) {
+    if (mask != 0xffffffffu) fail("match with a partial lane mask");
+    Lane* row;
+    Lane* me = slot(&row);
+    me->w[0] = v;
+    warp_meet();
+    unsigned m = 0;
+    for (int l = 0; l < 32; l++)
+        if (row[l].w[0] == v) m |= 1u << l;
+    return m;
+}
+
 inline uint32_t bits_of(float f) {
     uint32_t u;
     std::memcpy(&u, &f, 4);
@@ -214,6 +227,11 @@ static inline float2 make_float2(float x, float y) { return {x, y}; }
 static inline uint4 __ldg(const uint4* p) { return *p; }
 static inline float __uint_as_float(unsigned u) { return emu::float_of(u); }
 static inline float __int_as_float(int i) { return emu::float_of((unsigned)i); }
+static inline unsigned __float_as_uint(float f) { return emu::bits_of(f); }
+// Atomic, as worker threads may run blocks of one grid at once.
+static inline unsigned atomicAdd(unsigned* p, unsigned v) {
+    return __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
+}
 // Built with -ffp-contract=off: these two never fuse, as on the GPU.
 static inline float __fadd_rn(float a, float b) { return a + b; }
 static inline float __fmul_rn(float a, float b) { return a * b; }
@@ -229,6 +247,8 @@ template <class T>
 static inline T __shfl_sync(unsigned mask, T v, int src) {
     return emu::shfl_from(mask, v, src);
 }
+static inline unsigned __match_any_sync(unsigned mask, unsigned v) { return emu::match_any(mask, v); }
+static inline int __popc(unsigned v) { return __builtin_popcount(v); }
 
 // The PTX helpers of common.cuh and gemv.cu (which compile them only without QFORGE_EMU).
 static inline unsigned short f32_to_bf16(float f) { return emu::bf16_code(f); }

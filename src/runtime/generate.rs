@@ -32,6 +32,22 @@ pub enum Device {
 pub trait Engine: Backend + Send {
     /// [`Backend::forward`] returning a view of the backend's logits buffer.
     fn forward_view(&mut self, tokens: &[u32], pos: usize, all_logits: bool) -> Result<&[f32]>;
+
+    /// The most candidates [`Engine::forward_top`] returns; 0 (the default) when the backend
+    /// does not select them itself.
+    fn top_capacity(&self) -> usize {
+        0
+    }
+
+    /// Runs `tokens` like `forward_view(tokens, pos, false)` but returns only the `k` largest
+    /// logits of the last row with their ids (`k <= top_capacity()`), best first, in the
+    /// order of [`top_candidates`](crate::runtime::sampler::top_candidates).
+    fn forward_top(&mut self, _tokens: &[u32], _pos: usize, k: usize) -> Result<&[(f32, u32)]> {
+        Err(Error::Runtime(format!(
+            "{} does not select top-{k} candidates",
+            self.describe()
+        )))
+    }
 }
 
 impl Engine for CpuModel {
@@ -92,49 +108,9 @@ fn load_cuda(dir: &Path, max_seq: Option<usize>) -> Result<Box<dyn Engine>> {
         max_seq,
         ..CudaOptions::default()
     };
-    Ok(Box::new(CudaEngine {
-        model: load_cuda(dir, &opts)?,
-        logits: Vec::new(),
-    }))
-}
-
-/// The CUDA model as an [`Engine`]: its logits come back to the host once per step, into a
-/// buffer kept here.
-#[cfg(feature = "cuda")]
-struct CudaEngine {
-    model: crate::runtime::cuda::CudaModel,
-    logits: Vec<f32>,
-}
-
-#[cfg(feature = "cuda")]
-impl Backend for CudaEngine {
-    fn forward(&mut self, tokens: &[u32], pos: usize, all_logits: bool) -> Result<Vec<f32>> {
-        self.model.forward(tokens, pos, all_logits)
-    }
-    fn reset(&mut self) {
-        self.model.reset()
-    }
-    fn vocab_size(&self) -> usize {
-        self.model.vocab_size()
-    }
-    fn describe(&self) -> String {
-        self.model.describe()
-    }
-}
-
-// SAFETY: the engine is moved between threads, never shared (`&mut` access only), and every
-// forward pass first makes the model's CUDA context current on the calling thread; the raw
-// cuBLASLt handle inside is tied to that context, not to a thread.
-#[cfg(feature = "cuda")]
-unsafe impl Send for CudaEngine {}
-
-#[cfg(feature = "cuda")]
-impl Engine for CudaEngine {
-    fn forward_view(&mut self, tokens: &[u32], pos: usize, all_logits: bool) -> Result<&[f32]> {
-        self.model.gpu.bind()?;
-        self.logits = self.model.forward(tokens, pos, all_logits)?;
-        Ok(&self.logits)
-    }
+    Ok(Box::new(crate::runtime::cuda::CudaEngine::new(load_cuda(
+        dir, &opts,
+    )?)))
 }
 
 /// Sampling flags as the user gave them. Greedy unless sampling is asked for: a temperature
@@ -255,10 +231,12 @@ fn decode(
     mut out: Option<&mut (dyn Write + Send)>,
 ) -> Result<Generation> {
     let vocab = model.vocab_size();
+    let eos = tok.eos_ids();
     let mut pick = Picker {
         sampler: Sampler::new(opts.sampling, vocab),
         masked: vec![0.0; if opts.min_new_tokens > 0 { vocab } else { 0 }],
-        eos: tok.eos_ids(),
+        kept: Vec::with_capacity(if opts.min_new_tokens > 0 { 1024 } else { 0 }),
+        eos,
         min_new: opts.min_new_tokens,
     };
     let mut stream = out.is_some().then(|| tok.stream());
@@ -266,10 +244,9 @@ fn decode(
     model.reset();
 
     let start = Instant::now();
-    let mut logits = model.forward_view(prompt, 0, false)?;
+    let mut id = pick.step(model, prompt, 0, 0)?;
     let mut prefill_s = None;
     let stop = loop {
-        let id = pick.next(logits, ids.len());
         prefill_s.get_or_insert_with(|| start.elapsed().as_secs_f64());
         ids.push(id);
         if tok.is_eos(id) {
@@ -281,7 +258,7 @@ fn decode(
         if ids.len() == opts.max_new_tokens {
             break StopReason::MaxNewTokens;
         }
-        logits = model.forward_view(&[id], prompt.len() + ids.len() - 1, false)?;
+        id = pick.step(model, &[id], prompt.len() + ids.len() - 1, ids.len())?;
     };
     let total_s = start.elapsed().as_secs_f64();
     if let Some(w) = out {
@@ -323,11 +300,47 @@ fn rate(tokens: usize, secs: f64) -> f64 {
 struct Picker<'a> {
     sampler: Sampler,
     masked: Vec<f32>,
+    /// The candidates left once EOS ids are taken out.
+    kept: Vec<(f32, u32)>,
     eos: &'a [u32],
     min_new: usize,
 }
 
 impl Picker<'_> {
+    /// Runs `tokens` at `pos` and picks the token after them, `generated` tokens into the
+    /// answer. When the sampler needs only the best few logits (greedy, top-k) and the
+    /// engine selects them itself, only those come back from it.
+    fn step(
+        &mut self,
+        model: &mut dyn Engine,
+        tokens: &[u32],
+        pos: usize,
+        generated: usize,
+    ) -> Result<u32> {
+        match self.candidates_needed(model.vocab_size(), generated) {
+            Some(k) if k <= model.top_capacity() => {
+                let top = model.forward_top(tokens, pos, k)?;
+                Ok(self.next_from_top(top, generated))
+            }
+            _ => {
+                let logits = model.forward_view(tokens, pos, false)?;
+                Ok(self.next(logits, generated))
+            }
+        }
+    }
+
+    /// How many of the best logits decide the next token, when a few do: the sampler's
+    /// number, plus the EOS ids while they are masked (they may be among the best).
+    fn candidates_needed(&self, vocab: usize, generated: usize) -> Option<usize> {
+        let k = self.sampler.candidates_needed(vocab)?;
+        let k = if generated < self.min_new {
+            k + self.eos.len()
+        } else {
+            k
+        };
+        (k <= vocab).then_some(k)
+    }
+
     fn next(&mut self, logits: &[f32], generated: usize) -> u32 {
         if generated >= self.min_new || self.masked.len() != logits.len() {
             return self.sampler.sample(logits);
@@ -339,6 +352,20 @@ impl Picker<'_> {
             }
         }
         self.sampler.sample(&self.masked)
+    }
+
+    /// [`Picker::next`] from the best logits only. With EOS masked, the EOS ids are dropped
+    /// from them instead of set to -inf: the same pick unless fewer than the sampler's `k`
+    /// other logits are finite.
+    fn next_from_top(&mut self, top: &[(f32, u32)], generated: usize) -> u32 {
+        if generated >= self.min_new {
+            return self.sampler.sample_top(top);
+        }
+        self.kept.clear();
+        let eos = self.eos;
+        self.kept
+            .extend(top.iter().filter(|c| !eos.contains(&c.1)).copied());
+        self.sampler.sample_top(&self.kept)
     }
 }
 

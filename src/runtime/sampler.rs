@@ -104,7 +104,11 @@ impl SamplingParams {
     }
 }
 
-/// A seeded sampler. Its buffer is allocated once, for the vocabulary size given to [`new`].
+/// A seeded sampler. Its buffers are allocated once, for the vocabulary size given to [`new`].
+///
+/// With top-k on, sampling needs only the `k` best logits: [`Sampler::sample`] selects them
+/// from a whole row, and [`Sampler::sample_top`] takes them ready-made (from a GPU's
+/// `top_k_rows`), with the same result.
 ///
 /// [`new`]: Sampler::new
 #[derive(Debug, Clone)]
@@ -113,6 +117,8 @@ pub struct Sampler {
     rng: StdRng,
     /// Candidates as (weight, token id): a logit until converted, then exp((x - max) / T).
     cand: Vec<(f32, u32)>,
+    /// The best logits, for top-k.
+    top: Vec<(f32, u32)>,
 }
 
 impl Sampler {
@@ -122,6 +128,7 @@ impl Sampler {
             params: p,
             rng: StdRng::seed_from_u64(p.seed),
             cand: Vec::with_capacity(vocab),
+            top: Vec::with_capacity(if p.top_k < vocab { vocab } else { 0 }),
         }
     }
 
@@ -130,50 +137,105 @@ impl Sampler {
         &self.params
     }
 
+    /// How many of the best logits of a row of `vocab` decide the next token, when a few do:
+    /// 1 for greedy, `top_k` with top-k on; `None` when every logit counts.
+    pub fn candidates_needed(&self, vocab: usize) -> Option<usize> {
+        let p = self.params;
+        if p.is_greedy() {
+            Some(1)
+        } else {
+            (p.top_k > 0 && p.top_k < vocab).then_some(p.top_k)
+        }
+    }
+
     /// Picks the next token id from one row of logits. NaN logits count as -inf.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         let p = self.params;
+        if p.is_greedy() || logits.len() < 2 {
+            return argmax(logits);
+        }
+        if let Some(k) = self.candidates_needed(logits.len()) {
+            let mut top = std::mem::take(&mut self.top);
+            top_candidates(logits, k, &mut top);
+            let id = self.sample_top(&top);
+            self.top = top;
+            return id;
+        }
         let max = logits
             .iter()
             .copied()
             .filter(|x| !x.is_nan())
             .fold(f32::NEG_INFINITY, f32::max);
-        if p.is_greedy() || logits.len() < 2 || max == f32::NEG_INFINITY {
+        if max == f32::NEG_INFINITY {
             return argmax(logits);
         }
         let inv_t = 1.0 / p.temperature;
-        let weight = |x: f32| {
-            if x.is_nan() {
-                0.0
-            } else {
-                ((x - max) * inv_t).exp()
-            }
-        };
-
         self.cand.clear();
-        let top_k = p.top_k > 0 && p.top_k < logits.len();
-        if top_k {
-            let key = |x: f32| if x.is_nan() { f32::NEG_INFINITY } else { x };
-            self.cand
-                .extend(logits.iter().enumerate().map(|(i, &x)| (key(x), i as u32)));
-            self.cand.select_nth_unstable_by(p.top_k - 1, best_first);
-            self.cand.truncate(p.top_k);
-            for c in &mut self.cand {
-                c.0 = weight(c.0);
-            }
-        } else {
-            self.cand.extend(
-                logits
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &x)| (weight(x), i as u32)),
-            );
-        }
+        self.cand.extend(
+            logits
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| (weight(x, max, inv_t), i as u32)),
+        );
         let mut total: f64 = self.cand.iter().map(|c| f64::from(c.0)).sum();
         if p.top_p < 1.0 {
-            total = self.nucleus(p.top_p, total, !top_k);
+            // Tokens lighter than (1 - top_p) / n together weigh less than 1 - top_p and are
+            // the lightest ones, so all of them are cut: drop them before sorting. (The 0.999
+            // keeps rounding from dropping a token that sits right at the bound.)
+            let removable = f64::from(1.0 - p.top_p) * total;
+            let bound = (0.999 * removable / self.cand.len() as f64) as f32;
+            self.cand.retain(|c| c.0 >= bound);
+            self.cand.sort_unstable_by(best_first);
+            total = self.nucleus(p.top_p, total);
         }
+        self.draw(total)
+    }
 
+    /// Picks the next token id given only the best logits of the row, best first, as
+    /// [`top_candidates`] orders them: `candidates_needed` of them (or more: only that many
+    /// are used). Equal to [`Sampler::sample`] on the whole row.
+    pub fn sample_top(&mut self, top: &[(f32, u32)]) -> u32 {
+        let Some(&(max, best)) = top.first() else {
+            return 0;
+        };
+        let p = self.params;
+        let k = self.candidates_needed(usize::MAX).unwrap_or(top.len());
+        let top = &top[..k.min(top.len())];
+        if p.is_greedy() || top.len() < 2 || max.is_nan() || max == f32::NEG_INFINITY {
+            // As `argmax` of the row: NaN ranks last, so a NaN best means all are NaN.
+            return if max.is_nan() { 0 } else { best };
+        }
+        let inv_t = 1.0 / p.temperature;
+        self.cand.clear();
+        self.cand
+            .extend(top.iter().map(|&(x, id)| (weight(x, max, inv_t), id)));
+        let mut total: f64 = self.cand.iter().map(|c| f64::from(c.0)).sum();
+        if p.top_p < 1.0 {
+            total = self.nucleus(p.top_p, total);
+        }
+        self.draw(total)
+    }
+
+    /// Keeps, best first, the tokens whose preceding probability mass is < `top_p` (always
+    /// the best one): transformers removes the tokens whose ascending cumulative mass is
+    /// <= 1 - top_p. The candidates must be sorted heaviest first. Returns the kept weight.
+    fn nucleus(&mut self, top_p: f32, total: f64) -> f64 {
+        let limit = f64::from(top_p) * total;
+        let mut before = 0.0f64;
+        let mut keep = self.cand.len();
+        for (i, c) in self.cand.iter().enumerate() {
+            if i > 0 && before >= limit {
+                keep = i;
+                break;
+            }
+            before += f64::from(c.0);
+        }
+        self.cand.truncate(keep);
+        self.cand.iter().map(|c| f64::from(c.0)).sum()
+    }
+
+    /// Draws a candidate with probability proportional to its weight (`total` their sum).
+    fn draw(&mut self, total: f64) -> u32 {
         let r = self.rng.random::<f64>() * total;
         let mut cum = 0.0f64;
         for &(q, id) in &self.cand {
@@ -189,32 +251,49 @@ impl Sampler {
             .find(|c| c.0 > 0.0)
             .map_or(self.cand[0].1, |c| c.1)
     }
+}
 
-    /// Keeps, best first, the tokens whose preceding probability mass is < `top_p` (always
-    /// the best one): transformers removes the tokens whose ascending cumulative mass is
-    /// <= 1 - top_p. Returns the kept weight.
-    fn nucleus(&mut self, top_p: f32, total: f64, prefilter: bool) -> f64 {
-        let removable = f64::from(1.0 - top_p) * total;
-        if prefilter {
-            // Tokens lighter than (1 - top_p) / n together weigh less than 1 - top_p and are
-            // the lightest ones, so all of them are cut: drop them before sorting. (The 0.999
-            // keeps rounding from dropping a token that sits right at the bound.)
-            let bound = (0.999 * removable / self.cand.len() as f64) as f32;
-            self.cand.retain(|c| c.0 >= bound);
-        }
-        self.cand.sort_unstable_by(best_first);
-        let limit = f64::from(top_p) * total;
-        let mut before = 0.0f64;
-        let mut keep = self.cand.len();
-        for (i, c) in self.cand.iter().enumerate() {
-            if i > 0 && before >= limit {
-                keep = i;
-                break;
-            }
-            before += f64::from(c.0);
-        }
-        self.cand.truncate(keep);
-        self.cand.iter().map(|c| f64::from(c.0)).sum()
+/// exp((x - max) / T); 0 for NaN.
+fn weight(x: f32, max: f32, inv_t: f32) -> f32 {
+    if x.is_nan() {
+        0.0
+    } else {
+        ((x - max) * inv_t).exp()
+    }
+}
+
+/// Sets `out` to the `k` largest logits with their ids, best first; ties (-0 and +0 too) go
+/// to the lower id and NaN ranks below -inf, so the first is [`argmax`]'s pick. The GPU's
+/// `top_k_rows` selects in this very order.
+pub fn top_candidates(logits: &[f32], k: usize, out: &mut Vec<(f32, u32)>) {
+    out.clear();
+    out.extend(logits.iter().enumerate().map(|(i, &x)| (x, i as u32)));
+    let k = k.min(out.len());
+    if k == 0 {
+        return;
+    }
+    if k < out.len() {
+        out.select_nth_unstable_by(k - 1, logit_first);
+        out.truncate(k);
+    }
+    out.sort_unstable_by(logit_first);
+}
+
+/// Larger logit first, NaN last; ties go to the lower id.
+fn logit_first(a: &(f32, u32), b: &(f32, u32)) -> Ordering {
+    logit_key(b.0).cmp(&logit_key(a.0)).then(a.1.cmp(&b.1))
+}
+
+/// The GPU's order key of a logit: the float's bits made to sort as unsigned integers, with
+/// -0 as +0 (they tie, as in [`argmax`]) and NaN at 0, below -inf.
+fn logit_key(x: f32) -> u32 {
+    let b = if x == 0.0 { 0 } else { x.to_bits() };
+    if x.is_nan() {
+        0
+    } else if b & 0x8000_0000 != 0 {
+        !b
+    } else {
+        b | 0x8000_0000
     }
 }
 

@@ -120,31 +120,58 @@ fn bench_one(
             m.gemm.fp8_path()
         ),
     );
-    // Decode: prompt, 4 warm-up steps, then `decode` timed steps with device argmax.
-    m.reset();
-    let mut tok = m.forward_argmax(&ids(prompt), 0)?;
-    let mut pos = prompt;
-    for _ in 0..4 {
-        tok = m.forward_argmax(&[tok], pos)?;
-        pos += 1;
-    }
-    let t0 = Instant::now();
-    for _ in 0..decode {
-        tok = m.forward_argmax(&[tok], pos)?;
-        pos += 1;
-    }
-    let td = t0.elapsed().as_secs_f64() / decode as f64;
+    bench_attention(&m.gpu, super::model::attn_dims(&cfg)?, prefill, &st, r)?;
+    // Decode: prompt, 4 warm-up steps (the first captures the graph), then `decode` timed
+    // steps with device argmax; with CUDA graphs, then launch by launch.
+    let time_decode = |m: &mut CudaModel| -> Result<f64> {
+        m.reset();
+        let mut tok = m.forward_argmax(&ids(prompt), 0)?;
+        let mut pos = prompt;
+        for _ in 0..4 {
+            tok = m.forward_argmax(&[tok], pos)?;
+            pos += 1;
+        }
+        let t0 = Instant::now();
+        for _ in 0..decode {
+            tok = m.forward_argmax(&[tok], pos)?;
+            pos += 1;
+        }
+        Ok(t0.elapsed().as_secs_f64() / decode as f64)
+    };
+    let graphs = m.graphs();
+    let td = time_decode(&mut m)?;
     let gbps = bytes as f64 / td / 1e9;
     r.info(
         &st,
         "decode tokens/s (batch 1)",
         format!(
-            "{:.1} ({:.2} ms/token, weights {:.1} GB/token, {gbps:.0} GB/s)",
+            "{:.1} ({:.2} ms/token, weights {:.1} GB/token, {gbps:.0} GB/s; {})",
             1.0 / td,
             td * 1e3,
-            bytes as f64 / 1e9
+            bytes as f64 / 1e9,
+            if m.graph_captured() {
+                "CUDA graph"
+            } else {
+                "launch by launch"
+            }
         ),
     );
+    let (mut td_plain, captured) = (td, m.graph_captured());
+    if graphs && captured {
+        m.set_graphs(false);
+        td_plain = time_decode(&mut m)?;
+        m.set_graphs(true);
+        r.info(
+            &st,
+            "decode without CUDA graphs",
+            format!(
+                "{:.1} tokens/s ({:.2} ms/token): graphs {:.3}x",
+                1.0 / td_plain,
+                td_plain * 1e3,
+                td_plain / td
+            ),
+        );
+    }
     let pct = 100.0 * gbps / peak;
     // The emulator has no HBM: its figure is reported, not judged.
     let verdict = (!m.gpu.is_emulated()).then_some(pct >= 80.0);
@@ -162,7 +189,61 @@ fn bench_one(
     );
     r.extra.push(json!({"kind": "model", "shape": shape, "prefill_tokens": prefill, "prefill_tok_s": prefill as f64 / tp,
         "decode_tok_s": 1.0 / td, "decode_ms": td * 1e3, "weight_bytes_per_token": bytes, "decode_GBps": gbps,
-        "peak_GBps": peak, "copy_GBps": copy, "pct_roofline": pct, "fp8_path": m.gemm.fp8_path()}));
+        "peak_GBps": peak, "copy_GBps": copy, "pct_roofline": pct, "fp8_path": m.gemm.fp8_path(),
+        "cuda_graph": captured, "decode_ms_without_graph": td_plain * 1e3}));
+    Ok(())
+}
+
+/// One layer's causal prefill attention over `rows` rows (random q, k, v) on CUDA cores and
+/// on tensor cores, with its TFLOP/s (4·H·d·T²/2 for the two products).
+fn bench_attention(
+    g: &Gpu,
+    dims: ops::AttnDims,
+    rows: usize,
+    st: &str,
+    r: &mut Report,
+) -> Result<()> {
+    if !ops::mma_head_dim(dims.head_dim) {
+        return Ok(());
+    }
+    let (qn, kvn) = (
+        rows * dims.heads * dims.head_dim,
+        rows * dims.kv_heads * dims.head_dim,
+    );
+    let (q, k, v, out) = (
+        g.alloc(qn * 2)?,
+        g.alloc(kvn * 2)?,
+        g.alloc(kvn * 2)?,
+        g.alloc(qn * 2)?,
+    );
+    for (b, n, seed) in [(&q, qn, 1), (&k, kvn, 2), (&v, kvn, 3)] {
+        ops::fill_bf16_normal(g, b.ptr, n, seed, 0.0, 1.0)?;
+    }
+    let pos = g.upload_new(&0u32.to_le_bytes())?;
+    let scale = (dims.head_dim as f32).powf(-0.5);
+    let cache = (k.ptr, v.ptr);
+    let simt = time_us(g, &mut || {
+        ops::attention_simt(g, dims, q.ptr, cache, out.ptr, rows, pos.ptr, scale, None)
+    })?;
+    let mma = time_us(g, &mut || {
+        ops::attention_mma(g, dims, q.ptr, cache, out.ptr, rows, pos.ptr, scale)
+    })?;
+    let flop = 2.0 * (dims.heads * dims.head_dim) as f64 * (rows * rows) as f64;
+    let tflops = |us: f64| flop / us / 1e6;
+    r.info(
+        st,
+        &format!("prefill attention of one layer, {rows} rows"),
+        format!(
+            "CUDA cores {simt:.0} us ({:.1} TFLOP/s), tensor cores {mma:.0} us ({:.1} TFLOP/s): {:.2}x",
+            tflops(simt),
+            tflops(mma),
+            simt / mma
+        ),
+    );
+    r.extra.push(
+        json!({"kind": "attention", "rows": rows, "heads": dims.heads, "kv_heads": dims.kv_heads,
+        "head_dim": dims.head_dim, "simt_us": simt, "mma_us": mma, "mma_tflops": tflops(mma)}),
+    );
     Ok(())
 }
 

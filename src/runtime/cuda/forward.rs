@@ -3,8 +3,9 @@
 
 use super::dweights::DWeights;
 use super::gpu::{DBuf, Gpu};
+use super::graph::Graph;
 use super::model::{attn_dims, Gemm, GemmMode, Scratch};
-use super::ops::{self, ActOut, AttnDims};
+use super::ops::{self, ActOut, AttnDims, Split};
 use crate::checkpoint::Checkpoint;
 use crate::runtime::config::ModelConfig;
 use crate::runtime::cpu::ops::inv_freq;
@@ -27,6 +28,9 @@ pub struct CudaOptions {
     /// Fewest keys per split of a split (flash-decoding) attention (default 256; tests
     /// force small splits).
     pub split_keys: Option<usize>,
+    /// Replay decode steps as one captured CUDA graph (default on; `QFORGE_CUDA_GRAPHS=0`
+    /// turns it off everywhere).
+    pub graphs: bool,
 }
 
 impl Default for CudaOptions {
@@ -37,8 +41,14 @@ impl Default for CudaOptions {
             max_rows: None,
             gemm: GemmMode::Auto,
             split_keys: None,
+            graphs: true,
         }
     }
+}
+
+/// False when `QFORGE_CUDA_GRAPHS` is `0`.
+fn graphs_allowed() -> bool {
+    std::env::var_os("QFORGE_CUDA_GRAPHS").is_none_or(|v| v != "0")
 }
 
 /// Residual streams keyed like the CPU backend's trace (`residual_after_attn.{l}`,
@@ -58,9 +68,15 @@ pub struct CudaModel {
     v_cache: Vec<DBuf>,
     cos: DBuf,
     sin: DBuf,
-    /// Partial states of split attentions, and the fewest keys per split.
+    /// Partial states of split attentions, the fewest keys per split, and the split of every
+    /// decode step (that of the whole cache, so that one graph serves every position).
     part: DBuf,
     split_keys: usize,
+    decode_split: Option<Split>,
+    /// The captured decode step, whether to use one, and why graphs were turned off.
+    graph: Option<Graph>,
+    graphs: bool,
+    graph_note: Option<String>,
     // Last: every buffer above is freed while the context is alive.
     pub gpu: Gpu,
 }
@@ -112,9 +128,21 @@ impl CudaModel {
         if smem > 48 << 10 {
             gpu.set_max_smem("attention", smem)?;
         }
+        if ops::mma_head_dim(dims.head_dim) {
+            let (name, smem) = ops::attention_mma_kernel(dims.head_dim);
+            if smem > 48 << 10 {
+                gpu.set_max_smem(name, smem)?;
+            }
+        }
+        let split_keys = opts.split_keys.unwrap_or(256);
+        let sms = gpu.info.sm_count.max(1) as usize;
         Ok(CudaModel {
             part: gpu.alloc(ops::attention_part_len(dims) * 4)?,
-            split_keys: opts.split_keys.unwrap_or(256),
+            split_keys,
+            decode_split: ops::attention_split(dims, 1, max_seq, sms, split_keys),
+            graph: None,
+            graphs: opts.graphs && graphs_allowed(),
+            graph_note: None,
             gemm: Gemm::new(&gpu, opts.gemm)?,
             scratch: Scratch::new(&gpu, &config, rows)?,
             dims,
@@ -203,27 +231,97 @@ impl CudaModel {
         Ok(rows_out)
     }
 
-    /// One chunk: embedding, layers, and logits for its last `logit_rows` rows.
+    /// One chunk: its position and ids to the GPU, then its launches ([`Self::launches`]);
+    /// a decode step without tracing replays the captured graph of them instead.
     fn step(
         &mut self,
         tokens: &[u32],
         pos: usize,
         logit_rows: usize,
-        mut trace: Option<&mut Trace>,
+        trace: Option<&mut Trace>,
     ) -> Result<()> {
         let t = tokens.len();
+        // The scratch `ids` buffer holds [pos, ids…] (i32/u32).
+        let input: Vec<u8> = std::iter::once(pos as u32)
+            .chain(tokens.iter().copied())
+            .flat_map(u32::to_le_bytes)
+            .collect();
+        self.gpu.upload(self.scratch.ids.ptr, &input)?;
+        if t == 1 && logit_rows == 1 && trace.is_none() && self.graphs {
+            if self.graph.is_none() {
+                self.capture_decode();
+            }
+            if let Some(graph) = &self.graph {
+                self.gpu.replay(graph)?;
+                self.cached = pos + t;
+                return Ok(());
+            }
+        }
+        let split = match t {
+            1 => self.decode_split,
+            _ => {
+                let sms = self.gpu.info.sm_count.max(1) as usize;
+                ops::attention_split(self.dims, t, pos + t, sms, self.split_keys)
+            }
+        };
+        self.launches(t, split, logit_rows, trace)?;
+        self.cached = pos + t;
+        Ok(())
+    }
+
+    /// Captures the decode step's launches as a graph; on failure turns graphs off (saying
+    /// why in [`Backend::describe`]) and the step runs launch by launch.
+    fn capture_decode(&mut self) {
+        let v = self.config.vocab_size;
+        let res = self.scratch.logits(&self.gpu, 1, v).and_then(|_| {
+            self.gpu.begin_capture()?;
+            let launched = self.launches(1, self.decode_split, 1, None);
+            let graph = self.gpu.end_capture();
+            launched.and(graph)
+        });
+        match res {
+            Ok(g) => self.graph = Some(g),
+            Err(e) => {
+                self.graphs = false;
+                self.graph_note = Some(format!("CUDA graphs off: {e}"));
+            }
+        }
+    }
+
+    /// Turns decode graphs on or off (benchmarks time both).
+    pub fn set_graphs(&mut self, on: bool) {
+        self.graphs = on;
+        self.graph = None;
+    }
+
+    /// Whether decode steps replay a captured graph.
+    pub fn graphs(&self) -> bool {
+        self.graphs
+    }
+
+    /// Whether a decode step has been captured (and is replayed from now on).
+    pub fn graph_captured(&self) -> bool {
+        self.graph.is_some()
+    }
+
+    /// The launches of one chunk of `t` rows at the position in the scratch input: embedding,
+    /// layers, and the logits of its last `logit_rows` rows. Nothing here depends on the
+    /// position on the host, so a decode step can be captured once.
+    fn launches(
+        &mut self,
+        t: usize,
+        split: Option<Split>,
+        logit_rows: usize,
+        mut trace: Option<&mut Trace>,
+    ) -> Result<()> {
         let c = &self.config;
         let (g, w, s, dims) = (&self.gpu, &self.weights, &mut self.scratch, self.dims);
         let (h, inter) = (c.hidden_size, c.intermediate_size);
         let eps = c.rms_norm_eps as f32;
         let scale = (c.head_dim as f64).powf(-0.5) as f32;
-        let ids: Vec<u8> = tokens.iter().flat_map(|i| i.to_le_bytes()).collect();
-        g.upload(s.ids.ptr, &ids)?;
-        ops::embed_gather(g, w.embed.w_ptr(), s.ids.ptr, t, h, s.x.ptr)?;
-        // The same attention split for every layer of this chunk.
-        let sms = g.info.sm_count.max(1) as usize;
-        let split = ops::attention_split(dims, t, pos, sms, self.split_keys)
-            .map(|chunk| (chunk, self.part.ptr));
+        let (pos, ids) = (s.ids.ptr, s.ids.at(4));
+        ops::embed_gather(g, w.embed.w_ptr(), ids, t, h, s.x.ptr)?;
+        let split = split.map(|sp| (sp, self.part.ptr));
         let mut pending = 0u64; // the previous block's output, added by the next norm
         for (l, layer) in w.layers.iter().enumerate() {
             let act = Gemm::wants(&layer.qkv, &s.act);
@@ -266,7 +364,6 @@ impl CudaModel {
                 .linear(g, &layer.down, &s.act, (t, 0), s.proj.ptr, false)?;
             pending = s.proj.ptr;
         }
-        self.cached = pos + t;
         let lm = w.lm_head();
         if lm.is_fp8() {
             return Err(Error::Unsupported(format!(
@@ -321,16 +418,49 @@ impl CudaModel {
         Ok((out, trace))
     }
 
-    /// Runs `tokens` and returns the greedy next token (argmax on the GPU; only 4 bytes come
-    /// back): the decode loop of benchmarks and `generate`.
+    /// Runs `tokens` and returns the greedy next token (argmax on the GPU; only 8 bytes come
+    /// back): the decode loop of benchmarks.
     pub fn forward_argmax(&mut self, tokens: &[u32], pos: usize) -> Result<u32> {
+        let mut top = Vec::with_capacity(1);
+        self.forward_top(tokens, pos, 1, &mut top)?;
+        Ok(top[0].1)
+    }
+
+    /// Runs `tokens` and sets `out` to the `k` (1 ≤ k ≤ min(vocab, 1024)) largest logits
+    /// of the last row with their ids, best first, in the order of
+    /// [`crate::runtime::sampler::top_candidates`]: all that greedy decoding and top-k
+    /// sampling need, selected on the GPU, so only `8·k` bytes come back instead of the
+    /// whole vocabulary.
+    pub fn forward_top(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        k: usize,
+        out: &mut Vec<(f32, u32)>,
+    ) -> Result<()> {
+        let v = self.config.vocab_size;
+        if k == 0 || k > v.min(ops::TOP_K_MAX) {
+            return Err(Error::Runtime(format!(
+                "top-k on the GPU needs 1 <= k <= {}, got {k}",
+                v.min(ops::TOP_K_MAX)
+            )));
+        }
         self.run(tokens, pos, false, None, None)?;
         let s = &self.scratch;
         let logits = s.logits.as_ref().expect("logits computed").ptr;
-        ops::argmax_rows(&self.gpu, logits, 1, self.config.vocab_size, s.argmax.ptr)?;
-        let mut b = [0u8; 4];
-        self.gpu.download(s.argmax.ptr, &mut b)?;
-        Ok(u32::from_le_bytes(b))
+        if k == 1 {
+            ops::argmax_rows(&self.gpu, logits, 1, v, s.top.ptr)?;
+        } else {
+            ops::top_k_rows(&self.gpu, logits, 1, v, k, s.top.ptr)?;
+        }
+        let mut b = [0u8; ops::TOP_K_MAX * 8];
+        self.gpu.download(s.top.ptr, &mut b[..8 * k])?;
+        out.clear();
+        out.extend(b[..8 * k].chunks_exact(8).map(|p| {
+            let word = |i: usize| u32::from_le_bytes([p[i], p[i + 1], p[i + 2], p[i + 3]]);
+            (f32::from_bits(word(0)), word(4))
+        }));
+        Ok(())
     }
 
     /// Runs `tokens` without reading anything back, then waits for the GPU (timing).
@@ -392,6 +522,14 @@ impl Backend for CudaModel {
 
     fn describe(&self) -> String {
         let i = &self.gpu.info;
-        format!("cuda ({}, {}, {})", i.name, i.arch, self.gemm.note)
+        let graphs = match (&self.graph_note, self.graphs) {
+            (Some(why), _) => why.as_str(),
+            (None, true) => "decode as a CUDA graph",
+            (None, false) => "CUDA graphs off",
+        };
+        format!(
+            "cuda ({}, {}, {}, {graphs})",
+            i.name, i.arch, self.gemm.note
+        )
     }
 }

@@ -5,12 +5,14 @@
 //! A `Gpu` is either a real device or the CUDA emulator ([`super::emu`], chosen with
 //! `QFORGE_CUDA_EMULATE=1`): the same kernels and host code, run on the CPU.
 
+use super::graph::{Capture, Recorded};
 use super::{emu, kernels, nvrtc};
 use crate::{Error, Result};
 use cudarc::driver::sys::CUdevice_attribute as Attr;
 use cudarc::driver::{
     result as cu, CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg,
 };
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -169,13 +171,16 @@ impl Drop for DBuf {
 }
 
 /// A real device's context, stream and loaded kernels.
-struct Cuda {
-    ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
+pub(super) struct Cuda {
+    pub(super) ctx: Arc<CudaContext>,
+    /// The legacy default stream: all work runs on it, graphs too.
+    pub(super) stream: Arc<CudaStream>,
+    /// The stream graphs are captured on (capture cannot start on the legacy stream).
+    pub(super) side: Arc<CudaStream>,
     funcs: HashMap<&'static str, CudaFunction>,
 }
 
-enum Dev {
+pub(super) enum Dev {
     Cuda(Cuda),
     Emu(Arc<emu::Emu>),
 }
@@ -187,7 +192,9 @@ pub struct Gpu {
     /// compiling or loading them.
     pub kernels_cached: bool,
     pub compile_s: f64,
-    dev: Dev,
+    pub(super) dev: Dev,
+    /// Set between [`Gpu::begin_capture`] and [`Gpu::end_capture`] (see [`super::graph`]).
+    pub(super) capture: RefCell<Option<Capture>>,
 }
 
 fn on_emulator(what: &str) -> Error {
@@ -206,6 +213,7 @@ impl Gpu {
         // SAFETY: all work goes through one stream; no buffer is shared across streams.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
+        let side = ctx.new_stream().map_err(|e| drv("stream", e))?;
         let t0 = Instant::now();
         let nv = nvrtc::get()?;
         let cubins = kernels::load_all(nv, &info.arch)?;
@@ -227,7 +235,13 @@ impl Gpu {
             kernels_cached: cubins.iter().all(|c| c.cached),
             compile_s: t0.elapsed().as_secs_f64(),
             info,
-            dev: Dev::Cuda(Cuda { ctx, stream, funcs }),
+            dev: Dev::Cuda(Cuda {
+                ctx,
+                stream,
+                side,
+                funcs,
+            }),
+            capture: RefCell::new(None),
         })
     }
 
@@ -240,6 +254,7 @@ impl Gpu {
             kernels_cached: true,
             compile_s: t0.elapsed().as_secs_f64(),
             dev: Dev::Emu(e),
+            capture: RefCell::new(None),
         })
     }
 
@@ -265,6 +280,7 @@ impl Gpu {
 
     /// A zeroed device buffer of `bytes` bytes (at least 1).
     pub fn alloc(&self, bytes: usize) -> Result<DBuf> {
+        self.not_capturing("allocating GPU memory")?;
         let c = match &self.dev {
             Dev::Cuda(c) => c,
             Dev::Emu(e) => {
@@ -295,6 +311,7 @@ impl Gpu {
 
     /// Copies host bytes to device address `dst` (stream-ordered; `src` may be freed after).
     pub fn upload(&self, dst: u64, src: &[u8]) -> Result<()> {
+        self.not_capturing("a host-to-device copy")?;
         match &self.dev {
             // SAFETY: the caller passes an address with `src.len()` bytes of room.
             Dev::Cuda(c) => unsafe { cu::memcpy_htod_async(dst, src, c.stream.cu_stream()) }
@@ -318,8 +335,11 @@ impl Gpu {
     pub fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
         match &self.dev {
             // SAFETY: the caller passes two buffers with `bytes` bytes of room.
-            Dev::Cuda(c) => unsafe { cu::memcpy_dtod_async(dst, src, bytes, c.stream.cu_stream()) }
-                .map_err(|e| drv("device-to-device copy", e)),
+            Dev::Cuda(c) => {
+                unsafe { cu::memcpy_dtod_async(dst, src, bytes, self.work_stream(c).cu_stream()) }
+                    .map_err(|e| drv("device-to-device copy", e))
+            }
+            Dev::Emu(_) if self.record(|| Recorded::Copy { dst, src, bytes }) => Ok(()),
             // SAFETY: as above (host memory; `copy` allows overlap like cudaMemcpy does not).
             Dev::Emu(_) => unsafe {
                 std::ptr::copy(src as *const u8, dst as *mut u8, bytes);
@@ -330,6 +350,7 @@ impl Gpu {
 
     /// Copies `dst.len()` bytes from device address `src` once the stream reaches it.
     pub fn download(&self, src: u64, dst: &mut [u8]) -> Result<()> {
+        self.not_capturing("a device-to-host copy")?;
         match &self.dev {
             // SAFETY: the caller passes an address with `dst.len()` readable bytes.
             Dev::Cuda(c) => unsafe { cu::memcpy_dtoh_async(dst, src, c.stream.cu_stream()) }
@@ -353,6 +374,7 @@ impl Gpu {
 
     /// Waits for the stream; an asynchronous kernel fault surfaces here.
     pub fn sync(&self) -> Result<()> {
+        self.not_capturing("waiting for the GPU")?;
         match &self.dev {
             Dev::Cuda(c) => c
                 .stream
@@ -369,6 +391,16 @@ impl Gpu {
             Dev::Emu(e) => {
                 let slots: Vec<(i32, u64)> = args.iter().map(|a| a.slot()).collect();
                 let (g, b) = (cfg.grid_dim, cfg.block_dim);
+                let launch = || Recorded::Launch {
+                    name: name.to_string(),
+                    grid: [g.0, g.1, g.2],
+                    block: [b.0, b.1, b.2],
+                    smem: cfg.shared_mem_bytes,
+                    slots: slots.clone(),
+                };
+                if self.record(launch) {
+                    return Ok(());
+                }
                 return e.launch(
                     name,
                     [g.0, g.1, g.2],
@@ -382,7 +414,7 @@ impl Gpu {
             .funcs
             .get(name)
             .ok_or_else(|| Error::Runtime(format!("kernel {name} is not loaded")))?;
-        let mut b = c.stream.launch_builder(f);
+        let mut b = self.work_stream(c).launch_builder(f);
         for a in args {
             match a {
                 Arg::U64(v) => b.arg(v),
@@ -413,6 +445,7 @@ impl Gpu {
 
     /// The raw stream handle (for cuBLASLt).
     pub fn raw_stream(&self) -> Result<*mut std::ffi::c_void> {
+        self.not_capturing("cuBLASLt")?;
         Ok(self.cuda()?.1.cu_stream() as *mut std::ffi::c_void)
     }
 }

@@ -12,8 +12,10 @@ pub mod cublaslt;
 pub mod dweights;
 pub mod emu;
 pub mod emu_blas;
+pub mod engine;
 pub mod forward;
 pub mod gpu;
+pub mod graph;
 pub mod kernels;
 pub mod libs;
 pub mod model;
@@ -23,6 +25,7 @@ pub mod randmodel;
 pub mod report;
 pub mod selftest;
 
+pub use engine::CudaEngine;
 pub use forward::{load_cuda, CudaModel, CudaOptions};
 
 /// For `--device auto`: the GPU to run on, or — as a one-line reason to print before falling

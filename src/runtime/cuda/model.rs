@@ -223,6 +223,7 @@ pub struct Acts {
 /// Every per-step buffer, sized for `rows` rows.
 pub struct Scratch {
     pub rows: usize,
+    /// A step's position and token ids: [pos, ids…] as u32.
     pub ids: DBuf,
     pub x: DBuf,
     pub act: Acts,
@@ -232,7 +233,8 @@ pub struct Scratch {
     pub proj: DBuf,
     pub gu: DBuf,
     pub logits: Option<DBuf>,
-    pub argmax: DBuf,
+    /// (value bits, index) pairs of [`super::ops::argmax_rows`] / [`super::ops::top_k_rows`].
+    pub top: DBuf,
 }
 
 impl Scratch {
@@ -241,7 +243,7 @@ impl Scratch {
         let widest = h.max(i).max(qd);
         Ok(Scratch {
             rows,
-            ids: g.alloc(rows * 4)?,
+            ids: g.alloc((rows + 1) * 4)?,
             x: g.alloc(rows * h * 4)?,
             act: Acts {
                 q: g.alloc(rows * widest)?,
@@ -254,7 +256,7 @@ impl Scratch {
             proj: g.alloc(rows * h * 2)?,
             gu: g.alloc(rows * 2 * i * 2)?,
             logits: None,
-            argmax: g.alloc(rows * 4)?,
+            top: g.alloc(super::ops::TOP_K_MAX * 8)?,
         })
     }
 

@@ -134,16 +134,16 @@ pub struct AttnDims {
     pub head_dim: usize,
 }
 
-/// Rotary embedding of the fused qkv output `[rows, (H+2KVH)*d]` at positions `pos..`:
-/// q into `q_out`, k and v appended to the caches. `qn`/`kn` are Qwen3's per-head norms (0
-/// when absent).
+/// Rotary embedding of the fused qkv output `[rows, (H+2KVH)*d]` at positions `pos..`
+/// (`pos`: the address of an i32 on the device): q into `q_out`, k and v appended to the
+/// caches. `qn`/`kn` are Qwen3's per-head norms (0 when absent).
 #[allow(clippy::too_many_arguments)]
 pub fn rope_qkv(
     g: &Gpu,
     dims: AttnDims,
     qkv: u64,
     rows: usize,
-    pos: usize,
+    pos: u64,
     (cos, sin): (u64, u64),
     (qn, kn, eps): (u64, u64, f32),
     (q_out, k_cache, v_cache): (u64, u64, u64),
@@ -155,7 +155,7 @@ pub fn rope_qkv(
         Arg::I32(dims.heads as i32),
         Arg::I32(dims.kv_heads as i32),
         Arg::I32(dims.head_dim as i32),
-        Arg::I32(i32_of("position", pos)?),
+        Arg::U64(pos),
         Arg::U64(cos),
         Arg::U64(sin),
         Arg::U64(qn),
@@ -193,49 +193,134 @@ pub fn attention_part_len(dims: AttnDims) -> usize {
     SPLIT_MAX * SPLIT_MAX_ROWS * dims.heads * (dims.head_dim + 2)
 }
 
-/// Keys per split for `rows` query rows at `pos` (`None`: no split). Decode has only
-/// `kv_heads` blocks of work, so long contexts are split until there are about two blocks per
-/// SM, each taking at least `min_chunk` keys (256 by default; tests force smaller ones).
+/// A split (flash-decoding) attention: `splits` blocks of `chunk` keys per (rows, kv head),
+/// their states merged by `attention_combine`. Splits past the last key do nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Split {
+    pub chunk: usize,
+    pub splits: usize,
+}
+
+/// The split for `rows` query rows seeing at most `keys` keys (`None`: no split). Decode has
+/// only `kv_heads` blocks of work, so long contexts are split until there are about two
+/// blocks per SM, each taking at least `min_chunk` keys (256 by default; tests force smaller
+/// ones). A decode graph takes the split of the whole cache, so that it serves every position.
 pub fn attention_split(
     dims: AttnDims,
     rows: usize,
-    pos: usize,
+    keys: usize,
     sm_count: usize,
     min_chunk: usize,
-) -> Option<usize> {
-    let kmax = pos + rows;
+) -> Option<Split> {
     let min_chunk = min_chunk.max(1).next_multiple_of(32);
-    if rows > SPLIT_MAX_ROWS || kmax <= min_chunk {
+    if rows > SPLIT_MAX_ROWS || keys <= min_chunk {
         return None;
     }
     let blocks = rows.div_ceil(attention_rows_per_block(dims, rows)) * dims.kv_heads;
     let want = (2 * sm_count).div_ceil(blocks).clamp(1, SPLIT_MAX);
-    let splits = want.min(kmax.div_ceil(min_chunk));
-    let chunk = kmax.div_ceil(splits).next_multiple_of(32).max(min_chunk);
-    (kmax.div_ceil(chunk) > 1).then_some(chunk)
+    let splits = want.min(keys.div_ceil(min_chunk));
+    let chunk = keys.div_ceil(splits).next_multiple_of(32).max(min_chunk);
+    let splits = keys.div_ceil(chunk);
+    (splits > 1).then_some(Split { chunk, splits })
 }
 
-/// Causal attention of `rows` query rows at positions `pos..` against cache positions
-/// `0..pos+rows`; with `split = Some((chunk, part))`, over key splits of `chunk` keys whose
-/// states go through `part` (f32, [`attention_part_len`]) and are merged by
-/// `attention_combine`.
+/// Causal attention of `rows` query rows at positions `pos..` (`pos`: the address of an i32
+/// on the device) against cache positions `0..pos+rows`, `out` `[rows, H*d]`: prefill
+/// chunks of more than [`SPLIT_MAX_ROWS`] rows on tensor cores ([`attention_mma`]) when the
+/// head dim is 64, 128 or 256, else (decode) [`attention_simt`], split when `split` is given.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
+    g: &Gpu,
+    dims: AttnDims,
+    q: u64,
+    cache: (u64, u64),
+    out: u64,
+    rows: usize,
+    pos: u64,
+    scale: f32,
+    split: Option<(Split, u64)>,
+) -> Result<()> {
+    if split.is_none() && rows > SPLIT_MAX_ROWS && mma_head_dim(dims.head_dim) {
+        return attention_mma(g, dims, q, cache, out, rows, pos, scale);
+    }
+    attention_simt(g, dims, q, cache, out, rows, pos, scale, split)
+}
+
+/// Head dims [`attention_mma`] has a kernel for.
+pub fn mma_head_dim(d: usize) -> bool {
+    matches!(d, 64 | 128 | 256)
+}
+
+/// The kernel of [`attention_mma`] for head dim `d`, and its dynamic shared memory: a
+/// 64-row q tile and a 32-key K tile of `d + 8` BF16 each, and V transposed, `d` rows of 40.
+pub fn attention_mma_kernel(d: usize) -> (&'static str, usize) {
+    let name = match d {
+        64 => "attention_mma_64",
+        128 => "attention_mma_128",
+        _ => "attention_mma_256",
+    };
+    (name, ((64 + 32) * (d + 8) + d * 40) * 2)
+}
+
+/// Causal prefill attention on tensor cores (FlashAttention-2 style, probabilities rounded to
+/// BF16 for the P·V product); head dims 64, 128, 256.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_mma(
     g: &Gpu,
     dims: AttnDims,
     q: u64,
     (k_cache, v_cache): (u64, u64),
     out: u64,
     rows: usize,
-    pos: usize,
+    pos: u64,
     scale: f32,
-    split: Option<(usize, u64)>,
+) -> Result<()> {
+    if !mma_head_dim(dims.head_dim) {
+        return Err(Error::Runtime(format!(
+            "no tensor-core attention for head dim {}",
+            dims.head_dim
+        )));
+    }
+    let (name, smem) = attention_mma_kernel(dims.head_dim);
+    let args = [
+        Arg::U64(q),
+        Arg::U64(k_cache),
+        Arg::U64(v_cache),
+        Arg::U64(out),
+        Arg::I32(i32_of("rows", rows)?),
+        Arg::U64(pos),
+        Arg::I32(dims.heads as i32),
+        Arg::I32(dims.kv_heads as i32),
+        Arg::F32(scale),
+    ];
+    let grid = (rows.div_ceil(64) as u32, dims.heads as u32);
+    g.launch(name, cfg(grid, 128, smem as u32), &args)
+}
+
+/// [`attention`] on CUDA cores: one warp per (query row, head), any head dim up to 256,
+/// split over blocks of keys when `split` is given (decode).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_simt(
+    g: &Gpu,
+    dims: AttnDims,
+    q: u64,
+    (k_cache, v_cache): (u64, u64),
+    out: u64,
+    rows: usize,
+    pos: u64,
+    scale: f32,
+    split: Option<(Split, u64)>,
 ) -> Result<()> {
     let rq = attention_rows_per_block(dims, rows);
     let smem = attention_smem(dims, rq);
-    let kmax = pos + rows;
-    let (chunk, part) = split.unwrap_or((kmax, 0));
-    let splits = kmax.div_ceil(chunk.max(1));
+    // Unsplit: one block row takes every key.
+    let (Split { chunk, splits }, part) = split.unwrap_or((
+        Split {
+            chunk: 1 << 30,
+            splits: 1,
+        },
+        0,
+    ));
     if splits > 1 && (rows > SPLIT_MAX_ROWS || splits > SPLIT_MAX || chunk % 32 != 0) {
         return Err(Error::Runtime(format!(
             "attention split of {rows} rows into {splits} x {chunk} keys is out of range"
@@ -247,7 +332,7 @@ pub fn attention(
         Arg::U64(v_cache),
         Arg::U64(out),
         Arg::I32(i32_of("rows", rows)?),
-        Arg::I32(i32_of("position", pos)?),
+        Arg::U64(pos),
         Arg::I32(dims.heads as i32),
         Arg::I32(dims.kv_heads as i32),
         Arg::I32(dims.head_dim as i32),
@@ -339,7 +424,11 @@ pub fn gemv_bf16(
     Ok(())
 }
 
-/// `out[r]` = argmax of `logits[r, 0..n]` (u32).
+/// The most candidates [`top_k_rows`] returns.
+pub const TOP_K_MAX: usize = 1024;
+
+/// `out[r]` = (value bits, index) of the argmax of `logits[r, 0..n]`, as two u32; the first
+/// index wins ties, NaN never wins (all NaN: index 0).
 pub fn argmax_rows(g: &Gpu, logits: u64, rows: usize, n: usize, out: u64) -> Result<()> {
     let args = [
         Arg::U64(logits),
@@ -347,6 +436,25 @@ pub fn argmax_rows(g: &Gpu, logits: u64, rows: usize, n: usize, out: u64) -> Res
         Arg::U64(out),
     ];
     g.launch("argmax_rows", cfg((rows as u32, 1), 1024, 0), &args)
+}
+
+/// `out[r][j]` = (value bits, index) of the `j`-th largest of `logits[r, 0..n]` for
+/// `j < k`, best first: ties go to the lower index and NaN ranks below -inf, as
+/// [`crate::runtime::sampler::top_candidates`] orders them.
+pub fn top_k_rows(g: &Gpu, logits: u64, rows: usize, n: usize, k: usize, out: u64) -> Result<()> {
+    if k == 0 || k > n.min(TOP_K_MAX) {
+        return Err(Error::Runtime(format!(
+            "top-k on the GPU needs 1 <= k <= {}, got {k}",
+            n.min(TOP_K_MAX)
+        )));
+    }
+    let args = [
+        Arg::U64(logits),
+        Arg::I32(i32_of("vocab", n)?),
+        Arg::I32(k as i32),
+        Arg::U64(out),
+    ];
+    g.launch("top_k_rows", cfg((rows as u32, 1), 1024, 0), &args)
 }
 
 fn fill_grid(g: &Gpu) -> (u32, u32) {

@@ -27,7 +27,7 @@ use crate::checkpoint::Checkpoint;
 use crate::quant::{e4m3_to_f32, f32_to_e4m3};
 use crate::runtime::config::ModelConfig;
 use crate::runtime::cpu::{load_cpu, CpuModel, CpuOptions};
-use crate::runtime::sampler::argmax;
+use crate::runtime::sampler::{argmax, top_candidates};
 use crate::runtime::weights::Weights;
 use crate::runtime::Backend;
 use crate::{Error, Result};
@@ -52,6 +52,8 @@ pub fn run(device: usize, fixtures: Option<&Path>, steps: usize, r: &mut Report)
     };
     let res = fp8_convert(&g, r);
     stage(r, "fp8-convert", res);
+    let res = top_k_select(&g, r);
+    stage(r, "top-k", res);
     match fixtures.filter(|f| f.join("golden").is_dir()) {
         Some(fx) => {
             let res = linear_goldens(&g, fx, r);
@@ -166,6 +168,56 @@ pub fn fp8_convert(g: &Gpu, r: &mut Report) -> Result<()> {
         "fp8-convert",
         "decode mismatches of 256",
         dec_bad as f64,
+        0.0,
+    );
+    Ok(())
+}
+
+/// Token selection (`argmax_rows`, `top_k_rows`) against the host's `top_candidates` on a
+/// Llama-3-vocabulary row with ties, NaN and infinities; and its time per call.
+pub fn top_k_select(g: &Gpu, r: &mut Report) -> Result<()> {
+    let n = 128_256;
+    let row: Vec<f32> = (0..n)
+        .map(|i| match i % 4099 {
+            0 => f32::NAN,
+            1 => f32::NEG_INFINITY,
+            2 => f32::INFINITY,
+            // Few distinct values: ties at every k.
+            _ => ((i as u64 * 2_654_435_761) % 4093) as f32 * 0.01 - 20.0,
+        })
+        .collect();
+    let logits = g.upload_new(&f32_bytes(&row))?;
+    let out = g.alloc(ops::TOP_K_MAX * 8)?;
+    let (mut bad, mut host) = (0, Vec::new());
+    for k in [1, 2, 50, ops::TOP_K_MAX] {
+        let launch = || match k {
+            1 => ops::argmax_rows(g, logits.ptr, 1, n, out.ptr),
+            _ => ops::top_k_rows(g, logits.ptr, 1, n, k, out.ptr),
+        };
+        launch()?;
+        let mut b = vec![0u8; k * 8];
+        g.download(out.ptr, &mut b)?;
+        top_candidates(&row, k, &mut host);
+        let want: Vec<u8> = host
+            .iter()
+            .flat_map(|c| [c.0.to_bits().to_le_bytes(), c.1.to_le_bytes()])
+            .flatten()
+            .collect();
+        bad += usize::from(b != want);
+        if k == 50 && !g.is_emulated() {
+            let t0 = Instant::now();
+            for _ in 0..20 {
+                launch()?;
+            }
+            g.sync()?;
+            let us = t0.elapsed().as_secs_f64() / 20.0 * 1e6;
+            r.info("top-k", "top-50 of 128256 logits", format!("{us:.1} us"));
+        }
+    }
+    r.at_most(
+        "top-k",
+        "k in 1, 2, 50, 1024: lists unlike the cpu's",
+        bad as f64,
         0.0,
     );
     Ok(())

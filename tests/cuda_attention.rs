@@ -1,0 +1,164 @@
+//! The attention kernels against each other: the split (flash-decoding) attention against one
+//! pass, the tensor-core prefill attention against the CUDA-core one, and the split policy.
+//! On the emulator and on a real GPU when present.
+#![cfg(feature = "cuda")]
+
+mod cuda_util;
+
+use cuda_util::devices;
+use qforge::runtime::cuda::gpu::{DBuf, Gpu};
+use qforge::runtime::cuda::ops;
+use qforge::runtime::cuda::report::compare;
+
+/// BF16 values in [-2, 2), deterministic per `seed`.
+fn bf16s(n: usize, seed: usize) -> Vec<u8> {
+    (0..n)
+        .flat_map(|i| {
+            let v = (((i * 7919 + seed) % 2003) as f32 / 2003.0 - 0.5) * 4.0;
+            half::bf16::from_f32(v).to_le_bytes()
+        })
+        .collect()
+}
+
+/// q `[rows, H*d]`, the K and V caches holding `pos + rows` positions, and `pos` on the device.
+struct Inputs {
+    q: DBuf,
+    k: DBuf,
+    v: DBuf,
+    pos: DBuf,
+}
+
+fn inputs(g: &Gpu, dims: ops::AttnDims, rows: usize, pos: usize) -> Inputs {
+    let kv = (pos + rows) * dims.kv_heads * dims.head_dim;
+    Inputs {
+        q: g.upload_new(&bf16s(rows * dims.heads * dims.head_dim, 1))
+            .unwrap(),
+        k: g.upload_new(&bf16s(kv, 2)).unwrap(),
+        v: g.upload_new(&bf16s(kv, 3)).unwrap(),
+        pos: g.upload_new(&(pos as u32).to_le_bytes()).unwrap(),
+    }
+}
+
+fn download_bf16(g: &Gpu, b: &DBuf, n: usize) -> Vec<f32> {
+    let mut raw = vec![0u8; n * 2];
+    g.download(b.ptr, &mut raw).unwrap();
+    raw.chunks(2)
+        .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+        .collect()
+}
+
+/// Flash-decoding: the keys split over several blocks and merged by `attention_combine`
+/// give the one-pass result (up to f32 rounding of the rescaling: BF16 outputs within 1e-3
+/// relative RMS), for decode and for a few rows, head dims 64 and 128, GQA 8:1 and 2:1;
+/// also with splits past the last key (as a decode graph, split for the whole cache, has).
+#[test]
+fn split_attention_equals_one_pass() {
+    for (label, g) in devices() {
+        for (heads, kv_heads, head_dim) in [(8, 1, 128), (4, 2, 64)] {
+            let dims = ops::AttnDims {
+                heads,
+                kv_heads,
+                head_dim,
+            };
+            for (rows, pos) in [(1, 150), (3, 97), (16, 40)] {
+                let kmax = pos + rows;
+                let x = inputs(&g, dims, rows, pos);
+                let part = g.alloc(ops::attention_part_len(dims) * 4).unwrap();
+                let n = rows * heads * head_dim;
+                let run = |split: Option<ops::Split>| {
+                    let out = g.alloc(n * 2).unwrap();
+                    let (cache, split) = ((x.k.ptr, x.v.ptr), split.map(|s| (s, part.ptr)));
+                    ops::attention(
+                        &g, dims, x.q.ptr, cache, out.ptr, rows, x.pos.ptr, 0.1, split,
+                    )
+                    .unwrap();
+                    download_bf16(&g, &out, n)
+                };
+                let one = run(None);
+                for splits in [kmax.div_ceil(32), kmax.div_ceil(32) + 9] {
+                    let split = run(Some(ops::Split { chunk: 32, splits }));
+                    let (rel, max, odd) = compare(&split, &one);
+                    let what = format!(
+                        "{label} {heads}/{kv_heads}x{head_dim} rows {rows} pos {pos} splits {splits}"
+                    );
+                    assert!(
+                        rel <= 1e-3 && odd == 0,
+                        "{what}: rel {rel:.3e} max {max:.3e}"
+                    );
+                }
+                let what = format!("{label} {heads}/{kv_heads}x{head_dim} rows {rows} pos {pos}");
+                assert!(one.iter().any(|&x| x != 0.0), "{what}: output written");
+            }
+        }
+    }
+}
+
+/// When decode splits its keys: long contexts on many SMs, never prefill or short contexts.
+#[test]
+fn attention_split_policy() {
+    let d70 = ops::AttnDims {
+        heads: 64,
+        kv_heads: 8,
+        head_dim: 128,
+    };
+    let split = |chunk, splits| Some(ops::Split { chunk, splits });
+    // 8 blocks of work at decode → ~2 per SM on an H200 (132 SMs): 32 splits of 352 keys.
+    assert_eq!(
+        ops::attention_split(d70, 1, 11000, 132, 256),
+        split(352, 32)
+    );
+    assert_eq!(ops::attention_split(d70, 1, 300, 132, 256), split(256, 2));
+    assert_eq!(ops::attention_split(d70, 1, 201, 132, 256), None);
+    assert_eq!(ops::attention_split(d70, 17, 10017, 132, 256), None);
+    // Enough blocks already: no split.
+    assert_eq!(ops::attention_split(d70, 1, 11000, 4, 256), None);
+}
+
+/// The tensor-core prefill attention against the CUDA-core kernel: head dims 64, 128, 256;
+/// GQA 8:1, 7:1, 2:1 and none; row counts that are and are not multiples of the 64-row
+/// block and 32-key tile; with and without cached positions before the chunk. The
+/// probabilities are rounded to BF16 before P·V (as in FlashAttention), so the two agree to
+/// within 4e-3 relative RMS, not exactly.
+#[test]
+fn tensor_core_attention_equals_cuda_core_attention() {
+    for (label, g) in devices() {
+        for (heads, kv_heads, head_dim) in [(8, 1, 128), (7, 1, 64), (4, 2, 256), (2, 2, 64)] {
+            let dims = ops::AttnDims {
+                heads,
+                kv_heads,
+                head_dim,
+            };
+            let (name, smem) = ops::attention_mma_kernel(head_dim);
+            let simt = ops::attention_smem(dims, ops::attention_rows_per_block(dims, 131));
+            for (kernel, bytes) in [(name, smem), ("attention", simt)] {
+                if bytes > 48 << 10 {
+                    g.set_max_smem(kernel, bytes).unwrap();
+                }
+            }
+            for (rows, pos) in [(17, 0), (70, 0), (64, 45), (131, 7)] {
+                for scale in [0.1, (head_dim as f32).powf(-0.5)] {
+                    let x = inputs(&g, dims, rows, pos);
+                    let n = rows * heads * head_dim;
+                    let (a, b) = (g.alloc(n * 2).unwrap(), g.alloc(n * 2).unwrap());
+                    let cache = (x.k.ptr, x.v.ptr);
+                    ops::attention_mma(&g, dims, x.q.ptr, cache, a.ptr, rows, x.pos.ptr, scale)
+                        .unwrap();
+                    ops::attention_simt(
+                        &g, dims, x.q.ptr, cache, b.ptr, rows, x.pos.ptr, scale, None,
+                    )
+                    .unwrap();
+                    let (mma, simt) = (download_bf16(&g, &a, n), download_bf16(&g, &b, n));
+                    let (rel, max, odd) = compare(&mma, &simt);
+                    let what = format!(
+                        "{label} {heads}/{kv_heads}x{head_dim} rows {rows} pos {pos} scale {scale}"
+                    );
+                    eprintln!("{what}: rel {rel:.2e} max {max:.2e}");
+                    assert!(
+                        rel <= 4e-3 && odd == 0,
+                        "{what}: rel {rel:.3e} max {max:.3e}"
+                    );
+                }
+            }
+        }
+    }
+}

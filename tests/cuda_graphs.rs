@@ -1,0 +1,102 @@
+//! Decode steps replayed as a captured CUDA graph give the very logits the step gives launch
+//! by launch, at every position (the graph reads the position from device memory, and its
+//! split attention covers the whole cache); and a capture refuses what CUDA would refuse.
+//! On the emulator and on a real GPU when present.
+#![cfg(feature = "cuda")]
+
+mod common;
+mod cuda_util;
+
+use cuda_util::{devices, same_device};
+use qforge::runtime::cuda::forward::{load_cuda_on, CudaModel, CudaOptions};
+use qforge::runtime::Backend;
+
+/// Prefill `prompt`, then `steps` greedy decode steps: every step's logits, and the ids.
+fn decode(m: &mut CudaModel, prompt: &[u32], steps: usize) -> (Vec<Vec<f32>>, Vec<u32>) {
+    m.reset();
+    let (mut logits, mut ids) = (vec![m.forward(prompt, 0, false).unwrap()], Vec::new());
+    for s in 0..steps {
+        let id = qforge::runtime::sampler::argmax(&logits[s]);
+        ids.push(id);
+        logits.push(m.forward(&[id], prompt.len() + s, false).unwrap());
+    }
+    (logits, ids)
+}
+
+#[test]
+fn graph_replay_equals_launch_by_launch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = common::quantize_bundled(tmp.path(), "fp8_dynamic");
+    let prompt: Vec<u32> = (0..21u32).map(|i| (i * 7919 + 13) % 49152).collect();
+    for (label, g) in devices() {
+        // Split attention over 32-key chunks: a 96-position cache is 3 splits, of which the
+        // first steps use 1 and the last ones all 3.
+        let opts = CudaOptions {
+            max_seq: Some(96),
+            split_keys: Some(32),
+            ..CudaOptions::default()
+        };
+        let mut m = load_cuda_on(g, &dir, &opts).unwrap();
+        assert!(
+            m.graphs() && !m.graph_captured(),
+            "{label}: graphs on by default"
+        );
+        let (with, ids) = decode(&mut m, &prompt, 60);
+        assert!(
+            m.graph_captured(),
+            "{label}: the first decode step captured"
+        );
+        assert!(
+            m.describe().contains("decode as a CUDA graph"),
+            "{}",
+            m.describe()
+        );
+        m.set_graphs(false);
+        let (without, ids2) = decode(&mut m, &prompt, 60);
+        assert_eq!(ids, ids2, "{label}");
+        for (s, (a, b)) in with.iter().zip(&without).enumerate() {
+            assert!(
+                a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{label}: step {s} logits differ"
+            );
+        }
+        // The same again on a model that never captured: the graph changes nothing.
+        let fresh = CudaOptions {
+            graphs: false,
+            ..opts.clone()
+        };
+        let mut plain = load_cuda_on(same_device(label), &dir, &fresh).unwrap();
+        assert!(plain.describe().contains("CUDA graphs off"));
+        assert_eq!(decode(&mut plain, &prompt, 60).1, ids, "{label}");
+    }
+}
+
+#[test]
+fn capture_refuses_host_copies_waits_and_allocations() {
+    for (label, g) in devices() {
+        let buf = g.alloc(64).unwrap();
+        g.begin_capture().unwrap();
+        let mut back = [0u8; 4];
+        let errors = [
+            g.upload(buf.ptr, &[1, 2, 3, 4]).unwrap_err(),
+            g.download(buf.ptr, &mut back).unwrap_err(),
+            g.sync().unwrap_err(),
+            g.alloc(16).map(|_| ()).unwrap_err(),
+            g.begin_capture().unwrap_err(),
+        ];
+        g.copy(buf.ptr + 32, buf.ptr, 4).unwrap();
+        let graph = g.end_capture().unwrap();
+        for e in errors {
+            assert!(
+                e.to_string().contains("during a CUDA graph capture"),
+                "{label}: {e}"
+            );
+        }
+        // The copy was recorded, not run: it happens at each replay.
+        g.upload(buf.ptr, &[9, 8, 7, 6]).unwrap();
+        g.replay(&graph).unwrap();
+        g.download(buf.ptr + 32, &mut back).unwrap();
+        assert_eq!(back, [9, 8, 7, 6], "{label}");
+        assert!(g.end_capture().is_err(), "{label}: no capture in progress");
+    }
+}
