@@ -51,6 +51,12 @@ fn graph_replay_equals_launch_by_launch() {
             "{}",
             m.describe()
         );
+        // A prefill returning every row's logits grows (reallocates) the logits buffer the
+        // graph writes: the next decode step must capture anew, not write the freed buffer.
+        m.reset();
+        m.forward(&prompt, 0, true).unwrap();
+        let (again, _) = decode(&mut m, &prompt, 60);
+        assert!(with == again, "{label}: decode after a reallocation");
         m.set_graphs(false);
         let (without, ids2) = decode(&mut m, &prompt, 60);
         assert_eq!(ids, ids2, "{label}");

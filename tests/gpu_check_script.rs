@@ -64,9 +64,10 @@ fn gpu_check_runs_every_stage_and_writes_the_report() {
     assert!(report.contains("checks pass"), "{report}");
     assert!(!report.contains("| FAIL |"), "{report}");
     assert!(report.contains("| linear-golden |") && report.contains("| tiny-tied-bf16 |"));
+    assert!(report.contains("tiny-d64.json | "), "model row:\n{report}");
     assert!(
-        report.contains("tiny-random-llama/config.json | "),
-        "model row:\n{report}"
+        report.contains("| 2/1 heads x 64 | 32 | "),
+        "attention row:\n{report}"
     );
     for shape in ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"] {
         for m in [1, 16, 32] {

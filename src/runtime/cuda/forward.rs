@@ -74,7 +74,9 @@ pub struct CudaModel {
     split_keys: usize,
     decode_split: Option<Split>,
     /// The captured decode step, whether to use one, and why graphs were turned off.
-    graph: Option<Graph>,
+    /// The graph writes the logits buffer it was captured with (held here): a longer
+    /// prefill that reallocates the buffer invalidates it.
+    graph: Option<(Graph, u64)>,
     graphs: bool,
     graph_note: Option<String>,
     // Last: every buffer above is freed while the context is alive.
@@ -248,10 +250,14 @@ impl CudaModel {
             .collect();
         self.gpu.upload(self.scratch.ids.ptr, &input)?;
         if t == 1 && logit_rows == 1 && trace.is_none() && self.graphs {
+            let logits = self.scratch.logits.as_ref().map(|b| b.ptr);
+            if self.graph.as_ref().is_some_and(|g| Some(g.1) != logits) {
+                self.graph = None;
+            }
             if self.graph.is_none() {
                 self.capture_decode();
             }
-            if let Some(graph) = &self.graph {
+            if let Some((graph, _)) = &self.graph {
                 self.gpu.replay(graph)?;
                 self.cached = pos + t;
                 return Ok(());
@@ -273,11 +279,11 @@ impl CudaModel {
     /// why in [`Backend::describe`]) and the step runs launch by launch.
     fn capture_decode(&mut self) {
         let v = self.config.vocab_size;
-        let res = self.scratch.logits(&self.gpu, 1, v).and_then(|_| {
+        let res = self.scratch.logits(&self.gpu, 1, v).and_then(|logits| {
             self.gpu.begin_capture()?;
             let launched = self.launches(1, self.decode_split, 1, None);
             let graph = self.gpu.end_capture();
-            launched.and(graph)
+            Ok((launched.and(graph)?, logits))
         });
         match res {
             Ok(g) => self.graph = Some(g),

@@ -282,7 +282,22 @@ pub fn attention_mma(
         )));
     }
     let (name, smem) = attention_mma_kernel(dims.head_dim);
-    let args = [
+    let mut args = attention_args(dims, q, (k_cache, v_cache), out, rows, pos)?;
+    args.push(Arg::F32(scale));
+    let grid = (rows.div_ceil(64) as u32, dims.heads as u32);
+    g.launch(name, cfg(grid, 128, smem as u32), &args)
+}
+
+/// The arguments both attention kernels start with.
+fn attention_args(
+    dims: AttnDims,
+    q: u64,
+    (k_cache, v_cache): (u64, u64),
+    out: u64,
+    rows: usize,
+    pos: u64,
+) -> Result<Vec<Arg>> {
+    Ok(vec![
         Arg::U64(q),
         Arg::U64(k_cache),
         Arg::U64(v_cache),
@@ -291,10 +306,7 @@ pub fn attention_mma(
         Arg::U64(pos),
         Arg::I32(dims.heads as i32),
         Arg::I32(dims.kv_heads as i32),
-        Arg::F32(scale),
-    ];
-    let grid = (rows.div_ceil(64) as u32, dims.heads as u32);
-    g.launch(name, cfg(grid, 128, smem as u32), &args)
+    ])
 }
 
 /// [`attention`] on CUDA cores: one warp per (query row, head), any head dim up to 256,
@@ -326,21 +338,14 @@ pub fn attention_simt(
             "attention split of {rows} rows into {splits} x {chunk} keys is out of range"
         )));
     }
-    let args = [
-        Arg::U64(q),
-        Arg::U64(k_cache),
-        Arg::U64(v_cache),
-        Arg::U64(out),
-        Arg::I32(i32_of("rows", rows)?),
-        Arg::U64(pos),
-        Arg::I32(dims.heads as i32),
-        Arg::I32(dims.kv_heads as i32),
+    let mut args = attention_args(dims, q, (k_cache, v_cache), out, rows, pos)?;
+    args.extend([
         Arg::I32(dims.head_dim as i32),
         Arg::I32(rq as i32),
         Arg::F32(scale),
         Arg::I32(i32_of("keys per split", chunk)?),
         Arg::U64(part),
-    ];
+    ]);
     let mut c = cfg(
         (rows.div_ceil(rq) as u32, dims.kv_heads as u32),
         256,
