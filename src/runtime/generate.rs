@@ -23,7 +23,8 @@ pub enum Device {
     Auto,
     Cpu,
     /// An NVIDIA GPU (Ada or Hopper); with QFORGE_CUDA_EMULATE=1, the CUDA emulator (the same
-    /// kernels on the CPU, slowly: for tests).
+    /// kernels on the CPU, slowly: for tests). Decode steps replay a CUDA graph
+    /// (QFORGE_CUDA_GRAPHS=0: launch by launch).
     Cuda,
 }
 
