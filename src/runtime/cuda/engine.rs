@@ -22,10 +22,6 @@ impl CudaEngine {
             top: Vec::with_capacity(TOP_K_MAX),
         }
     }
-
-    pub fn model(&self) -> &CudaModel {
-        &self.model
-    }
 }
 
 impl Backend for CudaEngine {
@@ -46,7 +42,8 @@ impl Backend for CudaEngine {
 
 // SAFETY: the engine is moved between threads, never shared (`&mut` access only), and every
 // forward pass first makes the model's CUDA context current on the calling thread; the raw
-// cuBLASLt handle inside is tied to that context, not to a thread.
+// cuBLASLt handle and the captured CUDA graph inside are tied to that context, not to a
+// thread.
 unsafe impl Send for CudaEngine {}
 
 impl Engine for CudaEngine {
