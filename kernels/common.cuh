@@ -15,7 +15,7 @@ typedef unsigned long long u64;
 
 __device__ __forceinline__ float bf16_to_f32(u16 b) { return __uint_as_float(((u32)b) << 16); }
 
-#ifndef QFORGE_EMU  // kernels/emu/emu.h defines these four (and DYNAMIC_SMEM) for the host
+#ifndef QFORGE_EMU  // kernels/emu/emu.h defines these five (and DYNAMIC_SMEM) for the host
 // The kernel's dynamic shared memory.
 #define DYNAMIC_SMEM(T, name) extern __shared__ T name[]
 
@@ -43,6 +43,13 @@ __device__ __forceinline__ float2 e4m3x2_to_f32x2(u16 v) {
     asm("cvt.f32.f16 %0, %1;" : "=f"(a) : "h"(lo));
     asm("cvt.f32.f16 %0, %1;" : "=f"(b) : "h"(hi));
     return make_float2(a, b);
+}
+
+// f32 -> int8, round to nearest even, saturating (NaN -> 0); the code in the low byte.
+__device__ __forceinline__ u32 f32_to_s8(float x) {
+    u32 r;
+    asm("cvt.rni.sat.s8.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return r;
 }
 
 // D = A.B + C on tensor cores: A 16x16, B 16x8 BF16 fragments, f32 accumulators (PTX ISA,
@@ -103,4 +110,33 @@ __device__ __forceinline__ float act_scale(float amax) {
 // Quantizes two values with scale `s`: e4m3(clamp(v / s, -448, 448)), divisions in IEEE f32.
 __device__ __forceinline__ u16 quant2(float a, float b, float s) {
     return f32x2_to_e4m3x2(a / s, b / s);
+}
+
+// Two int8 codes sat_i8(rne(v * inv)) (NaN -> 0), `a` in the low byte: vLLM's
+// float_to_int8_rn.
+__device__ __forceinline__ u16 quant2_int8(float a, float b, float inv) {
+    return (u16)((f32_to_s8(a * inv) & 0xffu) | ((f32_to_s8(b * inv) & 0xffu) << 8));
+}
+
+// Quantizes one row of `n` values `v(i)` (n even) for the next Linear, as vLLM does:
+//   int8 == 0: FP8 codes, *s = act_scale(max|v|) (NaN propagates: a NaN row, a NaN scale);
+//   int8 != 0: int8 codes sat_i8(rne(v * (127 / amax))), *s = amax / 127, amax = max|v| with
+//              NaN skipped (fmaxf), as `dynamic_scaled_int8_quant_kernel`.
+// Every thread of the block calls it; `redf` holds 32 floats.
+template <class V>
+__device__ __forceinline__ void quant_row(V v, int n, int int8, u8* q, float* s, float* redf) {
+    float amax = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        amax = int8 ? fmaxf(amax, fabsf(v(i))) : nan_max(amax, fabsf(v(i)));
+    amax = block_max(amax, redf);
+    u16* qr = (u16*)q;
+    if (int8) {
+        if (threadIdx.x == 0) *s = amax / 127.0f;
+        const float inv = 127.0f / amax;
+        for (int i = threadIdx.x; i < n / 2; i += blockDim.x) qr[i] = quant2_int8(v(2 * i), v(2 * i + 1), inv);
+        return;
+    }
+    const float sc = act_scale(amax);
+    if (threadIdx.x == 0) *s = sc;
+    for (int i = threadIdx.x; i < n / 2; i += blockDim.x) qr[i] = quant2(v(2 * i), v(2 * i + 1), sc);
 }

@@ -1,7 +1,7 @@
-// Row-wise kernels of the forward pass: embedding gather, residual add + RMSNorm (+ FP8
-// quantization), SiLU-gating (+ FP8 quantization), per-token FP8 quantization of a BF16 row,
+// Row-wise kernels of the forward pass: embedding gather, residual add + RMSNorm (+ FP8 or
+// int8 quantization), SiLU-gating (+ quantization), per-token quantization of a BF16 row,
 // the GEMM epilogue (scales, bias). One block per row unless said otherwise; the
-// quantizing kernels follow vLLM's dynamic per-token FP8 (common.cuh `act_scale`, `quant2`).
+// quantizing kernels follow vLLM's dynamic per-token FP8 or int8 (common.cuh `quant_row`).
 // Widths `n` are even (checked by the host).
 #include "common.cuh"
 
@@ -15,10 +15,10 @@ extern "C" __global__ void embed_gather(const u16* table, const u32* ids, int n,
 // Residual add + RMSNorm, one block per row:
 //   if delta: x += f32(delta)            (x is the f32 residual stream, updated in place)
 //   v = w * (x * (1 / sqrt(mean(x^2) + eps)))   (the sum of squares in f64, as the CPU backend)
-//   q != 0: q = e4m3(v / s), s = act_scale(max|v|)     (FP8 input of the next Linear)
+//   q != 0: q, s = quant_row(v): FP8 (int8 == 0) or int8 codes and the row's scale
 //   else:   out = bf16(v)                                (BF16 input of a dense Linear)
 extern "C" __global__ void add_rmsnorm(float* x, const u16* delta, const float* w, float eps,
-                                       int n, u8* q, float* s, u16* out) {
+                                       int n, u8* q, float* s, u16* out, int int8) {
     __shared__ double red[32];
     __shared__ float redf[32];
     float* xr = x + (u64)blockIdx.x * n;
@@ -39,15 +39,8 @@ extern "C" __global__ void add_rmsnorm(float* x, const u16* delta, const float* 
         for (int i = threadIdx.x; i < n; i += blockDim.x) o[i] = f32_to_bf16(w[i] * (xr[i] * r));
         return;
     }
-    float amax = 0.0f;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) amax = nan_max(amax, fabsf(w[i] * (xr[i] * r)));
-    const float sc = act_scale(block_max(amax, redf));
-    if (threadIdx.x == 0) s[blockIdx.x] = sc;
-    u16* qr = (u16*)(q + (u64)blockIdx.x * n);
-    for (int i = threadIdx.x; i < n / 2; i += blockDim.x) {
-        const int j = 2 * i;
-        qr[i] = quant2(w[j] * (xr[j] * r), w[j + 1] * (xr[j + 1] * r), sc);
-    }
+    const auto v = [&](int i) { return w[i] * (xr[i] * r); };
+    quant_row(v, n, int8, q + (u64)blockIdx.x * n, s + blockIdx.x, redf);
 }
 
 __device__ __forceinline__ float silu_mul1(u16 g, u16 u) {
@@ -56,8 +49,9 @@ __device__ __forceinline__ float silu_mul1(u16 g, u16 u) {
 }
 
 // gu: bf16 [rows][2*inter] (gate columns first, then up). v = silu(gate) * up, then as
-// add_rmsnorm: FP8 codes + scale when q != 0, else bf16 out [rows][inter].
-extern "C" __global__ void silu_mul(const u16* gu, int inter, u8* q, float* s, u16* out) {
+// add_rmsnorm: FP8 / int8 codes + scale when q != 0, else bf16 out [rows][inter].
+extern "C" __global__ void silu_mul(const u16* gu, int inter, u8* q, float* s, u16* out,
+                                    int int8) {
     __shared__ float redf[32];
     const u16* g = gu + (u64)blockIdx.x * 2 * inter;
     const u16* u = g + inter;
@@ -66,28 +60,17 @@ extern "C" __global__ void silu_mul(const u16* gu, int inter, u8* q, float* s, u
         for (int i = threadIdx.x; i < inter; i += blockDim.x) o[i] = f32_to_bf16(silu_mul1(g[i], u[i]));
         return;
     }
-    float amax = 0.0f;
-    for (int i = threadIdx.x; i < inter; i += blockDim.x) amax = nan_max(amax, fabsf(silu_mul1(g[i], u[i])));
-    const float sc = act_scale(block_max(amax, redf));
-    if (threadIdx.x == 0) s[blockIdx.x] = sc;
-    u16* qr = (u16*)(q + (u64)blockIdx.x * inter);
-    for (int i = threadIdx.x; i < inter / 2; i += blockDim.x) {
-        const int j = 2 * i;
-        qr[i] = quant2(silu_mul1(g[j], u[j]), silu_mul1(g[j + 1], u[j + 1]), sc);
-    }
+    const auto v = [&](int i) { return silu_mul1(g[i], u[i]); };
+    quant_row(v, inter, int8, q + (u64)blockIdx.x * inter, s + blockIdx.x, redf);
 }
 
-// Per-token FP8 quantization of a bf16 row (the attention output before o_proj).
-extern "C" __global__ void quant_rows(const u16* x, int n, u8* q, float* s) {
+// Per-token FP8 (int8 == 0) or int8 quantization of a bf16 row (the attention output before
+// o_proj).
+extern "C" __global__ void quant_rows(const u16* x, int n, u8* q, float* s, int int8) {
     __shared__ float redf[32];
     const u16* xr = x + (u64)blockIdx.x * n;
-    float amax = 0.0f;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) amax = nan_max(amax, fabsf(bf16_to_f32(xr[i])));
-    const float sc = act_scale(block_max(amax, redf));
-    if (threadIdx.x == 0) s[blockIdx.x] = sc;
-    u16* qr = (u16*)(q + (u64)blockIdx.x * n);
-    for (int i = threadIdx.x; i < n / 2; i += blockDim.x)
-        qr[i] = quant2(bf16_to_f32(xr[2 * i]), bf16_to_f32(xr[2 * i + 1]), sc);
+    const auto v = [&](int i) { return bf16_to_f32(xr[i]); };
+    quant_row(v, n, int8, q + (u64)blockIdx.x * n, s + blockIdx.x, redf);
 }
 
 // The W8A8 epilogue for a GEMM that produced raw f32 sums acc [rows][n]:

@@ -147,7 +147,7 @@ Entry entry(const char* name, void (*f)(A...)) {
 static const Entry KERNELS[] = {
     KERNEL(embed_gather),     KERNEL(add_rmsnorm), KERNEL(silu_mul),          KERNEL(quant_rows),
     KERNEL(scale_epilogue),   KERNEL(rope_qkv),    KERNEL(attention),         KERNEL(attention_combine),
-    KERNEL(gemv_fp8),         KERNEL(gemv_bf16),   KERNEL(argmax_rows),       KERNEL(fill_fp8_normal),
+    KERNEL(gemv_fp8),         KERNEL(gemv_bf16),   KERNEL(gemv_int8),   KERNEL(argmax_rows),       KERNEL(fill_fp8_normal),
     KERNEL(fill_bf16_normal), KERNEL(fill_f32),    KERNEL(fp8_probe),         KERNEL(top_k_rows),
     KERNEL(attention_mma_64), KERNEL(attention_mma_128), KERNEL(attention_mma_256),
 };

@@ -200,6 +200,29 @@ void mma(float* d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t 
     }
 }
 
+// mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32: the fragment layout of the e4m3 one,
+// exact integer sums.
+inline void mma_s8(int* d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                   uint32_t b1) {
+    Lane* row;
+    Lane* me = slot(&row);
+    const uint32_t in[6] = {a0, a1, a2, a3, b0, b1};
+    std::memcpy(me->w, in, sizeof in);
+    warp_meet();
+    const int lane = g_fiber->lane, g = lane >> 2, t = lane & 3;
+    for (int i = 0; i < 4; i++) {
+        const int r = g + 8 * (i >> 1), c = 2 * t + (i & 1);
+        int64_t s = 0;
+        for (int k = 0; k < 32; k++) {
+            const int al = (r & 7) * 4 + ((k & 15) >> 2), ar = (k < 16 ? 0 : 2) + (r >> 3);
+            const int bl = c * 4 + ((k & 15) >> 2), br = 4 + (k >> 4);
+            s += (int64_t)(int8_t)byte_of(row[al].w[ar], k & 3) *
+                 (int64_t)(int8_t)byte_of(row[bl].w[br], k & 3);
+        }
+        d[i] = (int)((int64_t)d[i] + s);
+    }
+}
+
 void* dyn_smem();
 
 }  // namespace emu
@@ -258,6 +281,11 @@ static inline unsigned short f32x2_to_e4m3x2(float lo, float hi) {
 static inline float2 e4m3x2_to_f32x2(unsigned short v) {
     return make_float2(emu::e4m3_value((uint8_t)(v & 0xff)), emu::e4m3_value((uint8_t)(v >> 8)));
 }
+static inline unsigned f32_to_s8(float x) {
+    if (x != x) return 0u;
+    const float r = std::nearbyint(x);  // the default rounding mode: to nearest even
+    return (unsigned)(int)(r < -128.0f ? -128.0f : r > 127.0f ? 127.0f : r);
+}
 static inline uint4 ld_stream(const unsigned char* p) { return *(const uint4*)p; }
 static inline void mma_e4m3(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3,
                             unsigned b0, unsigned b1) {
@@ -266,4 +294,8 @@ static inline void mma_e4m3(float* d, unsigned a0, unsigned a1, unsigned a2, uns
 static inline void mma_bf16(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3,
                             unsigned b0, unsigned b1) {
     emu::mma<false>(d, a0, a1, a2, a3, b0, b1);
+}
+static inline void mma_s8(int* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0,
+                          unsigned b1) {
+    emu::mma_s8(d, a0, a1, a2, a3, b0, b1);
 }

@@ -1,6 +1,7 @@
-//! Model weights in GPU memory. FP8 channel Linears stay FP8 (1 byte per weight) with f32
-//! per-channel scales; dense matrices (embedding, lm_head, unquantized Linears, and every
-//! other preset dequantized as the CPU loader does: INT8, FP8 blocks, INT4, FP4) are BF16;
+//! Model weights in GPU memory. FP8 and INT8 channel Linears (FP8_DYNAMIC, W8A8) stay at 1
+//! byte per weight with f32 per-channel scales; dense matrices (embedding, lm_head,
+//! unquantized Linears, and every other preset dequantized as the CPU loader does: FP8
+//! blocks, INT4, FP4) are BF16;
 //! norm weights and biases f32. q/k/v and gate/up are fused into one matrix each (rows
 //! concatenated), so each takes one GEMM and one activation quantization.
 //!
@@ -20,6 +21,8 @@ use std::borrow::Cow;
 pub enum DWeight {
     /// E4M3 codes `[n, k]` and f32 scales `[n]`.
     Fp8 { codes: DBuf, scales: DBuf },
+    /// Int8 codes `[n, k]` and f32 scales `[n]` (W8A8-INT8).
+    Int8 { codes: DBuf, scales: DBuf },
     /// BF16 `[n, k]`.
     Bf16(DBuf),
 }
@@ -38,10 +41,16 @@ impl DLinear {
         matches!(self.w, DWeight::Fp8 { .. })
     }
 
-    /// The weight's device address (codes for FP8).
+    /// Whether the weight is 1-byte codes with per-channel scales (FP8 or INT8), whose
+    /// input is quantized per token.
+    pub fn is_codes(&self) -> bool {
+        !matches!(self.w, DWeight::Bf16(_))
+    }
+
+    /// The weight's device address (codes for FP8 / INT8).
     pub fn w_ptr(&self) -> u64 {
         match &self.w {
-            DWeight::Fp8 { codes, .. } => codes.ptr,
+            DWeight::Fp8 { codes, .. } | DWeight::Int8 { codes, .. } => codes.ptr,
             DWeight::Bf16(w) => w.ptr,
         }
     }
@@ -50,7 +59,7 @@ impl DLinear {
     pub fn weight_bytes(&self) -> u64 {
         let (n, k) = (self.n as u64, self.k as u64);
         match self.w {
-            DWeight::Fp8 { .. } => n * k + 4 * n,
+            DWeight::Fp8 { .. } | DWeight::Int8 { .. } => n * k + 4 * n,
             DWeight::Bf16(_) => 2 * n * k,
         }
     }
@@ -104,6 +113,11 @@ pub enum HostWeight<'a> {
         codes: Cow<'a, [u8]>,
         scales: Vec<f32>,
     },
+    /// Int8 codes as bytes (two's complement).
+    Int8 {
+        codes: Cow<'a, [u8]>,
+        scales: Vec<f32>,
+    },
     /// BF16 values as little-endian bytes.
     Bf16(Cow<'a, [u8]>),
 }
@@ -121,6 +135,10 @@ impl HostPart<'_> {
     pub fn into_owned(self) -> HostPart<'static> {
         let w = match self.w {
             HostWeight::Fp8 { codes, scales } => HostWeight::Fp8 {
+                codes: Cow::Owned(codes.into_owned()),
+                scales,
+            },
+            HostWeight::Int8 { codes, scales } => HostWeight::Int8 {
                 codes: Cow::Owned(codes.into_owned()),
                 scales,
             },
@@ -144,21 +162,31 @@ fn bf16_bytes_of(v: impl Iterator<Item = f32>) -> Vec<u8> {
         .collect()
 }
 
+impl HostWeight<'_> {
+    /// 0 FP8, 1 INT8, 2 BF16: parts of one fused Linear must agree.
+    fn kind(&self) -> u8 {
+        match self {
+            HostWeight::Fp8 { .. } => 0,
+            HostWeight::Int8 { .. } => 1,
+            HostWeight::Bf16(_) => 2,
+        }
+    }
+}
+
 /// Uploads the parts as one matrix (rows concatenated). All parts must share the column
-/// count and the kind (FP8 or dense), and all or none have a bias.
+/// count and the kind (FP8, INT8 or dense), and all or none have a bias.
 pub fn upload_fused(g: &Gpu, name: &str, parts: &[HostPart]) -> Result<DLinear> {
     let k = parts[0].cols;
     let n: usize = parts.iter().map(|p| p.rows).sum();
-    let fp8 = matches!(parts[0].w, HostWeight::Fp8 { .. });
-    if parts
-        .iter()
-        .any(|p| p.cols != k || matches!(p.w, HostWeight::Fp8 { .. }) != fp8)
-    {
+    let kind = parts[0].w.kind();
+    if parts.iter().any(|p| p.cols != k || p.w.kind() != kind) {
         return Err(Error::Unsupported(format!(
-            "{name}: the CUDA backend fuses these Linears and needs them all FP8 or all dense"
+            "{name}: the CUDA backend fuses these Linears and needs them all FP8, all INT8 or \
+             all dense"
         )));
     }
-    let elem = if fp8 { 1 } else { 2 };
+    let codes = kind != 2;
+    let elem = if codes { 1 } else { 2 };
     if (k * elem) % 16 != 0 {
         return Err(Error::Unsupported(format!(
             "{name}: in_features {k} must be a multiple of {} for the CUDA kernels",
@@ -166,11 +194,11 @@ pub fn upload_fused(g: &Gpu, name: &str, parts: &[HostPart]) -> Result<DLinear> 
         )));
     }
     let wbuf = g.alloc(n * k * elem)?;
-    let sbuf = if fp8 { Some(g.alloc(n * 4)?) } else { None };
+    let sbuf = if codes { Some(g.alloc(n * 4)?) } else { None };
     let mut row = 0;
     for p in parts {
         match &p.w {
-            HostWeight::Fp8 { codes, scales } => {
+            HostWeight::Fp8 { codes, scales } | HostWeight::Int8 { codes, scales } => {
                 g.upload(wbuf.at(row * k), codes)?;
                 if let Some(s) = &sbuf {
                     g.upload(s.at(row * 4), &f32_bytes(scales))?;
@@ -196,7 +224,11 @@ pub fn upload_fused(g: &Gpu, name: &str, parts: &[HostPart]) -> Result<DLinear> 
         }
     };
     let w = match sbuf {
-        Some(scales) => DWeight::Fp8 {
+        Some(scales) if kind == 0 => DWeight::Fp8 {
+            codes: wbuf,
+            scales,
+        },
+        Some(scales) => DWeight::Int8 {
             codes: wbuf,
             scales,
         },
@@ -231,9 +263,13 @@ fn host_part(l: &weights::Linear) -> HostPart<'_> {
         LinearWeight::Dense(Dense::F32(v)) => {
             HostWeight::Bf16(Cow::Owned(bf16_bytes_of(v.iter().copied())))
         }
-        // The CUDA W8A8-INT8 and FP8_BLOCK paths (int8 / per-group activations) are not
-        // written: their weights are dequantized to BF16 on upload and run weight-only.
-        LinearWeight::Int8 { .. } | LinearWeight::Fp8Block { .. } => HostWeight::Bf16(Cow::Owned(
+        LinearWeight::Int8 { codes, scales } => HostWeight::Int8 {
+            codes: Cow::Owned(codes.iter().map(|&c| c as u8).collect()),
+            scales: scales.clone(),
+        },
+        // The CUDA FP8_BLOCK path (per-group activations) is not written: its weights are
+        // dequantized to BF16 on upload and run weight-only.
+        LinearWeight::Fp8Block { .. } => HostWeight::Bf16(Cow::Owned(
             l.to_bf16().iter().flat_map(|b| b.to_le_bytes()).collect(),
         )),
     };
@@ -409,8 +445,8 @@ impl Streamer<'_> {
     }
 
     /// One module as a host part, borrowing the mmap for FP8 channel codes and BF16 weights;
-    /// every other quantized format goes through the CPU loader (INT8 and the dequantized
-    /// formats become BF16, see [`host_part`]).
+    /// every other quantized format goes through the CPU loader (INT8 stays INT8, the
+    /// dequantized formats become BF16, see [`host_part`]).
     fn part(&self, module: &str, bias: bool) -> Result<(HostPart<'_>, Vec<&TensorInfo>)> {
         use crate::runtime::config::WeightScheme;
         // The embedding is not a Linear: its table is dense whatever the scheme targets.

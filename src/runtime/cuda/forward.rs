@@ -351,15 +351,12 @@ impl CudaModel {
                 (s.q.ptr, cache.0, cache.1),
             )?;
             ops::attention(g, dims, s.q.ptr, cache, s.att.ptr, t, pos, scale, split)?;
-            let o_in = if layer.o.is_fp8() {
-                ops::quant_rows(g, s.att.ptr, t, c.q_dim(), s.act.q.ptr, s.act.s.ptr)?;
-                &s.act
-            } else {
-                g.copy(s.act.b.ptr, s.att.ptr, t * c.q_dim() * 2)?;
-                &s.act
-            };
+            match Gemm::wants(&layer.o, &s.act) {
+                ActOut::Bf16(b) => g.copy(b, s.att.ptr, t * c.q_dim() * 2)?,
+                codes => ops::quant_rows(g, s.att.ptr, t, c.q_dim(), codes)?,
+            }
             self.gemm
-                .linear(g, &layer.o, o_in, (t, 0), s.proj.ptr, false)?;
+                .linear(g, &layer.o, &s.act, (t, 0), s.proj.ptr, false)?;
             let act = Gemm::wants(&layer.gate_up, &s.act);
             ops::add_rmsnorm(g, s.x.ptr, s.proj.ptr, layer.post_norm.ptr, eps, t, h, act)?;
             record(g, &mut trace, "residual_after_attn", l, s.x.ptr, t * h)?;
@@ -371,9 +368,9 @@ impl CudaModel {
             pending = s.proj.ptr;
         }
         let lm = w.lm_head();
-        if lm.is_fp8() {
+        if lm.is_codes() {
             return Err(Error::Unsupported(format!(
-                "{}: an FP8 lm_head is not supported by the CUDA backend",
+                "{}: a quantized lm_head is not supported by the CUDA backend",
                 lm.name
             )));
         }

@@ -38,6 +38,7 @@ pub const FUNCTIONS: &[(&str, &str)] = &[
     ("attention.cu", "attention_mma_256"),
     ("gemv.cu", "gemv_fp8"),
     ("gemv.cu", "gemv_bf16"),
+    ("gemv.cu", "gemv_int8"),
     ("sample.cu", "argmax_rows"),
     ("sample.cu", "top_k_rows"),
     ("sample.cu", "fill_fp8_normal"),

@@ -93,12 +93,11 @@ impl Gemm {
 
     /// The activation buffer kind `lin` reads.
     pub fn wants(lin: &DLinear, a: &Acts) -> ActOut {
-        match lin.is_fp8() {
-            true => ActOut::Fp8 {
-                q: a.q.ptr,
-                s: a.s.ptr,
-            },
-            false => ActOut::Bf16(a.b.ptr),
+        let (q, s) = (a.q.ptr, a.s.ptr);
+        match lin.w {
+            DWeight::Fp8 { .. } => ActOut::Fp8 { q, s },
+            DWeight::Int8 { .. } => ActOut::Int8 { q, s },
+            DWeight::Bf16(_) => ActOut::Bf16(a.b.ptr),
         }
     }
 
@@ -135,6 +134,17 @@ impl Gemm {
                     );
                 }
                 self.fp8_lt(g, (codes.ptr, scales.ptr, bias), (x, sa), y, (rows, n, k))
+            }
+            // No cuBLASLt int8 path: prefill runs the GEMV kernel 16 rows at a time.
+            DWeight::Int8 { codes, scales } => {
+                if f32_out {
+                    return Err(Error::Unsupported(format!(
+                        "{}: an INT8 lm_head is not supported by the CUDA backend",
+                        lin.name
+                    )));
+                }
+                let (x, sa) = (a.q.at(in_row * k), a.s.at(in_row * 4));
+                ops::gemv_int8(g, (codes.ptr, scales.ptr, bias), (x, sa), y, (rows, n, k))
             }
             DWeight::Bf16(w) => {
                 let x = a.b.at(in_row * k * 2);

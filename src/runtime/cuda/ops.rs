@@ -10,15 +10,19 @@ use crate::{Error, Result};
 pub enum ActOut {
     /// FP8 codes `[rows, n]` and per-row scales `[rows]` (for an FP8 Linear).
     Fp8 { q: u64, s: u64 },
+    /// Int8 codes `[rows, n]` and per-row scales `[rows]` (for a W8A8-INT8 Linear).
+    Int8 { q: u64, s: u64 },
     /// BF16 `[rows, n]` (for a dense Linear, or the lm_head).
     Bf16(u64),
 }
 
 impl ActOut {
-    fn args(self) -> [Arg; 3] {
+    /// The kernels' trailing `q, s, out, int8` arguments.
+    fn args(self) -> [Arg; 4] {
         match self {
-            ActOut::Fp8 { q, s } => [Arg::U64(q), Arg::U64(s), Arg::U64(0)],
-            ActOut::Bf16(o) => [Arg::U64(0), Arg::U64(0), Arg::U64(o)],
+            ActOut::Fp8 { q, s } => [Arg::U64(q), Arg::U64(s), Arg::U64(0), Arg::I32(0)],
+            ActOut::Int8 { q, s } => [Arg::U64(q), Arg::U64(s), Arg::U64(0), Arg::I32(1)],
+            ActOut::Bf16(o) => [Arg::U64(0), Arg::U64(0), Arg::U64(o), Arg::I32(0)],
         }
     }
 }
@@ -58,7 +62,7 @@ pub fn add_rmsnorm(
     n: usize,
     out: ActOut,
 ) -> Result<()> {
-    let [q, s, o] = out.args();
+    let [q, s, o, int8] = out.args();
     let args = [
         Arg::U64(x),
         Arg::U64(delta),
@@ -68,6 +72,7 @@ pub fn add_rmsnorm(
         q,
         s,
         o,
+        int8,
     ];
     g.launch(
         "add_rmsnorm",
@@ -78,8 +83,15 @@ pub fn add_rmsnorm(
 
 /// `silu(gate) * up` of `gu` (`[rows, 2*inter]`) into `out`.
 pub fn silu_mul(g: &Gpu, gu: u64, rows: usize, inter: usize, out: ActOut) -> Result<()> {
-    let [q, s, o] = out.args();
-    let args = [Arg::U64(gu), Arg::I32(i32_of("width", inter)?), q, s, o];
+    let [q, s, o, int8] = out.args();
+    let args = [
+        Arg::U64(gu),
+        Arg::I32(i32_of("width", inter)?),
+        q,
+        s,
+        o,
+        int8,
+    ];
     g.launch(
         "silu_mul",
         cfg((rows as u32, 1), row_threads(inter), 0),
@@ -87,14 +99,13 @@ pub fn silu_mul(g: &Gpu, gu: u64, rows: usize, inter: usize, out: ActOut) -> Res
     )
 }
 
-/// Per-row FP8 quantization of a bf16 `[rows, n]` matrix.
-pub fn quant_rows(g: &Gpu, x: u64, rows: usize, n: usize, q: u64, s: u64) -> Result<()> {
-    let args = [
-        Arg::U64(x),
-        Arg::I32(i32_of("width", n)?),
-        Arg::U64(q),
-        Arg::U64(s),
-    ];
+/// Per-row FP8 or int8 quantization of a bf16 `[rows, n]` matrix (`out` FP8 or Int8).
+pub fn quant_rows(g: &Gpu, x: u64, rows: usize, n: usize, out: ActOut) -> Result<()> {
+    let [q, s, _, int8] = out.args();
+    if matches!(out, ActOut::Bf16(_)) {
+        return Err(Error::Runtime("quant_rows writes FP8 or int8 codes".into()));
+    }
+    let args = [Arg::U64(x), Arg::I32(i32_of("width", n)?), q, s, int8];
     g.launch(
         "quant_rows",
         cfg((rows as u32, 1), row_threads(n), 0),
@@ -380,6 +391,30 @@ pub const GEMV_MAX_ROWS: usize = 16;
 #[allow(clippy::too_many_arguments)]
 pub fn gemv_fp8(
     g: &Gpu,
+    w: (u64, u64, u64),
+    x: (u64, u64),
+    y: u64,
+    mnk: (usize, usize, usize),
+) -> Result<()> {
+    gemv_codes(g, "gemv_fp8", w, x, y, mnk)
+}
+
+/// W8A8-INT8 GEMV `y[m, n] = bf16(sa[m] * (sw[n] * f32(x[m]·w[n])) (+ bias))`, the sums
+/// exact in s32; any `m` (in launches of 16 rows).
+pub fn gemv_int8(
+    g: &Gpu,
+    w: (u64, u64, u64),
+    x: (u64, u64),
+    y: u64,
+    mnk: (usize, usize, usize),
+) -> Result<()> {
+    gemv_codes(g, "gemv_int8", w, x, y, mnk)
+}
+
+/// The launches of a 1-byte-code GEMV kernel (`gemv_fp8`, `gemv_int8`).
+fn gemv_codes(
+    g: &Gpu,
+    kernel: &str,
     (w, sw, bias): (u64, u64, u64),
     (x, sa): (u64, u64),
     y: u64,
@@ -398,7 +433,7 @@ pub fn gemv_fp8(
             Arg::I32(i32_of("rows", n)?),
             Arg::I32(i32_of("width", k)?),
         ];
-        g.launch("gemv_fp8", cfg((n.div_ceil(16) as u32, 1), 128, 0), &args)?;
+        g.launch(kernel, cfg((n.div_ceil(16) as u32, 1), 128, 0), &args)?;
     }
     Ok(())
 }
