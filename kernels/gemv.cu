@@ -129,34 +129,14 @@ __device__ __forceinline__ void gemv_sums(const u8* w, const u8* x, int M, int N
         }
 }
 
-// W8A8: y[m][n] = bf16(sa[m] * (sw[n] * sum_k x[m][k] w[n][k]) (+ bias[n])), FP8 w and x.
-// Grid ceil(N/16), block 128.
-extern "C" __global__ void __launch_bounds__(128)
-    gemv_fp8(const u8* w, const float* sw, const u8* x, const float* sa, const float* bias,
-             u16* y, int M, int N, int K) {
-    float acc[2][4];
-    gemv_sums<W_FP8>(w, x, M, N, K, acc);
-    if ((threadIdx.x >> 5) != 0) return;
-    const int lane = threadIdx.x & 31, g = lane >> 2, tig = lane & 3;
-#pragma unroll
-    for (int n = 0; n < 2; n++)
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const int row = blockIdx.x * 16 + g + 8 * (i >> 1), m = 8 * n + 2 * tig + (i & 1);
-            if (row >= N || m >= M) continue;
-            float v = sa[m] * (sw[row] * acc[n][i]);
-            if (bias) v += bias[row];
-            y[(u64)m * N + row] = f32_to_bf16(v);
-        }
-}
-
-// W8A8-INT8: y[m][n] = bf16(sa[m] * (sw[n] * f32(sum_k x[m][k] w[n][k])) (+ bias[n])), int8
-// w and x, the sum exact in s32 (vLLM's cutlass_scaled_mm). Grid ceil(N/16), block 128.
-extern "C" __global__ void __launch_bounds__(128)
-    gemv_int8(const u8* w, const float* sw, const u8* x, const float* sa, const float* bias,
-              u16* y, int M, int N, int K) {
-    int acc[2][4];
-    gemv_sums<W_S8>(w, x, M, N, K, acc);
+// W8A8: y[m][n] = bf16(sa[m] * (sw[n] * f32(sum_k x[m][k] w[n][k])) (+ bias[n])), w and x
+// FP8 (W_FP8) or int8 (W_S8, the sum exact in s32 as vLLM's cutlass_scaled_mm).
+template <int W>
+__device__ __forceinline__ void gemv_scaled(const u8* w, const float* sw, const u8* x,
+                                            const float* sa, const float* bias, u16* y, int M,
+                                            int N, int K) {
+    typename Acc<W>::T acc[2][4];
+    gemv_sums<W>(w, x, M, N, K, acc);
     if ((threadIdx.x >> 5) != 0) return;
     const int lane = threadIdx.x & 31, g = lane >> 2, tig = lane & 3;
 #pragma unroll
@@ -169,6 +149,20 @@ extern "C" __global__ void __launch_bounds__(128)
             if (bias) v += bias[row];
             y[(u64)m * N + row] = f32_to_bf16(v);
         }
+}
+
+// FP8 W8A8 GEMV. Grid ceil(N/16), block 128.
+extern "C" __global__ void __launch_bounds__(128)
+    gemv_fp8(const u8* w, const float* sw, const u8* x, const float* sa, const float* bias,
+             u16* y, int M, int N, int K) {
+    gemv_scaled<W_FP8>(w, sw, x, sa, bias, y, M, N, K);
+}
+
+// INT8 W8A8 GEMV. Grid ceil(N/16), block 128.
+extern "C" __global__ void __launch_bounds__(128)
+    gemv_int8(const u8* w, const float* sw, const u8* x, const float* sa, const float* bias,
+              u16* y, int M, int N, int K) {
+    gemv_scaled<W_S8>(w, sw, x, sa, bias, y, M, N, K);
 }
 
 // Dense BF16: y[m][n] = sum_k x[m][k] w[n][k] (+ bias[n]), written as f32 (out_f32 != 0,

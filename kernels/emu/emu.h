@@ -163,11 +163,15 @@ inline uint16_t bf16_code(float f) {
 inline uint8_t byte_of(uint32_t w, int i) { return (uint8_t)(w >> (8 * i)); }
 inline uint16_t half_of(uint32_t w, int i) { return (uint16_t)(w >> (16 * i)); }
 
-// mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 and m16n8k16 ... bf16: D = A.B + C
-// for a 16xK A, Kx8 B held in fragments across the warp (PTX ISA, "Matrix Fragments for
-// mma.m16n8k32" / "mma.m16n8k16"). `d` is this lane's C on entry and D on return.
-template <bool FP8>
-void mma(float* d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
+// mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32, m16n8k32 ... s32.s8.s8.s32 (the same
+// fragment layout) and m16n8k16 ... bf16: D = A.B + C for a 16xK A, Kx8 B held in fragments
+// across the warp (PTX ISA, "Matrix Fragments for mma.m16n8k32" / "mma.m16n8k16"). `d` is
+// this lane's C on entry and D on return; float sums are exact and rounded once, int sums
+// exact.
+enum MmaKind { MMA_BF16, MMA_E4M3, MMA_S8 };
+
+template <int KIND, class T>
+void mma(T* d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
     Lane* row;
     Lane* me = slot(&row);
     const uint32_t in[6] = {a0, a1, a2, a3, b0, b1};
@@ -177,14 +181,16 @@ void mma(float* d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t 
     for (int i = 0; i < 4; i++) {
         const int r = g + 8 * (i >> 1), c = 2 * t + (i & 1);  // this lane's D element
         double s = 0.0;
-        if (FP8) {
+        int64_t si = 0;
+        if (KIND != MMA_BF16) {
             for (int k = 0; k < 32; k++) {
                 // A[r][k]: lane (r%8)*4 + (k%16)/4, register (k<16 ? 0 : 2) + (r>=8), byte k%4
                 const int al = (r & 7) * 4 + ((k & 15) >> 2), ar = (k < 16 ? 0 : 2) + (r >> 3);
                 // B[k][c]: lane c*4 + (k%16)/4, register 4 + (k>=16), byte k%4
                 const int bl = c * 4 + ((k & 15) >> 2), br = 4 + (k >> 4);
-                s += (double)e4m3_value(byte_of(row[al].w[ar], k & 3)) *
-                     (double)e4m3_value(byte_of(row[bl].w[br], k & 3));
+                const uint8_t x = byte_of(row[al].w[ar], k & 3), y = byte_of(row[bl].w[br], k & 3);
+                if (KIND == MMA_S8) si += (int64_t)(int8_t)x * (int64_t)(int8_t)y;
+                else s += (double)e4m3_value(x) * (double)e4m3_value(y);
             }
         } else {
             for (int k = 0; k < 16; k++) {
@@ -196,30 +202,8 @@ void mma(float* d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t 
                      (double)float_of((uint32_t)half_of(row[bl].w[br], k & 1) << 16);
             }
         }
-        d[i] = (float)((double)d[i] + s);
-    }
-}
-
-// mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32: the fragment layout of the e4m3 one,
-// exact integer sums.
-inline void mma_s8(int* d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-                   uint32_t b1) {
-    Lane* row;
-    Lane* me = slot(&row);
-    const uint32_t in[6] = {a0, a1, a2, a3, b0, b1};
-    std::memcpy(me->w, in, sizeof in);
-    warp_meet();
-    const int lane = g_fiber->lane, g = lane >> 2, t = lane & 3;
-    for (int i = 0; i < 4; i++) {
-        const int r = g + 8 * (i >> 1), c = 2 * t + (i & 1);
-        int64_t s = 0;
-        for (int k = 0; k < 32; k++) {
-            const int al = (r & 7) * 4 + ((k & 15) >> 2), ar = (k < 16 ? 0 : 2) + (r >> 3);
-            const int bl = c * 4 + ((k & 15) >> 2), br = 4 + (k >> 4);
-            s += (int64_t)(int8_t)byte_of(row[al].w[ar], k & 3) *
-                 (int64_t)(int8_t)byte_of(row[bl].w[br], k & 3);
-        }
-        d[i] = (int)((int64_t)d[i] + s);
+        if constexpr (KIND == MMA_S8) d[i] = (T)((int64_t)d[i] + si);
+        else d[i] = (T)((double)d[i] + s);
     }
 }
 
@@ -289,13 +273,13 @@ static inline unsigned f32_to_s8(float x) {
 static inline uint4 ld_stream(const unsigned char* p) { return *(const uint4*)p; }
 static inline void mma_e4m3(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3,
                             unsigned b0, unsigned b1) {
-    emu::mma<true>(d, a0, a1, a2, a3, b0, b1);
+    emu::mma<emu::MMA_E4M3>(d, a0, a1, a2, a3, b0, b1);
 }
 static inline void mma_bf16(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3,
                             unsigned b0, unsigned b1) {
-    emu::mma<false>(d, a0, a1, a2, a3, b0, b1);
+    emu::mma<emu::MMA_BF16>(d, a0, a1, a2, a3, b0, b1);
 }
 static inline void mma_s8(int* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0,
                           unsigned b1) {
-    emu::mma_s8(d, a0, a1, a2, a3, b0, b1);
+    emu::mma<emu::MMA_S8>(d, a0, a1, a2, a3, b0, b1);
 }

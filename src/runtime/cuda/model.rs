@@ -118,35 +118,23 @@ impl Gemm {
         let bias = lin.bias.as_ref().map_or(0, |b| b.ptr);
         let small = rows <= ops::GEMV_MAX_ROWS || self.blas.is_none();
         match &lin.w {
-            DWeight::Fp8 { codes, scales } => {
+            DWeight::Fp8 { codes, scales } | DWeight::Int8 { codes, scales } => {
                 if f32_out {
                     return Err(Error::Unsupported(format!(
-                        "{}: an FP8 lm_head is not supported by the CUDA backend",
+                        "{}: a quantized lm_head is not supported by the CUDA backend",
                         lin.name
                     )));
                 }
-                let (x, sa) = (a.q.at(in_row * k), a.s.at(in_row * 4));
-                if small {
-                    return ops::gemv_fp8(
-                        g,
-                        (codes.ptr, scales.ptr, bias),
-                        (x, sa),
-                        y,
-                        (rows, n, k),
-                    );
+                let (w, x) = (
+                    (codes.ptr, scales.ptr, bias),
+                    (a.q.at(in_row * k), a.s.at(in_row * 4)),
+                );
+                match &lin.w {
+                    // No cuBLASLt int8 path: prefill runs the GEMV kernel 16 rows at a time.
+                    DWeight::Int8 { .. } => ops::gemv_int8(g, w, x, y, (rows, n, k)),
+                    _ if small => ops::gemv_fp8(g, w, x, y, (rows, n, k)),
+                    _ => self.fp8_lt(g, w, x, y, (rows, n, k)),
                 }
-                self.fp8_lt(g, (codes.ptr, scales.ptr, bias), (x, sa), y, (rows, n, k))
-            }
-            // No cuBLASLt int8 path: prefill runs the GEMV kernel 16 rows at a time.
-            DWeight::Int8 { codes, scales } => {
-                if f32_out {
-                    return Err(Error::Unsupported(format!(
-                        "{}: an INT8 lm_head is not supported by the CUDA backend",
-                        lin.name
-                    )));
-                }
-                let (x, sa) = (a.q.at(in_row * k), a.s.at(in_row * 4));
-                ops::gemv_int8(g, (codes.ptr, scales.ptr, bias), (x, sa), y, (rows, n, k))
             }
             DWeight::Bf16(w) => {
                 let x = a.b.at(in_row * k * 2);
