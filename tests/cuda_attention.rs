@@ -28,6 +28,20 @@ struct Inputs {
     pos: DBuf,
 }
 
+impl Inputs {
+    /// The attention of these inputs' `rows` rows into `out`.
+    fn io(&self, out: &DBuf, rows: usize, scale: f32) -> ops::AttnIo {
+        ops::AttnIo {
+            q: self.q.ptr,
+            cache: (self.k.ptr, self.v.ptr),
+            out: out.ptr,
+            rows,
+            pos: self.pos.ptr,
+            scale,
+        }
+    }
+}
+
 fn inputs(g: &Gpu, dims: ops::AttnDims, rows: usize, pos: usize) -> Inputs {
     let kv = (pos + rows) * dims.kv_heads * dims.head_dim;
     Inputs {
@@ -67,11 +81,8 @@ fn split_attention_equals_one_pass() {
                 let n = rows * heads * head_dim;
                 let run = |split: Option<ops::Split>| {
                     let out = g.alloc(n * 2).unwrap();
-                    let (cache, split) = ((x.k.ptr, x.v.ptr), split.map(|s| (s, part.ptr)));
-                    ops::attention(
-                        &g, dims, x.q.ptr, cache, out.ptr, rows, x.pos.ptr, 0.1, split,
-                    )
-                    .unwrap();
+                    let split = split.map(|s| (s, part.ptr));
+                    ops::attention(&g, dims, x.io(&out, rows, 0.1), split).unwrap();
                     download_bf16(&g, &out, n)
                 };
                 let one = run(None);
@@ -140,13 +151,8 @@ fn tensor_core_attention_equals_cuda_core_attention() {
                     let x = inputs(&g, dims, rows, pos);
                     let n = rows * heads * head_dim;
                     let (a, b) = (g.alloc(n * 2).unwrap(), g.alloc(n * 2).unwrap());
-                    let cache = (x.k.ptr, x.v.ptr);
-                    ops::attention_mma(&g, dims, x.q.ptr, cache, a.ptr, rows, x.pos.ptr, scale)
-                        .unwrap();
-                    ops::attention_simt(
-                        &g, dims, x.q.ptr, cache, b.ptr, rows, x.pos.ptr, scale, None,
-                    )
-                    .unwrap();
+                    ops::attention_mma(&g, dims, x.io(&a, rows, scale)).unwrap();
+                    ops::attention_simt(&g, dims, x.io(&b, rows, scale), None).unwrap();
                     let (mma, simt) = (download_bf16(&g, &a, n), download_bf16(&g, &b, n));
                     let (rel, max, odd) = compare(&mma, &simt);
                     let what = format!(

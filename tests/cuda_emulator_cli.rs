@@ -5,23 +5,14 @@
 #![cfg(feature = "cuda")]
 
 mod common;
+mod cuda_util;
 
-use qforge::runtime::cuda::gpu::Gpu;
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Output};
 
 fn emulator_present() -> bool {
-    match Gpu::emulated() {
-        Ok(_) => true,
-        Err(e) if std::env::var_os("QFORGE_REQUIRE_EMU").is_some() => {
-            panic!("QFORGE_REQUIRE_EMU is set but: {e}")
-        }
-        Err(e) => {
-            eprintln!("skipped: {e}");
-            false
-        }
-    }
+    cuda_util::emulator().is_some()
 }
 
 /// `qforge args…` with the emulator standing in for the GPU.

@@ -7,7 +7,7 @@
 mod common;
 mod cuda_util;
 
-use cuda_util::devices;
+use cuda_util::{devices, same_device};
 use qforge::runtime::cuda::forward::{load_cuda_on, CudaOptions};
 use qforge::runtime::cuda::gpu::Gpu;
 use qforge::runtime::cuda::{ops, CudaEngine};
@@ -134,11 +134,7 @@ fn generation_from_gpu_candidates_equals_generation_from_the_whole_row() {
     };
     for (label, g) in devices() {
         let fresh = |g: Gpu| CudaEngine::new(load_cuda_on(g, &dir, &opts).unwrap());
-        let same = if label == "emulator" {
-            Gpu::emulated().unwrap()
-        } else {
-            Gpu::new(0).unwrap()
-        };
+        let same = same_device(label);
         let mut top = fresh(g);
         let mut whole = WholeRow(fresh(same));
         assert!(top.top_capacity() >= 1000 && whole.top_capacity() == 0);

@@ -221,13 +221,16 @@ fn bench_attention(
     }
     let pos = g.upload_new(&0u32.to_le_bytes())?;
     let scale = (dims.head_dim as f32).powf(-0.5);
-    let cache = (k.ptr, v.ptr);
-    let simt = time_us(g, &mut || {
-        ops::attention_simt(g, dims, q.ptr, cache, out.ptr, rows, pos.ptr, scale, None)
-    })?;
-    let mma = time_us(g, &mut || {
-        ops::attention_mma(g, dims, q.ptr, cache, out.ptr, rows, pos.ptr, scale)
-    })?;
+    let io = ops::AttnIo {
+        q: q.ptr,
+        cache: (k.ptr, v.ptr),
+        out: out.ptr,
+        rows,
+        pos: pos.ptr,
+        scale,
+    };
+    let simt = time_us(g, &mut || ops::attention_simt(g, dims, io, None))?;
+    let mma = time_us(g, &mut || ops::attention_mma(g, dims, io))?;
     let flop = 2.0 * (dims.heads * dims.head_dim) as f64 * (rows * rows) as f64;
     let tflops = |us: f64| flop / us / 1e6;
     r.info(

@@ -77,6 +77,8 @@ pub struct CudaModel {
     /// The graph writes the logits buffer it was captured with (held here): a longer
     /// prefill that reallocates the buffer invalidates it.
     graph: Option<(Graph, u64)>,
+    /// A step's position and ids as bytes, before their upload.
+    input: Vec<u8>,
     graphs: bool,
     graph_note: Option<String>,
     // Last: every buffer above is freed while the context is alive.
@@ -143,6 +145,7 @@ impl CudaModel {
             split_keys,
             decode_split: ops::attention_split(dims, 1, max_seq, sms, split_keys),
             graph: None,
+            input: Vec::with_capacity((rows + 1) * 4),
             graphs: opts.graphs && graphs_allowed(),
             graph_note: None,
             gemm: Gemm::new(&gpu, opts.gemm)?,
@@ -243,12 +246,11 @@ impl CudaModel {
         trace: Option<&mut Trace>,
     ) -> Result<()> {
         let t = tokens.len();
-        // The scratch `ids` buffer holds [pos, ids…] (i32/u32).
-        let input: Vec<u8> = std::iter::once(pos as u32)
-            .chain(tokens.iter().copied())
-            .flat_map(u32::to_le_bytes)
-            .collect();
-        self.gpu.upload(self.scratch.ids.ptr, &input)?;
+        // The scratch `ids` buffer holds [pos, ids…] (i32/u32), staged in a reused buffer.
+        self.input.clear();
+        let words = std::iter::once(pos as u32).chain(tokens.iter().copied());
+        self.input.extend(words.flat_map(u32::to_le_bytes));
+        self.gpu.upload(self.scratch.ids.ptr, &self.input)?;
         if t == 1 && logit_rows == 1 && trace.is_none() && self.graphs {
             let logits = self.scratch.logits.as_ref().map(|b| b.ptr);
             if self.graph.as_ref().is_some_and(|g| Some(g.1) != logits) {
@@ -350,7 +352,15 @@ impl CudaModel {
                 norms,
                 (s.q.ptr, cache.0, cache.1),
             )?;
-            ops::attention(g, dims, s.q.ptr, cache, s.att.ptr, t, pos, scale, split)?;
+            let io = ops::AttnIo {
+                q: s.q.ptr,
+                cache,
+                out: s.att.ptr,
+                rows: t,
+                pos,
+                scale,
+            };
+            ops::attention(g, dims, io, split)?;
             match Gemm::wants(&layer.o, &s.act) {
                 ActOut::Bf16(b) => g.copy(b, s.att.ptr, t * c.q_dim() * 2)?,
                 codes => ops::quant_rows(g, s.att.ptr, t, c.q_dim(), codes)?,

@@ -235,26 +235,27 @@ pub fn attention_split(
     (splits > 1).then_some(Split { chunk, splits })
 }
 
-/// Causal attention of `rows` query rows at positions `pos..` (`pos`: the address of an i32
-/// on the device) against cache positions `0..pos+rows`, `out` `[rows, H*d]`: prefill
-/// chunks of more than [`SPLIT_MAX_ROWS`] rows on tensor cores ([`attention_mma`]) when the
-/// head dim is 64, 128 or 256, else (decode) [`attention_simt`], split when `split` is given.
-#[allow(clippy::too_many_arguments)]
-pub fn attention(
-    g: &Gpu,
-    dims: AttnDims,
-    q: u64,
-    cache: (u64, u64),
-    out: u64,
-    rows: usize,
-    pos: u64,
-    scale: f32,
-    split: Option<(Split, u64)>,
-) -> Result<()> {
-    if split.is_none() && rows > SPLIT_MAX_ROWS && mma_head_dim(dims.head_dim) {
-        return attention_mma(g, dims, q, cache, out, rows, pos, scale);
+/// The buffers of one causal attention: `rows` query rows `q` (`[rows, H*d]` BF16) at
+/// positions `pos..` (`pos`: the address of an i32 on the device) against cache positions
+/// `0..pos+rows` of `cache` (K, V), into `out` (`[rows, H*d]` BF16), scores scaled by `scale`.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnIo {
+    pub q: u64,
+    pub cache: (u64, u64),
+    pub out: u64,
+    pub rows: usize,
+    pub pos: u64,
+    pub scale: f32,
+}
+
+/// Causal attention ([`AttnIo`]): prefill chunks of more than [`SPLIT_MAX_ROWS`] rows on
+/// tensor cores ([`attention_mma`]) when the head dim is 64, 128 or 256, else (decode)
+/// [`attention_simt`], split when `split` is given.
+pub fn attention(g: &Gpu, dims: AttnDims, io: AttnIo, split: Option<(Split, u64)>) -> Result<()> {
+    if split.is_none() && io.rows > SPLIT_MAX_ROWS && mma_head_dim(dims.head_dim) {
+        return attention_mma(g, dims, io);
     }
-    attention_simt(g, dims, q, cache, out, rows, pos, scale, split)
+    attention_simt(g, dims, io, split)
 }
 
 /// Head dims [`attention_mma`] has a kernel for.
@@ -275,17 +276,7 @@ pub fn attention_mma_kernel(d: usize) -> (&'static str, usize) {
 
 /// Causal prefill attention on tensor cores (FlashAttention-2 style, probabilities rounded to
 /// BF16 for the P·V product); head dims 64, 128, 256.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_mma(
-    g: &Gpu,
-    dims: AttnDims,
-    q: u64,
-    (k_cache, v_cache): (u64, u64),
-    out: u64,
-    rows: usize,
-    pos: u64,
-    scale: f32,
-) -> Result<()> {
+pub fn attention_mma(g: &Gpu, dims: AttnDims, io: AttnIo) -> Result<()> {
     if !mma_head_dim(dims.head_dim) {
         return Err(Error::Runtime(format!(
             "no tensor-core attention for head dim {}",
@@ -293,28 +284,21 @@ pub fn attention_mma(
         )));
     }
     let (name, smem) = attention_mma_kernel(dims.head_dim);
-    let mut args = attention_args(dims, q, (k_cache, v_cache), out, rows, pos)?;
-    args.push(Arg::F32(scale));
-    let grid = (rows.div_ceil(64) as u32, dims.heads as u32);
+    let mut args = attention_args(dims, io)?;
+    args.push(Arg::F32(io.scale));
+    let grid = (io.rows.div_ceil(64) as u32, dims.heads as u32);
     g.launch(name, cfg(grid, 128, smem as u32), &args)
 }
 
 /// The arguments both attention kernels start with.
-fn attention_args(
-    dims: AttnDims,
-    q: u64,
-    (k_cache, v_cache): (u64, u64),
-    out: u64,
-    rows: usize,
-    pos: u64,
-) -> Result<Vec<Arg>> {
+fn attention_args(dims: AttnDims, io: AttnIo) -> Result<Vec<Arg>> {
     Ok(vec![
-        Arg::U64(q),
-        Arg::U64(k_cache),
-        Arg::U64(v_cache),
-        Arg::U64(out),
-        Arg::I32(i32_of("rows", rows)?),
-        Arg::U64(pos),
+        Arg::U64(io.q),
+        Arg::U64(io.cache.0),
+        Arg::U64(io.cache.1),
+        Arg::U64(io.out),
+        Arg::I32(i32_of("rows", io.rows)?),
+        Arg::U64(io.pos),
         Arg::I32(dims.heads as i32),
         Arg::I32(dims.kv_heads as i32),
     ])
@@ -322,18 +306,13 @@ fn attention_args(
 
 /// [`attention`] on CUDA cores: one warp per (query row, head), any head dim up to 256,
 /// split over blocks of keys when `split` is given (decode).
-#[allow(clippy::too_many_arguments)]
 pub fn attention_simt(
     g: &Gpu,
     dims: AttnDims,
-    q: u64,
-    (k_cache, v_cache): (u64, u64),
-    out: u64,
-    rows: usize,
-    pos: u64,
-    scale: f32,
+    io: AttnIo,
     split: Option<(Split, u64)>,
 ) -> Result<()> {
+    let rows = io.rows;
     let rq = attention_rows_per_block(dims, rows);
     let smem = attention_smem(dims, rq);
     // Unsplit: one block row takes every key.
@@ -349,11 +328,11 @@ pub fn attention_simt(
             "attention split of {rows} rows into {splits} x {chunk} keys is out of range"
         )));
     }
-    let mut args = attention_args(dims, q, (k_cache, v_cache), out, rows, pos)?;
+    let mut args = attention_args(dims, io)?;
     args.extend([
         Arg::I32(dims.head_dim as i32),
         Arg::I32(rq as i32),
-        Arg::F32(scale),
+        Arg::F32(io.scale),
         Arg::I32(i32_of("keys per split", chunk)?),
         Arg::U64(part),
     ]);
@@ -373,7 +352,7 @@ pub fn attention_simt(
         Arg::I32(rows as i32),
         Arg::I32(dims.heads as i32),
         Arg::I32(dims.head_dim as i32),
-        Arg::U64(out),
+        Arg::U64(io.out),
     ];
     let warps = rows * dims.heads;
     g.launch(
@@ -388,7 +367,6 @@ pub const GEMV_MAX_ROWS: usize = 16;
 
 /// W8A8 GEMV `y[m, n] = bf16(sa[m] * (sw[n] * x[m]·w[n]) (+ bias))`, any `m` (in launches of
 /// 16 rows; meant for m ≤ 16).
-#[allow(clippy::too_many_arguments)]
 pub fn gemv_fp8(
     g: &Gpu,
     w: (u64, u64, u64),
