@@ -73,6 +73,30 @@ extern "C" __global__ void quant_rows(const u16* x, int n, u8* q, float* s, int 
     quant_row(v, n, int8, q + (u64)blockIdx.x * n, s + blockIdx.x, redf);
 }
 
+// FP8_BLOCK activations: per token and group of 128 columns, as vLLM's
+// per_token_group_quant_fp8: s = max(max|x|, 1e-10) / 448 (NaN skipped, fmaxf), codes
+// e4m3(clamp(x / s, -448, 448)). x bf16 [rows][n], n a multiple of 128; q [rows][n], s
+// [rows][n/128]. Grid (rows), block 128: warp w takes groups w, w+4, ..., 4 values a lane.
+extern "C" __global__ void quant_groups(const u16* x, int n, u8* q, float* s) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, groups = n / 128;
+    const u16* xr = x + (u64)blockIdx.x * n;
+    for (int g = warp; g < groups; g += blockDim.x >> 5) {
+        const int c = g * 128 + lane * 4;
+        float v[4], amax = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            v[j] = bf16_to_f32(xr[c + j]);
+            amax = fmaxf(amax, fabsf(v[j]));
+        }
+        for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+        const float sc = fmaxf(amax, 1e-10f) / FP8_MAX;
+        if (lane == 0) s[(u64)blockIdx.x * groups + g] = sc;
+        u16* qr = (u16*)(q + (u64)blockIdx.x * n + c);
+        qr[0] = quant2(v[0], v[1], sc);
+        qr[1] = quant2(v[2], v[3], sc);
+    }
+}
+
 // The W8A8 epilogue for a GEMM that produced raw f32 sums acc [rows][n]:
 //   y = bf16(sa[r] * (sw[c] * acc) (+ bias[c]))        grid (rows, ceil(n/256)), block 256.
 // Without scales (sa = sw = null): y = bf16(acc (+ bias[c])), a dense GEMM's bias added

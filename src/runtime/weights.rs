@@ -29,7 +29,7 @@ use crate::checkpoint::{Checkpoint, DType, TensorInfo};
 use crate::{Error, Result};
 
 mod dequant;
-pub use dequant::{unpack_columns, unpack_rows};
+pub use dequant::{e8m0, unpack_columns, unpack_rows};
 
 /// A dense matrix `[rows, cols]` row-major, in its checkpoint dtype.
 #[derive(Debug, Clone)]
@@ -390,6 +390,21 @@ pub fn load_linear(ck: &Checkpoint, cfg: &ModelConfig, module: &str, bias: bool)
     Loader { ck, cfg }.linear(module, bias)
 }
 
+/// `(out_features, in_features)` of the model's Linear `module` (named as in the checkpoint).
+pub fn linear_shape(c: &ModelConfig, module: &str) -> Result<(usize, usize)> {
+    let (h, q, kv, i) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
+    let leaf = module.rsplit('.').next().unwrap_or(module);
+    Ok(match leaf {
+        "q_proj" => (q, h),
+        "k_proj" | "v_proj" => (kv, h),
+        "o_proj" => (h, q),
+        "gate_proj" | "up_proj" => (i, h),
+        "down_proj" => (h, i),
+        "lm_head" => (c.vocab_size, h),
+        _ => return Err(bad(format!("{module}: not a Linear of the model"))),
+    })
+}
+
 /// Converts checked tensors into [`Weights`] parts.
 struct Loader<'a> {
     ck: &'a Checkpoint,
@@ -508,18 +523,7 @@ impl Loader<'_> {
 
     /// `[out_features, in_features]` of a Linear, from the config.
     fn linear_shape(&self, module: &str) -> Result<(usize, usize)> {
-        let c = self.cfg;
-        let (h, q, kv, i) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
-        let leaf = module.rsplit('.').next().unwrap_or(module);
-        Ok(match leaf {
-            "q_proj" => (q, h),
-            "k_proj" | "v_proj" => (kv, h),
-            "o_proj" => (h, q),
-            "gate_proj" | "up_proj" => (i, h),
-            "down_proj" => (h, i),
-            "lm_head" => (c.vocab_size, h),
-            _ => return Err(bad(format!("{module}: not a Linear of the model"))),
-        })
+        linear_shape(self.cfg, module)
     }
 
     fn dense_linear(&self, module: &str, bias: bool) -> Result<Linear> {

@@ -55,3 +55,61 @@ pub fn quantize_bundled(dir: &std::path::Path, preset: &str) -> PathBuf {
     );
     q
 }
+
+/// Multiplies every Linear weight `[r, c]` of a BF16 safetensors file by
+/// `[1, 0.4, 0.7][(c/128 + r/128) % 3] · [0.5, 1, 1.5, 2, 3][(c/16 + r/8) % 5]`, so that
+/// 128×128 block, group and row scales differ (the synthetic values are uniform: every block
+/// would get the same BF16 scale).
+pub fn vary_magnitudes(path: &std::path::Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    for (name, t) in header.as_object().unwrap() {
+        if !name.ends_with("_proj.weight") {
+            continue;
+        }
+        assert_eq!(t["dtype"], "BF16");
+        let cols = t["shape"][1].as_u64().unwrap() as usize;
+        let start = 8 + n + t["data_offsets"][0].as_u64().unwrap() as usize;
+        let end = 8 + n + t["data_offsets"][1].as_u64().unwrap() as usize;
+        for (i, pair) in bytes[start..end].chunks_exact_mut(2).enumerate() {
+            let (r, c) = (i / cols, i % cols);
+            let f = [1.0, 0.4, 0.7][(c / 128 + r / 128) % 3]
+                * [0.5, 1.0, 1.5, 2.0, 3.0][(c / 16 + r / 8) % 5];
+            let v = half::bf16::from_le_bytes([pair[0], pair[1]]).to_f32() * f;
+            pair.copy_from_slice(&half::bf16::from_f32(v).to_le_bytes());
+        }
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// A random BF16 model of `shape` (seed 7, written once per `dir`, magnitudes varied by
+/// [`vary_magnitudes`]) quantized by the binary
+/// with `recipes/<preset>.yaml` into `dir/<preset>-<hidden>`.
+pub fn quantize_random(
+    dir: &std::path::Path,
+    shape: &qforge::synthetic::LlamaShape,
+    preset: &str,
+) -> PathBuf {
+    let src = dir.join(format!("bf16-{}", shape.hidden));
+    if !src.exists() {
+        qforge::synthetic::write_checkpoint(shape, &src, 7, 1 << 30).unwrap();
+        vary_magnitudes(&src.join("model.safetensors"));
+    }
+    let out = dir.join(format!("{preset}-{}", shape.hidden));
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_qforge"))
+        .args(["quantize", "--model"])
+        .arg(&src)
+        .arg("--recipe")
+        .arg(recipe(&format!("{preset}.yaml")))
+        .arg("--output")
+        .arg(&out)
+        .output()
+        .expect("run qforge quantize");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    out
+}

@@ -1,21 +1,24 @@
 //! Model weights in GPU memory. FP8 and INT8 channel Linears (FP8_DYNAMIC, W8A8) stay at 1
-//! byte per weight with f32 per-channel scales; dense matrices (embedding, lm_head,
-//! unquantized Linears, and every other preset dequantized as the CPU loader does: FP8
-//! blocks, INT4, FP4) are BF16;
-//! norm weights and biases f32. q/k/v and gate/up are fused into one matrix each (rows
-//! concatenated), so each takes one GEMM and one activation quantization.
+//! byte per weight with f32 per-channel scales, FP8_BLOCK with f32 scales per row and
+//! 128-column block; the weight-only grouped presets (W4A16, W4A16_ASYM, W8A16, NVFP4A16,
+//! MXFP4A16) stay packed ([`super::grouped`]); dense matrices (embedding, lm_head,
+//! unquantized Linears, FP8_BLOCK whose columns are not whole blocks, dequantized as the CPU
+//! loader does) are BF16; norm weights and biases f32. q/k/v and gate/up are fused into one
+//! matrix each (rows concatenated), so each takes one GEMM and one activation quantization.
 //!
 //! Three sources: a checkpoint streamed tensor by tensor from its mmap (pages released
 //! after upload, so a 70B model never sits in host RAM), host [`Weights`] (small models,
 //! tests), or random values created directly in GPU memory (benchmarks).
 
 use super::gpu::{DBuf, Gpu};
+use super::grouped::GroupKind;
 use super::ops;
-use crate::checkpoint::{Checkpoint, DType, TensorInfo};
+use super::upload::{host_part, vector, Streamer};
+pub use super::upload::{upload_fused, HostPart, HostWeight};
+use crate::checkpoint::Checkpoint;
 use crate::runtime::config::ModelConfig;
-use crate::runtime::weights::{self, Dense, LinearWeight, Weights};
-use crate::{Error, Result};
-use std::borrow::Cow;
+use crate::runtime::weights::{self, Weights};
+use crate::Result;
 
 /// A Linear weight on the GPU.
 pub enum DWeight {
@@ -23,8 +26,20 @@ pub enum DWeight {
     Fp8 { codes: DBuf, scales: DBuf },
     /// Int8 codes `[n, k]` and f32 scales `[n]` (W8A8-INT8).
     Int8 { codes: DBuf, scales: DBuf },
+    /// FP8_BLOCK with 128-column blocks: E4M3 codes `[n, k]` and f32 scales `[n, k/128]`
+    /// (each row's block scales; activations quantized per token and 128-column group).
+    Fp8Block { codes: DBuf, scales: DBuf },
     /// BF16 `[n, k]`.
     Bf16(DBuf),
+    /// A weight-only grouped preset, packed (see [`super::grouped`]): codes, f32 scales and
+    /// offsets `[n, groups_per_row]` (offsets only for asymmetric formats).
+    Grouped {
+        codes: DBuf,
+        scales: DBuf,
+        offsets: Option<DBuf>,
+        kind: GroupKind,
+        group: usize,
+    },
 }
 
 /// One (possibly fused) Linear: `y[m, n] = x[m, k] · Wᵀ (+ bias)`.
@@ -41,26 +56,59 @@ impl DLinear {
         matches!(self.w, DWeight::Fp8 { .. })
     }
 
-    /// Whether the weight is 1-byte codes with per-channel scales (FP8 or INT8), whose
-    /// input is quantized per token.
+    /// Whether the weight is 1-byte codes (FP8, INT8, FP8_BLOCK), whose input is quantized
+    /// per token (and group).
     pub fn is_codes(&self) -> bool {
-        !matches!(self.w, DWeight::Bf16(_))
+        matches!(
+            self.w,
+            DWeight::Fp8 { .. } | DWeight::Int8 { .. } | DWeight::Fp8Block { .. }
+        )
     }
 
     /// The weight's device address (codes for FP8 / INT8).
     pub fn w_ptr(&self) -> u64 {
         match &self.w {
-            DWeight::Fp8 { codes, .. } | DWeight::Int8 { codes, .. } => codes.ptr,
+            DWeight::Fp8 { codes, .. }
+            | DWeight::Int8 { codes, .. }
+            | DWeight::Fp8Block { codes, .. }
+            | DWeight::Grouped { codes, .. } => codes.ptr,
             DWeight::Bf16(w) => w.ptr,
+        }
+    }
+
+    /// The kernels' view of a packed grouped weight (`None` for the other kinds).
+    pub fn grouped(&self) -> Option<ops::GroupedW> {
+        match &self.w {
+            DWeight::Grouped {
+                codes,
+                scales,
+                offsets,
+                kind,
+                group,
+            } => Some(ops::GroupedW {
+                codes: codes.ptr,
+                scales: scales.ptr,
+                offsets: offsets.as_ref().map_or(0, |o| o.ptr),
+                kind: *kind,
+                group: *group,
+            }),
+            _ => None,
         }
     }
 
     /// Bytes a full pass over the weight reads (codes + scales, or BF16 values).
     pub fn weight_bytes(&self) -> u64 {
         let (n, k) = (self.n as u64, self.k as u64);
-        match self.w {
+        match &self.w {
             DWeight::Fp8 { .. } | DWeight::Int8 { .. } => n * k + 4 * n,
+            DWeight::Fp8Block { scales, .. } => n * k + scales.bytes as u64,
             DWeight::Bf16(_) => 2 * n * k,
+            DWeight::Grouped {
+                codes,
+                scales,
+                offsets,
+                ..
+            } => (codes.bytes + scales.bytes + offsets.as_ref().map_or(0, |o| o.bytes)) as u64,
         }
     }
 }
@@ -104,180 +152,6 @@ impl DWeights {
             })
             .sum();
         layers + self.lm_head().weight_bytes()
-    }
-}
-
-/// A Linear's weight on the host, borrowed where it can be.
-pub enum HostWeight<'a> {
-    Fp8 {
-        codes: Cow<'a, [u8]>,
-        scales: Vec<f32>,
-    },
-    /// Int8 codes as bytes (two's complement).
-    Int8 {
-        codes: Cow<'a, [u8]>,
-        scales: Vec<f32>,
-    },
-    /// BF16 values as little-endian bytes.
-    Bf16(Cow<'a, [u8]>),
-}
-
-/// One part of a fused Linear.
-pub struct HostPart<'a> {
-    pub rows: usize,
-    pub cols: usize,
-    pub w: HostWeight<'a>,
-    pub bias: Option<Vec<f32>>,
-}
-
-impl HostPart<'_> {
-    /// The same part owning its bytes.
-    pub fn into_owned(self) -> HostPart<'static> {
-        let w = match self.w {
-            HostWeight::Fp8 { codes, scales } => HostWeight::Fp8 {
-                codes: Cow::Owned(codes.into_owned()),
-                scales,
-            },
-            HostWeight::Int8 { codes, scales } => HostWeight::Int8 {
-                codes: Cow::Owned(codes.into_owned()),
-                scales,
-            },
-            HostWeight::Bf16(b) => HostWeight::Bf16(Cow::Owned(b.into_owned())),
-        };
-        HostPart {
-            rows: self.rows,
-            cols: self.cols,
-            w,
-            bias: self.bias,
-        }
-    }
-}
-
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn bf16_bytes_of(v: impl Iterator<Item = f32>) -> Vec<u8> {
-    v.flat_map(|x| half::bf16::from_f32(x).to_bits().to_le_bytes())
-        .collect()
-}
-
-impl HostWeight<'_> {
-    /// 0 FP8, 1 INT8, 2 BF16: parts of one fused Linear must agree.
-    fn kind(&self) -> u8 {
-        match self {
-            HostWeight::Fp8 { .. } => 0,
-            HostWeight::Int8 { .. } => 1,
-            HostWeight::Bf16(_) => 2,
-        }
-    }
-}
-
-/// Uploads the parts as one matrix (rows concatenated). All parts must share the column
-/// count and the kind (FP8, INT8 or dense), and all or none have a bias.
-pub fn upload_fused(g: &Gpu, name: &str, parts: &[HostPart]) -> Result<DLinear> {
-    let k = parts[0].cols;
-    let n: usize = parts.iter().map(|p| p.rows).sum();
-    let kind = parts[0].w.kind();
-    if parts.iter().any(|p| p.cols != k || p.w.kind() != kind) {
-        return Err(Error::Unsupported(format!(
-            "{name}: the CUDA backend fuses these Linears and needs them all FP8, all INT8 or \
-             all dense"
-        )));
-    }
-    let codes = kind != 2;
-    let elem = if codes { 1 } else { 2 };
-    if (k * elem) % 16 != 0 {
-        return Err(Error::Unsupported(format!(
-            "{name}: in_features {k} must be a multiple of {} for the CUDA kernels",
-            16 / elem
-        )));
-    }
-    let wbuf = g.alloc(n * k * elem)?;
-    let sbuf = if codes { Some(g.alloc(n * 4)?) } else { None };
-    let mut row = 0;
-    for p in parts {
-        match &p.w {
-            HostWeight::Fp8 { codes, scales } | HostWeight::Int8 { codes, scales } => {
-                g.upload(wbuf.at(row * k), codes)?;
-                if let Some(s) = &sbuf {
-                    g.upload(s.at(row * 4), &f32_bytes(scales))?;
-                }
-            }
-            HostWeight::Bf16(b) => g.upload(wbuf.at(row * k * 2), b)?,
-        }
-        row += p.rows;
-    }
-    let bias = match parts.iter().filter(|p| p.bias.is_some()).count() {
-        0 => None,
-        c if c == parts.len() => {
-            let all: Vec<f32> = parts
-                .iter()
-                .flat_map(|p| p.bias.clone().unwrap_or_default())
-                .collect();
-            Some(g.upload_new(&f32_bytes(&all))?)
-        }
-        _ => {
-            return Err(Error::Unsupported(format!(
-                "{name}: some fused parts have a bias and some do not"
-            )))
-        }
-    };
-    let w = match sbuf {
-        Some(scales) if kind == 0 => DWeight::Fp8 {
-            codes: wbuf,
-            scales,
-        },
-        Some(scales) => DWeight::Int8 {
-            codes: wbuf,
-            scales,
-        },
-        None => DWeight::Bf16(wbuf),
-    };
-    Ok(DLinear {
-        name: name.to_string(),
-        n,
-        k,
-        w,
-        bias,
-    })
-}
-
-fn vector(g: &Gpu, v: &[f32]) -> Result<DBuf> {
-    g.upload_new(&f32_bytes(v))
-}
-
-/// The host-side part of a loaded [`weights::Linear`].
-fn host_part(l: &weights::Linear) -> HostPart<'_> {
-    let w = match &l.weight {
-        LinearWeight::Fp8 { codes, scales } => HostWeight::Fp8 {
-            codes: Cow::Borrowed(codes),
-            scales: scales.clone(),
-        },
-        LinearWeight::Dense(Dense::Bf16(v)) => {
-            HostWeight::Bf16(Cow::Owned(v.iter().flat_map(|b| b.to_le_bytes()).collect()))
-        }
-        LinearWeight::Dense(Dense::F16(v)) => HostWeight::Bf16(Cow::Owned(bf16_bytes_of(
-            v.iter().map(|&b| half::f16::from_bits(b).to_f32()),
-        ))),
-        LinearWeight::Dense(Dense::F32(v)) => {
-            HostWeight::Bf16(Cow::Owned(bf16_bytes_of(v.iter().copied())))
-        }
-        LinearWeight::Int8 { codes, scales } => HostWeight::Int8 {
-            codes: Cow::Owned(codes.iter().map(|&c| c as u8).collect()),
-            scales: scales.clone(),
-        },
-        // The CUDA FP8_BLOCK path (per-group activations) is not written: its weights are
-        // dequantized to BF16 on upload and run weight-only.
-        LinearWeight::Fp8Block { .. } => HostWeight::Bf16(Cow::Owned(
-            l.to_bf16().iter().flat_map(|b| b.to_le_bytes()).collect(),
-        )),
-    };
-    HostPart {
-        rows: l.rows,
-        cols: l.cols,
-        w,
-        bias: l.bias.clone(),
     }
 }
 
@@ -418,145 +292,5 @@ impl DWeights {
             norm: ones(h)?,
             lm_head,
         })
-    }
-}
-
-/// Reads modules of a checked checkpoint and uploads them, releasing their pages.
-struct Streamer<'a> {
-    g: &'a Gpu,
-    ck: &'a Checkpoint,
-    cfg: &'a ModelConfig,
-}
-
-impl Streamer<'_> {
-    fn tensor(&self, name: &str) -> Result<&TensorInfo> {
-        self.ck.get(name).ok_or_else(|| {
-            Error::Checkpoint(format!(
-                "{}: tensor {name} is missing",
-                self.ck.dir.display()
-            ))
-        })
-    }
-
-    fn vector(&self, name: &str) -> Result<DBuf> {
-        let t = self.tensor(name)?;
-        let v = crate::quant::to_f32(t.dtype, self.ck.data(t))?;
-        vector(self.g, &v)
-    }
-
-    /// One module as a host part, borrowing the mmap for FP8 channel codes and BF16 weights;
-    /// every other quantized format goes through the CPU loader (INT8 stays INT8, the
-    /// dequantized formats become BF16, see [`host_part`]).
-    fn part(&self, module: &str, bias: bool) -> Result<(HostPart<'_>, Vec<&TensorInfo>)> {
-        use crate::runtime::config::WeightScheme;
-        // The embedding is not a Linear: its table is dense whatever the scheme targets.
-        let scheme = match module == "model.embed_tokens" {
-            true => None,
-            false => self.cfg.quantization.scheme_for(module)?,
-        };
-        match scheme {
-            None | Some(WeightScheme::Fp8Channel) => {}
-            Some(_) => {
-                let lin = weights::load_linear(self.ck, self.cfg, module, bias)?;
-                let used = self.tensors_of(module);
-                return Ok((host_part(&lin).into_owned(), used));
-            }
-        }
-        let t = self.tensor(&format!("{module}.weight"))?;
-        let data = self.ck.data(t);
-        let mut used = vec![t];
-        let w = match t.dtype {
-            DType::F8_E4M3 => {
-                let s = self.tensor(&format!("{module}.weight_scale"))?;
-                used.push(s);
-                HostWeight::Fp8 {
-                    codes: Cow::Borrowed(data),
-                    scales: crate::quant::to_f32(s.dtype, self.ck.data(s))?,
-                }
-            }
-            DType::BF16 => HostWeight::Bf16(Cow::Borrowed(data)),
-            other => HostWeight::Bf16(Cow::Owned(bf16_bytes_of(
-                crate::quant::to_f32(other, data)?.into_iter(),
-            ))),
-        };
-        let bias = match bias {
-            true => {
-                let b = self.tensor(&format!("{module}.bias"))?;
-                used.push(b);
-                Some(crate::quant::to_f32(b.dtype, self.ck.data(b))?)
-            }
-            false => None,
-        };
-        let part = HostPart {
-            rows: t.shape[0],
-            cols: t.shape[1],
-            w,
-            bias,
-        };
-        Ok((part, used))
-    }
-
-    /// Every checkpoint tensor of `module` (`<module>.*`), to release after upload.
-    fn tensors_of(&self, module: &str) -> Vec<&TensorInfo> {
-        let prefix = format!("{module}.");
-        self.ck
-            .tensors()
-            .iter()
-            .filter(|t| t.name.starts_with(&prefix))
-            .collect()
-    }
-
-    fn linear(&self, name: &str, modules: &[&str], bias: bool) -> Result<DLinear> {
-        let mut parts = Vec::new();
-        let mut used = Vec::new();
-        for m in modules {
-            let (p, u) = self.part(m, bias)?;
-            parts.push(p);
-            used.extend(u);
-        }
-        let lin = upload_fused(self.g, name, &parts)?;
-        self.g.sync()?; // the copies have read the pages: they may go
-        for t in used {
-            self.ck.release(t);
-        }
-        Ok(lin)
-    }
-
-    fn layer(&self, i: usize) -> Result<(DLayer, u64)> {
-        let c = self.cfg;
-        let p = format!("model.layers.{i}");
-        let a = format!("{p}.self_attn");
-        let m = format!("{p}.mlp");
-        let norm = |which: &str| -> Result<Option<DBuf>> {
-            match c.qk_norm {
-                true => Ok(Some(self.vector(&format!("{a}.{which}.weight"))?)),
-                false => Ok(None),
-            }
-        };
-        let (q, k, v) = (
-            format!("{a}.q_proj"),
-            format!("{a}.k_proj"),
-            format!("{a}.v_proj"),
-        );
-        let (gp, up) = (format!("{m}.gate_proj"), format!("{m}.up_proj"));
-        let layer = DLayer {
-            input_norm: self.vector(&format!("{p}.input_layernorm.weight"))?,
-            post_norm: self.vector(&format!("{p}.post_attention_layernorm.weight"))?,
-            qkv: self.linear(&format!("{a}.qkv"), &[&q, &k, &v], c.qkv_bias)?,
-            o: self.linear(&format!("{a}.o_proj"), &[&format!("{a}.o_proj")], c.o_bias)?,
-            gate_up: self.linear(&format!("{m}.gate_up"), &[&gp, &up], c.mlp_bias)?,
-            down: self.linear(
-                &format!("{m}.down_proj"),
-                &[&format!("{m}.down_proj")],
-                c.mlp_bias,
-            )?,
-            q_norm: norm("q_norm")?,
-            k_norm: norm("k_norm")?,
-        };
-        let bytes = [&layer.qkv, &layer.o, &layer.gate_up, &layer.down]
-            .iter()
-            .map(|l| l.weight_bytes())
-            .sum();
-        Ok((layer, bytes))
     }
 }

@@ -16,6 +16,7 @@ pub mod engine;
 pub mod forward;
 pub mod gpu;
 pub mod graph;
+pub mod grouped;
 pub mod kernels;
 pub mod libs;
 pub mod model;
@@ -24,6 +25,7 @@ pub mod ops;
 pub mod randmodel;
 pub mod report;
 pub mod selftest;
+pub mod upload;
 
 pub use engine::CudaEngine;
 pub use forward::{load_cuda, CudaModel, CudaOptions};

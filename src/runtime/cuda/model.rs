@@ -7,8 +7,10 @@
 //! GEMM dispatch per Linear: up to 16 activation rows, qforge's GEMV kernels (decode); more,
 //! cuBLASLt (prefill) with outer-vector scaling, else cuBLASLt with f32 sums plus the
 //! epilogue kernel, else (no cuBLASLt) the GEMV kernels 16 rows at a time. INT8 Linears
-//! always take the GEMV kernel (no cuBLASLt int8 path). `QFORGE_GEMM` forces one: `gemv`,
-//! `lt-raw`, `lt-scaled` (default `auto`).
+//! always take the GEMV kernel (no cuBLASLt int8 path). Packed weight-only Linears (W4A16,
+//! NVFP4A16, …) take their own GEMV up to 16 rows, and above it the BF16 GEMM on a scratch
+//! copy of their dequantized values. `QFORGE_GEMM` forces one: `gemv`, `lt-raw`, `lt-scaled`
+//! (default `auto`).
 
 use super::cublaslt::{Blas, Kind};
 use super::dweights::{DLinear, DWeight};
@@ -53,6 +55,8 @@ pub struct Gemm {
     /// Whether outer-vector scaling worked (None = not tried yet).
     pub outer_ok: Option<bool>,
     acc: Option<DBuf>,
+    /// BF16 values of the grouped Linear a prefill GEMM is reading.
+    dequantized: Option<DBuf>,
     _workspace: Option<DBuf>,
 }
 
@@ -75,6 +79,7 @@ impl Gemm {
                 mode,
                 outer_ok: (mode == GemmMode::LtRaw).then_some(false),
                 acc: None,
+                dequantized: None,
                 _workspace: ws,
             },
             Err(e) if mode == GemmMode::Auto => Gemm::without(e.to_string(), mode),
@@ -89,6 +94,7 @@ impl Gemm {
             mode,
             outer_ok: None,
             acc: None,
+            dequantized: None,
             _workspace: None,
         }
     }
@@ -99,7 +105,10 @@ impl Gemm {
         match lin.w {
             DWeight::Fp8 { .. } => ActOut::Fp8 { q, s },
             DWeight::Int8 { .. } => ActOut::Int8 { q, s },
-            DWeight::Bf16(_) => ActOut::Bf16(a.b.ptr),
+            // FP8_BLOCK quantizes its BF16 input per group itself (`Gemm::linear`).
+            DWeight::Bf16(_) | DWeight::Grouped { .. } | DWeight::Fp8Block { .. } => {
+                ActOut::Bf16(a.b.ptr)
+            }
         }
     }
 
@@ -136,39 +145,78 @@ impl Gemm {
                     _ => self.fp8_lt(g, w, x, y, (rows, n, k)),
                 }
             }
+            DWeight::Fp8Block { codes, scales } => {
+                if f32_out {
+                    return Err(Error::Unsupported(format!(
+                        "{}: a quantized lm_head is not supported by the CUDA backend",
+                        lin.name
+                    )));
+                }
+                // No block-scaled GEMM yet: prefill runs the GEMV kernel 16 rows at a time.
+                let x = a.b.at(in_row * k * 2);
+                ops::quant_groups(g, x, rows, k, (a.q.ptr, a.sg.ptr))?;
+                let w = (codes.ptr, scales.ptr, bias);
+                ops::gemv_fp8_block(g, w, (a.q.ptr, a.sg.ptr), y, (rows, n, k))
+            }
             DWeight::Bf16(w) => {
                 let x = a.b.at(in_row * k * 2);
                 if small {
                     return ops::gemv_bf16(g, (w.ptr, bias), x, (y, f32_out), (rows, n, k));
                 }
-                if bias == 0 {
-                    let blas = self.blas.as_mut().expect("checked above");
-                    let kind = Kind::Bf16 { f32_out };
-                    return blas.matmul(kind, (rows, n, k), w.ptr, x, y, 0, 0, g);
+                self.dense(g, lin, w.ptr, x, (y, f32_out), rows)
+            }
+            DWeight::Grouped { .. } => {
+                let x = a.b.at(in_row * k * 2);
+                let gw = lin.grouped().expect("a grouped weight");
+                if small {
+                    return ops::gemv_grouped(g, (gw, bias), x, (y, f32_out), (rows, n, k));
                 }
-                if f32_out {
-                    return Err(Error::Unsupported(format!(
-                        "{}: bias with f32 output",
-                        lin.name
-                    )));
-                }
-                // f32 sums, then the bias before the one rounding to BF16 (as the GEMV does).
-                let acc = self.acc_buf(g, rows * n * 4)?;
-                let blas = self.blas.as_mut().expect("checked above");
-                let kind = Kind::Bf16 { f32_out: true };
-                blas.matmul(kind, (rows, n, k), w.ptr, x, acc, 0, 0, g)?;
-                ops::scale_epilogue(g, acc, 0, 0, bias, rows, n, y)
+                // Prefill: the BF16 values the GEMV computes in registers, then the dense GEMM.
+                let w = Self::grow(g, &mut self.dequantized, n * k * 2)?;
+                ops::dequant_grouped(g, gw, w, (n, k))?;
+                self.dense(g, lin, w, x, (y, f32_out), rows)
             }
         }
     }
 
-    /// A scratch f32 buffer of at least `bytes` bytes (grown on demand).
-    fn acc_buf(&mut self, g: &Gpu, bytes: usize) -> Result<u64> {
-        if self.acc.as_ref().is_none_or(|b| b.bytes < bytes) {
-            self.acc = None; // free the old one first
-            self.acc = Some(g.alloc(bytes)?);
+    /// The cuBLASLt BF16 GEMM of `rows` rows against the dense `[n, k]` matrix at `w`.
+    fn dense(
+        &mut self,
+        g: &Gpu,
+        lin: &DLinear,
+        w: u64,
+        x: u64,
+        (y, f32_out): (u64, bool),
+        rows: usize,
+    ) -> Result<()> {
+        let (n, k) = (lin.n, lin.k);
+        let bias = lin.bias.as_ref().map_or(0, |b| b.ptr);
+        if bias == 0 {
+            let blas = self.blas.as_mut().expect("checked by linear()");
+            let kind = Kind::Bf16 { f32_out };
+            return blas.matmul(kind, (rows, n, k), w, x, y, 0, 0, g);
         }
-        Ok(self.acc.as_ref().expect("allocated above").ptr)
+        if f32_out {
+            return Err(Error::Unsupported(format!(
+                "{}: bias with f32 output",
+                lin.name
+            )));
+        }
+        // f32 sums, then the bias before the one rounding to BF16 (as the GEMV does).
+        let acc = Self::grow(g, &mut self.acc, rows * n * 4)?;
+        let blas = self.blas.as_mut().expect("checked by linear()");
+        let kind = Kind::Bf16 { f32_out: true };
+        blas.matmul(kind, (rows, n, k), w, x, acc, 0, 0, g)?;
+        ops::scale_epilogue(g, acc, 0, 0, bias, rows, n, y)
+    }
+
+    /// The scratch buffer `buf`, grown to at least `bytes` bytes.
+    fn grow(g: &Gpu, buf: &mut Option<DBuf>, bytes: usize) -> Result<u64> {
+        if buf.as_ref().is_none_or(|b| b.bytes < bytes) {
+            *buf = None; // free the old one first
+            *buf = Some(g.alloc(bytes)?);
+        }
+        Ok(buf.as_ref().expect("allocated above").ptr)
     }
 
     /// Prefill FP8 GEMM through cuBLASLt: outer-vector scaling when it works (and there is
@@ -196,7 +244,7 @@ impl Gemm {
                 Err(e) => return Err(e),
             }
         }
-        let acc = self.acc_buf(g, m * n * 4)?;
+        let acc = Self::grow(g, &mut self.acc, m * n * 4)?;
         let blas = self.blas.as_mut().expect("cuBLASLt present");
         blas.matmul(Kind::Fp8Raw, (m, n, k), w, x, acc, 0, 0, g)?;
         ops::scale_epilogue(g, acc, sa, sw, bias, m, n, y)
@@ -218,6 +266,8 @@ pub struct Acts {
     pub q: DBuf,
     pub s: DBuf,
     pub b: DBuf,
+    /// Per-group scales `[rows, width/128]` (FP8_BLOCK's activations).
+    pub sg: DBuf,
 }
 
 /// Every per-step buffer, sized for `rows` rows.
@@ -249,6 +299,7 @@ impl Scratch {
                 q: g.alloc(rows * widest)?,
                 s: g.alloc(rows * 4)?,
                 b: g.alloc(rows * widest * 2)?,
+                sg: g.alloc(rows * widest.div_ceil(128) * 4)?,
             },
             qkv: g.alloc(rows * (qd + 2 * kvd) * 2)?,
             q: g.alloc(rows * qd * 2)?,

@@ -202,7 +202,7 @@ fn nibble(packed: &[u8], i: usize) -> u8 {
 }
 
 /// `2^(u − 127)` exactly (u = 0 is the f32 subnormal 2^-127, u = 255 is inf).
-fn e8m0(u: u8) -> f32 {
+pub fn e8m0(u: u8) -> f32 {
     match u {
         0 => f32::from_bits(1 << 22),
         _ => f32::from_bits((u as u32) << 23),

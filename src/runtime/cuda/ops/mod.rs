@@ -3,7 +3,10 @@
 //! 0 = null); counts are rows/columns.
 
 use super::gpu::{cfg, Arg, Gpu};
+
+mod gemv;
 use crate::{Error, Result};
+pub use gemv::*;
 
 /// Where a norm / SiLU kernel writes the next Linear's input.
 #[derive(Debug, Clone, Copy)]
@@ -111,6 +114,19 @@ pub fn quant_rows(g: &Gpu, x: u64, rows: usize, n: usize, out: ActOut) -> Result
         cfg((rows as u32, 1), row_threads(n), 0),
         &args,
     )
+}
+
+/// FP8_BLOCK activations: bf16 `x` `[rows, n]` (n a multiple of 128) into FP8 codes `q` and
+/// scales `s` `[rows, n / 128]`, per token and 128-column group (vLLM's
+/// `per_token_group_quant_fp8`).
+pub fn quant_groups(g: &Gpu, x: u64, rows: usize, n: usize, (q, s): (u64, u64)) -> Result<()> {
+    let args = [
+        Arg::U64(x),
+        Arg::I32(i32_of("width", n)?),
+        Arg::U64(q),
+        Arg::U64(s),
+    ];
+    g.launch("quant_groups", cfg((rows as u32, 1), 128, 0), &args)
 }
 
 /// `y = bf16(sa[r] * (sw[c] * acc) (+ bias))` over `[rows, n]`; `sa = sw = 0`: no scaling.
@@ -360,86 +376,6 @@ pub fn attention_simt(
         cfg((warps.div_ceil(8) as u32, 1), 256, 0),
         &args,
     )
-}
-
-/// The most activation rows one GEMV launch takes.
-pub const GEMV_MAX_ROWS: usize = 16;
-
-/// W8A8 GEMV `y[m, n] = bf16(sa[m] * (sw[n] * x[m]·w[n]) (+ bias))`, any `m` (in launches of
-/// 16 rows; meant for m ≤ 16).
-pub fn gemv_fp8(
-    g: &Gpu,
-    w: (u64, u64, u64),
-    x: (u64, u64),
-    y: u64,
-    mnk: (usize, usize, usize),
-) -> Result<()> {
-    gemv_codes(g, "gemv_fp8", w, x, y, mnk)
-}
-
-/// W8A8-INT8 GEMV `y[m, n] = bf16(sa[m] * (sw[n] * f32(x[m]·w[n])) (+ bias))`, the sums
-/// exact in s32; any `m` (in launches of 16 rows).
-pub fn gemv_int8(
-    g: &Gpu,
-    w: (u64, u64, u64),
-    x: (u64, u64),
-    y: u64,
-    mnk: (usize, usize, usize),
-) -> Result<()> {
-    gemv_codes(g, "gemv_int8", w, x, y, mnk)
-}
-
-/// The launches of a 1-byte-code GEMV kernel (`gemv_fp8`, `gemv_int8`).
-fn gemv_codes(
-    g: &Gpu,
-    kernel: &str,
-    (w, sw, bias): (u64, u64, u64),
-    (x, sa): (u64, u64),
-    y: u64,
-    (m, n, k): (usize, usize, usize),
-) -> Result<()> {
-    for m0 in (0..m).step_by(GEMV_MAX_ROWS) {
-        let mm = GEMV_MAX_ROWS.min(m - m0);
-        let args = [
-            Arg::U64(w),
-            Arg::U64(sw),
-            Arg::U64(x + (m0 * k) as u64),
-            Arg::U64(sa + (m0 * 4) as u64),
-            Arg::U64(bias),
-            Arg::U64(y + (m0 * n * 2) as u64),
-            Arg::I32(mm as i32),
-            Arg::I32(i32_of("rows", n)?),
-            Arg::I32(i32_of("width", k)?),
-        ];
-        g.launch(kernel, cfg((n.div_ceil(16) as u32, 1), 128, 0), &args)?;
-    }
-    Ok(())
-}
-
-/// Dense BF16 GEMV `y[m, n] = x[m]·w[n] (+ bias)`, f32 or bf16 out, any `m`.
-pub fn gemv_bf16(
-    g: &Gpu,
-    (w, bias): (u64, u64),
-    x: u64,
-    (y, f32_out): (u64, bool),
-    (m, n, k): (usize, usize, usize),
-) -> Result<()> {
-    let out_size = if f32_out { 4 } else { 2 };
-    for m0 in (0..m).step_by(GEMV_MAX_ROWS) {
-        let mm = GEMV_MAX_ROWS.min(m - m0);
-        let args = [
-            Arg::U64(w),
-            Arg::U64(x + (m0 * k * 2) as u64),
-            Arg::U64(bias),
-            Arg::U64(y + (m0 * n * out_size) as u64),
-            Arg::I32(f32_out as i32),
-            Arg::I32(mm as i32),
-            Arg::I32(i32_of("rows", n)?),
-            Arg::I32(i32_of("width", k)?),
-        ];
-        g.launch("gemv_bf16", cfg((n.div_ceil(16) as u32, 1), 128, 0), &args)?;
-    }
-    Ok(())
 }
 
 /// The most candidates [`top_k_rows`] returns.

@@ -13,8 +13,12 @@
 //!   BF16 dequantization by 1.7e-2 after 16 layers. So random-1b allows 0.35 with FP8
 //!   weights (its argmax checks are the sharp ones) and 5e-2 with BF16 weights; a wrong scale,
 //!   layout or mask gives errors of order 1. Decode vs prefill on the GPU: ≤ 1e-2.
+//! * Packed weight-only presets: exact, dequantized values and GEMV outputs alike (the
+//!   kernels compute the CPU's BF16 values and feed them to the BF16 GEMV's sums in its order).
 //! * Greedy ids: equal wherever the CPU's top-1/top-2 logit gap exceeds twice the largest
 //!   logit difference measured between the two backends on the same inputs.
+
+pub mod packed;
 
 use super::dweights::{upload_fused, DWeight, HostPart, HostWeight};
 use super::forward::{load_cuda, CudaModel, CudaOptions};
@@ -58,6 +62,12 @@ pub fn run(device: usize, fixtures: Option<&Path>, steps: usize, r: &mut Report)
         Some(fx) => {
             let res = linear_goldens(&g, fx, r);
             stage(r, "linear-golden", res);
+            for name in packed::SCHEMES {
+                let res = packed::fixture(&g, &fx.join("schemes").join(name), name, r);
+                stage(r, name, res);
+            }
+            let res = packed::speed(&g, r);
+            stage(r, "gemv-speed", res);
             drop(g);
             for (dir, golden) in FIXTURES {
                 let res = fixture_forward(device, fx, dir, golden, r);

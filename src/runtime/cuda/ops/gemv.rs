@@ -1,0 +1,190 @@
+//! Launches of the GEMV kernels (`kernels/gemv.cu`): decode's skinny GEMMs, up to 16
+//! activation rows per launch, for every weight kind, and the grouped dequantization.
+
+use super::i32_of;
+use crate::runtime::cuda::gpu::{cfg, Arg, Gpu};
+use crate::runtime::cuda::grouped::GroupKind;
+use crate::{Error, Result};
+
+/// The most activation rows one GEMV launch takes.
+pub const GEMV_MAX_ROWS: usize = 16;
+
+/// W8A8 GEMV `y[m, n] = bf16(sa[m] * (sw[n] * x[m]·w[n]) (+ bias))`, any `m` (in launches of
+/// 16 rows; meant for m ≤ 16).
+pub fn gemv_fp8(
+    g: &Gpu,
+    w: (u64, u64, u64),
+    x: (u64, u64),
+    y: u64,
+    mnk: (usize, usize, usize),
+) -> Result<()> {
+    gemv_codes(g, "gemv_fp8", w, x, y, mnk)
+}
+
+/// W8A8-INT8 GEMV `y[m, n] = bf16(sa[m] * (sw[n] * f32(x[m]·w[n])) (+ bias))`, the sums
+/// exact in s32; any `m` (in launches of 16 rows).
+pub fn gemv_int8(
+    g: &Gpu,
+    w: (u64, u64, u64),
+    x: (u64, u64),
+    y: u64,
+    mnk: (usize, usize, usize),
+) -> Result<()> {
+    gemv_codes(g, "gemv_int8", w, x, y, mnk)
+}
+
+/// The launches of a 1-byte-code GEMV kernel (`gemv_fp8`, `gemv_int8`).
+fn gemv_codes(
+    g: &Gpu,
+    kernel: &str,
+    (w, sw, bias): (u64, u64, u64),
+    (x, sa): (u64, u64),
+    y: u64,
+    (m, n, k): (usize, usize, usize),
+) -> Result<()> {
+    for m0 in (0..m).step_by(GEMV_MAX_ROWS) {
+        let mm = GEMV_MAX_ROWS.min(m - m0);
+        let args = [
+            Arg::U64(w),
+            Arg::U64(sw),
+            Arg::U64(x + (m0 * k) as u64),
+            Arg::U64(sa + (m0 * 4) as u64),
+            Arg::U64(bias),
+            Arg::U64(y + (m0 * n * 2) as u64),
+            Arg::I32(mm as i32),
+            Arg::I32(i32_of("rows", n)?),
+            Arg::I32(i32_of("width", k)?),
+        ];
+        g.launch(kernel, cfg((n.div_ceil(16) as u32, 1), 128, 0), &args)?;
+    }
+    Ok(())
+}
+
+/// FP8_BLOCK GEMV `y[m, n] = bf16(Σ_g f32(x[m]·w[n] over group g) · sa[m, g] · sw[n, g]
+/// (+ bias))`, k a multiple of 128, weight scales per row `[n, k/128]`; any `m` (in
+/// launches of 16 rows).
+pub fn gemv_fp8_block(
+    g: &Gpu,
+    (w, sw, bias): (u64, u64, u64),
+    (x, sa): (u64, u64),
+    y: u64,
+    (m, n, k): (usize, usize, usize),
+) -> Result<()> {
+    for m0 in (0..m).step_by(GEMV_MAX_ROWS) {
+        let mm = GEMV_MAX_ROWS.min(m - m0);
+        let args = [
+            Arg::U64(w),
+            Arg::U64(sw),
+            Arg::U64(x + (m0 * k) as u64),
+            Arg::U64(sa + (m0 * k / 128 * 4) as u64),
+            Arg::U64(bias),
+            Arg::U64(y + (m0 * n * 2) as u64),
+            Arg::I32(mm as i32),
+            Arg::I32(i32_of("rows", n)?),
+            Arg::I32(i32_of("width", k)?),
+        ];
+        g.launch(
+            "gemv_fp8_block",
+            cfg((n.div_ceil(16) as u32, 1), 128, 0),
+            &args,
+        )?;
+    }
+    Ok(())
+}
+
+/// Dense BF16 GEMV `y[m, n] = x[m]·w[n] (+ bias)`, f32 or bf16 out, any `m`.
+pub fn gemv_bf16(
+    g: &Gpu,
+    (w, bias): (u64, u64),
+    x: u64,
+    (y, f32_out): (u64, bool),
+    (m, n, k): (usize, usize, usize),
+) -> Result<()> {
+    let out_size = if f32_out { 4 } else { 2 };
+    for m0 in (0..m).step_by(GEMV_MAX_ROWS) {
+        let mm = GEMV_MAX_ROWS.min(m - m0);
+        let args = [
+            Arg::U64(w),
+            Arg::U64(x + (m0 * k * 2) as u64),
+            Arg::U64(bias),
+            Arg::U64(y + (m0 * n * out_size) as u64),
+            Arg::I32(f32_out as i32),
+            Arg::I32(mm as i32),
+            Arg::I32(i32_of("rows", n)?),
+            Arg::I32(i32_of("width", k)?),
+        ];
+        g.launch("gemv_bf16", cfg((n.div_ceil(16) as u32, 1), 128, 0), &args)?;
+    }
+    Ok(())
+}
+
+/// A packed grouped weight as the `*g` kernels take it (see [`super::grouped`]): device
+/// addresses of the codes, scales and offsets (0: symmetric), the format and group size.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupedW {
+    pub codes: u64,
+    pub scales: u64,
+    pub offsets: u64,
+    pub kind: GroupKind,
+    pub group: usize,
+}
+
+impl GroupedW {
+    fn args(&self) -> [Arg; 3] {
+        [
+            Arg::U64(self.codes),
+            Arg::U64(self.scales),
+            Arg::U64(self.offsets),
+        ]
+    }
+}
+
+/// Weight-only grouped GEMV `y[m, n] = x[m]·W[n] (+ bias)` with W dequantized to BF16 in
+/// registers (equal to [`gemv_bf16`] on the dequantized W); f32 or bf16 out, any `m`.
+pub fn gemv_grouped(
+    g: &Gpu,
+    (w, bias): (GroupedW, u64),
+    x: u64,
+    (y, f32_out): (u64, bool),
+    (m, n, k): (usize, usize, usize),
+) -> Result<()> {
+    let out_size = if f32_out { 4 } else { 2 };
+    let [codes, scales, offsets] = w.args();
+    for m0 in (0..m).step_by(GEMV_MAX_ROWS) {
+        let mm = GEMV_MAX_ROWS.min(m - m0);
+        let args = [
+            codes,
+            scales,
+            offsets,
+            Arg::U64(bias),
+            Arg::U64(x + (m0 * k * 2) as u64),
+            Arg::U64(y + (m0 * n * out_size) as u64),
+            Arg::I32(f32_out as i32),
+            Arg::I32(mm as i32),
+            Arg::I32(i32_of("rows", n)?),
+            Arg::I32(i32_of("width", k)?),
+            Arg::I32(i32_of("group", w.group)?),
+        ];
+        let kernel = w.kind.kernels().0;
+        g.launch(kernel, cfg((n.div_ceil(16) as u32, 1), 128, 0), &args)?;
+    }
+    Ok(())
+}
+
+/// The BF16 values `[n, k]` of a grouped weight into `out` (for the dense prefill GEMM).
+pub fn dequant_grouped(g: &Gpu, w: GroupedW, out: u64, (n, k): (usize, usize)) -> Result<()> {
+    let [codes, scales, offsets] = w.args();
+    let args = [
+        codes,
+        scales,
+        offsets,
+        Arg::U64(out),
+        Arg::I32(i32_of("rows", n)?),
+        Arg::I32(i32_of("width", k)?),
+        Arg::I32(i32_of("group", w.group)?),
+    ];
+    let blocks = (n * crate::runtime::cuda::grouped::padded(k) / 8).div_ceil(256);
+    let grid = u32::try_from(blocks)
+        .map_err(|_| Error::Runtime(format!("dequantizing a {n}x{k} weight: too large")))?;
+    g.launch(w.kind.kernels().1, cfg((grid, 1), 256, 0), &args)
+}
