@@ -3,70 +3,17 @@
 //
 // Tensor cores do the arithmetic (mma.sync m16n8k32 e4m3 / s8, m16n8k16 bf16; f32
 // accumulate, s32 for int8, whose sums stay exact):
-// a warp multiplies a 16-row weight tile by up to 16 activation rows (one or two n8 tiles).
-// Each thread loads 16 contiguous bytes per row per 64-byte k-chunk and uses them directly
-// as its mma fragments: this permutes k identically in A and B, which a dot product
-// ignores, so no shuffles or shared memory are needed. Partial sums are moved out of the
-// tensor-core accumulator every chunk (64 products) and summed in f32.
+// a warp multiplies a 16-row weight tile by up to 16 activation rows (one or two n8 tiles),
+// with mma.cuh's chunk trick (fragments straight from 16-byte loads). Partial sums are moved
+// out of the tensor-core accumulator every chunk (64 bytes of K) and summed in f32.
 //
 // Block = 4 warps on one 16-row tile, the warps splitting K; grid = ceil(N/16). Row and
 // column counts need not be multiples of anything but K*elem_size % 16 == 0 (host-checked).
 #include "common.cuh"
+#include "mma.cuh"
 
 #define GEMV_WARPS 4
 #define GEMV_UNROLL 4
-
-#ifndef QFORGE_EMU  // kernels/emu/emu.h emulates these two on the host (and mma_bf16)
-__device__ __forceinline__ uint4 ld_stream(const u8* p) {
-    uint4 r;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-                 : "l"(p));
-    return r;
-}
-
-__device__ __forceinline__ void mma_e4m3(float* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ void mma_s8(int* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};"
-        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-#endif  // QFORGE_EMU
-
-// The weight (and activation) kinds, and their accumulators.
-enum { W_BF16, W_FP8, W_S8 };
-template <int W>
-struct Acc {
-    typedef float T;
-};
-template <>
-struct Acc<W_S8> {
-    typedef int T;
-};
-
-// One 64-byte k-chunk: rows g (wa) and g+8 (wb) against one activation column (xv).
-template <int W>
-__device__ __forceinline__ void mma_chunk(typename Acc<W>::T* c, uint4 wa, uint4 wb, uint4 xv) {
-    if constexpr (W == W_FP8) {
-        mma_e4m3(c, wa.x, wb.x, wa.y, wb.y, xv.x, xv.y);
-        mma_e4m3(c, wa.z, wb.z, wa.w, wb.w, xv.z, xv.w);
-    } else if constexpr (W == W_S8) {
-        mma_s8(c, wa.x, wb.x, wa.y, wb.y, xv.x, xv.y);
-        mma_s8(c, wa.z, wb.z, wa.w, wb.w, xv.z, xv.w);
-    } else {
-        mma_bf16(c, wa.x, wb.x, wa.y, wb.y, xv.x, xv.y);
-        mma_bf16(c, wa.z, wb.z, wa.w, wb.w, xv.z, xv.w);
-    }
-}
 
 // A thread's weight registers for chunks c0..c0+GEMV_UNROLL-1 of its rows g (`ra`) and g+8
 // (`rb`): for chunk c, the 16 bytes at c*64 + tig*16 of a row of 1-byte codes or BF16

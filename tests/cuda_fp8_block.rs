@@ -83,8 +83,9 @@ fn group_activations_match_the_cpu_bit_for_bit() {
     }
 }
 
+/// The block GEMV (any rows) and GEMM (prefill) follow `y = Σ_g f32(group sum)·sa·sw`.
 #[test]
-fn block_gemv_follows_vllms_formula() {
+fn block_gemv_and_gemm_follow_vllms_formula() {
     let (n, k) = (40, 384);
     let groups = k / 128;
     // Codes: every finite E4M3 value but ±448's neighbours at random; no NaN (0x7F / 0xFF).
@@ -99,7 +100,7 @@ fn block_gemv_follows_vllms_formula() {
         .collect();
     let bias: Vec<f32> = (0..n).map(|r| r as f32 * 0.25 - 3.0).collect();
     for (label, g) in devices() {
-        for m in [1, 5, 16, 20] {
+        for m in [1, 5, 16, 20, 17, 70] {
             let x: Vec<u8> = (0..m * k)
                 .map(|i| match (i * 104_729 % 253) as u8 {
                     c if c & 0x7F == 0x7F => 0x41,
@@ -115,9 +116,19 @@ fn block_gemv_follows_vllms_formula() {
                 up(&f32_bytes(&bias)),
             );
             let y = g.alloc(m * n * 2).unwrap();
-            for with_bias in [false, true] {
+            // The GEMV for any m; the GEMM (prefill) from 17 rows.
+            let mut runs = vec![(false, false), (true, false)];
+            if m > 16 {
+                runs.extend([(false, true), (true, true)]);
+            }
+            for (with_bias, gemm) in runs {
                 let b = if with_bias { bd.ptr } else { 0 };
-                ops::gemv_fp8_block(
+                let launch = if gemm {
+                    ops::gemm_fp8_block
+                } else {
+                    ops::gemv_fp8_block
+                };
+                launch(
                     &g,
                     (wd.ptr, swd.ptr, b),
                     (xd.ptr, sad.ptr),
@@ -154,7 +165,7 @@ fn block_gemv_follows_vllms_formula() {
                     let tol = want.abs() / 256.0 + size * 1e-6;
                     assert!(
                         (got - want).abs() <= tol,
-                        "{label}: m {m} row {r} col {c} bias {with_bias}: {got} vs {want}"
+                        "{label}: m {m} row {r} col {c} bias {with_bias} gemm {gemm}: {got} vs {want}"
                     );
                 }
             }

@@ -105,7 +105,7 @@ fn hot_kernels_do_not_spill() {
     let Some(nv) = nvrtc_or_skip() else { return };
     let mut opts = kernels::options("sm_90a");
     opts.push("--ptxas-options=-v".into());
-    for name in ["gemv.cu", "attention.cu", "norm.cu", "rope.cu"] {
+    for name in ["gemv.cu", "gemm.cu", "attention.cu", "norm.cu", "rope.cu"] {
         let src = SOURCES.iter().find(|s| s.0 == name).unwrap().1;
         let c = nv.compile(name, src, kernels::HEADERS, &opts).unwrap();
         assert!(

@@ -23,6 +23,7 @@
 #include "rope.cu"
 #include "attention.cu"
 #include "gemv.cu"
+#include "gemm.cu"
 #include "sample.cu"
 
 namespace emu {
@@ -152,6 +153,7 @@ static const Entry KERNELS[] = {
     KERNEL(attention_mma_64), KERNEL(attention_mma_128), KERNEL(attention_mma_256),
     KERNEL(gemv_int4g),       KERNEL(gemv_int8g),  KERNEL(gemv_fp4g),          KERNEL(dequant_int4g),
     KERNEL(dequant_int8g),    KERNEL(dequant_fp4g), KERNEL(quant_groups),       KERNEL(gemv_fp8_block),
+    KERNEL(gemm_fp8),         KERNEL(gemm_int8),   KERNEL(gemm_fp8_block),
 };
 
 static const Entry* find(const char* name) {

@@ -9,7 +9,10 @@ use std::io::Write;
 use std::path::PathBuf;
 
 /// Headers the sources `#include`, by include name.
-pub const HEADERS: &[(&str, &str)] = &[("common.cuh", include_str!("../../../kernels/common.cuh"))];
+pub const HEADERS: &[(&str, &str)] = &[
+    ("common.cuh", include_str!("../../../kernels/common.cuh")),
+    ("mma.cuh", include_str!("../../../kernels/mma.cuh")),
+];
 
 /// Every kernel source file, by file name.
 pub const SOURCES: &[(&str, &str)] = &[
@@ -20,6 +23,7 @@ pub const SOURCES: &[(&str, &str)] = &[
         include_str!("../../../kernels/attention.cu"),
     ),
     ("gemv.cu", include_str!("../../../kernels/gemv.cu")),
+    ("gemm.cu", include_str!("../../../kernels/gemm.cu")),
     ("sample.cu", include_str!("../../../kernels/sample.cu")),
 ];
 
@@ -41,6 +45,9 @@ pub const FUNCTIONS: &[(&str, &str)] = &[
     ("gemv.cu", "gemv_bf16"),
     ("gemv.cu", "gemv_int8"),
     ("gemv.cu", "gemv_fp8_block"),
+    ("gemm.cu", "gemm_fp8"),
+    ("gemm.cu", "gemm_int8"),
+    ("gemm.cu", "gemm_fp8_block"),
     ("gemv.cu", "gemv_int4g"),
     ("gemv.cu", "gemv_int8g"),
     ("gemv.cu", "gemv_fp4g"),

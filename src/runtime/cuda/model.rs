@@ -6,8 +6,8 @@
 //!
 //! GEMM dispatch per Linear: up to 16 activation rows, qforge's GEMV kernels (decode); more,
 //! cuBLASLt (prefill) with outer-vector scaling, else cuBLASLt with f32 sums plus the
-//! epilogue kernel, else (no cuBLASLt) the GEMV kernels 16 rows at a time. INT8 Linears
-//! always take the GEMV kernel (no cuBLASLt int8 path). Packed weight-only Linears (W4A16,
+//! epilogue kernel, else (no cuBLASLt) qforge's tensor-core GEMM (`kernels/gemm.cu`). INT8
+//! and FP8_BLOCK Linears take that GEMM for prefill (no cuBLASLt int8 or block-scaled path). Packed weight-only Linears (W4A16,
 //! NVFP4A16, …) take their own GEMV up to 16 rows, and above it the BF16 GEMM on a scratch
 //! copy of their dequantized values. `QFORGE_GEMM` forces one: `gemv`, `lt-raw`, `lt-scaled`
 //! (default `auto`).
@@ -126,6 +126,9 @@ impl Gemm {
         let (n, k) = (lin.n, lin.k);
         let bias = lin.bias.as_ref().map_or(0, |b| b.ptr);
         let small = rows <= ops::GEMV_MAX_ROWS || self.blas.is_none();
+        // qforge's code GEMMs for prefill without cuBLASLt (INT8, FP8_BLOCK, FP8 when
+        // cuBLASLt is missing); QFORGE_GEMM=gemv keeps the GEMV kernels.
+        let gemv = rows <= ops::GEMV_MAX_ROWS || self.mode == GemmMode::Gemv;
         match &lin.w {
             DWeight::Fp8 { codes, scales } | DWeight::Int8 { codes, scales } => {
                 if f32_out {
@@ -139,9 +142,11 @@ impl Gemm {
                     (a.q.at(in_row * k), a.s.at(in_row * 4)),
                 );
                 match &lin.w {
-                    // No cuBLASLt int8 path: prefill runs the GEMV kernel 16 rows at a time.
-                    DWeight::Int8 { .. } => ops::gemv_int8(g, w, x, y, (rows, n, k)),
-                    _ if small => ops::gemv_fp8(g, w, x, y, (rows, n, k)),
+                    DWeight::Int8 { .. } if gemv => ops::gemv_int8(g, w, x, y, (rows, n, k)),
+                    // No cuBLASLt int8 path: qforge's GEMM.
+                    DWeight::Int8 { .. } => ops::gemm_int8(g, w, x, y, (rows, n, k)),
+                    _ if gemv => ops::gemv_fp8(g, w, x, y, (rows, n, k)),
+                    _ if self.blas.is_none() => ops::gemm_fp8(g, w, x, y, (rows, n, k)),
                     _ => self.fp8_lt(g, w, x, y, (rows, n, k)),
                 }
             }
@@ -152,11 +157,14 @@ impl Gemm {
                         lin.name
                     )));
                 }
-                // No block-scaled GEMM yet: prefill runs the GEMV kernel 16 rows at a time.
+                // No cuBLASLt block scaling: qforge's GEMM for prefill.
                 let x = a.b.at(in_row * k * 2);
                 ops::quant_groups(g, x, rows, k, (a.q.ptr, a.sg.ptr))?;
-                let w = (codes.ptr, scales.ptr, bias);
-                ops::gemv_fp8_block(g, w, (a.q.ptr, a.sg.ptr), y, (rows, n, k))
+                let (w, xq) = ((codes.ptr, scales.ptr, bias), (a.q.ptr, a.sg.ptr));
+                match gemv {
+                    true => ops::gemv_fp8_block(g, w, xq, y, (rows, n, k)),
+                    false => ops::gemm_fp8_block(g, w, xq, y, (rows, n, k)),
+                }
             }
             DWeight::Bf16(w) => {
                 let x = a.b.at(in_row * k * 2);
@@ -250,11 +258,12 @@ impl Gemm {
         ops::scale_epilogue(g, acc, sa, sw, bias, m, n, y)
     }
 
-    /// Which FP8 prefill path runs: "cuBLASLt outer-vector", "cuBLASLt f32 + epilogue",
-    /// or "GEMV".
+    /// Which FP8 prefill path runs: cuBLASLt (outer-vector scaled, or f32 sums + epilogue),
+    /// qforge's GEMM, or its GEMV.
     pub fn fp8_path(&self) -> &'static str {
         match (&self.blas, self.outer_ok) {
-            (None, _) => "qforge GEMV (no cuBLASLt)",
+            (None, _) if self.mode == GemmMode::Gemv => "qforge GEMV (QFORGE_GEMM=gemv)",
+            (None, _) => "qforge GEMM (no cuBLASLt)",
             (Some(_), Some(false)) => "cuBLASLt f32 sums + qforge epilogue",
             (Some(_), _) => "cuBLASLt outer-vector scaled",
         }

@@ -1,5 +1,6 @@
-//! Launches of the GEMV kernels (`kernels/gemv.cu`): decode's skinny GEMMs, up to 16
-//! activation rows per launch, for every weight kind, and the grouped dequantization.
+//! Launches of the GEMV kernels (`kernels/gemv.cu`: decode's skinny GEMMs, up to 16
+//! activation rows per launch, for every weight kind, and the grouped dequantization) and of
+//! the code-weight GEMMs (`kernels/gemm.cu`: prefill without cuBLASLt).
 
 use super::i32_of;
 use crate::runtime::cuda::gpu::{cfg, Arg, Gpu};
@@ -187,4 +188,63 @@ pub fn dequant_grouped(g: &Gpu, w: GroupedW, out: u64, (n, k): (usize, usize)) -
     let grid = u32::try_from(blocks)
         .map_err(|_| Error::Runtime(format!("dequantizing a {n}x{k} weight: too large")))?;
     g.launch(w.kind.kernels().1, cfg((grid, 1), 256, 0), &args)
+}
+
+/// Prefill W8A8 GEMM on tensor cores, `y[m, n] = bf16(sa[m] · (sw[n] · x[m]·w[n]) (+ bias))`
+/// for FP8 codes (f32 sums; for when cuBLASLt is missing).
+pub fn gemm_fp8(
+    g: &Gpu,
+    w: (u64, u64, u64),
+    x: (u64, u64),
+    y: u64,
+    mnk: (usize, usize, usize),
+) -> Result<()> {
+    gemm_codes(g, "gemm_fp8", w, x, y, mnk)
+}
+
+/// Prefill W8A8-INT8 GEMM: [`gemv_int8`]'s formula (exact s32 sums), equal to it bit for bit.
+pub fn gemm_int8(
+    g: &Gpu,
+    w: (u64, u64, u64),
+    x: (u64, u64),
+    y: u64,
+    mnk: (usize, usize, usize),
+) -> Result<()> {
+    gemm_codes(g, "gemm_int8", w, x, y, mnk)
+}
+
+/// Prefill FP8_BLOCK GEMM: [`gemv_fp8_block`]'s formula (weight scales per row `[n, k/128]`,
+/// activation scales `[m, k/128]`).
+pub fn gemm_fp8_block(
+    g: &Gpu,
+    w: (u64, u64, u64),
+    x: (u64, u64),
+    y: u64,
+    mnk: (usize, usize, usize),
+) -> Result<()> {
+    gemm_codes(g, "gemm_fp8_block", w, x, y, mnk)
+}
+
+/// One launch of a `gemm.cu` kernel: 64 × 64 output tiles.
+fn gemm_codes(
+    g: &Gpu,
+    kernel: &str,
+    (w, sw, bias): (u64, u64, u64),
+    (x, sa): (u64, u64),
+    y: u64,
+    (m, n, k): (usize, usize, usize),
+) -> Result<()> {
+    let args = [
+        Arg::U64(w),
+        Arg::U64(sw),
+        Arg::U64(x),
+        Arg::U64(sa),
+        Arg::U64(bias),
+        Arg::U64(y),
+        Arg::I32(i32_of("rows", m)?),
+        Arg::I32(i32_of("rows", n)?),
+        Arg::I32(i32_of("width", k)?),
+    ];
+    let grid = (n.div_ceil(64) as u32, m.div_ceil(64) as u32);
+    g.launch(kernel, cfg(grid, 128, 0), &args)
 }

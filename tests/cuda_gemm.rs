@@ -1,0 +1,114 @@
+//! The tensor-core GEMM for prefill of 1-byte-code weights (`kernels/gemm.cu`): INT8 W8A8
+//! equals the GEMV bit for bit (exact s32 sums, the same epilogue); FP8 per channel follows
+//! the W8A8 formula. Shapes with partial 64-row tiles on both sides and a K tail. (FP8_BLOCK:
+//! `cuda_fp8_block.rs`.) On the emulator and on a real GPU when present.
+#![cfg(feature = "cuda")]
+
+mod cuda_util;
+
+use cuda_util::devices;
+use qforge::quant::e4m3_to_f32;
+use qforge::runtime::cuda::gpu::Gpu;
+use qforge::runtime::cuda::ops;
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Codes that are valid as both int8 and E4M3 (no 0x7F / 0xFF: E4M3 NaN).
+fn codes(len: usize, mul: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| match (i * mul % 251) as u8 {
+            c if c & 0x7F == 0x7F => 0x3E,
+            c => c,
+        })
+        .collect()
+}
+
+fn download(g: &Gpu, ptr: u64, bytes: usize) -> Vec<u8> {
+    let mut b = vec![0u8; bytes];
+    g.download(ptr, &mut b).unwrap();
+    b
+}
+
+type Launch =
+    fn(&Gpu, (u64, u64, u64), (u64, u64), u64, (usize, usize, usize)) -> qforge::Result<()>;
+
+/// `y` of one launch on the given shape: (gemm output, gemv output) bytes, and the inputs.
+struct Case {
+    w: Vec<u8>,
+    x: Vec<u8>,
+    sw: Vec<f32>,
+    sa: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+fn case(m: usize, n: usize, k: usize) -> Case {
+    Case {
+        w: codes(n * k, 7919),
+        x: codes(m * k, 104_729),
+        sw: (0..n).map(|r| 1e-3 * (1 + r % 11) as f32).collect(),
+        sa: (0..m).map(|r| 0.01 + (r % 7) as f32 * 1e-3).collect(),
+        bias: (0..n).map(|r| r as f32 * 0.25 - 3.0).collect(),
+    }
+}
+
+fn run(g: &Gpu, f: Launch, c: &Case, bias: bool, (m, n, k): (usize, usize, usize)) -> Vec<u8> {
+    let up = |b: &[u8]| g.upload_new(b).unwrap();
+    let (wd, xd) = (up(&c.w), up(&c.x));
+    let (swd, sad, bd) = (
+        up(&f32_bytes(&c.sw)),
+        up(&f32_bytes(&c.sa)),
+        up(&f32_bytes(&c.bias)),
+    );
+    let y = g.alloc(m * n * 2).unwrap();
+    let b = if bias { bd.ptr } else { 0 };
+    f(g, (wd.ptr, swd.ptr, b), (xd.ptr, sad.ptr), y.ptr, (m, n, k)).unwrap();
+    download(g, y.ptr, m * n * 2)
+}
+
+const SHAPES: &[(usize, usize, usize)] = &[(17, 40, 96), (64, 64, 128), (100, 130, 208)];
+
+#[test]
+fn int8_gemm_equals_the_int8_gemv_bit_for_bit() {
+    for (label, g) in devices() {
+        for &mnk in SHAPES {
+            let c = case(mnk.0, mnk.1, mnk.2);
+            for bias in [false, true] {
+                let a = run(&g, ops::gemm_int8, &c, bias, mnk);
+                let b = run(&g, ops::gemv_int8, &c, bias, mnk);
+                assert!(a == b, "{label}: {mnk:?} bias {bias}");
+            }
+        }
+    }
+}
+
+#[test]
+fn fp8_gemm_follows_the_w8a8_formula() {
+    for (label, g) in devices() {
+        for &(m, n, k) in SHAPES {
+            let c = case(m, n, k);
+            for bias in [false, true] {
+                let y = run(&g, ops::gemm_fp8, &c, bias, (m, n, k));
+                for (i, pair) in y.chunks(2).enumerate() {
+                    let (r, col) = (i / n, i % n);
+                    let (mut dot, mut size) = (0f64, 0f64);
+                    for j in 0..k {
+                        let p = e4m3_to_f32(c.x[r * k + j]) as f64
+                            * e4m3_to_f32(c.w[col * k + j]) as f64;
+                        dot += p;
+                        size += p.abs();
+                    }
+                    let s = c.sa[r] as f64 * c.sw[col] as f64;
+                    let want = dot * s + if bias { c.bias[col] as f64 } else { 0.0 };
+                    let got = half::bf16::from_le_bytes([pair[0], pair[1]]).to_f32() as f64;
+                    let tol = want.abs() / 256.0 + size * s * 1e-6;
+                    assert!(
+                        (got - want).abs() <= tol,
+                        "{label}: {m}x{n}x{k} row {r} col {col} bias {bias}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
