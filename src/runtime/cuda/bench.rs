@@ -322,6 +322,12 @@ fn gemm_all(device: usize, ms: &[usize], div: usize, r: &mut Report) -> Result<(
                     ops::gemv_fp8(&g, (w.ptr, sw.ptr, 0), (x.ptr, sa.ptr), y.ptr, (m, n, k))
                 })?;
                 paths.push(("qforge-gemv", t));
+            } else {
+                // qforge's own GEMM (W8A8/FP8_BLOCK prefill, FP8 without cuBLASLt).
+                let t = time_us(&g, &mut || {
+                    ops::gemm_fp8(&g, (w.ptr, sw.ptr, 0), (x.ptr, sa.ptr), y.ptr, (m, n, k))
+                })?;
+                paths.push(("qforge-gemm", t));
             }
             if let Some(b) = gemm.blas.as_mut() {
                 match time_us(&g, &mut || {
