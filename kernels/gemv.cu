@@ -225,17 +225,7 @@ extern "C" __global__ void __launch_bounds__(128)
         }
     }
     sum_warps(acc);
-    if (warp != 0) return;
-#pragma unroll
-    for (int n = 0; n < 2; n++)
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const int row = blockIdx.x * 16 + g + 8 * (i >> 1), m = 8 * n + 2 * tig + (i & 1);
-            if (row >= N || m >= M) continue;
-            float val = acc[n][i];
-            if (bias) val += bias[row];
-            y[(u64)m * N + row] = f32_to_bf16(val);
-        }
+    store_dense(acc, bias, y, 0, M, N);
 }
 
 // ---- Weight-only grouped formats (W4A16, W4A16_ASYM, W8A16, NVFP4A16, MXFP4A16) ----

@@ -16,7 +16,7 @@ use qforge::runtime::cpu::{CpuModel, CpuOptions};
 use qforge::runtime::cuda::dweights::DWeight;
 use qforge::runtime::cuda::forward::load_cuda_on;
 use qforge::runtime::cuda::gpu::Gpu;
-use qforge::runtime::cuda::ops;
+use qforge::runtime::cuda::ops::{self, Codes};
 use qforge::runtime::cuda::report::compare;
 use qforge::runtime::cuda::CudaOptions;
 use qforge::runtime::weights::{LinearWeight, Weights};
@@ -124,12 +124,13 @@ fn block_gemv_and_gemm_follow_vllms_formula() {
             for (with_bias, gemm) in runs {
                 let b = if with_bias { bd.ptr } else { 0 };
                 let launch = if gemm {
-                    ops::gemm_fp8_block
+                    ops::gemm_codes
                 } else {
-                    ops::gemv_fp8_block
+                    ops::gemv_codes
                 };
                 launch(
                     &g,
+                    Codes::Fp8Block,
                     (wd.ptr, swd.ptr, b),
                     (xd.ptr, sad.ptr),
                     y.ptr,

@@ -9,7 +9,7 @@ mod cuda_util;
 use cuda_util::devices;
 use qforge::quant::e4m3_to_f32;
 use qforge::runtime::cuda::gpu::Gpu;
-use qforge::runtime::cuda::ops;
+use qforge::runtime::cuda::ops::{self, Codes};
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
@@ -32,9 +32,9 @@ fn download(g: &Gpu, ptr: u64, bytes: usize) -> Vec<u8> {
 }
 
 type Launch =
-    fn(&Gpu, (u64, u64, u64), (u64, u64), u64, (usize, usize, usize)) -> qforge::Result<()>;
+    fn(&Gpu, Codes, (u64, u64, u64), (u64, u64), u64, (usize, usize, usize)) -> qforge::Result<()>;
 
-/// `y` of one launch on the given shape: (gemm output, gemv output) bytes, and the inputs.
+/// The inputs of one shape.
 struct Case {
     w: Vec<u8>,
     x: Vec<u8>,
@@ -53,7 +53,14 @@ fn case(m: usize, n: usize, k: usize) -> Case {
     }
 }
 
-fn run(g: &Gpu, f: Launch, c: &Case, bias: bool, (m, n, k): (usize, usize, usize)) -> Vec<u8> {
+/// The output bytes of one launch (a GEMV or GEMM function and the weight kind).
+fn run(
+    g: &Gpu,
+    (f, kind): (Launch, Codes),
+    c: &Case,
+    bias: bool,
+    (m, n, k): (usize, usize, usize),
+) -> Vec<u8> {
     let up = |b: &[u8]| g.upload_new(b).unwrap();
     let (wd, xd) = (up(&c.w), up(&c.x));
     let (swd, sad, bd) = (
@@ -63,7 +70,15 @@ fn run(g: &Gpu, f: Launch, c: &Case, bias: bool, (m, n, k): (usize, usize, usize
     );
     let y = g.alloc(m * n * 2).unwrap();
     let b = if bias { bd.ptr } else { 0 };
-    f(g, (wd.ptr, swd.ptr, b), (xd.ptr, sad.ptr), y.ptr, (m, n, k)).unwrap();
+    f(
+        g,
+        kind,
+        (wd.ptr, swd.ptr, b),
+        (xd.ptr, sad.ptr),
+        y.ptr,
+        (m, n, k),
+    )
+    .unwrap();
     download(g, y.ptr, m * n * 2)
 }
 
@@ -75,8 +90,8 @@ fn int8_gemm_equals_the_int8_gemv_bit_for_bit() {
         for &mnk in SHAPES {
             let c = case(mnk.0, mnk.1, mnk.2);
             for bias in [false, true] {
-                let a = run(&g, ops::gemm_int8, &c, bias, mnk);
-                let b = run(&g, ops::gemv_int8, &c, bias, mnk);
+                let a = run(&g, (ops::gemm_codes, Codes::Int8), &c, bias, mnk);
+                let b = run(&g, (ops::gemv_codes, Codes::Int8), &c, bias, mnk);
                 assert!(a == b, "{label}: {mnk:?} bias {bias}");
             }
         }
@@ -89,7 +104,7 @@ fn fp8_gemm_follows_the_w8a8_formula() {
         for &(m, n, k) in SHAPES {
             let c = case(m, n, k);
             for bias in [false, true] {
-                let y = run(&g, ops::gemm_fp8, &c, bias, (m, n, k));
+                let y = run(&g, (ops::gemm_codes, Codes::Fp8), &c, bias, (m, n, k));
                 for (i, pair) in y.chunks(2).enumerate() {
                     let (r, col) = (i / n, i % n);
                     let (mut dot, mut size) = (0f64, 0f64);

@@ -9,7 +9,7 @@ mod cuda_util;
 use cuda_util::devices;
 use qforge::runtime::cpu::linear::quantize_int8_activations;
 use qforge::runtime::cuda::gpu::Gpu;
-use qforge::runtime::cuda::ops::{self, ActOut};
+use qforge::runtime::cuda::ops::{self, ActOut, Codes};
 
 fn bf16_bytes(v: &[f32]) -> Vec<u8> {
     v.iter()
@@ -87,8 +87,9 @@ fn int8_gemv_matches_the_cpu_formula_bit_for_bit() {
             let y = g.alloc(m * n * 2).unwrap();
             for with_bias in [false, true] {
                 let b = if with_bias { bd.ptr } else { 0 };
-                ops::gemv_int8(
+                ops::gemv_codes(
                     &g,
+                    Codes::Int8,
                     (wd.ptr, swd.ptr, b),
                     (xd.ptr, sad.ptr),
                     y.ptr,

@@ -37,23 +37,28 @@ pub fn bundled_model() -> PathBuf {
 
 /// The bundled model quantized by the binary with `recipes/<preset>.yaml` into `dir/<preset>`.
 pub fn quantize_bundled(dir: &std::path::Path, preset: &str) -> PathBuf {
-    let q = dir.join(preset);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qforge"))
+    quantize(&bundled_model(), preset, &dir.join(preset))
+}
+
+/// `qforge quantize --model model --recipe recipes/<preset>.yaml --output out`, which must
+/// succeed; returns `out`.
+pub fn quantize(model: &std::path::Path, preset: &str, out: &std::path::Path) -> PathBuf {
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_qforge"))
         .arg("quantize")
         .arg("--model")
-        .arg(bundled_model())
+        .arg(model)
         .arg("--recipe")
         .arg(recipe(&format!("{preset}.yaml")))
         .arg("--output")
-        .arg(&q)
+        .arg(out)
         .output()
         .expect("run qforge quantize");
     assert!(
-        out.status.success(),
+        run.status.success(),
         "{}",
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&run.stderr)
     );
-    q
+    out.to_path_buf()
 }
 
 /// Multiplies every Linear weight `[r, c]` of a BF16 safetensors file by
@@ -84,8 +89,8 @@ pub fn vary_magnitudes(path: &std::path::Path) {
 }
 
 /// A random BF16 model of `shape` (seed 7, written once per `dir`, magnitudes varied by
-/// [`vary_magnitudes`]) quantized by the binary
-/// with `recipes/<preset>.yaml` into `dir/<preset>-<hidden>`.
+/// [`vary_magnitudes`]) quantized by the binary with `recipes/<preset>.yaml` into
+/// `dir/<preset>-<hidden>`.
 pub fn quantize_random(
     dir: &std::path::Path,
     shape: &qforge::synthetic::LlamaShape,
@@ -96,20 +101,9 @@ pub fn quantize_random(
         qforge::synthetic::write_checkpoint(shape, &src, 7, 1 << 30).unwrap();
         vary_magnitudes(&src.join("model.safetensors"));
     }
-    let out = dir.join(format!("{preset}-{}", shape.hidden));
-    let run = std::process::Command::new(env!("CARGO_BIN_EXE_qforge"))
-        .args(["quantize", "--model"])
-        .arg(&src)
-        .arg("--recipe")
-        .arg(recipe(&format!("{preset}.yaml")))
-        .arg("--output")
-        .arg(&out)
-        .output()
-        .expect("run qforge quantize");
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    out
+    quantize(
+        &src,
+        preset,
+        &dir.join(format!("{preset}-{}", shape.hidden)),
+    )
 }

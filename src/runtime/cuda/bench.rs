@@ -3,12 +3,13 @@
 //! DeepSeek-R1-Distill-Llama-70B's Linear shapes (compared with `torch._scaled_mm` by
 //! scripts/gpu_report.py).
 
+use super::cublaslt::Kind;
 use super::dweights::DWeights;
 use super::forward::{CudaModel, CudaOptions};
 use super::gpu::Gpu;
 use super::model::{Gemm, GemmMode};
+use super::ops::{self, Codes};
 use super::report::Report;
-use super::{cublaslt::Kind, ops};
 use crate::runtime::Backend;
 use crate::{Error, Result};
 use serde_json::json;
@@ -319,13 +320,27 @@ fn gemm_all(device: usize, ms: &[usize], div: usize, r: &mut Report) -> Result<(
             let mut paths: Vec<(&str, f64)> = Vec::new();
             if m <= ops::GEMV_MAX_ROWS {
                 let t = time_us(&g, &mut || {
-                    ops::gemv_fp8(&g, (w.ptr, sw.ptr, 0), (x.ptr, sa.ptr), y.ptr, (m, n, k))
+                    ops::gemv_codes(
+                        &g,
+                        Codes::Fp8,
+                        (w.ptr, sw.ptr, 0),
+                        (x.ptr, sa.ptr),
+                        y.ptr,
+                        (m, n, k),
+                    )
                 })?;
                 paths.push(("qforge-gemv", t));
             } else {
                 // qforge's own GEMM (W8A8/FP8_BLOCK prefill, FP8 without cuBLASLt).
                 let t = time_us(&g, &mut || {
-                    ops::gemm_fp8(&g, (w.ptr, sw.ptr, 0), (x.ptr, sa.ptr), y.ptr, (m, n, k))
+                    ops::gemm_codes(
+                        &g,
+                        Codes::Fp8,
+                        (w.ptr, sw.ptr, 0),
+                        (x.ptr, sa.ptr),
+                        y.ptr,
+                        (m, n, k),
+                    )
                 })?;
                 paths.push(("qforge-gemm", t));
             }

@@ -7,15 +7,15 @@
 //! GEMM dispatch per Linear: up to 16 activation rows, qforge's GEMV kernels (decode); more,
 //! cuBLASLt (prefill) with outer-vector scaling, else cuBLASLt with f32 sums plus the
 //! epilogue kernel, else (no cuBLASLt) qforge's tensor-core GEMM (`kernels/gemm.cu`). INT8
-//! and FP8_BLOCK Linears take that GEMM for prefill (no cuBLASLt int8 or block-scaled path). Packed weight-only Linears (W4A16,
-//! NVFP4A16, …) take their own GEMV up to 16 rows, and above it the BF16 GEMM on a scratch
-//! copy of their dequantized values. `QFORGE_GEMM` forces one: `gemv`, `lt-raw`, `lt-scaled`
-//! (default `auto`).
+//! and FP8_BLOCK Linears take that GEMM for prefill (no cuBLASLt int8 or block-scaled
+//! path). Packed weight-only Linears (W4A16, NVFP4A16, …) take their own GEMV up to 16 rows,
+//! and above it the BF16 GEMM on a scratch copy of their dequantized values. `QFORGE_GEMM`
+//! forces one: `gemv`, `lt-raw`, `lt-scaled` (default `auto`).
 
 use super::cublaslt::{Blas, Kind};
 use super::dweights::{DLinear, DWeight};
 use super::gpu::{DBuf, Gpu};
-use super::ops::{self, ActOut, AttnDims};
+use super::ops::{self, ActOut, AttnDims, Codes};
 use crate::runtime::config::ModelConfig;
 use crate::{Error, Result};
 
@@ -113,7 +113,7 @@ impl Gemm {
     }
 
     /// `y[rows, n] = act[in_row.., k] · Wᵀ (+ bias)`; BF16 out, or f32 when `f32_out`
-    /// (dense weights only: the logits).
+    /// (dense and packed weights only: the logits).
     pub fn linear(
         &mut self,
         g: &Gpu,
@@ -125,59 +125,54 @@ impl Gemm {
     ) -> Result<()> {
         let (n, k) = (lin.n, lin.k);
         let bias = lin.bias.as_ref().map_or(0, |b| b.ptr);
+        if f32_out && lin.is_codes() {
+            return Err(Error::Unsupported(format!(
+                "{}: a quantized lm_head is not supported by the CUDA backend",
+                lin.name
+            )));
+        }
+        // Dense kinds: the cuBLASLt GEMM for prefill when present.
         let small = rows <= ops::GEMV_MAX_ROWS || self.blas.is_none();
-        // qforge's code GEMMs for prefill without cuBLASLt (INT8, FP8_BLOCK, FP8 when
-        // cuBLASLt is missing); QFORGE_GEMM=gemv keeps the GEMV kernels.
+        // 1-byte codes: qforge's GEMM for prefill without a cuBLASLt path (INT8, FP8_BLOCK,
+        // FP8 when cuBLASLt is missing); QFORGE_GEMM=gemv keeps the GEMV kernels.
         let gemv = rows <= ops::GEMV_MAX_ROWS || self.mode == GemmMode::Gemv;
+        let mnk = (rows, n, k);
         match &lin.w {
             DWeight::Fp8 { codes, scales } | DWeight::Int8 { codes, scales } => {
-                if f32_out {
-                    return Err(Error::Unsupported(format!(
-                        "{}: a quantized lm_head is not supported by the CUDA backend",
-                        lin.name
-                    )));
-                }
-                let (w, x) = (
-                    (codes.ptr, scales.ptr, bias),
-                    (a.q.at(in_row * k), a.s.at(in_row * 4)),
-                );
-                match &lin.w {
-                    DWeight::Int8 { .. } if gemv => ops::gemv_int8(g, w, x, y, (rows, n, k)),
-                    // No cuBLASLt int8 path: qforge's GEMM.
-                    DWeight::Int8 { .. } => ops::gemm_int8(g, w, x, y, (rows, n, k)),
-                    _ if gemv => ops::gemv_fp8(g, w, x, y, (rows, n, k)),
-                    _ if self.blas.is_none() => ops::gemm_fp8(g, w, x, y, (rows, n, k)),
-                    _ => self.fp8_lt(g, w, x, y, (rows, n, k)),
+                let w = (codes.ptr, scales.ptr, bias);
+                let x = (a.q.at(in_row * k), a.s.at(in_row * 4));
+                let kind = match lin.w {
+                    DWeight::Int8 { .. } => Codes::Int8,
+                    _ => Codes::Fp8,
+                };
+                match kind {
+                    _ if gemv => ops::gemv_codes(g, kind, w, x, y, mnk),
+                    Codes::Fp8 if self.blas.is_some() => self.fp8_lt(g, w, x, y, mnk),
+                    _ => ops::gemm_codes(g, kind, w, x, y, mnk),
                 }
             }
             DWeight::Fp8Block { codes, scales } => {
-                if f32_out {
-                    return Err(Error::Unsupported(format!(
-                        "{}: a quantized lm_head is not supported by the CUDA backend",
-                        lin.name
-                    )));
-                }
-                // No cuBLASLt block scaling: qforge's GEMM for prefill.
-                let x = a.b.at(in_row * k * 2);
-                ops::quant_groups(g, x, rows, k, (a.q.ptr, a.sg.ptr))?;
-                let (w, xq) = ((codes.ptr, scales.ptr, bias), (a.q.ptr, a.sg.ptr));
+                // The BF16 input, quantized here per token and 128-column group.
+                let xq = (a.q.ptr, a.sg.ptr);
+                ops::quant_groups(g, a.b.at(in_row * k * 2), rows, k, xq)?;
+                let w = (codes.ptr, scales.ptr, bias);
                 match gemv {
-                    true => ops::gemv_fp8_block(g, w, xq, y, (rows, n, k)),
-                    false => ops::gemm_fp8_block(g, w, xq, y, (rows, n, k)),
+                    true => ops::gemv_codes(g, Codes::Fp8Block, w, xq, y, mnk),
+                    false => ops::gemm_codes(g, Codes::Fp8Block, w, xq, y, mnk),
                 }
             }
             DWeight::Bf16(w) => {
                 let x = a.b.at(in_row * k * 2);
-                if small {
-                    return ops::gemv_bf16(g, (w.ptr, bias), x, (y, f32_out), (rows, n, k));
+                match small {
+                    true => ops::gemv_bf16(g, (w.ptr, bias), x, (y, f32_out), mnk),
+                    false => self.dense(g, lin, w.ptr, x, (y, f32_out), rows),
                 }
-                self.dense(g, lin, w.ptr, x, (y, f32_out), rows)
             }
             DWeight::Grouped { .. } => {
                 let x = a.b.at(in_row * k * 2);
                 let gw = lin.grouped().expect("a grouped weight");
                 if small {
-                    return ops::gemv_grouped(g, (gw, bias), x, (y, f32_out), (rows, n, k));
+                    return ops::gemv_grouped(g, (gw, bias), x, (y, f32_out), mnk);
                 }
                 // Prefill: the BF16 values the GEMV computes in registers, then the dense GEMM.
                 let w = Self::grow(g, &mut self.dequantized, n * k * 2)?;

@@ -10,34 +10,44 @@ use crate::{Error, Result};
 /// The most activation rows one GEMV launch takes.
 pub const GEMV_MAX_ROWS: usize = 16;
 
-/// W8A8 GEMV `y[m, n] = bf16(sa[m] * (sw[n] * x[m]·w[n]) (+ bias))`, any `m` (in launches of
-/// 16 rows; meant for m ≤ 16).
-pub fn gemv_fp8(
-    g: &Gpu,
-    w: (u64, u64, u64),
-    x: (u64, u64),
-    y: u64,
-    mnk: (usize, usize, usize),
-) -> Result<()> {
-    gemv_codes(g, "gemv_fp8", w, x, y, mnk)
+/// The 1-byte-code weights of the W8A8 GEMV (decode) and GEMM (prefill) kernels, with
+/// per-token activation codes `x` and scales `sa`:
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codes {
+    /// `y[m, n] = bf16(sa[m] · (sw[n] · x[m]·w[n]) (+ bias))`, f32 sums.
+    Fp8,
+    /// The same with int8 codes, the sums exact in s32 (vLLM's `cutlass_scaled_mm`).
+    Int8,
+    /// FP8_BLOCK: `y[m, n] = bf16(Σ_g f32(x[m]·w[n] over group g) · sa[m, g] · sw[n, g]
+    /// (+ bias))`, 128-column groups, k a multiple of 128, scales `sw [n, k/128]`,
+    /// `sa [m, k/128]`.
+    Fp8Block,
 }
 
-/// W8A8-INT8 GEMV `y[m, n] = bf16(sa[m] * (sw[n] * f32(x[m]·w[n])) (+ bias))`, the sums
-/// exact in s32; any `m` (in launches of 16 rows).
-pub fn gemv_int8(
-    g: &Gpu,
-    w: (u64, u64, u64),
-    x: (u64, u64),
-    y: u64,
-    mnk: (usize, usize, usize),
-) -> Result<()> {
-    gemv_codes(g, "gemv_int8", w, x, y, mnk)
+impl Codes {
+    /// The (GEMV, GEMM) kernels.
+    fn kernels(self) -> (&'static str, &'static str) {
+        match self {
+            Codes::Fp8 => ("gemv_fp8", "gemm_fp8"),
+            Codes::Int8 => ("gemv_int8", "gemm_int8"),
+            Codes::Fp8Block => ("gemv_fp8_block", "gemm_fp8_block"),
+        }
+    }
+
+    /// Bytes of activation scales per row.
+    fn scale_row(self, k: usize) -> usize {
+        match self {
+            Codes::Fp8Block => k / 128 * 4,
+            _ => 4,
+        }
+    }
 }
 
-/// The launches of a 1-byte-code GEMV kernel (`gemv_fp8`, `gemv_int8`).
-fn gemv_codes(
+/// The GEMV of `kind` (weights `(codes, sw, bias)`, activations `(codes, sa)`) for any `m`, in
+/// launches of 16 rows (meant for m ≤ 16).
+pub fn gemv_codes(
     g: &Gpu,
-    kernel: &str,
+    kind: Codes,
     (w, sw, bias): (u64, u64, u64),
     (x, sa): (u64, u64),
     y: u64,
@@ -49,48 +59,42 @@ fn gemv_codes(
             Arg::U64(w),
             Arg::U64(sw),
             Arg::U64(x + (m0 * k) as u64),
-            Arg::U64(sa + (m0 * 4) as u64),
+            Arg::U64(sa + (m0 * kind.scale_row(k)) as u64),
             Arg::U64(bias),
             Arg::U64(y + (m0 * n * 2) as u64),
             Arg::I32(mm as i32),
             Arg::I32(i32_of("rows", n)?),
             Arg::I32(i32_of("width", k)?),
         ];
-        g.launch(kernel, cfg((n.div_ceil(16) as u32, 1), 128, 0), &args)?;
+        let grid = cfg((n.div_ceil(16) as u32, 1), 128, 0);
+        g.launch(kind.kernels().0, grid, &args)?;
     }
     Ok(())
 }
 
-/// FP8_BLOCK GEMV `y[m, n] = bf16(Σ_g f32(x[m]·w[n] over group g) · sa[m, g] · sw[n, g]
-/// (+ bias))`, k a multiple of 128, weight scales per row `[n, k/128]`; any `m` (in
-/// launches of 16 rows).
-pub fn gemv_fp8_block(
+/// The tensor-core GEMM of `kind` for prefill (64 × 64 output tiles): the GEMV's formula
+/// (for INT8 its exact result; FP8 sums in another order).
+pub fn gemm_codes(
     g: &Gpu,
+    kind: Codes,
     (w, sw, bias): (u64, u64, u64),
     (x, sa): (u64, u64),
     y: u64,
     (m, n, k): (usize, usize, usize),
 ) -> Result<()> {
-    for m0 in (0..m).step_by(GEMV_MAX_ROWS) {
-        let mm = GEMV_MAX_ROWS.min(m - m0);
-        let args = [
-            Arg::U64(w),
-            Arg::U64(sw),
-            Arg::U64(x + (m0 * k) as u64),
-            Arg::U64(sa + (m0 * k / 128 * 4) as u64),
-            Arg::U64(bias),
-            Arg::U64(y + (m0 * n * 2) as u64),
-            Arg::I32(mm as i32),
-            Arg::I32(i32_of("rows", n)?),
-            Arg::I32(i32_of("width", k)?),
-        ];
-        g.launch(
-            "gemv_fp8_block",
-            cfg((n.div_ceil(16) as u32, 1), 128, 0),
-            &args,
-        )?;
-    }
-    Ok(())
+    let args = [
+        Arg::U64(w),
+        Arg::U64(sw),
+        Arg::U64(x),
+        Arg::U64(sa),
+        Arg::U64(bias),
+        Arg::U64(y),
+        Arg::I32(i32_of("rows", m)?),
+        Arg::I32(i32_of("rows", n)?),
+        Arg::I32(i32_of("width", k)?),
+    ];
+    let grid = (n.div_ceil(64) as u32, m.div_ceil(64) as u32);
+    g.launch(kind.kernels().1, cfg(grid, 128, 0), &args)
 }
 
 /// Dense BF16 GEMV `y[m, n] = x[m]·w[n] (+ bias)`, f32 or bf16 out, any `m`.
@@ -188,63 +192,4 @@ pub fn dequant_grouped(g: &Gpu, w: GroupedW, out: u64, (n, k): (usize, usize)) -
     let grid = u32::try_from(blocks)
         .map_err(|_| Error::Runtime(format!("dequantizing a {n}x{k} weight: too large")))?;
     g.launch(w.kind.kernels().1, cfg((grid, 1), 256, 0), &args)
-}
-
-/// Prefill W8A8 GEMM on tensor cores, `y[m, n] = bf16(sa[m] · (sw[n] · x[m]·w[n]) (+ bias))`
-/// for FP8 codes (f32 sums; for when cuBLASLt is missing).
-pub fn gemm_fp8(
-    g: &Gpu,
-    w: (u64, u64, u64),
-    x: (u64, u64),
-    y: u64,
-    mnk: (usize, usize, usize),
-) -> Result<()> {
-    gemm_codes(g, "gemm_fp8", w, x, y, mnk)
-}
-
-/// Prefill W8A8-INT8 GEMM: [`gemv_int8`]'s formula (exact s32 sums), equal to it bit for bit.
-pub fn gemm_int8(
-    g: &Gpu,
-    w: (u64, u64, u64),
-    x: (u64, u64),
-    y: u64,
-    mnk: (usize, usize, usize),
-) -> Result<()> {
-    gemm_codes(g, "gemm_int8", w, x, y, mnk)
-}
-
-/// Prefill FP8_BLOCK GEMM: [`gemv_fp8_block`]'s formula (weight scales per row `[n, k/128]`,
-/// activation scales `[m, k/128]`).
-pub fn gemm_fp8_block(
-    g: &Gpu,
-    w: (u64, u64, u64),
-    x: (u64, u64),
-    y: u64,
-    mnk: (usize, usize, usize),
-) -> Result<()> {
-    gemm_codes(g, "gemm_fp8_block", w, x, y, mnk)
-}
-
-/// One launch of a `gemm.cu` kernel: 64 × 64 output tiles.
-fn gemm_codes(
-    g: &Gpu,
-    kernel: &str,
-    (w, sw, bias): (u64, u64, u64),
-    (x, sa): (u64, u64),
-    y: u64,
-    (m, n, k): (usize, usize, usize),
-) -> Result<()> {
-    let args = [
-        Arg::U64(w),
-        Arg::U64(sw),
-        Arg::U64(x),
-        Arg::U64(sa),
-        Arg::U64(bias),
-        Arg::U64(y),
-        Arg::I32(i32_of("rows", m)?),
-        Arg::I32(i32_of("rows", n)?),
-        Arg::I32(i32_of("width", k)?),
-    ];
-    let grid = (n.div_ceil(64) as u32, m.div_ceil(64) as u32);
-    g.launch(kernel, cfg(grid, 128, 0), &args)
 }

@@ -20,13 +20,14 @@
 
 pub mod packed;
 
+use super::cublaslt::Kind;
 use super::dweights::{upload_fused, DWeight, HostPart, HostWeight};
 use super::forward::{load_cuda, CudaModel, CudaOptions};
 use super::gpu::Gpu;
 use super::model::{Gemm, GemmMode};
+use super::ops::{self, Codes};
 use super::randmodel::{dense_shape_config, dequantized, random_host_weights, shape_config};
 use super::report::{compare, Report};
-use super::{cublaslt::Kind, ops};
 use crate::checkpoint::Checkpoint;
 use crate::quant::{e4m3_to_f32, f32_to_e4m3};
 use crate::runtime::config::ModelConfig;
@@ -289,15 +290,11 @@ fn linear_goldens(g: &Gpu, fx: &Path, r: &mut Report) -> Result<()> {
             let m = want.len() / n;
             let y = g.alloc(m * n * 2)?;
             let acc = g.alloc(m * n * 4)?;
-            for path in ["gemv", "lt-raw", "lt-scaled"] {
+            let (w, x) = ((codes.ptr, scales.ptr, 0), (xq.ptr, xs.ptr));
+            for path in ["gemv", "gemm", "lt-raw", "lt-scaled"] {
                 let res = match (path, gemm.blas.as_mut()) {
-                    ("gemv", _) => ops::gemv_fp8(
-                        g,
-                        (codes.ptr, scales.ptr, 0),
-                        (xq.ptr, xs.ptr),
-                        y.ptr,
-                        (m, n, k),
-                    ),
+                    ("gemv", _) => ops::gemv_codes(g, Codes::Fp8, w, x, y.ptr, (m, n, k)),
+                    ("gemm", _) => ops::gemm_codes(g, Codes::Fp8, w, x, y.ptr, (m, n, k)),
                     ("lt-raw", Some(b)) => b
                         .matmul(Kind::Fp8Raw, (m, n, k), codes.ptr, xq.ptr, acc.ptr, 0, 0, g)
                         .and_then(|_| {

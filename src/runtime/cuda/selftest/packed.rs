@@ -6,7 +6,7 @@
 
 use super::super::dweights::{DLinear, DWeights};
 use super::super::gpu::Gpu;
-use super::super::ops;
+use super::super::ops::{self, Codes};
 use super::super::report::Report;
 use crate::checkpoint::Checkpoint;
 use crate::runtime::config::ModelConfig;
@@ -175,10 +175,10 @@ pub fn speed(g: &Gpu, r: &mut Report) -> Result<()> {
             ops::gemv_bf16(g, (dense.ptr, 0), x.ptr, (y.ptr, false), (1, n, k))
         }),
         ("fp8 block", n * k + n * groups * 4, &|| {
-            ops::gemv_fp8_block(g, cw, (xq.ptr, xs.ptr), y.ptr, (1, n, k))
+            ops::gemv_codes(g, Codes::Fp8Block, cw, (xq.ptr, xs.ptr), y.ptr, (1, n, k))
         }),
         ("fp8 channel", n * k + n * 4, &|| {
-            ops::gemv_fp8(g, cw, (xq.ptr, xs.ptr), y.ptr, (1, n, k))
+            ops::gemv_codes(g, Codes::Fp8, cw, (xq.ptr, xs.ptr), y.ptr, (1, n, k))
         }),
     ];
     for (name, bytes, f) in runs {
