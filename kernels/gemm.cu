@@ -76,7 +76,7 @@ __device__ __forceinline__ void gemm_codes(const u8* w, const float* sw, const u
                 float v;
                 if constexpr (BLOCK) v = acc[t][j][i];
                 else v = sa[m] * (sw[n] * (float)acc[t][j][i]);
-                if (bias) v += bias[n];
+                if (bias) v = __fadd_rn(v, bias[n]);  // as gemv_scaled: no FMA
                 y[(u64)m * N + n] = f32_to_bf16(v);
             }
 }

@@ -123,7 +123,7 @@ __device__ __forceinline__ void gemv_scaled(const u8* w, const float* sw, const 
             const int row = blockIdx.x * 16 + g + 8 * (i >> 1), m = 8 * n + 2 * tig + (i & 1);
             if (row >= N || m >= M) continue;
             float v = sa[m] * (sw[row] * (float)acc[n][i]);
-            if (bias) v += bias[row];
+            if (bias) v = __fadd_rn(v, bias[row]);  // rounded apart, never fused into an FMA
             y[(u64)m * N + row] = f32_to_bf16(v);
         }
 }
