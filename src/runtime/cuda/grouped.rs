@@ -99,20 +99,23 @@ fn position(c: usize, bits: usize) -> usize {
     sb * 128 + tig * 32 + chunk * 8 + e
 }
 
-/// The device bytes of `[rows, cols]` codes, `code(i)` the code of weight `i` (row-major).
-pub fn layout(rows: usize, cols: usize, bits: usize, code: impl Fn(usize) -> u8) -> Vec<u8> {
+/// The device bytes of `[rows, cols]` codes, `code(i)` the code of weight `i` (row-major);
+/// rows in parallel (a 70B model has 70 billion codes to place).
+pub fn layout(rows: usize, cols: usize, bits: usize, code: impl Fn(usize) -> u8 + Sync) -> Vec<u8> {
+    use rayon::prelude::*;
     let row_bytes = padded(cols) * bits / 8;
     let mut out = vec![0u8; rows * row_bytes];
-    for r in 0..rows {
-        let row = &mut out[r * row_bytes..(r + 1) * row_bytes];
-        for c in 0..cols {
-            let (p, v) = (position(c, bits), code(r * cols + c));
-            match bits {
-                4 => row[p / 2] |= (v & 0xF) << (4 * (p % 2)),
-                _ => row[p] = v,
+    out.par_chunks_mut(row_bytes)
+        .enumerate()
+        .for_each(|(r, row)| {
+            for c in 0..cols {
+                let (p, v) = (position(c, bits), code(r * cols + c));
+                match bits {
+                    4 => row[p / 2] |= (v & 0xF) << (4 * (p % 2)),
+                    _ => row[p] = v,
+                }
             }
-        }
-    }
+        });
     out
 }
 
