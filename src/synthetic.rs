@@ -43,6 +43,35 @@ pub fn named_shape(name: &str) -> Option<LlamaShape> {
     })
 }
 
+/// The quantization of a random model built directly in memory (`bench --synthetic`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SyntheticScheme {
+    /// FP8 per channel, per-token FP8 activations (the seed model's preset).
+    #[value(name = "fp8_dynamic")]
+    Fp8Dynamic,
+    /// FP8 in 128×128 blocks, activations per token and 128-column group.
+    #[value(name = "fp8_block")]
+    Fp8Block,
+    /// INT8 per channel, per-token int8 activations.
+    #[value(name = "w8a8")]
+    W8a8,
+    /// INT4 in groups of 128 columns, BF16 activations (weight-only).
+    #[value(name = "w4a16")]
+    W4a16,
+}
+
+impl SyntheticScheme {
+    /// The llm-compressor preset name.
+    pub fn preset(self) -> &'static str {
+        match self {
+            SyntheticScheme::Fp8Dynamic => "FP8_DYNAMIC",
+            SyntheticScheme::Fp8Block => "FP8_BLOCK",
+            SyntheticScheme::W8a8 => "W8A8",
+            SyntheticScheme::W4a16 => "W4A16",
+        }
+    }
+}
+
 /// Names accepted by [`named_shape`], for help texts and errors.
 pub const SHAPE_NAMES: &str = "tiny, llama-1b, llama-8b, llama-70b";
 

@@ -93,6 +93,14 @@ fn argument_errors_are_one_line() {
             vec!["--model", "/nonexistent/qforge-model"],
             "/nonexistent/qforge-model",
         ),
+        (
+            vec!["--synthetic", "tiny", "--synthetic-scheme", "w4a16"],
+            "--synthetic-scheme W4A16: only on --device cuda",
+        ),
+        (
+            vec!["--synthetic", "tiny", "--synthetic-scheme", "int3"],
+            "invalid value 'int3' for '--synthetic-scheme",
+        ),
     ] {
         let out = bench(&[&args[..], &["--device", "cpu"]].concat());
         let err = String::from_utf8_lossy(&out.stderr);

@@ -158,6 +158,63 @@ fn bench_on_cuda_runs_the_profiles() {
         .contains("256 MiB copy"));
 }
 
+/// `bench --synthetic-scheme`: W8A8 and W4A16 models built in (emulated) GPU memory run, at
+/// their quantized size (weight bytes per token: codes + scales, the BF16 lm_head); FP8_BLOCK
+/// refuses the bundled shape's 48 columns in one line.
+#[test]
+fn bench_on_cuda_builds_each_synthetic_scheme() {
+    if !emulator_present() {
+        return;
+    }
+    let config = format!("{}/config.json", bundled());
+    let run = |scheme: &str| {
+        qforge_emulated(&[
+            "bench",
+            "--device",
+            "cuda",
+            "--synthetic",
+            &config,
+            "--synthetic-scheme",
+            scheme,
+            "--profiles",
+            "8/2",
+            "--json",
+        ])
+    };
+    // The bundled shape: hidden 48, intermediate 128, q 48, kv 16, 2 layers, tied 49152 vocab.
+    let linears = [(48 + 32, 48), (48, 48), (256, 48), (48, 128)];
+    let lm_head = 49152 * 48 * 2;
+    let int8: usize = linears.iter().map(|&(n, k)| n * k + 4 * n).sum();
+    // INT4: rows padded to 128 columns, one f32 scale per 128-column group.
+    let int4: usize = linears
+        .iter()
+        .map(|&(n, k): &(usize, usize)| n * k.next_multiple_of(128) / 2 + 4 * n * k.div_ceil(128))
+        .sum();
+    for (scheme, name, per_layer) in [("w8a8", "W8A8", int8), ("w4a16", "W4A16", int4)] {
+        let r = ok_json(&run(scheme));
+        assert!(
+            r["model"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("random {name}")),
+            "{r}"
+        );
+        assert_eq!(
+            r["weight_bytes_per_token"],
+            2 * per_layer + lm_head,
+            "{scheme}"
+        );
+        assert!(r["profiles"][0]["latency_s"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    let out = run("fp8_block");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("multiples of 128, not 48") && err.lines().count() == 1,
+        "{err}"
+    );
+}
+
 /// `qforge gpu selftest` (what scripts/gpu_check.sh runs first) passes every check on the
 /// emulator: FP8 conversions, the W8A8 Linear goldens through the GEMV kernel, and the four
 /// tiny fixtures against the CPU (the random-1B stage is skipped: too slow emulated).

@@ -1,5 +1,5 @@
 //! The CUDA backend for `qforge bench`: a checkpoint streamed onto the GPU, or a random
-//! FP8_DYNAMIC model made directly in GPU memory (the same one `qforge gpu bench` times).
+//! model made directly in GPU memory (FP8_DYNAMIC: the same one `qforge gpu bench` times).
 
 use super::runner::BenchModel;
 use crate::runtime::config::ModelConfig;
@@ -8,6 +8,7 @@ use crate::runtime::cuda::gpu::Gpu;
 use crate::runtime::cuda::model::GemmMode;
 use crate::runtime::cuda::{load_cuda, CudaModel, CudaOptions};
 use crate::runtime::Backend;
+use crate::synthetic::SyntheticScheme;
 use crate::Result;
 use std::path::Path;
 
@@ -32,10 +33,15 @@ pub fn load(dir: &Path, max_seq: usize) -> Result<CudaBench> {
     })
 }
 
-/// A random FP8_DYNAMIC model of `cfg`'s shape made in GPU 0's memory.
-pub fn synthetic(cfg: &ModelConfig, seed: u64, max_seq: usize) -> Result<CudaBench> {
+/// A random model of `cfg`'s shape and `scheme` made in GPU 0's memory.
+pub fn synthetic(
+    cfg: &ModelConfig,
+    scheme: SyntheticScheme,
+    seed: u64,
+    max_seq: usize,
+) -> Result<CudaBench> {
     let gpu = Gpu::new(0)?;
-    let w = DWeights::random(&gpu, cfg, seed as u32)?;
+    let w = DWeights::random(&gpu, cfg, scheme, seed as u32)?;
     Ok(CudaBench {
         model: CudaModel::new(gpu, cfg.clone(), w, &options(max_seq)?)?,
     })

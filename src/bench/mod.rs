@@ -16,6 +16,7 @@ use crate::runtime::config::ModelConfig;
 use crate::runtime::cpu::{CpuModel, CpuOptions};
 use crate::runtime::generate::{resolve_device, Device};
 use crate::runtime::weights::Weights;
+use crate::synthetic::SyntheticScheme;
 use crate::{Error, Result};
 use profile::parse_profiles;
 use report::{BenchReport, Row};
@@ -33,6 +34,10 @@ pub struct BenchArgs {
     /// (GPU memory on CUDA): llama-70b, llama-8b, llama-1b, or a config.json path.
     #[arg(long, value_name = "SHAPE|CONFIG_JSON")]
     pub synthetic: Option<String>,
+    /// The quantization of the --synthetic model; all but fp8_dynamic need --device cuda
+    /// (the CPU runtime builds random FP8_DYNAMIC weights only).
+    #[arg(long, value_enum, default_value_t = SyntheticScheme::Fp8Dynamic, requires = "synthetic")]
+    pub synthetic_scheme: SyntheticScheme,
     /// Where to run.
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
@@ -80,7 +85,14 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
             .to_ascii_lowercase()
             .contains("deepseek-r1-distill-llama-70b");
     let (mut model, bw, bw_source) = match device {
-        Device::Cuda => cuda_model(&cfg, dir.as_deref(), args.seed, max_seq)?,
+        Device::Cuda => cuda_model(&cfg, dir.as_deref(), args, max_seq)?,
+        Device::Auto | Device::Cpu if args.synthetic_scheme != SyntheticScheme::Fp8Dynamic => {
+            return Err(Error::Unsupported(format!(
+                "--synthetic-scheme {}: only on --device cuda (the CPU runtime builds \
+                 random FP8_DYNAMIC weights only)",
+                args.synthetic_scheme.preset()
+            )))
+        }
         Device::Auto | Device::Cpu => {
             // Measured first, before the model takes its memory.
             let bw = runner::cpu_copy_bandwidth();
@@ -128,7 +140,10 @@ fn source(args: &BenchArgs) -> Result<(String, ModelConfig, Option<std::path::Pa
             Ok((model.clone(), cfg, Some(dir)))
         }
         (None, Some(spec)) => Ok((
-            format!("synthetic {spec} (random FP8_DYNAMIC)"),
+            format!(
+                "synthetic {spec} (random {})",
+                args.synthetic_scheme.preset()
+            ),
             synth::synthetic_config(spec)?,
             None,
         )),
@@ -156,17 +171,22 @@ fn cpu_model(cfg: ModelConfig, dir: Option<&Path>, seed: u64, max_seq: usize) ->
 type Loaded = (Box<dyn BenchModel>, f64, String);
 
 #[cfg(feature = "cuda")]
-fn cuda_model(cfg: &ModelConfig, dir: Option<&Path>, seed: u64, max_seq: usize) -> Result<Loaded> {
+fn cuda_model(
+    cfg: &ModelConfig,
+    dir: Option<&Path>,
+    args: &BenchArgs,
+    max_seq: usize,
+) -> Result<Loaded> {
     let m = match dir {
         Some(dir) => cuda::load(dir, max_seq)?,
-        None => cuda::synthetic(cfg, seed, max_seq)?,
+        None => cuda::synthetic(cfg, args.synthetic_scheme, args.seed, max_seq)?,
     };
     let (gpu, bw, how) = m.bandwidth()?;
     Ok((Box::new(m), bw, format!("{gpu}, {how}")))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda_model(_: &ModelConfig, _: Option<&Path>, _: u64, _: usize) -> Result<Loaded> {
+fn cuda_model(_: &ModelConfig, _: Option<&Path>, _: &BenchArgs, _: usize) -> Result<Loaded> {
     Err(Error::Unsupported(
         "this qforge was built without the CUDA backend (cargo feature `cuda`)".into(),
     ))

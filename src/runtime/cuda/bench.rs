@@ -11,6 +11,7 @@ use super::model::{Gemm, GemmMode};
 use super::ops::{self, Codes};
 use super::report::Report;
 use crate::runtime::Backend;
+use crate::synthetic::SyntheticScheme;
 use crate::{Error, Result};
 use serde_json::json;
 use std::time::Instant;
@@ -78,7 +79,7 @@ fn bench_one(
     let cfg = crate::bench::synth::synthetic_config(shape)?;
     let g = Gpu::new(device)?;
     let t0 = Instant::now();
-    let w = DWeights::random(&g, &cfg, 7)?;
+    let w = DWeights::random(&g, &cfg, SyntheticScheme::Fp8Dynamic, 7)?;
     let bytes = w.bytes_per_token();
     r.info(
         &st,

@@ -11,14 +11,15 @@
 //! tests), or random values created directly in GPU memory (benchmarks).
 
 use super::gpu::{DBuf, Gpu};
-use super::grouped::GroupKind;
+use super::grouped::{self, GroupKind};
 use super::ops;
 use super::upload::{host_part, vector, Streamer};
 pub use super::upload::{upload_fused, HostPart, HostWeight};
 use crate::checkpoint::Checkpoint;
 use crate::runtime::config::ModelConfig;
 use crate::runtime::weights::{self, Weights};
-use crate::Result;
+use crate::synthetic::SyntheticScheme;
+use crate::{Error, Result};
 
 /// A Linear weight on the GPU.
 pub enum DWeight {
@@ -111,6 +112,53 @@ impl DLinear {
             } => (codes.bytes + scales.bytes + offsets.as_ref().map_or(0, |o| o.bytes)) as u64,
         }
     }
+}
+
+/// A random `[n, k]` weight of `scheme` (see [`DWeights::random`]).
+fn random_linear(
+    g: &Gpu,
+    scheme: SyntheticScheme,
+    (n, k): (usize, usize),
+    seed: u32,
+) -> Result<DWeight> {
+    let codes_scales = |bytes: usize, scales: usize, s: f32| -> Result<(DBuf, DBuf)> {
+        let codes = g.alloc(bytes)?;
+        ops::fill_fp8_normal(g, codes.ptr, bytes, seed)?; // random bytes
+        let sbuf = g.alloc(scales * 4)?;
+        ops::fill_f32(g, sbuf.ptr, scales, s)?;
+        Ok((codes, sbuf))
+    };
+    Ok(match scheme {
+        SyntheticScheme::Fp8Dynamic => {
+            let (codes, scales) = codes_scales(n * k, n, 0.02 / 112.0)?;
+            DWeight::Fp8 { codes, scales }
+        }
+        SyntheticScheme::Fp8Block if k % 128 == 0 => {
+            let (codes, scales) = codes_scales(n * k, n * k / 128, 0.02 / 112.0)?;
+            DWeight::Fp8Block { codes, scales }
+        }
+        SyntheticScheme::Fp8Block => {
+            return Err(Error::Unsupported(format!(
+                "a synthetic FP8_BLOCK model needs in_features that are multiples of 128, \
+                 not {k}"
+            )))
+        }
+        SyntheticScheme::W8a8 => {
+            let (codes, scales) = codes_scales(n * k, n, 0.02 / 64.0)?;
+            DWeight::Int8 { codes, scales }
+        }
+        SyntheticScheme::W4a16 => {
+            let (bytes, groups) = (n * grouped::padded(k) / 2, grouped::groups_per_row(k, 128));
+            let (codes, scales) = codes_scales(bytes, n * groups, 0.02 / 4.0)?;
+            DWeight::Grouped {
+                codes,
+                scales,
+                offsets: None,
+                kind: GroupKind::Int4,
+                group: 128,
+            }
+        }
+    })
 }
 
 /// One decoder layer.
@@ -226,10 +274,17 @@ impl DWeights {
         })
     }
 
-    /// Random weights created directly in GPU memory: FP8 Linears (codes ~ N(0,1)·112,
-    /// scale 0.02/112, i.e. weights ~ N(0, 0.02)), BF16 embedding and lm_head ~ N(0, 0.02),
-    /// norms 1. For speed measurements; nothing touches the host.
-    pub fn random(g: &Gpu, cfg: &ModelConfig, seed: u32) -> Result<DWeights> {
+    /// Random weights created directly in GPU memory, the Linears in `scheme`: FP8 codes
+    /// ~ e4m3(N(0,1)·112) with scales 0.02/112 (weights ~ N(0, 0.02)) per channel or per
+    /// 128×128 block; INT8 and INT4 (groups of 128) codes of random bytes with scales of the
+    /// same order. BF16 embedding and lm_head ~ N(0, 0.02), norms 1. For speed measurements;
+    /// nothing touches the host.
+    pub fn random(
+        g: &Gpu,
+        cfg: &ModelConfig,
+        scheme: SyntheticScheme,
+        seed: u32,
+    ) -> Result<DWeights> {
         let mut next = seed;
         let mut seed = || {
             next = next.wrapping_add(0x9E37_79B9);
@@ -238,15 +293,12 @@ impl DWeights {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
         let mut fp8 = |name: String, n: usize, k: usize| -> Result<DLinear> {
-            let codes = g.alloc(n * k)?;
-            ops::fill_fp8_normal(g, codes.ptr, n * k, seed())?;
-            let scales = g.alloc(n * 4)?;
-            ops::fill_f32(g, scales.ptr, n, 0.02 / 112.0)?;
+            let w = random_linear(g, scheme, (n, k), seed())?;
             Ok(DLinear {
                 name,
                 n,
                 k,
-                w: DWeight::Fp8 { codes, scales },
+                w,
                 bias: None,
             })
         };
