@@ -20,7 +20,8 @@
 # 70B shapes at M = 1, 16, 128, 2048; (d) `qforge bench`: four of the seed model card's
 # single-stream latency profiles on a random 70B-shaped FP8 model in GPU memory, beside the
 # card's 2xH100 figures (all eight, and the 8B shape too, with QFORGE_GPU_FULL_PROFILES=1,
-# which needs about 5 more minutes; the table is appended to report.md).
+# which needs about 5 more minutes, and then also two profiles of a random 70B W4A16 model;
+# the tables are appended to report.md).
 #
 # QFORGE_GPU_CHECK_SMOKE=1 (with QFORGE_CUDA_EMULATE=1: CI does it, tests/gpu_check_script.rs)
 # runs every stage on tiny shapes, without nvidia-smi and PyTorch: it checks the script and
@@ -101,12 +102,30 @@ for shape in "${shapes[@]}"; do
     step "profiles-$name" "$limit" bash -c \
         "'$bin' bench --synthetic '$shape' --device cuda --profiles $profiles --json > '$out/profiles-$name.json'"
 done
+# Packed INT4 (W4A16) on the 70B shape, whole model (full runs; selftest's gemv-speed stage
+# times its GEMV in every run).
+w4_shape='' w4_profiles=256/128,1024/128
+if [ "${QFORGE_GPU_FULL_PROFILES:-0}" = 1 ]; then
+    w4_shape=llama-70b
+fi
+if [ "$smoke" = 1 ]; then
+    w4_shape=$tiny w4_profiles=8/2
+fi
+if [ -n "$w4_shape" ]; then
+    step profiles-w4a16 45 bash -c \
+        "'$bin' bench --synthetic '$w4_shape' --synthetic-scheme w4a16 --device cuda \
+         --profiles $w4_profiles --json > '$out/profiles-w4a16.json'"
+fi
 step report 10 python3 "$root/scripts/gpu_report.py" "$out"
 cp "$out/report.log" "$out/report.md" 2>/dev/null
 for shape in "${shapes[@]}"; do
     printf '\n**qforge bench --synthetic %s --profiles '"$profiles"'**\n\n```\n%s\n```\n' \
         "$shape" "$(cat "$out/profiles-$(basename "$shape" .json).log" 2>/dev/null)" >>"$out/report.md"
 done
+if [ -n "$w4_shape" ]; then
+    printf '\n**qforge bench --synthetic %s --synthetic-scheme w4a16 --profiles %s**\n\n```\n%s\n```\n' \
+        "$w4_shape" "$w4_profiles" "$(cat "$out/profiles-w4a16.log" 2>/dev/null)" >>"$out/report.md"
+fi
 if [ ${#failed[@]} -gt 0 ]; then
     echo "gpu_check: failed stages: ${failed[*]} (logs in $out)"
     exit 1

@@ -49,6 +49,7 @@ fn gpu_check_runs_every_stage_and_writes_the_report() {
         "bench",
         "gemm",
         "profiles-config",
+        "profiles-w4a16",
         "report",
     ] {
         assert!(
@@ -78,6 +79,11 @@ fn gpu_check_runs_every_stage_and_writes_the_report() {
     assert!(report.contains("**qforge bench --synthetic"), "{report}");
     assert!(
         report.contains("16/4") && report.contains("24/2"),
+        "{report}"
+    );
+    assert!(
+        report.contains("--synthetic-scheme w4a16 --profiles 8/2**")
+            && report.contains("random W4A16"),
         "{report}"
     );
 }
