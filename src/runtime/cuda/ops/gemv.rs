@@ -54,18 +54,9 @@ pub fn gemv_codes(
     (m, n, k): (usize, usize, usize),
 ) -> Result<()> {
     for m0 in (0..m).step_by(GEMV_MAX_ROWS) {
-        let mm = GEMV_MAX_ROWS.min(m - m0);
-        let args = [
-            Arg::U64(w),
-            Arg::U64(sw),
-            Arg::U64(x + (m0 * k) as u64),
-            Arg::U64(sa + (m0 * kind.scale_row(k)) as u64),
-            Arg::U64(bias),
-            Arg::U64(y + (m0 * n * 2) as u64),
-            Arg::I32(mm as i32),
-            Arg::I32(i32_of("rows", n)?),
-            Arg::I32(i32_of("width", k)?),
-        ];
+        let rows = GEMV_MAX_ROWS.min(m - m0);
+        let xs = (x + (m0 * k) as u64, sa + (m0 * kind.scale_row(k)) as u64);
+        let args = code_args((w, sw, bias), xs, y + (m0 * n * 2) as u64, (rows, n, k))?;
         let grid = cfg((n.div_ceil(16) as u32, 1), 128, 0);
         g.launch(kind.kernels().0, grid, &args)?;
     }
@@ -77,12 +68,24 @@ pub fn gemv_codes(
 pub fn gemm_codes(
     g: &Gpu,
     kind: Codes,
+    w: (u64, u64, u64),
+    x: (u64, u64),
+    y: u64,
+    (m, n, k): (usize, usize, usize),
+) -> Result<()> {
+    let args = code_args(w, x, y, (m, n, k))?;
+    let grid = (n.div_ceil(64) as u32, m.div_ceil(64) as u32);
+    g.launch(kind.kernels().1, cfg(grid, 128, 0), &args)
+}
+
+/// The arguments of the code GEMV and GEMM kernels, in their order.
+fn code_args(
     (w, sw, bias): (u64, u64, u64),
     (x, sa): (u64, u64),
     y: u64,
     (m, n, k): (usize, usize, usize),
-) -> Result<()> {
-    let args = [
+) -> Result<[Arg; 9]> {
+    Ok([
         Arg::U64(w),
         Arg::U64(sw),
         Arg::U64(x),
@@ -92,9 +95,7 @@ pub fn gemm_codes(
         Arg::I32(i32_of("rows", m)?),
         Arg::I32(i32_of("rows", n)?),
         Arg::I32(i32_of("width", k)?),
-    ];
-    let grid = (n.div_ceil(64) as u32, m.div_ceil(64) as u32);
-    g.launch(kind.kernels().1, cfg(grid, 128, 0), &args)
+    ])
 }
 
 /// Dense BF16 GEMV `y[m, n] = x[m]·w[n] (+ bias)`, f32 or bf16 out, any `m`.
