@@ -7,7 +7,7 @@
 mod common;
 mod cuda_util;
 
-use cuda_util::{devices, same_device};
+use cuda_util::{devices, same_device, CodeCase, CodeLaunch};
 use qforge::checkpoint::Checkpoint;
 use qforge::quant::e4m3_to_f32;
 use qforge::runtime::config::ModelConfig;
@@ -27,10 +27,6 @@ fn bf16_bytes(v: &[f32]) -> Vec<u8> {
     v.iter()
         .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
         .collect()
-}
-
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
 /// Rows of BF16-exact values: ordinary, a zero group, a tiny group (the 1e-10 floor), NaN.
@@ -108,37 +104,25 @@ fn block_gemv_and_gemm_follow_vllms_formula() {
                 })
                 .collect();
             let sa: Vec<f32> = (0..m * groups).map(|i| 0.01 + i as f32 * 1e-3).collect();
-            let up = |b: &[u8]| g.upload_new(b).unwrap();
-            let (wd, xd) = (up(&w), up(&x));
-            let (swd, sad, bd) = (
-                up(&f32_bytes(&sw)),
-                up(&f32_bytes(&sa)),
-                up(&f32_bytes(&bias)),
-            );
-            let y = g.alloc(m * n * 2).unwrap();
+            let case = CodeCase {
+                w: w.clone(),
+                x: x.clone(),
+                sw: sw.clone(),
+                sa: sa.clone(),
+                bias: bias.clone(),
+            };
             // The GEMV for any m; the GEMM (prefill) from 17 rows.
             let mut runs = vec![(false, false), (true, false)];
             if m > 16 {
                 runs.extend([(false, true), (true, true)]);
             }
             for (with_bias, gemm) in runs {
-                let b = if with_bias { bd.ptr } else { 0 };
-                let launch = if gemm {
+                let f: CodeLaunch = if gemm {
                     ops::gemm_codes
                 } else {
                     ops::gemv_codes
                 };
-                launch(
-                    &g,
-                    Codes::Fp8Block,
-                    (wd.ptr, swd.ptr, b),
-                    (xd.ptr, sad.ptr),
-                    y.ptr,
-                    (m, n, k),
-                )
-                .unwrap();
-                let mut raw = vec![0u8; m * n * 2];
-                g.download(y.ptr, &mut raw).unwrap();
+                let raw = case.run(&g, (f, Codes::Fp8Block), with_bias, (m, n, k));
                 for (i, pair) in raw.chunks(2).enumerate() {
                     let (r, c) = (i / n, i % n);
                     // Σ_g (exact group sum) · sa · sw, and the size of its terms.

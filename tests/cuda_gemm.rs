@@ -6,14 +6,9 @@
 
 mod cuda_util;
 
-use cuda_util::devices;
+use cuda_util::{devices, CodeCase};
 use qforge::quant::e4m3_to_f32;
-use qforge::runtime::cuda::gpu::Gpu;
 use qforge::runtime::cuda::ops::{self, Codes};
-
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
 
 /// Codes that are valid as both int8 and E4M3 (no 0x7F / 0xFF: E4M3 NaN).
 fn codes(len: usize, mul: usize) -> Vec<u8> {
@@ -25,61 +20,14 @@ fn codes(len: usize, mul: usize) -> Vec<u8> {
         .collect()
 }
 
-fn download(g: &Gpu, ptr: u64, bytes: usize) -> Vec<u8> {
-    let mut b = vec![0u8; bytes];
-    g.download(ptr, &mut b).unwrap();
-    b
-}
-
-type Launch =
-    fn(&Gpu, Codes, (u64, u64, u64), (u64, u64), u64, (usize, usize, usize)) -> qforge::Result<()>;
-
-/// The inputs of one shape.
-struct Case {
-    w: Vec<u8>,
-    x: Vec<u8>,
-    sw: Vec<f32>,
-    sa: Vec<f32>,
-    bias: Vec<f32>,
-}
-
-fn case(m: usize, n: usize, k: usize) -> Case {
-    Case {
+fn case(m: usize, n: usize, k: usize) -> CodeCase {
+    CodeCase {
         w: codes(n * k, 7919),
         x: codes(m * k, 104_729),
         sw: (0..n).map(|r| 1e-3 * (1 + r % 11) as f32).collect(),
         sa: (0..m).map(|r| 0.01 + (r % 7) as f32 * 1e-3).collect(),
         bias: (0..n).map(|r| r as f32 * 0.25 - 3.0).collect(),
     }
-}
-
-/// The output bytes of one launch (a GEMV or GEMM function and the weight kind).
-fn run(
-    g: &Gpu,
-    (f, kind): (Launch, Codes),
-    c: &Case,
-    bias: bool,
-    (m, n, k): (usize, usize, usize),
-) -> Vec<u8> {
-    let up = |b: &[u8]| g.upload_new(b).unwrap();
-    let (wd, xd) = (up(&c.w), up(&c.x));
-    let (swd, sad, bd) = (
-        up(&f32_bytes(&c.sw)),
-        up(&f32_bytes(&c.sa)),
-        up(&f32_bytes(&c.bias)),
-    );
-    let y = g.alloc(m * n * 2).unwrap();
-    let b = if bias { bd.ptr } else { 0 };
-    f(
-        g,
-        kind,
-        (wd.ptr, swd.ptr, b),
-        (xd.ptr, sad.ptr),
-        y.ptr,
-        (m, n, k),
-    )
-    .unwrap();
-    download(g, y.ptr, m * n * 2)
 }
 
 const SHAPES: &[(usize, usize, usize)] = &[(17, 40, 96), (64, 64, 128), (100, 130, 208)];
@@ -90,8 +38,8 @@ fn int8_gemm_equals_the_int8_gemv_bit_for_bit() {
         for &mnk in SHAPES {
             let c = case(mnk.0, mnk.1, mnk.2);
             for bias in [false, true] {
-                let a = run(&g, (ops::gemm_codes, Codes::Int8), &c, bias, mnk);
-                let b = run(&g, (ops::gemv_codes, Codes::Int8), &c, bias, mnk);
+                let a = c.run(&g, (ops::gemm_codes, Codes::Int8), bias, mnk);
+                let b = c.run(&g, (ops::gemv_codes, Codes::Int8), bias, mnk);
                 assert!(a == b, "{label}: {mnk:?} bias {bias}");
             }
         }
@@ -104,7 +52,7 @@ fn fp8_gemm_follows_the_w8a8_formula() {
         for &(m, n, k) in SHAPES {
             let c = case(m, n, k);
             for bias in [false, true] {
-                let y = run(&g, (ops::gemm_codes, Codes::Fp8), &c, bias, (m, n, k));
+                let y = c.run(&g, (ops::gemm_codes, Codes::Fp8), bias, (m, n, k));
                 for (i, pair) in y.chunks(2).enumerate() {
                     let (r, col) = (i / n, i % n);
                     let (mut dot, mut size) = (0f64, 0f64);

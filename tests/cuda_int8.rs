@@ -6,7 +6,7 @@
 
 mod cuda_util;
 
-use cuda_util::devices;
+use cuda_util::{devices, CodeCase, CodeLaunch};
 use qforge::runtime::cpu::linear::quantize_int8_activations;
 use qforge::runtime::cuda::gpu::Gpu;
 use qforge::runtime::cuda::ops::{self, ActOut, Codes};
@@ -79,25 +79,16 @@ fn int8_gemv_matches_the_cpu_formula_bit_for_bit() {
                 .map(|i| ((i * 104729 % 253) as i32 - 126) as i8)
                 .collect();
             let sa: Vec<f32> = (0..m).map(|r| 0.01 + r as f32 * 1e-3).collect();
-            let up = |b: &[u8]| g.upload_new(b).unwrap();
-            let f32b = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-            let wd = up(&w.iter().map(|&c| c as u8).collect::<Vec<_>>());
-            let xd = up(&x.iter().map(|&c| c as u8).collect::<Vec<_>>());
-            let (swd, sad, bd) = (up(&f32b(&sw)), up(&f32b(&sa)), up(&f32b(&bias)));
-            let y = g.alloc(m * n * 2).unwrap();
+            let case = CodeCase {
+                w: w.iter().map(|&c| c as u8).collect(),
+                x: x.iter().map(|&c| c as u8).collect(),
+                sw: sw.clone(),
+                sa: sa.clone(),
+                bias: bias.clone(),
+            };
             for with_bias in [false, true] {
-                let b = if with_bias { bd.ptr } else { 0 };
-                ops::gemv_codes(
-                    &g,
-                    Codes::Int8,
-                    (wd.ptr, swd.ptr, b),
-                    (xd.ptr, sad.ptr),
-                    y.ptr,
-                    (m, n, k),
-                )
-                .unwrap();
-                let mut raw = vec![0u8; m * n * 2];
-                g.download(y.ptr, &mut raw).unwrap();
+                let launch = (ops::gemv_codes as CodeLaunch, Codes::Int8);
+                let raw = case.run(&g, launch, with_bias, (m, n, k));
                 for (i, pair) in raw.chunks(2).enumerate() {
                     let (r, c) = (i / n, i % n);
                     let sum: i32 = (0..k)

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use qforge::runtime::cuda::gpu::{self, Gpu};
+use qforge::runtime::cuda::ops::Codes;
 
 /// The emulator, or `None` after saying why (a panic when QFORGE_REQUIRE_EMU is set).
 pub fn emulator() -> Option<Gpu> {
@@ -52,5 +53,50 @@ pub fn same_device(label: &str) -> Gpu {
         Gpu::emulated().unwrap()
     } else {
         Gpu::new(0).unwrap()
+    }
+}
+
+/// `ops::gemv_codes` or `ops::gemm_codes`.
+pub type CodeLaunch =
+    fn(&Gpu, Codes, (u64, u64, u64), (u64, u64), u64, (usize, usize, usize)) -> qforge::Result<()>;
+
+/// The inputs of one W8A8 GEMV/GEMM launch: weight and activation codes as bytes, their
+/// scales, a bias.
+pub struct CodeCase {
+    pub w: Vec<u8>,
+    pub x: Vec<u8>,
+    pub sw: Vec<f32>,
+    pub sa: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+impl CodeCase {
+    /// The BF16 output bytes `[m, n]` of one launch (with the bias or without).
+    pub fn run(
+        &self,
+        g: &Gpu,
+        (f, kind): (CodeLaunch, Codes),
+        bias: bool,
+        (m, n, k): (usize, usize, usize),
+    ) -> Vec<u8> {
+        let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let up = |b: &[u8]| g.upload_new(b).unwrap();
+        let (wd, xd) = (up(&self.w), up(&self.x));
+        let (swd, sad) = (up(&f32_bytes(&self.sw)), up(&f32_bytes(&self.sa)));
+        let bd = up(&f32_bytes(&self.bias));
+        let y = g.alloc(m * n * 2).unwrap();
+        let b = if bias { bd.ptr } else { 0 };
+        f(
+            g,
+            kind,
+            (wd.ptr, swd.ptr, b),
+            (xd.ptr, sad.ptr),
+            y.ptr,
+            (m, n, k),
+        )
+        .unwrap();
+        let mut out = vec![0u8; m * n * 2];
+        g.download(y.ptr, &mut out).unwrap();
+        out
     }
 }

@@ -319,32 +319,15 @@ fn gemm_all(device: usize, ms: &[usize], div: usize, r: &mut Report) -> Result<(
         let acc = g.alloc(mmax * n * 4)?;
         for &m in ms {
             let mut paths: Vec<(&str, f64)> = Vec::new();
-            if m <= ops::GEMV_MAX_ROWS {
-                let t = time_us(&g, &mut || {
-                    ops::gemv_codes(
-                        &g,
-                        Codes::Fp8,
-                        (w.ptr, sw.ptr, 0),
-                        (x.ptr, sa.ptr),
-                        y.ptr,
-                        (m, n, k),
-                    )
-                })?;
-                paths.push(("qforge-gemv", t));
-            } else {
-                // qforge's own GEMM (W8A8/FP8_BLOCK prefill, FP8 without cuBLASLt).
-                let t = time_us(&g, &mut || {
-                    ops::gemm_codes(
-                        &g,
-                        Codes::Fp8,
-                        (w.ptr, sw.ptr, 0),
-                        (x.ptr, sa.ptr),
-                        y.ptr,
-                        (m, n, k),
-                    )
-                })?;
-                paths.push(("qforge-gemm", t));
-            }
+            // qforge's GEMV (decode), or its own GEMM (W8A8/FP8_BLOCK prefill, FP8 without
+            // cuBLASLt).
+            let (path, launch): (_, fn(_, _, _, _, _, _) -> _) = match m <= ops::GEMV_MAX_ROWS {
+                true => ("qforge-gemv", ops::gemv_codes),
+                false => ("qforge-gemm", ops::gemm_codes),
+            };
+            let (wq, xq) = ((w.ptr, sw.ptr, 0), (x.ptr, sa.ptr));
+            let t = time_us(&g, &mut || launch(&g, Codes::Fp8, wq, xq, y.ptr, (m, n, k)))?;
+            paths.push((path, t));
             if let Some(b) = gemm.blas.as_mut() {
                 match time_us(&g, &mut || {
                     b.matmul(
