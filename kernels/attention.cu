@@ -29,6 +29,7 @@
 extern "C" __global__ void attention(const u16* q, const u16* k_cache, const u16* v_cache,
                                      u16* out, int t, const int* posp, int H, int KVH, int d,
                                      int rq, float scale, int kchunk, float* part) {
+    grid_dep_start();
     DYNAMIC_SMEM(float, smem);
     const int G = H / KVH, items = rq * G, kh = blockIdx.y, pos = *posp;
     const int row0 = blockIdx.x * rq;
@@ -138,6 +139,7 @@ extern "C" __global__ void attention(const u16* q, const u16* k_cache, const u16
 // of a row has m = -inf and is skipped. One warp per (row, head): grid ceil(t*H/8), block 256.
 extern "C" __global__ void attention_combine(const float* part, int splits, int t, int H, int d,
                                              u16* out) {
+    grid_dep_start();
     const int lane = threadIdx.x & 31;
     const u64 gw = (u64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (gw >= (u64)t * H) return;
@@ -176,10 +178,6 @@ extern "C" __global__ void attention_combine(const float* part, int splits, int 
 #define MMA_PAD 8  // bf16 padding per shared-memory row: conflict-free fragment reads
 
 __device__ __forceinline__ u32 ld_u32(const u16* p) { return *(const u32*)p; }
-
-__device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
-    return (u32)f32_to_bf16(lo) | ((u32)f32_to_bf16(hi) << 16);
-}
 
 // q: bf16 [t][H*D]; caches bf16 [max_seq][KVH*D] holding positions 0..pos+t, pos = *posp;
 // out bf16 [t][H*D]. Grid (ceil(t/64), H), block 128, dynamic shared memory
@@ -276,10 +274,10 @@ __device__ __forceinline__ void attention_mma_body(const u16* q, const u16* k_ca
         // O += P V, two k-steps of 16 keys; P's accumulator fragments are the A operand.
 #pragma unroll
         for (int kk = 0; kk < 2; kk++) {
-            const u32 a0 = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
-            const u32 a1 = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
-            const u32 a2 = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            const u32 a3 = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+            const u32 a0 = f32x2_to_bf16x2(s[2 * kk][0], s[2 * kk][1]);
+            const u32 a1 = f32x2_to_bf16x2(s[2 * kk][2], s[2 * kk][3]);
+            const u32 a2 = f32x2_to_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+            const u32 a3 = f32x2_to_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
 #pragma unroll
             for (int n = 0; n < D / 8; n++) {
                 const u16* vb = vt + (n * 8 + g) * VS + kk * 16 + 2 * tg;
@@ -301,7 +299,7 @@ __device__ __forceinline__ void attention_mma_body(const u16* q, const u16* k_ca
         u16* orow = out + (u64)row * qw + (u64)h * D + 2 * tg;
 #pragma unroll
         for (int n = 0; n < D / 8; n++)
-            *(u32*)(orow + n * 8) = pack_bf16(o[n][2 * x] * inv, o[n][2 * x + 1] * inv);
+            *(u32*)(orow + n * 8) = f32x2_to_bf16x2(o[n][2 * x] * inv, o[n][2 * x + 1] * inv);
     }
 }
 
@@ -309,6 +307,7 @@ __device__ __forceinline__ void attention_mma_body(const u16* q, const u16* k_ca
     extern "C" __global__ void __launch_bounds__(128)                                          \
         attention_mma_##D(const u16* q, const u16* k_cache, const u16* v_cache, u16* out,      \
                           int t, const int* posp, int H, int KVH, float scale) {               \
+        grid_dep_start();                                                                      \
         DYNAMIC_SMEM(float, smem);                                                             \
         attention_mma_body<D>(q, k_cache, v_cache, out, t, posp, H, KVH, scale, smem);         \
     }

@@ -15,7 +15,7 @@ typedef unsigned long long u64;
 
 __device__ __forceinline__ float bf16_to_f32(u16 b) { return __uint_as_float(((u32)b) << 16); }
 
-#ifndef QFORGE_EMU  // kernels/emu/emu.h defines these five (and DYNAMIC_SMEM) for the host
+#ifndef QFORGE_EMU  // kernels/emu/emu.h defines these nine (and DYNAMIC_SMEM) for the host
 // The kernel's dynamic shared memory.
 #define DYNAMIC_SMEM(T, name) extern __shared__ T name[]
 
@@ -23,6 +23,21 @@ __device__ __forceinline__ float bf16_to_f32(u16 b) { return __uint_as_float(((u
 __device__ __forceinline__ u16 f32_to_bf16(float f) {
     u16 r;
     asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(f));
+    return r;
+}
+
+// Two f32 -> two bf16 in one word (`lo` in the low half), each rounded to nearest even: one
+// instruction for what two f32_to_bf16 and a shift-or do.
+__device__ __forceinline__ u32 f32x2_to_bf16x2(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+// a*b + c on BF16 pairs, rounded once to nearest even (sm_80+).
+__device__ __forceinline__ u32 bf16x2_fma(u32 a, u32 b, u32 c) {
+    u32 r;
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
     return r;
 }
 
@@ -61,7 +76,30 @@ __device__ __forceinline__ void mma_bf16(float* d, u32 a0, u32 a1, u32 a2, u32 a
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
+
+// Programmatic dependent launch (Hopper; see src/runtime/cuda/graph.rs). In a decode graph a
+// kernel may start while its predecessor is still finishing: every kernel calls
+// grid_dep_wait() before it reads anything an earlier kernel wrote or writes anything one
+// reads (GEMVs first load weights, which no kernel writes), then grid_dep_launch() to let
+// its successor start. Both are no-ops without a programmatic launch, and before sm_90.
+__device__ __forceinline__ void grid_dep_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void grid_dep_launch() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
 #endif  // QFORGE_EMU
+
+// The start of every kernel but the GEMVs: wait for the predecessor, then let the successor
+// launch.
+__device__ __forceinline__ void grid_dep_start() {
+    grid_dep_wait();
+    grid_dep_launch();
+}
 
 // max that propagates NaN (as torch's amax does), so a NaN row gets a NaN scale.
 __device__ __forceinline__ float nan_max(float a, float b) { return (a > b || a != a) ? a : b; }

@@ -85,6 +85,7 @@ __device__ __forceinline__ void gemm_codes(const u8* w, const float* sw, const u
     extern "C" __global__ void __launch_bounds__(128)                                          \
         name(const u8* w, const float* sw, const u8* x, const float* sa, const float* bias,    \
              u16* y, int M, int N, int K) {                                                    \
+        grid_dep_start();                                                                      \
         gemm_codes<W, BLOCK>(w, sw, x, sa, bias, y, M, N, K);                                  \
     }
 

@@ -77,10 +77,14 @@ __device__ __forceinline__ void gemv_sums(const Rows& rows, const u8* x, int M, 
     for (int n = 0; n < 2; n++)
 #pragma unroll
         for (int i = 0; i < 4; i++) acc[n][i] = 0;
-    const int nchunks = (kb + 63) / 64;
-    for (int c0 = warp * GEMV_UNROLL; c0 < nchunks; c0 += GEMV_WARPS * GEMV_UNROLL) {
-        uint4 ra[GEMV_UNROLL], rb[GEMV_UNROLL], va[GEMV_UNROLL], vb[GEMV_UNROLL];
-        load_rows(rows, c0, tig, kb, ra, rb);
+    const int nchunks = (kb + 63) / 64, step = GEMV_WARPS * GEMV_UNROLL;
+    // The first step's weights are loaded before waiting for the previous kernel (which
+    // writes x), each next step's while this one's sums are done.
+    uint4 ra[GEMV_UNROLL], rb[GEMV_UNROLL];
+    load_rows(rows, warp * GEMV_UNROLL, tig, kb, ra, rb);
+    grid_dep_start();
+    for (int c0 = warp * GEMV_UNROLL; c0 < nchunks; c0 += step) {
+        uint4 va[GEMV_UNROLL], vb[GEMV_UNROLL];
 #pragma unroll
         for (int u = 0; u < GEMV_UNROLL; u++) {
             const int off = (c0 + u) * 64 + tig * 16;
@@ -101,6 +105,7 @@ __device__ __forceinline__ void gemv_sums(const Rows& rows, const u8* x, int M, 
                 for (int i = 0; i < 4; i++) acc[1][i] += c2[i];
             }
         }
+        load_rows(rows, c0 + step, tig, kb, ra, rb);  // zeros (no loads) past the end
     }
     sum_warps(acc);
 }
@@ -198,10 +203,12 @@ extern "C" __global__ void __launch_bounds__(128)
     const bool two = M > 8;
     const uint4 zero = make_uint4(0, 0, 0, 0);
     float acc[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
-    const int nchunks = K / 64;
-    for (int c0 = warp * GEMV_UNROLL; c0 < nchunks; c0 += GEMV_WARPS * GEMV_UNROLL) {
-        uint4 ra[GEMV_UNROLL], rb[GEMV_UNROLL], v[2][GEMV_UNROLL];
-        load_rows(rows, c0, tig, K, ra, rb);
+    const int nchunks = K / 64, step = GEMV_WARPS * GEMV_UNROLL;
+    uint4 ra[GEMV_UNROLL], rb[GEMV_UNROLL];
+    load_rows(rows, warp * GEMV_UNROLL, tig, K, ra, rb);  // weights first, as gemv_sums
+    grid_dep_start();
+    for (int c0 = warp * GEMV_UNROLL; c0 < nchunks; c0 += step) {
+        uint4 v[2][GEMV_UNROLL];
 #pragma unroll
         for (int u = 0; u < GEMV_UNROLL; u++) {
             const int off = (c0 + u) * 64 + tig * 16;
@@ -223,6 +230,7 @@ extern "C" __global__ void __launch_bounds__(128)
                 for (int i = 0; i < 4; i++) acc[n][i] += c[i] * sar[n][i & 1][gi] * swr[i >> 1][gi];
             }
         }
+        load_rows(rows, c0 + step, tig, K, ra, rb);
     }
     sum_warps(acc);
     store_dense(acc, bias, y, 0, M, N);
@@ -245,11 +253,14 @@ extern "C" __global__ void __launch_bounds__(128)
 // an 8-bit chunk is two u32 in weight order. So one warp step of gemv_sums (4 chunks) is one
 // 16-byte (4-bit) or 32-byte (8-bit) load per row per thread. Scales and offsets are f32
 // [rows][ceil(padded / group)], group a multiple of 8.
-enum { G_INT4, G_INT8, G_FP4 };
-
-__device__ __forceinline__ u32 bf16x2_of(float lo, float hi) {
-    return (u32)f32_to_bf16(lo) | ((u32)f32_to_bf16(hi) << 16);
-}
+//
+// G_INT4H is G_INT4 for weights whose scales and offsets are BF16 values (a checkpoint's
+// BF16 scales; the host checks): two weights are dequantized at once in BF16x2 arithmetic,
+// 2 instructions per weight instead of 4.5, with the same values: (u - off) is exact in
+// BF16, and the product of two BF16 values rounded once to BF16 is what rounding its exact
+// f32 value gives. Decode of 4-bit weights at full bandwidth has only ~3.5 instructions per
+// weight to spend on an H200.
+enum { G_INT4, G_INT8, G_FP4, G_INT4H };
 
 // u - off for integers u < 2^23 and off, exactly: base = 2^23 + off.
 __device__ __forceinline__ float minus(u32 u, float base) {
@@ -262,10 +273,23 @@ __device__ __forceinline__ float fp4_f32(u32 n) {
     return __uint_as_float(((n & 7u) << 22) | ((n & 8u) << 28)) * 0x1p126f;
 }
 
-// One chunk (8 weights: w[0] for 4-bit, w[0..1] for 8-bit) as four BF16 pairs.
+// One chunk (8 weights: w[0] for 4-bit, w[0..1] for 8-bit) as four BF16 pairs; s its
+// group's scale, off its integer offset.
 template <int F>
-__device__ __forceinline__ uint4 dequant_chunk(const u32* w, float s, float base) {
+__device__ __forceinline__ uint4 dequant_chunk(const u32* w, float s, float off) {
     u32 r[4];
+    if constexpr (F == G_INT4H) {
+        // Nibbles i and i+4 as BF16 128 + u (exponent 2^7, u in the mantissa), minus
+        // 128 + off, times s; + -0 keeps the sign of a zero product as f32 does.
+        const u32 s2 = f32x2_to_bf16x2(s, s), nb = f32x2_to_bf16x2(-128.0f - off, -128.0f - off);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const u32 v = ((w[0] >> (4 * i)) & 0x000F000Fu) | 0x43004300u;
+            r[i] = bf16x2_fma(bf16x2_fma(v, 0x3F803F80u, nb), s2, 0x80008000u);
+        }
+        return make_uint4(r[0], r[1], r[2], r[3]);
+    }
+    const float base = 8388608.0f + off;
 #pragma unroll
     for (int i = 0; i < 4; i++) {
         float lo, hi;
@@ -280,14 +304,14 @@ __device__ __forceinline__ uint4 dequant_chunk(const u32* w, float s, float base
             lo = fp4_f32(w[0] >> (4 * i));
             hi = fp4_f32(w[0] >> (4 * i + 16));
         }
-        r[i] = bf16x2_of(lo * s, hi * s);
+        r[i] = f32x2_to_bf16x2(lo * s, hi * s);
     }
     return make_uint4(r[0], r[1], r[2], r[3]);
 }
 
 template <int F>
 struct GroupFmt {
-    static constexpr int bits = F == G_INT8 ? 8 : 4;
+    static constexpr int bits = F == G_INT8 ? 8 : 4;  // G_INT4H: as G_INT4
     // The offset of symmetric integer codes (u = q + 2^(bits-1)).
     static constexpr float off = F == G_INT8 ? 128.0f : 8.0f;
 };
@@ -328,10 +352,10 @@ __device__ __forceinline__ void load_rows(const GroupedRows<F>& r, int c0, int t
             continue;
         }
         const int gi = ((c0 + u) * 32 + tig * 8) / r.group, w = u * bits / 4;
-        const float base_a = 8388608.0f + (r.oa ? r.oa[gi] : GroupFmt<F>::off);
-        const float base_b = 8388608.0f + (r.ob ? r.ob[gi] : GroupFmt<F>::off);
-        ra[u] = dequant_chunk<F>(pa + w, r.sa[gi], base_a);
-        rb[u] = dequant_chunk<F>(pb + w, r.sb[gi], base_b);
+        const float off_a = r.oa ? r.oa[gi] : GroupFmt<F>::off;
+        const float off_b = r.ob ? r.ob[gi] : GroupFmt<F>::off;
+        ra[u] = dequant_chunk<F>(pa + w, r.sa[gi], off_a);
+        rb[u] = dequant_chunk<F>(pb + w, r.sb[gi], off_b);
     }
 }
 
@@ -373,8 +397,8 @@ __device__ __forceinline__ void dequant_grouped(const u8* w, const float* sw, co
     const u8* chunk =
         w + row * padded(K) * bits / 8 + sb * 16 * bits + tig * 4 * bits + j * bits;
     const u64 gi = row * groups + k0 / group;
-    const float base = 8388608.0f + (ow ? ow[gi] : GroupFmt<F>::off);
-    *(uint4*)(out + row * K + k0) = dequant_chunk<F>((const u32*)chunk, sw[gi], base);
+    const float off = ow ? ow[gi] : GroupFmt<F>::off;
+    *(uint4*)(out + row * K + k0) = dequant_chunk<F>((const u32*)chunk, sw[gi], off);
 }
 
 #define GROUPED_KERNELS(F, gemv_name, dequant_name)                                           \
@@ -386,6 +410,7 @@ __device__ __forceinline__ void dequant_grouped(const u8* w, const float* sw, co
     extern "C" __global__ void __launch_bounds__(256)                                         \
         dequant_name(const u8* w, const float* sw, const float* ow, u16* out, int N, int K,   \
                      int group) {                                                              \
+        grid_dep_start();                                                                      \
         dequant_grouped<F>(w, sw, ow, out, N, K, group);                                      \
     }
 
@@ -393,3 +418,4 @@ __device__ __forceinline__ void dequant_grouped(const u8* w, const float* sw, co
 GROUPED_KERNELS(G_INT4, gemv_int4g, dequant_int4g)
 GROUPED_KERNELS(G_INT8, gemv_int8g, dequant_int8g)
 GROUPED_KERNELS(G_FP4, gemv_fp4g, dequant_fp4g)
+GROUPED_KERNELS(G_INT4H, gemv_int4h, dequant_int4h)

@@ -12,6 +12,7 @@ extern "C" __global__ void rope_qkv(const u16* qkv, int t, int H, int KVH, int d
                                     const float* cos_t, const float* sin_t, const float* qn,
                                     const float* kn, float eps, u16* q_out, u16* k_cache,
                                     u16* v_cache) {
+    grid_dep_start();
     const int lane = threadIdx.x & 31, pos = *posp;
     const int heads = H + 2 * KVH;
     const u64 gw = (u64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);

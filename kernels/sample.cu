@@ -7,6 +7,7 @@
 // out[2r], out[2r+1] = the bits of the largest value of logits[r][0..n) and its first index
 // (NaN ignored; all-NaN -> NaN, 0). Grid (rows), block 1024.
 extern "C" __global__ void argmax_rows(const float* logits, int n, u32* out) {
+    grid_dep_start();
     __shared__ float sv[32];
     __shared__ int si[32];
     const float* lr = logits + (u64)blockIdx.x * n;
@@ -66,6 +67,7 @@ __device__ __forceinline__ u64 logit_rank(const float* row, int i) {
 // the logit's bits unless logits tie). The k selected ranks are then bitonic-sorted in shared
 // memory. Each pass reads the row once (from L2: the lm_head just wrote it).
 extern "C" __global__ void top_k_rows(const float* logits, int n, int k, u32* out) {
+    grid_dep_start();
     __shared__ u32 hist[256];
     __shared__ u64 sel[TOP_K_MAX];
     __shared__ u32 pick[3];  // chosen digit, ranks still needed under it, ranks under it
@@ -159,6 +161,7 @@ __device__ __forceinline__ float normal(u64 i, u32 seed) {
 
 // p[i] = e4m3(N(0,1) * 112): like a weight row quantized with absmax at 4 sigma. Grid-stride.
 extern "C" __global__ void fill_fp8_normal(u8* p, u64 n, u32 seed) {
+    grid_dep_start();
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; 2 * i < n;
          i += (u64)gridDim.x * blockDim.x) {
         const u16 v = f32x2_to_e4m3x2(normal(2 * i, seed) * 112.0f, normal(2 * i + 1, seed) * 112.0f);
@@ -169,12 +172,14 @@ extern "C" __global__ void fill_fp8_normal(u8* p, u64 n, u32 seed) {
 
 // p[i] = bf16(mean + std * N(0,1)). Grid-stride.
 extern "C" __global__ void fill_bf16_normal(u16* p, u64 n, u32 seed, float mean, float std) {
+    grid_dep_start();
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
         p[i] = f32_to_bf16(mean + std * normal(i, seed));
 }
 
 // p[i] = v. Grid-stride.
 extern "C" __global__ void fill_f32(float* p, u64 n, float v) {
+    grid_dep_start();
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
         p[i] = v;
 }
@@ -182,6 +187,7 @@ extern "C" __global__ void fill_f32(float* p, u64 n, float v) {
 // The conversions of common.cuh on given inputs (n even): codes[i] = e4m3(in[i]) and
 // back[i] = f32(e4m3 code i & 255), for comparison with the CPU implementation.
 extern "C" __global__ void fp8_probe(const float* in, int n, u8* codes, float* back) {
+    grid_dep_start();
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (2 * i < n) {
         const u16 v = f32x2_to_e4m3x2(in[2 * i], in[2 * i + 1]);

@@ -38,16 +38,18 @@ def main():
     bench = load(out, "bench.json")
     models = [r for r in (bench or {}).get("records", []) if r.get("kind") == "model"]
     print("\n| model (random FP8) | prefill tok/s | decode tok/s | ms/token | ms/token without CUDA graph "
-          "| weights GB/token | decode GB/s | % HBM roofline (target >= 80) | prefill GEMM path |"
-          "\n|---|---|---|---|---|---|---|---|---|")
+          "| ms/token without PDL | weights GB/token | decode GB/s | % HBM roofline (target >= 80) "
+          "| prefill GEMM path |\n|---|---|---|---|---|---|---|---|---|---|")
     for r in models:
         plain = r.get("decode_ms_without_graph")
         plain = f"{plain:.2f}" if r.get("cuda_graph") and plain is not None else "(no graph)"
+        serial = r.get("decode_ms_without_pdl")
+        serial = f"{serial:.2f}" if r.get("pdl") and serial is not None else "(no PDL)"
         print(f"| {r['shape']} | {r['prefill_tok_s']:.0f} ({r['prefill_tokens']} tok) | {r['decode_tok_s']:.1f} "
-              f"| {r['decode_ms']:.2f} | {plain} | {r['weight_bytes_per_token'] / 1e9:.1f} | {r['decode_GBps']:.0f} "
+              f"| {r['decode_ms']:.2f} | {plain} | {serial} | {r['weight_bytes_per_token'] / 1e9:.1f} | {r['decode_GBps']:.0f} "
               f"| {r['pct_roofline']:.1f} (peak {r['peak_GBps']:.0f}, copy {r['copy_GBps']:.0f} GB/s) | {r['fp8_path']} |")
     if not models:
-        print("| (no result, see bench.log) | | | | | | | | |")
+        print("| (no result, see bench.log) | | | | | | | | | |")
     attn = [r for r in (bench or {}).get("records", []) if r.get("kind") == "attention"]
     if attn:
         print("\n| prefill attention, one layer | rows | CUDA cores us | tensor cores us | tensor-core TFLOP/s "

@@ -153,7 +153,8 @@ static const Entry KERNELS[] = {
     KERNEL(attention_mma_64), KERNEL(attention_mma_128), KERNEL(attention_mma_256),
     KERNEL(gemv_int4g),       KERNEL(gemv_int8g),  KERNEL(gemv_fp4g),          KERNEL(dequant_int4g),
     KERNEL(dequant_int8g),    KERNEL(dequant_fp4g), KERNEL(quant_groups),       KERNEL(gemv_fp8_block),
-    KERNEL(gemm_fp8),         KERNEL(gemm_int8),   KERNEL(gemm_fp8_block),
+    KERNEL(gemm_fp8),         KERNEL(gemm_int8),   KERNEL(gemm_fp8_block),     KERNEL(gemv_int4h),
+    KERNEL(dequant_int4h),
 };
 
 static const Entry* find(const char* name) {
@@ -186,6 +187,8 @@ static const bool g_reverse = [] {
 
 static void fiber_entry() {
     g_job->e->call(g_job->e->fn, g_job->args.data());
+    // Under a programmatic launch a kernel that never waits races its predecessor.
+    if (!g_fiber->dep_waited) fail("the kernel returned without calling grid_dep_wait()");
     g_fiber->st = DONE;
     yield();
     __builtin_unreachable();
@@ -236,6 +239,7 @@ struct Worker {
             f.lane = t & 31;
             f.warp = t >> 5;
             f.seq = 0;
+            f.dep_waited = false;
         }
         g_block = &b;
         g_error = &err;

@@ -38,6 +38,7 @@ struct Fiber {
     dim3u tid;
     int lane, warp;
     unsigned seq;  // collectives done: picks the exchange buffer and checks warps stay in step
+    bool dep_waited;  // called grid_dep_wait(): every thread of every kernel must
 };
 
 struct Block {
@@ -226,11 +227,15 @@ void* dyn_smem();
 struct alignas(16) uint4 {
     unsigned x, y, z, w;
 };
+struct alignas(8) uint2 {
+    unsigned x, y;
+};
 struct alignas(8) float2 {
     float x, y;
 };
 static inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
 static inline float2 make_float2(float x, float y) { return {x, y}; }
+static inline uint2 make_uint2(unsigned x, unsigned y) { return {x, y}; }
 static inline uint4 __ldg(const uint4* p) { return *p; }
 static inline float __uint_as_float(unsigned u) { return emu::float_of(u); }
 static inline float __int_as_float(int i) { return emu::float_of((unsigned)i); }
@@ -259,6 +264,18 @@ static inline int __popc(unsigned v) { return __builtin_popcount(v); }
 
 // The PTX helpers of common.cuh and gemv.cu (which compile them only without QFORGE_EMU).
 static inline unsigned short f32_to_bf16(float f) { return emu::bf16_code(f); }
+static inline unsigned f32x2_to_bf16x2(float lo, float hi) {
+    return (unsigned)emu::bf16_code(lo) | ((unsigned)emu::bf16_code(hi) << 16);
+}
+// Rounded once: a*b + c is exact in a double, and here (the kernels' uses) also in a float.
+static inline unsigned bf16x2_fma(unsigned a, unsigned b, unsigned c) {
+    unsigned r = 0;
+    for (int h = 0; h < 2; h++) {
+        const auto half = [&](unsigned v) { return (double)emu::float_of((v >> (16 * h)) << 16); };
+        r |= (unsigned)emu::bf16_code((float)(half(a) * half(b) + half(c))) << (16 * h);
+    }
+    return r;
+}
 static inline unsigned short f32x2_to_e4m3x2(float lo, float hi) {
     return (unsigned short)(emu::e4m3_code(lo) | (emu::e4m3_code(hi) << 8));
 }
@@ -271,6 +288,12 @@ static inline unsigned f32_to_s8(float x) {
     return (unsigned)(int)(r < -128.0f ? -128.0f : r > 127.0f ? 127.0f : r);
 }
 static inline uint4 ld_stream(const unsigned char* p) { return *(const uint4*)p; }
+// Launches run one after the other here; the emulator only checks that every thread waits
+// (emu.cpp fails a kernel that returns without it) and launches its successor after that.
+static inline void grid_dep_wait() { emu::g_fiber->dep_waited = true; }
+static inline void grid_dep_launch() {
+    if (!emu::g_fiber->dep_waited) emu::fail("grid_dep_launch() before grid_dep_wait()");
+}
 static inline void mma_e4m3(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3,
                             unsigned b0, unsigned b1) {
     emu::mma<emu::MMA_E4M3>(d, a0, a1, a2, a3, b0, b1);

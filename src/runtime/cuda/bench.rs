@@ -151,7 +151,9 @@ fn bench_one(
             1.0 / td,
             td * 1e3,
             bytes as f64 / 1e9,
-            if m.graph_captured() {
+            if m.graph_captured() && m.gpu.pdl() {
+                "CUDA graph, programmatic launches"
+            } else if m.graph_captured() {
                 "CUDA graph"
             } else {
                 "launch by launch"
@@ -174,6 +176,24 @@ fn bench_one(
             ),
         );
     }
+    // Programmatic launches (PDL) against plain graph edges, when the graph has them.
+    let pdl = captured && m.gpu.pdl();
+    let mut td_serial = td;
+    if pdl {
+        m.set_pdl(false);
+        td_serial = time_decode(&mut m)?;
+        m.set_pdl(true);
+        r.info(
+            &st,
+            "decode without programmatic launches",
+            format!(
+                "{:.1} tokens/s ({:.2} ms/token): PDL {:.3}x",
+                1.0 / td_serial,
+                td_serial * 1e3,
+                td_serial / td
+            ),
+        );
+    }
     let pct = 100.0 * gbps / peak;
     // The emulator has no HBM: its figure is reported, not judged.
     let verdict = (!m.gpu.is_emulated()).then_some(pct >= 80.0);
@@ -192,7 +212,8 @@ fn bench_one(
     r.extra.push(json!({"kind": "model", "shape": shape, "prefill_tokens": prefill, "prefill_tok_s": prefill as f64 / tp,
         "decode_tok_s": 1.0 / td, "decode_ms": td * 1e3, "weight_bytes_per_token": bytes, "decode_GBps": gbps,
         "peak_GBps": peak, "copy_GBps": copy, "pct_roofline": pct, "fp8_path": m.gemm.fp8_path(),
-        "cuda_graph": captured, "decode_ms_without_graph": td_plain * 1e3}));
+        "cuda_graph": captured, "decode_ms_without_graph": td_plain * 1e3, "pdl": pdl,
+        "decode_ms_without_pdl": td_serial * 1e3}));
     Ok(())
 }
 

@@ -149,12 +149,14 @@ fn random_linear(
         }
         SyntheticScheme::W4a16 => {
             let (bytes, groups) = (n * grouped::padded(k) / 2, grouped::groups_per_row(k, 128));
-            let (codes, scales) = codes_scales(bytes, n * groups, 0.02 / 4.0)?;
+            // A BF16 scale, as W4A16 checkpoints store them: the kernels' fast path.
+            let scale = half::bf16::from_f32(0.02 / 4.0).to_f32();
+            let (codes, scales) = codes_scales(bytes, n * groups, scale)?;
             DWeight::Grouped {
                 codes,
                 scales,
                 offsets: None,
-                kind: GroupKind::Int4,
+                kind: GroupKind::Int4.for_values([scale].iter()),
                 group: 128,
             }
         }

@@ -289,6 +289,12 @@ impl CudaModel {
         });
         match res {
             Ok(g) => self.graph = Some(g),
+            Err(e) if self.gpu.pdl() => {
+                // Programmatic launches are the newer feature: try the graph without them.
+                self.gpu.set_pdl(false);
+                self.graph_note = Some(format!("programmatic launches off: {e}"));
+                self.capture_decode();
+            }
             Err(e) => {
                 self.graphs = false;
                 self.graph_note = Some(format!("CUDA graphs off: {e}"));
@@ -299,6 +305,13 @@ impl CudaModel {
     /// Turns decode graphs on or off (benchmarks time both).
     pub fn set_graphs(&mut self, on: bool) {
         self.graphs = on;
+        self.graph = None;
+    }
+
+    /// Turns programmatic launches in the decode graph on or off (benchmarks time both);
+    /// the next decode step captures the graph again.
+    pub fn set_pdl(&mut self, on: bool) {
+        self.gpu.set_pdl(on);
         self.graph = None;
     }
 
@@ -537,6 +550,7 @@ impl Backend for CudaModel {
         let i = &self.gpu.info;
         let graphs = match (&self.graph_note, self.graphs) {
             (Some(why), _) => why.as_str(),
+            (None, true) if self.gpu.pdl() => "decode as a CUDA graph, programmatic launches",
             (None, true) => "decode as a CUDA graph",
             (None, false) => "CUDA graphs off",
         };

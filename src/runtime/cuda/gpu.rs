@@ -12,7 +12,7 @@ use cudarc::driver::sys::CUdevice_attribute as Attr;
 use cudarc::driver::{
     result as cu, CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg,
 };
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -195,6 +195,8 @@ pub struct Gpu {
     pub(super) dev: Dev,
     /// Set between [`Gpu::begin_capture`] and [`Gpu::end_capture`] (see [`super::graph`]).
     pub(super) capture: RefCell<Option<Capture>>,
+    /// Whether captured launches use programmatic dependent launch (see [`super::graph`]).
+    pub(super) pdl: Cell<bool>,
 }
 
 fn on_emulator(what: &str) -> Error {
@@ -232,6 +234,7 @@ impl Gpu {
             funcs.insert(name, f);
         }
         Ok(Gpu {
+            pdl: Cell::new(super::graph::pdl_default(info.cc)),
             kernels_cached: cubins.iter().all(|c| c.cached),
             compile_s: t0.elapsed().as_secs_f64(),
             info,
@@ -255,6 +258,7 @@ impl Gpu {
             compile_s: t0.elapsed().as_secs_f64(),
             dev: Dev::Emu(e),
             capture: RefCell::new(None),
+            pdl: Cell::new(false),
         })
     }
 
@@ -414,6 +418,10 @@ impl Gpu {
             .funcs
             .get(name)
             .ok_or_else(|| Error::Runtime(format!("kernel {name} is not loaded")))?;
+        if self.pdl.get() && self.capture.borrow().is_some() {
+            return super::graph::launch_programmatic(&c.ctx, &c.side, f, cfg, args)
+                .map_err(|e| drv(&format!("launching {name} (programmatic)"), e));
+        }
         let mut b = self.work_stream(c).launch_builder(f);
         for a in args {
             match a {

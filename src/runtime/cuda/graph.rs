@@ -8,11 +8,23 @@
 //! [`Gpu::begin_capture`] and [`Gpu::end_capture`] kernel launches and device-to-device
 //! copies are recorded, not run; allocations, host copies and waits are errors (as CUDA
 //! would reject them). The emulator records the same calls and replays them in order.
+//!
+//! On Hopper the captured launches are programmatic (PDL): a kernel may start while its
+//! predecessor finishes, so the gap between the ~900 dependent kernels shrinks, and a GEMV
+//! loads its first weights before it waits (`grid_dep_wait()` in kernels/common.cuh, which
+//! every kernel calls before touching what another kernel reads or writes; the emulator
+//! checks that each one does). `QFORGE_PDL=0` turns it off; a capture that fails with it is
+//! retried without (see `CudaModel::capture_decode`).
 
+use super::gpu::Arg;
 use super::gpu::{Dev, Gpu};
 use crate::{Error, Result};
-use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
-use cudarc::driver::{result as cu, CudaGraph};
+use cudarc::driver::sys::{self, CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::{
+    result as cu, CudaContext, CudaFunction, CudaGraph, CudaStream, LaunchConfig,
+};
+use std::ffi::c_void;
+use std::sync::Arc;
 
 /// What the emulator records during a capture.
 pub(super) enum Recorded {
@@ -146,4 +158,86 @@ impl Gpu {
             false => &c.stream,
         }
     }
+}
+
+/// Programmatic launches are on by default from compute capability 9.0 (`griddepcontrol`),
+/// unless `QFORGE_PDL` is `0`.
+pub(super) fn pdl_default(cc: (i32, i32)) -> bool {
+    cc >= (9, 0) && std::env::var_os("QFORGE_PDL").is_none_or(|v| v != "0")
+}
+
+impl Gpu {
+    /// Turns programmatic launches of captured kernels on or off (for the next capture);
+    /// they stay off on GPUs before compute capability 9.0 and on the emulator.
+    pub fn set_pdl(&self, on: bool) {
+        let able = !self.is_emulated() && self.info.cc >= (9, 0);
+        self.pdl.set(on && able);
+    }
+
+    /// Whether captured kernels are launched programmatically.
+    pub fn pdl(&self) -> bool {
+        self.pdl.get()
+    }
+}
+
+/// Launches `f` on `stream` with programmatic stream serialization: it may begin before the
+/// kernel ahead of it has finished (each kernel's `grid_dep_wait()` orders what matters).
+pub(super) fn launch_programmatic(
+    ctx: &Arc<CudaContext>,
+    stream: &CudaStream,
+    f: &CudaFunction,
+    cfg: LaunchConfig,
+    args: &[Arg],
+) -> std::result::Result<(), cu::DriverError> {
+    ctx.bind_to_thread()?;
+    // The argument values, then pointers to them (cuLaunchKernelEx's `kernelParams`).
+    let mut vals: Vec<[u8; 8]> = args
+        .iter()
+        .map(|a| {
+            let mut v = [0u8; 8];
+            match *a {
+                Arg::U64(x) => v.copy_from_slice(&x.to_ne_bytes()),
+                Arg::I32(x) => v[..4].copy_from_slice(&x.to_ne_bytes()),
+                Arg::U32(x) => v[..4].copy_from_slice(&x.to_ne_bytes()),
+                Arg::F32(x) => v[..4].copy_from_slice(&x.to_ne_bytes()),
+            }
+            v
+        })
+        .collect();
+    let mut params: Vec<*mut c_void> = vals.iter_mut().map(|v| v.as_mut_ptr().cast()).collect();
+    // SAFETY: a zeroed union is a valid value; the one field set is the attribute's.
+    let mut attr = unsafe {
+        let mut value: sys::CUlaunchAttributeValue = std::mem::zeroed();
+        value.programmaticStreamSerializationAllowed = 1;
+        sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value,
+        }
+    };
+    let (g, b) = (cfg.grid_dim, cfg.block_dim);
+    let config = sys::CUlaunchConfig {
+        gridDimX: g.0,
+        gridDimY: g.1,
+        gridDimZ: g.2,
+        blockDimX: b.0,
+        blockDimY: b.1,
+        blockDimZ: b.2,
+        sharedMemBytes: cfg.shared_mem_bytes,
+        hStream: stream.cu_stream(),
+        attrs: &mut attr,
+        numAttrs: 1,
+    };
+    // SAFETY: `args` match the kernel's C signature (as in `Gpu::launch`), each value lives
+    // in `vals` until the call returns (the driver copies them), and `config` points at
+    // `attr`, alive for the call.
+    unsafe {
+        sys::cuLaunchKernelEx(
+            &config,
+            f.cu_function(),
+            params.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+    }
+    .result()
 }

@@ -26,6 +26,9 @@ use crate::{Error, Result};
 pub enum GroupKind {
     /// 4-bit integers `u`, value `u − off`.
     Int4,
+    /// [`GroupKind::Int4`] whose scales and offsets are all BF16 values (see
+    /// [`GroupKind::for_values`]): the same values, dequantized in BF16x2 arithmetic.
+    Int4Bf16,
     /// 8-bit integers `u`, value `u − off`.
     Int8,
     /// FP4 (E2M1) nibbles.
@@ -36,7 +39,18 @@ impl GroupKind {
     pub fn bits(self) -> usize {
         match self {
             GroupKind::Int8 => 8,
-            GroupKind::Int4 | GroupKind::Fp4 => 4,
+            GroupKind::Int4 | GroupKind::Int4Bf16 | GroupKind::Fp4 => 4,
+        }
+    }
+
+    /// The kind the kernels run for these scales and offsets: [`GroupKind::Int4Bf16`] (half
+    /// the instructions per weight) when `self` is `Int4` and every scale and offset is a
+    /// finite BF16 value, as a checkpoint's BF16 scales are.
+    pub fn for_values<'a>(self, mut values: impl Iterator<Item = &'a f32>) -> GroupKind {
+        let bf16 = |v: &f32| v.is_finite() && v.to_bits() & 0xFFFF == 0;
+        match self {
+            GroupKind::Int4 if values.all(bf16) => GroupKind::Int4Bf16,
+            kind => kind,
         }
     }
 
@@ -44,6 +58,7 @@ impl GroupKind {
     pub fn kernels(self) -> (&'static str, &'static str) {
         match self {
             GroupKind::Int4 => ("gemv_int4g", "dequant_int4g"),
+            GroupKind::Int4Bf16 => ("gemv_int4h", "dequant_int4h"),
             GroupKind::Int8 => ("gemv_int8g", "dequant_int8g"),
             GroupKind::Fp4 => ("gemv_fp4g", "dequant_fp4g"),
         }
@@ -239,5 +254,24 @@ mod tests {
         let bytes = layout(2, 8, 8, |i| 10 + i as u8);
         assert_eq!(bytes.len(), 256);
         assert_eq!(&bytes[128..136], &[18, 19, 20, 21, 22, 23, 24, 25]);
+    }
+
+    /// The BF16x2 INT4 kernels only for INT4 weights whose scales and offsets are all finite
+    /// BF16 values; one f32 scale, a NaN, or another format keeps the general kernels.
+    #[test]
+    fn bf16_int4_kernels_only_for_bf16_values() {
+        let bf16 = [0.0f32, 1.0 / 512.0, -3.0, 8.0, 0.005004883];
+        assert_eq!(GroupKind::Int4.for_values(bf16.iter()), GroupKind::Int4Bf16);
+        for bad in [0.005f32, f32::NAN, f32::INFINITY] {
+            let v: Vec<f32> = bf16.iter().copied().chain([bad]).collect();
+            assert_eq!(
+                GroupKind::Int4.for_values(v.iter()),
+                GroupKind::Int4,
+                "{bad}"
+            );
+        }
+        for other in [GroupKind::Int8, GroupKind::Fp4] {
+            assert_eq!(other.for_values(bf16.iter()), other);
+        }
     }
 }

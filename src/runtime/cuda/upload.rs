@@ -231,6 +231,11 @@ fn upload_grouped(g: &Gpu, name: &str, parts: &[&GroupedHost]) -> Result<DWeight
             Some(g.upload_new(&cat(&offs))?)
         }
     };
+    let values = parts.iter().flat_map(|p| {
+        let offsets = p.offsets.iter().flatten();
+        p.scales.iter().chain(offsets)
+    });
+    let kind = kind.for_values(values);
     Ok(DWeight::Grouped {
         codes,
         scales,

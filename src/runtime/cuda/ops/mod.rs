@@ -30,9 +30,10 @@ impl ActOut {
     }
 }
 
+/// Threads of the one-block-per-row kernels (at most their `__launch_bounds__(512)`).
 fn row_threads(n: usize) -> u32 {
     if n >= 4096 {
-        1024
+        512
     } else {
         256
     }

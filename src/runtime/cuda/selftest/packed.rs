@@ -6,6 +6,7 @@
 
 use super::super::dweights::{DLinear, DWeights};
 use super::super::gpu::Gpu;
+use super::super::grouped::GroupKind;
 use super::super::ops::{self, Codes};
 use super::super::report::Report;
 use crate::checkpoint::Checkpoint;
@@ -51,13 +52,34 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-/// (values unlike the CPU's, GEMV outputs unlike gemv_bf16's) of one packed Linear: the
-/// GEMV for 1, 5, 16 and 20 activation rows, plain, with a bias, and with f32 output.
+/// (values unlike the CPU's, GEMV outputs unlike gemv_bf16's) of one packed Linear, summed
+/// over the kernels that can run it (a BF16-scaled INT4 weight also through the general
+/// INT4 kernels, which must give the same values).
 fn check_linear(g: &Gpu, d: &DLinear, parts: &[&Linear]) -> Result<(usize, usize)> {
     let w = d
         .grouped()
         .ok_or_else(|| Error::Runtime(format!("{} is not packed", d.name)))?;
-    let (n, k) = (d.n, d.k);
+    let mut kinds = vec![w.kind];
+    if w.kind == GroupKind::Int4Bf16 {
+        kinds.push(GroupKind::Int4);
+    }
+    let (mut values, mut outputs) = (0, 0);
+    for kind in kinds {
+        let (v, o) = check_kernels(g, ops::GroupedW { kind, ..w }, (d.n, d.k), parts)?;
+        values += v;
+        outputs += o;
+    }
+    Ok((values, outputs))
+}
+
+/// One kernel pair on a packed weight: the dequantized values against the CPU's, then the
+/// GEMV for 1, 5, 16 and 20 activation rows, plain, with a bias, and with f32 output.
+fn check_kernels(
+    g: &Gpu,
+    w: ops::GroupedW,
+    (n, k): (usize, usize),
+    parts: &[&Linear],
+) -> Result<(usize, usize)> {
     let dense = g.alloc(n * k * 2)?;
     ops::dequant_grouped(g, w, dense.ptr, (n, k))?;
     let got = download(g, dense.ptr, n * k * 2)?;
@@ -130,8 +152,8 @@ pub fn fixture(g: &Gpu, dir: &Path, name: &str, r: &mut Report) -> Result<()> {
 type Launch<'a> = dyn Fn() -> Result<()> + 'a;
 
 /// Decode GEMV times on a 70B gate_up (57344 × 8192), one activation row, with the bytes
-/// each reads per second (real GPUs only): INT4 g128 packed vs BF16, and FP8_BLOCK vs FP8
-/// per channel.
+/// each reads per second (real GPUs only): INT4 g128 packed (both kernels) vs BF16, and
+/// FP8_BLOCK vs FP8 per channel.
 pub fn speed(g: &Gpu, r: &mut Report) -> Result<()> {
     if g.is_emulated() {
         return Ok(());
@@ -141,7 +163,7 @@ pub fn speed(g: &Gpu, r: &mut Report) -> Result<()> {
     let codes = g.alloc(n * k)?;
     ops::fill_fp8_normal(g, codes.ptr, n * k, 1)?; // also two valid INT4 codes per byte
     let scales = g.alloc(n * groups * 4)?;
-    ops::fill_f32(g, scales.ptr, n * groups, 0.002)?;
+    ops::fill_f32(g, scales.ptr, n * groups, 1.0 / 512.0)?; // a BF16 value: both INT4 paths
     let dense = g.alloc(n * k * 2)?;
     ops::fill_bf16_normal(g, dense.ptr, n * k, 2, 0.0, 0.02)?;
     let x = g.alloc(k * 2)?;
@@ -153,8 +175,12 @@ pub fn speed(g: &Gpu, r: &mut Report) -> Result<()> {
         codes: codes.ptr,
         scales: scales.ptr,
         offsets: 0,
-        kind: super::super::grouped::GroupKind::Int4,
+        kind: GroupKind::Int4,
         group: 128,
+    };
+    let wh = ops::GroupedW {
+        kind: GroupKind::Int4Bf16,
+        ..w
     };
     let time = |f: &Launch| -> Result<f64> {
         f()?;
@@ -167,10 +193,15 @@ pub fn speed(g: &Gpu, r: &mut Report) -> Result<()> {
         Ok(t0.elapsed().as_secs_f64() / 20.0)
     };
     let cw = (codes.ptr, scales.ptr, 0);
-    let runs: [(&str, usize, &Launch); 4] = [
+    let runs: [(&str, usize, &Launch); 5] = [
         ("int4 g128", n * k / 2 + n * groups * 4, &|| {
             ops::gemv_grouped(g, (w, 0), x.ptr, (y.ptr, false), (1, n, k))
         }),
+        (
+            "int4 g128, bf16 scales",
+            n * k / 2 + n * groups * 4,
+            &|| ops::gemv_grouped(g, (wh, 0), x.ptr, (y.ptr, false), (1, n, k)),
+        ),
         ("bf16", n * k * 2, &|| {
             ops::gemv_bf16(g, (dense.ptr, 0), x.ptr, (y.ptr, false), (1, n, k))
         }),
