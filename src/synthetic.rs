@@ -58,6 +58,18 @@ pub enum SyntheticScheme {
     /// INT4 in groups of 128 columns, BF16 activations (weight-only).
     #[value(name = "w4a16")]
     W4a16,
+    /// INT4 in groups of 128 columns with zero points (weight-only).
+    #[value(name = "w4a16_asym")]
+    W4a16Asym,
+    /// INT8 in groups of 128 columns (weight-only).
+    #[value(name = "w8a16")]
+    W8a16,
+    /// FP4 (E2M1) in groups of 16 columns, E4M3 group scales (weight-only).
+    #[value(name = "nvfp4a16")]
+    Nvfp4a16,
+    /// FP4 (E2M1) in groups of 32 columns, power-of-two group scales (weight-only).
+    #[value(name = "mxfp4a16")]
+    Mxfp4a16,
 }
 
 impl SyntheticScheme {
@@ -68,6 +80,10 @@ impl SyntheticScheme {
             SyntheticScheme::Fp8Block => "FP8_BLOCK",
             SyntheticScheme::W8a8 => "W8A8",
             SyntheticScheme::W4a16 => "W4A16",
+            SyntheticScheme::W4a16Asym => "W4A16_ASYM",
+            SyntheticScheme::W8a16 => "W8A16",
+            SyntheticScheme::Nvfp4a16 => "NVFP4A16",
+            SyntheticScheme::Mxfp4a16 => "MXFP4A16",
         }
     }
 }

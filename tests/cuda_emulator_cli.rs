@@ -158,8 +158,8 @@ fn bench_on_cuda_runs_the_profiles() {
         .contains("256 MiB copy"));
 }
 
-/// `bench --synthetic-scheme`: W8A8 and W4A16 models built in (emulated) GPU memory run, at
-/// their quantized size (weight bytes per token: codes + scales, the BF16 lm_head); FP8_BLOCK
+/// `bench --synthetic-scheme`: W8A8 and the packed weight-only models built in (emulated) GPU
+/// memory run, at their quantized size (weight bytes per token: codes + scales, the BF16 lm_head); FP8_BLOCK
 /// refuses the bundled shape's 48 columns in one line.
 #[test]
 fn bench_on_cuda_builds_each_synthetic_scheme() {
@@ -185,12 +185,25 @@ fn bench_on_cuda_builds_each_synthetic_scheme() {
     let linears = [(48 + 32, 48), (48, 48), (256, 48), (48, 128)];
     let lm_head = 49152 * 48 * 2;
     let int8: usize = linears.iter().map(|&(n, k)| n * k + 4 * n).sum();
-    // INT4: rows padded to 128 columns, one f32 scale per 128-column group.
-    let int4: usize = linears
-        .iter()
-        .map(|&(n, k): &(usize, usize)| n * k.next_multiple_of(128) / 2 + 4 * n * k.div_ceil(128))
-        .sum();
-    for (scheme, name, per_layer) in [("w8a8", "W8A8", int8), ("w4a16", "W4A16", int4)] {
+    // Packed weight-only: rows padded to 128 columns, `bits` per weight, one f32 scale per
+    // group (and one f32 offset, asymmetric).
+    let packed = |bits: usize, group: usize, per_group: usize| -> usize {
+        linears
+            .iter()
+            .map(|&(n, k): &(usize, usize)| {
+                let padded = k.next_multiple_of(128);
+                n * padded * bits / 8 + per_group * n * padded.div_ceil(group)
+            })
+            .sum()
+    };
+    for (scheme, name, per_layer) in [
+        ("w8a8", "W8A8", int8),
+        ("w4a16", "W4A16", packed(4, 128, 4)),
+        ("w4a16_asym", "W4A16_ASYM", packed(4, 128, 8)),
+        ("w8a16", "W8A16", packed(8, 128, 4)),
+        ("nvfp4a16", "NVFP4A16", packed(4, 16, 4)),
+        ("mxfp4a16", "MXFP4A16", packed(4, 32, 4)),
+    ] {
         let r = ok_json(&run(scheme));
         assert!(
             r["model"]

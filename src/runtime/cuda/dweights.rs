@@ -128,6 +128,28 @@ fn random_linear(
         ops::fill_f32(g, sbuf.ptr, scales, s)?;
         Ok((codes, sbuf))
     };
+    let bf16 = |v: f32| half::bf16::from_f32(v).to_f32();
+    // A packed weight-only Linear: every group scale `scale`, every offset `offset`.
+    let grouped = |(kind, group): (GroupKind, usize), scale: f32, offset: Option<f32>| {
+        let bytes = n * grouped::padded(k) * kind.bits() / 8;
+        let groups = n * grouped::groups_per_row(k, group);
+        let (codes, scales) = codes_scales(bytes, groups, scale)?;
+        let offsets = match offset {
+            Some(o) => {
+                let b = g.alloc(groups * 4)?;
+                ops::fill_f32(g, b.ptr, groups, o)?;
+                Some(b)
+            }
+            None => None,
+        };
+        Ok::<_, Error>(DWeight::Grouped {
+            codes,
+            scales,
+            offsets,
+            kind: kind.for_values([scale].iter().chain(offset.iter())),
+            group,
+        })
+    };
     Ok(match scheme {
         SyntheticScheme::Fp8Dynamic => {
             let (codes, scales) = codes_scales(n * k, n, 0.02 / 112.0)?;
@@ -147,19 +169,15 @@ fn random_linear(
             let (codes, scales) = codes_scales(n * k, n, 0.02 / 64.0)?;
             DWeight::Int8 { codes, scales }
         }
-        SyntheticScheme::W4a16 => {
-            let (bytes, groups) = (n * grouped::padded(k) / 2, grouped::groups_per_row(k, 128));
-            // A BF16 scale, as W4A16 checkpoints store them: the kernels' fast path.
-            let scale = half::bf16::from_f32(0.02 / 4.0).to_f32();
-            let (codes, scales) = codes_scales(bytes, n * groups, scale)?;
-            DWeight::Grouped {
-                codes,
-                scales,
-                offsets: None,
-                kind: GroupKind::Int4.for_values([scale].iter()),
-                group: 128,
-            }
+        // Scales as checkpoints hold them: BF16 for the integer formats (the BF16x2 INT4
+        // kernels' case), e4m3 / global (any f32) for NVFP4, a power of two for MXFP4.
+        SyntheticScheme::W4a16 => grouped((GroupKind::Int4, 128), bf16(0.02 / 4.0), None)?,
+        SyntheticScheme::W4a16Asym => {
+            grouped((GroupKind::Int4, 128), bf16(0.02 / 8.0), Some(8.0))?
         }
+        SyntheticScheme::W8a16 => grouped((GroupKind::Int8, 128), bf16(0.02 / 64.0), None)?,
+        SyntheticScheme::Nvfp4a16 => grouped((GroupKind::Fp4, 16), 0.02 / 3.0, None)?,
+        SyntheticScheme::Mxfp4a16 => grouped((GroupKind::Fp4, 32), 1.0 / 256.0, None)?,
     })
 }
 
