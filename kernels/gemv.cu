@@ -251,8 +251,12 @@ extern "C" __global__ void __launch_bounds__(128)
 // exactly the 8 weights gemv_sums gives thread tig for chunk j. A 4-bit chunk is one u32
 // with weights 0..7 in nibbles 0,4,1,5,2,6,3,7, so nibbles i and i+4 are the BF16 pair i;
 // an 8-bit chunk is two u32 in weight order. So one warp step of gemv_sums (4 chunks) is one
-// 16-byte (4-bit) or 32-byte (8-bit) load per row per thread. Scales and offsets are f32
-// [rows][ceil(padded / group)], group a multiple of 8.
+// 16-byte (4-bit) or 32-byte (8-bit) load per row per thread. Scales and offsets are
+// [rows][ceil(padded / group)], group a multiple of 8: f32 for the integer formats; for FP4
+// one byte per group (the checkpoint's E4M3 or E8M0 code), whose value the row's table of
+// 256 f32 gives (`tab + rtab[row]`, one table per fused part: e4m3(b) / that part's global
+// scale, or 2^(b - 127)) -- a quarter of the f32 scales' bytes, which at group 16 were half
+// of the codes'.
 //
 // G_INT4H is G_INT4 for weights whose scales and offsets are BF16 values (a checkpoint's
 // BF16 scales; the host checks): two weights are dequantized at once in BF16x2 arithmetic,
@@ -312,6 +316,7 @@ __device__ __forceinline__ uint4 dequant_chunk(const u32* w, float s, float off)
 template <int F>
 struct GroupFmt {
     static constexpr int bits = F == G_INT8 ? 8 : 4;  // G_INT4H: as G_INT4
+    static constexpr int scale_bytes = F == G_FP4 ? 1 : 4;  // see group_scale
     // The offset of symmetric integer codes (u = q + 2^(bits-1)).
     static constexpr float off = F == G_INT8 ? 128.0f : 8.0f;
 };
@@ -321,12 +326,22 @@ template <int F>
 struct GroupedRows {
     const u8* a;  // codes of rows g and g+8
     const u8* b;
-    const float* sa;  // their scales and offsets (offsets null: symmetric)
-    const float* sb;
+    const u8* sa;  // their scales (see group_scale) and offsets (null: symmetric)
+    const u8* sb;
     const float* oa;
     const float* ob;
+    const float* ta;  // FP4: their scale tables
+    const float* tb;
     int group;
 };
+
+// The scale of group gi of a row: f32 per group, or for FP4 a byte code looked up in the
+// row's table.
+template <int F>
+__device__ __forceinline__ float group_scale(const u8* s, const float* table, u64 gi) {
+    if constexpr (F == G_FP4) return table[s[gi]];
+    else return ((const float*)s)[gi];
+}
 
 template <int F>
 __device__ __forceinline__ void load_rows(const GroupedRows<F>& r, int c0, int tig, int kb,
@@ -354,8 +369,8 @@ __device__ __forceinline__ void load_rows(const GroupedRows<F>& r, int c0, int t
         const int gi = ((c0 + u) * 32 + tig * 8) / r.group, w = u * bits / 4;
         const float off_a = r.oa ? r.oa[gi] : GroupFmt<F>::off;
         const float off_b = r.ob ? r.ob[gi] : GroupFmt<F>::off;
-        ra[u] = dequant_chunk<F>(pa + w, r.sa[gi], off_a);
-        rb[u] = dequant_chunk<F>(pb + w, r.sb[gi], off_b);
+        ra[u] = dequant_chunk<F>(pa + w, group_scale<F>(r.sa, r.ta, gi), off_a);
+        rb[u] = dequant_chunk<F>(pb + w, group_scale<F>(r.sb, r.tb, gi), off_b);
     }
 }
 
@@ -365,16 +380,19 @@ __device__ __forceinline__ int padded(int K) { return (K + 127) / 128 * 128; }
 // y[m][n] = sum_k x[m][k] W[n][k] (+ bias[n]), W dequantized from grouped codes; f32 or bf16
 // out as gemv_bf16. Grid ceil(N/16), block 128.
 template <int F>
-__device__ __forceinline__ void gemv_grouped(const u8* w, const float* sw, const float* ow,
+__device__ __forceinline__ void gemv_grouped(const u8* w, const u8* sw, const float* ow,
+                                             const float* tab, const u32* rtab,
                                              const float* bias, const u16* x, void* y,
                                              int out_f32, int M, int N, int K, int group) {
     const u64 row_bytes = (u64)padded(K) * GroupFmt<F>::bits / 8;
     const u64 groups = (padded(K) + group - 1) / group;
+    const u64 srow = groups * GroupFmt<F>::scale_bytes;
     const int r0 = tile_row(N, 0), r1 = tile_row(N, 1);
     const GroupedRows<F> rows = {
         w + r0 * row_bytes,           w + r1 * row_bytes,
-        sw + r0 * groups,             sw + r1 * groups,
+        sw + r0 * srow,               sw + r1 * srow,
         ow ? ow + r0 * groups : ow,   ow ? ow + r1 * groups : ow,
+        tab ? tab + rtab[r0] : tab,   tab ? tab + rtab[r1] : tab,
         group,
     };
     float acc[2][4];
@@ -384,8 +402,9 @@ __device__ __forceinline__ void gemv_grouped(const u8* w, const float* sw, const
 
 // W[n][k] as BF16 `[N][K]` (for prefill's dense GEMM): one thread per chunk of 8 weights.
 template <int F>
-__device__ __forceinline__ void dequant_grouped(const u8* w, const float* sw, const float* ow,
-                                                u16* out, int N, int K, int group) {
+__device__ __forceinline__ void dequant_grouped(const u8* w, const u8* sw, const float* ow,
+                                                const float* tab, const u32* rtab, u16* out,
+                                                int N, int K, int group) {
     constexpr int bits = GroupFmt<F>::bits;
     const u64 per_row = padded(K) / 8, groups = (padded(K) + group - 1) / group;
     const u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
@@ -398,20 +417,24 @@ __device__ __forceinline__ void dequant_grouped(const u8* w, const float* sw, co
         w + row * padded(K) * bits / 8 + sb * 16 * bits + tig * 4 * bits + j * bits;
     const u64 gi = row * groups + k0 / group;
     const float off = ow ? ow[gi] : GroupFmt<F>::off;
-    *(uint4*)(out + row * K + k0) = dequant_chunk<F>((const u32*)chunk, sw[gi], off);
+    const float s = group_scale<F>(sw, tab ? tab + rtab[row] : tab, gi);
+    *(uint4*)(out + row * K + k0) = dequant_chunk<F>((const u32*)chunk, s, off);
 }
 
+// Arguments: codes, scales, offsets (0: symmetric), FP4's tables and per-row table offsets
+// (0 for the integer formats).
 #define GROUPED_KERNELS(F, gemv_name, dequant_name)                                           \
     extern "C" __global__ void __launch_bounds__(128)                                         \
-        gemv_name(const u8* w, const float* sw, const float* ow, const float* bias,           \
-                  const u16* x, void* y, int out_f32, int M, int N, int K, int group) {       \
-        gemv_grouped<F>(w, sw, ow, bias, x, y, out_f32, M, N, K, group);                      \
+        gemv_name(const u8* w, const u8* sw, const float* ow, const float* tab,               \
+                  const u32* rtab, const float* bias, const u16* x, void* y, int out_f32,     \
+                  int M, int N, int K, int group) {                                           \
+        gemv_grouped<F>(w, sw, ow, tab, rtab, bias, x, y, out_f32, M, N, K, group);           \
     }                                                                                          \
     extern "C" __global__ void __launch_bounds__(256)                                         \
-        dequant_name(const u8* w, const float* sw, const float* ow, u16* out, int N, int K,   \
-                     int group) {                                                              \
+        dequant_name(const u8* w, const u8* sw, const float* ow, const float* tab,            \
+                     const u32* rtab, u16* out, int N, int K, int group) {                    \
         grid_dep_start();                                                                      \
-        dequant_grouped<F>(w, sw, ow, out, N, K, group);                                      \
+        dequant_grouped<F>(w, sw, ow, tab, rtab, out, N, K, group);                           \
     }
 
 // Grid ceil(N/16) x block 128 (gemv_*); ceil(N * padded(K) / 8 / 256) x 256 (dequant_*).

@@ -185,14 +185,16 @@ fn bench_on_cuda_builds_each_synthetic_scheme() {
     let linears = [(48 + 32, 48), (48, 48), (256, 48), (48, 128)];
     let lm_head = 49152 * 48 * 2;
     let int8: usize = linears.iter().map(|&(n, k)| n * k + 4 * n).sum();
-    // Packed weight-only: rows padded to 128 columns, `bits` per weight, one f32 scale per
-    // group (and one f32 offset, asymmetric).
+    // Packed weight-only: rows padded to 128 columns, `bits` per weight, per group an f32
+    // scale (and an f32 offset, asymmetric) or FP4's scale byte, whose Linears also have a
+    // table of the 256 byte values and a u32 table offset per row.
     let packed = |bits: usize, group: usize, per_group: usize| -> usize {
         linears
             .iter()
             .map(|&(n, k): &(usize, usize)| {
                 let padded = k.next_multiple_of(128);
-                n * padded * bits / 8 + per_group * n * padded.div_ceil(group)
+                let tables = if per_group == 1 { 256 * 4 + 4 * n } else { 0 };
+                n * padded * bits / 8 + per_group * n * padded.div_ceil(group) + tables
             })
             .sum()
     };
@@ -201,8 +203,8 @@ fn bench_on_cuda_builds_each_synthetic_scheme() {
         ("w4a16", "W4A16", packed(4, 128, 4)),
         ("w4a16_asym", "W4A16_ASYM", packed(4, 128, 8)),
         ("w8a16", "W8A16", packed(8, 128, 4)),
-        ("nvfp4a16", "NVFP4A16", packed(4, 16, 4)),
-        ("mxfp4a16", "MXFP4A16", packed(4, 32, 4)),
+        ("nvfp4a16", "NVFP4A16", packed(4, 16, 1)),
+        ("mxfp4a16", "MXFP4A16", packed(4, 32, 1)),
     ] {
         let r = ok_json(&run(scheme));
         assert!(

@@ -68,6 +68,17 @@ fn packed_weights_dequantize_and_multiply_as_the_cpus_bf16_bit_for_bit() {
             let dw = DWeights::from_checkpoint(&g, &ck, &cfg, &mut |_, _| {}).unwrap();
             for l in &dw.layers {
                 for d in [&l.qkv, &l.o, &l.gate_up, &l.down] {
+                    // FP4 keeps one scale byte per group (and its tables).
+                    if let DWeight::Grouped {
+                        kind: GroupKind::Fp4,
+                        scales,
+                        group,
+                        ..
+                    } = &d.w
+                    {
+                        let groups = d.k.next_multiple_of(128).div_ceil(*group);
+                        assert_eq!(scales.bytes, d.n * groups, "{label} {name} {}", d.name);
+                    }
                     // Packed: 4 or 8 bits per weight plus 4-byte group scales.
                     let dense = 2 * d.n * d.k;
                     assert!(
@@ -112,7 +123,42 @@ fn models(tmp: &std::path::Path) -> Vec<(String, PathBuf)> {
         let name = format!("{preset}-unaligned");
         v.push((name, common::quantize_random(tmp, &unaligned, preset)));
     }
+    v.push((
+        "nvfp4a16-own-global-scales".into(),
+        own_global_scales(&v[3].1, &tmp.join("nvfp4a16-own")),
+    ));
     v
+}
+
+/// A copy of NVFP4 model `src` whose k_proj and up_proj global scales are halved: fused
+/// parts with global scales of their own (llm-compressor shares one per fused set; other
+/// tools need not), so that each part needs its own scale table on the GPU.
+fn own_global_scales(src: &std::path::Path, dst: &std::path::Path) -> PathBuf {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+    let path = dst.join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let mut changed = 0;
+    for (name, t) in header.as_object().unwrap() {
+        if !(name.ends_with("k_proj.weight_global_scale")
+            || name.ends_with("up_proj.weight_global_scale"))
+        {
+            continue;
+        }
+        assert_eq!(t["dtype"], "F32", "{name}");
+        let at = 8 + n + t["data_offsets"][0].as_u64().unwrap() as usize;
+        let v = f32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+        bytes[at..at + 4].copy_from_slice(&(v * 0.5).to_le_bytes());
+        changed += 1;
+    }
+    assert!(changed >= 4, "{changed} global scales");
+    std::fs::write(&path, bytes).unwrap();
+    dst.to_path_buf()
 }
 
 #[test]

@@ -32,12 +32,15 @@ pub enum DWeight {
     Fp8Block { codes: DBuf, scales: DBuf },
     /// BF16 `[n, k]`.
     Bf16(DBuf),
-    /// A weight-only grouped preset, packed (see [`super::grouped`]): codes, f32 scales and
-    /// offsets `[n, groups_per_row]` (offsets only for asymmetric formats).
+    /// A weight-only grouped preset, packed (see [`super::grouped`]): codes, scales and
+    /// offsets `[n, groups_per_row]` (offsets only for asymmetric formats; scales f32, or
+    /// for FP4 bytes with `tables`: the f32 value of each byte per fused part `[parts, 256]`
+    /// and each row's table offset `[n]` u32).
     Grouped {
         codes: DBuf,
         scales: DBuf,
         offsets: Option<DBuf>,
+        tables: Option<(DBuf, DBuf)>,
         kind: GroupKind,
         group: usize,
     },
@@ -84,12 +87,14 @@ impl DLinear {
                 codes,
                 scales,
                 offsets,
+                tables,
                 kind,
                 group,
             } => Some(ops::GroupedW {
                 codes: codes.ptr,
                 scales: scales.ptr,
                 offsets: offsets.as_ref().map_or(0, |o| o.ptr),
+                tables: tables.as_ref().map_or((0, 0), |(t, r)| (t.ptr, r.ptr)),
                 kind: *kind,
                 group: *group,
             }),
@@ -108,8 +113,13 @@ impl DLinear {
                 codes,
                 scales,
                 offsets,
+                tables,
                 ..
-            } => (codes.bytes + scales.bytes + offsets.as_ref().map_or(0, |o| o.bytes)) as u64,
+            } => {
+                let opt = |b: Option<&DBuf>| b.map_or(0, |b| b.bytes);
+                let tables = tables.as_ref().map_or(0, |(t, r)| t.bytes + r.bytes);
+                (codes.bytes + scales.bytes + opt(offsets.as_ref()) + tables) as u64
+            }
         }
     }
 }
@@ -129,23 +139,35 @@ fn random_linear(
         Ok((codes, sbuf))
     };
     let bf16 = |v: f32| half::bf16::from_f32(v).to_f32();
-    // A packed weight-only Linear: every group scale `scale`, every offset `offset`.
+    let filled = |count: usize, v: f32| -> Result<DBuf> {
+        let b = g.alloc(count * 4)?;
+        ops::fill_f32(g, b.ptr, count, v)?;
+        Ok(b)
+    };
+    // A packed weight-only Linear: every group scale `scale` (FP4: random scale bytes, each
+    // worth `scale`), every offset `offset`.
     let grouped = |(kind, group): (GroupKind, usize), scale: f32, offset: Option<f32>| {
         let bytes = n * grouped::padded(k) * kind.bits() / 8;
         let groups = n * grouped::groups_per_row(k, group);
-        let (codes, scales) = codes_scales(bytes, groups, scale)?;
-        let offsets = match offset {
-            Some(o) => {
-                let b = g.alloc(groups * 4)?;
-                ops::fill_f32(g, b.ptr, groups, o)?;
-                Some(b)
+        let (codes, scales, tables) = match kind {
+            GroupKind::Fp4 => {
+                let (codes, scales) = (g.alloc(bytes)?, g.alloc(groups)?);
+                ops::fill_fp8_normal(g, codes.ptr, bytes, seed)?;
+                ops::fill_fp8_normal(g, scales.ptr, groups, seed + 1)?;
+                // One table; every row's offset 0 (a fresh buffer is zeroed).
+                (codes, scales, Some((filled(256, scale)?, g.alloc(n * 4)?)))
             }
-            None => None,
+            _ => {
+                let (codes, scales) = codes_scales(bytes, groups, scale)?;
+                (codes, scales, None)
+            }
         };
+        let offsets = offset.map(|o| filled(groups, o)).transpose()?;
         Ok::<_, Error>(DWeight::Grouped {
             codes,
             scales,
             offsets,
+            tables,
             kind: kind.for_values([scale].iter().chain(offset.iter())),
             group,
         })
@@ -172,9 +194,7 @@ fn random_linear(
         // Scales as checkpoints hold them: BF16 for the integer formats (the BF16x2 INT4
         // kernels' case), e4m3 / global (any f32) for NVFP4, a power of two for MXFP4.
         SyntheticScheme::W4a16 => grouped((GroupKind::Int4, 128), bf16(0.02 / 4.0), None)?,
-        SyntheticScheme::W4a16Asym => {
-            grouped((GroupKind::Int4, 128), bf16(0.02 / 8.0), Some(8.0))?
-        }
+        SyntheticScheme::W4a16Asym => grouped((GroupKind::Int4, 128), bf16(0.02 / 8.0), Some(8.0))?,
         SyntheticScheme::W8a16 => grouped((GroupKind::Int8, 128), bf16(0.02 / 64.0), None)?,
         SyntheticScheme::Nvfp4a16 => grouped((GroupKind::Fp4, 16), 0.02 / 3.0, None)?,
         SyntheticScheme::Mxfp4a16 => grouped((GroupKind::Fp4, 32), 1.0 / 256.0, None)?,

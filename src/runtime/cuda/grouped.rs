@@ -11,9 +11,12 @@
 //! values bit for bit, and prefill dequantizes a Linear into a BF16 scratch matrix for the
 //! dense GEMM.
 //!
-//! Scales (and zero-point offsets) are f32 per group, precomputed here as the CPU computes
-//! them: `s` for the integer formats, `e4m3(s) / global_scale` for NVFP4, `2^(u − 127)` for
-//! MXFP4. That is 4 bytes per group: +3% over the codes at group 128, +25% at 32, +50% at 16.
+//! Scales (and zero-point offsets) of the integer formats are f32 per group, as the CPU
+//! computes them (4 bytes per group: +3% over the codes at group 128). FP4 keeps the
+//! checkpoint's byte per group (E4M3 for NVFP4, E8M0 for MXFP4), with a table of the 256
+//! values the CPU computes for a byte: `e4m3(b) / global_scale` (one table per fused part,
+//! whose global scales differ), `2^(b − 127)`. That is +12.5% over the codes at group 16
+//! (f32 scales were +50%), +6.25% at group 32.
 
 use crate::checkpoint::{Checkpoint, TensorInfo};
 use crate::quant::e4m3_to_f32;
@@ -91,6 +94,26 @@ pub fn groups_per_row(cols: usize, group: usize) -> usize {
     padded(cols).div_ceil(group)
 }
 
+/// Group scales `[rows, groups_per_row]` (0 past the last real group) as the kernels read
+/// them.
+#[derive(Debug, Clone)]
+pub enum Scales {
+    /// The value per group (integer formats).
+    F32(Vec<f32>),
+    /// A byte per group and the value of each byte (FP4).
+    Codes { codes: Vec<u8>, table: Vec<f32> },
+}
+
+impl Scales {
+    /// The f32 values (the integer formats' scales), or none.
+    pub fn values(&self) -> &[f32] {
+        match self {
+            Scales::F32(v) => v,
+            Scales::Codes { .. } => &[],
+        }
+    }
+}
+
 /// One grouped Linear `[rows, cols]` in the device layout.
 #[derive(Debug, Clone)]
 pub struct GroupedHost {
@@ -100,8 +123,7 @@ pub struct GroupedHost {
     pub cols: usize,
     /// `rows × padded(cols) · bits / 8` bytes.
     pub codes: Vec<u8>,
-    /// `[rows, groups_per_row]`, 0 past the last real group.
-    pub scales: Vec<f32>,
+    pub scales: Scales,
     /// `2^(bits−1) + zero point` per group (asymmetric formats only).
     pub offsets: Option<Vec<f32>>,
 }
@@ -137,8 +159,8 @@ pub fn layout(rows: usize, cols: usize, bits: usize, code: impl Fn(usize) -> u8 
 }
 
 /// `[rows, groups]` values spread over rows of `groups_per_row`, padded with 0.
-fn spread(v: &[f32], rows: usize, groups: usize, stride: usize) -> Vec<f32> {
-    let mut out = vec![0.0; rows * stride];
+fn spread<T: Copy + Default>(v: &[T], rows: usize, groups: usize, stride: usize) -> Vec<T> {
+    let mut out = vec![T::default(); rows * stride];
     for r in 0..rows {
         out[r * stride..r * stride + groups].copy_from_slice(&v[r * groups..(r + 1) * groups]);
     }
@@ -189,21 +211,34 @@ pub fn load(
                     Some(zp.iter().map(|&z| half + z as f32).collect::<Vec<f32>>())
                 }
             };
+            let scales = Scales::F32(spread(&scales, rows, groups, stride));
             (layout(rows, cols, bits, code), scales, offsets)
         }
         WeightScheme::Nvfp4 | WeightScheme::Mxfp4 => {
             let packed = ck.data(t("weight_packed")?);
             let code = |i: usize| (packed[i / 2] >> (4 * (i % 2))) & 0xF;
-            let s = ck.data(t("weight_scale")?);
-            let scales = match scheme {
+            let s = t("weight_scale")?;
+            let bytes = ck.data(s);
+            if bytes.len() != rows * groups {
+                return Err(Error::Checkpoint(format!(
+                    "{module}.weight_scale: {} bytes, expected {rows}x{groups}",
+                    bytes.len()
+                )));
+            }
+            let table = match scheme {
                 WeightScheme::Nvfp4 => {
                     let g = t("weight_global_scale")?;
                     let gs = crate::quant::to_f32(g.dtype, ck.data(g))?[0];
-                    s.iter().map(|&b| e4m3_to_f32(b) / gs).collect()
+                    (0..=255u8).map(|b| e4m3_to_f32(b) / gs).collect()
                 }
-                _ => s.iter().map(|&u| e8m0(u)).collect(),
+                _ => (0..=255u8).map(e8m0).collect(),
             };
-            (layout(rows, cols, bits, code), scales, None)
+            let codes = spread(bytes, rows, groups, stride);
+            (
+                layout(rows, cols, bits, code),
+                Scales::Codes { codes, table },
+                None,
+            )
         }
         _ => unreachable!("native() accepts only the formats above"),
     };
@@ -213,7 +248,7 @@ pub fn load(
         rows,
         cols,
         codes,
-        scales: spread(&scales, rows, groups, stride),
+        scales,
         offsets: offsets.map(|o| spread(&o, rows, groups, stride)),
     })
 }

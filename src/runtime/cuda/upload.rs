@@ -4,7 +4,7 @@
 
 use super::dweights::{DLayer, DLinear, DWeight};
 use super::gpu::{DBuf, Gpu};
-use super::grouped::{self, GroupKind, GroupedHost};
+use super::grouped::{self, GroupKind, GroupedHost, Scales};
 use crate::checkpoint::{Checkpoint, DType, TensorInfo};
 use crate::runtime::config::ModelConfig;
 use crate::runtime::weights::{self, Dense, LinearWeight};
@@ -219,27 +219,49 @@ fn upload_grouped(g: &Gpu, name: &str, parts: &[&GroupedHost]) -> Result<DWeight
         parts.iter().flat_map(|p| f(p)).collect()
     };
     let codes = g.upload_new(&cat(&|p| p.codes.clone()))?;
-    let scales = g.upload_new(&cat(&|p| f32_bytes(&p.scales)))?;
+    let scales = g.upload_new(&cat(&|p| match &p.scales {
+        Scales::F32(v) => f32_bytes(v),
+        Scales::Codes { codes, .. } => codes.clone(),
+    }))?;
+    // FP4: each part's table of byte values, and each row's table (its offset in floats).
+    let tables = match &parts[0].scales {
+        Scales::F32(_) => None,
+        Scales::Codes { .. } => {
+            let mut values = Vec::new();
+            let mut rows = Vec::new();
+            for p in parts {
+                let Scales::Codes { table, .. } = &p.scales else {
+                    return Err(Error::Runtime(format!("{name}: mixed FP4 scale kinds")));
+                };
+                let at = values.len() as u32;
+                values.extend_from_slice(table);
+                rows.extend(std::iter::repeat_n(at, p.rows));
+            }
+            let rows: Vec<u8> = rows.iter().flat_map(|r| r.to_le_bytes()).collect();
+            Some((g.upload_new(&f32_bytes(&values))?, g.upload_new(&rows)?))
+        }
+    };
     let offsets = match parts.iter().any(|p| p.offsets.is_some()) {
         false => None,
         true => {
             let half = (1u32 << (kind.bits() - 1)) as f32;
             let offs = |p: &GroupedHost| match &p.offsets {
                 Some(o) => f32_bytes(o),
-                None => f32_bytes(&vec![half; p.scales.len()]),
+                None => f32_bytes(&vec![half; p.scales.values().len()]),
             };
             Some(g.upload_new(&cat(&offs))?)
         }
     };
     let values = parts.iter().flat_map(|p| {
         let offsets = p.offsets.iter().flatten();
-        p.scales.iter().chain(offsets)
+        p.scales.values().iter().chain(offsets)
     });
     let kind = kind.for_values(values);
     Ok(DWeight::Grouped {
         codes,
         scales,
         offsets,
+        tables,
         kind,
         group,
     })

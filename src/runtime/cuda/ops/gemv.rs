@@ -125,22 +125,26 @@ pub fn gemv_bf16(
 }
 
 /// A packed grouped weight as the `*g` kernels take it (see [`super::grouped`]): device
-/// addresses of the codes, scales and offsets (0: symmetric), the format and group size.
+/// addresses of the codes, scales and offsets (0: symmetric), FP4's scale tables and row
+/// table offsets (0, 0 for the integer formats), the format and group size.
 #[derive(Debug, Clone, Copy)]
 pub struct GroupedW {
     pub codes: u64,
     pub scales: u64,
     pub offsets: u64,
+    pub tables: (u64, u64),
     pub kind: GroupKind,
     pub group: usize,
 }
 
 impl GroupedW {
-    fn args(&self) -> [Arg; 3] {
+    fn args(&self) -> [Arg; 5] {
         [
             Arg::U64(self.codes),
             Arg::U64(self.scales),
             Arg::U64(self.offsets),
+            Arg::U64(self.tables.0),
+            Arg::U64(self.tables.1),
         ]
     }
 }
@@ -155,13 +159,15 @@ pub fn gemv_grouped(
     (m, n, k): (usize, usize, usize),
 ) -> Result<()> {
     let out_size = if f32_out { 4 } else { 2 };
-    let [codes, scales, offsets] = w.args();
+    let [codes, scales, offsets, tables, rows] = w.args();
     for m0 in (0..m).step_by(GEMV_MAX_ROWS) {
         let mm = GEMV_MAX_ROWS.min(m - m0);
         let args = [
             codes,
             scales,
             offsets,
+            tables,
+            rows,
             Arg::U64(bias),
             Arg::U64(x + (m0 * k * 2) as u64),
             Arg::U64(y + (m0 * n * out_size) as u64),
@@ -179,11 +185,13 @@ pub fn gemv_grouped(
 
 /// The BF16 values `[n, k]` of a grouped weight into `out` (for the dense prefill GEMM).
 pub fn dequant_grouped(g: &Gpu, w: GroupedW, out: u64, (n, k): (usize, usize)) -> Result<()> {
-    let [codes, scales, offsets] = w.args();
+    let [codes, scales, offsets, tables, rows] = w.args();
     let args = [
         codes,
         scales,
         offsets,
+        tables,
+        rows,
         Arg::U64(out),
         Arg::I32(i32_of("rows", n)?),
         Arg::I32(i32_of("width", k)?),

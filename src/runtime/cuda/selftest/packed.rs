@@ -175,6 +175,7 @@ pub fn speed(g: &Gpu, r: &mut Report) -> Result<()> {
         codes: codes.ptr,
         scales: scales.ptr,
         offsets: 0,
+        tables: (0, 0),
         kind: GroupKind::Int4,
         group: 128,
     };
