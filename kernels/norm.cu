@@ -233,17 +233,22 @@ extern "C" __global__ void __launch_bounds__(512)
 // FP8_BLOCK activations: per token and group of 128 columns, as vLLM's
 // per_token_group_quant_fp8: s = max(max|x|, 1e-10) / 448 (NaN skipped, fmaxf), codes
 // e4m3(clamp(x / s, -448, 448)). x bf16 [rows][n], n a multiple of 128; q [rows][n], s
-// [rows][n/128]. Grid (rows), block 128: warp w takes groups w, w+4, ..., 4 values a lane.
-extern "C" __global__ void quant_groups(const u16* x, int n, u8* q, float* s) {
+// [rows][n/128]. Grid (rows), block of W warps (at most 512 threads): warp w takes groups w,
+// w+W, ..., 4 values a lane (one 8-byte load).
+extern "C" __global__ void __launch_bounds__(512)
+    quant_groups(const u16* x, int n, u8* q, float* s) {
     grid_dep_start();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, groups = n / 128;
     const u16* xr = x + (u64)blockIdx.x * n;
     for (int g = warp; g < groups; g += blockDim.x >> 5) {
         const int c = g * 128 + lane * 4;
+        const uint2 raw = *(const uint2*)(xr + c);
+        const u16 b[4] = {(u16)(raw.x & 0xffffu), (u16)(raw.x >> 16), (u16)(raw.y & 0xffffu),
+                          (u16)(raw.y >> 16)};
         float v[4], amax = 0.0f;
 #pragma unroll
         for (int j = 0; j < 4; j++) {
-            v[j] = bf16_to_f32(xr[c + j]);
+            v[j] = bf16_to_f32(b[j]);
             amax = fmaxf(amax, fabsf(v[j]));
         }
         for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));

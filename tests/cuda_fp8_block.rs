@@ -49,9 +49,15 @@ fn download_f32(g: &Gpu, ptr: u64, n: usize) -> Vec<f32> {
     g.download_f32(ptr, n).unwrap()
 }
 
+/// 5 groups a row (a warp each), and 40 (16 warps, taking 2 or 3 groups each).
 #[test]
 fn group_activations_match_the_cpu_bit_for_bit() {
-    let (rows, k) = (5, 640);
+    for k in [640, 5120] {
+        group_activations(5, k);
+    }
+}
+
+fn group_activations(rows: usize, k: usize) {
     let x = activations(rows, k);
     let groups = k / 128;
     let (mut want_q, mut want_s) = (vec![0f32; x.len()], vec![0f32; rows * groups]);
@@ -67,14 +73,14 @@ fn group_activations_match_the_cpu_bit_for_bit() {
         g.download(q.ptr, &mut codes).unwrap();
         let got: Vec<u32> = codes.iter().map(|&c| e4m3_to_f32(c).to_bits()).collect();
         let want: Vec<u32> = want_q.iter().map(|v| v.to_bits()).collect();
-        assert_eq!(got, want, "{label}: codes");
+        assert_eq!(got, want, "{label} k {k}: codes");
         let scales = download_f32(&g, s.ptr, rows * groups);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&scales), bits(&want_s), "{label}: scales");
+        assert_eq!(bits(&scales), bits(&want_s), "{label} k {k}: scales");
         assert_eq!(
             scales[groups],
             1e-10 / 448.0,
-            "{label}: the zero group's floor"
+            "{label} k {k}: the zero group's floor"
         );
     }
 }

@@ -127,7 +127,9 @@ pub fn quant_groups(g: &Gpu, x: u64, rows: usize, n: usize, (q, s): (u64, u64)) 
         Arg::U64(q),
         Arg::U64(s),
     ];
-    g.launch("quant_groups", cfg((rows as u32, 1), 128, 0), &args)
+    // A warp per group, up to 16 per block: a decode row's groups at once, not 4 at a time.
+    let warps = (n / 128).clamp(1, 16) as u32;
+    g.launch("quant_groups", cfg((rows as u32, 1), 32 * warps, 0), &args)
 }
 
 /// `y = bf16(sa[r] * (sw[c] * acc) (+ bias))` over `[rows, n]`; `sa = sw = 0`: no scaling.
