@@ -50,6 +50,16 @@ def main():
               f"| {r['pct_roofline']:.1f} (peak {r['peak_GBps']:.0f}, copy {r['copy_GBps']:.0f} GB/s) | {r['fp8_path']} |")
     if not models:
         print("| (no result, see bench.log) | | | | | | | | | |")
+    steps = [r for r in (bench or {}).get("records", []) if r.get("kind") == "decode_kernels"]
+    if steps:
+        print("\n| decode step of | kernel (its launches alone, host share removed) | us/token | % of the step |"
+              "\n|---|---|---|---|")
+    for r in steps:
+        for k in r["kernels"]:
+            print(f"| {r['shape']} | {k['name']} | {k['us']:.1f} | {100 * k['us'] / r['step_us']:.1f} |")
+        total = sum(k["us"] for k in r["kernels"])
+        print(f"| {r['shape']} | (sum; the whole step is {r['step_us']:.1f}) | {total:.1f} "
+              f"| {100 * total / r['step_us']:.1f} |")
     attn = [r for r in (bench or {}).get("records", []) if r.get("kind") == "attention"]
     if attn:
         print("\n| prefill attention, one layer | rows | CUDA cores us | tensor cores us | tensor-core TFLOP/s "

@@ -106,3 +106,39 @@ fn capture_refuses_host_copies_waits_and_allocations() {
         assert!(g.end_capture().is_err(), "{label}: no capture in progress");
     }
 }
+
+/// The decode breakdown's tools (`gpu bench`): `record_names` lists the kernels launched
+/// (which still run), `only` runs one kernel's launches and skips the others, and a capture
+/// whose launches were all skipped replays as nothing.
+#[test]
+fn launches_can_be_listed_and_filtered() {
+    use qforge::runtime::cuda::ops;
+    for (label, g) in devices() {
+        let (a, b) = (g.alloc(64).unwrap(), g.alloc(64).unwrap());
+        let f32s = |buf: &qforge::runtime::cuda::gpu::DBuf| g.download_f32(buf.ptr, 16).unwrap();
+        g.record_names();
+        ops::fill_f32(&g, a.ptr, 16, 1.0).unwrap();
+        ops::fill_bf16_normal(&g, b.ptr, 32, 1, 0.0, 1.0).unwrap();
+        ops::fill_f32(&g, a.ptr, 16, 2.0).unwrap();
+        assert_eq!(
+            g.take_names(),
+            ["fill_f32", "fill_bf16_normal", "fill_f32"],
+            "{label}"
+        );
+        assert_eq!(f32s(&a), [2.0; 16], "{label}: recorded launches ran");
+        g.only(Some("fill_f32"));
+        ops::fill_f32(&g, a.ptr, 16, 3.0).unwrap();
+        ops::fill_bf16_normal(&g, a.ptr, 32, 1, 0.0, 1.0).unwrap(); // skipped
+        assert_eq!(f32s(&a), [3.0; 16], "{label}: only fill_f32 ran");
+        g.only(Some("no such kernel"));
+        g.begin_capture().unwrap();
+        ops::fill_f32(&g, a.ptr, 16, 4.0).unwrap();
+        let graph = g.end_capture().unwrap();
+        g.only(None);
+        g.replay(&graph).unwrap();
+        assert_eq!(f32s(&a), [3.0; 16], "{label}: the empty graph ran nothing");
+        ops::fill_f32(&g, a.ptr, 16, 5.0).unwrap();
+        assert_eq!(f32s(&a), [5.0; 16], "{label}: all run again");
+        assert!(g.take_names().is_empty(), "{label}: nothing recorded");
+    }
+}

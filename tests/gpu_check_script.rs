@@ -70,6 +70,22 @@ fn gpu_check_runs_every_stage_and_writes_the_report() {
         report.contains("| 2/1 heads x 64 | 32 | "),
         "attention row:\n{report}"
     );
+    // The decode step by kernel: each of an FP8 decode step's kernels, alone.
+    for kernel in [
+        "embed_gather",
+        "add_rmsnorm",
+        "gemv_fp8",
+        "rope_qkv",
+        "attention",
+        "quant_rows",
+        "silu_mul",
+        "gemv_bf16",
+        "argmax_rows",
+    ] {
+        let row = format!("tiny-d64.json | {kernel} | ");
+        assert!(report.contains(&row), "{row}:\n{report}");
+    }
+    assert!(report.contains("| (sum; the whole step is "), "{report}");
     for shape in ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"] {
         for m in [1, 16, 32] {
             let row = format!("| {shape} | {m} | n/a | ");

@@ -214,7 +214,67 @@ fn bench_one(
         "peak_GBps": peak, "copy_GBps": copy, "pct_roofline": pct, "fp8_path": m.gemm.fp8_path(),
         "cuda_graph": captured, "decode_ms_without_graph": td_plain * 1e3, "pdl": pdl,
         "decode_ms_without_pdl": td_serial * 1e3}));
+    let ids = ids(prompt);
+    let kernels = decode_breakdown(&mut m, &ids, &mut |m| time_decode(m))?;
+    let step_us = td * 1e6;
+    for (name, us) in &kernels {
+        r.info(
+            &st,
+            &format!("decode step, {name} alone"),
+            format!("{us:.1} us/token ({:.1}%)", 100.0 * us / step_us),
+        );
+    }
+    let sum: f64 = kernels.iter().map(|k| k.1).sum();
+    r.info(
+        &st,
+        "decode step, sum of its kernels alone",
+        format!("{sum:.1} us/token of {step_us:.1}"),
+    );
+    let rows: Vec<serde_json::Value> = kernels
+        .iter()
+        .map(|(name, us)| json!({"name": name, "us": us}))
+        .collect();
+    r.extra.push(
+        json!({"kind": "decode_kernels", "shape": shape, "step_us": step_us,
+        "kernels": rows}),
+    );
     Ok(())
+}
+
+/// Where a decode step's time goes: for each kernel of the step, the step replayed with
+/// only that kernel's launches (every other skipped, see [`Gpu::only`]), timed as the step
+/// was (`time_decode`), less the time of a step with no kernel at all (the host's share).
+/// Their sum against the whole step is what the kernels' boundaries cost.
+fn decode_breakdown(
+    m: &mut CudaModel,
+    prompt: &[u32],
+    time_decode: &mut dyn FnMut(&mut CudaModel) -> Result<f64>,
+) -> Result<Vec<(String, f64)>> {
+    // The kernels of one decode step (captured anew, so that its launches are seen).
+    m.reset();
+    let tok = m.forward_argmax(prompt, 0)?;
+    m.set_graphs(m.graphs());
+    m.gpu.record_names();
+    let step = m.forward_argmax(&[tok], prompt.len());
+    let mut names = m.gpu.take_names();
+    step?;
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.clone()));
+    let mut alone = |m: &mut CudaModel, only: &str| -> Result<f64> {
+        m.gpu.only(Some(only));
+        m.set_graphs(m.graphs());
+        let t = time_decode(m);
+        m.gpu.only(None);
+        m.set_graphs(m.graphs());
+        t
+    };
+    let host = alone(m, "(no kernel)")?;
+    let mut out = Vec::new();
+    for name in names {
+        let t = alone(m, &name)?;
+        out.push((name, ((t - host) * 1e6).max(0.0)));
+    }
+    Ok(out)
 }
 
 /// One layer's causal prefill attention over `rows` rows (random q, k, v) on CUDA cores and

@@ -197,6 +197,17 @@ pub struct Gpu {
     pub(super) capture: RefCell<Option<Capture>>,
     /// Whether captured launches use programmatic dependent launch (see [`super::graph`]).
     pub(super) pdl: Cell<bool>,
+    /// Which launches run (a diagnostic, see [`Gpu::only`]).
+    filter: RefCell<Filter>,
+}
+
+/// Which kernel launches run: all (and their names recorded, or not), or one kernel's only.
+#[derive(Debug, Default)]
+enum Filter {
+    #[default]
+    All,
+    Names(Vec<String>),
+    Only(String),
 }
 
 fn on_emulator(what: &str) -> Error {
@@ -245,6 +256,7 @@ impl Gpu {
                 funcs,
             }),
             capture: RefCell::new(None),
+            filter: RefCell::default(),
         })
     }
 
@@ -259,6 +271,7 @@ impl Gpu {
             dev: Dev::Emu(e),
             capture: RefCell::new(None),
             pdl: Cell::new(false),
+            filter: RefCell::default(),
         })
     }
 
@@ -338,8 +351,9 @@ impl Gpu {
     /// Device-to-device copy of `bytes` bytes (stream-ordered).
     pub fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
         match &self.dev {
-            // SAFETY: the caller passes two buffers with `bytes` bytes of room.
             Dev::Cuda(c) => {
+                self.captured();
+                // SAFETY: the caller passes two buffers with `bytes` bytes of room.
                 unsafe { cu::memcpy_dtod_async(dst, src, bytes, self.work_stream(c).cu_stream()) }
                     .map_err(|e| drv("device-to-device copy", e))
             }
@@ -388,8 +402,35 @@ impl Gpu {
         }
     }
 
+    /// From now on, records the name of every kernel launched (they still run), until
+    /// [`Gpu::take_names`].
+    pub fn record_names(&self) {
+        *self.filter.borrow_mut() = Filter::Names(Vec::new());
+    }
+
+    /// The names recorded since [`Gpu::record_names`], in launch order; launches are no
+    /// longer recorded.
+    pub fn take_names(&self) -> Vec<String> {
+        match std::mem::take(&mut *self.filter.borrow_mut()) {
+            Filter::Names(v) => v,
+            _ => Vec::new(),
+        }
+    }
+
+    /// Runs only the launches of kernel `name` and skips every other (`None`: all run). A
+    /// diagnostic: a decode step with one kernel's launches times that kernel in place
+    /// (`gpu bench`); the skipped kernels' outputs are simply stale.
+    pub fn only(&self, name: Option<&str>) {
+        *self.filter.borrow_mut() = name.map_or(Filter::All, |n| Filter::Only(n.to_string()));
+    }
+
     /// Launches kernel `name` on the stream.
     pub fn launch(&self, name: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
+        match &mut *self.filter.borrow_mut() {
+            Filter::Names(v) => v.push(name.to_string()),
+            Filter::Only(k) if k != name => return Ok(()),
+            _ => {}
+        }
         let c = match &self.dev {
             Dev::Cuda(c) => c,
             Dev::Emu(e) => {
@@ -418,6 +459,7 @@ impl Gpu {
             .funcs
             .get(name)
             .ok_or_else(|| Error::Runtime(format!("kernel {name} is not loaded")))?;
+        self.captured();
         if self.pdl.get() && self.capture.borrow().is_some() {
             return super::graph::launch_programmatic(&c.ctx, &c.side, f, cfg, args)
                 .map_err(|e| drv(&format!("launching {name} (programmatic)"), e));

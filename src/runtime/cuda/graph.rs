@@ -42,9 +42,9 @@ pub(super) enum Recorded {
     },
 }
 
-/// A capture in progress.
+/// A capture in progress (on a GPU: the operations recorded so far).
 pub(super) enum Capture {
-    Cuda,
+    Cuda(usize),
     Emu(Vec<Recorded>),
 }
 
@@ -53,6 +53,8 @@ pub struct Graph(Inner);
 
 enum Inner {
     Cuda(CudaGraph),
+    /// A capture that recorded nothing (every launch filtered out, see `Gpu::only`).
+    Empty,
     Emu(Vec<Recorded>),
 }
 
@@ -69,7 +71,7 @@ impl Gpu {
                 c.side
                     .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
                     .map_err(|e| capture_error("capture", e))?;
-                Capture::Cuda
+                Capture::Cuda(0)
             }
             Dev::Emu(_) => Capture::Emu(Vec::new()),
         };
@@ -82,7 +84,11 @@ impl Gpu {
     pub fn end_capture(&self) -> Result<Graph> {
         let cap = self.capture.borrow_mut().take();
         match (cap, &self.dev) {
-            (Some(Capture::Cuda), Dev::Cuda(c)) => c
+            (Some(Capture::Cuda(0)), Dev::Cuda(c)) => {
+                let _ = c.side.end_capture(CUgraphInstantiate_flags(0)); // ends the capture
+                Ok(Graph(Inner::Empty))
+            }
+            (Some(Capture::Cuda(_)), Dev::Cuda(c)) => c
                 .side
                 .end_capture(CUgraphInstantiate_flags(0))
                 .map_err(|e| capture_error("instantiation", e))?
@@ -97,6 +103,7 @@ impl Gpu {
     pub fn replay(&self, graph: &Graph) -> Result<()> {
         self.not_capturing("replaying a graph")?;
         match (&graph.0, &self.dev) {
+            (Inner::Empty, _) => Ok(()),
             (Inner::Cuda(g), Dev::Cuda(c)) => {
                 // SAFETY: the graph was captured in this context; its buffers outlive it
                 // (the model owns both).
@@ -135,6 +142,13 @@ impl Gpu {
                 true
             }
             _ => false,
+        }
+    }
+
+    /// Counts an operation a CUDA capture records.
+    pub(super) fn captured(&self) {
+        if let Some(Capture::Cuda(n)) = self.capture.borrow_mut().as_mut() {
+            *n += 1;
         }
     }
 
