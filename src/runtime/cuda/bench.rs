@@ -216,17 +216,27 @@ fn bench_one(
         "decode_ms_without_pdl": td_serial * 1e3}));
     let ids = ids(prompt);
     let kernels = decode_breakdown(&mut m, &ids, &mut |m| time_decode(m))?;
-    let step_us = td * 1e6;
-    for (name, us) in &kernels {
+    report_breakdown(r, (&st, shape), td * 1e6, &kernels);
+    Ok(())
+}
+
+/// The rows and JSON record of [`decode_breakdown`]'s figures for a step of `step_us`.
+fn report_breakdown(
+    r: &mut Report,
+    (st, shape): (&str, &str),
+    step_us: f64,
+    kernels: &[(String, f64)],
+) {
+    for (name, us) in kernels {
         r.info(
-            &st,
+            st,
             &format!("decode step, {name} alone"),
             format!("{us:.1} us/token ({:.1}%)", 100.0 * us / step_us),
         );
     }
     let sum: f64 = kernels.iter().map(|k| k.1).sum();
     r.info(
-        &st,
+        st,
         "decode step, sum of its kernels alone",
         format!("{sum:.1} us/token of {step_us:.1}"),
     );
@@ -235,10 +245,8 @@ fn bench_one(
         .map(|(name, us)| json!({"name": name, "us": us}))
         .collect();
     r.extra.push(
-        json!({"kind": "decode_kernels", "shape": shape, "step_us": step_us,
-        "kernels": rows}),
+        json!({"kind": "decode_kernels", "shape": shape, "step_us": step_us, "kernels": rows}),
     );
-    Ok(())
 }
 
 /// Where a decode step's time goes: for each kernel of the step, the step replayed with
@@ -253,7 +261,7 @@ fn decode_breakdown(
     // The kernels of one decode step (captured anew, so that its launches are seen).
     m.reset();
     let tok = m.forward_argmax(prompt, 0)?;
-    m.set_graphs(m.graphs());
+    m.recapture();
     m.gpu.record_names();
     let step = m.forward_argmax(&[tok], prompt.len());
     let mut names = m.gpu.take_names();
@@ -262,10 +270,10 @@ fn decode_breakdown(
     names.retain(|n| seen.insert(n.clone()));
     let mut alone = |m: &mut CudaModel, only: &str| -> Result<f64> {
         m.gpu.only(Some(only));
-        m.set_graphs(m.graphs());
+        m.recapture();
         let t = time_decode(m);
         m.gpu.only(None);
-        m.set_graphs(m.graphs());
+        m.recapture();
         t
     };
     let host = alone(m, "(no kernel)")?;

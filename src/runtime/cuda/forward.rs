@@ -312,6 +312,12 @@ impl CudaModel {
     /// the next decode step captures the graph again.
     pub fn set_pdl(&mut self, on: bool) {
         self.gpu.set_pdl(on);
+        self.recapture();
+    }
+
+    /// Drops the captured decode step: the next one is captured anew (after a change to
+    /// what its launches are, such as [`Gpu::only`](super::gpu::Gpu::only)).
+    pub fn recapture(&mut self) {
         self.graph = None;
     }
 
