@@ -7,7 +7,9 @@
 // A block takes one kv head and `rq` consecutive query rows; its work items are the
 // rq * G (query row, q head of the group) pairs, spread over 8 warps (at most 4 each, so
 // rq * G <= 32). Per tile, lane j scores key j for one item; the softmax statistics are
-// warp reductions; for P.V each lane owns dims lane, lane+32, ... (d <= 256).
+// warp reductions; for P.V each lane owns dims lane, lane+32, ... (d <= 256). Tiles move
+// through registers in 16-byte pieces, the next one loaded while the current one is used
+// (head dims that are multiples of 8 up to 128; others 4 bytes at a time, tile by tile).
 //
 // Decode has one query row, so its grid would be only KVH blocks: there the keys are split
 // over gridDim.z blocks of `kchunk` keys each (flash-decoding); each writes its unnormalised
@@ -18,6 +20,42 @@
 #define ATT_TILE 32
 #define MAX_ITEMS_PER_WARP 4
 #define MAX_DIM_CHUNKS 8
+#define ATT_PIECES 2  // 16-byte pieces of a K (and a V) tile per thread: 32 keys x 128 dims
+
+// The 16-byte pieces of the K/V tile at key k0 this thread moves (zeros past kend): piece p
+// is item i = threadIdx.x + p * blockDim.x, key i / (d/8), dims 8 * (i % (d/8)) on.
+__device__ __forceinline__ void load_tile(const u16* k_cache, const u16* v_cache, int k0,
+                                          int kend, u64 kvw, int kh, int d,
+                                          uint4 (&pk)[ATT_PIECES], uint4 (&pv)[ATT_PIECES]) {
+    const int per_key = d / 8;
+#pragma unroll
+    for (int p = 0; p < ATT_PIECES; p++) {
+        const int i = threadIdx.x + p * blockDim.x, j = i / per_key, c = 8 * (i % per_key);
+        pk[p] = pv[p] = make_uint4(0, 0, 0, 0);
+        if (i < ATT_TILE * per_key && k0 + j < kend) {
+            const u64 off = (u64)(k0 + j) * kvw + (u64)kh * d + c;
+            pk[p] = *(const uint4*)(k_cache + off);
+            pv[p] = *(const uint4*)(v_cache + off);
+        }
+    }
+}
+
+// load_tile's pieces into the shared K/V tiles (row stride ds; 4-byte stores, as ds = d + 2
+// keeps the scoring reads conflict-free but rows only 4-byte aligned).
+__device__ __forceinline__ void store_tile(u16* ks, u16* vs, int ds, int d,
+                                           const uint4 (&pk)[ATT_PIECES],
+                                           const uint4 (&pv)[ATT_PIECES]) {
+    const int per_key = d / 8;
+#pragma unroll
+    for (int p = 0; p < ATT_PIECES; p++) {
+        const int i = threadIdx.x + p * blockDim.x, j = i / per_key, c = 8 * (i % per_key);
+        if (i >= ATT_TILE * per_key) continue;
+        u32* kd = (u32*)(ks + j * ds + c);
+        u32* vd = (u32*)(vs + j * ds + c);
+        kd[0] = pk[p].x, kd[1] = pk[p].y, kd[2] = pk[p].z, kd[3] = pk[p].w;
+        vd[0] = pv[p].x, vd[1] = pv[p].y, vd[2] = pv[p].z, vd[3] = pv[p].w;
+    }
+}
 
 // q: bf16 [t][H*d]; caches bf16 [max_seq][KVH*d] holding positions 0..pos+t, pos = *posp
 // (in device memory: a captured decode step serves every position); out bf16 [t][H*d].
@@ -55,9 +93,15 @@ extern "C" __global__ void attention(const u16* q, const u16* k_cache, const u16
     const int kmax = pos + min(t, row0 + rq);
     const int kbeg = blockIdx.z * kchunk, kend = min(kmax, kbeg + kchunk);
     const int half_d = d / 2;
+    // Head dims that are multiples of 8 move K/V in 16-byte pieces, the next tile's loaded
+    // while this one's scores and P.V are computed; others 4 bytes at a time.
+    const bool pieces = d % 8 == 0 && (int)blockDim.x * ATT_PIECES * 8 >= ATT_TILE * d;
+    uint4 pk[ATT_PIECES], pv[ATT_PIECES];
+    if (pieces) load_tile(k_cache, v_cache, kbeg, kend, kvw, kh, d, pk, pv);
     for (int k0 = kbeg; k0 < kend; k0 += ATT_TILE) {
         __syncthreads();  // previous tile fully consumed (and q loaded, first time)
-        for (int i = threadIdx.x; i < ATT_TILE * half_d; i += blockDim.x) {
+        if (pieces) store_tile(ks, vs, ds, d, pk, pv);
+        for (int i = threadIdx.x; !pieces && i < ATT_TILE * half_d; i += blockDim.x) {
             const int j = i / half_d, c = 2 * (i % half_d);
             u32 kv = 0, vv = 0;
             if (k0 + j < kend) {
@@ -69,6 +113,8 @@ extern "C" __global__ void attention(const u16* q, const u16* k_cache, const u16
             *(u32*)(vs + j * ds + c) = vv;
         }
         __syncthreads();
+        if (pieces && k0 + ATT_TILE < kend)
+            load_tile(k_cache, v_cache, k0 + ATT_TILE, kend, kvw, kh, d, pk, pv);
     #pragma unroll
     for (int a = 0; a < MAX_ITEMS_PER_WARP; a++) {
             const int it = warp + a * ATT_WARPS;
