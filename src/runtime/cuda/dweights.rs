@@ -131,19 +131,20 @@ fn random_linear(
     (n, k): (usize, usize),
     seed: u32,
 ) -> Result<DWeight> {
-    let codes_scales = |bytes: usize, scales: usize, s: f32| -> Result<(DBuf, DBuf)> {
-        let codes = g.alloc(bytes)?;
-        ops::fill_fp8_normal(g, codes.ptr, bytes, seed)?; // random bytes
-        let sbuf = g.alloc(scales * 4)?;
-        ops::fill_f32(g, sbuf.ptr, scales, s)?;
-        Ok((codes, sbuf))
-    };
-    let bf16 = |v: f32| half::bf16::from_f32(v).to_f32();
     let filled = |count: usize, v: f32| -> Result<DBuf> {
         let b = g.alloc(count * 4)?;
         ops::fill_f32(g, b.ptr, count, v)?;
         Ok(b)
     };
+    let random_bytes = |bytes: usize, seed: u32| -> Result<DBuf> {
+        let b = g.alloc(bytes)?;
+        ops::fill_fp8_normal(g, b.ptr, bytes, seed)?;
+        Ok(b)
+    };
+    let codes_scales = |bytes: usize, scales: usize, s: f32| -> Result<(DBuf, DBuf)> {
+        Ok((random_bytes(bytes, seed)?, filled(scales, s)?))
+    };
+    let bf16 = |v: f32| half::bf16::from_f32(v).to_f32();
     // A packed weight-only Linear: every group scale `scale` (FP4: random scale bytes, each
     // worth `scale`), every offset `offset`.
     let grouped = |(kind, group): (GroupKind, usize), scale: f32, offset: Option<f32>| {
@@ -151,9 +152,7 @@ fn random_linear(
         let groups = n * grouped::groups_per_row(k, group);
         let (codes, scales, tables) = match kind {
             GroupKind::Fp4 => {
-                let (codes, scales) = (g.alloc(bytes)?, g.alloc(groups)?);
-                ops::fill_fp8_normal(g, codes.ptr, bytes, seed)?;
-                ops::fill_fp8_normal(g, scales.ptr, groups, seed + 1)?;
+                let (codes, scales) = (random_bytes(bytes, seed)?, random_bytes(groups, seed + 1)?);
                 // One table; every row's offset 0 (a fresh buffer is zeroed).
                 (codes, scales, Some((filled(256, scale)?, g.alloc(n * 4)?)))
             }

@@ -305,7 +305,7 @@ impl CudaModel {
     /// Turns decode graphs on or off (benchmarks time both).
     pub fn set_graphs(&mut self, on: bool) {
         self.graphs = on;
-        self.graph = None;
+        self.recapture();
     }
 
     /// Turns programmatic launches in the decode graph on or off (benchmarks time both);

@@ -124,8 +124,8 @@ pub enum Arg {
 }
 
 impl Arg {
-    /// The emulator's (kind, 8-byte slot) form.
-    fn slot(self) -> (i32, u64) {
+    /// The (kind, 8-byte slot) form: the emulator's, and programmatic launches' values.
+    pub(super) fn slot(self) -> (i32, u64) {
         match self {
             Arg::U64(v) => (0, v),
             Arg::I32(v) => (1, v as u32 as u64),

@@ -204,21 +204,10 @@ pub(super) fn launch_programmatic(
     args: &[Arg],
 ) -> std::result::Result<(), cu::DriverError> {
     ctx.bind_to_thread()?;
-    // The argument values, then pointers to them (cuLaunchKernelEx's `kernelParams`).
-    let mut vals: Vec<[u8; 8]> = args
-        .iter()
-        .map(|a| {
-            let mut v = [0u8; 8];
-            match *a {
-                Arg::U64(x) => v.copy_from_slice(&x.to_ne_bytes()),
-                Arg::I32(x) => v[..4].copy_from_slice(&x.to_ne_bytes()),
-                Arg::U32(x) => v[..4].copy_from_slice(&x.to_ne_bytes()),
-                Arg::F32(x) => v[..4].copy_from_slice(&x.to_ne_bytes()),
-            }
-            v
-        })
-        .collect();
-    let mut params: Vec<*mut c_void> = vals.iter_mut().map(|v| v.as_mut_ptr().cast()).collect();
+    // The argument values in 8-byte slots (a 4-byte value in the low bytes, which on a
+    // little-endian host come first), then pointers to them (`kernelParams`).
+    let mut vals: Vec<u64> = args.iter().map(|a| a.slot().1).collect();
+    let mut params: Vec<*mut c_void> = vals.iter_mut().map(|v| (v as *mut u64).cast()).collect();
     // SAFETY: a zeroed union is a valid value; the one field set is the attribute's.
     let mut attr = unsafe {
         let mut value: sys::CUlaunchAttributeValue = std::mem::zeroed();

@@ -138,14 +138,20 @@ pub struct GroupedW {
 }
 
 impl GroupedW {
-    fn args(&self) -> [Arg; 5] {
-        [
-            Arg::U64(self.codes),
-            Arg::U64(self.scales),
-            Arg::U64(self.offsets),
-            Arg::U64(self.tables.0),
-            Arg::U64(self.tables.1),
-        ]
+    /// A `*g` kernel's arguments: the weight's five addresses, `mid`, then rows, width and
+    /// group size.
+    fn args(&self, mid: &[Arg], (n, k): (usize, usize)) -> Result<Vec<Arg>> {
+        let (t, r) = self.tables;
+        let mut args = [self.codes, self.scales, self.offsets, t, r]
+            .map(Arg::U64)
+            .to_vec();
+        args.extend_from_slice(mid);
+        args.extend([
+            Arg::I32(i32_of("rows", n)?),
+            Arg::I32(i32_of("width", k)?),
+            Arg::I32(i32_of("group", self.group)?),
+        ]);
+        Ok(args)
     }
 }
 
@@ -159,24 +165,16 @@ pub fn gemv_grouped(
     (m, n, k): (usize, usize, usize),
 ) -> Result<()> {
     let out_size = if f32_out { 4 } else { 2 };
-    let [codes, scales, offsets, tables, rows] = w.args();
     for m0 in (0..m).step_by(GEMV_MAX_ROWS) {
         let mm = GEMV_MAX_ROWS.min(m - m0);
-        let args = [
-            codes,
-            scales,
-            offsets,
-            tables,
-            rows,
+        let mid = [
             Arg::U64(bias),
             Arg::U64(x + (m0 * k * 2) as u64),
             Arg::U64(y + (m0 * n * out_size) as u64),
             Arg::I32(f32_out as i32),
             Arg::I32(mm as i32),
-            Arg::I32(i32_of("rows", n)?),
-            Arg::I32(i32_of("width", k)?),
-            Arg::I32(i32_of("group", w.group)?),
         ];
+        let args = w.args(&mid, (n, k))?;
         let kernel = w.kind.kernels().0;
         g.launch(kernel, cfg((n.div_ceil(16) as u32, 1), 128, 0), &args)?;
     }
@@ -185,18 +183,7 @@ pub fn gemv_grouped(
 
 /// The BF16 values `[n, k]` of a grouped weight into `out` (for the dense prefill GEMM).
 pub fn dequant_grouped(g: &Gpu, w: GroupedW, out: u64, (n, k): (usize, usize)) -> Result<()> {
-    let [codes, scales, offsets, tables, rows] = w.args();
-    let args = [
-        codes,
-        scales,
-        offsets,
-        tables,
-        rows,
-        Arg::U64(out),
-        Arg::I32(i32_of("rows", n)?),
-        Arg::I32(i32_of("width", k)?),
-        Arg::I32(i32_of("group", w.group)?),
-    ];
+    let args = w.args(&[Arg::U64(out)], (n, k))?;
     let blocks = (n * crate::runtime::cuda::grouped::padded(k) / 8).div_ceil(256);
     let grid = u32::try_from(blocks)
         .map_err(|_| Error::Runtime(format!("dequantizing a {n}x{k} weight: too large")))?;
