@@ -142,3 +142,31 @@ fn launches_can_be_listed_and_filtered() {
         assert!(g.take_names().is_empty(), "{label}: nothing recorded");
     }
 }
+
+/// A block bigger than the one a kernel is declared for (kernels::FUNCTIONS) is refused
+/// before it reaches the device, with the numbers; the declared block itself runs.
+#[test]
+fn launches_past_the_declared_block_are_refused() {
+    use qforge::runtime::cuda::gpu::{cfg, Arg};
+    use qforge::runtime::cuda::kernels::max_threads;
+    assert_eq!(max_threads("fill_f32"), Some(256));
+    assert_eq!(max_threads("no_such_kernel"), None);
+    for (label, g) in devices() {
+        let a = g.alloc(4 * 512).unwrap();
+        let args = [Arg::U64(a.ptr), Arg::U64(512), Arg::F32(7.0)];
+        let e = g
+            .launch("fill_f32", cfg((1, 1), 512, 0), &args)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("fill_f32") && e.contains("512 threads") && e.contains("256"),
+            "{label}: {e}"
+        );
+        g.launch("fill_f32", cfg((2, 1), 256, 0), &args).unwrap();
+        assert_eq!(g.download_f32(a.ptr, 512).unwrap(), [7.0; 512], "{label}");
+        let e = g
+            .launch("no_such_kernel", cfg((1, 1), 32, 0), &[])
+            .unwrap_err();
+        assert_eq!(e.to_string(), "no kernel no_such_kernel", "{label}");
+    }
+}

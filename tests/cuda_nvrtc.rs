@@ -84,7 +84,11 @@ fn every_kernel_compiles_clean_for_sm90a_and_sm89() {
         for (name, src) in SOURCES {
             match kernels::compile_clean(&nv, name, src, &opts) {
                 Ok(cubin) => {
-                    for (_, f) in FUNCTIONS.iter().filter(|(s, _)| s == name) {
+                    for f in FUNCTIONS
+                        .iter()
+                        .filter(|k| k.source == *name)
+                        .map(|k| k.name)
+                    {
                         let found = cubin.windows(f.len()).any(|w| w == f.as_bytes());
                         if !found {
                             failures.push(format!("{arch} {name}: kernel {f} not in the cubin"));
@@ -129,6 +133,148 @@ fn hot_kernels_do_not_spill() {
             .collect();
         assert!(spills.is_empty(), "{name} spills:\n{}", c.log);
     }
+}
+
+/// What a cubin says of each kernel: registers per thread (`EIATTR_REGCOUNT` in `.nv.info`,
+/// keyed by symbol) and the `__launch_bounds__` block (`EIATTR_MAX_THREADS` in
+/// `.nv.info.<kernel>`). The cubin is a little-endian ELF64; `.nv.info*` sections hold
+/// records of (format, attribute, and a 2-byte value or a 2-byte size + that many bytes).
+#[derive(Debug, Default, Clone, Copy)]
+struct Facts {
+    regs: Option<u32>,
+    bound: Option<u32>,
+}
+
+fn cubin_facts(elf: &[u8]) -> std::collections::HashMap<String, Facts> {
+    let u16_at = |o: usize| u16::from_le_bytes(elf[o..o + 2].try_into().unwrap()) as usize;
+    let u32_at = |o: usize| u32::from_le_bytes(elf[o..o + 4].try_into().unwrap());
+    let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap()) as usize;
+    let cstr = |o: usize| {
+        let end = elf[o..].iter().position(|&b| b == 0).unwrap();
+        String::from_utf8_lossy(&elf[o..o + end]).into_owned()
+    };
+    assert_eq!(&elf[..5], b"\x7fELF\x02", "not an ELF64 cubin");
+    let (shoff, shentsize, shnum, shstrndx) =
+        (u64_at(0x28), u16_at(0x3A), u16_at(0x3C), u16_at(0x3E));
+    // (name, offset, size, link) of every section.
+    let names = u64_at(shoff + shstrndx * shentsize + 24);
+    let sections: Vec<(String, usize, usize, usize)> = (0..shnum)
+        .map(|i| shoff + i * shentsize)
+        .map(|h| {
+            let name = cstr(names + u32_at(h) as usize);
+            (
+                name,
+                u64_at(h + 24),
+                u64_at(h + 32),
+                u32_at(h + 40) as usize,
+            )
+        })
+        .collect();
+    // Records (attribute, value bytes) of one .nv.info section.
+    let records = |off: usize, size: usize| {
+        let mut out = Vec::new();
+        let mut p = off;
+        while p < off + size {
+            let (format, attr) = (elf[p], elf[p + 1]);
+            if format == 4 {
+                let n = u16_at(p + 2);
+                out.push((attr, elf[p + 4..p + 4 + n].to_vec()));
+                p += 4 + n;
+            } else {
+                out.push((attr, elf[p + 2..p + 4].to_vec()));
+                p += 4;
+            }
+        }
+        out
+    };
+    let symtab = sections.iter().find(|s| s.0 == ".symtab").unwrap();
+    let strtab = sections[symtab.3].1;
+    let symbol = |i: usize| cstr(strtab + u32_at(symtab.1 + 24 * i) as usize);
+    let mut facts: std::collections::HashMap<String, Facts> = Default::default();
+    for (name, off, size, _) in &sections {
+        if name == ".nv.info" {
+            for (attr, v) in records(*off, *size) {
+                if attr == 0x2f {
+                    let (sym, regs) = (word(&v, 0), word(&v, 4));
+                    facts.entry(symbol(sym as usize)).or_default().regs = Some(regs);
+                }
+            }
+        } else if let Some(kernel) = name.strip_prefix(".nv.info.") {
+            for (attr, v) in records(*off, *size) {
+                if attr == 0x05 {
+                    let (x, y, z) = (word(&v, 0), word(&v, 4), word(&v, 8));
+                    facts.entry(kernel.to_string()).or_default().bound = Some(x * y * z);
+                }
+            }
+        }
+    }
+    facts
+}
+
+fn word(v: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes(v[o..o + 4].try_into().unwrap())
+}
+
+/// Registers a block of `threads` threads takes: whole warps, each warp's registers
+/// allocated in units of 256.
+fn block_registers(regs: u32, threads: u32) -> u32 {
+    threads.div_ceil(32) * (regs * 32).div_ceil(256) * 256
+}
+
+/// Every kernel can run the largest block the host launches it with (kernels::FUNCTIONS), on
+/// Hopper and Ada: the block is within the kernel's `__launch_bounds__`, and its registers
+/// fit the SM's 64 Ki. The registers read from the cubin are checked against ptxas's own
+/// report, so the reading cannot silently go wrong.
+#[test]
+fn every_kernel_fits_its_largest_block() {
+    let Some(nv) = nvrtc_or_skip() else { return };
+    let mut failures = Vec::new();
+    for arch in ["sm_90a", "sm_89"] {
+        let mut opts = kernels::options(arch);
+        opts.push("--ptxas-options=-v".into());
+        for (name, src) in SOURCES {
+            let c = nv.compile(name, src, kernels::HEADERS, &opts).unwrap();
+            let facts = cubin_facts(&c.cubin);
+            // ptxas: "Compiling entry function 'k' for 'sm_90a'" ... "Used N registers".
+            let mut entry = String::new();
+            for l in c.log.lines() {
+                if let Some(rest) = l.split("entry function '").nth(1) {
+                    entry = rest.split('\'').next().unwrap().to_string();
+                } else if let Some(rest) = l.split("Used ").nth(1) {
+                    let used: u32 = rest.split(' ').next().unwrap().parse().unwrap();
+                    let read = facts.get(&entry).and_then(|f| f.regs);
+                    assert_eq!(read, Some(used), "{arch} {entry}: registers in the cubin");
+                }
+            }
+            for k in FUNCTIONS.iter().filter(|k| k.source == *name) {
+                let f = facts[k.name];
+                let regs = f.regs.unwrap();
+                if let Some(bound) = f.bound {
+                    if k.threads > bound {
+                        failures.push(format!(
+                            "{arch} {}: launched with {} threads, __launch_bounds__({bound})",
+                            k.name, k.threads
+                        ));
+                    }
+                }
+                let need = block_registers(regs, k.threads);
+                if need > 65536 {
+                    failures.push(format!(
+                        "{arch} {}: {regs} registers × {} threads need {need} of 65536",
+                        k.name, k.threads
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn block_registers_count_whole_warps_in_units_of_256() {
+    assert_eq!(block_registers(128, 512), 65536); // add_rmsnorm: exactly an SM's file
+    assert_eq!(block_registers(129, 512), 16 * 4352); // 129·32 = 4128 → 4352
+    assert_eq!(block_registers(30, 1000), 32 * 1024);
 }
 
 /// A broken source is reported as an error carrying NVRTC's log (the check above can fail).

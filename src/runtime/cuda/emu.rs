@@ -135,8 +135,9 @@ impl Emu {
             let init: Symbol<unsafe extern "C" fn() -> c_int> = sym(&lib, "qf_emu_init")?;
             let has: Symbol<unsafe extern "C" fn(*const c_char) -> c_int> =
                 sym(&lib, "qf_emu_has")?;
-            for (_, name) in super::kernels::FUNCTIONS {
-                let c = CString::new(*name).map_err(err)?;
+            for k in super::kernels::FUNCTIONS {
+                let name = k.name;
+                let c = CString::new(name).map_err(err)?;
                 if has(c.as_ptr()) == 0 {
                     return Err(err(format!(
                         "kernel {name} missing from kernels/emu/emu.cpp"

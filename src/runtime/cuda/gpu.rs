@@ -238,11 +238,12 @@ impl Gpu {
             modules.insert(c.name, m);
         }
         let mut funcs = HashMap::new();
-        for &(src, name) in kernels::FUNCTIONS {
-            let f = modules[src]
-                .load_function(name)
-                .map_err(|e| drv(&format!("kernel {name} in kernels/{src}"), e))?;
-            funcs.insert(name, f);
+        for k in kernels::FUNCTIONS {
+            let f = modules[k.source]
+                .load_function(k.name)
+                .map_err(|e| drv(&format!("kernel {} in kernels/{}", k.name, k.source), e))?;
+            check_block(k, &f)?;
+            funcs.insert(k.name, f);
         }
         Ok(Gpu {
             pdl: Cell::new(super::graph::pdl_default(info.cc)),
@@ -426,6 +427,16 @@ impl Gpu {
 
     /// Launches kernel `name` on the stream.
     pub fn launch(&self, name: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
+        let most = kernels::max_threads(name)
+            .ok_or_else(|| Error::Runtime(format!("no kernel {name}")))?;
+        let b = cfg.block_dim;
+        if b.0 * b.1 * b.2 > most {
+            return Err(Error::Runtime(format!(
+                "kernel {name}: a block of {} threads, more than the {most} it is built for \
+                 (kernels::FUNCTIONS)",
+                b.0 * b.1 * b.2
+            )));
+        }
         match &mut *self.filter.borrow_mut() {
             Filter::Names(v) => v.push(name.to_string()),
             Filter::Only(k) if k != name => return Ok(()),
@@ -498,6 +509,28 @@ impl Gpu {
         self.not_capturing("cuBLASLt")?;
         Ok(self.cuda()?.1.cu_stream() as *mut std::ffi::c_void)
     }
+}
+
+/// Fails when the GPU cannot run kernel `k` in blocks of `k.threads` threads: too many
+/// registers for that block, or `__launch_bounds__` below it. The launch would fail anyway;
+/// this says so at load, with the numbers.
+fn check_block(k: &kernels::Kernel, f: &CudaFunction) -> Result<()> {
+    use cudarc::driver::sys::CUfunction_attribute as A;
+    let get = |a| {
+        // SAFETY: `f` is a function of a loaded module.
+        unsafe { cu::function::get_function_attribute(f.cu_function(), a) }
+            .map_err(|e| drv(&format!("kernel {} attributes", k.name), e))
+    };
+    let most = get(A::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?;
+    if most < k.threads as i32 {
+        let regs = get(A::CU_FUNC_ATTRIBUTE_NUM_REGS)?;
+        return Err(Error::Runtime(format!(
+            "kernel {} ({regs} registers) runs at most {most} threads per block on this GPU; \
+             qforge launches it with up to {}",
+            k.name, k.threads
+        )));
+    }
+    Ok(())
 }
 
 /// A grid of `blocks` blocks of `threads` threads with `smem` bytes of dynamic shared memory.

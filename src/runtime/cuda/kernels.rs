@@ -27,42 +27,66 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("sample.cu", include_str!("../../../kernels/sample.cu")),
 ];
 
-/// Every kernel entry point, with the source that defines it.
-pub const FUNCTIONS: &[(&str, &str)] = &[
-    ("norm.cu", "embed_gather"),
-    ("norm.cu", "add_rmsnorm"),
-    ("norm.cu", "silu_mul"),
-    ("norm.cu", "quant_rows"),
-    ("norm.cu", "quant_groups"),
-    ("norm.cu", "scale_epilogue"),
-    ("rope.cu", "rope_qkv"),
-    ("attention.cu", "attention"),
-    ("attention.cu", "attention_combine"),
-    ("attention.cu", "attention_mma_64"),
-    ("attention.cu", "attention_mma_128"),
-    ("attention.cu", "attention_mma_256"),
-    ("gemv.cu", "gemv_fp8"),
-    ("gemv.cu", "gemv_bf16"),
-    ("gemv.cu", "gemv_int8"),
-    ("gemv.cu", "gemv_fp8_block"),
-    ("gemm.cu", "gemm_fp8"),
-    ("gemm.cu", "gemm_int8"),
-    ("gemm.cu", "gemm_fp8_block"),
-    ("gemv.cu", "gemv_int4g"),
-    ("gemv.cu", "gemv_int4h"),
-    ("gemv.cu", "gemv_int8g"),
-    ("gemv.cu", "gemv_fp4g"),
-    ("gemv.cu", "dequant_int4g"),
-    ("gemv.cu", "dequant_int4h"),
-    ("gemv.cu", "dequant_int8g"),
-    ("gemv.cu", "dequant_fp4g"),
-    ("sample.cu", "argmax_rows"),
-    ("sample.cu", "top_k_rows"),
-    ("sample.cu", "fill_fp8_normal"),
-    ("sample.cu", "fill_bf16_normal"),
-    ("sample.cu", "fill_f32"),
-    ("sample.cu", "fp8_probe"),
+/// One kernel entry point: the source that defines it, and the largest block (threads) the
+/// host ever launches it with. [`super::gpu::Gpu::launch`] refuses a bigger block, a real GPU
+/// is checked at load to run blocks this big (registers, `__launch_bounds__`), and
+/// tests/cuda_nvrtc.rs checks the same on the compiled cubins, so a kernel that grows past
+/// its block fails in CI rather than at its first launch on a GPU.
+pub struct Kernel {
+    pub source: &'static str,
+    pub name: &'static str,
+    pub threads: u32,
+}
+
+const fn k(source: &'static str, name: &'static str, threads: u32) -> Kernel {
+    Kernel {
+        source,
+        name,
+        threads,
+    }
+}
+
+/// Every kernel entry point.
+pub const FUNCTIONS: &[Kernel] = &[
+    k("norm.cu", "embed_gather", 256),
+    k("norm.cu", "add_rmsnorm", 512),
+    k("norm.cu", "silu_mul", 512),
+    k("norm.cu", "quant_rows", 512),
+    k("norm.cu", "quant_groups", 512),
+    k("norm.cu", "scale_epilogue", 256),
+    k("rope.cu", "rope_qkv", 256),
+    k("attention.cu", "attention", 256),
+    k("attention.cu", "attention_combine", 256),
+    k("attention.cu", "attention_mma_64", 128),
+    k("attention.cu", "attention_mma_128", 128),
+    k("attention.cu", "attention_mma_256", 128),
+    k("gemv.cu", "gemv_fp8", 128),
+    k("gemv.cu", "gemv_bf16", 128),
+    k("gemv.cu", "gemv_int8", 128),
+    k("gemv.cu", "gemv_fp8_block", 128),
+    k("gemm.cu", "gemm_fp8", 128),
+    k("gemm.cu", "gemm_int8", 128),
+    k("gemm.cu", "gemm_fp8_block", 128),
+    k("gemv.cu", "gemv_int4g", 128),
+    k("gemv.cu", "gemv_int4h", 128),
+    k("gemv.cu", "gemv_int8g", 128),
+    k("gemv.cu", "gemv_fp4g", 128),
+    k("gemv.cu", "dequant_int4g", 256),
+    k("gemv.cu", "dequant_int4h", 256),
+    k("gemv.cu", "dequant_int8g", 256),
+    k("gemv.cu", "dequant_fp4g", 256),
+    k("sample.cu", "argmax_rows", 1024),
+    k("sample.cu", "top_k_rows", 1024),
+    k("sample.cu", "fill_fp8_normal", 256),
+    k("sample.cu", "fill_bf16_normal", 256),
+    k("sample.cu", "fill_f32", 256),
+    k("sample.cu", "fp8_probe", 256),
 ];
+
+/// The largest block kernel `name` is launched with (`None`: no such kernel).
+pub fn max_threads(name: &str) -> Option<u32> {
+    FUNCTIONS.iter().find(|k| k.name == name).map(|k| k.threads)
+}
 
 /// The NVRTC target for compute capability `major.minor`: `sm_90a` on Hopper (the
 /// arch-specific variant), `sm_XY` elsewhere.
