@@ -88,6 +88,16 @@ impl SyntheticScheme {
     }
 }
 
+impl SyntheticScheme {
+    /// True for the weight-only schemes (BF16 activations).
+    pub fn weight_only(self) -> bool {
+        !matches!(
+            self,
+            SyntheticScheme::Fp8Dynamic | SyntheticScheme::Fp8Block | SyntheticScheme::W8a8
+        )
+    }
+}
+
 /// Names accepted by [`named_shape`], for help texts and errors.
 pub const SHAPE_NAMES: &str = "tiny, llama-1b, llama-8b, llama-70b";
 

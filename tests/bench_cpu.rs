@@ -62,6 +62,51 @@ fn synthetic_llama_1b_on_the_cpu() {
     assert!(r["bandwidth_gbps"].as_f64().unwrap() > 0.0);
 }
 
+/// `--synthetic-scheme` on the CPU: W8A8 and FP8_BLOCK run their own Linears (codes and
+/// scales counted), a weight-only scheme runs as BF16 and says so.
+#[test]
+fn synthetic_schemes_on_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.json");
+    let (h, i, kv, v, layers) = (256u64, 384u64, 128u64, 1000u64, 2u64);
+    let json = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": h,
+        "intermediate_size": i, "num_hidden_layers": layers, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "vocab_size": v, "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0, "tie_word_embeddings": true, "max_position_embeddings": 256
+    });
+    std::fs::write(&cfg, json.to_string()).unwrap();
+    let linears = 2 * h * h + 2 * kv * h + 3 * h * i; // weights per layer
+    let rows = 2 * h + 2 * kv + 2 * i + h; // output rows per layer
+    let blocks = 2 * 2 * 2 + 2 * 2 + 2 * 3 * 2 + 2 * 3; // q,o 2×2; k,v 1×2; gate,up 3×2; down 2×3
+    for (scheme, per_layer, bf16) in [
+        ("w8a8", linears + 4 * rows, false),
+        ("fp8_block", linears + 4 * blocks, false),
+        ("w4a16", 2 * linears, true),
+    ] {
+        let r = bench_json(&[
+            "--synthetic",
+            cfg.to_str().unwrap(),
+            "--synthetic-scheme",
+            scheme,
+            "--profiles",
+            "8/4",
+        ]);
+        check_row(&r["profiles"][0], 8, 4, f64::INFINITY);
+        assert_eq!(
+            r["weight_bytes_per_token"],
+            layers * per_layer + 2 * v * h,
+            "{scheme}"
+        );
+        let model = r["model"].as_str().unwrap();
+        assert_eq!(
+            model.contains("as BF16 on the CPU"),
+            bf16,
+            "{scheme}: {model}"
+        );
+    }
+}
+
 #[test]
 fn real_checkpoint_tiny_random_llama() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/tiny-random-llama");
@@ -92,10 +137,6 @@ fn argument_errors_are_one_line() {
         (
             vec!["--model", "/nonexistent/qforge-model"],
             "/nonexistent/qforge-model",
-        ),
-        (
-            vec!["--synthetic", "tiny", "--synthetic-scheme", "w4a16"],
-            "--synthetic-scheme W4A16: only on --device cuda",
         ),
         (
             vec!["--synthetic", "tiny", "--synthetic-scheme", "int3"],

@@ -1,7 +1,7 @@
 //! `qforge bench`: single-stream latency of use-case profiles (prompt / generated tokens) on a
-//! checkpoint or on a random FP8_DYNAMIC model built in memory (`--synthetic`), with time to
-//! first token, decode speed as % of the memory-bandwidth roofline, and the seed model card's
-//! 2×H100 figures beside seed-shaped models.
+//! checkpoint or on a random model built in memory (`--synthetic`, FP8_DYNAMIC by default),
+//! with time to first token, decode speed as % of the memory-bandwidth roofline, and the seed
+//! model card's 2×H100 figures beside seed-shaped models.
 
 pub mod profile;
 pub mod report;
@@ -30,12 +30,14 @@ pub struct BenchArgs {
     /// Model directory or Hugging Face repo id (org/name).
     #[arg(long, value_name = "DIR|HUB_ID", conflicts_with = "synthetic")]
     pub model: Option<String>,
-    /// Instead of --model: a random FP8_DYNAMIC model of this shape built directly in memory
-    /// (GPU memory on CUDA): llama-70b, llama-8b, llama-1b, or a config.json path.
+    /// Instead of --model: a random model of this shape (FP8_DYNAMIC, or --synthetic-scheme)
+    /// built directly in memory (GPU memory on CUDA): llama-70b, llama-8b, llama-1b, or a
+    /// config.json path.
     #[arg(long, value_name = "SHAPE|CONFIG_JSON")]
     pub synthetic: Option<String>,
-    /// The quantization of the --synthetic model; all but fp8_dynamic need --device cuda
-    /// (the CPU runtime builds random FP8_DYNAMIC weights only).
+    /// The quantization of the --synthetic model. On the CPU, weight-only schemes (w4a16,
+    /// w4a16_asym, w8a16, nvfp4a16, mxfp4a16) run as BF16, as the CPU runtime runs such
+    /// checkpoints (dequantized at load); CUDA runs them packed.
     #[arg(long, value_enum, default_value_t = SyntheticScheme::Fp8Dynamic, requires = "synthetic")]
     pub synthetic_scheme: SyntheticScheme,
     /// Where to run.
@@ -79,24 +81,17 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
         .max()
         .unwrap_or(1);
     let device = resolve_device(args.device)?;
-    let (name, cfg, dir) = source(args)?;
+    let (name, cfg, dir) = source(args, device)?;
     let seed = synth::is_seed_shape(&cfg)
         || name
             .to_ascii_lowercase()
             .contains("deepseek-r1-distill-llama-70b");
     let (mut model, bw, bw_source) = match device {
         Device::Cuda => cuda_model(&cfg, dir.as_deref(), args, max_seq)?,
-        Device::Auto | Device::Cpu if args.synthetic_scheme != SyntheticScheme::Fp8Dynamic => {
-            return Err(Error::Unsupported(format!(
-                "--synthetic-scheme {}: only on --device cuda (the CPU runtime builds \
-                 random FP8_DYNAMIC weights only)",
-                args.synthetic_scheme.preset()
-            )))
-        }
         Device::Auto | Device::Cpu => {
             // Measured first, before the model takes its memory.
             let bw = runner::cpu_copy_bandwidth();
-            let m = cpu_model(cfg, dir.as_deref(), args.seed, max_seq)?;
+            let m = cpu_model(cfg, dir.as_deref(), args, max_seq)?;
             (
                 Box::new(m) as Box<dyn BenchModel>,
                 bw,
@@ -128,7 +123,10 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
 }
 
 /// The model's display name, config, and checkpoint directory (`None` for --synthetic).
-fn source(args: &BenchArgs) -> Result<(String, ModelConfig, Option<std::path::PathBuf>)> {
+fn source(
+    args: &BenchArgs,
+    device: Device,
+) -> Result<(String, ModelConfig, Option<std::path::PathBuf>)> {
     match (&args.model, &args.synthetic) {
         (Some(model), None) => {
             let opts = HubOptions {
@@ -141,8 +139,13 @@ fn source(args: &BenchArgs) -> Result<(String, ModelConfig, Option<std::path::Pa
         }
         (None, Some(spec)) => Ok((
             format!(
-                "synthetic {spec} (random {})",
-                args.synthetic_scheme.preset()
+                "synthetic {spec} (random {}{})",
+                args.synthetic_scheme.preset(),
+                if device != Device::Cuda && args.synthetic_scheme.weight_only() {
+                    ", as BF16 on the CPU"
+                } else {
+                    ""
+                }
             ),
             synth::synthetic_config(spec)?,
             None,
@@ -153,14 +156,19 @@ fn source(args: &BenchArgs) -> Result<(String, ModelConfig, Option<std::path::Pa
     }
 }
 
-fn cpu_model(cfg: ModelConfig, dir: Option<&Path>, seed: u64, max_seq: usize) -> Result<CpuBench> {
+fn cpu_model(
+    cfg: ModelConfig,
+    dir: Option<&Path>,
+    args: &BenchArgs,
+    max_seq: usize,
+) -> Result<CpuBench> {
     let opts = CpuOptions {
         max_seq: Some(max_seq),
     };
     let model = match dir {
         Some(dir) => crate::runtime::cpu::load_cpu_with(dir, &opts)?,
         None => {
-            let w: Weights = synth::random_cpu_weights(&cfg, seed)?;
+            let w: Weights = synth::random_cpu_weights(&cfg, args.synthetic_scheme, args.seed)?;
             CpuModel::new(cfg, w, &opts)?
         }
     };

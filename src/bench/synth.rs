@@ -1,10 +1,10 @@
-//! `--synthetic`: the config of a random FP8_DYNAMIC model (a named shape or any config.json),
-//! and its random weights on the host for the CPU backend, built directly in memory at 1 byte
-//! per Linear weight (the CUDA backend makes its own in GPU memory).
+//! `--synthetic`: the config of a random model (a named shape or any config.json), and its
+//! random weights on the host for the CPU backend, built directly in memory in the form the
+//! CPU loader gives a checkpoint of that scheme (the CUDA backend makes its own in GPU memory).
 
 use crate::runtime::config::ModelConfig;
 use crate::runtime::weights::{Dense, Layer, Linear, LinearWeight, Weights};
-use crate::synthetic::{named_shape, SHAPE_NAMES};
+use crate::synthetic::{named_shape, SyntheticScheme, SHAPE_NAMES};
 use crate::{Error, Result};
 use rayon::prelude::*;
 use serde_json::{json, Value};
@@ -100,9 +100,59 @@ fn bf16_values(n: usize, seed: u64, a: f32) -> Vec<u16> {
     v
 }
 
-/// Random weights for `cfg` on the host: FP8 Linears (random codes, per-row scale so that
-/// each output has unit-ish variance), BF16 embedding and `lm_head`, norms 1, zero biases.
-pub fn random_cpu_weights(cfg: &ModelConfig, seed: u64) -> Result<Weights> {
+/// Random int8 codes, any value but -128.
+fn int8_codes(n: usize, seed: u64) -> Vec<i8> {
+    let mut v = vec![0i8; n];
+    fill(&mut v, seed, |r, part| {
+        for (i, b) in part.iter_mut().enumerate() {
+            *b = ((r >> (8 * i)) as u8 as i8).max(-127);
+        }
+    });
+    v
+}
+
+/// FP8_BLOCK's block: 128 × 128.
+const BLOCK: usize = 128;
+
+/// A random `[rows, cols]` weight of `scheme`, as the CPU loader holds a checkpoint's: FP8 or
+/// INT8 codes with per-row scales, FP8 codes with 128 × 128 block scales (when `cols` is
+/// whole blocks; the loader dequantizes other FP8_BLOCK Linears), and the BF16 values of a
+/// weight-only scheme (the CPU runtime runs those dequantized). Scales keep each output near
+/// the input's scale.
+fn random_weight(scheme: SyntheticScheme, rows: usize, cols: usize, seed: u64) -> LinearWeight {
+    let per_col = 1.0 / (cols as f32).sqrt();
+    match scheme {
+        SyntheticScheme::Fp8Dynamic => LinearWeight::Fp8 {
+            // Codes have RMS ~0.7.
+            codes: fp8_codes(rows * cols, seed),
+            scales: vec![1.4 * per_col; rows],
+        },
+        SyntheticScheme::W8a8 => LinearWeight::Int8 {
+            // Codes have RMS ~73.
+            codes: int8_codes(rows * cols, seed),
+            scales: vec![per_col / 73.0; rows],
+        },
+        SyntheticScheme::Fp8Block if cols % BLOCK == 0 => LinearWeight::Fp8Block {
+            codes: fp8_codes(rows * cols, seed),
+            scales: vec![1.4 * per_col; rows.div_ceil(BLOCK) * (cols / BLOCK)],
+            block_rows: BLOCK,
+            block_cols: BLOCK,
+        },
+        _ => {
+            // Uniform in [-a, a) has RMS a/√3.
+            let a = 3f32.sqrt() * per_col;
+            LinearWeight::Dense(Dense::Bf16(bf16_values(rows * cols, seed, a)))
+        }
+    }
+}
+
+/// Random weights for `cfg` on the host: Linears of `scheme` ([`random_weight`]), BF16
+/// embedding and `lm_head`, norms 1, zero biases.
+pub fn random_cpu_weights(
+    cfg: &ModelConfig,
+    scheme: SyntheticScheme,
+    seed: u64,
+) -> Result<Weights> {
     let mut s = splitmix(seed);
     let mut next = move || {
         s = splitmix(s);
@@ -114,15 +164,11 @@ pub fn random_cpu_weights(cfg: &ModelConfig, seed: u64) -> Result<Weights> {
         cfg.q_dim(),
         cfg.kv_dim(),
     );
-    let mut fp8 = |name: String, rows: usize, cols: usize, bias: bool| Linear {
+    let mut linear = |name: String, rows: usize, cols: usize, bias: bool| Linear {
         name,
         rows,
         cols,
-        // Codes have RMS ~0.7; this keeps every Linear's output near the input's scale.
-        weight: LinearWeight::Fp8 {
-            codes: fp8_codes(rows * cols, next()),
-            scales: vec![1.4 / (cols as f32).sqrt(); rows],
-        },
+        weight: random_weight(scheme, rows, cols, next()),
         bias: bias.then(|| vec![0.0; rows]),
     };
     let mut layers = Vec::with_capacity(cfg.num_layers);
@@ -135,15 +181,15 @@ pub fn random_cpu_weights(cfg: &ModelConfig, seed: u64) -> Result<Weights> {
         layers.push(Layer {
             input_norm: vec![1.0; h],
             post_attention_norm: vec![1.0; h],
-            q_proj: fp8(format!("{a}.q_proj"), qd, h, cfg.qkv_bias),
-            k_proj: fp8(format!("{a}.k_proj"), kvd, h, cfg.qkv_bias),
-            v_proj: fp8(format!("{a}.v_proj"), kvd, h, cfg.qkv_bias),
-            o_proj: fp8(format!("{a}.o_proj"), h, qd, cfg.o_bias),
+            q_proj: linear(format!("{a}.q_proj"), qd, h, cfg.qkv_bias),
+            k_proj: linear(format!("{a}.k_proj"), kvd, h, cfg.qkv_bias),
+            v_proj: linear(format!("{a}.v_proj"), kvd, h, cfg.qkv_bias),
+            o_proj: linear(format!("{a}.o_proj"), h, qd, cfg.o_bias),
             q_norm: head_norm.clone(),
             k_norm: head_norm,
-            gate_proj: fp8(format!("{m}.gate_proj"), i, h, cfg.mlp_bias),
-            up_proj: fp8(format!("{m}.up_proj"), i, h, cfg.mlp_bias),
-            down_proj: fp8(format!("{m}.down_proj"), h, i, cfg.mlp_bias),
+            gate_proj: linear(format!("{m}.gate_proj"), i, h, cfg.mlp_bias),
+            up_proj: linear(format!("{m}.up_proj"), i, h, cfg.mlp_bias),
+            down_proj: linear(format!("{m}.down_proj"), h, i, cfg.mlp_bias),
         });
     }
     let mut dense = |name: &str| Linear {
@@ -207,10 +253,68 @@ mod tests {
         assert!(synthetic_config("llama-3b").is_err());
     }
 
+    /// A small shape whose widths are whole FP8_BLOCK blocks.
+    fn small() -> ModelConfig {
+        let mut v = named_shape("tiny").unwrap().config();
+        let o = v.as_object_mut().unwrap();
+        for (k, n) in [
+            ("hidden_size", 256),
+            ("intermediate_size", 384),
+            ("vocab_size", 300),
+        ] {
+            o.insert(k.into(), n.into());
+        }
+        o.insert("head_dim".into(), 64.into());
+        o.insert("num_attention_heads".into(), 4.into());
+        o.insert("num_key_value_heads".into(), 2.into());
+        o.insert("quantization_config".into(), fp8_dynamic());
+        ModelConfig::from_json(&v).unwrap()
+    }
+
+    /// Each scheme builds the weight form the CPU loader gives its checkpoints, and every
+    /// Linear keeps a unit-RMS input near unit RMS through the CPU's own Linear code (so deep
+    /// random models neither vanish nor blow up, whatever the scheme).
+    #[test]
+    fn every_scheme_builds_its_cpu_form_at_unit_gain() {
+        use crate::runtime::cpu::linear::run_linear;
+        let cfg = small();
+        let x: Vec<f32> = bf16_values(2 * 256, 99, 3f32.sqrt())
+            .iter()
+            .map(|&b| half::bf16::from_bits(b).to_f32())
+            .collect();
+        for scheme in [
+            SyntheticScheme::Fp8Dynamic,
+            SyntheticScheme::W8a8,
+            SyntheticScheme::Fp8Block,
+            SyntheticScheme::W4a16,
+            SyntheticScheme::Nvfp4a16,
+        ] {
+            let w = random_cpu_weights(&cfg, scheme, 5).unwrap();
+            let up = &w.layers[1].up_proj;
+            let form = match &up.weight {
+                LinearWeight::Fp8 { scales, .. } => ("fp8", scales.len()),
+                LinearWeight::Int8 { scales, .. } => ("int8", scales.len()),
+                LinearWeight::Fp8Block { scales, .. } => ("fp8 block", scales.len()),
+                LinearWeight::Dense(Dense::Bf16(v)) => ("bf16", v.len()),
+                other => panic!("{scheme:?}: {other:?}"),
+            };
+            let want = match scheme {
+                SyntheticScheme::Fp8Dynamic => ("fp8", 384),
+                SyntheticScheme::W8a8 => ("int8", 384),
+                SyntheticScheme::Fp8Block => ("fp8 block", 3 * 2), // ⌈384/128⌉ × 256/128
+                _ => ("bf16", 384 * 256),
+            };
+            assert_eq!(form, want, "{scheme:?}");
+            let y = run_linear(up, &x).unwrap().y;
+            let rms = (y.iter().map(|v| v * v).sum::<f32>() / y.len() as f32).sqrt();
+            assert!((0.6..1.6).contains(&rms), "{scheme:?}: output RMS {rms}");
+        }
+    }
+
     #[test]
     fn random_weights_have_no_nan_codes_and_count_bytes() {
         let c = synthetic_config("tiny").unwrap();
-        let w = random_cpu_weights(&c, 1).unwrap();
+        let w = random_cpu_weights(&c, SyntheticScheme::Fp8Dynamic, 1).unwrap();
         let LinearWeight::Fp8 { codes, .. } = &w.layers[0].up_proj.weight else {
             panic!("up_proj is not FP8");
         };
