@@ -155,6 +155,9 @@ fn info(device: usize, r: &mut Report) {
                 "",
                 Some(true),
             );
+            for k in g.short_kernels() {
+                r.error("kernel block", &k);
+            }
             match super::model::Gemm::new(&g, super::model::GemmMode::Auto) {
                 Ok(m) => r.info("info", "gemm", m.note),
                 Err(e) => r.error("cublaslt", &e.to_string()),

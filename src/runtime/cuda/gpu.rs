@@ -178,6 +178,9 @@ pub(super) struct Cuda {
     /// The stream graphs are captured on (capture cannot start on the legacy stream).
     pub(super) side: Arc<CudaStream>,
     funcs: HashMap<&'static str, CudaFunction>,
+    /// Kernels this GPU cannot run in their largest block, with the block it can run and
+    /// their registers (see [`block_limit`]).
+    short: HashMap<&'static str, (u32, i32)>,
 }
 
 pub(super) enum Dev {
@@ -237,12 +240,14 @@ impl Gpu {
                 .map_err(|e| drv(&format!("loading kernels/{}", c.name), e))?;
             modules.insert(c.name, m);
         }
-        let mut funcs = HashMap::new();
+        let (mut funcs, mut short) = (HashMap::new(), HashMap::new());
         for k in kernels::FUNCTIONS {
             let f = modules[k.source]
                 .load_function(k.name)
                 .map_err(|e| drv(&format!("kernel {} in kernels/{}", k.name, k.source), e))?;
-            check_block(k, &f)?;
+            if let Some(limit) = block_limit(k, &f)? {
+                short.insert(k.name, limit);
+            }
             funcs.insert(k.name, f);
         }
         Ok(Gpu {
@@ -255,6 +260,7 @@ impl Gpu {
                 stream,
                 side,
                 funcs,
+                short,
             }),
             capture: RefCell::new(None),
             filter: RefCell::default(),
@@ -429,12 +435,11 @@ impl Gpu {
     pub fn launch(&self, name: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
         let most = kernels::max_threads(name)
             .ok_or_else(|| Error::Runtime(format!("no kernel {name}")))?;
-        let b = cfg.block_dim;
-        if b.0 * b.1 * b.2 > most {
+        let threads = cfg.block_dim.0 * cfg.block_dim.1 * cfg.block_dim.2;
+        if threads > most {
             return Err(Error::Runtime(format!(
-                "kernel {name}: a block of {} threads, more than the {most} it is built for \
-                 (kernels::FUNCTIONS)",
-                b.0 * b.1 * b.2
+                "kernel {name}: a block of {threads} threads, more than the {most} it is built \
+                 for (kernels::FUNCTIONS)"
             )));
         }
         match &mut *self.filter.borrow_mut() {
@@ -466,6 +471,14 @@ impl Gpu {
                 );
             }
         };
+        if let Some(&(most, regs)) = c.short.get(name) {
+            if threads > most {
+                return Err(Error::Runtime(format!(
+                    "kernel {name} ({regs} registers) runs at most {most} threads per block on \
+                     this GPU, not {threads}"
+                )));
+            }
+        }
         let f = c
             .funcs
             .get(name)
@@ -491,6 +504,22 @@ impl Gpu {
             .map_err(|e| drv(&format!("launching {name}"), e))
     }
 
+    /// The kernels this GPU cannot run in their largest block (empty on a healthy build):
+    /// "name: at most N threads per block (R registers), launched with up to M".
+    pub fn short_kernels(&self) -> Vec<String> {
+        let Dev::Cuda(c) = &self.dev else {
+            return Vec::new();
+        };
+        let mut v: Vec<String> = (c.short.iter())
+            .map(|(name, (most, regs))| {
+                let want = kernels::max_threads(name).unwrap_or(0);
+                format!("{name}: at most {most} threads per block ({regs} registers), launched with up to {want}")
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Raises the dynamic shared memory limit of kernel `name` to `bytes`.
     pub fn set_max_smem(&self, name: &str, bytes: usize) -> Result<()> {
         let f = match &self.dev {
@@ -511,10 +540,11 @@ impl Gpu {
     }
 }
 
-/// Fails when the GPU cannot run kernel `k` in blocks of `k.threads` threads: too many
-/// registers for that block, or `__launch_bounds__` below it. The launch would fail anyway;
-/// this says so at load, with the numbers.
-fn check_block(k: &kernels::Kernel, f: &CudaFunction) -> Result<()> {
+/// The block (threads) and registers of kernel `k` when this GPU cannot run it in blocks of
+/// `k.threads`: too many registers for that block, or `__launch_bounds__` below it. The
+/// kernels still load, so that everything else runs; a launch past the limit is refused
+/// with these numbers, and `gpu info` lists them.
+fn block_limit(k: &kernels::Kernel, f: &CudaFunction) -> Result<Option<(u32, i32)>> {
     use cudarc::driver::sys::CUfunction_attribute as A;
     let get = |a| {
         // SAFETY: `f` is a function of a loaded module.
@@ -522,15 +552,13 @@ fn check_block(k: &kernels::Kernel, f: &CudaFunction) -> Result<()> {
             .map_err(|e| drv(&format!("kernel {} attributes", k.name), e))
     };
     let most = get(A::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?;
-    if most < k.threads as i32 {
-        let regs = get(A::CU_FUNC_ATTRIBUTE_NUM_REGS)?;
-        return Err(Error::Runtime(format!(
-            "kernel {} ({regs} registers) runs at most {most} threads per block on this GPU; \
-             qforge launches it with up to {}",
-            k.name, k.threads
-        )));
+    if most >= k.threads as i32 {
+        return Ok(None);
     }
-    Ok(())
+    Ok(Some((
+        most.max(0) as u32,
+        get(A::CU_FUNC_ATTRIBUTE_NUM_REGS)?,
+    )))
 }
 
 /// A grid of `blocks` blocks of `threads` threads with `smem` bytes of dynamic shared memory.

@@ -28,10 +28,11 @@ pub const SOURCES: &[(&str, &str)] = &[
 ];
 
 /// One kernel entry point: the source that defines it, and the largest block (threads) the
-/// host ever launches it with. [`super::gpu::Gpu::launch`] refuses a bigger block, a real GPU
-/// is checked at load to run blocks this big (registers, `__launch_bounds__`), and
-/// tests/cuda_nvrtc.rs checks the same on the compiled cubins, so a kernel that grows past
-/// its block fails in CI rather than at its first launch on a GPU.
+/// host ever launches it with. [`super::gpu::Gpu::launch`] refuses a bigger block;
+/// tests/cuda_nvrtc.rs checks on the compiled cubins that this block fits the kernel's
+/// `__launch_bounds__` and registers, so a kernel that outgrows its block fails in CI rather
+/// than at its first launch on a GPU; and a real GPU is asked at load (`gpu info` lists any
+/// kernel it cannot run in this block).
 pub struct Kernel {
     pub source: &'static str,
     pub name: &'static str,
