@@ -108,7 +108,11 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
             runner::warm_up(model.as_mut(), p.prompt)?;
         }
         let t = runner::run_profile(model.as_mut(), p)?;
-        eprintln!("  {p}: {:.3} s", t.latency_s);
+        // Logged as each profile ends: a run cut off by a time limit still shows these.
+        match profile::seed_latency(p).filter(|_| seed) {
+            Some(card) => eprintln!("  {p}: {:.3} s (seed card, 2×H100: {card} s)", t.latency_s),
+            None => eprintln!("  {p}: {:.3} s", t.latency_s),
+        }
         rows.push(Row::new(p, t, bytes, bw, seed));
     }
     Ok(BenchReport {
