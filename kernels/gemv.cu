@@ -7,13 +7,25 @@
 // with mma.cuh's chunk trick (fragments straight from 16-byte loads). Partial sums are moved
 // out of the tensor-core accumulator every chunk (64 bytes of K) and summed in f32.
 //
-// Block = 4 warps on one 16-row tile, the warps splitting K; grid = ceil(N/16). Row and
+// Block = GEMV_WARPS (4) warps on one 16-row tile, the warps splitting K; grid = ceil(N/16). Row and
 // column counts need not be multiples of anything but K*elem_size % 16 == 0 (host-checked).
 #include "common.cuh"
 #include "mma.cuh"
 
+// Warps per block and 64-byte chunks a warp loads per step (memory-level parallelism). The
+// host launches GEMV_THREADS threads. GEMV_SWEEP builds (gpu selftest's gemv-sweep stage,
+// kernels::GEMV_SWEEP) set other values and keep only the dense and W8A8 kernels: the FP8_BLOCK
+// and grouped kernels below are written for 4-chunk steps.
+#ifndef GEMV_WARPS
 #define GEMV_WARPS 4
+#endif
+#ifndef GEMV_UNROLL
 #define GEMV_UNROLL 4
+#endif
+#define GEMV_THREADS (32 * GEMV_WARPS)
+#if !defined(GEMV_SWEEP) && (GEMV_WARPS != 4 || GEMV_UNROLL != 4)
+#error "GEMV_WARPS and GEMV_UNROLL other than 4 are for GEMV_SWEEP builds only"
+#endif
 
 // A thread's weight registers for chunks c0..c0+GEMV_UNROLL-1 of its rows g (`ra`) and g+8
 // (`rb`): for chunk c, the 16 bytes at c*64 + tig*16 of a row of 1-byte codes or BF16
@@ -133,15 +145,15 @@ __device__ __forceinline__ void gemv_scaled(const u8* w, const float* sw, const 
         }
 }
 
-// FP8 W8A8 GEMV. Grid ceil(N/16), block 128.
-extern "C" __global__ void __launch_bounds__(128)
+// FP8 W8A8 GEMV. Grid ceil(N/16), block GEMV_THREADS.
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
     gemv_fp8(const u8* w, const float* sw, const u8* x, const float* sa, const float* bias,
              u16* y, int M, int N, int K) {
     gemv_scaled<W_FP8>(w, sw, x, sa, bias, y, M, N, K);
 }
 
-// INT8 W8A8 GEMV. Grid ceil(N/16), block 128.
-extern "C" __global__ void __launch_bounds__(128)
+// INT8 W8A8 GEMV. Grid ceil(N/16), block GEMV_THREADS.
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
     gemv_int8(const u8* w, const float* sw, const u8* x, const float* sa, const float* bias,
               u16* y, int M, int N, int K) {
     gemv_scaled<W_S8>(w, sw, x, sa, bias, y, M, N, K);
@@ -167,8 +179,8 @@ __device__ __forceinline__ void store_dense(const float (&acc)[2][4], const floa
 }
 
 // Dense BF16: y[m][n] = sum_k x[m][k] w[n][k] (+ bias[n]), written as f32 (out_f32 != 0,
-// the logits) or bf16. Grid ceil(N/16), block 128.
-extern "C" __global__ void __launch_bounds__(128)
+// the logits) or bf16. Grid ceil(N/16), block GEMV_THREADS.
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
     gemv_bf16(const u16* w, const u16* x, const float* bias, void* y, int out_f32, int M,
               int N, int K) {
     float acc[2][4];
@@ -178,6 +190,7 @@ extern "C" __global__ void __launch_bounds__(128)
     store_dense(acc, bias, y, out_f32, M, N);
 }
 
+#ifndef GEMV_SWEEP
 // FP8_BLOCK W8A8 (vLLM's w8a8_block_fp8_matmul): activations quantized per token and group
 // of 128 columns (quant_groups), weight scales expanded per row, sw [N][K/128]:
 //   y[m][n] = bf16(sum_g f32(sum_{k in g} x[m][k] w[n][k]) * sa[m][g] * sw[n][g] (+ bias[n]))
@@ -442,3 +455,4 @@ GROUPED_KERNELS(G_INT4, gemv_int4g, dequant_int4g)
 GROUPED_KERNELS(G_INT8, gemv_int8g, dequant_int8g)
 GROUPED_KERNELS(G_FP4, gemv_fp4g, dequant_fp4g)
 GROUPED_KERNELS(G_INT4H, gemv_int4h, dequant_int4h)
+#endif  // GEMV_SWEEP

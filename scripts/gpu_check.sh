@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CUDA backend's GPU check: what a session with a GPU runs, in one go, in under 10 minutes
-# (the sum of the stage limits, 570 s; a healthy run takes less). Stages (a)-(c) take at most
+# (the sum of the stage limits, 580 s; a healthy run takes less). Stages (a)-(c) take at most
 # 8 minutes; (d), the seed profiles, gets the rest.
 #
 #   scripts/gpu_check.sh [FIXTURES_DIR]      # default ../shared/fixtures (skipped if absent)
@@ -15,14 +15,15 @@
 # Stages: (0) environment, (1) `qforge gpu info` twice (cold compile, then the disk cache),
 # (a) `qforge gpu selftest`: CUDA vs CPU on FP8 conversions, the W8A8 Linear goldens, the four
 # tiny fixtures (residual streams, decode vs prefill) and a random Llama-3.2-1B-shaped model
-# quantized on the spot, and its BF16 dequantization (logits, greedy ids); (b) `qforge gpu bench`: decode/prefill tokens/s
+# quantized on the spot, and its BF16 dequantization (logits, greedy ids), and the decode
+# GEMV's time under each tuning build of gemv.cu (gemv-sweep); (b) `qforge gpu bench`: decode/prefill tokens/s
 # and % of HBM roofline of random 8B- and 70B-shaped FP8 models made in GPU memory; (c)
 # `qforge gpu gemm` and scripts/gpu_torch_gemm.py: FP8 GEMM paths vs torch._scaled_mm on the
 # 70B shapes at M = 1, 16, 128, 2048; (d) `qforge bench`: the seed model card's eight
 # single-stream latency profiles on a random 70B-shaped FP8 model in GPU memory, beside the
 # card's 2xH100 figures (about 100 s at the card's speed; each profile's latency is logged as
 # it ends, so a cut-off run still shows the ones before; with QFORGE_GPU_FULL_PROFILES=1 the
-# 8B shape too and two profiles of a random 70B W4A16 model, 170 s more of limits: 740 s, more
+# 8B shape too and two profiles of a random 70B W4A16 model, 170 s more of limits: 750 s, more
 # than one 600-s device call, so only where there is room; the tables are appended to
 # report.md).
 #
@@ -59,8 +60,8 @@ step() { # name timeout_s command...
 }
 
 if [ "$smoke" = 1 ]; then
-    step env 15 ls -l "$bin"
-else step env 15 bash -c "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.memory --format=csv;
+    step env 10 ls -l "$bin"
+else step env 10 bash -c "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.memory --format=csv;
     ls -d /usr/local/cuda* 2>/dev/null; ls -l '$bin';
     python3 -c 'import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda)'"
 fi
@@ -68,7 +69,7 @@ if [ ! -x "$bin" ]; then
     echo "gpu_check: $bin is missing: build it with cargo build --release" >&2
     exit 2
 fi
-step info-cold 45 "$bin" gpu info --json "$out/info.json"
+step info-cold 40 "$bin" gpu info --json "$out/info.json"
 step info-cached 15 "$bin" gpu info
 fx_args=()
 if [ -d "$fixtures/golden" ]; then
@@ -87,7 +88,7 @@ json.dump(c, open(sys.argv[2], "w"))' "$tiny" "$wide"
         --json "$out/bench.json"
     step gemm 45 "$bin" gpu gemm --m 1,16,32 --div 64 --json "$out/gemm.json"
 else
-    step selftest 150 "$bin" gpu selftest "${fx_args[@]}" --json "$out/selftest.json"
+    step selftest 170 "$bin" gpu selftest "${fx_args[@]}" --json "$out/selftest.json"
     step bench 120 "$bin" gpu bench --json "$out/bench.json"
     step gemm 45 "$bin" gpu gemm --json "$out/gemm.json"
     step torch-gemm 45 python3 "$root/scripts/gpu_torch_gemm.py" "$out/torch_gemm.json"

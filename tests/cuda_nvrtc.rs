@@ -7,7 +7,7 @@
 //! `$QFORGE_REQUIRE_NVRTC` is set (CI sets it).
 #![cfg(feature = "cuda")]
 
-use qforge::runtime::cuda::kernels::{self, FUNCTIONS, SOURCES};
+use qforge::runtime::cuda::kernels::{self, FUNCTIONS, GEMV_SWEEP, GEMV_VARIANT_KERNELS, SOURCES};
 use qforge::runtime::cuda::nvrtc::Nvrtc;
 use std::path::PathBuf;
 use std::process::Command;
@@ -268,6 +268,35 @@ fn every_kernel_fits_its_largest_block() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// gemv.cu's tuning builds (`kernels::GEMV_SWEEP`, timed by `gpu selftest`) compile clean
+/// for both targets, hold their kernels with `__launch_bounds__` of their own block, and fit
+/// it; the knobs without `GEMV_SWEEP` are refused (the other GEMVs assume the defaults).
+#[test]
+fn gemv_sweep_builds_compile_clean_and_fit() {
+    let Some(nv) = nvrtc_or_skip() else { return };
+    let src = SOURCES.iter().find(|s| s.0 == "gemv.cu").unwrap().1;
+    for arch in ["sm_90a", "sm_89"] {
+        for &v in GEMV_SWEEP {
+            let mut opts = kernels::options(arch);
+            opts.extend(v.defines());
+            let cubin = kernels::compile_clean(&nv, "gemv.cu", src, &opts)
+                .unwrap_or_else(|e| panic!("{arch} {v}: {e}"));
+            let facts = cubin_facts(&cubin);
+            for &name in GEMV_VARIANT_KERNELS {
+                let f = facts[name];
+                assert_eq!(f.bound, Some(v.threads()), "{arch} {v} {name}");
+                let need = block_registers(f.regs.unwrap(), v.threads());
+                assert!(need <= 65536, "{arch} {v} {name}: {need} registers");
+            }
+            assert!(!facts.contains_key("gemv_fp8_block"), "{arch} {v}");
+        }
+    }
+    let mut opts = kernels::options("sm_90a");
+    opts.push("-DGEMV_WARPS=8".into());
+    let e = kernels::compile_clean(&nv, "gemv.cu", src, &opts).unwrap_err();
+    assert!(e.to_string().contains("for GEMV_SWEEP builds only"), "{e}");
 }
 
 #[test]

@@ -65,6 +65,11 @@ fn gpu_check_runs_every_stage_and_writes_the_report() {
     assert!(report.contains("checks pass"), "{report}");
     assert!(!report.contains("| FAIL |"), "{report}");
     assert!(report.contains("| linear-golden |") && report.contains("| tiny-tied-bf16 |"));
+    // gemv-sweep: a tuning build of gemv.cu timed beside the default one, its outputs checked.
+    assert!(
+        report.contains("| gemv-sweep | small 64x1024, m 1, fp8, 8 warps x 2 chunks: outputs > 1 bf16 ulp off the default's | 0.000e0 | <= 0.0e0 | PASS |"),
+        "{report}"
+    );
     assert!(report.contains("tiny-d64.json | "), "model row:\n{report}");
     assert!(
         report.contains("| 2/1 heads x 64 | 32 | "),

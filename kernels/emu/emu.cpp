@@ -151,10 +151,12 @@ static const Entry KERNELS[] = {
     KERNEL(gemv_fp8),         KERNEL(gemv_bf16),   KERNEL(gemv_int8),   KERNEL(argmax_rows),       KERNEL(fill_fp8_normal),
     KERNEL(fill_bf16_normal), KERNEL(fill_f32),    KERNEL(fp8_probe),         KERNEL(top_k_rows),
     KERNEL(attention_mma_64), KERNEL(attention_mma_128), KERNEL(attention_mma_256),
+    KERNEL(quant_groups),     KERNEL(gemm_fp8),    KERNEL(gemm_int8),         KERNEL(gemm_fp8_block),
+#ifndef GEMV_SWEEP  // a sweep build has only gemv.cu's dense and W8A8 kernels
     KERNEL(gemv_int4g),       KERNEL(gemv_int8g),  KERNEL(gemv_fp4g),          KERNEL(dequant_int4g),
-    KERNEL(dequant_int8g),    KERNEL(dequant_fp4g), KERNEL(quant_groups),       KERNEL(gemv_fp8_block),
-    KERNEL(gemm_fp8),         KERNEL(gemm_int8),   KERNEL(gemm_fp8_block),     KERNEL(gemv_int4h),
+    KERNEL(dequant_int8g),    KERNEL(dequant_fp4g), KERNEL(gemv_fp8_block),    KERNEL(gemv_int4h),
     KERNEL(dequant_int4h),
+#endif
 };
 
 static const Entry* find(const char* name) {

@@ -72,7 +72,34 @@ pub struct Emu {
 /// The process's emulator, compiled (or loaded from the cache) on first use.
 pub fn get() -> Result<Arc<Emu>> {
     static EMU: OnceLock<std::result::Result<Arc<Emu>, String>> = OnceLock::new();
-    EMU.get_or_init(|| Emu::load().map(Arc::new).map_err(|e| e.to_string()))
+    EMU.get_or_init(|| {
+        Emu::load(&[], &all_kernels())
+            .map(Arc::new)
+            .map_err(|e| e.to_string())
+    })
+    .clone()
+    .map_err(Error::Runtime)
+}
+
+fn all_kernels() -> Vec<&'static str> {
+    super::kernels::FUNCTIONS.iter().map(|k| k.name).collect()
+}
+
+/// An emulator built with `gemv.cu` as `v` (see [`super::kernels::GemvVariant`]), once per
+/// process and variant: its GEMV kernels stand in for the default build's.
+pub fn gemv_variant(v: super::kernels::GemvVariant) -> Result<Arc<Emu>> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    type Builds = HashMap<(u32, u32), std::result::Result<Arc<Emu>, String>>;
+    static BUILDS: OnceLock<Mutex<Builds>> = OnceLock::new();
+    let mut builds = BUILDS.get_or_init(Default::default).lock().map_err(err)?;
+    builds
+        .entry((v.warps, v.unroll))
+        .or_insert_with(|| {
+            Emu::load(&v.defines(), super::kernels::GEMV_VARIANT_KERNELS)
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        })
         .clone()
         .map_err(Error::Runtime)
 }
@@ -102,14 +129,19 @@ fn all_sources() -> impl Iterator<Item = &'static (&'static str, &'static str)> 
 }
 
 impl Emu {
-    fn load() -> Result<Emu> {
+    /// The library built with `FLAGS` and `extra` flags, which must have kernels `names`.
+    fn load(extra: &[String], names: &[&str]) -> Result<Emu> {
         if !cfg!(target_arch = "x86_64") {
             return Err(err("written for x86-64 hosts only"));
         }
         let cxx = compiler();
         let version = compiler_version(&cxx)?;
         let mut h = Sha256::new();
-        h.update(format!("{version}\n{}\n", FLAGS.join(" ")));
+        h.update(format!(
+            "{version}\n{}\n{}\n",
+            FLAGS.join(" "),
+            extra.join(" ")
+        ));
         for (name, text) in all_sources() {
             h.update(name.as_bytes());
             h.update(text.as_bytes());
@@ -121,12 +153,12 @@ impl Emu {
         let dir = cache_dir();
         let path = dir.join(format!("emu-{key}.so"));
         if !path.exists() {
-            build(&cxx, &dir, &path)?;
+            build(&cxx, extra, &dir, &path)?;
         }
-        Emu::open(&path, version)
+        Emu::open(&path, version, names)
     }
 
-    fn open(path: &Path, compiler: String) -> Result<Emu> {
+    fn open(path: &Path, compiler: String, names: &[&str]) -> Result<Emu> {
         // SAFETY: our own library, built from kernels/emu; its initialisers are trivial.
         let lib = unsafe { Library::open(Some(path), RTLD_NOW) }
             .map_err(|e| err(format!("loading {}: {e}", path.display())))?;
@@ -135,8 +167,7 @@ impl Emu {
             let init: Symbol<unsafe extern "C" fn() -> c_int> = sym(&lib, "qf_emu_init")?;
             let has: Symbol<unsafe extern "C" fn(*const c_char) -> c_int> =
                 sym(&lib, "qf_emu_has")?;
-            for k in super::kernels::FUNCTIONS {
-                let name = k.name;
+            for &name in names {
                 let c = CString::new(name).map_err(err)?;
                 if has(c.as_ptr()) == 0 {
                     return Err(err(format!(
@@ -233,7 +264,7 @@ unsafe fn sym<T>(lib: &Library, name: &str) -> Result<Symbol<T>> {
 
 /// Writes the sources into a scratch folder and compiles them into `out` (atomically: a
 /// failed or concurrent build never leaves a half-written library under the final name).
-fn build(cxx: &str, dir: &Path, out: &Path) -> Result<()> {
+fn build(cxx: &str, extra: &[String], dir: &Path, out: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
     let src = tempfile::tempdir_in(dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
     for (name, text) in all_sources() {
@@ -242,6 +273,7 @@ fn build(cxx: &str, dir: &Path, out: &Path) -> Result<()> {
     let tmp = src.path().join("emu.so");
     let res = Command::new(cxx)
         .args(FLAGS)
+        .args(extra)
         .arg("-o")
         .arg(&tmp)
         .arg(src.path().join("emu.cpp"))

@@ -6,6 +6,7 @@
 //! `QFORGE_CUDA_EMULATE=1`): the same kernels and host code, run on the CPU.
 
 use super::graph::{Capture, Recorded};
+use super::variant::{BuildDev, GemvBuild};
 use super::{emu, kernels, nvrtc};
 use crate::{Error, Result};
 use cudarc::driver::sys::CUdevice_attribute as Attr;
@@ -35,7 +36,7 @@ pub struct DeviceInfo {
     pub driver_version: i32,
 }
 
-fn drv(what: &str, e: cu::DriverError) -> Error {
+pub(super) fn drv(what: &str, e: cu::DriverError) -> Error {
     Error::Runtime(format!("CUDA {what}: {e:?}"))
 }
 
@@ -202,6 +203,8 @@ pub struct Gpu {
     pub(super) pdl: Cell<bool>,
     /// Which launches run (a diagnostic, see [`Gpu::only`]).
     filter: RefCell<Filter>,
+    /// The GEMV build standing in for the default one (see [`Gpu::set_gemv`]).
+    pub(super) gemv: RefCell<Option<GemvBuild>>,
 }
 
 /// Which kernel launches run: all (and their names recorded, or not), or one kernel's only.
@@ -264,6 +267,7 @@ impl Gpu {
             }),
             capture: RefCell::new(None),
             filter: RefCell::default(),
+            gemv: RefCell::new(None),
         })
     }
 
@@ -279,6 +283,7 @@ impl Gpu {
             capture: RefCell::new(None),
             pdl: Cell::new(false),
             filter: RefCell::default(),
+            gemv: RefCell::new(None),
         })
     }
 
@@ -433,8 +438,13 @@ impl Gpu {
 
     /// Launches kernel `name` on the stream.
     pub fn launch(&self, name: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
-        let most = kernels::max_threads(name)
-            .ok_or_else(|| Error::Runtime(format!("no kernel {name}")))?;
+        let gemv = self.gemv.borrow();
+        let alt = gemv.as_ref().filter(|b| b.replaces(name)).map(|b| &b.dev);
+        let most = match alt {
+            Some(_) => self.gemv_threads(name),
+            None => kernels::max_threads(name)
+                .ok_or_else(|| Error::Runtime(format!("no kernel {name}")))?,
+        };
         let threads = cfg.block_dim.0 * cfg.block_dim.1 * cfg.block_dim.2;
         if threads > most {
             return Err(Error::Runtime(format!(
@@ -450,9 +460,14 @@ impl Gpu {
         let c = match &self.dev {
             Dev::Cuda(c) => c,
             Dev::Emu(e) => {
+                let e = match alt {
+                    Some(BuildDev::Emu(v)) => v,
+                    _ => e,
+                };
                 let slots: Vec<(i32, u64)> = args.iter().map(|a| a.slot()).collect();
                 let (g, b) = (cfg.grid_dim, cfg.block_dim);
                 let launch = || Recorded::Launch {
+                    emu: e.clone(),
                     name: name.to_string(),
                     grid: [g.0, g.1, g.2],
                     block: [b.0, b.1, b.2],
@@ -479,10 +494,11 @@ impl Gpu {
                 )));
             }
         }
-        let f = c
-            .funcs
-            .get(name)
-            .ok_or_else(|| Error::Runtime(format!("kernel {name} is not loaded")))?;
+        let f = match alt {
+            Some(BuildDev::Cuda(funcs)) => funcs.get(name),
+            _ => c.funcs.get(name),
+        }
+        .ok_or_else(|| Error::Runtime(format!("kernel {name} is not loaded")))?;
         self.captured();
         if self.pdl.get() && self.capture.borrow().is_some() {
             return super::graph::launch_programmatic(&c.ctx, &c.side, f, cfg, args)

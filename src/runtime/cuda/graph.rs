@@ -29,6 +29,8 @@ use std::sync::Arc;
 /// What the emulator records during a capture.
 pub(super) enum Recorded {
     Launch {
+        /// The library it runs in: the emulator's, or a GEMV build's.
+        emu: Arc<super::emu::Emu>,
         name: String,
         grid: [u32; 3],
         block: [u32; 3],
@@ -110,16 +112,17 @@ impl Gpu {
                 unsafe { cu::graph::launch(g.cu_graph_exec(), c.stream.cu_stream()) }
                     .map_err(|e| capture_error("launch", e))
             }
-            (Inner::Emu(list), Dev::Emu(e)) => {
+            (Inner::Emu(list), Dev::Emu(_)) => {
                 for r in list {
                     match r {
                         Recorded::Launch {
+                            emu,
                             name,
                             grid,
                             block,
                             smem,
                             slots,
-                        } => e.launch(name, *grid, *block, *smem, slots)?,
+                        } => emu.launch(name, *grid, *block, *smem, slots)?,
                         // SAFETY: as `Gpu::copy`, when it was recorded.
                         Recorded::Copy { dst, src, bytes } => unsafe {
                             std::ptr::copy(*src as *const u8, *dst as *mut u8, *bytes)

@@ -89,6 +89,61 @@ pub fn max_threads(name: &str) -> Option<u32> {
     FUNCTIONS.iter().find(|k| k.name == name).map(|k| k.threads)
 }
 
+/// A build of `kernels/gemv.cu` with other tuning values: `warps` warps per block
+/// (`GEMV_WARPS`) and `unroll` 64-byte chunks per warp step (`GEMV_UNROLL`). Such a build
+/// has only the [`GEMV_VARIANT_KERNELS`]; `gpu selftest`'s gemv-sweep stage times them in
+/// place of the default build's (see [`super::gpu::Gpu::set_gemv`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GemvVariant {
+    pub warps: u32,
+    pub unroll: u32,
+}
+
+/// The build every other kernel is written against.
+pub const GEMV_DEFAULT: GemvVariant = gv(4, 4);
+
+/// The builds the gemv-sweep stage times against [`GEMV_DEFAULT`]. The emulator checks the
+/// first, which changes both values.
+pub const GEMV_SWEEP: &[GemvVariant] = &[gv(8, 2), gv(8, 4), gv(4, 2), gv(4, 8)];
+
+const fn gv(warps: u32, unroll: u32) -> GemvVariant {
+    GemvVariant { warps, unroll }
+}
+
+/// The kernels of a [`GemvVariant`] build.
+pub const GEMV_VARIANT_KERNELS: &[&str] = &["gemv_fp8", "gemv_int8", "gemv_bf16"];
+
+impl GemvVariant {
+    /// Threads per block.
+    pub fn threads(self) -> u32 {
+        32 * self.warps
+    }
+
+    /// NVRTC (and emulator) options of the build.
+    pub fn defines(self) -> Vec<String> {
+        vec![
+            "-DGEMV_SWEEP".to_string(),
+            format!("-DGEMV_WARPS={}", self.warps),
+            format!("-DGEMV_UNROLL={}", self.unroll),
+        ]
+    }
+}
+
+impl std::fmt::Display for GemvVariant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} warps x {} chunks", self.warps, self.unroll)
+    }
+}
+
+/// `kernels/gemv.cu`'s cubin for `arch` built as `v`, from the cache or compiled.
+pub fn load_gemv_variant(nv: &Nvrtc, arch: &str, v: GemvVariant) -> Result<Vec<u8>> {
+    let mut opts = options(arch);
+    opts.extend(v.defines());
+    let &(name, src) = (SOURCES.iter().find(|s| s.0 == "gemv.cu"))
+        .ok_or_else(|| Error::Runtime("kernels/gemv.cu is not embedded".into()))?;
+    Ok(load_one(nv, name, src, arch, &opts)?.bytes)
+}
+
 /// The NVRTC target for compute capability `major.minor`: `sm_90a` on Hopper (the
 /// arch-specific variant), `sm_XY` elsewhere.
 pub fn arch_name(major: i32, minor: i32) -> String {
@@ -156,31 +211,40 @@ pub struct Cubin {
 /// errors: the kernels must compile clean.
 pub fn load_all(nv: &Nvrtc, arch: &str) -> Result<Vec<Cubin>> {
     let opts = options(arch);
-    let dir = cache_dir();
     SOURCES
         .iter()
-        .map(|&(name, src)| {
-            let key = cache_key(nv, name, src, arch, &opts);
-            let path = dir.join(format!(
-                "{}-{arch}-{key}.cubin",
-                name.trim_end_matches(".cu")
-            ));
-            if let Ok(bytes) = std::fs::read(&path) {
-                return Ok(Cubin {
-                    name,
-                    bytes,
-                    cached: true,
-                });
-            }
-            let bytes = compile_clean(nv, name, src, &opts)?;
-            let _ = store(&dir, &path, &bytes);
-            Ok(Cubin {
-                name,
-                bytes,
-                cached: false,
-            })
-        })
+        .map(|&(name, src)| load_one(nv, name, src, arch, &opts))
         .collect()
+}
+
+/// One source's cubin built with `opts`, from the cache or compiled (and then cached).
+fn load_one(
+    nv: &Nvrtc,
+    name: &'static str,
+    src: &str,
+    arch: &str,
+    opts: &[String],
+) -> Result<Cubin> {
+    let dir = cache_dir();
+    let key = cache_key(nv, name, src, arch, opts);
+    let path = dir.join(format!(
+        "{}-{arch}-{key}.cubin",
+        name.trim_end_matches(".cu")
+    ));
+    if let Ok(bytes) = std::fs::read(&path) {
+        return Ok(Cubin {
+            name,
+            bytes,
+            cached: true,
+        });
+    }
+    let bytes = compile_clean(nv, name, src, opts)?;
+    let _ = store(&dir, &path, &bytes);
+    Ok(Cubin {
+        name,
+        bytes,
+        cached: false,
+    })
 }
 
 /// Compiles one source and fails on any NVRTC message (error or warning).

@@ -26,6 +26,7 @@ pub mod randmodel;
 pub mod report;
 pub mod selftest;
 pub mod upload;
+pub mod variant;
 
 pub use engine::CudaEngine;
 pub use forward::{load_cuda, CudaModel, CudaOptions};

@@ -57,8 +57,9 @@ pub fn gemv_codes(
         let rows = GEMV_MAX_ROWS.min(m - m0);
         let xs = (x + (m0 * k) as u64, sa + (m0 * kind.scale_row(k)) as u64);
         let args = code_args((w, sw, bias), xs, y + (m0 * n * 2) as u64, (rows, n, k))?;
-        let grid = cfg((n.div_ceil(16) as u32, 1), 128, 0);
-        g.launch(kind.kernels().0, grid, &args)?;
+        let name = kind.kernels().0;
+        let grid = cfg((n.div_ceil(16) as u32, 1), g.gemv_threads(name), 0);
+        g.launch(name, grid, &args)?;
     }
     Ok(())
 }
@@ -119,7 +120,12 @@ pub fn gemv_bf16(
             Arg::I32(i32_of("rows", n)?),
             Arg::I32(i32_of("width", k)?),
         ];
-        g.launch("gemv_bf16", cfg((n.div_ceil(16) as u32, 1), 128, 0), &args)?;
+        let threads = g.gemv_threads("gemv_bf16");
+        g.launch(
+            "gemv_bf16",
+            cfg((n.div_ceil(16) as u32, 1), threads, 0),
+            &args,
+        )?;
     }
     Ok(())
 }

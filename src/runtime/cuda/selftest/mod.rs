@@ -19,6 +19,7 @@
 //!   logit difference measured between the two backends on the same inputs.
 
 pub mod packed;
+pub mod sweep;
 
 use super::cublaslt::Kind;
 use super::dweights::{upload_fused, DWeight, HostPart, HostWeight};
@@ -59,6 +60,8 @@ pub fn run(device: usize, fixtures: Option<&Path>, steps: usize, r: &mut Report)
     stage(r, "fp8-convert", res);
     let res = top_k_select(&g, r);
     stage(r, "top-k", res);
+    let res = sweep::gemv_sweep(&g, r);
+    stage(r, "gemv-sweep", res);
     match fixtures.filter(|f| f.join("golden").is_dir()) {
         Some(fx) => {
             let res = linear_goldens(&g, fx, r);
