@@ -60,6 +60,13 @@ def main():
         total = sum(k["us"] for k in r["kernels"])
         print(f"| {r['shape']} | (sum; the whole step is {r['step_us']:.1f}) | {total:.1f} "
               f"| {100 * total / r['step_us']:.1f} |")
+    builds = [r for r in (bench or {}).get("records", []) if r.get("kind") == "gemv_builds"]
+    if builds:
+        print("\n| decode step of | gemv.cu build | ms/token | speed vs the default |\n|---|---|---|---|")
+    for r in builds:
+        print(f"| {r['shape']} | {r['default']} (default) | {r['default_ms']:.2f} | 1.000 |")
+        for b in r["builds"]:
+            print(f"| {r['shape']} | {b['build']} | {b['decode_ms']:.2f} | {r['default_ms'] / b['decode_ms']:.3f} |")
     attn = [r for r in (bench or {}).get("records", []) if r.get("kind") == "attention"]
     if attn:
         print("\n| prefill attention, one layer | rows | CUDA cores us | tensor cores us | tensor-core TFLOP/s "

@@ -91,6 +91,12 @@ fn gpu_check_runs_every_stage_and_writes_the_report() {
         assert!(report.contains(&row), "{row}:\n{report}");
     }
     assert!(report.contains("| (sum; the whole step is "), "{report}");
+    // The decode step under a tuning build of gemv.cu, beside the default build.
+    assert!(
+        report.contains("tiny-d64.json | 4 warps x 4 chunks (default) | ")
+            && report.contains("tiny-d64.json | 8 warps x 2 chunks | "),
+        "{report}"
+    );
     for shape in ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"] {
         for m in [1, 16, 32] {
             let row = format!("| {shape} | {m} | n/a | ");

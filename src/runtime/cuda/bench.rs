@@ -7,6 +7,7 @@ use super::cublaslt::Kind;
 use super::dweights::DWeights;
 use super::forward::{CudaModel, CudaOptions};
 use super::gpu::Gpu;
+use super::kernels::{GEMV_DEFAULT, GEMV_SWEEP};
 use super::model::{Gemm, GemmMode};
 use super::ops::{self, Codes};
 use super::report::Report;
@@ -217,6 +218,45 @@ fn bench_one(
     let ids = ids(prompt);
     let kernels = decode_breakdown(&mut m, &ids, &mut |m| time_decode(m))?;
     report_breakdown(r, (&st, shape), td * 1e6, &kernels);
+    decode_by_gemv_build(&mut m, (&st, shape), td, &mut |m| time_decode(m), r)
+}
+
+/// The decode step timed with each tuning build of gemv.cu in place of the default one
+/// (`kernels::GEMV_SWEEP`; the emulator: the first only), against the default's `td`.
+fn decode_by_gemv_build(
+    m: &mut CudaModel,
+    (st, shape): (&str, &str),
+    td: f64,
+    time_decode: &mut dyn FnMut(&mut CudaModel) -> Result<f64>,
+    r: &mut Report,
+) -> Result<()> {
+    let builds = match m.gpu.is_emulated() {
+        true => &GEMV_SWEEP[..1],
+        false => GEMV_SWEEP,
+    };
+    let mut rows = Vec::new();
+    for &v in builds {
+        m.recapture();
+        m.gpu.set_gemv(v)?;
+        let t = time_decode(m);
+        m.recapture();
+        m.gpu.set_gemv(GEMV_DEFAULT)?;
+        let t = t?;
+        r.info(
+            st,
+            &format!("decode with gemv.cu as {v}"),
+            format!(
+                "{:.2} ms/token: {:.3}x the default's speed",
+                t * 1e3,
+                td / t
+            ),
+        );
+        rows.push(json!({"build": v.to_string(), "decode_ms": t * 1e3}));
+    }
+    r.extra.push(
+        json!({"kind": "gemv_builds", "shape": shape, "default": GEMV_DEFAULT.to_string(),
+        "default_ms": td * 1e3, "builds": rows}),
+    );
     Ok(())
 }
 
