@@ -10,33 +10,13 @@ use cuda_util::{devices, CodeCase};
 use qforge::quant::e4m3_to_f32;
 use qforge::runtime::cuda::ops::{self, Codes};
 
-/// Codes that are valid as both int8 and E4M3 (no 0x7F / 0xFF: E4M3 NaN).
-fn codes(len: usize, mul: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| match (i * mul % 251) as u8 {
-            c if c & 0x7F == 0x7F => 0x3E,
-            c => c,
-        })
-        .collect()
-}
-
-fn case(m: usize, n: usize, k: usize) -> CodeCase {
-    CodeCase {
-        w: codes(n * k, 7919),
-        x: codes(m * k, 104_729),
-        sw: (0..n).map(|r| 1e-3 * (1 + r % 11) as f32).collect(),
-        sa: (0..m).map(|r| 0.01 + (r % 7) as f32 * 1e-3).collect(),
-        bias: (0..n).map(|r| r as f32 * 0.25 - 3.0).collect(),
-    }
-}
-
 const SHAPES: &[(usize, usize, usize)] = &[(17, 40, 96), (64, 64, 128), (100, 130, 208)];
 
 #[test]
 fn int8_gemm_equals_the_int8_gemv_bit_for_bit() {
     for (label, g) in devices() {
         for &mnk in SHAPES {
-            let c = case(mnk.0, mnk.1, mnk.2);
+            let c = CodeCase::dual(mnk.0, mnk.1, mnk.2);
             for bias in [false, true] {
                 let a = c.run(&g, (ops::gemm_codes, Codes::Int8), bias, mnk);
                 let b = c.run(&g, (ops::gemv_codes, Codes::Int8), bias, mnk);
@@ -50,7 +30,7 @@ fn int8_gemm_equals_the_int8_gemv_bit_for_bit() {
 fn fp8_gemm_follows_the_w8a8_formula() {
     for (label, g) in devices() {
         for &(m, n, k) in SHAPES {
-            let c = case(m, n, k);
+            let c = CodeCase::dual(m, n, k);
             for bias in [false, true] {
                 let y = c.run(&g, (ops::gemm_codes, Codes::Fp8), bias, (m, n, k));
                 for (i, pair) in y.chunks(2).enumerate() {

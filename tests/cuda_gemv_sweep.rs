@@ -12,26 +12,6 @@ use qforge::runtime::cuda::gpu::Gpu;
 use qforge::runtime::cuda::kernels::{GemvVariant, GEMV_DEFAULT, GEMV_SWEEP};
 use qforge::runtime::cuda::ops::{self, Codes};
 
-/// Codes that are valid as both int8 and E4M3 (no 0x7F / 0xFF: E4M3 NaN).
-fn codes(len: usize, mul: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| match (i * mul % 251) as u8 {
-            c if c & 0x7F == 0x7F => 0x3E,
-            c => c,
-        })
-        .collect()
-}
-
-fn case(m: usize, n: usize, k: usize) -> CodeCase {
-    CodeCase {
-        w: codes(n * k, 7919),
-        x: codes(m * k, 104_729),
-        sw: (0..n).map(|r| 1e-3 * (1 + r % 11) as f32).collect(),
-        sa: (0..m).map(|r| 0.01 + (r % 7) as f32 * 1e-3).collect(),
-        bias: (0..n).map(|r| r as f32 * 0.25 - 3.0).collect(),
-    }
-}
-
 /// K of 13 and 65 chunks: tails for every split.
 const SHAPES: &[(usize, usize, usize)] = &[(1, 40, 832), (5, 33, 4160), (16, 40, 832)];
 
@@ -61,7 +41,7 @@ fn dense(g: &Gpu, (m, n, k): (usize, usize, usize)) -> Vec<f32> {
 /// Every GEMV of build `v` against the default build's, on device `g`.
 fn check_variant(label: &str, g: &Gpu, v: GemvVariant) {
     for &mnk in SHAPES {
-        let c = case(mnk.0, mnk.1, mnk.2);
+        let c = CodeCase::dual(mnk.0, mnk.1, mnk.2);
         let base_i8 = c.run(g, (ops::gemv_codes, Codes::Int8), true, mnk);
         let base_f8 = c.run(g, (ops::gemv_codes, Codes::Fp8), true, mnk);
         let base_bf = dense(g, mnk);
@@ -121,7 +101,7 @@ fn captured_launches_keep_their_build() {
     );
     let (m, n, k) = (3, 40, 832);
     for (label, g) in devices() {
-        let c = case(m, n, k);
+        let c = CodeCase::dual(m, n, k);
         g.set_gemv(v).unwrap();
         let direct = c.run(&g, (ops::gemv_codes, Codes::Fp8), false, (m, n, k));
         let up = |b: &[u8]| g.upload_new(b).unwrap();

@@ -100,3 +100,26 @@ impl CodeCase {
         out
     }
 }
+
+/// Codes that are valid as both int8 and E4M3 (no 0x7F / 0xFF: E4M3 NaN).
+pub fn dual_codes(len: usize, mul: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| match (i * mul % 251) as u8 {
+            c if c & 0x7F == 0x7F => 0x3E,
+            c => c,
+        })
+        .collect()
+}
+
+impl CodeCase {
+    /// A deterministic `[m, k]` × `[n, k]` case whose codes read as int8 or E4M3.
+    pub fn dual(m: usize, n: usize, k: usize) -> CodeCase {
+        CodeCase {
+            w: dual_codes(n * k, 7919),
+            x: dual_codes(m * k, 104_729),
+            sw: (0..n).map(|r| 1e-3 * (1 + r % 11) as f32).collect(),
+            sa: (0..m).map(|r| 0.01 + (r % 7) as f32 * 1e-3).collect(),
+            bias: (0..n).map(|r| r as f32 * 0.25 - 3.0).collect(),
+        }
+    }
+}
