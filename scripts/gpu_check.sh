@@ -5,6 +5,9 @@
 #
 #   scripts/gpu_check.sh [FIXTURES_DIR]      # default ../shared/fixtures (skipped if absent)
 #
+# A device call sends only the checkout (64 MiB at most): stage the fixtures with
+# scripts/gpu_stage.sh and pass .gpu/fixtures (docs/gpu-results.md, "How to run").
+#
 # Needs only the built binary (target/release/qforge from `cargo build --release`, whose
 # default features include cuda, or $QFORGE_BIN), an NVIDIA driver, NVRTC + cuBLASLt (CUDA toolkit, found under
 # /usr/local/cuda*), and python3 with PyTorch for the torch._scaled_mm comparison. No Rust,

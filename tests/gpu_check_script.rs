@@ -32,10 +32,27 @@ fn gpu_check_runs_every_stage_and_writes_the_report() {
         return;
     }
     let out = tempfile::tempdir().unwrap();
+    // The fixtures as scripts/gpu_stage.sh stages them for a device call (the subset that
+    // fits its 64 MiB): the selftest below must find everything it reads there.
+    let stage = tempfile::tempdir().unwrap();
+    let staged = Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/gpu_stage.sh"))
+        .arg(common::shared().join("fixtures"))
+        .arg(stage.path())
+        .env("QFORGE_BIN", env!("CARGO_BIN_EXE_qforge"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&staged.stdout);
+    assert!(
+        staged.status.success(),
+        "gpu_stage.sh: {said}{}",
+        String::from_utf8_lossy(&staged.stderr)
+    );
+    assert!(said.contains("of the 64 MiB a call sends"), "{said}");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/gpu_check.sh");
     let run = Command::new("bash")
         .arg(script)
-        .arg(common::shared().join("fixtures"))
+        .arg(stage.path().join("fixtures"))
         .env("QFORGE_CUDA_EMULATE", "1")
         .env("QFORGE_GPU_CHECK_SMOKE", "1")
         .env("QFORGE_BIN", env!("CARGO_BIN_EXE_qforge"))
@@ -65,6 +82,10 @@ fn gpu_check_runs_every_stage_and_writes_the_report() {
     assert!(report.contains("checks pass"), "{report}");
     assert!(!report.contains("| FAIL |"), "{report}");
     assert!(report.contains("| linear-golden |") && report.contains("| tiny-tied-bf16 |"));
+    assert!(
+        report.contains("| unaligned-MXFP4A16 | gemv outputs unlike gemv_bf16's | 0.000e0 |"),
+        "{report}"
+    );
     // gemv-sweep: a tuning build of gemv.cu timed beside the default one, its outputs checked.
     assert!(
         report.contains("| gemv-sweep | small 64x1024, m 1, fp8, 8 warps x 2 chunks: outputs > 1 bf16 ulp off the default's | 0.000e0 | <= 0.0e0 | PASS |"),
