@@ -11,9 +11,10 @@
 # Needs only the built binary (target/release/qforge from `cargo build --release`, whose
 # default features include cuda, or $QFORGE_BIN), an NVIDIA driver, NVRTC + cuBLASLt (CUDA toolkit, found under
 # /usr/local/cuda*), and python3 with PyTorch for the torch._scaled_mm comparison. No Rust,
-# no network. Every stage runs under its own timeout, writes its log and JSON under $OUT
-# (default $TMPDIR/qforge-gpu-check), and a failed stage does not stop the next one. The last step prints
-# docs/gpu-results.md's section for this run (also in $OUT/report.md): paste it there.
+# no network. Every stage runs under its own timeout, writes its log and JSON under
+# $QFORGE_GPU_CHECK_DIR (default $TMPDIR/qforge-gpu-check), and a failed stage does not stop
+# the next one. The last step prints docs/gpu-results.md's section for this run (also in
+# $OUT/report.md): paste it there.
 #
 # Stages: (0) environment, (1) `qforge gpu info` twice (cold compile, then the disk cache),
 # (a) `qforge gpu selftest`: CUDA vs CPU on FP8 conversions, the W8A8 Linear goldens, the four
@@ -37,8 +38,12 @@ set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=${QFORGE_BIN:-$root/target/release/qforge}
 fixtures=${1:-$root/../shared/fixtures}
-out=${OUT:-${TMPDIR:-/tmp}/qforge-gpu-check}
-mkdir -p "$out"
+# Logs, JSON and the kernel cache go to a work folder; $OUT (when set: the device tool brings
+# back at most 8 files from it) gets report.md and gpu-check-logs.tar.gz, the tarball renewed
+# after every stage, so a run cut off by the call's limit still returns what it did.
+out=${QFORGE_GPU_CHECK_DIR:-${TMPDIR:-/tmp}/qforge-gpu-check}
+dest=${OUT:-$out}
+mkdir -p "$out" "$dest"
 export QFORGE_KERNEL_CACHE=${QFORGE_KERNEL_CACHE:-$out/kernel-cache}
 rm -rf "$QFORGE_KERNEL_CACHE" # stage 1 measures a cold compile, then the cached start
 # Toolkit libraries (NVRTC's builtins, cuBLASLt) on the loader path as well; the binary
@@ -51,6 +56,11 @@ export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}
 smoke=${QFORGE_GPU_CHECK_SMOKE:-0}
 tiny=$root/fixtures/tiny-random-llama/config.json
 failed=()
+snapshot() { # the logs and JSON so far, as one file in $dest
+    if [ "$dest" != "$out" ]; then
+        tar czf "$dest/gpu-check-logs.tar.gz" -C "$out" --exclude=kernel-cache . 2>/dev/null
+    fi
+}
 step() { # name timeout_s command...
     local name=$1 t=$2
     shift 2
@@ -60,6 +70,7 @@ step() { # name timeout_s command...
     local rc=${PIPESTATUS[0]}
     printf -- '-- %s: exit %s after %ss\n' "$name" "$rc" "$((SECONDS - start))"
     [ "$rc" = 0 ] || failed+=("$name(exit $rc)")
+    snapshot
 }
 
 if [ "$smoke" = 1 ]; then
@@ -133,6 +144,8 @@ if [ -n "$w4_shape" ]; then
     printf '\n**qforge bench --synthetic %s --synthetic-scheme w4a16 --profiles %s**\n\n```\n%s\n```\n' \
         "$w4_shape" "$w4_profiles" "$(cat "$out/profiles-w4a16.log" 2>/dev/null)" >>"$out/report.md"
 fi
+[ "$dest" != "$out" ] && cp "$out/report.md" "$dest/report.md" 2>/dev/null
+snapshot
 if [ ${#failed[@]} -gt 0 ]; then
     echo "gpu_check: failed stages: ${failed[*]} (logs in $out)"
     exit 1

@@ -31,7 +31,9 @@ fn gpu_check_runs_every_stage_and_writes_the_report() {
     if !ready() {
         return;
     }
-    let out = tempfile::tempdir().unwrap();
+    // `OUT` gets only what a device call brings back (8 files at most); the rest stays in
+    // the work folder.
+    let (out, work) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     // The fixtures as scripts/gpu_stage.sh stages them for a device call (the subset that
     // fits its 64 MiB): the selftest below must find everything it reads there.
     let stage = tempfile::tempdir().unwrap();
@@ -57,6 +59,7 @@ fn gpu_check_runs_every_stage_and_writes_the_report() {
         .env("QFORGE_GPU_CHECK_SMOKE", "1")
         .env("QFORGE_BIN", env!("CARGO_BIN_EXE_qforge"))
         .env("OUT", out.path())
+        .env("QFORGE_GPU_CHECK_DIR", work.path())
         .output()
         .unwrap();
     let log = String::from_utf8_lossy(&run.stdout);
@@ -76,6 +79,22 @@ fn gpu_check_runs_every_stage_and_writes_the_report() {
     }
     assert!(run.status.success(), "{log}");
     assert!(log.contains("gpu_check: all stages passed"), "{log}");
+    let mut back: Vec<String> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    back.sort();
+    assert_eq!(back, ["gpu-check-logs.tar.gz", "report.md"]);
+    let listing = Command::new("tar")
+        .arg("tzf")
+        .arg(out.path().join("gpu-check-logs.tar.gz"))
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    for file in ["./selftest.json", "./bench.log", "./profiles-config.json"] {
+        assert!(listing.lines().any(|l| l == file), "{file}:\n{listing}");
+    }
+    assert!(!listing.contains("kernel-cache"), "{listing}");
     let report = std::fs::read_to_string(out.path().join("report.md")).unwrap();
     assert!(report.contains("qforge CUDA emulator"), "{report}");
     assert!(report.contains("- emulator: "), "{report}");
