@@ -99,6 +99,25 @@ fn gpu_check_runs_every_stage_and_writes_the_report() {
     assert!(report.contains("qforge CUDA emulator"), "{report}");
     assert!(report.contains("- emulator: "), "{report}");
     assert!(report.contains("checks pass"), "{report}");
+    // The issues' targets, summed up; the emulator's speeds are not judged.
+    let targets = report.split("**Targets**").nth(1).expect("a Targets table");
+    let row = |what: &str| {
+        targets
+            .lines()
+            .find(|l| l.starts_with(&format!("| {what}")))
+    };
+    let cuda = row("CUDA vs CPU (gpu selftest) |").expect("selftest row");
+    assert!(cuda.ends_with("checks pass | PASS |"), "{cuda}");
+    let decode = row("decode >= 80 % of HBM roofline, tiny-d64.json |").expect("decode row");
+    assert!(decode.ends_with("| n/a |"), "{decode}");
+    assert!(
+        row("prefill GEMM >= 95 % of torch._scaled_mm").is_some(),
+        "{targets}"
+    );
+    assert!(
+        row("seed profiles faster than 2xH100, config |").is_some(),
+        "{targets}"
+    );
     assert!(!report.contains("| FAIL |"), "{report}");
     assert!(report.contains("| linear-golden |") && report.contains("| tiny-tied-bf16 |"));
     assert!(
@@ -153,4 +172,81 @@ fn gpu_check_runs_every_stage_and_writes_the_report() {
             && report.contains("random W4A16"),
         "{report}"
     );
+}
+
+/// `gpu_report.py` judges the issues' targets from the stages' JSON as a real GPU run leaves
+/// it: each verdict on both sides of its limit.
+#[test]
+fn report_judges_the_targets() {
+    use serde_json::{json, Value};
+    if Command::new("python3").arg("--version").output().is_err() {
+        return eprintln!("skipped: no python3");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let put = |name: &str, v: Value| std::fs::write(dir.path().join(name), v.to_string()).unwrap();
+    let report = || {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/gpu_report.py");
+        let run = Command::new("python3")
+            .arg(script)
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&run.stdout).into_owned();
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert!(run.status.success(), "{text}{err}");
+        text
+    };
+    let gpu = json!({"stage": "info", "check": "gpu", "value": "NVIDIA H200", "pass": null});
+    put("info.json", json!({ "rows": [gpu] }));
+    let row =
+        |pass: bool| json!({"stage": "s", "check": "c", "value": "0", "limit": "0", "pass": pass});
+    put(
+        "selftest.json",
+        json!({"rows": [row(true), row(true), row(false)]}),
+    );
+    let model = |shape: &str, pct: f64| {
+        json!({"kind": "model", "shape": shape, "prefill_tokens": 2048, "prefill_tok_s": 9e3,
+            "decode_tok_s": 50.0, "decode_ms": 20.0, "weight_bytes_per_token": 7e10,
+            "decode_GBps": 3530.0, "peak_GBps": 4800.0, "copy_GBps": 4300.0,
+            "pct_roofline": pct, "fp8_path": "cublaslt-scaled", "cuda_graph": true,
+            "decode_ms_without_graph": 25.0, "pdl": true, "decode_ms_without_pdl": 21.0})
+    };
+    let models = [model("llama-8b", 81.2), model("llama-70b", 73.5)];
+    put("bench.json", json!({ "records": models }));
+    let gemm = |m: u32, us: f64| json!({"kind": "gemm", "shape": "o_proj", "M": m, "path": "cublaslt-scaled", "us": us});
+    let ours = [gemm(16, 50.0), gemm(128, 10.0), gemm(2048, 100.0)];
+    put("gemm.json", json!({ "records": ours }));
+    let torch = |m: u32, us: f64| json!({"shape": "o_proj", "M": m, "us": us});
+    let theirs = [torch(16, 5.0), torch(128, 9.8), torch(2048, 96.0)];
+    put("torch_gemm.json", json!({ "records": theirs }));
+    let card = [2.7, 5.3, 2.7, 2.8, 21.1, 21.4, 11.5, 47.2];
+    let profiles = |slower: Option<usize>| {
+        let rows: Vec<Value> = (card.iter().enumerate())
+            .map(|(i, &s)| {
+                let t = if Some(i) == slower { s * 1.1 } else { s * 0.9 };
+                json!({"profile": format!("p{i}"), "latency_s": t, "seed_latency_s": s})
+            })
+            .collect();
+        json!({ "profiles": rows })
+    };
+    put("profiles-llama-70b.json", profiles(Some(7)));
+    put("profiles-fast.json", profiles(None));
+    let text = report();
+    for want in [
+        "| CUDA vs CPU (gpu selftest) | 2/3 checks pass | FAIL |",
+        "| decode >= 80 % of HBM roofline, llama-8b | 81.2 % (20.00 ms/token) | PASS |",
+        "| decode >= 80 % of HBM roofline, llama-70b | 73.5 % (20.00 ms/token) | FAIL |",
+        "| prefill GEMM >= 95 % of torch._scaled_mm (M >= 128), worst of 2 | 0.96 (o_proj, M 2048) | PASS |",
+        "| seed profiles faster than 2xH100, llama-70b | 7/8 (closest: p7 51.92 s vs 47.2 s) | FAIL |",
+        "| seed profiles faster than 2xH100, fast | 8/8 (closest: p0 2.43 s vs 2.7 s) | PASS |",
+    ] {
+        assert!(text.contains(want), "{want}\n{text}");
+    }
+    put(
+        "torch_gemm.json",
+        json!({"records": [torch(128, 9.8), torch(2048, 90.0)]}),
+    );
+    let text = report();
+    let want = "| prefill GEMM >= 95 % of torch._scaled_mm (M >= 128), worst of 2 | 0.90 (o_proj, M 2048) | FAIL |";
+    assert!(text.contains(want), "{want}\n{text}");
 }
