@@ -61,9 +61,20 @@ snapshot() { # the logs and JSON so far, as one file in $dest
         tar czf "$dest/gpu-check-logs.tar.gz" -C "$out" --exclude=kernel-cache . 2>/dev/null
     fi
 }
+# QFORGE_GPU_CHECK_ONLY="selftest profiles": run only these stages (a name, or its part before
+# the first '-': info, profiles, torch), and the report; for a second, shorter device call.
+only=" ${QFORGE_GPU_CHECK_ONLY:-} "
+wanted() {
+    [ -z "${only// /}" ] || [ "$1" = report ] || [[ "$only" == *" $1 "* ]] ||
+        [[ "$only" == *" ${1%%-*} "* ]]
+}
 step() { # name timeout_s command...
     local name=$1 t=$2
     shift 2
+    if ! wanted "$name"; then
+        printf '\n== %s: skipped (QFORGE_GPU_CHECK_ONLY)\n' "$name"
+        return
+    fi
     printf '\n== %s (%s, limit %ss)\n' "$name" "$(date +%T)" "$t"
     local start=$SECONDS
     timeout -k 5 "$t" "$@" 2>&1 | tee "$out/$name.log"

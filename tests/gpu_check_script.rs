@@ -250,3 +250,31 @@ fn report_judges_the_targets() {
     let want = "| prefill GEMM >= 95 % of torch._scaled_mm (M >= 128), worst of 2 | 0.90 (o_proj, M 2048) | FAIL |";
     assert!(text.contains(want), "{want}\n{text}");
 }
+
+/// `QFORGE_GPU_CHECK_ONLY` runs the named stages and the report, and skips the rest (for a
+/// second, shorter device call after a fix).
+#[test]
+fn only_the_named_stages_run() {
+    if Command::new("python3").arg("--version").output().is_err() {
+        return eprintln!("skipped: no python3");
+    }
+    let (out, work) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let run = Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/gpu_check.sh"))
+        .env("QFORGE_GPU_CHECK_SMOKE", "1")
+        .env("QFORGE_GPU_CHECK_ONLY", "env")
+        .env("QFORGE_BIN", env!("CARGO_BIN_EXE_qforge"))
+        .env("OUT", out.path())
+        .env("QFORGE_GPU_CHECK_DIR", work.path())
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{log}");
+    assert!(log.contains("-- env: exit 0"), "{log}");
+    assert!(log.contains("-- report: exit 0"), "{log}");
+    for stage in ["info-cold", "selftest", "bench", "gemm", "profiles-config"] {
+        let skipped = format!("== {stage}: skipped (QFORGE_GPU_CHECK_ONLY)");
+        assert!(log.contains(&skipped), "{stage}:\n{log}");
+    }
+    assert!(out.path().join("report.md").is_file(), "{log}");
+}
