@@ -26,6 +26,26 @@ fn ready() -> bool {
     }
 }
 
+/// `scripts/gpu_check.sh ARGS` in smoke mode on the emulator, `OUT` and the work folder
+/// given, only the stages `only` names (all when empty).
+fn smoke_check(
+    args: &[&std::path::Path],
+    (out, work): (&std::path::Path, &std::path::Path),
+    only: &str,
+) -> std::process::Output {
+    Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/gpu_check.sh"))
+        .args(args)
+        .env("QFORGE_CUDA_EMULATE", "1")
+        .env("QFORGE_GPU_CHECK_SMOKE", "1")
+        .env("QFORGE_GPU_CHECK_ONLY", only)
+        .env("QFORGE_BIN", env!("CARGO_BIN_EXE_qforge"))
+        .env("OUT", out)
+        .env("QFORGE_GPU_CHECK_DIR", work)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn gpu_check_runs_every_stage_and_writes_the_report() {
     if !ready() {
@@ -51,17 +71,11 @@ fn gpu_check_runs_every_stage_and_writes_the_report() {
         String::from_utf8_lossy(&staged.stderr)
     );
     assert!(said.contains("of the 64 MiB a call sends"), "{said}");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/gpu_check.sh");
-    let run = Command::new("bash")
-        .arg(script)
-        .arg(stage.path().join("fixtures"))
-        .env("QFORGE_CUDA_EMULATE", "1")
-        .env("QFORGE_GPU_CHECK_SMOKE", "1")
-        .env("QFORGE_BIN", env!("CARGO_BIN_EXE_qforge"))
-        .env("OUT", out.path())
-        .env("QFORGE_GPU_CHECK_DIR", work.path())
-        .output()
-        .unwrap();
+    let run = smoke_check(
+        &[&stage.path().join("fixtures")],
+        (out.path(), work.path()),
+        "",
+    );
     let log = String::from_utf8_lossy(&run.stdout);
     for stage in [
         "env",
@@ -259,15 +273,7 @@ fn only_the_named_stages_run() {
         return eprintln!("skipped: no python3");
     }
     let (out, work) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let run = Command::new("bash")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/gpu_check.sh"))
-        .env("QFORGE_GPU_CHECK_SMOKE", "1")
-        .env("QFORGE_GPU_CHECK_ONLY", "env")
-        .env("QFORGE_BIN", env!("CARGO_BIN_EXE_qforge"))
-        .env("OUT", out.path())
-        .env("QFORGE_GPU_CHECK_DIR", work.path())
-        .output()
-        .unwrap();
+    let run = smoke_check(&[], (out.path(), work.path()), "env");
     let log = String::from_utf8_lossy(&run.stdout);
     assert!(run.status.success(), "{log}");
     assert!(log.contains("-- env: exit 0"), "{log}");
