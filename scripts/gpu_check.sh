@@ -37,6 +37,8 @@
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=${QFORGE_BIN:-$root/target/release/qforge}
+# A binary carried to another machine may arrive without its executable bit.
+if [ -f "$bin" ] && [ ! -x "$bin" ]; then chmod +x "$bin" 2>/dev/null; fi
 fixtures=${1:-$root/../shared/fixtures}
 # Logs, JSON and the kernel cache go to a work folder; $OUT (when set: the device tool brings
 # back at most 8 files from it) gets report.md and gpu-check-logs.tar.gz, the tarball renewed

@@ -7,7 +7,7 @@
 # will travel with the binary. Then, with the device tool:
 #
 #   cargo build --release && scripts/gpu_stage.sh
-#   run(command="scripts/gpu_check.sh .gpu/fixtures", timeout_s=600,
+#   run(command="bash scripts/gpu_check.sh .gpu/fixtures", timeout_s=600,
 #       carry=[".gpu", "target/release/qforge"])
 #
 #   scripts/gpu_stage.sh [FIXTURES_DIR] [STAGE_DIR]   # defaults ../shared/fixtures, .gpu
