@@ -147,7 +147,7 @@ struct Facts {
 
 fn cubin_facts(elf: &[u8]) -> std::collections::HashMap<String, Facts> {
     let u16_at = |o: usize| u16::from_le_bytes(elf[o..o + 2].try_into().unwrap()) as usize;
-    let u32_at = |o: usize| u32::from_le_bytes(elf[o..o + 4].try_into().unwrap());
+    let u32_at = |o: usize| word(elf, o);
     let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap()) as usize;
     let cstr = |o: usize| {
         let end = elf[o..].iter().position(|&b| b == 0).unwrap();
@@ -211,6 +211,7 @@ fn cubin_facts(elf: &[u8]) -> std::collections::HashMap<String, Facts> {
     facts
 }
 
+/// The little-endian u32 at byte `o` of `v`.
 fn word(v: &[u8], o: usize) -> u32 {
     u32::from_le_bytes(v[o..o + 4].try_into().unwrap())
 }

@@ -439,12 +439,13 @@ impl Gpu {
     /// Launches kernel `name` on the stream.
     pub fn launch(&self, name: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
         let gemv = self.gemv.borrow();
-        let alt = gemv.as_ref().filter(|b| b.replaces(name)).map(|b| &b.dev);
-        let most = match alt {
-            Some(_) => self.gemv_threads(name),
+        let build = gemv.as_ref().filter(|b| b.replaces(name));
+        let most = match build {
+            Some(b) => b.variant.threads(),
             None => kernels::max_threads(name)
                 .ok_or_else(|| Error::Runtime(format!("no kernel {name}")))?,
         };
+        let alt = build.map(|b| &b.dev);
         let threads = cfg.block_dim.0 * cfg.block_dim.1 * cfg.block_dim.2;
         if threads > most {
             return Err(Error::Runtime(format!(
