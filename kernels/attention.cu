@@ -60,8 +60,10 @@ __device__ __forceinline__ void store_tile(u16* ks, u16* vs, int ds, int d,
 // q: bf16 [t][H*d]; caches bf16 [max_seq][KVH*d] holding positions 0..pos+t, pos = *posp
 // (in device memory: a captured decode step serves every position); out bf16 [t][H*d].
 // Grid (ceil(t/rq), KVH, splits), block 256, dynamic shared memory
-// rq*G*d*4 + 2 * 32*(d+2)*2 bytes. Block z takes keys [z*kchunk, (z+1)*kchunk) (unsplit:
-// one z, kchunk 2^30). With splits > 1 (kchunk a multiple of 32) it writes
+// rq*G*d*4 + 2 * 32*(d+2)*2 bytes. Block z takes keys [z*chunk, (z+1)*chunk) (unsplit:
+// one z, kchunk 2^30); split, chunk = the fewest whole 32-key tiles that let the splits
+// cover the keys seen so far, at most kchunk (a multiple of 32, of the whole cache). Split,
+// it writes
 // part[z][row][head] = (max score, sum of exp, unnormalised P.V [d]) as f32
 // [splits][t][H][d+2] instead of `out`; a split past the last key writes max = -inf.
 extern "C" __global__ void attention(const u16* q, const u16* k_cache, const u16* v_cache,
@@ -89,9 +91,14 @@ extern "C" __global__ void attention(const u16* q, const u16* k_cache, const u16
         l[a] = 0.0f;
         _Pragma("unroll") for (int b = 0; b < MAX_DIM_CHUNKS; b++) acc[a][b] = 0.0f;
     }
-    // Keys needed by the last row of the block (causal), within this block's split.
+    // Keys needed by the last row of the block (causal), within this block's split. The
+    // splits share out the keys there are now, pos + t: a captured decode step's kchunk was
+    // sized for the whole cache, and early on most of its splits would have no key while
+    // a few took them all. The same chunk for every block: each row's splits cover its keys.
     const int kmax = pos + min(t, row0 + rq);
-    const int kbeg = blockIdx.z * kchunk, kend = min(kmax, kbeg + kchunk);
+    const int nz = (int)gridDim.z, tiles = (pos + t + nz * ATT_TILE - 1) / (nz * ATT_TILE);
+    const int chunk = nz > 1 ? min(kchunk, tiles * ATT_TILE) : kchunk;
+    const int kbeg = blockIdx.z * chunk, kend = min(kmax, kbeg + chunk);
     const int half_d = d / 2;
     // Head dims that are multiples of 8 move K/V in 16-byte pieces, the next tile's loaded
     // while this one's scores and P.V are computed; others 4 bytes at a time.

@@ -22,9 +22,17 @@
 #ifndef GEMV_UNROLL
 #define GEMV_UNROLL 4
 #endif
+// How FP8 products reach the tensor cores (mma.cuh's mma_e4m3_via_f16): 0 mma_e4m3; 1 and 2
+// f16 mma with some codes converted by integer instructions.
+#ifndef GEMV_CVT
+#define GEMV_CVT 0
+#endif
 #define GEMV_THREADS (32 * GEMV_WARPS)
-#if !defined(GEMV_SWEEP) && (GEMV_WARPS != 4 || GEMV_UNROLL != 4)
-#error "GEMV_WARPS and GEMV_UNROLL other than 4 are for GEMV_SWEEP builds only"
+#if !defined(GEMV_SWEEP) && (GEMV_WARPS != 4 || GEMV_UNROLL != 4 || GEMV_CVT != 0)
+#error "GEMV_WARPS and GEMV_UNROLL other than 4, and GEMV_CVT, are for GEMV_SWEEP builds only"
+#endif
+#if GEMV_CVT < 0 || GEMV_CVT > 2
+#error "GEMV_CVT is 0, 1 or 2"
 #endif
 
 // A thread's weight registers for chunks c0..c0+GEMV_UNROLL-1 of its rows g (`ra`) and g+8
@@ -107,14 +115,14 @@ __device__ __forceinline__ void gemv_sums(const Rows& rows, const u8* x, int M, 
 #pragma unroll
         for (int u = 0; u < GEMV_UNROLL; u++) {
             T c[4] = {0, 0, 0, 0};
-            mma_chunk<W>(c, ra[u], rb[u], va[u]);
+            mma_chunk<W, GEMV_CVT>(c, ra[u], rb[u], va[u]);
 #pragma unroll
-            for (int i = 0; i < 4; i++) acc[0][i] += c[i];
+            for (int i = 0; i < 4; i++) acc[0][i] += chunk_scale<W, GEMV_CVT>(c[i], i);
             if (two) {
                 T c2[4] = {0, 0, 0, 0};
-                mma_chunk<W>(c2, ra[u], rb[u], vb[u]);
+                mma_chunk<W, GEMV_CVT>(c2, ra[u], rb[u], vb[u]);
 #pragma unroll
-                for (int i = 0; i < 4; i++) acc[1][i] += c2[i];
+                for (int i = 0; i < 4; i++) acc[1][i] += chunk_scale<W, GEMV_CVT>(c2[i], i);
             }
         }
         load_rows(rows, c0 + step, tig, kb, ra, rb);  // zeros (no loads) past the end

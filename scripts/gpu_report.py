@@ -111,11 +111,16 @@ def main():
               f"| {100 * total / r['step_us']:.1f} |")
     builds = [r for r in (bench or {}).get("records", []) if r.get("kind") == "gemv_builds"]
     if builds:
-        print("\n| decode step of | gemv.cu build | ms/token | speed vs the default |\n|---|---|---|---|")
+        print("\n| decode step of | gemv.cu build | ms/token | speed vs the build in use |\n|---|---|---|---|")
     for r in builds:
-        print(f"| {r['shape']} | {r['default']} (default) | {r['default_ms']:.2f} | 1.000 |")
+        tags = "in use, default" if r["in_use_is_default"] else "in use, picked at load"
+        print(f"| {r['shape']} | {r['in_use']} ({tags}) | {r['in_use_ms']:.2f} | 1.000 |")
         for b in r["builds"]:
-            print(f"| {r['shape']} | {b['build']} | {b['decode_ms']:.2f} | {r['default_ms'] / b['decode_ms']:.3f} |")
+            tag = " (default)" if b["default"] else ""
+            print(f"| {r['shape']} | {b['build']}{tag} | {b['decode_ms']:.2f} | {r['in_use_ms'] / b['decode_ms']:.3f} |")
+        for t in r.get("tuning", []):
+            took = f"{t['step_ms']:.2f} ms/step" if t["step_ms"] is not None else f"left out: {t['left_out']}"
+            print(f"| {r['shape']} | {t['build']}: at load, 1-token cache | {took} | |")
     attn = [r for r in (bench or {}).get("records", []) if r.get("kind") == "attention"]
     if attn:
         print("\n| prefill attention, one layer | rows | CUDA cores us | tensor cores us | tensor-core TFLOP/s "

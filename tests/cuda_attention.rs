@@ -105,6 +105,48 @@ fn split_attention_equals_one_pass() {
     }
 }
 
+/// A split sized for a whole cache (as a captured decode step's is) shares out the keys
+/// there are now among its splits, in whole 32-key tiles, instead of giving them all to
+/// the first: at 151 keys, 4 splits of at most 1024 keys take 64, 64, 23 and none; the
+/// merged result is the one-pass one.
+#[test]
+fn a_split_shares_out_the_keys_seen_so_far() {
+    for (label, g) in devices() {
+        let dims = ops::AttnDims {
+            heads: 8,
+            kv_heads: 1,
+            head_dim: 128,
+        };
+        let (rows, pos, splits) = (1, 150, 4);
+        let x = inputs(&g, dims, rows, pos);
+        let part = g.alloc(ops::attention_part_len(dims) * 4).unwrap();
+        let n = rows * dims.heads * dims.head_dim;
+        let (one, split) = (g.alloc(n * 2).unwrap(), g.alloc(n * 2).unwrap());
+        ops::attention(&g, dims, x.io(&one, rows, 0.1), None).unwrap();
+        let s = ops::Split {
+            chunk: 1024,
+            splits,
+        };
+        ops::attention(&g, dims, x.io(&split, rows, 0.1), Some((s, part.ptr))).unwrap();
+        // part[z][row][head] = (max score, sum, P.V): a split without keys has max -inf.
+        let states = g.download_f32(part.ptr, splits * n / dims.head_dim * (dims.head_dim + 2));
+        let stride = rows * dims.heads * (dims.head_dim + 2);
+        let maxes: Vec<f32> = (0..splits)
+            .map(|z| states.as_ref().unwrap()[z * stride])
+            .collect();
+        assert!(
+            maxes[..3].iter().all(|m| m.is_finite()) && maxes[3] == f32::NEG_INFINITY,
+            "{label}: split maxima {maxes:?}"
+        );
+        let (a, b) = (download_bf16(&g, &split, n), download_bf16(&g, &one, n));
+        let (rel, max, odd) = compare(&a, &b);
+        assert!(
+            rel <= 1e-3 && odd == 0,
+            "{label}: rel {rel:.3e} max {max:.3e}"
+        );
+    }
+}
+
 /// When decode splits its keys: long contexts on many SMs, never prefill or short contexts.
 #[test]
 fn attention_split_policy() {

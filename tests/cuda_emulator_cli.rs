@@ -97,6 +97,37 @@ fn verify_on_cuda_gives_the_cpu_tokens() {
     );
 }
 
+/// `QFORGE_GEMV` names the GEMV build decode runs (instead of timing them at load): the
+/// device line says which, and it generates the default build's tokens; a name that is no
+/// build is refused in one line.
+#[test]
+fn verify_on_cuda_runs_the_gemv_build_asked_for() {
+    if !emulator_present() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let q = common::quantize_bundled(tmp.path(), "fp8_dynamic");
+    let ids = |v: &Value| v["generation"]["token_ids"].clone();
+    let default = verify(&q, "cuda");
+    let other = verify_env(&q, "cuda", &[("QFORGE_GEMV", "8x2")]);
+    let device = other["device"].as_str().unwrap_or_default();
+    assert!(device.contains("gemv 8 warps x 2 chunks"), "{device}");
+    assert_eq!(ids(&other), ids(&default));
+    let model = q.to_string_lossy();
+    let out = qforge_emulated_env(
+        &[
+            "verify", "--model", &model, "--prompt", "Hi", "--device", "cuda",
+        ],
+        &[("QFORGE_GEMV", "16x1")],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("QFORGE_GEMV=16x1") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+}
+
 /// `verify --device cuda` runs the other presets too (streamed through the CPU loader and
 /// uploaded as BF16: weight-only, where the CPU quantizes W8A8's and FP8_BLOCK's
 /// activations), with finite logits and the agreement of its own semantics; the numerics

@@ -9,7 +9,7 @@ mod cuda_util;
 
 use cuda_util::{devices, CodeCase};
 use qforge::runtime::cuda::gpu::Gpu;
-use qforge::runtime::cuda::kernels::{GemvVariant, GEMV_DEFAULT, GEMV_SWEEP};
+use qforge::runtime::cuda::kernels::{GemvVariant, GEMV_DEFAULT, GEMV_EMULATED, GEMV_SWEEP};
 use qforge::runtime::cuda::ops::{self, Codes};
 
 /// K of 13 and 65 chunks: tails for every split.
@@ -81,7 +81,7 @@ fn check_variant(label: &str, g: &Gpu, v: GemvVariant) {
 fn gemv_builds_compute_what_the_default_build_computes() {
     for (label, g) in devices() {
         let builds = if g.is_emulated() {
-            &GEMV_SWEEP[..1]
+            GEMV_EMULATED
         } else {
             GEMV_SWEEP
         };

@@ -271,6 +271,25 @@ fn every_kernel_fits_its_largest_block() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// The tuning builds compile at once, one NVRTC program per thread (as a model's load does
+/// before timing them), each into the kernel cache with its own kernels and block.
+#[test]
+fn gemv_builds_compile_concurrently_into_the_cache() {
+    let Some(nv) = nvrtc_or_skip() else { return };
+    let cache = tempfile::tempdir().unwrap();
+    // Only this test of the binary reads the kernel cache.
+    std::env::set_var("QFORGE_KERNEL_CACHE", cache.path());
+    let cubins = kernels::load_gemv_variants(&nv, "sm_90a", GEMV_SWEEP);
+    assert_eq!(cubins.len(), GEMV_SWEEP.len());
+    for (c, &v) in cubins.iter().zip(GEMV_SWEEP) {
+        let c = c.as_ref().unwrap_or_else(|e| panic!("{v}: {e}"));
+        let facts = cubin_facts(c);
+        assert_eq!(facts["gemv_fp8"].bound, Some(v.threads()), "{v}");
+    }
+    let stored = std::fs::read_dir(cache.path()).unwrap().count();
+    assert_eq!(stored, GEMV_SWEEP.len(), "one cubin per build in the cache");
+}
+
 /// gemv.cu's tuning builds (`kernels::GEMV_SWEEP`, timed by `gpu selftest`) compile clean
 /// for both targets, hold their kernels with `__launch_bounds__` of their own block, and fit
 /// it; the knobs without `GEMV_SWEEP` are refused (the other GEMVs assume the defaults).
@@ -296,6 +315,10 @@ fn gemv_sweep_builds_compile_clean_and_fit() {
     }
     let mut opts = kernels::options("sm_90a");
     opts.push("-DGEMV_WARPS=8".into());
+    let e = kernels::compile_clean(&nv, "gemv.cu", src, &opts).unwrap_err();
+    assert!(e.to_string().contains("for GEMV_SWEEP builds only"), "{e}");
+    let mut opts = kernels::options("sm_90a");
+    opts.push("-DGEMV_CVT=1".into());
     let e = kernels::compile_clean(&nv, "gemv.cu", src, &opts).unwrap_err();
     assert!(e.to_string().contains("for GEMV_SWEEP builds only"), "{e}");
 }

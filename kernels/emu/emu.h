@@ -169,7 +169,29 @@ inline uint16_t half_of(uint32_t w, int i) { return (uint16_t)(w >> (16 * i)); }
 // across the warp (PTX ISA, "Matrix Fragments for mma.m16n8k32" / "mma.m16n8k16"). `d` is
 // this lane's C on entry and D on return; float sums are exact and rounded once, int sums
 // exact.
-enum MmaKind { MMA_BF16, MMA_E4M3, MMA_S8 };
+// f16 bits -> value (subnormals, infinities and NaN included).
+inline float f16_value(uint16_t h) {
+    const int e = (h >> 10) & 31, m = h & 1023;
+    float v;
+    if (e == 31) v = m ? NAN : INFINITY;
+    else if (e == 0) v = std::ldexp((float)m, -24);
+    else v = std::ldexp((float)(1024 + m), e - 25);
+    return (h & 0x8000) ? -v : v;
+}
+
+// An E4M3 code -> the f16 bits of its value, exactly (every E4M3 value is a normal f16 or
+// zero), as `cvt.rn.f16x2.e4m3x2` gives it; NaN -> 0x7fff.
+inline uint16_t e4m3_f16_bits(uint8_t c) {
+    const float v = e4m3_value(c);
+    const uint16_t sign = (c & 0x80) ? 0x8000 : 0;
+    if (v != v) return 0x7fff;
+    if (v == 0.0f) return sign;
+    int e;
+    const float f = std::frexp(std::fabs(v), &e);  // v = f * 2^e, f in [0.5, 1)
+    return sign | (uint16_t)((e + 14) << 10) | (uint16_t)((f * 2.0f - 1.0f) * 1024.0f);
+}
+
+enum MmaKind { MMA_BF16, MMA_E4M3, MMA_S8, MMA_F16 };
 
 template <int KIND, class T>
 void mma(T* d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
@@ -183,7 +205,10 @@ void mma(T* d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, 
         const int r = g + 8 * (i >> 1), c = 2 * t + (i & 1);  // this lane's D element
         double s = 0.0;
         int64_t si = 0;
-        if (KIND != MMA_BF16) {
+        const auto half_value = [](uint16_t h) {
+            return KIND == MMA_F16 ? (double)f16_value(h) : (double)float_of((uint32_t)h << 16);
+        };
+        if (KIND == MMA_E4M3 || KIND == MMA_S8) {
             for (int k = 0; k < 32; k++) {
                 // A[r][k]: lane (r%8)*4 + (k%16)/4, register (k<16 ? 0 : 2) + (r>=8), byte k%4
                 const int al = (r & 7) * 4 + ((k & 15) >> 2), ar = (k < 16 ? 0 : 2) + (r >> 3);
@@ -199,8 +224,8 @@ void mma(T* d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, 
                 const int al = (r & 7) * 4 + ((k & 7) >> 1), ar = (k < 8 ? 0 : 2) + (r >> 3);
                 // B[k][c]: lane c*4 + (k%8)/2, register 4 + (k>=8), half k%2
                 const int bl = c * 4 + ((k & 7) >> 1), br = 4 + (k >> 3);
-                s += (double)float_of((uint32_t)half_of(row[al].w[ar], k & 1) << 16) *
-                     (double)float_of((uint32_t)half_of(row[bl].w[br], k & 1) << 16);
+                s += half_value(half_of(row[al].w[ar], k & 1)) *
+                     half_value(half_of(row[bl].w[br], k & 1));
             }
         }
         if constexpr (KIND == MMA_S8) d[i] = (T)((int64_t)d[i] + si);
@@ -301,6 +326,21 @@ static inline void mma_e4m3(float* d, unsigned a0, unsigned a1, unsigned a2, uns
 static inline void mma_bf16(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3,
                             unsigned b0, unsigned b1) {
     emu::mma<emu::MMA_BF16>(d, a0, a1, a2, a3, b0, b1);
+}
+static inline void mma_f16(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                           unsigned b0, unsigned b1) {
+    emu::mma<emu::MMA_F16>(d, a0, a1, a2, a3, b0, b1);
+}
+static inline unsigned e4m3x2_to_f16x2(unsigned short v) {
+    return (unsigned)emu::e4m3_f16_bits((uint8_t)(v & 0xff)) |
+           ((unsigned)emu::e4m3_f16_bits((uint8_t)(v >> 8)) << 16);
+}
+// Byte i of the result is byte (s >> 4i) & 7 of the eight bytes of {y, x} (x the low word).
+static inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
+    const uint64_t b = (uint64_t)x | ((uint64_t)y << 32);
+    unsigned r = 0;
+    for (int i = 0; i < 4; i++) r |= (unsigned)((b >> (8 * ((s >> (4 * i)) & 7))) & 0xff) << (8 * i);
+    return r;
 }
 static inline void mma_s8(int* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0,
                           unsigned b1) {

@@ -7,10 +7,11 @@ use super::cublaslt::Kind;
 use super::dweights::DWeights;
 use super::forward::{CudaModel, CudaOptions};
 use super::gpu::Gpu;
-use super::kernels::{GEMV_DEFAULT, GEMV_SWEEP};
+use super::kernels::{GemvVariant, GEMV_DEFAULT, GEMV_SWEEP};
 use super::model::{Gemm, GemmMode};
 use super::ops::{self, Codes};
 use super::report::Report;
+use super::tune;
 use crate::runtime::Backend;
 use crate::synthetic::SyntheticScheme;
 use crate::{Error, Result};
@@ -123,7 +124,11 @@ fn bench_one(
             m.gemm.fp8_path()
         ),
     );
-    bench_attention(&m.gpu, super::model::attn_dims(&cfg)?, prefill, &st, r)?;
+    // A side measurement: its failure is reported and the decode rows still come.
+    let dims = super::model::attn_dims(&cfg)?;
+    if let Err(e) = bench_attention(&m.gpu, dims, prefill, &st, r) {
+        r.error(&format!("{st} attention"), &e.to_string());
+    }
     // Decode: prompt, 4 warm-up steps (the first captures the graph), then `decode` timed
     // steps with device argmax; with CUDA graphs, then launch by launch.
     let time_decode = |m: &mut CudaModel| -> Result<f64> {
@@ -221,8 +226,9 @@ fn bench_one(
     decode_by_gemv_build(&mut m, (&st, shape), td, &mut |m| time_decode(m), r)
 }
 
-/// The decode step timed with each tuning build of gemv.cu in place of the default one
-/// (`kernels::GEMV_SWEEP`; the emulator: the first only), against the default's `td`.
+/// The decode step timed with every other build of gemv.cu in place of the one in use
+/// (the one picked at load, see [`super::tune`]; the emulator: the first tuning build only),
+/// against its `td`.
 fn decode_by_gemv_build(
     m: &mut CudaModel,
     (st, shape): (&str, &str),
@@ -230,32 +236,42 @@ fn decode_by_gemv_build(
     time_decode: &mut dyn FnMut(&mut CudaModel) -> Result<f64>,
     r: &mut Report,
 ) -> Result<()> {
-    let builds = match m.gpu.is_emulated() {
-        true => &GEMV_SWEEP[..1],
-        false => GEMV_SWEEP,
+    let in_use = m.gpu.gemv();
+    let builds: Vec<GemvVariant> = match m.gpu.is_emulated() {
+        true => GEMV_SWEEP[..1].to_vec(),
+        false => tune::builds().filter(|&v| v != in_use).collect(),
     };
+    if let Some(t) = &m.tuning {
+        r.info(st, "decode GEMV build, picked at load", t.describe());
+    }
     let mut rows = Vec::new();
-    for &v in builds {
+    for v in builds {
         m.recapture();
         m.gpu.set_gemv(v)?;
         let t = time_decode(m);
         m.recapture();
-        m.gpu.set_gemv(GEMV_DEFAULT)?;
+        m.gpu.set_gemv(in_use)?;
         let t = t?;
         r.info(
             st,
             &format!("decode with gemv.cu as {v}"),
             format!(
-                "{:.2} ms/token: {:.3}x the default's speed",
+                "{:.2} ms/token: {:.3}x the speed of the build in use",
                 t * 1e3,
                 td / t
             ),
         );
-        rows.push(json!({"build": v.to_string(), "decode_ms": t * 1e3}));
+        rows.push(
+            json!({"build": v.to_string(), "default": v == GEMV_DEFAULT, "decode_ms": t * 1e3}),
+        );
     }
+    let trials: Vec<_> = (m.tuning.iter().flat_map(|t| &t.trials))
+        .map(|t| json!({"build": t.build.to_string(), "step_ms": t.step_s.map(|s| s * 1e3), "left_out": t.left_out}))
+        .collect();
     r.extra.push(
-        json!({"kind": "gemv_builds", "shape": shape, "default": GEMV_DEFAULT.to_string(),
-        "default_ms": td * 1e3, "builds": rows}),
+        json!({"kind": "gemv_builds", "shape": shape, "in_use": in_use.to_string(),
+        "in_use_is_default": in_use == GEMV_DEFAULT, "in_use_ms": td * 1e3, "builds": rows,
+        "tuning": trials}),
     );
     Ok(())
 }
@@ -412,8 +428,9 @@ fn time_us(g: &Gpu, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
         return Ok(t0.elapsed().as_secs_f64() * 1e6 / iters as f64);
     }
     let (ctx, stream) = g.cuda()?;
+    // cudarc's default flags (None) disable timing: elapsed_ms would then always fail.
     let ev = || {
-        ctx.new_event(None)
+        ctx.new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
             .map_err(|e| Error::Runtime(format!("CUDA event: {e:?}")))
     };
     let (a, b) = (ev()?, ev()?);

@@ -62,7 +62,10 @@ pub enum GpuCommand {
 
 /// Runs a `qforge gpu` subcommand; the exit code is 1 when any check failed.
 pub fn run(args: &GpuArgs) -> Result<ExitCode> {
-    let mut r = Report::default();
+    let mut r = Report {
+        json: args.json.clone(),
+        ..Report::default()
+    };
     match &args.command {
         GpuCommand::Info => info(args.device, &mut r),
         GpuCommand::Selftest { fixtures, steps } => {

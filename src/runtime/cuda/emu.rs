@@ -90,11 +90,11 @@ fn all_kernels() -> Vec<&'static str> {
 pub fn gemv_variant(v: super::kernels::GemvVariant) -> Result<Arc<Emu>> {
     use std::collections::HashMap;
     use std::sync::Mutex;
-    type Builds = HashMap<(u32, u32), std::result::Result<Arc<Emu>, String>>;
+    type Builds = HashMap<super::kernels::GemvVariant, std::result::Result<Arc<Emu>, String>>;
     static BUILDS: OnceLock<Mutex<Builds>> = OnceLock::new();
     let mut builds = BUILDS.get_or_init(Default::default).lock().map_err(err)?;
     builds
-        .entry((v.warps, v.unroll))
+        .entry(v)
         .or_insert_with(|| {
             Emu::load(&v.defines(), super::kernels::GEMV_VARIANT_KERNELS)
                 .map(Arc::new)

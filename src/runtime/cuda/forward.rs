@@ -6,6 +6,7 @@ use super::gpu::{DBuf, Gpu};
 use super::graph::Graph;
 use super::model::{attn_dims, Gemm, GemmMode, Scratch};
 use super::ops::{self, ActOut, AttnDims, Split};
+use super::tune::{GemvPick, Tuning};
 use crate::checkpoint::Checkpoint;
 use crate::runtime::config::ModelConfig;
 use crate::runtime::cpu::ops::inv_freq;
@@ -31,6 +32,9 @@ pub struct CudaOptions {
     /// Replay decode steps as one captured CUDA graph (default on; `QFORGE_CUDA_GRAPHS=0`
     /// turns it off everywhere).
     pub graphs: bool,
+    /// Which build of `kernels/gemv.cu` decode runs (None: `QFORGE_GEMV`, by default timed
+    /// at load on a GPU; see [`super::tune`]).
+    pub gemv: Option<GemvPick>,
 }
 
 impl Default for CudaOptions {
@@ -42,6 +46,7 @@ impl Default for CudaOptions {
             gemm: GemmMode::Auto,
             split_keys: None,
             graphs: true,
+            gemv: None,
         }
     }
 }
@@ -81,6 +86,8 @@ pub struct CudaModel {
     input: Vec<u8>,
     graphs: bool,
     graph_note: Option<String>,
+    /// The GEMV build in use and how it was picked (None: the default build, not tuned).
+    pub tuning: Option<Tuning>,
     // Last: every buffer above is freed while the context is alive.
     pub gpu: Gpu,
 }
@@ -140,7 +147,8 @@ impl CudaModel {
         }
         let split_keys = opts.split_keys.unwrap_or(256);
         let sms = gpu.info.sm_count.max(1) as usize;
-        Ok(CudaModel {
+        let pick = opts.gemv.map_or_else(GemvPick::from_env, Ok)?;
+        let mut m = CudaModel {
             part: gpu.alloc(ops::attention_part_len(dims) * 4)?,
             split_keys,
             decode_split: ops::attention_split(dims, 1, max_seq, sms, split_keys),
@@ -148,6 +156,7 @@ impl CudaModel {
             input: Vec::with_capacity((rows + 1) * 4),
             graphs: opts.graphs && graphs_allowed(),
             graph_note: None,
+            tuning: None,
             gemm: Gemm::new(&gpu, opts.gemm)?,
             scratch: Scratch::new(&gpu, &config, rows)?,
             dims,
@@ -160,7 +169,9 @@ impl CudaModel {
             config,
             weights,
             gpu,
-        })
+        };
+        m.pick_gemv(pick)?;
+        Ok(m)
     }
 
     /// Uploads host weights (small models and tests).
@@ -371,18 +382,25 @@ impl CudaModel {
                 norms,
                 (s.q.ptr, cache.0, cache.1),
             )?;
+            // An o_proj with BF16 input reads the attention's output where it lands: no
+            // copy, which in the decode graph would also be a memcpy node between two
+            // programmatic launches.
+            let o_in = Gemm::wants(&layer.o, &s.act);
             let io = ops::AttnIo {
                 q: s.q.ptr,
                 cache,
-                out: s.att.ptr,
+                out: if let ActOut::Bf16(b) = o_in {
+                    b
+                } else {
+                    s.att.ptr
+                },
                 rows: t,
                 pos,
                 scale,
             };
             ops::attention(g, dims, io, split)?;
-            match Gemm::wants(&layer.o, &s.act) {
-                ActOut::Bf16(b) => g.copy(b, s.att.ptr, t * c.q_dim() * 2)?,
-                codes => ops::quant_rows(g, s.att.ptr, t, c.q_dim(), codes)?,
+            if !matches!(o_in, ActOut::Bf16(_)) {
+                ops::quant_rows(g, s.att.ptr, t, c.q_dim(), o_in)?;
             }
             self.gemm
                 .linear(g, &layer.o, &s.act, (t, 0), s.proj.ptr, false)?;
@@ -560,9 +578,13 @@ impl Backend for CudaModel {
             (None, true) => "decode as a CUDA graph",
             (None, false) => "CUDA graphs off",
         };
+        let gemv = self.tuning.as_ref().map(|t| format!(", {}", t.describe()));
         format!(
-            "cuda ({}, {}, {}, {graphs})",
-            i.name, i.arch, self.gemm.note
+            "cuda ({}, {}, {}, {graphs}{})",
+            i.name,
+            i.arch,
+            self.gemm.note,
+            gemv.unwrap_or_default()
         )
     }
 }

@@ -53,6 +53,12 @@ pub fn probe(ordinal: usize) -> Result<DeviceInfo> {
     if emu::enabled() {
         return Ok(emulated_info(ordinal));
     }
+    open(ordinal).map(|(info, _)| info)
+}
+
+/// [`probe`] on a real GPU, with the context it opened: [`Gpu::new`] keeps it, as dropping
+/// the last reference to the primary context destroys it (and the next one costs a new).
+fn open(ordinal: usize) -> Result<(DeviceInfo, Arc<CudaContext>)> {
     if !driver_present() {
         return Err(Error::Runtime(
             "no CUDA driver (libcuda.so.1 not found): install the NVIDIA driver".into(),
@@ -66,7 +72,7 @@ pub fn probe(ordinal: usize) -> Result<DeviceInfo> {
         )));
     }
     let ctx = CudaContext::new(ordinal).map_err(|e| drv("context", e))?;
-    info_of(&ctx, ordinal)
+    Ok((info_of(&ctx, ordinal)?, ctx))
 }
 
 fn info_of(ctx: &Arc<CudaContext>, ordinal: usize) -> Result<DeviceInfo> {
@@ -227,8 +233,7 @@ impl Gpu {
         if emu::enabled() {
             return Gpu::emulated();
         }
-        let info = probe(ordinal)?;
-        let ctx = CudaContext::new(ordinal).map_err(|e| drv("context", e))?;
+        let (info, ctx) = open(ordinal)?;
         // SAFETY: all work goes through one stream; no buffer is shared across streams.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();

@@ -90,24 +90,39 @@ pub fn max_threads(name: &str) -> Option<u32> {
 }
 
 /// A build of `kernels/gemv.cu` with other tuning values: `warps` warps per block
-/// (`GEMV_WARPS`) and `unroll` 64-byte chunks per warp step (`GEMV_UNROLL`). Such a build
-/// has only the [`GEMV_VARIANT_KERNELS`]; `gpu selftest`'s gemv-sweep stage times them in
-/// place of the default build's (see [`super::gpu::Gpu::set_gemv`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// (`GEMV_WARPS`), `unroll` 64-byte chunks per warp step (`GEMV_UNROLL`), and how FP8
+/// products reach the tensor cores (`cvt`, `GEMV_CVT`: 0 `mma_e4m3`; 1 f16 `mma` with the
+/// activations converted by integer instructions; 2 also weight rows 8-15; see
+/// kernels/mma.cuh). Such a build has only the [`GEMV_VARIANT_KERNELS`]; they run in place
+/// of the default build's (see [`super::gpu::Gpu::set_gemv`]) when a model picks it at load
+/// ([`super::tune`]) and in `gpu selftest`'s gemv-sweep stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct GemvVariant {
     pub warps: u32,
     pub unroll: u32,
+    pub cvt: u32,
 }
 
 /// The build every other kernel is written against.
-pub const GEMV_DEFAULT: GemvVariant = gv(4, 4);
+pub const GEMV_DEFAULT: GemvVariant = gv(4, 4, 0);
 
-/// The builds the gemv-sweep stage times against [`GEMV_DEFAULT`]. The emulator checks the
-/// first, which changes both values.
-pub const GEMV_SWEEP: &[GemvVariant] = &[gv(8, 2), gv(8, 4), gv(4, 2), gv(4, 8)];
+/// The builds timed against [`GEMV_DEFAULT`] (at load, and by the gemv-sweep stage).
+pub const GEMV_SWEEP: &[GemvVariant] = &[
+    gv(8, 2, 0),
+    gv(8, 4, 0),
+    gv(4, 2, 0),
+    gv(4, 8, 0),
+    gv(4, 4, 1),
+    gv(4, 4, 2),
+];
 
-const fn gv(warps: u32, unroll: u32) -> GemvVariant {
-    GemvVariant { warps, unroll }
+/// The builds the emulator checks against the default one: both tuning values changed, and
+/// every conversion path of `GEMV_CVT` (rows 0-7 by F2FP, rows 8-15 and the activations by
+/// integer instructions).
+pub const GEMV_EMULATED: &[GemvVariant] = &[gv(8, 2, 0), gv(4, 4, 2)];
+
+const fn gv(warps: u32, unroll: u32, cvt: u32) -> GemvVariant {
+    GemvVariant { warps, unroll, cvt }
 }
 
 /// The kernels of a [`GemvVariant`] build.
@@ -125,13 +140,27 @@ impl GemvVariant {
             "-DGEMV_SWEEP".to_string(),
             format!("-DGEMV_WARPS={}", self.warps),
             format!("-DGEMV_UNROLL={}", self.unroll),
+            format!("-DGEMV_CVT={}", self.cvt),
         ]
+    }
+
+    /// The short name `QFORGE_GEMV` takes: `WARPSxCHUNKS`, with `-cvtN` when `cvt` is N > 0.
+    pub fn name(self) -> String {
+        match self.cvt {
+            0 => format!("{}x{}", self.warps, self.unroll),
+            c => format!("{}x{}-cvt{c}", self.warps, self.unroll),
+        }
     }
 }
 
 impl std::fmt::Display for GemvVariant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} warps x {} chunks", self.warps, self.unroll)
+        write!(f, "{} warps x {} chunks", self.warps, self.unroll)?;
+        match self.cvt {
+            0 => Ok(()),
+            1 => write!(f, ", fp8 as f16 (x by integer ops)"),
+            _ => write!(f, ", fp8 as f16 (x, rows 8-15 by integer ops)"),
+        }
     }
 }
 
@@ -142,6 +171,21 @@ pub fn load_gemv_variant(nv: &Nvrtc, arch: &str, v: GemvVariant) -> Result<Vec<u
     let &(name, src) = (SOURCES.iter().find(|s| s.0 == "gemv.cu"))
         .ok_or_else(|| Error::Runtime("kernels/gemv.cu is not embedded".into()))?;
     Ok(load_one(nv, name, src, arch, &opts)?.bytes)
+}
+
+/// [`load_gemv_variant`] for every build of `vs` at once, one thread each (NVRTC takes
+/// seconds per build, and its calls on separate programs may run concurrently), in order.
+pub fn load_gemv_variants(nv: &Nvrtc, arch: &str, vs: &[GemvVariant]) -> Vec<Result<Vec<u8>>> {
+    std::thread::scope(|s| {
+        let jobs: Vec<_> = (vs.iter())
+            .map(|&v| s.spawn(move || load_gemv_variant(nv, arch, v)))
+            .collect();
+        (jobs.into_iter())
+            .map(|j| {
+                (j.join()).unwrap_or_else(|_| Err(Error::Runtime("NVRTC thread panicked".into())))
+            })
+            .collect()
+    })
 }
 
 /// The NVRTC target for compute capability `major.minor`: `sm_90a` on Hopper (the

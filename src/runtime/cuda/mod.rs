@@ -25,6 +25,7 @@ pub mod ops;
 pub mod randmodel;
 pub mod report;
 pub mod selftest;
+pub mod tune;
 pub mod upload;
 pub mod variant;
 

@@ -2,7 +2,7 @@
 //! its limit and verdict, so a log shows at a glance what is wrong.
 
 use serde_json::{json, Value};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// One measured value.
 #[derive(Debug, Clone)]
@@ -20,6 +20,9 @@ pub struct Row {
 pub struct Report {
     pub rows: Vec<Row>,
     pub extra: Vec<Value>,
+    /// Where the JSON is rewritten after every row: a run killed by its time limit (the
+    /// GPU check gives each stage one) still leaves what it measured.
+    pub json: Option<PathBuf>,
 }
 
 impl Report {
@@ -45,6 +48,7 @@ impl Report {
             limit: limit.into(),
             pass,
         });
+        self.write_json(self.json.as_deref());
     }
 
     /// An information row.
@@ -117,4 +121,30 @@ pub fn compare(a: &[f32], b: &[f32]) -> (f64, f64, usize) {
         num.sqrt()
     };
     (rel, max, odd + a.len().abs_diff(b.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With a JSON path, each row is on disk as soon as it is added: what a stage killed by
+    /// its time limit measured before is kept.
+    #[test]
+    fn rows_reach_the_json_file_as_they_come() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.json");
+        let mut r = Report {
+            json: Some(path.clone()),
+            ..Report::default()
+        };
+        r.info("bench", "decode tokens/s", "41.0".into());
+        let v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(v["rows"][0]["value"], "41.0");
+        r.extra.push(json!({"kind": "model"}));
+        r.at_most("bench", "rel", 0.5, 0.1);
+        let v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(v["rows"].as_array().map(Vec::len), Some(2));
+        assert_eq!(v["rows"][1]["pass"], false);
+        assert_eq!(v["records"][0]["kind"], "model");
+    }
 }

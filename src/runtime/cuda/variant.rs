@@ -60,6 +60,15 @@ impl Gpu {
         Ok(())
     }
 
+    /// Compiles the builds `vs` into the kernel cache at once (on a GPU; see
+    /// [`kernels::load_gemv_variants`]), so that [`Gpu::set_gemv`] then only loads each.
+    /// Failures are left for `set_gemv` to report.
+    pub fn prepare_gemv(&self, vs: &[GemvVariant]) {
+        if let (Dev::Cuda(_), Ok(nv)) = (&self.dev, nvrtc::get()) {
+            kernels::load_gemv_variants(nv, &self.info.arch, vs);
+        }
+    }
+
     /// The GEMV build in use.
     pub fn gemv(&self) -> GemvVariant {
         self.gemv

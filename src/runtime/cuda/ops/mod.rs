@@ -223,8 +223,10 @@ pub fn attention_part_len(dims: AttnDims) -> usize {
     SPLIT_MAX * SPLIT_MAX_ROWS * dims.heads * (dims.head_dim + 2)
 }
 
-/// A split (flash-decoding) attention: `splits` blocks of `chunk` keys per (rows, kv head),
-/// their states merged by `attention_combine`. Splits past the last key do nothing.
+/// A split (flash-decoding) attention: `splits` blocks of at most `chunk` keys per (rows,
+/// kv head), their states merged by `attention_combine`. The kernel shares out the keys
+/// seen so far in whole 32-key tiles (a decode graph's split is that of the whole cache);
+/// splits past the last key do nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Split {
     pub chunk: usize,
