@@ -4,12 +4,12 @@
 use super::dweights::DWeights;
 use super::gpu::{DBuf, Gpu};
 use super::graph::Graph;
-use super::model::{attn_dims, Gemm, GemmMode, Scratch};
+use super::kernels::GemvVariant;
+use super::model::{attn_dims, rope_tables, Gemm, GemmMode, Scratch};
 use super::ops::{self, ActOut, AttnDims, Split};
 use super::tune::{GemvPick, Tuning};
 use crate::checkpoint::Checkpoint;
 use crate::runtime::config::ModelConfig;
-use crate::runtime::cpu::ops::inv_freq;
 use crate::runtime::weights::Weights;
 use crate::runtime::Backend;
 use crate::{Error, Result};
@@ -79,9 +79,10 @@ pub struct CudaModel {
     split_keys: usize,
     decode_split: Option<Split>,
     /// The captured decode step, whether to use one, and why graphs were turned off.
-    /// The graph writes the logits buffer it was captured with (held here): a longer
-    /// prefill that reallocates the buffer invalidates it.
-    graph: Option<(Graph, u64)>,
+    /// The graph writes the logits buffer it was captured with and runs the GEMV build it
+    /// was captured under (both held here): a longer prefill that reallocates the buffer,
+    /// or another build (whose module replaced the old one's), invalidates it.
+    graph: Option<(Graph, u64, GemvVariant)>,
     /// A step's position and ids as bytes, before their upload.
     input: Vec<u8>,
     graphs: bool,
@@ -264,13 +265,14 @@ impl CudaModel {
         self.gpu.upload(self.scratch.ids.ptr, &self.input)?;
         if t == 1 && logit_rows == 1 && trace.is_none() && self.graphs {
             let logits = self.scratch.logits.as_ref().map(|b| b.ptr);
-            if self.graph.as_ref().is_some_and(|g| Some(g.1) != logits) {
+            let gemv = self.gpu.gemv();
+            if (self.graph.as_ref()).is_some_and(|g| Some(g.1) != logits || g.2 != gemv) {
                 self.graph = None;
             }
             if self.graph.is_none() {
                 self.capture_decode();
             }
-            if let Some((graph, _)) = &self.graph {
+            if let Some((graph, _, _)) = &self.graph {
                 self.gpu.replay(graph)?;
                 self.cached = pos + t;
                 return Ok(());
@@ -296,7 +298,7 @@ impl CudaModel {
             self.gpu.begin_capture()?;
             let launched = self.launches(1, self.decode_split, 1, None);
             let graph = self.gpu.end_capture();
-            Ok((launched.and(graph)?, logits))
+            Ok((launched.and(graph)?, logits, self.gpu.gemv()))
         });
         match res {
             Ok(g) => self.graph = Some(g),
@@ -332,9 +334,29 @@ impl CudaModel {
         self.graph = None;
     }
 
+    /// Graphs on, why they or PDL were turned off, and PDL on: what a failed capture
+    /// changes, kept across a GEMV tuning so that one build's failure is not the model's.
+    pub(super) fn graph_state(&self) -> (bool, Option<String>, bool) {
+        (self.graphs, self.graph_note.clone(), self.gpu.pdl())
+    }
+
+    pub(super) fn restore_graph_state(
+        &mut self,
+        (graphs, note, pdl): (bool, Option<String>, bool),
+    ) {
+        (self.graphs, self.graph_note) = (graphs, note);
+        self.gpu.set_pdl(pdl);
+        self.recapture();
+    }
+
     /// Whether decode steps replay a captured graph.
     pub fn graphs(&self) -> bool {
         self.graphs
+    }
+
+    /// The GEMV build the captured decode step runs, if one is captured.
+    pub fn graph_gemv(&self) -> Option<GemvVariant> {
+        self.graph.as_ref().map(|g| g.2)
     }
 
     /// Whether a decode step has been captured (and is replayed from now on).
@@ -537,22 +559,6 @@ fn record(
         t.insert(format!("{what}.{layer}"), g.download_f32(x, n)?);
     }
     Ok(())
-}
-
-/// cos/sin of `p · inv_freq[i]` for every position, computed exactly as the CPU backend's
-/// tables (f32 angle, f64 cos/sin rounded to f32).
-fn rope_tables(g: &Gpu, c: &ModelConfig, max_seq: usize) -> Result<(DBuf, DBuf)> {
-    let inv = inv_freq(&c.rope, c.head_dim);
-    let mut cos = Vec::with_capacity(max_seq * inv.len() * 4);
-    let mut sin = Vec::with_capacity(max_seq * inv.len() * 4);
-    for p in 0..max_seq {
-        for &f in &inv {
-            let a = (p as f32 * f) as f64;
-            cos.extend_from_slice(&(a.cos() as f32).to_le_bytes());
-            sin.extend_from_slice(&(a.sin() as f32).to_le_bytes());
-        }
-    }
-    Ok((g.upload_new(&cos)?, g.upload_new(&sin)?))
 }
 
 impl Backend for CudaModel {

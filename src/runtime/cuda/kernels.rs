@@ -5,8 +5,10 @@
 use super::nvrtc::Nvrtc;
 use crate::{Error, Result};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
 
 /// Headers the sources `#include`, by include name.
 pub const HEADERS: &[(&str, &str)] = &[
@@ -165,12 +167,25 @@ impl std::fmt::Display for GemvVariant {
 }
 
 /// `kernels/gemv.cu`'s cubin for `arch` built as `v`, from the cache or compiled.
+/// Kept in memory too: a model's load switches builds a dozen times, and a kernel cache that
+/// cannot be written would otherwise cost a compile at each switch.
 pub fn load_gemv_variant(nv: &Nvrtc, arch: &str, v: GemvVariant) -> Result<Vec<u8>> {
+    type Memo = Mutex<HashMap<(String, GemvVariant), Vec<u8>>>;
+    static MEMO: OnceLock<Memo> = OnceLock::new();
+    let memo = MEMO.get_or_init(Memo::default);
+    let key = (arch.to_string(), v);
+    if let Some(b) = memo.lock().ok().and_then(|m| m.get(&key).cloned()) {
+        return Ok(b);
+    }
     let mut opts = options(arch);
     opts.extend(v.defines());
     let &(name, src) = (SOURCES.iter().find(|s| s.0 == "gemv.cu"))
         .ok_or_else(|| Error::Runtime("kernels/gemv.cu is not embedded".into()))?;
-    Ok(load_one(nv, name, src, arch, &opts)?.bytes)
+    let bytes = load_one(nv, name, src, arch, &opts)?.bytes;
+    if let Ok(mut m) = memo.lock() {
+        m.insert(key, bytes.clone());
+    }
+    Ok(bytes)
 }
 
 /// [`load_gemv_variant`] for every build of `vs` at once, one thread each (NVRTC takes

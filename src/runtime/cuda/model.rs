@@ -17,6 +17,7 @@ use super::dweights::{DLinear, DWeight};
 use super::gpu::{DBuf, Gpu};
 use super::ops::{self, ActOut, AttnDims, Codes};
 use crate::runtime::config::ModelConfig;
+use crate::runtime::cpu::ops::inv_freq;
 use crate::{Error, Result};
 
 /// How prefill GEMMs run (see the module docs).
@@ -346,4 +347,20 @@ pub fn attn_dims(c: &ModelConfig) -> Result<AttnDims> {
         kv_heads: c.num_kv_heads,
         head_dim: c.head_dim,
     })
+}
+
+/// cos/sin of `p · inv_freq[i]` for every position, computed exactly as the CPU backend's
+/// tables (f32 angle, f64 cos/sin rounded to f32).
+pub fn rope_tables(g: &Gpu, c: &ModelConfig, max_seq: usize) -> Result<(DBuf, DBuf)> {
+    let inv = inv_freq(&c.rope, c.head_dim);
+    let mut cos = Vec::with_capacity(max_seq * inv.len() * 4);
+    let mut sin = Vec::with_capacity(max_seq * inv.len() * 4);
+    for p in 0..max_seq {
+        for &f in &inv {
+            let a = (p as f32 * f) as f64;
+            cos.extend_from_slice(&(a.cos() as f32).to_le_bytes());
+            sin.extend_from_slice(&(a.sin() as f32).to_le_bytes());
+        }
+    }
+    Ok((g.upload_new(&cos)?, g.upload_new(&sin)?))
 }

@@ -93,7 +93,10 @@ impl Report {
             .collect();
         let v = json!({"rows": rows, "records": self.extra});
         let text = serde_json::to_string_pretty(&v).unwrap_or_default();
-        if let Err(e) = std::fs::write(path, text) {
+        // Through a sibling file and a rename: a run killed mid-write keeps the last whole
+        // JSON.
+        let tmp = path.with_extension("json.partial");
+        if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)) {
             eprintln!("qforge: cannot write {}: {e}", path.display());
         }
     }
