@@ -143,6 +143,13 @@ fn gpu_check_runs_every_stage_and_writes_the_report() {
         report.contains("| gemv-sweep | small 64x1024, m 1, fp8, 8 warps x 2 chunks: outputs > 1 bf16 ulp off the default's | 0.000e0 | <= 0.0e0 | PASS |"),
         "{report}"
     );
+    // Beside it, the same bytes read as INT8 codes (native mma on Hopper).
+    assert!(
+        report.contains(
+            "| gemv-sweep | small 64x1024, m 1, int8 codes, 4 warps x 4 chunks (default) | "
+        ),
+        "{report}"
+    );
     assert!(report.contains("tiny-d64.json | "), "model row:\n{report}");
     assert!(
         report.contains("| 2/1 heads x 64 | 32 | "),
