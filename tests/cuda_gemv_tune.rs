@@ -270,3 +270,26 @@ fn a_graph_is_captured_anew_under_another_build() {
         );
     }
 }
+
+/// A kept decision belongs to one model shape and weight kind: FP8 and INT8 weights of the
+/// same shape (the same bytes, other kernels) and other shapes are timed for themselves.
+#[test]
+fn a_decision_is_kept_per_shape_and_weight_kind() {
+    if cuda_util::emulator().is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = CudaOptions {
+        max_seq: Some(16),
+        gemv: Some(GemvPick::Build(GEMV_DEFAULT)),
+        ..CudaOptions::default()
+    };
+    let file = |dir: &std::path::Path| {
+        let m = load_cuda_on(cuda_util::emulator().unwrap(), dir, &opts).unwrap();
+        m.tuning_file(GEMV_EMULATED)
+    };
+    let fp8 = common::quantize_bundled(tmp.path(), "fp8_dynamic");
+    let int8 = common::quantize_bundled(tmp.path(), "w8a8");
+    assert_eq!(file(&fp8), file(&fp8));
+    assert_ne!(file(&fp8), file(&int8));
+}

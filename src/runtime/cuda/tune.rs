@@ -226,8 +226,8 @@ impl CudaModel {
     }
 
     /// Where the decision of a tuning among `builds` is kept for models of this one's
-    /// shape on this GPU, with these kernel sources: the kernel cache folder
-    /// (`QFORGE_KERNEL_CACHE`). Delete it to time the builds again.
+    /// shape and weight kinds on this GPU, with these kernel sources: the kernel cache
+    /// folder (`QFORGE_KERNEL_CACHE`). Delete it to time the builds again.
     pub fn tuning_file(&self, builds: &[GemvVariant]) -> std::path::PathBuf {
         let mut h = Sha256::new();
         let i = &self.gpu.info;
@@ -240,8 +240,10 @@ impl CudaModel {
             h.update(format!("{}\n", v.name()));
         }
         let w = &self.weights;
+        // Shape, kind (FP8 and INT8 weigh the same but run other kernels) and bytes.
         let mut shape = |l: &super::dweights::DLinear| {
-            h.update(format!("{} {} {}\n", l.n, l.k, l.weight_bytes()));
+            let kind = std::mem::discriminant(&l.w);
+            h.update(format!("{} {} {kind:?} {}\n", l.n, l.k, l.weight_bytes()));
         };
         if let Some(l) = w.layers.first() {
             for lin in [&l.qkv, &l.o, &l.gate_up, &l.down] {
