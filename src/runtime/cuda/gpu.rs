@@ -407,6 +407,15 @@ impl Gpu {
             .collect())
     }
 
+    /// `n` BF16 values from device address `src`, as f32.
+    pub fn download_bf16(&self, src: u64, n: usize) -> Result<Vec<f32>> {
+        let mut b = vec![0u8; n * 2];
+        self.download(src, &mut b)?;
+        Ok(b.chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect())
+    }
+
     /// Waits for the stream; an asynchronous kernel fault surfaces here.
     pub fn sync(&self) -> Result<()> {
         self.not_capturing("waiting for the GPU")?;

@@ -275,11 +275,8 @@ impl CudaModel {
             left_out: None,
         }];
         for &v in builds.iter().filter(|&&v| v != GEMV_DEFAULT) {
-            let left_out = match self.check_build(v, &reference) {
-                Ok(None) => None,
-                Ok(Some(why)) => Some(why),
-                Err(e) => Some(e.to_string()),
-            };
+            let left_out =
+                (self.check_build(v, &reference)).unwrap_or_else(|e| Some(e.to_string()));
             trials.push(Trial {
                 build: v,
                 step_s: None,
@@ -331,15 +328,9 @@ impl CudaModel {
             return Ok(Vec::new());
         };
         let (g, s) = (&self.gpu, &self.scratch);
-        let n = layer.qkv.n;
         self.gemm
             .linear(g, &layer.qkv, &s.act, (1, 0), s.qkv.ptr, false)?;
-        let mut raw = vec![0u8; n * 2];
-        g.download(s.qkv.ptr, &mut raw)?;
-        Ok(raw
-            .chunks_exact(2)
-            .map(|p| half::bf16::from_le_bytes([p[0], p[1]]).to_f32())
-            .collect())
+        g.download_bf16(s.qkv.ptr, layer.qkv.n)
     }
 
     /// Seconds per decode step under build `v`: one step to capture its graph, one replay
