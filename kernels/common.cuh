@@ -92,6 +92,19 @@ __device__ __forceinline__ void grid_dep_launch() {
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
+// grid_dep_wait() once `dep` has arrived. ptxas moves a plain wait above the loads written
+// before it (the memory model allows it), so a GEMV's first weights would be fetched only
+// after its predecessor ends. A wait predicated on the loaded value cannot be: the predicate
+// (dep & (never >> 31)) == 0 is true whenever `never` >= 0, which the caller guarantees and
+// ptxas cannot know.
+__device__ __forceinline__ void grid_dep_wait_after(u32 dep, int never) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile(
+        "{\n\t.reg .pred p;\n\t.reg .b32 t;\n\tand.b32 t, %0, %1;\n\t"
+        "setp.eq.u32 p, t, 0;\n\t@p griddepcontrol.wait;\n\t}"
+        ::"r"(dep), "r"((u32)never >> 31) : "memory");
+#endif
+}
 #endif  // QFORGE_EMU
 
 // The start of every kernel but the GEMVs: wait for the predecessor, then let the successor

@@ -27,9 +27,14 @@
 #ifndef GEMV_CVT
 #define GEMV_CVT 0
 #endif
+// 1: the first step's weight loads are kept before the wait for the previous kernel (see
+// gemv_sums), at the cost of waiting for them before loading activations in every block.
+#ifndef GEMV_PF
+#define GEMV_PF 0
+#endif
 #define GEMV_THREADS (32 * GEMV_WARPS)
-#if !defined(GEMV_SWEEP) && (GEMV_WARPS != 4 || GEMV_UNROLL != 4 || GEMV_CVT != 0)
-#error "GEMV_WARPS and GEMV_UNROLL other than 4, and GEMV_CVT, are for GEMV_SWEEP builds only"
+#if !defined(GEMV_SWEEP) && (GEMV_WARPS != 4 || GEMV_UNROLL != 4 || GEMV_CVT != 0 || GEMV_PF != 0)
+#error "GEMV_WARPS and GEMV_UNROLL other than 4, GEMV_CVT and GEMV_PF are for GEMV_SWEEP builds only"
 #endif
 #if GEMV_CVT < 0 || GEMV_CVT > 2
 #error "GEMV_CVT is 0, 1 or 2"
@@ -99,10 +104,18 @@ __device__ __forceinline__ void gemv_sums(const Rows& rows, const u8* x, int M, 
         for (int i = 0; i < 4; i++) acc[n][i] = 0;
     const int nchunks = (kb + 63) / 64, step = GEMV_WARPS * GEMV_UNROLL;
     // The first step's weights are loaded before waiting for the previous kernel (which
-    // writes x), each next step's while this one's sums are done.
+    // writes x), each next step's while this one's sums are done. ptxas hoists a plain wait
+    // above those loads; GEMV_PF keeps them first by waiting on their values, so that under
+    // a programmatic launch they are fetched while the previous kernel finishes. The cost:
+    // a block that starts after it ended waits for its weights before loading activations.
     uint4 ra[GEMV_UNROLL], rb[GEMV_UNROLL];
     load_rows(rows, warp * GEMV_UNROLL, tig, kb, ra, rb);
+#if GEMV_PF
+    grid_dep_wait_after(ra[0].x ^ rb[0].x ^ ra[GEMV_UNROLL - 1].w ^ rb[GEMV_UNROLL - 1].w, kb);
+    grid_dep_launch();
+#else
     grid_dep_start();
+#endif
     for (int c0 = warp * GEMV_UNROLL; c0 < nchunks; c0 += step) {
         uint4 va[GEMV_UNROLL], vb[GEMV_UNROLL];
 #pragma unroll

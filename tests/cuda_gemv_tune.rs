@@ -86,7 +86,7 @@ fn qforge_gemv_names_a_build() {
         assert_eq!(GemvPick::parse(&v.name()).unwrap(), GemvPick::Build(v));
     }
     assert_eq!(
-        GemvPick::parse("4x4-cvt2").unwrap(),
+        GemvPick::parse("4x4-cvt2-pf").unwrap(),
         GemvPick::Build(GEMV_EMULATED[1])
     );
     let e = GemvPick::parse("3x3").unwrap_err().to_string();
@@ -213,6 +213,7 @@ fn a_build_that_fails_is_left_out_and_the_model_loads() {
         warps: 4,
         unroll: 4,
         cvt: 7, // gemv.cu: #error "GEMV_CVT is 0, 1 or 2"
+        pf: false,
     }];
     let tmp = tempfile::tempdir().unwrap();
     let dir = common::quantize_bundled(tmp.path(), "fp8_dynamic");

@@ -7,7 +7,9 @@
 //! `$QFORGE_REQUIRE_NVRTC` is set (CI sets it).
 #![cfg(feature = "cuda")]
 
-use qforge::runtime::cuda::kernels::{self, FUNCTIONS, GEMV_SWEEP, GEMV_VARIANT_KERNELS, SOURCES};
+use qforge::runtime::cuda::kernels::{
+    self, FUNCTIONS, GEMV_DEFAULT, GEMV_SWEEP, GEMV_VARIANT_KERNELS, SOURCES,
+};
 use qforge::runtime::cuda::nvrtc::Nvrtc;
 use std::path::PathBuf;
 use std::process::Command;
@@ -145,31 +147,34 @@ struct Facts {
     bound: Option<u32>,
 }
 
-fn cubin_facts(elf: &[u8]) -> std::collections::HashMap<String, Facts> {
+/// The NUL-terminated string at byte `o` of `elf`.
+fn cstr(elf: &[u8], o: usize) -> String {
+    let end = elf[o..].iter().position(|&b| b == 0).unwrap();
+    String::from_utf8_lossy(&elf[o..o + end]).into_owned()
+}
+
+/// (name, offset, size, link) of every section of a cubin (a little-endian ELF64).
+fn sections(elf: &[u8]) -> Vec<(String, usize, usize, usize)> {
     let u16_at = |o: usize| u16::from_le_bytes(elf[o..o + 2].try_into().unwrap()) as usize;
-    let u32_at = |o: usize| word(elf, o);
     let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap()) as usize;
-    let cstr = |o: usize| {
-        let end = elf[o..].iter().position(|&b| b == 0).unwrap();
-        String::from_utf8_lossy(&elf[o..o + end]).into_owned()
-    };
     assert_eq!(&elf[..5], b"\x7fELF\x02", "not an ELF64 cubin");
     let (shoff, shentsize, shnum, shstrndx) =
         (u64_at(0x28), u16_at(0x3A), u16_at(0x3C), u16_at(0x3E));
-    // (name, offset, size, link) of every section.
     let names = u64_at(shoff + shstrndx * shentsize + 24);
-    let sections: Vec<(String, usize, usize, usize)> = (0..shnum)
+    (0..shnum)
         .map(|i| shoff + i * shentsize)
         .map(|h| {
-            let name = cstr(names + u32_at(h) as usize);
-            (
-                name,
-                u64_at(h + 24),
-                u64_at(h + 32),
-                u32_at(h + 40) as usize,
-            )
+            let name = cstr(elf, names + word(elf, h) as usize);
+            let link = word(elf, h + 40) as usize;
+            (name, u64_at(h + 24), u64_at(h + 32), link)
         })
-        .collect();
+        .collect()
+}
+
+fn cubin_facts(elf: &[u8]) -> std::collections::HashMap<String, Facts> {
+    let u16_at = |o: usize| u16::from_le_bytes(elf[o..o + 2].try_into().unwrap()) as usize;
+    let u32_at = |o: usize| word(elf, o);
+    let sections = sections(elf);
     // Records (attribute, value bytes) of one .nv.info section.
     let records = |off: usize, size: usize| {
         let mut out = Vec::new();
@@ -189,7 +194,7 @@ fn cubin_facts(elf: &[u8]) -> std::collections::HashMap<String, Facts> {
     };
     let symtab = sections.iter().find(|s| s.0 == ".symtab").unwrap();
     let strtab = sections[symtab.3].1;
-    let symbol = |i: usize| cstr(strtab + u32_at(symtab.1 + 24 * i) as usize);
+    let symbol = |i: usize| cstr(elf, strtab + u32_at(symtab.1 + 24 * i) as usize);
     let mut facts: std::collections::HashMap<String, Facts> = Default::default();
     for (name, off, size, _) in &sections {
         if name == ".nv.info" {
@@ -313,14 +318,60 @@ fn gemv_sweep_builds_compile_clean_and_fit() {
             assert!(!facts.contains_key("gemv_fp8_block"), "{arch} {v}");
         }
     }
-    let mut opts = kernels::options("sm_90a");
-    opts.push("-DGEMV_WARPS=8".into());
-    let e = kernels::compile_clean(&nv, "gemv.cu", src, &opts).unwrap_err();
-    assert!(e.to_string().contains("for GEMV_SWEEP builds only"), "{e}");
-    let mut opts = kernels::options("sm_90a");
-    opts.push("-DGEMV_CVT=1".into());
-    let e = kernels::compile_clean(&nv, "gemv.cu", src, &opts).unwrap_err();
-    assert!(e.to_string().contains("for GEMV_SWEEP builds only"), "{e}");
+    for knob in ["-DGEMV_WARPS=8", "-DGEMV_CVT=1", "-DGEMV_PF=1"] {
+        let mut opts = kernels::options("sm_90a");
+        opts.push(knob.into());
+        let e = kernels::compile_clean(&nv, "gemv.cu", src, &opts).unwrap_err();
+        assert!(
+            e.to_string().contains("for GEMV_SWEEP builds only"),
+            "{knob}: {e}"
+        );
+    }
+}
+
+/// Sm_90a opcodes (the low 12 bits of a 16-byte instruction, as nvdisasm 13.5 prints
+/// NVRTC 13.0's cubins): a global load, and `griddepcontrol.wait`.
+const LDG: u64 = 0x981;
+const ACQBULK: u64 = 0x82e;
+
+/// The global loads kernel `name` of an sm_90a cubin issues before its first wait for the
+/// previous kernel (`None`: it never waits).
+fn loads_before_the_wait(cubin: &[u8], name: &str) -> Option<usize> {
+    let text = format!(".text.{name}");
+    let (_, off, size, _) = sections(cubin).into_iter().find(|s| s.0 == text).unwrap();
+    let ops: Vec<u64> = (off..off + size)
+        .step_by(16)
+        .map(|o| u64::from_le_bytes(cubin[o..o + 8].try_into().unwrap()) & 0xfff)
+        .collect();
+    let wait = ops.iter().position(|&o| o == ACQBULK)?;
+    Some(ops[..wait].iter().filter(|&&o| o == LDG).count())
+}
+
+/// Under a programmatic launch, a GEMV is meant to fetch its first weights while the
+/// previous kernel finishes. The default build's SASS waits first: ptxas moves the wait
+/// above the loads written before it. `GEMV_PF` builds keep all of the first step's weight
+/// loads (two rows × their chunks per thread) before it.
+#[test]
+fn gemv_pf_builds_load_their_first_weights_before_the_wait() {
+    let Some(nv) = nvrtc_or_skip() else { return };
+    let src = SOURCES.iter().find(|s| s.0 == "gemv.cu").unwrap().1;
+    let default = kernels::compile_clean(&nv, "gemv.cu", src, &kernels::options("sm_90a"));
+    let builds = GEMV_SWEEP.iter().map(|&v| {
+        let mut opts = kernels::options("sm_90a");
+        opts.extend(v.defines());
+        (v, kernels::compile_clean(&nv, "gemv.cu", src, &opts))
+    });
+    let mut pf = 0;
+    for (v, cubin) in std::iter::once((GEMV_DEFAULT, default)).chain(builds) {
+        let cubin = cubin.unwrap_or_else(|e| panic!("{v}: {e}"));
+        for &name in GEMV_VARIANT_KERNELS {
+            let loads = loads_before_the_wait(&cubin, name);
+            let want = if v.pf { 2 * v.unroll as usize } else { 0 };
+            assert_eq!(loads, Some(want), "{v} {name}: loads before the wait");
+        }
+        pf += v.pf as usize;
+    }
+    assert!(pf > 0, "no GEMV_PF build in GEMV_SWEEP");
 }
 
 #[test]

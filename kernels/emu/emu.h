@@ -319,6 +319,10 @@ static inline void grid_dep_wait() { emu::g_fiber->dep_waited = true; }
 static inline void grid_dep_launch() {
     if (!emu::g_fiber->dep_waited) emu::fail("grid_dep_launch() before grid_dep_wait()");
 }
+// As on the GPU: the wait is skipped if `never` < 0 (then the kernel fails here).
+static inline void grid_dep_wait_after(unsigned dep, int never) {
+    if ((dep & ((unsigned)never >> 31)) == 0) grid_dep_wait();
+}
 static inline void mma_e4m3(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3,
                             unsigned b0, unsigned b1) {
     emu::mma<emu::MMA_E4M3>(d, a0, a1, a2, a3, b0, b1);

@@ -95,7 +95,9 @@ pub fn max_threads(name: &str) -> Option<u32> {
 /// (`GEMV_WARPS`), `unroll` 64-byte chunks per warp step (`GEMV_UNROLL`), and how FP8
 /// products reach the tensor cores (`cvt`, `GEMV_CVT`: 0 `mma_e4m3`; 1 f16 `mma` with the
 /// activations converted by integer instructions; 2 also weight rows 8-15; see
-/// kernels/mma.cuh). Such a build has only the [`GEMV_VARIANT_KERNELS`]; they run in place
+/// kernels/mma.cuh), and whether its first weight loads are kept before the wait for the
+/// previous kernel (`pf`, `GEMV_PF`; see gemv.cu's `gemv_sums`). Such a build has only the
+/// [`GEMV_VARIANT_KERNELS`]; they run in place
 /// of the default build's (see [`super::gpu::Gpu::set_gemv`]) when a model picks it at load
 /// ([`super::tune`]) and in `gpu selftest`'s gemv-sweep stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -103,28 +105,36 @@ pub struct GemvVariant {
     pub warps: u32,
     pub unroll: u32,
     pub cvt: u32,
+    pub pf: bool,
 }
 
 /// The build every other kernel is written against.
-pub const GEMV_DEFAULT: GemvVariant = gv(4, 4, 0);
+pub const GEMV_DEFAULT: GemvVariant = gv(4, 4, 0, false);
 
 /// The builds timed against [`GEMV_DEFAULT`] (at load, and by the gemv-sweep stage).
 pub const GEMV_SWEEP: &[GemvVariant] = &[
-    gv(8, 2, 0),
-    gv(8, 4, 0),
-    gv(4, 2, 0),
-    gv(4, 8, 0),
-    gv(4, 4, 1),
-    gv(4, 4, 2),
+    gv(8, 2, 0, false),
+    gv(8, 4, 0, false),
+    gv(4, 2, 0, false),
+    gv(4, 8, 0, false),
+    gv(4, 4, 1, false),
+    gv(4, 4, 2, false),
+    gv(4, 4, 0, true),
+    gv(4, 4, 2, true),
 ];
 
 /// The builds the emulator checks against the default one: both tuning values changed, and
 /// every conversion path of `GEMV_CVT` (rows 0-7 by F2FP, rows 8-15 and the activations by
-/// integer instructions).
-pub const GEMV_EMULATED: &[GemvVariant] = &[gv(8, 2, 0), gv(4, 4, 2)];
+/// integer instructions), with `GEMV_PF`'s wait.
+pub const GEMV_EMULATED: &[GemvVariant] = &[gv(8, 2, 0, false), gv(4, 4, 2, true)];
 
-const fn gv(warps: u32, unroll: u32, cvt: u32) -> GemvVariant {
-    GemvVariant { warps, unroll, cvt }
+const fn gv(warps: u32, unroll: u32, cvt: u32, pf: bool) -> GemvVariant {
+    GemvVariant {
+        warps,
+        unroll,
+        cvt,
+        pf,
+    }
 }
 
 /// The kernels of a [`GemvVariant`] build.
@@ -143,15 +153,21 @@ impl GemvVariant {
             format!("-DGEMV_WARPS={}", self.warps),
             format!("-DGEMV_UNROLL={}", self.unroll),
             format!("-DGEMV_CVT={}", self.cvt),
+            format!("-DGEMV_PF={}", self.pf as u32),
         ]
     }
 
-    /// The short name `QFORGE_GEMV` takes: `WARPSxCHUNKS`, with `-cvtN` when `cvt` is N > 0.
+    /// The short name `QFORGE_GEMV` takes: `WARPSxCHUNKS`, with `-cvtN` when `cvt` is N > 0
+    /// and `-pf` when `pf`.
     pub fn name(self) -> String {
-        match self.cvt {
-            0 => format!("{}x{}", self.warps, self.unroll),
-            c => format!("{}x{}-cvt{c}", self.warps, self.unroll),
+        let mut s = format!("{}x{}", self.warps, self.unroll);
+        if self.cvt > 0 {
+            s += &format!("-cvt{}", self.cvt);
         }
+        if self.pf {
+            s += "-pf";
+        }
+        s
     }
 }
 
@@ -162,6 +178,10 @@ impl std::fmt::Display for GemvVariant {
             0 => Ok(()),
             1 => write!(f, ", fp8 as f16 (x by integer ops)"),
             _ => write!(f, ", fp8 as f16 (x, rows 8-15 by integer ops)"),
+        }?;
+        match self.pf {
+            true => write!(f, ", weights before the wait"),
+            false => Ok(()),
         }
     }
 }
