@@ -27,8 +27,11 @@
 #ifndef GEMV_CVT
 #define GEMV_CVT 0
 #endif
-// 1: the first step's weight loads are kept before the wait for the previous kernel (see
-// gemv_sums), at the cost of waiting for them before loading activations in every block.
+// Under a programmatic launch, what a block fetches before the wait for the previous kernel
+// (see gemv_sums): 0 nothing (ptxas moves the wait above the first loads); 1 the first
+// step's weights, at the cost of waiting for them before loading activations in every
+// block; 2 those, and the next GEMV_PF_STEPS steps into L2.
+#define GEMV_PF_STEPS 2
 #ifndef GEMV_PF
 #define GEMV_PF 0
 #endif
@@ -38,6 +41,9 @@
 #endif
 #if GEMV_CVT < 0 || GEMV_CVT > 2
 #error "GEMV_CVT is 0, 1 or 2"
+#endif
+#if GEMV_PF < 0 || GEMV_PF > 2
+#error "GEMV_PF is 0, 1 or 2"
 #endif
 
 // A thread's weight registers for chunks c0..c0+GEMV_UNROLL-1 of its rows g (`ra`) and g+8
@@ -104,16 +110,27 @@ __device__ __forceinline__ void gemv_sums(const Rows& rows, const u8* x, int M, 
         for (int i = 0; i < 4; i++) acc[n][i] = 0;
     const int nchunks = (kb + 63) / 64, step = GEMV_WARPS * GEMV_UNROLL;
     // The first step's weights are loaded before waiting for the previous kernel (which
-    // writes x), each next step's while this one's sums are done. ptxas hoists a plain wait
-    // above those loads; GEMV_PF keeps them first by waiting on their values, so that under
-    // a programmatic launch they are fetched while the previous kernel finishes. The cost:
-    // a block that starts after it ended waits for its weights before loading activations.
+    // writes x), each next step's while this one's sums are done. But ptxas hoists a plain
+    // wait above those loads. GEMV_PF keeps them first, so that under a programmatic launch
+    // weights stream while the previous kernel finishes:
+    // 1: by waiting on their values. The cost: a block that starts after that kernel ended
+    //    waits for its weights before loading activations.
+    // 2: by a branch (ptxas does not move the wait across it) that prefetches the block's
+    //    next GEMV_PF_STEPS steps of its 16 rows into L2; no wait on the loads.
     uint4 ra[GEMV_UNROLL], rb[GEMV_UNROLL];
     load_rows(rows, warp * GEMV_UNROLL, tig, kb, ra, rb);
-#if GEMV_PF
+#if GEMV_PF == 1
     grid_dep_wait_after(ra[0].x ^ rb[0].x ^ ra[GEMV_UNROLL - 1].w ^ rb[GEMV_UNROLL - 1].w, kb);
     grid_dep_launch();
 #else
+#if GEMV_PF == 2
+    const int step_bytes = GEMV_WARPS * GEMV_UNROLL * 64;
+    const int upto = min(kb, (1 + GEMV_PF_STEPS) * step_bytes);
+    if (warp == 0 && tig == 0 && upto > step_bytes) {  // rows g and g + 8
+        prefetch_l2(rows.a + step_bytes, upto - step_bytes);
+        prefetch_l2(rows.b + step_bytes, upto - step_bytes);
+    }
+#endif
     grid_dep_start();
 #endif
     for (int c0 = warp * GEMV_UNROLL; c0 < nchunks; c0 += step) {

@@ -213,7 +213,7 @@ fn a_build_that_fails_is_left_out_and_the_model_loads() {
         warps: 4,
         unroll: 4,
         cvt: 7, // gemv.cu: #error "GEMV_CVT is 0, 1 or 2"
-        pf: false,
+        pf: 0,
     }];
     let tmp = tempfile::tempdir().unwrap();
     let dir = common::quantize_bundled(tmp.path(), "fp8_dynamic");

@@ -330,29 +330,32 @@ fn gemv_sweep_builds_compile_clean_and_fit() {
 }
 
 /// Sm_90a opcodes (the low 12 bits of a 16-byte instruction, as nvdisasm 13.5 prints
-/// NVRTC 13.0's cubins): a global load, and `griddepcontrol.wait`.
+/// NVRTC 13.0's cubins): a global load, a bulk prefetch to L2, and `griddepcontrol.wait`.
 const LDG: u64 = 0x981;
+const UBLKPF: u64 = 0x3bc;
 const ACQBULK: u64 = 0x82e;
 
-/// The global loads kernel `name` of an sm_90a cubin issues before its first wait for the
-/// previous kernel (`None`: it never waits).
-fn loads_before_the_wait(cubin: &[u8], name: &str) -> Option<usize> {
+/// The global loads and bulk L2 prefetches kernel `name` of an sm_90a cubin issues before
+/// its first wait for the previous kernel (`None`: it never waits).
+fn fetches_before_the_wait(cubin: &[u8], name: &str) -> Option<(usize, usize)> {
     let text = format!(".text.{name}");
     let (_, off, size, _) = sections(cubin).into_iter().find(|s| s.0 == text).unwrap();
     let ops: Vec<u64> = (off..off + size)
         .step_by(16)
         .map(|o| u64::from_le_bytes(cubin[o..o + 8].try_into().unwrap()) & 0xfff)
         .collect();
-    let wait = ops.iter().position(|&o| o == ACQBULK)?;
-    Some(ops[..wait].iter().filter(|&&o| o == LDG).count())
+    let before = &ops[..ops.iter().position(|&o| o == ACQBULK)?];
+    let count = |op: u64| before.iter().filter(|&&o| o == op).count();
+    Some((count(LDG), count(UBLKPF)))
 }
 
-/// Under a programmatic launch, a GEMV is meant to fetch its first weights while the
-/// previous kernel finishes. The default build's SASS waits first: ptxas moves the wait
-/// above the loads written before it. `GEMV_PF` builds keep all of the first step's weight
-/// loads (two rows × their chunks per thread) before it.
+/// Under a programmatic launch, a GEMV is meant to fetch weights while the previous kernel
+/// finishes. The default build's SASS waits first: ptxas moves the wait above the loads
+/// written before it. `GEMV_PF` builds keep all of the first step's weight loads (two rows
+/// × their chunks per thread) before it, and `-pf2` also its two bulk prefetches (rows g
+/// and g + 8 of the thread's group).
 #[test]
-fn gemv_pf_builds_load_their_first_weights_before_the_wait() {
+fn gemv_pf_builds_fetch_weights_before_the_wait() {
     let Some(nv) = nvrtc_or_skip() else { return };
     let src = SOURCES.iter().find(|s| s.0 == "gemv.cu").unwrap().1;
     let default = kernels::compile_clean(&nv, "gemv.cu", src, &kernels::options("sm_90a"));
@@ -361,17 +364,22 @@ fn gemv_pf_builds_load_their_first_weights_before_the_wait() {
         opts.extend(v.defines());
         (v, kernels::compile_clean(&nv, "gemv.cu", src, &opts))
     });
-    let mut pf = 0;
+    let mut seen = [0; 3];
     for (v, cubin) in std::iter::once((GEMV_DEFAULT, default)).chain(builds) {
         let cubin = cubin.unwrap_or_else(|e| panic!("{v}: {e}"));
+        let loads = 2 * v.unroll as usize;
+        let want = [(0, 0), (loads, 0), (loads, 2)][v.pf as usize];
         for &name in GEMV_VARIANT_KERNELS {
-            let loads = loads_before_the_wait(&cubin, name);
-            let want = if v.pf { 2 * v.unroll as usize } else { 0 };
-            assert_eq!(loads, Some(want), "{v} {name}: loads before the wait");
+            let got = fetches_before_the_wait(&cubin, name);
+            assert_eq!(
+                got,
+                Some(want),
+                "{v} {name}: (loads, prefetches) before the wait"
+            );
         }
-        pf += v.pf as usize;
+        seen[v.pf as usize] += 1;
     }
-    assert!(pf > 0, "no GEMV_PF build in GEMV_SWEEP");
+    assert!(seen.iter().all(|&n| n > 0), "builds per GEMV_PF: {seen:?}");
 }
 
 #[test]

@@ -313,6 +313,15 @@ static inline unsigned f32_to_s8(float x) {
     return (unsigned)(int)(r < -128.0f ? -128.0f : r > 127.0f ? 127.0f : r);
 }
 static inline uint4 ld_stream(const unsigned char* p) { return *(const uint4*)p; }
+// A hint on the GPU; here its rules are checked and its first and last bytes read, so that
+// a range past the allocation stops at the guard page as a load would.
+static inline void prefetch_l2(const unsigned char* p, int bytes) {
+    if (bytes <= 0 || bytes % 16 != 0 || (uintptr_t)p % 16 != 0)
+        emu::fail("prefetch_l2: bytes and address must be positive multiples of 16");
+    volatile unsigned char first = p[0], last = p[bytes - 1];
+    (void)first;
+    (void)last;
+}
 // Launches run one after the other here; the emulator only checks that every thread waits
 // (emu.cpp fails a kernel that returns without it) and launches its successor after that.
 static inline void grid_dep_wait() { emu::g_fiber->dep_waited = true; }

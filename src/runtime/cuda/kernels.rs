@@ -95,8 +95,10 @@ pub fn max_threads(name: &str) -> Option<u32> {
 /// (`GEMV_WARPS`), `unroll` 64-byte chunks per warp step (`GEMV_UNROLL`), and how FP8
 /// products reach the tensor cores (`cvt`, `GEMV_CVT`: 0 `mma_e4m3`; 1 f16 `mma` with the
 /// activations converted by integer instructions; 2 also weight rows 8-15; see
-/// kernels/mma.cuh), and whether its first weight loads are kept before the wait for the
-/// previous kernel (`pf`, `GEMV_PF`; see gemv.cu's `gemv_sums`). Such a build has only the
+/// kernels/mma.cuh), and what a block fetches before the wait for the previous kernel under
+/// a programmatic launch (`pf`, `GEMV_PF`: 0 nothing, as ptxas orders the default build; 1
+/// its first weights, waiting for them; 2 those, and its next steps into L2; see gemv.cu's
+/// `gemv_sums`). Such a build has only the
 /// [`GEMV_VARIANT_KERNELS`]; they run in place
 /// of the default build's (see [`super::gpu::Gpu::set_gemv`]) when a model picks it at load
 /// ([`super::tune`]) and in `gpu selftest`'s gemv-sweep stage.
@@ -105,30 +107,32 @@ pub struct GemvVariant {
     pub warps: u32,
     pub unroll: u32,
     pub cvt: u32,
-    pub pf: bool,
+    pub pf: u32,
 }
 
 /// The build every other kernel is written against.
-pub const GEMV_DEFAULT: GemvVariant = gv(4, 4, 0, false);
+pub const GEMV_DEFAULT: GemvVariant = gv(4, 4, 0, 0);
 
 /// The builds timed against [`GEMV_DEFAULT`] (at load, and by the gemv-sweep stage).
 pub const GEMV_SWEEP: &[GemvVariant] = &[
-    gv(8, 2, 0, false),
-    gv(8, 4, 0, false),
-    gv(4, 2, 0, false),
-    gv(4, 8, 0, false),
-    gv(4, 4, 1, false),
-    gv(4, 4, 2, false),
-    gv(4, 4, 0, true),
-    gv(4, 4, 2, true),
+    gv(8, 2, 0, 0),
+    gv(8, 4, 0, 0),
+    gv(4, 2, 0, 0),
+    gv(4, 8, 0, 0),
+    gv(4, 4, 1, 0),
+    gv(4, 4, 2, 0),
+    gv(4, 4, 0, 1),
+    gv(4, 4, 0, 2),
+    gv(4, 4, 2, 1),
+    gv(4, 4, 2, 2),
 ];
 
 /// The builds the emulator checks against the default one: both tuning values changed, and
 /// every conversion path of `GEMV_CVT` (rows 0-7 by F2FP, rows 8-15 and the activations by
-/// integer instructions), with `GEMV_PF`'s wait.
-pub const GEMV_EMULATED: &[GemvVariant] = &[gv(8, 2, 0, false), gv(4, 4, 2, true)];
+/// integer instructions), and both ways of `GEMV_PF`.
+pub const GEMV_EMULATED: &[GemvVariant] = &[gv(8, 2, 0, 0), gv(4, 4, 2, 1), gv(4, 4, 0, 2)];
 
-const fn gv(warps: u32, unroll: u32, cvt: u32, pf: bool) -> GemvVariant {
+const fn gv(warps: u32, unroll: u32, cvt: u32, pf: u32) -> GemvVariant {
     GemvVariant {
         warps,
         unroll,
@@ -153,19 +157,21 @@ impl GemvVariant {
             format!("-DGEMV_WARPS={}", self.warps),
             format!("-DGEMV_UNROLL={}", self.unroll),
             format!("-DGEMV_CVT={}", self.cvt),
-            format!("-DGEMV_PF={}", self.pf as u32),
+            format!("-DGEMV_PF={}", self.pf),
         ]
     }
 
-    /// The short name `QFORGE_GEMV` takes: `WARPSxCHUNKS`, with `-cvtN` when `cvt` is N > 0
-    /// and `-pf` when `pf`.
+    /// The short name `QFORGE_GEMV` takes: `WARPSxCHUNKS`, with `-cvtN` when `cvt` is N > 0,
+    /// `-pf` when `pf` is 1 and `-pf2` when 2.
     pub fn name(self) -> String {
         let mut s = format!("{}x{}", self.warps, self.unroll);
         if self.cvt > 0 {
             s += &format!("-cvt{}", self.cvt);
         }
-        if self.pf {
-            s += "-pf";
+        match self.pf {
+            0 => {}
+            1 => s += "-pf",
+            p => s += &format!("-pf{p}"),
         }
         s
     }
@@ -180,8 +186,9 @@ impl std::fmt::Display for GemvVariant {
             _ => write!(f, ", fp8 as f16 (x, rows 8-15 by integer ops)"),
         }?;
         match self.pf {
-            true => write!(f, ", weights before the wait"),
-            false => Ok(()),
+            0 => Ok(()),
+            1 => write!(f, ", weights before the wait"),
+            _ => write!(f, ", weights before the wait, next steps to L2"),
         }
     }
 }

@@ -52,7 +52,7 @@ impl GemvPick {
         .ok_or_else(|| {
             let all: Vec<String> = builds().map(GemvVariant::name).collect();
             Error::Runtime(format!(
-                "QFORGE_GEMV={s}: expected auto, default or one of {} (warps x chunks[-cvtN][-pf])",
+                "QFORGE_GEMV={s}: expected auto, default or one of {} (warps x chunks[-cvtN][-pf|-pf2])",
                 all.join(", ")
             ))
         })
