@@ -10,8 +10,18 @@ mod cuda_util;
 
 use cuda_util::devices;
 use qforge::runtime::cuda::forward::{load_cuda_on, CudaModel, CudaOptions};
-use qforge::runtime::cuda::kernels::{GemvVariant, GEMV_DEFAULT, GEMV_EMULATED, GEMV_SWEEP};
-use qforge::runtime::cuda::tune::{choose, off_by_more_than_an_ulp, GemvPick, Trial, MARGIN};
+use qforge::runtime::cuda::kernels::{
+    pf_forms, GemvVariant, GEMV_DEFAULT, GEMV_EMULATED, GEMV_SWEEP,
+};
+use qforge::runtime::cuda::tune::{
+    builds, choose, off_by_more_than_an_ulp, GemvPick, Trial, TuneSet, MARGIN,
+};
+
+/// The emulated builds, one round: what these tests time when the choice must not matter.
+const ONE_ROUND: TuneSet = TuneSet {
+    first: GEMV_EMULATED,
+    pf_round: false,
+};
 use qforge::runtime::Backend;
 
 fn trial(build: GemvVariant, step_s: Option<f64>) -> Trial {
@@ -82,7 +92,10 @@ fn qforge_gemv_names_a_build() {
         GemvPick::parse("4x4").unwrap(),
         GemvPick::Build(GEMV_DEFAULT)
     );
-    for &v in GEMV_SWEEP {
+    // Every build of the sweep, in each of its forms, and no two of the same name.
+    let all: Vec<GemvVariant> = builds().collect();
+    assert_eq!(all.len(), 3 * (1 + GEMV_SWEEP.len()));
+    for &v in &all {
         assert_eq!(GemvPick::parse(&v.name()).unwrap(), GemvPick::Build(v));
     }
     assert_eq!(
@@ -127,11 +140,11 @@ fn tuning_at_load_leaves_a_checked_build_and_a_fresh_model() {
             gemv: Some(gemv),
             ..CudaOptions::default()
         };
-        let tune = opts(GemvPick::Tune(GEMV_EMULATED));
+        let tune = opts(GemvPick::Tune(ONE_ROUND));
         // An earlier run's decision for this shape is forgotten first, so that this load
         // times the builds.
         let earlier = load_cuda_on(g, &dir, &tune).unwrap();
-        let _ = std::fs::remove_file(earlier.tuning_file(GEMV_EMULATED));
+        let _ = std::fs::remove_file(earlier.tuning_file(ONE_ROUND));
         drop(earlier);
         let mut m = load_cuda_on(cuda_util::same_device(label), &dir, &tune).unwrap();
         let t = m.tuning.clone().expect("tuned");
@@ -220,7 +233,10 @@ fn a_build_that_fails_is_left_out_and_the_model_loads() {
     for (label, g) in devices() {
         let opts = CudaOptions {
             max_seq: Some(16),
-            gemv: Some(GemvPick::Tune(BROKEN)),
+            gemv: Some(GemvPick::Tune(TuneSet {
+                first: BROKEN,
+                pf_round: false,
+            })),
             ..CudaOptions::default()
         };
         let mut m = load_cuda_on(g, &dir, &opts).unwrap();
@@ -287,10 +303,74 @@ fn a_decision_is_kept_per_shape_and_weight_kind() {
     };
     let file = |dir: &std::path::Path| {
         let m = load_cuda_on(cuda_util::emulator().unwrap(), dir, &opts).unwrap();
-        m.tuning_file(GEMV_EMULATED)
+        m.tuning_file(ONE_ROUND)
     };
     let fp8 = common::quantize_bundled(tmp.path(), "fp8_dynamic");
     let int8 = common::quantize_bundled(tmp.path(), "w8a8");
     assert_eq!(file(&fp8), file(&fp8));
     assert_ne!(file(&fp8), file(&int8));
+}
+
+/// A tuning's second round times the forms of the first round's pick that fetch weights
+/// under PDL, beside the pick, and the decision may be any build timed in either round.
+/// (The emulator's times are meaningless, so the pick is whichever; what is checked is
+/// that the second round follows from it.)
+#[test]
+fn the_second_round_times_the_pdl_forms_of_the_pick() {
+    static FIRST: &[GemvVariant] = &[GEMV_EMULATED[0]];
+    let set = TuneSet {
+        first: FIRST,
+        pf_round: true,
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = common::quantize_bundled(tmp.path(), "fp8_dynamic");
+    for (label, g) in devices() {
+        let opts = CudaOptions {
+            max_seq: Some(16),
+            gemv: Some(GemvPick::Tune(set)),
+            ..CudaOptions::default()
+        };
+        let earlier = load_cuda_on(g, &dir, &opts).unwrap();
+        let file = earlier.tuning_file(set);
+        assert_ne!(
+            file,
+            earlier.tuning_file(TuneSet {
+                pf_round: false,
+                ..set
+            })
+        );
+        let _ = std::fs::remove_file(&file);
+        drop(earlier);
+        let m = load_cuda_on(cuda_util::same_device(label), &dir, &opts).unwrap();
+        let t = m.tuning.clone().expect("tuned");
+        let built: Vec<GemvVariant> = t.trials.iter().map(|t| t.build).collect();
+        assert_eq!(
+            built[..2],
+            [GEMV_DEFAULT, FIRST[0]],
+            "{label}: the first round"
+        );
+        // The second round: the two other forms of one of the first round's builds.
+        let pick = built[2];
+        assert!(
+            built[..2].contains(&GemvVariant { pf: 0, ..pick }),
+            "{label}: {built:?}"
+        );
+        let forms: Vec<GemvVariant> = pf_forms(pick).filter(|v| v.pf > 0).collect();
+        assert_eq!(built[2..], forms[..], "{label}");
+        for tr in &t.trials {
+            assert!(tr.left_out.is_none(), "{label}: {tr:?}");
+            assert!(tr.step_s.is_some_and(|s| s > 0.0), "{label}: {tr:?}");
+        }
+        assert!(built.contains(&t.chosen), "{label}");
+        assert_eq!(m.gpu.gemv(), t.chosen, "{label}");
+        // Kept and read back with the second round's builds.
+        let again = load_cuda_on(cuda_util::same_device(label), &dir, &opts).unwrap();
+        let kept = again.tuning.clone().expect("decided");
+        assert!(kept.earlier, "{label}");
+        assert_eq!(
+            (kept.chosen, &kept.trials),
+            (t.chosen, &t.trials),
+            "{label}"
+        );
+    }
 }

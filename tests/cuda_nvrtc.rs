@@ -8,9 +8,10 @@
 #![cfg(feature = "cuda")]
 
 use qforge::runtime::cuda::kernels::{
-    self, FUNCTIONS, GEMV_DEFAULT, GEMV_SWEEP, GEMV_VARIANT_KERNELS, SOURCES,
+    self, GemvVariant, FUNCTIONS, GEMV_DEFAULT, GEMV_SWEEP, GEMV_VARIANT_KERNELS, SOURCES,
 };
 use qforge::runtime::cuda::nvrtc::Nvrtc;
+use qforge::runtime::cuda::tune;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -351,35 +352,52 @@ fn fetches_before_the_wait(cubin: &[u8], name: &str) -> Option<(usize, usize)> {
 
 /// Under a programmatic launch, a GEMV is meant to fetch weights while the previous kernel
 /// finishes. The default build's SASS waits first: ptxas moves the wait above the loads
-/// written before it. `GEMV_PF` builds keep all of the first step's weight loads (two rows
+/// written before it. `GEMV_PF` forms keep all of the first step's weight loads (two rows
 /// × their chunks per thread) before it, and `-pf2` also its two bulk prefetches (rows g
-/// and g + 8 of the thread's group).
+/// and g + 8 of the thread's group). Checked for every build a tuning may pick (each build
+/// of the sweep in each form), which also compiles clean and fits its block.
 #[test]
 fn gemv_pf_builds_fetch_weights_before_the_wait() {
     let Some(nv) = nvrtc_or_skip() else { return };
     let src = SOURCES.iter().find(|s| s.0 == "gemv.cu").unwrap().1;
-    let default = kernels::compile_clean(&nv, "gemv.cu", src, &kernels::options("sm_90a"));
-    let builds = GEMV_SWEEP.iter().map(|&v| {
+    let all: Vec<GemvVariant> = tune::builds().collect();
+    let compile = |v: GemvVariant| {
         let mut opts = kernels::options("sm_90a");
-        opts.extend(v.defines());
-        (v, kernels::compile_clean(&nv, "gemv.cu", src, &opts))
-    });
+        if v != GEMV_DEFAULT {
+            opts.extend(v.defines());
+        }
+        kernels::compile_clean(&nv, "gemv.cu", src, &opts).unwrap_or_else(|e| panic!("{v}: {e}"))
+    };
+    // Two at a time: NVRTC takes seconds per build.
+    let cubins: Vec<Vec<u8>> = all
+        .chunks(2)
+        .flat_map(|pair| {
+            std::thread::scope(|s| {
+                let jobs: Vec<_> = pair.iter().map(|&v| s.spawn(move || compile(v))).collect();
+                jobs.into_iter()
+                    .map(|j| j.join().unwrap())
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
     let mut seen = [0; 3];
-    for (v, cubin) in std::iter::once((GEMV_DEFAULT, default)).chain(builds) {
-        let cubin = cubin.unwrap_or_else(|e| panic!("{v}: {e}"));
+    for (&v, cubin) in all.iter().zip(&cubins) {
         let loads = 2 * v.unroll as usize;
         let want = [(0, 0), (loads, 0), (loads, 2)][v.pf as usize];
+        let facts = cubin_facts(cubin);
         for &name in GEMV_VARIANT_KERNELS {
-            let got = fetches_before_the_wait(&cubin, name);
+            let got = fetches_before_the_wait(cubin, name);
             assert_eq!(
                 got,
                 Some(want),
                 "{v} {name}: (loads, prefetches) before the wait"
             );
+            let need = block_registers(facts[name].regs.unwrap(), v.threads());
+            assert!(need <= 65536, "{v} {name}: {need} registers");
         }
         seen[v.pf as usize] += 1;
     }
-    assert!(seen.iter().all(|&n| n > 0), "builds per GEMV_PF: {seen:?}");
+    assert_eq!(seen, [1 + GEMV_SWEEP.len(); 3], "builds per GEMV_PF");
 }
 
 #[test]

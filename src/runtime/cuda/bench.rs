@@ -7,11 +7,10 @@ use super::cublaslt::Kind;
 use super::dweights::DWeights;
 use super::forward::{CudaModel, CudaOptions};
 use super::gpu::Gpu;
-use super::kernels::{GemvVariant, GEMV_DEFAULT, GEMV_SWEEP};
+use super::kernels::{pf_forms, GemvVariant, GEMV_DEFAULT, GEMV_SWEEP};
 use super::model::{Gemm, GemmMode};
 use super::ops::{self, Codes};
 use super::report::Report;
-use super::tune;
 use crate::runtime::Backend;
 use crate::synthetic::SyntheticScheme;
 use crate::{Error, Result};
@@ -226,9 +225,10 @@ fn bench_one(
     decode_by_gemv_build(&mut m, (&st, shape), td, &mut |m| time_decode(m), r)
 }
 
-/// The decode step timed with every other build of gemv.cu in place of the one in use
-/// (the one picked at load, see [`super::tune`]; the emulator: the first tuning build only),
-/// against its `td`.
+/// The decode step timed with the other builds of gemv.cu a tuning times first (the
+/// default and `GEMV_SWEEP`), and the forms of the one in use that fetch under PDL, in place
+/// of the one in use (picked at load, see [`super::tune`]; the emulator: the first tuning
+/// build only), against its `td`.
 fn decode_by_gemv_build(
     m: &mut CudaModel,
     (st, shape): (&str, &str),
@@ -239,7 +239,14 @@ fn decode_by_gemv_build(
     let in_use = m.gpu.gemv();
     let builds: Vec<GemvVariant> = match m.gpu.is_emulated() {
         true => GEMV_SWEEP[..1].to_vec(),
-        false => tune::builds().filter(|&v| v != in_use).collect(),
+        false => {
+            let first = std::iter::once(GEMV_DEFAULT).chain(GEMV_SWEEP.iter().copied());
+            let mut seen = std::collections::HashSet::from([in_use]);
+            first
+                .chain(pf_forms(in_use))
+                .filter(|&v| seen.insert(v))
+                .collect()
+        }
     };
     if let Some(t) = &m.tuning {
         r.info(st, "decode GEMV build, picked at load", t.describe());

@@ -113,7 +113,8 @@ pub struct GemvVariant {
 /// The build every other kernel is written against.
 pub const GEMV_DEFAULT: GemvVariant = gv(4, 4, 0, 0);
 
-/// The builds timed against [`GEMV_DEFAULT`] (at load, and by the gemv-sweep stage).
+/// The builds timed against [`GEMV_DEFAULT`] (at load, and by the gemv-sweep stage), without
+/// fetching under PDL: a load then times [`pf_forms`] of the fastest.
 pub const GEMV_SWEEP: &[GemvVariant] = &[
     gv(8, 2, 0, 0),
     gv(8, 4, 0, 0),
@@ -121,11 +122,13 @@ pub const GEMV_SWEEP: &[GemvVariant] = &[
     gv(4, 8, 0, 0),
     gv(4, 4, 1, 0),
     gv(4, 4, 2, 0),
-    gv(4, 4, 0, 1),
-    gv(4, 4, 0, 2),
-    gv(4, 4, 2, 1),
-    gv(4, 4, 2, 2),
 ];
+
+/// The same build with each value of `GEMV_PF` (fetching under PDL): its own form and the
+/// others. A tuning times those of its first round's pick ([`super::tune`]).
+pub fn pf_forms(v: GemvVariant) -> impl Iterator<Item = GemvVariant> {
+    (0..=2).map(move |pf| GemvVariant { pf, ..v })
+}
 
 /// The builds the emulator checks against the default one: both tuning values changed, and
 /// every conversion path of `GEMV_CVT` (rows 0-7 by F2FP, rows 8-15 and the activations by

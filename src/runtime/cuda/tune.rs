@@ -1,7 +1,9 @@
 //! Which build of `kernels/gemv.cu` a model's decode GEMVs run ([`GemvPick`]). By default,
 //! on a GPU, the one that runs this model's decode step fastest there: the default build
 //! and each tuning build of `kernels::GEMV_SWEEP` are timed on the model itself at load
-//! (about ten decode steps each), as Triton autotunes. The best build depends on the GPU
+//! (about ten decode steps each), as Triton autotunes; then the forms of the fastest that
+//! fetch weights under PDL (`kernels::pf_forms`), beside it, in a second round. The two
+//! rounds time 9 builds instead of the 21 of every combination. The best build depends on the GPU
 //! (SMs, registers, HBM latency) and on the model's shapes, so it is measured, not assumed;
 //! a first run also compiles the builds (NVRTC, in parallel, then cached). Before it is
 //! timed, each build's output of the model's first Linear is checked against the default
@@ -11,7 +13,7 @@
 //! differently.
 
 use super::forward::CudaModel;
-use super::kernels::{self, GemvVariant, GEMV_DEFAULT, GEMV_SWEEP};
+use super::kernels::{self, pf_forms, GemvVariant, GEMV_DEFAULT, GEMV_SWEEP};
 use crate::runtime::Backend;
 use crate::{Error, Result};
 use serde_json::{json, Value};
@@ -21,18 +23,37 @@ use std::time::Instant;
 /// How the GEMV build is picked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GemvPick {
-    /// Time the default build and every `GEMV_SWEEP` build on a GPU and keep the fastest;
-    /// the default build on the emulator, whose times mean nothing.
+    /// [`TuneSet::AUTO`] on a GPU; the default build on the emulator, whose times mean
+    /// nothing.
     Auto,
     /// Time these builds against the default one and keep the fastest (also on the emulator).
-    Tune(&'static [GemvVariant]),
+    Tune(TuneSet),
     /// This build, untimed.
     Build(GemvVariant),
 }
 
-/// Every build a [`GemvPick::Build`] may name: the default one first.
+/// What a tuning times: the default build and `first` in a first round; with `pf_round`,
+/// then the [`pf_forms`] of the first round's pick not timed yet, beside the pick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TuneSet {
+    pub first: &'static [GemvVariant],
+    pub pf_round: bool,
+}
+
+impl TuneSet {
+    /// A GPU's tuning at load.
+    pub const AUTO: TuneSet = TuneSet {
+        first: GEMV_SWEEP,
+        pf_round: true,
+    };
+}
+
+/// Every build a [`GemvPick::Build`] may name, and a tuning may pick: the default one and
+/// those of `GEMV_SWEEP`, each in its [`pf_forms`].
 pub fn builds() -> impl Iterator<Item = GemvVariant> {
-    std::iter::once(GEMV_DEFAULT).chain(GEMV_SWEEP.iter().copied())
+    std::iter::once(GEMV_DEFAULT)
+        .chain(GEMV_SWEEP.iter().copied())
+        .flat_map(pf_forms)
 }
 
 impl GemvPick {
@@ -193,8 +214,8 @@ impl CudaModel {
                 return Ok(());
             }
             GemvPick::Auto if self.gpu.is_emulated() => return Ok(()),
-            GemvPick::Auto => GEMV_SWEEP,
-            GemvPick::Tune(b) => b,
+            GemvPick::Auto => TuneSet::AUTO,
+            GemvPick::Tune(set) => set,
         };
         // The same choice at every load of a model of this shape here: timing noise must
         // not make two runs decode differently (nor cost each load the timing).
@@ -225,10 +246,10 @@ impl CudaModel {
         Ok(())
     }
 
-    /// Where the decision of a tuning among `builds` is kept for models of this one's
+    /// Where the decision of a tuning of `builds` is kept for models of this one's
     /// shape and weight kinds on this GPU, with these kernel sources: the kernel cache
     /// folder (`QFORGE_KERNEL_CACHE`). Delete it to time the builds again.
-    pub fn tuning_file(&self, builds: &[GemvVariant]) -> std::path::PathBuf {
+    pub fn tuning_file(&self, builds: TuneSet) -> std::path::PathBuf {
         let mut h = Sha256::new();
         let i = &self.gpu.info;
         h.update(format!("{} {} {}\n", i.name, i.arch, i.driver_version));
@@ -236,9 +257,10 @@ impl CudaModel {
             h.update(format!("{name} {}\n", src.len()));
             h.update(src);
         }
-        for v in builds {
+        for v in builds.first {
             h.update(format!("{}\n", v.name()));
         }
+        h.update(format!("pf round {}\n", builds.pf_round));
         let w = &self.weights;
         // Shape, kind (FP8 and INT8 weigh the same but run other kernels) and bytes.
         let mut shape = |l: &super::dweights::DLinear| {
@@ -261,12 +283,12 @@ impl CudaModel {
         kernels::cache_dir().join(format!("gemv-tuning-{key}.json"))
     }
 
-    fn tune(&mut self, builds: &[GemvVariant]) -> Result<Tuning> {
+    fn tune(&mut self, builds: TuneSet) -> Result<Tuning> {
         // The graph goes before the build it runs: unloading a module a live graph uses
         // is not documented as safe.
         self.recapture();
         self.gpu.set_gemv(GEMV_DEFAULT)?;
-        self.gpu.prepare_gemv(builds);
+        self.gpu.prepare_gemv(builds.first);
         self.forward_sync(&[TOKEN], 0)?; // fills the activation buffers the check reads
         let reference = self.first_linear()?;
         let mut trials = vec![Trial {
@@ -274,20 +296,58 @@ impl CudaModel {
             step_s: None,
             left_out: None,
         }];
+        self.add_trials(&mut trials, builds.first, &reference)?;
+        let all: Vec<usize> = (0..trials.len()).collect();
+        self.time_rounds(&mut trials, &all)?;
+        if builds.pf_round {
+            let pick = choose(&trials);
+            let forms: Vec<GemvVariant> = pf_forms(pick)
+                .filter(|&v| trials.iter().all(|t| t.build != v))
+                .collect();
+            if !forms.is_empty() {
+                self.gpu.prepare_gemv(&forms);
+                let from = trials.len();
+                self.add_trials(&mut trials, &forms, &reference)?;
+                // The pick is timed again beside its forms, so that one moment's clocks
+                // and temperature do not decide between the rounds.
+                let at = trials.iter().position(|t| t.build == pick);
+                let second: Vec<usize> = at.into_iter().chain(from..trials.len()).collect();
+                self.time_rounds(&mut trials, &second)?;
+            }
+        }
+        Ok(Tuning {
+            chosen: choose(&trials),
+            trials,
+            earlier: false,
+        })
+    }
+
+    /// Trials of `builds` (other than the default), each left out if its first Linear
+    /// differs from `reference`.
+    fn add_trials(
+        &mut self,
+        trials: &mut Vec<Trial>,
+        builds: &[GemvVariant],
+        reference: &[f32],
+    ) -> Result<()> {
         for &v in builds.iter().filter(|&&v| v != GEMV_DEFAULT) {
-            let left_out =
-                (self.check_build(v, &reference)).unwrap_or_else(|e| Some(e.to_string()));
+            let left_out = (self.check_build(v, reference)).unwrap_or_else(|e| Some(e.to_string()));
             trials.push(Trial {
                 build: v,
                 step_s: None,
                 left_out,
             });
         }
-        // A build that fails is left out; only the default build's failure is the model's.
-        // Every other round runs the builds last to first, so that no build is always timed
-        // first (clocks ramping up) or last.
+        Ok(())
+    }
+
+    /// Times the trials at `which` in [`ROUNDS`] rounds, each keeping its best time. A
+    /// build that fails is left out; only the default build's failure is the model's.
+    /// Every other round runs the builds last to first, so that no build is always timed
+    /// first (clocks ramping up) or last.
+    fn time_rounds(&mut self, trials: &mut [Trial], which: &[usize]) -> Result<()> {
         for round in 0..ROUNDS {
-            let mut order: Vec<usize> = (0..trials.len()).collect();
+            let mut order = which.to_vec();
             if round % 2 == 1 {
                 order.reverse();
             }
@@ -303,11 +363,7 @@ impl CudaModel {
                 }
             }
         }
-        Ok(Tuning {
-            chosen: choose(&trials),
-            trials,
-            earlier: false,
-        })
+        Ok(())
     }
 
     /// Why build `v` must not run this model (its first Linear's output differs from
