@@ -15,7 +15,7 @@ typedef unsigned long long u64;
 
 __device__ __forceinline__ float bf16_to_f32(u16 b) { return __uint_as_float(((u32)b) << 16); }
 
-#ifndef QFORGE_EMU  // kernels/emu/emu.h defines these nine (and DYNAMIC_SMEM) for the host
+#ifndef QFORGE_EMU  // kernels/emu/emu.h defines these (and DYNAMIC_SMEM) for the host
 // The kernel's dynamic shared memory.
 #define DYNAMIC_SMEM(T, name) extern __shared__ T name[]
 
@@ -103,6 +103,13 @@ __device__ __forceinline__ void grid_dep_wait_after(u32 dep, int never) {
         "{\n\t.reg .pred p;\n\t.reg .b32 t;\n\tand.b32 t, %0, %1;\n\t"
         "setp.eq.u32 p, t, 0;\n\t@p griddepcontrol.wait;\n\t}"
         ::"r"(dep), "r"((u32)never >> 31) : "memory");
+#endif
+}
+// Asks for `bytes` at `p` (both multiples of 16) to be brought into L2, without waiting and
+// without registers: a bulk prefetch (Hopper's copy engine; nothing before sm_90).
+__device__ __forceinline__ void prefetch_l2(const u8* p, int bytes) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
 #endif
 }
 #endif  // QFORGE_EMU

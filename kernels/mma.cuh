@@ -17,14 +17,6 @@ __device__ __forceinline__ uint4 ld_stream(const u8* p) {
     return r;
 }
 
-// Asks for `bytes` at `p` (both multiples of 16) to be brought into L2, without waiting and
-// without registers: a bulk prefetch (Hopper's copy engine; nothing before sm_90).
-__device__ __forceinline__ void prefetch_l2(const u8* p, int bytes) {
-#if __CUDA_ARCH__ >= 900
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
-#endif
-}
-
 __device__ __forceinline__ void mma_e4m3(float* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
     asm volatile(
         "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "

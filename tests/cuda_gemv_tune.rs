@@ -14,7 +14,7 @@ use qforge::runtime::cuda::kernels::{
     pf_forms, GemvVariant, GEMV_DEFAULT, GEMV_EMULATED, GEMV_SWEEP,
 };
 use qforge::runtime::cuda::tune::{
-    builds, choose, off_by_more_than_an_ulp, GemvPick, Trial, TuneSet, MARGIN,
+    builds, choose, off_by_more_than_an_ulp, GemvPick, Trial, TuneSet, Tuning, MARGIN,
 };
 
 /// The emulated builds, one round: what these tests time when the choice must not matter.
@@ -129,6 +129,20 @@ fn rel_rms(a: &[f32], b: &[f32]) -> f64 {
     (d / n).sqrt()
 }
 
+/// The model loaded again with `opts`, which must take `t`'s decision untimed.
+fn load_again(label: &str, dir: &std::path::Path, opts: &CudaOptions, t: &Tuning) -> CudaModel {
+    let again = load_cuda_on(cuda_util::same_device(label), dir, opts).unwrap();
+    let kept = again.tuning.clone().expect("decided");
+    assert!(kept.earlier, "{label}");
+    assert_eq!(
+        (kept.chosen, &kept.trials),
+        (t.chosen, &t.trials),
+        "{label}"
+    );
+    assert_eq!(again.gpu.gemv(), t.chosen, "{label}");
+    again
+}
+
 #[test]
 fn tuning_at_load_leaves_a_checked_build_and_a_fresh_model() {
     let tmp = tempfile::tempdir().unwrap();
@@ -168,15 +182,7 @@ fn tuning_at_load_leaves_a_checked_build_and_a_fresh_model() {
             m.describe()
         );
         // The next load of this shape here takes the same decision, untimed.
-        let again = load_cuda_on(cuda_util::same_device(label), &dir, &tune).unwrap();
-        let kept = again.tuning.clone().expect("decided");
-        assert!(kept.earlier, "{label}");
-        assert_eq!(
-            (kept.chosen, &kept.trials),
-            (t.chosen, &t.trials),
-            "{label}"
-        );
-        assert_eq!(again.gpu.gemv(), t.chosen, "{label}");
+        let again = load_again(label, &dir, &tune, &t);
         assert!(
             again.describe().contains("at an earlier load here"),
             "{}",
@@ -364,13 +370,6 @@ fn the_second_round_times_the_pdl_forms_of_the_pick() {
         assert!(built.contains(&t.chosen), "{label}");
         assert_eq!(m.gpu.gemv(), t.chosen, "{label}");
         // Kept and read back with the second round's builds.
-        let again = load_cuda_on(cuda_util::same_device(label), &dir, &opts).unwrap();
-        let kept = again.tuning.clone().expect("decided");
-        assert!(kept.earlier, "{label}");
-        assert_eq!(
-            (kept.chosen, &kept.trials),
-            (t.chosen, &t.trials),
-            "{label}"
-        );
+        load_again(label, &dir, &opts, &t);
     }
 }
