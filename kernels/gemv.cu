@@ -36,8 +36,9 @@
 #define GEMV_PF 0
 #endif
 #define GEMV_THREADS (32 * GEMV_WARPS)
-#if !defined(GEMV_SWEEP) && (GEMV_WARPS != 4 || GEMV_UNROLL != 4 || GEMV_CVT != 0 || GEMV_PF != 0)
-#error "GEMV_WARPS and GEMV_UNROLL other than 4, GEMV_CVT and GEMV_PF are for GEMV_SWEEP builds only"
+#if !defined(GEMV_SWEEP) && \
+    (GEMV_WARPS != 4 || GEMV_UNROLL != 4 || GEMV_CVT != 0 || GEMV_PF != 0)
+#error "GEMV_WARPS/UNROLL/CVT/PF other than 4/4/0/0 are for GEMV_SWEEP builds only"
 #endif
 #if GEMV_CVT < 0 || GEMV_CVT > 2
 #error "GEMV_CVT is 0, 1 or 2"

@@ -13,8 +13,8 @@
 //! predecessor finishes, so the gap between the ~900 dependent kernels shrinks, and a GEMV
 //! of a `-pf` build loads its first weights before it waits (`grid_dep_wait()` in
 //! kernels/common.cuh, which every kernel calls before touching what another kernel reads or
-//! writes; the emulator checks that each one does). `QFORGE_PDL=0` turns it off; a capture that fails with it is
-//! retried without (see `CudaModel::capture_decode`).
+//! writes; the emulator checks that each one does). `QFORGE_PDL=0` turns it off; a capture
+//! that fails with it is retried without (see `CudaModel::capture_decode`).
 
 use super::gpu::Arg;
 use super::gpu::{Dev, Gpu};

@@ -98,9 +98,8 @@ pub fn max_threads(name: &str) -> Option<u32> {
 /// kernels/mma.cuh), and what a block fetches before the wait for the previous kernel under
 /// a programmatic launch (`pf`, `GEMV_PF`: 0 nothing, as ptxas orders the default build; 1
 /// its first weights, waiting for them; 2 those, and its next steps into L2; see gemv.cu's
-/// `gemv_sums`). Such a build has only the
-/// [`GEMV_VARIANT_KERNELS`]; they run in place
-/// of the default build's (see [`super::gpu::Gpu::set_gemv`]) when a model picks it at load
+/// `gemv_sums`). Such a build has only the [`GEMV_VARIANT_KERNELS`]; they run in place of
+/// the default build's (see [`super::gpu::Gpu::set_gemv`]) when a model picks it at load
 /// ([`super::tune`]) and in `gpu selftest`'s gemv-sweep stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct GemvVariant {

@@ -3,11 +3,11 @@
 //! and each tuning build of `kernels::GEMV_SWEEP` are timed on the model itself at load
 //! (about ten decode steps each), as Triton autotunes; then the forms of the fastest that
 //! fetch weights under PDL (`kernels::pf_forms`), beside it, in a second round. The two
-//! rounds time 9 builds instead of the 21 of every combination. The best build depends on the GPU
-//! (SMs, registers, HBM latency) and on the model's shapes, so it is measured, not assumed;
-//! a first run also compiles the builds (NVRTC, in parallel, then cached). Before it is
-//! timed, each build's output of the model's first Linear is checked against the default
-//! build's; a build that fails is left out, never the load. The decision is kept in the
+//! rounds time 9 builds instead of the 21 of every combination. The best build depends on
+//! the GPU (SMs, registers, HBM latency) and on the model's shapes, so it is measured, not
+//! assumed; a first run also compiles the builds (NVRTC, in parallel, then cached). Before
+//! it is timed, each build's output of the model's first Linear is checked against the
+//! default build's; a build that fails is left out, never the load. The decision is kept in the
 //! kernel cache folder ([`CudaModel::tuning_file`]): later loads of a model of the same
 //! shape on the same GPU take it untimed, so that timing noise cannot make two runs decode
 //! differently.
