@@ -123,15 +123,15 @@ __device__ __forceinline__ void gemv_sums(const Rows& rows, const u8* x, int M, 
 #if GEMV_PF == 1
     grid_dep_wait_after(ra[0].x ^ rb[0].x ^ ra[GEMV_UNROLL - 1].w ^ rb[GEMV_UNROLL - 1].w, kb);
     grid_dep_launch();
-#else
-#if GEMV_PF == 2
+#elif GEMV_PF == 2
     const int step_bytes = GEMV_WARPS * GEMV_UNROLL * 64;
     const int upto = min(kb, (1 + GEMV_PF_STEPS) * step_bytes);
     if (warp == 0 && tig == 0 && upto > step_bytes) {  // rows g and g + 8
         prefetch_l2(rows.a + step_bytes, upto - step_bytes);
         prefetch_l2(rows.b + step_bytes, upto - step_bytes);
     }
-#endif
+    grid_dep_start();
+#else
     grid_dep_start();
 #endif
     for (int c0 = warp * GEMV_UNROLL; c0 < nchunks; c0 += step) {

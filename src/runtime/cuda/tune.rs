@@ -296,7 +296,7 @@ impl CudaModel {
             step_s: None,
             left_out: None,
         }];
-        self.add_trials(&mut trials, builds.first, &reference)?;
+        self.add_trials(&mut trials, builds.first, &reference);
         let all: Vec<usize> = (0..trials.len()).collect();
         self.time_rounds(&mut trials, &all)?;
         if builds.pf_round {
@@ -307,7 +307,7 @@ impl CudaModel {
             if !forms.is_empty() {
                 self.gpu.prepare_gemv(&forms);
                 let from = trials.len();
-                self.add_trials(&mut trials, &forms, &reference)?;
+                self.add_trials(&mut trials, &forms, &reference);
                 // The pick is timed again beside its forms, so that one moment's clocks
                 // and temperature do not decide between the rounds.
                 let at = trials.iter().position(|t| t.build == pick);
@@ -324,12 +324,7 @@ impl CudaModel {
 
     /// Trials of `builds` (other than the default), each left out if its first Linear
     /// differs from `reference`.
-    fn add_trials(
-        &mut self,
-        trials: &mut Vec<Trial>,
-        builds: &[GemvVariant],
-        reference: &[f32],
-    ) -> Result<()> {
+    fn add_trials(&mut self, trials: &mut Vec<Trial>, builds: &[GemvVariant], reference: &[f32]) {
         for &v in builds.iter().filter(|&&v| v != GEMV_DEFAULT) {
             let left_out = (self.check_build(v, reference)).unwrap_or_else(|e| Some(e.to_string()));
             trials.push(Trial {
@@ -338,7 +333,6 @@ impl CudaModel {
                 left_out,
             });
         }
-        Ok(())
     }
 
     /// Times the trials at `which` in [`ROUNDS`] rounds, each keeping its best time. A
