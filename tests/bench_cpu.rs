@@ -150,6 +150,40 @@ fn argument_errors_are_one_line() {
     }
 }
 
+/// A profile longer than the model's context is refused before the weights are built (for
+/// llama-1b's 131072 positions the run would otherwise fail only after hours of prefill).
+#[test]
+fn profiles_longer_than_the_context_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/tiny-random-llama/config.json"
+    );
+    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(src).unwrap()).unwrap();
+    cfg["max_position_embeddings"] = 64.into();
+    let path = dir.path().join("config.json");
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let out = bench(&[
+        "--synthetic",
+        path.to_str().unwrap(),
+        "--profiles",
+        "8/4,60/5",
+        "--device",
+        "cpu",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(
+        err.trim_end(),
+        "qforge: error: --profiles: 60/5 needs 65 positions, more than the model's context of \
+         64 (max_position_embeddings in its config.json)"
+    );
+    assert!(out.stdout.is_empty());
+    // At the limit it runs.
+    let r = bench_json(&["--synthetic", path.to_str().unwrap(), "--profiles", "60/4"]);
+    check_row(&r["profiles"][0], 60, 4, f64::INFINITY);
+}
+
 #[test]
 fn seed_expands_to_the_model_card_profiles() {
     let p = parse_profiles("seed").unwrap();

@@ -222,6 +222,59 @@ fn existing_output_is_refused() {
     assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 1);
 }
 
+/// An --output below a file: one line that names the file in the way (the OS alone says only
+/// "File exists" or "Not a directory"), exit 1, and the file untouched.
+#[test]
+fn output_below_a_file_names_the_file() {
+    let parent = tempfile::tempdir().unwrap();
+    let file = parent.path().join("notes.txt");
+    std::fs::write(&file, "keep me").unwrap();
+    for out in [file.join("out"), file.join("sub/out")] {
+        let result = run_quantize(&fixture(), &good_recipe(), &out, &[]);
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert_eq!(result.status.code(), Some(1), "{stderr}");
+        let want = format!(
+            "qforge: error: output {}: cannot create its folder {}: {} is a file, not a folder",
+            out.display(),
+            out.parent().unwrap().display(),
+            file.display()
+        );
+        assert_eq!(stderr.trim_end(), want);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+        assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 1);
+    }
+}
+
+/// --verify's bad options are refused before the quantization runs (for a 70B model that is an
+/// hour not lost), each in one line, with nothing written.
+#[test]
+fn bad_verify_options_are_refused_before_quantizing() {
+    for (extra, want) in [
+        (
+            ["--min-agreement", "-0.5"],
+            "--min-agreement must be between 0 and 1, got -0.5",
+        ),
+        (
+            ["--min-agreement", "1.5"],
+            "--min-agreement must be between 0 and 1, got 1.5",
+        ),
+        (
+            ["--verify-max-new-tokens", "0"],
+            "--verify-max-new-tokens must be at least 1",
+        ),
+    ] {
+        let parent = tempfile::tempdir().unwrap();
+        let out = parent.path().join("out");
+        let args = [&["--verify", "Hi"][..], &extra[..]].concat();
+        let result = run_quantize(&fixture(), &good_recipe(), &out, &args);
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert_eq!(result.status.code(), Some(1), "{extra:?}: {stderr}");
+        assert_eq!(stderr.trim_end(), format!("qforge: error: {want}"));
+        assert!(result.stdout.is_empty(), "{extra:?}: quantized first");
+        assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 0);
+    }
+}
+
 #[test]
 fn unknown_architecture_warns_and_still_quantizes() {
     let tmp = tempfile::tempdir().unwrap();
@@ -246,6 +299,36 @@ fn unknown_architecture_warns_and_still_quantizes() {
         .unwrap()
         .contains("FancyNewForCausalLM"));
     assert_eq!(summary["quantized"], 14);
+}
+
+/// A recipe whose targets match no Linear module still writes its (unquantized) output, as
+/// asked, but says so.
+#[test]
+fn targets_matching_nothing_warn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(good_recipe()).unwrap();
+    assert!(text.contains("targets: Linear\n"), "{text}");
+    let recipe = write_recipe(
+        tmp.path(),
+        &text.replace("targets: Linear\n", "targets: Conv2d\n"),
+    );
+    let out = tmp.path().join("out");
+    let result = run_quantize(&fixture(), &recipe, &out, &["--json"]);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+    assert_eq!(summary["quantized"], 0);
+    let modules = summary["ignored"].as_array().unwrap().len();
+    assert_eq!(
+        summary["warnings"],
+        serde_json::json!([format!(
+            "nothing is quantized: the recipe's targets [\"Conv2d\"] match none of the model's \
+             {modules} Linear modules, or all of them are ignored"
+        )])
+    );
 }
 
 /// A full disk: one line that says so, exit 1, and nothing left on the full filesystem.

@@ -125,6 +125,81 @@ fn errors_exit_1() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("CUDA"), "{stderr}");
+
+    // A negative number is the option's value, refused by its range check (not by clap as
+    // an unknown `-1` flag).
+    for (flag, want) in [
+        (
+            "--temperature",
+            "temperature must be a finite number >= 0, got -1",
+        ),
+        ("--top-p", "top_p must be in (0, 1], got -1"),
+        (
+            "--min-agreement",
+            "--min-agreement must be between 0 and 1, got -1",
+        ),
+    ] {
+        let out = qforge(&["--model", &model, "--prompt", "Hi", flag, "-1"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert_eq!(stderr.trim_end(), format!("qforge: error: {want}"));
+    }
+}
+
+/// A copy of `name` whose config.json says `max_position_embeddings: context`.
+fn with_context(name: &str, dst: &std::path::Path, context: u64) -> String {
+    let dir = copy_fixture(name, dst, &[]);
+    let cfg = dir.join("config.json");
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+    v["max_position_embeddings"] = context.into();
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    dir.to_string_lossy().into_owned()
+}
+
+/// Prompt + answer must fit the context of the model and of the reference (vLLM counts a
+/// request the same way): a longer --max-new-tokens is capped and says so, a prompt that fills
+/// the context is an error before anything runs.
+#[test]
+fn generation_fits_the_context() {
+    fn args<'a>(m: &'a str, r: &'a str, n: &'a str) -> Vec<&'a str> {
+        let a = ["--model", m, "--reference", r, "--prompt", "Hi", "--json"];
+        [&a[..], &["--max-new-tokens", n, "--min-agreement", "0"]].concat()
+    }
+    let model = path("tiny-llama3-bf16");
+    let out = qforge(&args(&model, &model, "1"));
+    let p = json(&out)["prompt_tokens"].as_u64().unwrap();
+
+    // The reference's context is the smaller: it sets the cap.
+    let tmp = tempfile::tempdir().unwrap();
+    let small = with_context("tiny-llama3-bf16", tmp.path(), p + 4);
+    let out = qforge(&args(&model, &small, "10"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let v = json(&out);
+    assert_eq!(v["generation"]["token_ids"].as_array().unwrap().len(), 4);
+    assert_eq!(v["reference"]["agreement"]["tokens"], 4);
+    let note = format!(
+        "qforge verify: --max-new-tokens 10 capped at 4: the prompt's {p} tokens and the \
+         answer must fit the model's context of {} positions",
+        p + 4
+    );
+    assert!(stderr.contains(&note), "{stderr}");
+
+    // Exactly full: no note.
+    let out = qforge(&args(&small, &small, "4"));
+    assert_eq!(out.status.code(), Some(0));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("capped"));
+
+    let full = with_context("tiny-llama3-bf16", &tmp.path().join("full"), p);
+    let out = qforge(&args(&full, &model, "4"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let want = format!(
+        "qforge: error: --prompt: {p} tokens (with the chat template) leave no room for an \
+         answer in the model's context of {p} positions (max_position_embeddings)"
+    );
+    assert!(stderr.lines().any(|l| l == want), "{stderr}");
+    assert!(out.stdout.is_empty());
 }
 
 #[test]

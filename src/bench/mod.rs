@@ -18,7 +18,7 @@ use crate::runtime::generate::{resolve_device, Device};
 use crate::runtime::weights::Weights;
 use crate::synthetic::SyntheticScheme;
 use crate::{Error, Result};
-use profile::parse_profiles;
+use profile::{parse_profiles, Profile};
 use report::{BenchReport, Row};
 use runner::{BenchModel, CpuBench};
 use std::path::Path;
@@ -82,6 +82,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
         .unwrap_or(1);
     let device = resolve_device(args.device)?;
     let (name, cfg, dir) = source(args, device)?;
+    check_context(&profiles, &cfg)?;
     let seed = synth::is_seed_shape(&cfg)
         || name
             .to_ascii_lowercase()
@@ -124,6 +125,22 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
         seed_compared: seed,
         profiles: rows,
     })
+}
+
+/// Refuses, before any weight is loaded, a profile longer than the model's context, counted
+/// as vLLM counts a request (prompt + generated ≤ `max_position_embeddings`). The runtimes
+/// cap their KV cache there, so such a profile would otherwise fail only after its prefill,
+/// which for 131 K tokens takes hours on the CPU.
+fn check_context(profiles: &[Profile], cfg: &ModelConfig) -> Result<()> {
+    let limit = cfg.max_position_embeddings;
+    match profiles.iter().find(|p| p.prompt + p.generate > limit) {
+        Some(p) => Err(Error::Unsupported(format!(
+            "--profiles: {p} needs {} positions, more than the model's context of {limit} \
+             (max_position_embeddings in its config.json)",
+            p.prompt + p.generate
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The model's display name, config, and checkpoint directory (`None` for --synthetic).

@@ -115,11 +115,26 @@ pub fn plan_layout(ck: &Checkpoint, plan: &QuantPlan) -> Result<OutputLayout> {
             *global_scale = global_scales.get(&item.input.name).copied();
         }
     }
+    let mut warnings: Vec<String> = warning.into_iter().collect();
+    if quantized == 0 {
+        // Written as asked (llm-compressor too saves such a model), but rarely what was meant.
+        let targets: Vec<&str> = plan
+            .groups
+            .iter()
+            .flat_map(|g| &g.targets)
+            .map(|t| t.as_str())
+            .collect();
+        warnings.push(format!(
+            "nothing is quantized: the recipe's targets {targets:?} match none of the model's {} \
+             Linear modules, or all of them are ignored",
+            modules.len()
+        ));
+    }
     Ok(OutputLayout {
         items,
         ignored,
         quantized,
-        warnings: warning.into_iter().collect(),
+        warnings,
     })
 }
 

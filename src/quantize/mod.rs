@@ -23,6 +23,8 @@ use crate::checkpoint::writer::{self, ShardWriter};
 use crate::checkpoint::Checkpoint;
 use crate::quant::Fp8Rounding;
 use crate::recipe::Recipe;
+use crate::runtime::generate::{resolve_device, Device};
+use crate::runtime::verify::{self, Output, VerifyOptions};
 use crate::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
@@ -79,12 +81,13 @@ pub struct QuantizeArgs {
         long,
         default_value_t = 0.9,
         value_name = "FRACTION",
-        requires = "verify"
+        requires = "verify",
+        allow_negative_numbers = true
     )]
     pub min_agreement: f64,
     /// Device for --verify.
     #[arg(long, value_enum, default_value = "auto", requires = "verify")]
-    pub device: crate::runtime::generate::Device,
+    pub device: Device,
 }
 
 /// The `--json` output: the quantize summary, plus the verify report with --verify.
@@ -167,6 +170,11 @@ pub fn run_cli(args: &QuantizeArgs) -> Result<ExitCode> {
     if let Some(n) = args.threads {
         set_threads(n)?;
     }
+    // --verify's options are checked before the quantization, not after it.
+    let verify_opts = match &args.verify {
+        Some(prompt) => Some(verify_options(args, prompt)?),
+        None => None,
+    };
     let progress = !args.json;
     let hub_opts = HubOptions {
         revision: args.revision.clone(),
@@ -186,8 +194,8 @@ pub fn run_cli(args: &QuantizeArgs) -> Result<ExitCode> {
     if !args.json {
         print_summary(&summary);
     }
-    let report = match &args.verify {
-        Some(prompt) => Some(verify_output(args, &job, &summary, prompt)?),
+    let report = match verify_opts {
+        Some(opts) => Some(verify_output(args, opts, &job, &summary)?),
         None => None,
     };
     if args.json {
@@ -205,22 +213,38 @@ pub fn run_cli(args: &QuantizeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `--verify`: the quantized output against its source, reported but not yet gated (the
-/// caller gates after printing everything).
-fn verify_output(
-    args: &QuantizeArgs,
-    job: &QuantizeJob,
-    summary: &Summary,
-    prompt: &str,
-) -> Result<crate::runtime::verify::VerifyReport> {
-    use crate::runtime::verify::{self, Output, VerifyOptions};
-    let mut opts = VerifyOptions::new(summary.output.to_string_lossy(), prompt);
-    opts.reference = Some(job.model_dir.to_string_lossy().into_owned());
+/// `--verify`'s options, checked: the numbers, and an explicit `--device cuda`.
+fn verify_options(args: &QuantizeArgs, prompt: &str) -> Result<VerifyOptions> {
+    if args.verify_max_new_tokens == 0 {
+        return Err(Error::Runtime(
+            "--verify-max-new-tokens must be at least 1".into(),
+        ));
+    }
+    let mut opts = VerifyOptions::new(args.output.to_string_lossy(), prompt);
     opts.max_new_tokens = args.verify_max_new_tokens;
     opts.min_agreement = Some(args.min_agreement);
     opts.device = args.device;
     if args.json {
         opts.output = Output::Silent;
+    }
+    verify::check(&opts)?;
+    if args.device == Device::Cuda {
+        resolve_device(Device::Cuda)?;
+    }
+    Ok(opts)
+}
+
+/// `--verify`: the quantized output against its source, reported but not yet gated (the
+/// caller gates after printing everything).
+fn verify_output(
+    args: &QuantizeArgs,
+    mut opts: VerifyOptions,
+    job: &QuantizeJob,
+    summary: &Summary,
+) -> Result<verify::VerifyReport> {
+    opts.model = summary.output.to_string_lossy().into_owned();
+    opts.reference = Some(job.model_dir.to_string_lossy().into_owned());
+    if args.json {
         return verify::verify(&opts);
     }
     println!();

@@ -32,12 +32,14 @@ impl Staging {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+        fs::create_dir_all(&parent)
+            .map_err(|e| place_error(final_dir, "its folder", &parent, e))?;
         let tmp = parent.join(format!(".{name}.qforge-tmp-{}", std::process::id()));
         if tmp.exists() {
             fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         }
-        fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        fs::create_dir(&tmp)
+            .map_err(|e| place_error(final_dir, "the temporary folder", &tmp, e))?;
         Ok(Staging {
             tmp,
             final_dir: final_dir.to_path_buf(),
@@ -70,6 +72,25 @@ impl Staging {
         self.done = true;
         Ok(self.final_dir.clone())
     }
+}
+
+/// Why the output cannot be set up at `at` (its parent folder, or the temporary folder beside
+/// it), said in terms of the `--output` the user gave: a file in the way is named as such, where
+/// the OS would only say "File exists" or "Not a directory" about some ancestor.
+fn place_error(final_dir: &Path, what: &str, at: &Path, e: std::io::Error) -> Error {
+    if e.raw_os_error() == Some(28) {
+        return Error::io(at, e);
+    }
+    let blocker = at.ancestors().find(|a| a.exists() && !a.is_dir());
+    let why = match blocker {
+        Some(f) => format!("{} is a file, not a folder", f.display()),
+        None => e.to_string(),
+    };
+    Error::Output(format!(
+        "output {}: cannot create {what} {}: {why}",
+        final_dir.display(),
+        at.display()
+    ))
 }
 
 impl Drop for Staging {

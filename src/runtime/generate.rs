@@ -120,10 +120,12 @@ fn load_cuda(dir: &Path, max_seq: Option<usize>) -> Result<Box<dyn Engine>> {
 #[derive(Debug, Clone, Copy, Default, PartialEq, clap::Args)]
 pub struct SamplingArgs {
     /// Sampling temperature; 0 is greedy (the default).
-    #[arg(long)]
+    // Negative numbers are taken as values so that `--temperature -1` gets the range error,
+    // not clap's "unexpected argument '-1'".
+    #[arg(long, allow_negative_numbers = true)]
     pub temperature: Option<f32>,
     /// Nucleus sampling: keep the smallest set of tokens with this much probability.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub top_p: Option<f32>,
     /// Keep only the k most likely tokens (0 = all).
     #[arg(long)]

@@ -18,6 +18,7 @@ use std::process::ExitCode;
 
 use crate::checkpoint::hub::{resolve_model, HubOptions};
 use crate::runtime::chat::{user_prompt, ChatTemplate};
+use crate::runtime::config::ModelConfig;
 use crate::runtime::generate::{
     generate, load, resolve_device, Device, Engine, GenerateOptions, Generation, SamplingArgs,
 };
@@ -51,7 +52,7 @@ pub struct VerifyArgs {
     #[arg(long)]
     pub json: bool,
     /// With --reference: fail (exit code 2) when the top-1 agreement is below this.
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
     pub min_agreement: f64,
 }
 
@@ -166,13 +167,15 @@ pub fn verify(opts: &VerifyOptions) -> Result<VerifyReport> {
         None => None,
     };
     let sampling = opts.sampling.resolve(&model_dir)?;
+    let dirs = std::iter::once(&model_dir).chain(reference.as_ref().map(|r| &r.1));
+    let max_new = fit_context(opts.max_new_tokens, prompt.ids.len(), dirs, loud)?;
     let gen = GenerateOptions {
-        max_new_tokens: opts.max_new_tokens,
-        min_new_tokens: opts.min_new_tokens,
+        max_new_tokens: max_new,
+        min_new_tokens: opts.min_new_tokens.min(max_new),
         sampling,
     };
     let device = resolve_device(opts.device)?;
-    let max_seq = Some(prompt.ids.len() + opts.max_new_tokens);
+    let max_seq = Some(prompt.ids.len() + max_new);
 
     let mut model = load(&model_dir, device, max_seq)?;
     let device_name = model.describe();
@@ -239,8 +242,41 @@ pub fn verify(opts: &VerifyOptions) -> Result<VerifyReport> {
     })
 }
 
+/// `--max-new-tokens` within the context of every model in `dirs` (the least
+/// `max_position_embeddings`), counted as vLLM counts a request: prompt + new tokens. A prompt
+/// that leaves no room is an error; a longer generation is capped, saying so when `loud`.
+/// Both are found before any weight is loaded.
+fn fit_context<'a>(
+    max_new: usize,
+    prompt: usize,
+    dirs: impl Iterator<Item = &'a PathBuf>,
+    loud: bool,
+) -> Result<usize> {
+    let mut context = usize::MAX;
+    for dir in dirs {
+        context = context.min(ModelConfig::load(dir)?.max_position_embeddings);
+    }
+    if prompt >= context {
+        return Err(Error::Runtime(format!(
+            "--prompt: {prompt} tokens (with the chat template) leave no room for an answer in \
+             the model's context of {context} positions (max_position_embeddings)"
+        )));
+    }
+    let room = context - prompt;
+    if max_new <= room {
+        return Ok(max_new);
+    }
+    if loud {
+        eprintln!(
+            "qforge verify: --max-new-tokens {max_new} capped at {room}: the prompt's {prompt} \
+             tokens and the answer must fit the model's context of {context} positions"
+        );
+    }
+    Ok(room)
+}
+
 /// Validates the numeric options before anything is loaded.
-fn check(opts: &VerifyOptions) -> Result<()> {
+pub fn check(opts: &VerifyOptions) -> Result<()> {
     if opts.max_new_tokens == 0 {
         return Err(Error::Runtime("--max-new-tokens must be at least 1".into()));
     }
