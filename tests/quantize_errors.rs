@@ -245,6 +245,38 @@ fn output_below_a_file_names_the_file() {
     }
 }
 
+/// An --output that is the input model's folder, or a folder above it, is refused even with
+/// --force: it would replace the input, and --verify would compare the output with itself.
+#[test]
+fn output_over_the_input_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("m");
+    copy_model(&m);
+    let before = std::fs::read(m.join("model.safetensors")).unwrap();
+    for (out, what) in [(m.clone(), "is"), (tmp.path().to_path_buf(), "contains")] {
+        let result = run_quantize(&m, &good_recipe(), &out, &["--force", "--verify", "Hi"]);
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert_eq!(result.status.code(), Some(1), "{stderr}");
+        let want = format!(
+            "qforge: error: output {}: {what} the input model {}; write the output elsewhere",
+            out.display(),
+            m.display()
+        );
+        assert_eq!(stderr.trim_end(), want);
+        assert_eq!(std::fs::read(m.join("model.safetensors")).unwrap(), before);
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+    }
+    // Inside the input's folder is allowed: the input stays as it is.
+    let out = m.join("fp8");
+    let result = run_quantize(&m, &good_recipe(), &out, &[]);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert_eq!(std::fs::read(m.join("model.safetensors")).unwrap(), before);
+}
+
 /// --verify's bad options are refused before the quantization runs (for a 70B model that is an
 /// hour not lost), each in one line, with nothing written.
 #[test]

@@ -290,6 +290,7 @@ fn print_summary(s: &Summary) {
 /// Quantizes `job.model_dir` with `job.recipe` into `job.output`.
 pub fn quantize(job: &QuantizeJob) -> Result<Summary> {
     let start = Instant::now();
+    output::check_not_input(&job.output, &job.model_dir)?;
     let recipe = Recipe::from_file(&job.recipe)?;
     let plan = recipe.plan()?;
     let ck = Checkpoint::open(&job.model_dir)?;

@@ -74,6 +74,25 @@ impl Staging {
     }
 }
 
+/// Refuses an output that is the input model's folder or a folder above it. `--force` would
+/// replace the input with the output, and `--verify` would then compare the output with
+/// itself and pass.
+pub fn check_not_input(output: &Path, input: &Path) -> Result<()> {
+    // An output that does not exist yet cannot hold the (existing) input.
+    let (Ok(out), Ok(inp)) = (output.canonicalize(), input.canonicalize()) else {
+        return Ok(());
+    };
+    if !inp.starts_with(&out) {
+        return Ok(());
+    }
+    let what = if inp == out { "is" } else { "contains" };
+    Err(Error::Output(format!(
+        "output {}: {what} the input model {}; write the output elsewhere",
+        output.display(),
+        input.display()
+    )))
+}
+
 /// Why the output cannot be set up at `at` (its parent folder, or the temporary folder beside
 /// it), said in terms of the `--output` the user gave: a file in the way is named as such, where
 /// the OS would only say "File exists" or "Not a directory" about some ancestor.
