@@ -43,7 +43,8 @@ pub struct BenchArgs {
     /// Where to run.
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
-    /// Profiles PROMPT/GENERATED, comma-separated; `seed` = the model card's eight.
+    /// Profiles PROMPT/GENERATED, comma-separated; `seed` = the model card's eight. Each must
+    /// fit the model's context (PROMPT + GENERATED <= max_position_embeddings).
     #[arg(long, default_value = "seed")]
     pub profiles: String,
     /// Print JSON on stdout (the table then goes to stderr).

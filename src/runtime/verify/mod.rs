@@ -37,7 +37,8 @@ pub struct VerifyArgs {
     /// A reference model (e.g. the BF16 source) to compare against: directory or repo id.
     #[arg(long)]
     pub reference: Option<String>,
-    /// Stop after this many new tokens.
+    /// Stop after this many new tokens (fewer, with a note, where the prompt and the answer
+    /// would not fit the model's max_position_embeddings).
     #[arg(long, default_value_t = 128)]
     pub max_new_tokens: usize,
     /// Do not stop at EOS before this many new tokens (to compare a longer continuation).
