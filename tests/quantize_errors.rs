@@ -84,6 +84,13 @@ fn fails(model: &Path, recipe: &Path) -> String {
     lines[0].to_string()
 }
 
+/// Checks that a run failed with exit 1 and exactly the one line `qforge: error: {line}`.
+fn assert_refused(result: &std::process::Output, line: &str) {
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim_end(), format!("qforge: error: {line}"));
+}
+
 fn write_recipe(dir: &Path, text: &str) -> PathBuf {
     let p = dir.join("recipe.yaml");
     std::fs::write(&p, text).unwrap();
@@ -231,15 +238,13 @@ fn output_below_a_file_names_the_file() {
     std::fs::write(&file, "keep me").unwrap();
     for out in [file.join("out"), file.join("sub/out")] {
         let result = run_quantize(&fixture(), &good_recipe(), &out, &[]);
-        let stderr = String::from_utf8_lossy(&result.stderr);
-        assert_eq!(result.status.code(), Some(1), "{stderr}");
         let want = format!(
-            "qforge: error: output {}: cannot create its folder {}: {} is a file, not a folder",
+            "output {}: cannot create its folder {}: {} is a file, not a folder",
             out.display(),
             out.parent().unwrap().display(),
             file.display()
         );
-        assert_eq!(stderr.trim_end(), want);
+        assert_refused(&result, &want);
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
         assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 1);
     }
@@ -255,14 +260,12 @@ fn output_over_the_input_is_refused() {
     let before = std::fs::read(m.join("model.safetensors")).unwrap();
     for (out, what) in [(m.clone(), "is"), (tmp.path().to_path_buf(), "contains")] {
         let result = run_quantize(&m, &good_recipe(), &out, &["--force", "--verify", "Hi"]);
-        let stderr = String::from_utf8_lossy(&result.stderr);
-        assert_eq!(result.status.code(), Some(1), "{stderr}");
         let want = format!(
-            "qforge: error: output {}: {what} the input model {}; write the output elsewhere",
+            "output {}: {what} the input model {}; write the output elsewhere",
             out.display(),
             m.display()
         );
-        assert_eq!(stderr.trim_end(), want);
+        assert_refused(&result, &want);
         assert_eq!(std::fs::read(m.join("model.safetensors")).unwrap(), before);
         assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
     }
@@ -299,9 +302,7 @@ fn bad_verify_options_are_refused_before_quantizing() {
         let out = parent.path().join("out");
         let args = [&["--verify", "Hi"][..], &extra[..]].concat();
         let result = run_quantize(&fixture(), &good_recipe(), &out, &args);
-        let stderr = String::from_utf8_lossy(&result.stderr);
-        assert_eq!(result.status.code(), Some(1), "{extra:?}: {stderr}");
-        assert_eq!(stderr.trim_end(), format!("qforge: error: {want}"));
+        assert_refused(&result, want);
         assert!(result.stdout.is_empty(), "{extra:?}: quantized first");
         assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 0);
     }
