@@ -318,6 +318,7 @@ pub fn run_cli(args: &MakeModelArgs) -> Result<std::process::ExitCode> {
         ))
     })?;
     let staging = crate::quantize::Staging::new(&args.output, args.force)?;
+    staging.ensure_space(shape.tensors().iter().map(|t| t.nbytes()).sum())?;
     write_checkpoint(&shape, staging.path(), args.seed, args.max_shard_size)?;
     if let Some(src) = &args.tokenizer_from {
         copy_tokenizer(src, staging.path())?;

@@ -364,25 +364,92 @@ fn targets_matching_nothing_warn() {
     );
 }
 
-/// A full disk: one line that says so, exit 1, and nothing left on the full filesystem.
-/// Needs a filesystem of a few MB in `QFORGE_SMALL_FS` (.ci/run mounts a 3 MB tmpfs); skipped
-/// (and says so) without it.
-#[test]
-fn full_disk_is_reported_and_cleaned_up() {
-    let Some(small) = std::env::var_os("QFORGE_SMALL_FS") else {
+/// The small filesystem of `QFORGE_SMALL_FS` (.ci/run mounts a 3 MB tmpfs), or `None` (the
+/// test then says it is skipped).
+fn small_fs() -> Option<PathBuf> {
+    let small = std::env::var_os("QFORGE_SMALL_FS");
+    if small.is_none() {
         eprintln!("skipped: set QFORGE_SMALL_FS to a filesystem of a few MB");
-        return;
-    };
-    let parent = tempfile::tempdir_in(small).unwrap();
-    let out = parent.path().join("out");
-    let result = run_quantize(&fixture(), &good_recipe(), &out, &[]);
+    }
+    small.map(PathBuf::from)
+}
+
+/// Checks a disk-full failure: one line that starts with `start`, exit 1, nothing left in
+/// `parent` (on the full filesystem).
+fn assert_disk_full(result: &std::process::Output, parent: &Path, start: &str) {
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert_eq!(result.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("no space left on device"), "{stderr}");
-    assert_eq!(
-        std::fs::read_dir(parent.path()).unwrap().count(),
-        0,
-        "left behind"
+    assert!(stderr.starts_with(start), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(parent).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// An output whose tensors cannot fit is refused before anything is written: the fixture's
+/// 6.4 MB of tensors on the 3 MB filesystem.
+#[test]
+fn full_disk_is_refused_up_front() {
+    let Some(small) = small_fs() else { return };
+    let parent = tempfile::tempdir_in(small).unwrap();
+    let out = parent.path().join("out");
+    let result = run_quantize(&fixture(), &good_recipe(), &out, &[]);
+    let start = format!(
+        "qforge: error: output {}: no space left on device: its tensors need 6.4 MB, ",
+        out.display()
     );
+    assert_disk_full(&result, parent.path(), &start);
+}
+
+/// `make-model` checks the same way: the tiny shape's 4.8 MB on the 3 MB filesystem.
+#[test]
+fn make_model_refuses_an_output_that_cannot_fit() {
+    let Some(small) = small_fs() else { return };
+    let parent = tempfile::tempdir_in(small).unwrap();
+    let out = parent.path().join("out");
+    let result = Command::new(env!("CARGO_BIN_EXE_qforge"))
+        .args(["make-model", "--shape", "tiny", "--output"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let start = format!(
+        "qforge: error: output {}: no space left on device: its tensors need 4.8 MB, ",
+        out.display()
+    );
+    assert_disk_full(&result, parent.path(), &start);
+}
+
+/// A disk that fills up during the run (here: tensors that fit, then the fixture's 3.5 MB
+/// tokenizer.json that does not) is reported by the write that failed, and cleaned up.
+#[test]
+fn full_disk_during_the_run_is_reported_and_cleaned_up() {
+    let Some(small) = small_fs() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("m");
+    let shape = qforge::synthetic::LlamaShape {
+        hidden: 64,
+        intermediate: 128,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        vocab: 1000,
+        tied: true,
+    };
+    qforge::synthetic::write_checkpoint(&shape, &m, 0, u64::MAX).unwrap();
+    let tokenizer = fixture().join("tokenizer.json");
+    assert!(std::fs::metadata(&tokenizer).unwrap().len() > 3 << 20);
+    std::fs::copy(&tokenizer, m.join("tokenizer.json")).unwrap();
+    let parent = tempfile::tempdir_in(small).unwrap();
+    let out = parent.path().join("out");
+    let result = run_quantize(&m, &good_recipe(), &out, &[]);
+    let tmp_dir = ".out.qforge-tmp-";
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(
+        stderr.contains(tmp_dir) && stderr.contains("tokenizer.json"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.trim_end().ends_with(": no space left on device"),
+        "{stderr}"
+    );
+    assert_disk_full(&result, parent.path(), "qforge: error: ");
 }

@@ -298,6 +298,7 @@ pub fn quantize(job: &QuantizeJob) -> Result<Summary> {
     let staging = Staging::new(&job.output, job.force)?;
 
     let shards = writer::plan_shards(&layout.out_tensors(), job.max_shard_bytes);
+    staging.ensure_space(shards.iter().map(|s| s.data_bytes()).sum())?;
     write_shards(&ck, &layout, &shards, staging.path(), job)?;
     if shards.len() > 1 {
         staging.write("model.safetensors.index.json", writer::index_json(&shards))?;

@@ -47,6 +47,25 @@ impl Staging {
         })
     }
 
+    /// Refuses, before anything is written, an output whose tensors alone (`bytes`) exceed the
+    /// free space where it is written: a 70B output that cannot fit fails at once, not after
+    /// minutes of work. Every write still reports a full disk (other files, other writers).
+    pub fn ensure_space(&self, bytes: u64) -> Result<()> {
+        let Ok(fs) = rustix::fs::statvfs(&self.tmp) else {
+            return Ok(()); // unknown: the writes will tell
+        };
+        let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+        if bytes <= free {
+            return Ok(());
+        }
+        Err(Error::Output(format!(
+            "output {}: no space left on device: its tensors need {}, {} are free there",
+            self.final_dir.display(),
+            size(bytes),
+            size(free)
+        )))
+    }
+
     /// Where files go while the run is in progress.
     pub fn path(&self) -> &Path {
         &self.tmp
@@ -71,6 +90,15 @@ impl Staging {
         }
         self.done = true;
         Ok(self.final_dir.clone())
+    }
+}
+
+/// `bytes` for messages: MB below a GB, GB above (decimal units, as disk sizes are sold).
+fn size(bytes: u64) -> String {
+    if bytes < 1_000_000_000 {
+        format!("{:.1} MB", bytes as f64 / 1e6)
+    } else {
+        format!("{:.1} GB", bytes as f64 / 1e9)
     }
 }
 
