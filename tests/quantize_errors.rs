@@ -280,6 +280,36 @@ fn output_over_the_input_is_refused() {
     assert_eq!(std::fs::read(m.join("model.safetensors")).unwrap(), before);
 }
 
+/// The temporary folder of an earlier run for the same output whose process is gone is
+/// removed (it may hold tens of GB); a live process's, and other outputs', are kept.
+#[test]
+fn folders_of_interrupted_runs_are_removed() {
+    let parent = tempfile::tempdir().unwrap();
+    let out = parent.path().join("out");
+    // Above any pid_max (at most 2^22): no such process.
+    let stale = parent.path().join(".out.qforge-tmp-99999999");
+    let live = parent
+        .path()
+        .join(format!(".out.qforge-tmp-{}", std::process::id()));
+    let other = parent.path().join(".other.qforge-tmp-99999999");
+    for d in [&stale, &live, &other] {
+        std::fs::create_dir(d).unwrap();
+        std::fs::write(d.join("model-00001-of-00002.safetensors"), b"partial").unwrap();
+    }
+    let result = run_quantize(&fixture(), &good_recipe(), &out, &[]);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "{stderr}");
+    let note = format!(
+        "qforge: removed {}, left by an interrupted run",
+        stale.display()
+    );
+    assert!(stderr.lines().any(|l| l == note), "{stderr}");
+    assert!(!stale.exists());
+    assert!(live.join("model-00001-of-00002.safetensors").exists());
+    assert!(other.join("model-00001-of-00002.safetensors").exists());
+    assert!(out.join("config.json").exists());
+}
+
 /// --verify's bad options are refused before the quantization runs (for a 70B model that is an
 /// hour not lost), each in one line, with nothing written.
 #[test]

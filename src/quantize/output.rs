@@ -34,6 +34,7 @@ impl Staging {
         };
         fs::create_dir_all(&parent)
             .map_err(|e| place_error(final_dir, "its folder", &parent, e))?;
+        remove_stale(&parent, &name);
         let tmp = parent.join(format!(".{name}.qforge-tmp-{}", std::process::id()));
         if tmp.exists() {
             fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
@@ -90,6 +91,36 @@ impl Staging {
         }
         self.done = true;
         Ok(self.final_dir.clone())
+    }
+}
+
+/// Removes the temporary folders of earlier runs for the same output whose process is gone
+/// (killed, out of memory, Ctrl-C: no destructor ran), saying so. For a 70B output each
+/// holds up to 70 GB. A live process's folder (another run writing now) is kept, and so is
+/// everything when `/proc` is not there to tell.
+fn remove_stale(parent: &Path, name: &str) {
+    let prefix = format!(".{name}.qforge-tmp-");
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    for e in entries.flatten() {
+        let file = e.file_name();
+        let pid = file.to_str().and_then(|f| f.strip_prefix(&prefix));
+        let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if fs::remove_dir_all(e.path()).is_ok() {
+            eprintln!(
+                "qforge: removed {}, left by an interrupted run",
+                e.path().display()
+            );
+        }
     }
 }
 
