@@ -317,8 +317,7 @@ fn a_local_directory_is_returned_as_is() {
 /// `QFORGE_SMALL_FS`; .ci/run mounts one. Skipped (and says so) without it.
 #[test]
 fn disk_full_says_so_and_keeps_the_cache_consistent() {
-    let Some(small) = std::env::var_os("QFORGE_SMALL_FS") else {
-        eprintln!("skipped: set QFORGE_SMALL_FS to a filesystem of a few MB");
+    let Some(small) = common::small_fs() else {
         return;
     };
     let (repo, commit) = fixture_repo(REPO, Access::Public);

@@ -394,16 +394,6 @@ fn targets_matching_nothing_warn() {
     );
 }
 
-/// The small filesystem of `QFORGE_SMALL_FS` (.ci/run mounts a 3 MB tmpfs), or `None` (the
-/// test then says it is skipped).
-fn small_fs() -> Option<PathBuf> {
-    let small = std::env::var_os("QFORGE_SMALL_FS");
-    if small.is_none() {
-        eprintln!("skipped: set QFORGE_SMALL_FS to a filesystem of a few MB");
-    }
-    small.map(PathBuf::from)
-}
-
 /// Checks a disk-full failure: one line that starts with `start`, exit 1, nothing left in
 /// `parent` (on the full filesystem).
 fn assert_disk_full(result: &std::process::Output, parent: &Path, start: &str) {
@@ -419,7 +409,9 @@ fn assert_disk_full(result: &std::process::Output, parent: &Path, start: &str) {
 /// 6.4 MB of tensors on the 3 MB filesystem.
 #[test]
 fn full_disk_is_refused_up_front() {
-    let Some(small) = small_fs() else { return };
+    let Some(small) = common::small_fs() else {
+        return;
+    };
     let parent = tempfile::tempdir_in(small).unwrap();
     let out = parent.path().join("out");
     let result = run_quantize(&fixture(), &good_recipe(), &out, &[]);
@@ -433,7 +425,9 @@ fn full_disk_is_refused_up_front() {
 /// `make-model` checks the same way: the tiny shape's 4.8 MB on the 3 MB filesystem.
 #[test]
 fn make_model_refuses_an_output_that_cannot_fit() {
-    let Some(small) = small_fs() else { return };
+    let Some(small) = common::small_fs() else {
+        return;
+    };
     let parent = tempfile::tempdir_in(small).unwrap();
     let out = parent.path().join("out");
     let result = Command::new(env!("CARGO_BIN_EXE_qforge"))
@@ -452,7 +446,9 @@ fn make_model_refuses_an_output_that_cannot_fit() {
 /// tokenizer.json that does not) is reported by the write that failed, and cleaned up.
 #[test]
 fn full_disk_during_the_run_is_reported_and_cleaned_up() {
-    let Some(small) = small_fs() else { return };
+    let Some(small) = common::small_fs() else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let m = tmp.path().join("m");
     let shape = qforge::synthetic::LlamaShape {

@@ -99,13 +99,13 @@ impl Staging {
 /// holds up to 70 GB. A live process's folder (another run writing now) is kept, and so is
 /// everything when `/proc` is not there to tell.
 fn remove_stale(parent: &Path, name: &str) {
-    let prefix = format!(".{name}.qforge-tmp-");
-    let Ok(entries) = fs::read_dir(parent) else {
-        return;
-    };
     if !Path::new("/proc/self").exists() {
         return;
     }
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    let prefix = format!(".{name}.qforge-tmp-");
     for e in entries.flatten() {
         let file = e.file_name();
         let pid = file.to_str().and_then(|f| f.strip_prefix(&prefix));

@@ -107,3 +107,13 @@ pub fn quantize_random(
         &dir.join(format!("{preset}-{}", shape.hidden)),
     )
 }
+
+/// The small filesystem (a few MB) named by `QFORGE_SMALL_FS` for the disk-full tests (.ci/run
+/// mounts a 3 MB tmpfs), or `None`, after saying the test is skipped.
+pub fn small_fs() -> Option<PathBuf> {
+    let small = std::env::var_os("QFORGE_SMALL_FS");
+    if small.is_none() {
+        eprintln!("skipped: set QFORGE_SMALL_FS to a filesystem of a few MB");
+    }
+    small.map(PathBuf::from)
+}
