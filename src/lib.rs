@@ -7,9 +7,12 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod commands;
 pub mod error;
 pub mod format;
-pub mod quant;
+pub mod numerics;
+pub mod output;
+pub mod progress;
 pub mod quantize;
 pub mod recipe;
 pub mod runtime;

@@ -9,13 +9,13 @@ mod cuda_util;
 
 use cuda_util::{devices, emulator, same_device};
 use qforge::bench::synth::synthetic_config;
+use qforge::commands::gpu::randmodel::{dequantized, random_host_weights};
+use qforge::commands::gpu::report::{compare, Report};
+use qforge::commands::gpu::selftest;
 use qforge::runtime::config::ModelConfig;
 use qforge::runtime::cpu::{load_cpu, CpuModel, CpuOptions};
-use qforge::runtime::cuda::forward::{load_cuda, load_cuda_on, CudaModel, CudaOptions};
 use qforge::runtime::cuda::gpu::{self, cfg, Arg};
-use qforge::runtime::cuda::randmodel::{dequantized, random_host_weights};
-use qforge::runtime::cuda::report::{compare, Report};
-use qforge::runtime::cuda::selftest;
+use qforge::runtime::cuda::model::{load_cuda, load_cuda_on, CudaModel, CudaOptions};
 use qforge::runtime::sampler::argmax;
 use qforge::runtime::weights::Weights;
 use qforge::runtime::Backend;

@@ -8,8 +8,8 @@ mod common;
 mod cuda_util;
 
 use cuda_util::{devices, same_device};
-use qforge::runtime::cuda::forward::{load_cuda_on, CudaOptions};
 use qforge::runtime::cuda::gpu::Gpu;
+use qforge::runtime::cuda::model::{load_cuda_on, CudaOptions};
 use qforge::runtime::cuda::{ops, CudaEngine};
 use qforge::runtime::generate::{generate, Engine, GenerateOptions};
 use qforge::runtime::sampler::{top_candidates, SamplingParams};

@@ -2,15 +2,16 @@
 //! model made directly in GPU memory (FP8_DYNAMIC: the same one `qforge gpu bench` times).
 
 use super::runner::BenchModel;
+use crate::recipe::Scheme;
 use crate::runtime::config::ModelConfig;
-use crate::runtime::cuda::dweights::DWeights;
+use crate::runtime::cuda::device_weights::DWeights;
+use crate::runtime::cuda::gemm::GemmMode;
 use crate::runtime::cuda::gpu::Gpu;
-use crate::runtime::cuda::model::GemmMode;
 use crate::runtime::cuda::{load_cuda, CudaModel, CudaOptions};
 use crate::runtime::Backend;
-use crate::synthetic::SyntheticScheme;
 use crate::Result;
 use std::path::Path;
+use std::time::Instant;
 
 /// A model on the GPU; the decode loop picks tokens by device argmax (4 bytes read back).
 pub struct CudaBench {
@@ -36,7 +37,7 @@ pub fn load(dir: &Path, max_seq: usize) -> Result<CudaBench> {
 /// A random model of `cfg`'s shape and `scheme` made in GPU 0's memory.
 pub fn synthetic(
     cfg: &ModelConfig,
-    scheme: SyntheticScheme,
+    scheme: Scheme,
     seed: u64,
     max_seq: usize,
 ) -> Result<CudaBench> {
@@ -58,7 +59,6 @@ impl CudaBench {
         if let Some(bw) = info.peak_bw_gbps {
             return Ok((info.name.clone(), bw, "peak from driver clock x bus".into()));
         }
-        use crate::runtime::cuda::bench::{copy_bandwidth, copy_bytes};
         let g = &self.model.gpu;
         let how = format!("measured {} MiB copy", copy_bytes(g) >> 20);
         Ok((info.name.clone(), copy_bandwidth(g)?, how))
@@ -80,5 +80,29 @@ impl BenchModel for CudaBench {
     }
     fn describe(&self) -> String {
         self.model.describe()
+    }
+}
+
+/// Bandwidth of a 4 GiB device-to-device copy (bytes read + written per second), GB/s.
+pub fn copy_bandwidth(g: &Gpu) -> Result<f64> {
+    let n = copy_bytes(g);
+    let (a, b) = (g.alloc(n)?, g.alloc(n)?);
+    g.copy(b.ptr, a.ptr, n)?;
+    g.sync()?;
+    let t0 = Instant::now();
+    for _ in 0..5 {
+        g.copy(b.ptr, a.ptr, n)?;
+    }
+    g.sync()?;
+    Ok(2.0 * n as f64 * 5.0 / t0.elapsed().as_secs_f64() / 1e9)
+}
+
+/// The buffer size [`copy_bandwidth`] copies: 4 GiB defeats any GPU cache; the emulator's
+/// host memory needs far less.
+pub fn copy_bytes(g: &Gpu) -> usize {
+    if g.is_emulated() {
+        256 << 20
+    } else {
+        4 << 30
     }
 }

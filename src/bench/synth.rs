@@ -2,9 +2,10 @@
 //! random weights on the host for the CPU backend, built directly in memory in the form the
 //! CPU loader gives a checkpoint of that scheme (the CUDA backend makes its own in GPU memory).
 
+use crate::recipe::Scheme;
 use crate::runtime::config::ModelConfig;
 use crate::runtime::weights::{Dense, Layer, Linear, LinearWeight, Weights};
-use crate::synthetic::{named_shape, SyntheticScheme, SHAPE_NAMES};
+use crate::synthetic::{named_shape, SHAPE_NAMES};
 use crate::{Error, Result};
 use rayon::prelude::*;
 use serde_json::{json, Value};
@@ -119,20 +120,20 @@ const BLOCK: usize = 128;
 /// whole blocks; the loader dequantizes other FP8_BLOCK Linears), and the BF16 values of a
 /// weight-only scheme (the CPU runtime runs those dequantized). Scales keep each output near
 /// the input's scale.
-fn random_weight(scheme: SyntheticScheme, rows: usize, cols: usize, seed: u64) -> LinearWeight {
+fn random_weight(scheme: Scheme, rows: usize, cols: usize, seed: u64) -> LinearWeight {
     let per_col = 1.0 / (cols as f32).sqrt();
     match scheme {
-        SyntheticScheme::Fp8Dynamic => LinearWeight::Fp8 {
+        Scheme::Fp8Dynamic => LinearWeight::Fp8 {
             // Codes have RMS ~0.7.
             codes: fp8_codes(rows * cols, seed),
             scales: vec![1.4 * per_col; rows],
         },
-        SyntheticScheme::W8a8 => LinearWeight::Int8 {
+        Scheme::W8A8 => LinearWeight::Int8 {
             // Codes have RMS ~73.
             codes: int8_codes(rows * cols, seed),
             scales: vec![per_col / 73.0; rows],
         },
-        SyntheticScheme::Fp8Block if cols % BLOCK == 0 => LinearWeight::Fp8Block {
+        Scheme::Fp8Block if cols % BLOCK == 0 => LinearWeight::Fp8Block {
             codes: fp8_codes(rows * cols, seed),
             scales: vec![1.4 * per_col; rows.div_ceil(BLOCK) * (cols / BLOCK)],
             block_rows: BLOCK,
@@ -148,11 +149,7 @@ fn random_weight(scheme: SyntheticScheme, rows: usize, cols: usize, seed: u64) -
 
 /// Random weights for `cfg` on the host: Linears of `scheme` ([`random_weight`]), BF16
 /// embedding and `lm_head`, norms 1, zero biases.
-pub fn random_cpu_weights(
-    cfg: &ModelConfig,
-    scheme: SyntheticScheme,
-    seed: u64,
-) -> Result<Weights> {
+pub fn random_cpu_weights(cfg: &ModelConfig, scheme: Scheme, seed: u64) -> Result<Weights> {
     let mut s = splitmix(seed);
     let mut next = move || {
         s = splitmix(s);
@@ -283,11 +280,11 @@ mod tests {
             .map(|&b| half::bf16::from_bits(b).to_f32())
             .collect();
         for scheme in [
-            SyntheticScheme::Fp8Dynamic,
-            SyntheticScheme::W8a8,
-            SyntheticScheme::Fp8Block,
-            SyntheticScheme::W4a16,
-            SyntheticScheme::Nvfp4a16,
+            Scheme::Fp8Dynamic,
+            Scheme::W8A8,
+            Scheme::Fp8Block,
+            Scheme::W4A16,
+            Scheme::Nvfp4A16,
         ] {
             let w = random_cpu_weights(&cfg, scheme, 5).unwrap();
             let up = &w.layers[1].up_proj;
@@ -299,9 +296,9 @@ mod tests {
                 other => panic!("{scheme:?}: {other:?}"),
             };
             let want = match scheme {
-                SyntheticScheme::Fp8Dynamic => ("fp8", 384),
-                SyntheticScheme::W8a8 => ("int8", 384),
-                SyntheticScheme::Fp8Block => ("fp8 block", 3 * 2), // ⌈384/128⌉ × 256/128
+                Scheme::Fp8Dynamic => ("fp8", 384),
+                Scheme::W8A8 => ("int8", 384),
+                Scheme::Fp8Block => ("fp8 block", 3 * 2), // ⌈384/128⌉ × 256/128
                 _ => ("bf16", 384 * 256),
             };
             assert_eq!(form, want, "{scheme:?}");
@@ -314,7 +311,7 @@ mod tests {
     #[test]
     fn random_weights_have_no_nan_codes_and_count_bytes() {
         let c = synthetic_config("tiny").unwrap();
-        let w = random_cpu_weights(&c, SyntheticScheme::Fp8Dynamic, 1).unwrap();
+        let w = random_cpu_weights(&c, Scheme::Fp8Dynamic, 1).unwrap();
         let LinearWeight::Fp8 { codes, .. } = &w.layers[0].up_proj.weight else {
             panic!("up_proj is not FP8");
         };

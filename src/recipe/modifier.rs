@@ -5,7 +5,7 @@
 use super::args::{QuantArgs, Role, Strategy};
 use super::plan::{match_pattern, ConfigGroup};
 use super::scheme::{find_preset, infer_format, Preset, PRESETS};
-use super::yaml_emit::Yaml;
+use crate::format::pyyaml::Yaml;
 use crate::{Error, Result};
 use serde_json::{Map, Value};
 

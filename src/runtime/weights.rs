@@ -85,7 +85,9 @@ impl LinearWeight {
             LinearWeight::Dense(Dense::Bf16(v)) => half::bf16::from_bits(v[i]).to_f32(),
             LinearWeight::Dense(Dense::F16(v)) => half::f16::from_bits(v[i]).to_f32(),
             LinearWeight::Dense(Dense::F32(v)) => v[i],
-            LinearWeight::Fp8 { codes, scales } => crate::quant::e4m3_to_f32(codes[i]) * scales[r],
+            LinearWeight::Fp8 { codes, scales } => {
+                crate::numerics::e4m3_to_f32(codes[i]) * scales[r]
+            }
             LinearWeight::Int8 { codes, scales } => codes[i] as f32 * scales[r],
             LinearWeight::Fp8Block {
                 codes,
@@ -94,7 +96,7 @@ impl LinearWeight {
                 block_cols,
             } => {
                 let s = scales[(r / block_rows) * (cols / block_cols) + c / block_cols];
-                crate::quant::e4m3_to_f32(codes[i]) * s
+                crate::numerics::e4m3_to_f32(codes[i]) * s
             }
         }
     }
@@ -355,7 +357,7 @@ fn check_one(ck: &Checkpoint, e: &Expect) -> Result<()> {
 }
 
 fn check_scales(ck: &Checkpoint, t: &TensorInfo) -> Result<()> {
-    let s = crate::quant::to_f32(t.dtype, ck.data(t))?;
+    let s = crate::numerics::to_f32(t.dtype, ck.data(t))?;
     match s.iter().position(|&v| !(v.is_finite() && v > 0.0)) {
         None => Ok(()),
         Some(r) => Err(bad(format!(
@@ -423,7 +425,7 @@ impl Loader<'_> {
 
     fn vector(&self, name: &str) -> Result<Vec<f32>> {
         let t = self.tensor(name)?;
-        crate::quant::to_f32(t.dtype, self.ck.data(t))
+        crate::numerics::to_f32(t.dtype, self.ck.data(t))
     }
 
     fn layer(&self, i: usize) -> Result<Layer> {
@@ -555,7 +557,7 @@ impl Loader<'_> {
         match t.dtype {
             DType::BF16 => Ok(Dense::Bf16(u16s())),
             DType::F16 => Ok(Dense::F16(u16s())),
-            DType::F32 => Ok(Dense::F32(crate::quant::to_f32(t.dtype, bytes)?)),
+            DType::F32 => Ok(Dense::F32(crate::numerics::to_f32(t.dtype, bytes)?)),
             other => Err(bad(format!(
                 "{}: tensor {} is {other}, expected BF16, F16 or F32",
                 self.ck.dir.display(),

@@ -2,7 +2,7 @@
 //! top-k sampling pick from candidates the GPU selects (8 bytes per candidate come back);
 //! other sampling reads the whole logits row back once per token.
 
-use super::forward::CudaModel;
+use super::model::CudaModel;
 use super::ops::TOP_K_MAX;
 use crate::runtime::generate::Engine;
 use crate::runtime::Backend;

@@ -14,7 +14,6 @@ pub use report::{ReferenceReport, SamplingReport, VerifyReport};
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use crate::checkpoint::hub::{resolve_model, HubOptions};
 use crate::runtime::chat::{user_prompt, ChatTemplate};
@@ -24,38 +23,6 @@ use crate::runtime::generate::{
 };
 use crate::runtime::tokenizer::TextTokenizer;
 use crate::{Error, Result};
-
-/// `qforge verify` command-line arguments.
-#[derive(Debug, Clone, clap::Args)]
-pub struct VerifyArgs {
-    /// The model to run: a local directory or a Hugging Face repo id.
-    #[arg(long)]
-    pub model: String,
-    /// The user message; it is formatted with the model's chat template.
-    #[arg(long)]
-    pub prompt: String,
-    /// A reference model (e.g. the BF16 source) to compare against: directory or repo id.
-    #[arg(long)]
-    pub reference: Option<String>,
-    /// Stop after this many new tokens (fewer, with a note, where the prompt and the answer
-    /// would not fit the model's max_position_embeddings).
-    #[arg(long, default_value_t = 128)]
-    pub max_new_tokens: usize,
-    /// Do not stop at EOS before this many new tokens (to compare a longer continuation).
-    #[arg(long, default_value_t = 0)]
-    pub min_new_tokens: usize,
-    /// Where to run the models.
-    #[arg(long, value_enum, default_value_t = Device::Auto)]
-    pub device: Device,
-    #[command(flatten)]
-    pub sampling: SamplingArgs,
-    /// Print the report as JSON (and do not stream the generation).
-    #[arg(long)]
-    pub json: bool,
-    /// With --reference: fail (exit code 2) when the top-1 agreement is below this.
-    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
-    pub min_agreement: f64,
-}
 
 /// How `verify` talks to the user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -102,28 +69,6 @@ impl VerifyOptions {
             output: Output::Human,
         }
     }
-}
-
-impl From<&VerifyArgs> for VerifyOptions {
-    fn from(a: &VerifyArgs) -> Self {
-        Self {
-            model: a.model.clone(),
-            reference: a.reference.clone(),
-            prompt: a.prompt.clone(),
-            max_new_tokens: a.max_new_tokens,
-            min_new_tokens: a.min_new_tokens,
-            device: a.device,
-            sampling: a.sampling,
-            min_agreement: Some(a.min_agreement),
-            output: if a.json { Output::Json } else { Output::Human },
-        }
-    }
-}
-
-/// `qforge verify`: [`run`] with the parsed arguments.
-pub fn run_cli(args: &VerifyArgs) -> Result<ExitCode> {
-    run(&VerifyOptions::from(args))?;
-    Ok(ExitCode::SUCCESS)
 }
 
 /// [`verify`], then the report (human or JSON, per `opts.output`), then the gate: an

@@ -21,18 +21,18 @@
 pub mod packed;
 pub mod sweep;
 
-use super::cublaslt::Kind;
-use super::dweights::{upload_fused, DWeight, HostPart, HostWeight};
-use super::forward::{load_cuda, CudaModel, CudaOptions};
-use super::gpu::Gpu;
-use super::model::{Gemm, GemmMode};
-use super::ops::{self, Codes};
 use super::randmodel::{dense_shape_config, dequantized, random_host_weights, shape_config};
 use super::report::{compare, Report};
 use crate::checkpoint::Checkpoint;
-use crate::quant::{e4m3_to_f32, f32_to_e4m3};
+use crate::numerics::{e4m3_to_f32, f32_to_e4m3};
 use crate::runtime::config::ModelConfig;
 use crate::runtime::cpu::{load_cpu, CpuModel, CpuOptions};
+use crate::runtime::cuda::cublaslt::Kind;
+use crate::runtime::cuda::device_weights::{upload_fused, DWeight, HostPart, HostWeight};
+use crate::runtime::cuda::gemm::{Gemm, GemmMode};
+use crate::runtime::cuda::gpu::Gpu;
+use crate::runtime::cuda::model::{load_cuda, CudaModel, CudaOptions};
+use crate::runtime::cuda::ops::{self, Codes};
 use crate::runtime::sampler::{argmax, top_candidates};
 use crate::runtime::weights::Weights;
 use crate::runtime::Backend;

@@ -2,55 +2,37 @@
 //! host weights quantized to FP8 with qforge's own quantizer (for CPU-vs-CUDA comparisons).
 
 use crate::checkpoint::DType;
-use crate::quant::fp8::{quantize_fp8_channel, Fp8Rounding};
+use crate::numerics::fp8::{quantize_fp8_channel, Fp8Rounding};
 use crate::runtime::config::ModelConfig;
 use crate::runtime::weights::{Dense, Layer, Linear, LinearWeight, Weights};
+use crate::synthetic::named_shape;
 use crate::{Error, Result};
 use rayon::prelude::*;
-use serde_json::json;
 
 /// The shapes the GPU checks use: `llama-1b`, `llama-8b`, `llama-70b`.
 pub const SHAPES: &[&str] = &["llama-1b", "llama-8b", "llama-70b"];
 
 /// An FP8_DYNAMIC Llama config of the named shape (vocab 128256, llama3 rope).
 pub fn shape_config(name: &str) -> Result<ModelConfig> {
-    ModelConfig::from_json(&shape_json(name)?)
+    check_shape(name)?;
+    crate::bench::synth::synthetic_config(name)
 }
 
 /// The named shape without its quantization config (a BF16 model, see [`dequantized`]).
 pub fn dense_shape_config(name: &str) -> Result<ModelConfig> {
-    let mut v = shape_json(name)?;
-    if let Some(o) = v.as_object_mut() {
-        o.remove("quantization_config");
-    }
-    ModelConfig::from_json(&v)
+    check_shape(name)?;
+    let shape = named_shape(name).expect("checked above");
+    ModelConfig::from_json(&shape.config())
 }
 
-fn shape_json(name: &str) -> Result<serde_json::Value> {
-    let (h, i, l, heads, kv, tied, factor) = match name {
-        "llama-1b" => (2048, 8192, 16, 32, 8, true, 32.0),
-        "llama-8b" => (4096, 14336, 32, 32, 8, false, 8.0),
-        "llama-70b" => (8192, 28672, 80, 64, 8, false, 8.0),
-        other => {
-            return Err(Error::Runtime(format!(
-                "unknown model shape {other} (known: {})",
-                SHAPES.join(", ")
-            )))
-        }
-    };
-    let fp8 = |strategy: &str, dynamic: bool| json!({"type": "float", "num_bits": 8, "symmetric": true, "strategy": strategy, "dynamic": dynamic});
-    Ok(json!({
-        "architectures": ["LlamaForCausalLM"], "hidden_size": h, "intermediate_size": i,
-        "num_hidden_layers": l, "num_attention_heads": heads, "num_key_value_heads": kv,
-        "vocab_size": 128256, "max_position_embeddings": 131072, "rms_norm_eps": 1e-5,
-        "rope_theta": 500000.0, "tie_word_embeddings": tied,
-        "rope_scaling": {"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0,
-                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
-        "bos_token_id": 128000, "eos_token_id": 128001,
-        "quantization_config": {"quant_method": "compressed-tensors", "format": "float-quantized",
-            "ignore": ["lm_head"], "config_groups": {"group_0": {"targets": ["Linear"],
-            "weights": fp8("channel", false), "input_activations": fp8("token", true)}}}
-    }))
+fn check_shape(name: &str) -> Result<()> {
+    match SHAPES.contains(&name) {
+        true => Ok(()),
+        false => Err(Error::Runtime(format!(
+            "unknown model shape {name} (known: {})",
+            SHAPES.join(", ")
+        ))),
+    }
 }
 
 /// `w` with every FP8 Linear replaced by its exact BF16 dequantization `bf16(code · scale)`:
@@ -99,7 +81,7 @@ fn fp8_linear(name: String, rows: usize, cols: usize, seed: u64) -> Result<Linea
         .collect();
     let (codes, scales) =
         quantize_fp8_channel(&name, DType::BF16, &bytes, rows, cols, Fp8Rounding::Eager)?;
-    let scales = crate::quant::to_f32(DType::BF16, &scales)?;
+    let scales = crate::numerics::to_f32(DType::BF16, &scales)?;
     Ok(Linear {
         name,
         rows,

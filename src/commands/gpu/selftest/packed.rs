@@ -4,13 +4,13 @@
 //! GPU, also the decode GEMVs' speed on a 70B-shaped gate_up (packed INT4, BF16, FP8_BLOCK,
 //! FP8 per channel).
 
-use super::super::dweights::{DLinear, DWeights};
-use super::super::gpu::Gpu;
-use super::super::grouped::GroupKind;
-use super::super::ops::{self, Codes};
 use super::super::report::Report;
 use crate::checkpoint::Checkpoint;
 use crate::runtime::config::ModelConfig;
+use crate::runtime::cuda::device_weights::{DLinear, DWeights};
+use crate::runtime::cuda::gpu::Gpu;
+use crate::runtime::cuda::grouped::GroupKind;
+use crate::runtime::cuda::ops::{self, Codes};
 use crate::runtime::weights::{Dense, Linear, LinearWeight, Weights};
 use crate::{Error, Result};
 use std::path::Path;
