@@ -1,22 +1,15 @@
 //! The CUDA backend for `qforge bench`: a checkpoint streamed onto the GPU, or a random
 //! model made directly in GPU memory (FP8_DYNAMIC: the same one `qforge gpu bench` times).
 
-use super::runner::BenchModel;
 use crate::recipe::Scheme;
 use crate::runtime::config::ModelConfig;
 use crate::runtime::cuda::device_weights::DWeights;
 use crate::runtime::cuda::gemm::GemmMode;
 use crate::runtime::cuda::gpu::Gpu;
 use crate::runtime::cuda::{load_cuda, CudaModel, CudaOptions};
-use crate::runtime::Backend;
 use crate::Result;
 use std::path::Path;
 use std::time::Instant;
-
-/// A model on the GPU; the decode loop picks tokens by device argmax (4 bytes read back).
-pub struct CudaBench {
-    pub model: CudaModel,
-}
 
 fn options(max_seq: usize) -> Result<CudaOptions> {
     Ok(CudaOptions {
@@ -28,10 +21,8 @@ fn options(max_seq: usize) -> Result<CudaOptions> {
 }
 
 /// Loads the checkpoint in `dir` onto GPU 0.
-pub fn load(dir: &Path, max_seq: usize) -> Result<CudaBench> {
-    Ok(CudaBench {
-        model: load_cuda(dir, &options(max_seq)?)?,
-    })
+pub fn load(dir: &Path, max_seq: usize) -> Result<CudaModel> {
+    load_cuda(dir, &options(max_seq)?)
 }
 
 /// A random model of `cfg`'s shape and `scheme` made in GPU 0's memory.
@@ -40,47 +31,25 @@ pub fn synthetic(
     scheme: Scheme,
     seed: u64,
     max_seq: usize,
-) -> Result<CudaBench> {
+) -> Result<CudaModel> {
     let gpu = Gpu::new(0)?;
     let w = DWeights::random(&gpu, cfg, scheme, seed as u32)?;
-    Ok(CudaBench {
-        model: CudaModel::new(gpu, cfg.clone(), w, &options(max_seq)?)?,
-    })
+    CudaModel::new(gpu, cfg.clone(), w, &options(max_seq)?)
 }
 
-impl CudaBench {
-    /// The GPU's name and its memory bandwidth in GB/s with where the figure comes from: the
-    /// datasheet table by name, else the driver's clock × bus width, else a measured copy.
-    pub fn bandwidth(&self) -> Result<(String, f64, String)> {
-        let info = &self.model.gpu.info;
-        if let Some(bw) = super::report::peak_bandwidth(&info.name) {
-            return Ok((info.name.clone(), bw, "datasheet peak".into()));
-        }
-        if let Some(bw) = info.peak_bw_gbps {
-            return Ok((info.name.clone(), bw, "peak from driver clock x bus".into()));
-        }
-        let g = &self.model.gpu;
-        let how = format!("measured {} MiB copy", copy_bytes(g) >> 20);
-        Ok((info.name.clone(), copy_bandwidth(g)?, how))
+/// The GPU's name and its memory bandwidth in GB/s with where the figure comes from: the
+/// datasheet table by name, else the driver's clock × bus width, else a measured copy.
+pub fn bandwidth(model: &CudaModel) -> Result<(String, f64, String)> {
+    let info = &model.gpu.info;
+    if let Some(bw) = super::report::peak_bandwidth(&info.name) {
+        return Ok((info.name.clone(), bw, "datasheet peak".into()));
     }
-}
-
-impl BenchModel for CudaBench {
-    fn next_token(&mut self, tokens: &[u32], pos: usize) -> Result<u32> {
-        self.model.forward_argmax(tokens, pos)
+    if let Some(bw) = info.peak_bw_gbps {
+        return Ok((info.name.clone(), bw, "peak from driver clock x bus".into()));
     }
-    fn reset(&mut self) {
-        self.model.reset()
-    }
-    fn vocab_size(&self) -> usize {
-        self.model.config.vocab_size
-    }
-    fn bytes_per_token(&self) -> u64 {
-        self.model.weights.bytes_per_token()
-    }
-    fn describe(&self) -> String {
-        self.model.describe()
-    }
+    let g = &model.gpu;
+    let how = format!("measured {} MiB copy", copy_bytes(g) >> 20);
+    Ok((info.name.clone(), copy_bandwidth(g)?, how))
 }
 
 /// Bandwidth of a 4 GiB device-to-device copy (bytes read + written per second), GB/s.

@@ -15,12 +15,12 @@ use crate::checkpoint::hub::{resolve_model, HubOptions};
 use crate::recipe::Scheme;
 use crate::runtime::config::ModelConfig;
 use crate::runtime::cpu::{CpuModel, CpuOptions};
-use crate::runtime::generate::{resolve_device, Device};
 use crate::runtime::weights::Weights;
+use crate::runtime::Backend;
+use crate::runtime::{resolve_device, Device};
 use crate::{Error, Result};
 use profile::{parse_profiles, Profile};
 use report::{BenchReport, Row};
-use runner::{BenchModel, CpuBench};
 use std::path::Path;
 
 /// What `qforge bench` runs: exactly one of `model` and `synthetic`.
@@ -61,13 +61,13 @@ pub fn run(args: &BenchOptions) -> Result<BenchReport> {
             let bw = runner::cpu_copy_bandwidth();
             let m = cpu_model(cfg, dir.as_deref(), args, max_seq)?;
             (
-                Box::new(m) as Box<dyn BenchModel>,
+                Box::new(m) as Box<dyn Backend>,
                 bw,
                 "measured 256 MiB copy".to_string(),
             )
         }
     };
-    let bytes = model.bytes_per_token();
+    let bytes = model.weight_bytes_per_token();
     runner::warm_up(model.as_mut(), profiles[0].prompt.min(16))?;
     let mut rows = Vec::with_capacity(profiles.len());
     for &p in &profiles {
@@ -149,22 +149,20 @@ fn cpu_model(
     dir: Option<&Path>,
     args: &BenchOptions,
     max_seq: usize,
-) -> Result<CpuBench> {
+) -> Result<CpuModel> {
     let opts = CpuOptions {
         max_seq: Some(max_seq),
     };
-    let model = match dir {
-        Some(dir) => crate::runtime::cpu::load_cpu_with(dir, &opts)?,
+    match dir {
+        Some(dir) => crate::runtime::cpu::load_cpu_with(dir, &opts),
         None => {
             let w: Weights = synth::random_cpu_weights(&cfg, args.synthetic_scheme, args.seed)?;
-            CpuModel::new(cfg, w, &opts)?
+            CpuModel::new(cfg, w, &opts)
         }
-    };
-    let bytes = synth::bytes_per_token(&model.weights);
-    Ok(CpuBench { model, bytes })
+    }
 }
 
-type Loaded = (Box<dyn BenchModel>, f64, String);
+type Loaded = (Box<dyn Backend>, f64, String);
 
 #[cfg(feature = "cuda")]
 fn cuda_model(
@@ -177,7 +175,7 @@ fn cuda_model(
         Some(dir) => cuda::load(dir, max_seq)?,
         None => cuda::synthetic(cfg, args.synthetic_scheme, args.seed, max_seq)?,
     };
-    let (gpu, bw, how) = m.bandwidth()?;
+    let (gpu, bw, how) = cuda::bandwidth(&m)?;
     Ok((Box::new(m), bw, format!("{gpu}, {how}")))
 }
 

@@ -206,23 +206,6 @@ pub fn random_cpu_weights(cfg: &ModelConfig, scheme: Scheme, seed: u64) -> Resul
     })
 }
 
-/// Weight bytes one decode step reads: every layer's Linears (codes + scales, or the dense
-/// matrix) and the output projection; the embedding gather reads one row and is left out.
-pub fn bytes_per_token(w: &Weights) -> u64 {
-    let linear = |l: &Linear| -> u64 {
-        let n = (l.rows * l.cols) as u64;
-        match &l.weight {
-            LinearWeight::Fp8 { scales, .. }
-            | LinearWeight::Int8 { scales, .. }
-            | LinearWeight::Fp8Block { scales, .. } => n + 4 * scales.len() as u64,
-            LinearWeight::Dense(Dense::Bf16(_) | Dense::F16(_)) => 2 * n,
-            LinearWeight::Dense(Dense::F32(_)) => 4 * n,
-        }
-    };
-    let layers: u64 = w.layers.iter().flat_map(|l| l.linears()).map(linear).sum();
-    layers + linear(w.lm_head())
-}
-
 /// True when `cfg` has the seed model's shape (Llama-3.1-70B / DeepSeek-R1-Distill-Llama-70B).
 pub fn is_seed_shape(cfg: &ModelConfig) -> bool {
     let Some(s) = named_shape("llama-70b") else {
@@ -320,6 +303,6 @@ mod tests {
         // tiny: 2 layers of (3 h·h-ish + 3 h·i) FP8 + tied 49152×48 BF16 head.
         let (h, i, kv) = (48u64, 128u64, 16u64);
         let per_layer = 2 * h * h + 2 * kv * h + 3 * h * i + 4 * (2 * h + 2 * kv + 2 * i + h);
-        assert_eq!(bytes_per_token(&w), 2 * per_layer + 2 * 49152 * h);
+        assert_eq!(w.bytes_per_token(), 2 * per_layer + 2 * 49152 * h);
     }
 }

@@ -2,7 +2,7 @@
 
 use crate::bench::{self, BenchOptions};
 use crate::recipe::Scheme;
-use crate::runtime::generate::Device;
+use crate::runtime::Device;
 use crate::{Error, Result};
 use std::process::ExitCode;
 

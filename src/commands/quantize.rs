@@ -4,8 +4,8 @@
 use crate::checkpoint::hub::{self, HubOptions};
 use crate::numerics::Fp8Rounding;
 use crate::quantize::{self, QuantizeJob, Summary};
-use crate::runtime::generate::{resolve_device, Device};
 use crate::runtime::verify::{self, Output, VerifyOptions, VerifyReport};
+use crate::runtime::{resolve_device, Device};
 use crate::{Error, Result};
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,7 +1,8 @@
 //! `qforge verify`: the command line of [`verify::run`].
 
-use crate::runtime::generate::{Device, SamplingArgs};
+use crate::runtime::generate::SamplingArgs;
 use crate::runtime::verify::{self, Output, VerifyOptions};
+use crate::runtime::Device;
 use crate::Result;
 use std::process::ExitCode;
 

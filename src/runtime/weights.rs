@@ -169,6 +169,28 @@ pub struct Weights {
 }
 
 impl Weights {
+    /// Weight bytes one decode step reads: every layer's Linears (codes + scales, or the dense
+    /// matrix) and the output projection; the embedding gather reads one row and is left out.
+    pub fn bytes_per_token(&self) -> u64 {
+        let linear = |l: &Linear| -> u64 {
+            let n = (l.rows * l.cols) as u64;
+            match &l.weight {
+                LinearWeight::Fp8 { scales, .. }
+                | LinearWeight::Int8 { scales, .. }
+                | LinearWeight::Fp8Block { scales, .. } => n + 4 * scales.len() as u64,
+                LinearWeight::Dense(Dense::Bf16(_) | Dense::F16(_)) => 2 * n,
+                LinearWeight::Dense(Dense::F32(_)) => 4 * n,
+            }
+        };
+        let layers: u64 = self
+            .layers
+            .iter()
+            .flat_map(|l| l.linears())
+            .map(linear)
+            .sum();
+        layers + linear(self.lm_head())
+    }
+
     /// Checks the checkpoint against the config ([`check`]), then loads every tensor.
     pub fn load(ck: &Checkpoint, cfg: &ModelConfig) -> Result<Weights> {
         check(ck, cfg)?;

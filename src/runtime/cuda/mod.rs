@@ -6,11 +6,11 @@
 //! without a toolkit or a GPU. Kernels (`kernels/*.cu`) are embedded and compiled by NVRTC
 //! for the GPU's exact architecture, cached on disk ([`kernels`]).
 
+pub mod backend;
 pub mod cublaslt;
 pub mod device_weights;
 pub mod emu;
 pub mod emu_cublaslt;
-pub mod engine;
 pub mod gemm;
 pub mod gpu;
 pub mod graph;
@@ -25,7 +25,6 @@ pub mod tune;
 pub mod upload;
 pub mod variant;
 
-pub use engine::CudaEngine;
 pub use model::{load_cuda, CudaModel, CudaOptions};
 
 /// For `--device auto`: the GPU to run on, or — as a one-line reason to print before falling

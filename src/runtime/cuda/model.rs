@@ -11,7 +11,6 @@ use super::tune::{GemvPick, Tuning};
 use crate::checkpoint::Checkpoint;
 use crate::runtime::config::ModelConfig;
 use crate::runtime::weights::Weights;
-use crate::runtime::Backend;
 use crate::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -68,7 +67,7 @@ pub struct CudaModel {
     pub scratch: Scratch,
     dims: AttnDims,
     max_seq: usize,
-    cached: usize,
+    pub(super) cached: usize,
     k_cache: Vec<DBuf>,
     v_cache: Vec<DBuf>,
     cos: DBuf,
@@ -85,10 +84,13 @@ pub struct CudaModel {
     graph: Option<(Graph, u64, GemvVariant)>,
     /// A step's position and ids as bytes, before their upload.
     input: Vec<u8>,
-    graphs: bool,
-    graph_note: Option<String>,
+    pub(super) graphs: bool,
+    pub(super) graph_note: Option<String>,
     /// The GEMV build in use and how it was picked (None: the default build, not tuned).
     pub tuning: Option<Tuning>,
+    /// What [`Backend::forward_view`] and [`Backend::forward_top`] lend out.
+    pub(super) logits: Vec<f32>,
+    pub(super) top: Vec<(f32, u32)>,
     // Last: every buffer above is freed while the context is alive.
     pub gpu: Gpu,
 }
@@ -158,6 +160,8 @@ impl CudaModel {
             graphs: opts.graphs && graphs_allowed(),
             graph_note: None,
             tuning: None,
+            logits: Vec::new(),
+            top: Vec::with_capacity(ops::TOP_K_MAX),
             gemm: Gemm::new(&gpu, opts.gemm)?,
             scratch: Scratch::new(&gpu, &config, rows)?,
             dims,
@@ -217,7 +221,7 @@ impl CudaModel {
     /// Runs `tokens` at `pos..` in chunks of the scratch size; the logits of the last
     /// `logit_rows` rows of the last chunk (or of every row when `all`) are left on the GPU
     /// and, when `out` is given, appended to it.
-    fn run(
+    pub(super) fn run(
         &mut self,
         tokens: &[u32],
         pos: usize,
@@ -494,7 +498,7 @@ impl CudaModel {
     /// back): the decode loop of benchmarks.
     pub fn forward_argmax(&mut self, tokens: &[u32], pos: usize) -> Result<u32> {
         let mut top = Vec::with_capacity(1);
-        self.forward_top(tokens, pos, 1, &mut top)?;
+        self.top_into(tokens, pos, 1, &mut top)?;
         Ok(top[0].1)
     }
 
@@ -503,7 +507,7 @@ impl CudaModel {
     /// [`crate::runtime::sampler::top_candidates`]: all that greedy decoding and top-k
     /// sampling need, selected on the GPU, so only `8·k` bytes come back instead of the
     /// whole vocabulary.
-    pub fn forward_top(
+    pub fn top_into(
         &mut self,
         tokens: &[u32],
         pos: usize,
@@ -559,38 +563,4 @@ fn record(
         t.insert(format!("{what}.{layer}"), g.download_f32(x, n)?);
     }
     Ok(())
-}
-
-impl Backend for CudaModel {
-    fn forward(&mut self, tokens: &[u32], pos: usize, all_logits: bool) -> Result<Vec<f32>> {
-        let mut out = Vec::new();
-        self.run(tokens, pos, all_logits, Some(&mut out), None)?;
-        Ok(out)
-    }
-
-    fn reset(&mut self) {
-        self.cached = 0;
-    }
-
-    fn vocab_size(&self) -> usize {
-        self.config.vocab_size
-    }
-
-    fn describe(&self) -> String {
-        let i = &self.gpu.info;
-        let graphs = match (&self.graph_note, self.graphs) {
-            (Some(why), _) => why.as_str(),
-            (None, true) if self.gpu.pdl() => "decode as a CUDA graph, programmatic launches",
-            (None, true) => "decode as a CUDA graph",
-            (None, false) => "CUDA graphs off",
-        };
-        let gemv = self.tuning.as_ref().map(|t| format!(", {}", t.describe()));
-        format!(
-            "cuda ({}, {}, {}, {graphs}{})",
-            i.name,
-            i.arch,
-            self.gemm.note,
-            gemv.unwrap_or_default()
-        )
-    }
 }

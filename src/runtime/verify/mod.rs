@@ -18,10 +18,9 @@ use std::path::{Path, PathBuf};
 use crate::checkpoint::hub::{resolve_model, HubOptions};
 use crate::runtime::chat::{user_prompt, ChatTemplate};
 use crate::runtime::config::ModelConfig;
-use crate::runtime::generate::{
-    generate, load, resolve_device, Device, Engine, GenerateOptions, Generation, SamplingArgs,
-};
+use crate::runtime::generate::{generate, GenerateOptions, Generation, SamplingArgs};
 use crate::runtime::tokenizer::TextTokenizer;
+use crate::runtime::{load, resolve_device, Backend, Device};
 use crate::{Error, Result};
 
 /// How `verify` talks to the user.
@@ -259,7 +258,7 @@ fn resolve(flag: &str, model: &str, progress: bool) -> Result<PathBuf> {
 
 /// Generates, streaming to stdout when `stream`.
 fn run_one(
-    model: &mut dyn Engine,
+    model: &mut dyn Backend,
     prompt: &Prompt,
     gen: &GenerateOptions,
     stream: bool,
@@ -276,7 +275,7 @@ fn run_one(
 /// Runs `prompt` + `continuation` (all but its last token) in one forward pass and returns
 /// the `[continuation.len(), vocab]` logits that predict each continuation token.
 fn teacher_forced<'a>(
-    model: &'a mut dyn Engine,
+    model: &'a mut dyn Backend,
     prompt: &[u32],
     continuation: &[u32],
 ) -> Result<&'a [f32]> {
