@@ -19,3 +19,7 @@ pub mod runtime;
 pub mod synthetic;
 
 pub use error::{Error, Result};
+
+// Tensors are read and written as little-endian bytes, some by plain casts.
+#[cfg(not(target_endian = "little"))]
+compile_error!("qforge supports little-endian targets only");

@@ -156,7 +156,8 @@ fn cpu_model(
     match dir {
         Some(dir) => crate::runtime::cpu::load_cpu_with(dir, &opts),
         None => {
-            let w: Weights = synth::random_cpu_weights(&cfg, args.synthetic_scheme, args.seed)?;
+            let w: Weights =
+                crate::synthetic::weights::random_weights(&cfg, args.synthetic_scheme, args.seed)?;
             CpuModel::new(cfg, w, &opts)
         }
     }

@@ -11,6 +11,7 @@
 
 pub mod arch;
 mod args;
+pub mod matcher;
 mod modifier;
 mod plan;
 mod scheme;

@@ -17,7 +17,9 @@ unsafe impl Send for CudaModel {}
 impl Backend for CudaModel {
     fn forward_view(&mut self, tokens: &[u32], pos: usize, all_logits: bool) -> Result<&[f32]> {
         self.gpu.bind()?;
+        // `run` appends the logits: the buffer is reused, so empty it first.
         let mut out = std::mem::take(&mut self.logits);
+        out.clear();
         self.run(tokens, pos, all_logits, Some(&mut out), None)?;
         self.logits = out;
         Ok(&self.logits)

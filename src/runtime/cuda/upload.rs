@@ -69,8 +69,9 @@ impl HostPart<'_> {
     }
 }
 
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+/// The little-endian bytes of `v` (the crate builds only for little-endian targets).
+pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    bytemuck::cast_slice(v).to_vec()
 }
 
 fn bf16_bytes_of(v: impl Iterator<Item = f32>) -> Vec<u8> {

@@ -5,6 +5,8 @@
 use crate::checkpoint::writer::{self, OutTensor};
 use crate::checkpoint::DType;
 use crate::{Error, Result};
+
+pub mod weights;
 use rayon::prelude::*;
 use serde_json::{json, Value};
 use std::path::Path;
