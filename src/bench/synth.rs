@@ -2,21 +2,10 @@
 //! weights come from [`crate::synthetic::weights`] (CPU) or are made in GPU memory (CUDA).
 
 use crate::runtime::config::ModelConfig;
-use crate::synthetic::{named_shape, SHAPE_NAMES};
+use crate::synthetic::{fp8_dynamic_quantization, named_shape, SHAPE_NAMES};
 use crate::{Error, Result};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::path::Path;
-
-/// The FP8_DYNAMIC `quantization_config` llm-compressor writes (every Linear but `lm_head`).
-pub(crate) fn fp8_dynamic() -> Value {
-    let fp8 = |strategy: &str, dynamic: bool| {
-        json!({"type": "float", "num_bits": 8, "symmetric": true, "strategy": strategy,
-               "dynamic": dynamic})
-    };
-    json!({"quant_method": "compressed-tensors", "format": "float-quantized",
-           "ignore": ["lm_head"], "config_groups": {"group_0": {"targets": ["Linear"],
-           "weights": fp8("channel", false), "input_activations": fp8("token", true)}}})
-}
 
 /// The config of `--synthetic spec`: a named shape (`llama-1b`, `llama-8b`, `llama-70b`,
 /// `tiny`) or the path of a config.json, made FP8_DYNAMIC.
@@ -31,7 +20,7 @@ pub fn synthetic_config(spec: &str) -> Result<ModelConfig> {
         }
     };
     if let Some(obj) = v.as_object_mut() {
-        obj.insert("quantization_config".into(), fp8_dynamic());
+        obj.insert("quantization_config".into(), fp8_dynamic_quantization());
     }
     ModelConfig::from_json(&v).map_err(|e| match e {
         Error::Checkpoint(m) | Error::Unsupported(m) => {
@@ -60,7 +49,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn named_shapes_are_fp8_dynamic() {
+    fn named_shapes_are_fp8_dynamic_quantization() {
         let c = synthetic_config("llama-70b").unwrap();
         assert!(is_seed_shape(&c));
         assert_eq!(

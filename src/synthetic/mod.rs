@@ -48,6 +48,17 @@ pub fn named_shape(name: &str) -> Option<LlamaShape> {
     })
 }
 
+/// The FP8_DYNAMIC `quantization_config` llm-compressor writes (every Linear but `lm_head`).
+pub fn fp8_dynamic_quantization() -> Value {
+    let fp8 = |strategy: &str, dynamic: bool| {
+        json!({"type": "float", "num_bits": 8, "symmetric": true, "strategy": strategy,
+               "dynamic": dynamic})
+    };
+    json!({"quant_method": "compressed-tensors", "format": "float-quantized",
+           "ignore": ["lm_head"], "config_groups": {"group_0": {"targets": ["Linear"],
+           "weights": fp8("channel", false), "input_activations": fp8("token", true)}}})
+}
+
 /// Names accepted by [`named_shape`], for help texts and errors.
 pub const SHAPE_NAMES: &str = "tiny, llama-1b, llama-8b, llama-70b";
 

@@ -274,8 +274,7 @@ pub fn fp8_quantized_weights(cfg: &ModelConfig, seed: u64) -> Result<Weights> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::synth::synthetic_config;
-    use crate::synthetic::named_shape;
+    use crate::synthetic::{fp8_dynamic_quantization, named_shape};
 
     /// A small shape whose widths are whole FP8_BLOCK blocks.
     fn small() -> ModelConfig {
@@ -291,10 +290,7 @@ mod tests {
         o.insert("head_dim".into(), 64.into());
         o.insert("num_attention_heads".into(), 4.into());
         o.insert("num_key_value_heads".into(), 2.into());
-        o.insert(
-            "quantization_config".into(),
-            crate::bench::synth::fp8_dynamic(),
-        );
+        o.insert("quantization_config".into(), fp8_dynamic_quantization());
         ModelConfig::from_json(&v).unwrap()
     }
 
@@ -340,7 +336,9 @@ mod tests {
 
     #[test]
     fn random_weights_have_no_nan_codes_and_count_bytes() {
-        let c = synthetic_config("tiny").unwrap();
+        let mut v = named_shape("tiny").unwrap().config();
+        v["quantization_config"] = fp8_dynamic_quantization();
+        let c = ModelConfig::from_json(&v).unwrap();
         let w = random_weights(&c, Scheme::Fp8Dynamic, 1).unwrap();
         let LinearWeight::Fp8 { codes, .. } = &w.layers[0].up_proj.weight else {
             panic!("up_proj is not FP8");

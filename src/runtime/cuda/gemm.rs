@@ -1,8 +1,8 @@
-//! The numerics of [`super::model::CudaModel`]'s forward pass on the GPU, the same model definition as the CPU backend
-//! with vLLM's W8A8 semantics (FP8, or INT8 for the W8A8 preset): per-token dynamic
-//! activation scales fused into the producing kernel (RMSNorm → FP8/int8, SiLU·up →
-//! FP8/int8), GEMMs with the epilogue `bf16(s_a · (s_w · acc))`, BF16 q/k/v and KV cache,
-//! f32 residual stream.
+//! The numerics of [`super::model::CudaModel`]'s forward pass on the GPU, the same model
+//! definition as the CPU backend with vLLM's W8A8 semantics (FP8, or INT8 for the W8A8
+//! preset): per-token dynamic activation scales fused into the producing kernel (RMSNorm →
+//! FP8/int8, SiLU·up → FP8/int8), GEMMs with the epilogue `bf16(s_a · (s_w · acc))`, BF16
+//! q/k/v and KV cache, f32 residual stream.
 //!
 //! GEMM dispatch per Linear: up to 16 activation rows, qforge's GEMV kernels (decode); more,
 //! cuBLASLt (prefill) with outer-vector scaling, else cuBLASLt with f32 sums plus the

@@ -1,5 +1,6 @@
 //! [`CudaModel`]: loading (checkpoint, host weights, random) and the forward pass, top to
-//! bottom like the model definition; see [`super::gemm`] for GEMM dispatch, scratch buffers and RoPE tables.
+//! bottom like the model definition; see [`super::gemm`] for GEMM dispatch, scratch buffers
+//! and RoPE tables.
 
 use super::device_weights::DWeights;
 use super::gemm::{attn_dims, rope_tables, Gemm, GemmMode, Scratch};
