@@ -117,39 +117,22 @@ pub fn quantize_nvfp4_into(
     packed: &mut [u8],
     scales: &mut [u8],
 ) -> Result<()> {
-    let groups = cols / NVFP4_GROUP;
-    let sizes = [
-        ("packed", packed.len(), rows * cols / 2),
-        ("scale", scales.len(), rows * groups),
-    ];
-    check_matrix(name, dtype, data, rows, cols, &sizes)?;
-    check_groups(name, cols, NVFP4_GROUP)?;
-    let res = data
-        .par_chunks(cols * dtype.size())
-        .zip(packed.par_chunks_mut(cols / 2))
-        .zip(scales.par_chunks_mut(groups))
-        .with_min_len((1usize << 15).div_ceil(cols).max(1))
-        .try_for_each_init(
-            || vec![0.0f32; cols],
-            |buf, ((row, out), sc)| {
-                decode_finite(dtype, row, buf).ok_or(())?;
-                let parts = buf
-                    .chunks(NVFP4_GROUP)
-                    .zip(out.chunks_mut(NVFP4_GROUP / 2))
-                    .zip(sc.iter_mut());
-                for ((w, out), code) in parts {
-                    let local = round_to(dtype, absmax(w) / FP4_MAX);
-                    *code = f32_to_e4m3((gs * local).clamp(-E4M3_MAX, E4M3_MAX));
-                    if *code == 0 || *code == 0x80 {
-                        *code = 0x20; // 0.125, the E4M3 eps
-                    }
-                    let eff = e4m3_to_f32(*code) / gs;
-                    pack_nibbles(w.iter().map(|&x| fp4_nibble(x / eff + 0.0)), out);
-                }
-                Ok(())
-            },
-        );
-    res.map_err(|()| bad_row_error(name, dtype, data, cols))
+    let m = Matrix {
+        name,
+        dtype,
+        data,
+        rows,
+        cols,
+    };
+    quantize_groups(&m, NVFP4_GROUP, packed, scales, |w, out, code| {
+        let local = round_to(dtype, absmax(w) / FP4_MAX);
+        *code = f32_to_e4m3((gs * local).clamp(-E4M3_MAX, E4M3_MAX));
+        if *code == 0 || *code == 0x80 {
+            *code = 0x20; // 0.125, the E4M3 eps
+        }
+        let eff = e4m3_to_f32(*code) / gs;
+        pack_nibbles(w.iter().map(|&x| fp4_nibble(x / eff + 0.0)), out);
+    })
 }
 
 /// MXFP4 quantization of a `[rows, cols]` weight. Writes `packed` (`rows * cols/2` bytes)
@@ -165,14 +148,51 @@ pub fn quantize_mxfp4_into(
     packed: &mut [u8],
     scales: &mut [u8],
 ) -> Result<()> {
-    let groups = cols / MXFP4_GROUP;
+    let eager = rounding == Fp8Rounding::Eager;
+    let m = Matrix {
+        name,
+        dtype,
+        data,
+        rows,
+        cols,
+    };
+    quantize_groups(&m, MXFP4_GROUP, packed, scales, |w, out, byte| {
+        let s = mx_scale(dtype, absmax(w));
+        *byte = mx_scale_byte(s);
+        let codes = w
+            .iter()
+            .map(|&x| fp4_nibble(maybe_round(dtype, eager, x / s) + 0.0));
+        pack_nibbles(codes, out);
+    })
+}
+
+/// A `[rows, cols]` weight of `dtype` as raw bytes, named for errors.
+struct Matrix<'a> {
+    name: &'a str,
+    dtype: DType,
+    data: &'a [u8],
+    rows: usize,
+    cols: usize,
+}
+
+/// The FP4 formats' shared driver: checks the sizes, then, rows in parallel, decodes each
+/// row (refusing non-finite values) and hands every `group` of values to `per_group` with
+/// its `group / 2` packed bytes and its one scale byte.
+fn quantize_groups(
+    m: &Matrix,
+    group: usize,
+    packed: &mut [u8],
+    scales: &mut [u8],
+    per_group: impl Fn(&[f32], &mut [u8], &mut u8) + Sync,
+) -> Result<()> {
+    let (name, dtype, data, rows, cols) = (m.name, m.dtype, m.data, m.rows, m.cols);
+    let groups = cols / group;
     let sizes = [
         ("packed", packed.len(), rows * cols / 2),
         ("scale", scales.len(), rows * groups),
     ];
     check_matrix(name, dtype, data, rows, cols, &sizes)?;
-    check_groups(name, cols, MXFP4_GROUP)?;
-    let eager = rounding == Fp8Rounding::Eager;
+    check_groups(name, cols, group)?;
     let res = data
         .par_chunks(cols * dtype.size())
         .zip(packed.par_chunks_mut(cols / 2))
@@ -183,16 +203,11 @@ pub fn quantize_mxfp4_into(
             |buf, ((row, out), sc)| {
                 decode_finite(dtype, row, buf).ok_or(())?;
                 let parts = buf
-                    .chunks(MXFP4_GROUP)
-                    .zip(out.chunks_mut(MXFP4_GROUP / 2))
+                    .chunks(group)
+                    .zip(out.chunks_mut(group / 2))
                     .zip(sc.iter_mut());
-                for ((w, out), byte) in parts {
-                    let s = mx_scale(dtype, absmax(w));
-                    *byte = mx_scale_byte(s);
-                    let codes = w
-                        .iter()
-                        .map(|&x| fp4_nibble(maybe_round(dtype, eager, x / s) + 0.0));
-                    pack_nibbles(codes, out);
+                for ((w, out), code) in parts {
+                    per_group(w, out, code);
                 }
                 Ok(())
             },

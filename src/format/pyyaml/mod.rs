@@ -233,17 +233,7 @@ impl Emitter {
                 mapping: true,
                 ..Ctx::default()
             };
-            if is_simple_key(key) {
-                self.node(
-                    &key_node,
-                    Ctx {
-                        mapping: true,
-                        simple_key: true,
-                        root: false,
-                    },
-                );
-                self.write_indicator(":", false, false, false);
-            } else {
+            if !self.simple_key(&key_node, key) {
                 self.write_indicator("?", true, false, false);
                 self.node(&key_node, value_ctx);
                 if self.column > BEST_WIDTH {
@@ -269,6 +259,22 @@ impl Emitter {
         self.indent = self.indents.pop().flatten();
     }
 
+    /// Writes `key` as a simple key and its `:` when PyYAML would; false (nothing written)
+    /// when the key needs the explicit `? key :` form.
+    fn simple_key(&mut self, key_node: &Yaml, key: &str) -> bool {
+        if !is_simple_key(key) {
+            return false;
+        }
+        let ctx = Ctx {
+            mapping: true,
+            simple_key: true,
+            root: false,
+        };
+        self.node(key_node, ctx);
+        self.write_indicator(":", false, false, false);
+        true
+    }
+
     fn block_mapping(&mut self, entries: &[(String, Yaml)]) {
         self.increase_indent(false, false);
         for (key, value) in entries {
@@ -278,17 +284,7 @@ impl Emitter {
                 mapping: true,
                 ..Ctx::default()
             };
-            if is_simple_key(key) {
-                self.node(
-                    &key_node,
-                    Ctx {
-                        mapping: true,
-                        simple_key: true,
-                        root: false,
-                    },
-                );
-                self.write_indicator(":", false, false, false);
-            } else {
+            if !self.simple_key(&key_node, key) {
                 self.write_indicator("?", true, false, true);
                 self.node(&key_node, value_ctx);
                 self.write_indent();
