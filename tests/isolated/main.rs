@@ -1,12 +1,17 @@
-//! Tests that measure the whole process — every allocation through a counting global
-//! allocator, the peak resident set size — so they cannot share it with the hundreds of
-//! tests of the `it` binary running in parallel. Here each one holds [`alone`] while it runs,
-//! so they do not disturb each other either. Add to this binary only tests that need that.
+//! Tests that measure or change the whole process — every allocation through a counting
+//! global allocator, the peak resident set size, the emulator's process-wide kernel limits,
+//! the QFORGE_KERNEL_CACHE variable — so they cannot share it with the hundreds of tests of
+//! the `it` binary running in parallel. Here each one holds [`alone`] while it runs, so they
+//! do not disturb each other either. Add to this binary only tests that need that.
 
 #[allow(dead_code, unused_imports)]
 #[path = "../it/support/mod.rs"]
 mod support;
 
+#[cfg(feature = "cuda")]
+mod emulator_limits;
+#[cfg(feature = "cuda")]
+mod kernel_cache;
 mod runtime_alloc;
 mod verify_alloc;
 mod writer_mem;

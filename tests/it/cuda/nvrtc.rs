@@ -6,57 +6,12 @@
 //! from PyPI). The tests are ignored when the build saw neither `$QFORGE_NVRTC_LIB`,
 //! `$QFORGE_NVRTC_DIR` nor a toolkit, unless `$QFORGE_REQUIRE_NVRTC` is set (CI sets it).
 
+use crate::support::nvrtc::{cubin_facts, nvrtc, sections};
 use crate::support::requires;
 use qforge::runtime::cuda::kernels::{
     self, GemvVariant, FUNCTIONS, GEMV_DEFAULT, GEMV_SWEEP, GEMV_VARIANT_KERNELS, SOURCES,
 };
-use qforge::runtime::cuda::nvrtc::Nvrtc;
 use qforge::runtime::cuda::tune;
-use std::path::PathBuf;
-use std::process::Command;
-
-/// Site-packages folders as Python reports them (empty when there is no python3).
-fn python_site_packages() -> Vec<PathBuf> {
-    let code = "import site,sys;print('\\n'.join(site.getsitepackages()+[site.getusersitepackages()]+sys.path))";
-    Command::new("python3")
-        .args(["-c", code])
-        .output()
-        .ok()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .filter(|l| !l.is_empty())
-                .map(PathBuf::from)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// NVRTC: the env vars and the library's own search first, then python's site-packages.
-fn find_nvrtc() -> Result<Nvrtc, String> {
-    let first = match Nvrtc::find() {
-        Ok(nv) => return Ok(nv),
-        Err(e) => e.to_string(),
-    };
-    for sp in python_site_packages() {
-        for sub in [
-            "nvidia/cu13/lib/libnvrtc.so.13",
-            "nvidia/cuda_nvrtc/lib/libnvrtc.so.12",
-        ] {
-            let p = sp.join(sub);
-            if p.exists() {
-                return Nvrtc::open(&p).map_err(|e| e.to_string());
-            }
-        }
-    }
-    Err(first)
-}
-
-/// NVRTC, for tests marked `#[requires(nvrtc)]`: the build found it (or
-/// QFORGE_REQUIRE_NVRTC is set, as in CI), so it must load.
-fn nvrtc() -> Nvrtc {
-    find_nvrtc().unwrap_or_else(|e| panic!("NVRTC is required but unusable: {e}"))
-}
 
 /// Every source compiles without a message for both target architectures, and every kernel
 /// the runtime loads by name is in the cubin of the source the registry says.
@@ -133,90 +88,6 @@ fn hot_kernels_do_not_spill() {
     }
 }
 
-/// What a cubin says of each kernel: registers per thread (`EIATTR_REGCOUNT` in `.nv.info`,
-/// keyed by symbol) and the `__launch_bounds__` block (`EIATTR_MAX_THREADS` in
-/// `.nv.info.<kernel>`). The cubin is a little-endian ELF64; `.nv.info*` sections hold
-/// records of (format, attribute, and a 2-byte value or a 2-byte size + that many bytes).
-#[derive(Debug, Default, Clone, Copy)]
-struct Facts {
-    regs: Option<u32>,
-    bound: Option<u32>,
-}
-
-/// The NUL-terminated string at byte `o` of `elf`.
-fn cstr(elf: &[u8], o: usize) -> String {
-    let end = elf[o..].iter().position(|&b| b == 0).unwrap();
-    String::from_utf8_lossy(&elf[o..o + end]).into_owned()
-}
-
-/// (name, offset, size, link) of every section of a cubin (a little-endian ELF64).
-fn sections(elf: &[u8]) -> Vec<(String, usize, usize, usize)> {
-    let u16_at = |o: usize| u16::from_le_bytes(elf[o..o + 2].try_into().unwrap()) as usize;
-    let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap()) as usize;
-    assert_eq!(&elf[..5], b"\x7fELF\x02", "not an ELF64 cubin");
-    let (shoff, shentsize, shnum, shstrndx) =
-        (u64_at(0x28), u16_at(0x3A), u16_at(0x3C), u16_at(0x3E));
-    let names = u64_at(shoff + shstrndx * shentsize + 24);
-    (0..shnum)
-        .map(|i| shoff + i * shentsize)
-        .map(|h| {
-            let name = cstr(elf, names + word(elf, h) as usize);
-            let link = word(elf, h + 40) as usize;
-            (name, u64_at(h + 24), u64_at(h + 32), link)
-        })
-        .collect()
-}
-
-fn cubin_facts(elf: &[u8]) -> std::collections::HashMap<String, Facts> {
-    let u16_at = |o: usize| u16::from_le_bytes(elf[o..o + 2].try_into().unwrap()) as usize;
-    let u32_at = |o: usize| word(elf, o);
-    let sections = sections(elf);
-    // Records (attribute, value bytes) of one .nv.info section.
-    let records = |off: usize, size: usize| {
-        let mut out = Vec::new();
-        let mut p = off;
-        while p < off + size {
-            let (format, attr) = (elf[p], elf[p + 1]);
-            if format == 4 {
-                let n = u16_at(p + 2);
-                out.push((attr, elf[p + 4..p + 4 + n].to_vec()));
-                p += 4 + n;
-            } else {
-                out.push((attr, elf[p + 2..p + 4].to_vec()));
-                p += 4;
-            }
-        }
-        out
-    };
-    let symtab = sections.iter().find(|s| s.0 == ".symtab").unwrap();
-    let strtab = sections[symtab.3].1;
-    let symbol = |i: usize| cstr(elf, strtab + u32_at(symtab.1 + 24 * i) as usize);
-    let mut facts: std::collections::HashMap<String, Facts> = Default::default();
-    for (name, off, size, _) in &sections {
-        if name == ".nv.info" {
-            for (attr, v) in records(*off, *size) {
-                if attr == 0x2f {
-                    let (sym, regs) = (word(&v, 0), word(&v, 4));
-                    facts.entry(symbol(sym as usize)).or_default().regs = Some(regs);
-                }
-            }
-        } else if let Some(kernel) = name.strip_prefix(".nv.info.") {
-            for (attr, v) in records(*off, *size) {
-                if attr == 0x05 {
-                    let (x, y, z) = (word(&v, 0), word(&v, 4), word(&v, 8));
-                    facts.entry(kernel.to_string()).or_default().bound = Some(x * y * z);
-                }
-            }
-        }
-    }
-    facts
-}
-
-/// The little-endian u32 at byte `o` of `v`.
-fn word(v: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes(v[o..o + 4].try_into().unwrap())
-}
-
 /// Registers a block of `threads` threads takes: whole warps, each warp's registers
 /// allocated in units of 256.
 fn block_registers(regs: u32, threads: u32) -> u32 {
@@ -271,26 +142,6 @@ fn every_kernel_fits_its_largest_block() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-}
-
-/// The tuning builds compile at once, one NVRTC program per thread (as a model's load does
-/// before timing them), each into the kernel cache with its own kernels and block.
-#[requires(nvrtc)]
-#[test]
-fn gemv_builds_compile_concurrently_into_the_cache() {
-    let nv = nvrtc();
-    let cache = tempfile::tempdir().unwrap();
-    // Only this test of the binary reads the kernel cache.
-    std::env::set_var("QFORGE_KERNEL_CACHE", cache.path());
-    let cubins = kernels::load_gemv_variants(&nv, "sm_90a", GEMV_SWEEP);
-    assert_eq!(cubins.len(), GEMV_SWEEP.len());
-    for (c, &v) in cubins.iter().zip(GEMV_SWEEP) {
-        let c = c.as_ref().unwrap_or_else(|e| panic!("{v}: {e}"));
-        let facts = cubin_facts(c);
-        assert_eq!(facts["gemv_fp8"].bound, Some(v.threads()), "{v}");
-    }
-    let stored = std::fs::read_dir(cache.path()).unwrap().count();
-    assert_eq!(stored, GEMV_SWEEP.len(), "one cubin per build in the cache");
 }
 
 /// gemv.cu's tuning builds (`kernels::GEMV_SWEEP`, timed by `gpu selftest`) compile clean

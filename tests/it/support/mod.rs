@@ -1,10 +1,12 @@
 //! The integration tests' helpers, each written once: where the shared fixtures, recipes
 //! and bundled model are, the qforge binary, the requirement checks (`#[requires(..)]`, see
-//! tests/requires), and quantizing test models. `runtime`, `verify` and `cuda` hold the
-//! helpers of those areas; the first two are re-exported here.
+//! tests/requires), and quantizing test models. `runtime`, `verify`, `cuda` and `nvrtc` hold
+//! the helpers of those areas; the first two are re-exported here.
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(feature = "cuda")]
+pub mod nvrtc;
 pub mod runtime;
 pub mod verify;
 
