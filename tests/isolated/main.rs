@@ -1,6 +1,6 @@
 //! Tests that measure or change the whole process — every allocation through a counting
 //! global allocator, the peak resident set size, the emulator's process-wide kernel limits,
-//! the QFORGE_KERNEL_CACHE variable — so they cannot share it with the hundreds of tests of
+//! the QFORGE_KERNEL_CACHE variable, wall-clock limits (scripts/gpu_check.sh) — so they cannot share it with the hundreds of tests of
 //! the `it` binary running in parallel. Here each one holds [`alone`] while it runs, so they
 //! do not disturb each other either. Add to this binary only tests that need that.
 
@@ -10,6 +10,8 @@ mod support;
 
 #[cfg(feature = "cuda")]
 mod emulator_limits;
+#[cfg(feature = "cuda")]
+mod gpu_check_script;
 #[cfg(feature = "cuda")]
 mod kernel_cache;
 mod runtime_alloc;

@@ -1,5 +1,5 @@
 //! The CUDA backend on the CUDA emulator (and a real GPU when there is one), the kernel
-//! compile check with NVRTC, and scripts/gpu_check.sh.
+//! compile check with NVRTC (scripts/gpu_check.sh's tests are in tests/isolated).
 
 mod attention;
 mod emulator_cli;
@@ -7,7 +7,6 @@ mod fp8_block;
 mod gemm;
 mod gemv_sweep;
 mod gemv_tune;
-mod gpu_check_script;
 mod graphs;
 mod grouped;
 mod int8;

@@ -1,8 +1,11 @@
 //! `scripts/gpu_check.sh` — the one script a session with a GPU runs — end to end on the CUDA
 //! emulator in its smoke mode (tiny shapes, no nvidia-smi or PyTorch): every stage runs and
 //! `gpu_report.py` turns their JSON into the report pasted into docs/gpu-results.md. Ignored
-//! without a C++ compiler or python3, unless QFORGE_REQUIRE_EMU is set (CI sets it).
+//! without a C++ compiler or python3, unless QFORGE_REQUIRE_EMU is set (CI sets it). Each
+//! stage has a wall-clock limit, so these run here, alone, not beside the emulator tests of
+//! `it` (which made the emulator's compile in `info-cold` overrun its 40 s).
 
+use crate::alone;
 use crate::support;
 use crate::support::requires;
 
@@ -31,6 +34,7 @@ fn smoke_check(
 #[requires(emulator, python3)]
 #[test]
 fn gpu_check_runs_every_stage_and_writes_the_report() {
+    let _alone = alone();
     // `OUT` gets only what a device call brings back (8 files at most); the rest stays in
     // the work folder.
     let (out, work) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -181,6 +185,7 @@ fn gpu_check_runs_every_stage_and_writes_the_report() {
 #[requires(python3)]
 #[test]
 fn report_judges_the_targets() {
+    let _alone = alone();
     use serde_json::{json, Value};
     let dir = tempfile::tempdir().unwrap();
     let put = |name: &str, v: Value| std::fs::write(dir.path().join(name), v.to_string()).unwrap();
@@ -256,6 +261,7 @@ fn report_judges_the_targets() {
 #[requires(python3)]
 #[test]
 fn only_the_named_stages_run() {
+    let _alone = alone();
     let (out, work) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let run = smoke_check(&[], (out.path(), work.path()), "env");
     let log = String::from_utf8_lossy(&run.stdout);
