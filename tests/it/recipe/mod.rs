@@ -1,0 +1,4 @@
+//! Recipes (parsing, matching, presets) and the compressed-tensors format of the output.
+
+mod fixtures;
+mod format;

@@ -1,0 +1,5 @@
+//! `verify`: the library on the tiny fixtures and SmolLM2, and the binary.
+
+mod cli;
+mod smollm2;
+mod tiny;
