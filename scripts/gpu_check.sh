@@ -31,7 +31,7 @@
 # than one 600-s device call, so only where there is room; the tables are appended to
 # report.md).
 #
-# QFORGE_GPU_CHECK_SMOKE=1 (with QFORGE_CUDA_EMULATE=1: CI does it, tests/gpu_check_script.rs)
+# QFORGE_GPU_CHECK_SMOKE=1 (with QFORGE_CUDA_EMULATE=1: CI does it, tests/isolated/gpu_check_script.rs)
 # runs every stage on tiny shapes, without nvidia-smi and PyTorch: it checks the script and
 # the report, not the GPU.
 set -uo pipefail

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs NVRTC 13.0 and the CUDA 13.0 headers from PyPI (no CUDA toolkit, no GPU needed), for
-# the kernel compile check `cargo test --release --features cuda --test cuda_nvrtc`.
+# the kernel compile check `cargo test --release --features cuda --test it cuda::nvrtc`.
 #
 #   scripts/install_nvrtc.sh CACHE_DIR        # then: eval "$(scripts/install_nvrtc.sh CACHE_DIR)"
 #

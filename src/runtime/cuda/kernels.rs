@@ -31,7 +31,7 @@ pub const SOURCES: &[(&str, &str)] = &[
 
 /// One kernel entry point: the source that defines it, and the largest block (threads) the
 /// host ever launches it with. [`super::gpu::Gpu::launch`] refuses a bigger block;
-/// tests/cuda_nvrtc.rs checks on the compiled cubins that this block fits the kernel's
+/// tests/it/cuda/nvrtc.rs checks on the compiled cubins that this block fits the kernel's
 /// `__launch_bounds__` and registers, so a kernel that outgrows its block fails in CI rather
 /// than at its first launch on a GPU; and a real GPU is asked at load (`gpu info` lists any
 /// kernel it cannot run in this block).
