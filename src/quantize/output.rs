@@ -197,6 +197,18 @@ impl Drop for Staging {
     }
 }
 
+fn sync_dir(dir: &Path) -> Result<()> {
+    let entries = fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    for entry in entries {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        if path.is_file() {
+            let f = fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+            f.sync_all().map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::remove_old;
@@ -217,16 +229,4 @@ mod tests {
         let w = remove_old(stuck).expect("a warning");
         assert!(w.contains("/proc/self/status"), "{w}");
     }
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    let entries = fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-    for entry in entries {
-        let path = entry.map_err(|e| Error::io(dir, e))?.path();
-        if path.is_file() {
-            let f = fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
-            f.sync_all().map_err(|e| Error::io(&path, e))?;
-        }
-    }
-    Ok(())
 }
