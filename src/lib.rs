@@ -7,12 +7,19 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod commands;
 pub mod error;
 pub mod format;
-pub mod quant;
+pub mod numerics;
+pub mod output;
+pub mod progress;
 pub mod quantize;
 pub mod recipe;
 pub mod runtime;
 pub mod synthetic;
 
 pub use error::{Error, Result};
+
+// Tensors are read and written as little-endian bytes, some by plain casts.
+#[cfg(not(target_endian = "little"))]
+compile_error!("qforge supports little-endian targets only");

@@ -1,12 +1,10 @@
-//! The `qforge` binary: parses the command line and calls one library function per subcommand.
-
-mod cli;
+//! The `qforge` binary: parses the command line and runs the command ([`qforge::commands`]).
 
 use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = qforge::commands::Cli::parse();
     match cli.run() {
         Ok(code) => code,
         Err(err) => {

@@ -7,9 +7,9 @@
 mod cuda_util;
 
 use cuda_util::devices;
+use qforge::commands::gpu::report::compare;
 use qforge::runtime::cuda::gpu::{DBuf, Gpu};
 use qforge::runtime::cuda::ops;
-use qforge::runtime::cuda::report::compare;
 
 /// BF16 values in [-2, 2), deterministic per `seed`.
 fn bf16s(n: usize, seed: usize) -> Vec<u8> {

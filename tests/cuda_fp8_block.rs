@@ -9,15 +9,15 @@ mod cuda_util;
 
 use cuda_util::{devices, same_device, CodeCase, CodeLaunch};
 use qforge::checkpoint::Checkpoint;
-use qforge::quant::e4m3_to_f32;
+use qforge::commands::gpu::report::compare;
+use qforge::numerics::e4m3_to_f32;
 use qforge::runtime::config::ModelConfig;
 use qforge::runtime::cpu::linear::quantize_group_activations;
 use qforge::runtime::cpu::{CpuModel, CpuOptions};
-use qforge::runtime::cuda::dweights::DWeight;
-use qforge::runtime::cuda::forward::load_cuda_on;
+use qforge::runtime::cuda::device_weights::DWeight;
 use qforge::runtime::cuda::gpu::Gpu;
+use qforge::runtime::cuda::model::load_cuda_on;
 use qforge::runtime::cuda::ops::{self, Codes};
-use qforge::runtime::cuda::report::compare;
 use qforge::runtime::cuda::CudaOptions;
 use qforge::runtime::weights::{LinearWeight, Weights};
 use qforge::runtime::Backend;
@@ -181,6 +181,7 @@ fn fp8_block_models_run_vllms_block_path_like_the_cpu() {
         kv_heads: 1,
         vocab: 512,
         tied: false,
+        rope_factor: 32.0,
     };
     let dir = common::quantize_random(tmp.path(), &shape, "fp8_block");
     let ck = Checkpoint::open(&dir).unwrap();

@@ -7,7 +7,7 @@
 mod cuda_util;
 
 use cuda_util::{devices, CodeCase};
-use qforge::quant::e4m3_to_f32;
+use qforge::numerics::e4m3_to_f32;
 use qforge::runtime::cuda::ops::{self, Codes};
 
 const SHAPES: &[(usize, usize, usize)] = &[(17, 40, 96), (64, 64, 128), (100, 130, 208)];

@@ -9,10 +9,10 @@ mod common;
 mod cuda_util;
 
 use cuda_util::devices;
-use qforge::runtime::cuda::forward::{load_cuda_on, CudaModel, CudaOptions};
 use qforge::runtime::cuda::kernels::{
     pf_forms, GemvVariant, GEMV_DEFAULT, GEMV_EMULATED, GEMV_SWEEP,
 };
+use qforge::runtime::cuda::model::{load_cuda_on, CudaModel, CudaOptions};
 use qforge::runtime::cuda::tune::{
     builds, choose, off_by_more_than_an_ulp, GemvPick, Trial, TuneSet, Tuning, MARGIN,
 };

@@ -8,7 +8,7 @@ mod common;
 mod cuda_util;
 
 use cuda_util::{devices, same_device};
-use qforge::runtime::cuda::forward::{load_cuda_on, CudaModel, CudaOptions};
+use qforge::runtime::cuda::model::{load_cuda_on, CudaModel, CudaOptions};
 use qforge::runtime::Backend;
 
 /// Prefill `prompt`, then `steps` greedy decode steps: every step's logits, and the ids.

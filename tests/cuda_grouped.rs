@@ -18,12 +18,12 @@ mod cuda_util;
 
 use cuda_util::{devices, same_device};
 use qforge::checkpoint::Checkpoint;
+use qforge::commands::gpu::report::Report;
+use qforge::commands::gpu::selftest::packed;
 use qforge::runtime::config::ModelConfig;
-use qforge::runtime::cuda::dweights::{DWeight, DWeights};
-use qforge::runtime::cuda::forward::load_cuda_on;
+use qforge::runtime::cuda::device_weights::{DWeight, DWeights};
 use qforge::runtime::cuda::grouped::GroupKind;
-use qforge::runtime::cuda::report::Report;
-use qforge::runtime::cuda::selftest::packed;
+use qforge::runtime::cuda::model::load_cuda_on;
 use qforge::runtime::cuda::{CudaModel, CudaOptions};
 use qforge::runtime::weights::Weights;
 use qforge::runtime::Backend;
@@ -110,6 +110,7 @@ fn models(tmp: &std::path::Path) -> Vec<(String, PathBuf)> {
         kv_heads: 1,
         vocab: 512,
         tied: false,
+        rope_factor: 32.0,
     };
     let (aligned, unaligned) = (shape(256, 384, 4), shape(160, 288, 5));
     let mut v = Vec::new();

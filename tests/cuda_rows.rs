@@ -10,7 +10,7 @@
 mod cuda_util;
 
 use cuda_util::devices;
-use qforge::quant::e4m3_to_f32;
+use qforge::numerics::e4m3_to_f32;
 use qforge::runtime::cpu::linear::{quantize_activations, quantize_int8_activations};
 use qforge::runtime::cuda::gpu::{cfg, Arg, Gpu};
 use qforge::runtime::cuda::ops::{self, ActOut};

@@ -9,16 +9,16 @@ mod cuda_util;
 
 use cuda_util::{devices, emulator, same_device};
 use qforge::bench::synth::synthetic_config;
+use qforge::commands::gpu::report::{compare, Report};
+use qforge::commands::gpu::selftest;
 use qforge::runtime::config::ModelConfig;
 use qforge::runtime::cpu::{load_cpu, CpuModel, CpuOptions};
-use qforge::runtime::cuda::forward::{load_cuda, load_cuda_on, CudaModel, CudaOptions};
 use qforge::runtime::cuda::gpu::{self, cfg, Arg};
-use qforge::runtime::cuda::randmodel::{dequantized, random_host_weights};
-use qforge::runtime::cuda::report::{compare, Report};
-use qforge::runtime::cuda::selftest;
+use qforge::runtime::cuda::model::{load_cuda, load_cuda_on, CudaModel, CudaOptions};
 use qforge::runtime::sampler::argmax;
 use qforge::runtime::weights::Weights;
 use qforge::runtime::Backend;
+use qforge::synthetic::weights::{dequantized, fp8_quantized_weights};
 
 /// Greedy ids must agree wherever the CPU's top-1/top-2 gap exceeds twice the largest logit
 /// difference between the backends (the selftest's rule); returns the rows checked.
@@ -139,7 +139,7 @@ fn random_models_match_cpu_in_prefill_and_decode() {
     ];
     for (heads, kv, fp8, qwen) in cases {
         let cfg = random_config(tmp.path(), heads, kv, fp8);
-        let mut weights = random_host_weights(&cfg, 7).unwrap();
+        let mut weights = fp8_quantized_weights(&cfg, 7).unwrap();
         if !fp8 {
             weights = dequantized(weights);
         }

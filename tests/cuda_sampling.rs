@@ -8,10 +8,10 @@ mod common;
 mod cuda_util;
 
 use cuda_util::{devices, same_device};
-use qforge::runtime::cuda::forward::{load_cuda_on, CudaOptions};
 use qforge::runtime::cuda::gpu::Gpu;
-use qforge::runtime::cuda::{ops, CudaEngine};
-use qforge::runtime::generate::{generate, Engine, GenerateOptions};
+use qforge::runtime::cuda::model::{load_cuda_on, CudaOptions};
+use qforge::runtime::cuda::{ops, CudaModel};
+use qforge::runtime::generate::{generate, GenerateOptions};
 use qforge::runtime::sampler::{top_candidates, SamplingParams};
 use qforge::runtime::tokenizer::TextTokenizer;
 use qforge::runtime::Backend;
@@ -97,13 +97,13 @@ fn gpu_selects_the_candidates_the_host_selects() {
     }
 }
 
-/// The CUDA engine with its candidate selection hidden: every token is picked from the whole
+/// The CUDA model with its candidate selection hidden: every token is picked from the whole
 /// logits row read back, as on the CPU.
-struct WholeRow(CudaEngine);
+struct WholeRow(CudaModel);
 
 impl Backend for WholeRow {
-    fn forward(&mut self, tokens: &[u32], pos: usize, all: bool) -> Result<Vec<f32>> {
-        self.0.forward(tokens, pos, all)
+    fn forward_view(&mut self, tokens: &[u32], pos: usize, all: bool) -> Result<&[f32]> {
+        self.0.forward_view(tokens, pos, all)
     }
     fn reset(&mut self) {
         self.0.reset()
@@ -114,11 +114,8 @@ impl Backend for WholeRow {
     fn describe(&self) -> String {
         self.0.describe()
     }
-}
-
-impl Engine for WholeRow {
-    fn forward_view(&mut self, tokens: &[u32], pos: usize, all: bool) -> Result<&[f32]> {
-        self.0.forward_view(tokens, pos, all)
+    fn weight_bytes_per_token(&self) -> u64 {
+        self.0.weight_bytes_per_token()
     }
 }
 
@@ -133,7 +130,7 @@ fn generation_from_gpu_candidates_equals_generation_from_the_whole_row() {
         ..CudaOptions::default()
     };
     for (label, g) in devices() {
-        let fresh = |g: Gpu| CudaEngine::new(load_cuda_on(g, &dir, &opts).unwrap());
+        let fresh = |g: Gpu| load_cuda_on(g, &dir, &opts).unwrap();
         let same = same_device(label);
         let mut top = fresh(g);
         let mut whole = WholeRow(fresh(same));

@@ -3,8 +3,8 @@
 //! A global allocator tracks the live and peak heap bytes (every thread), so this file holds
 //! one test.
 
-use qforge::runtime::generate::Device;
 use qforge::runtime::verify::{verify, Output, VerifyOptions};
+use qforge::runtime::Device;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 

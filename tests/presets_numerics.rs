@@ -9,7 +9,7 @@ mod common;
 use half::f16;
 use qforge::checkpoint::writer::{self, OutTensor, ShardWriter};
 use qforge::checkpoint::{Checkpoint, DType};
-use qforge::quant::{e4m3_to_f32, f32_to_e4m3, Fp8Rounding};
+use qforge::numerics::{e4m3_to_f32, f32_to_e4m3, Fp8Rounding};
 use qforge::quantize::{quantize, QuantizeJob};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

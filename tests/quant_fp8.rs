@@ -5,7 +5,7 @@
 mod common;
 
 use qforge::checkpoint::{Checkpoint, DType};
-use qforge::quant::{
+use qforge::numerics::{
     e4m3_to_f32, f32_to_e4m3, fp8_scale, quantize_fp8_channel, quantize_fp8_channel_into, to_f32,
     Fp8Rounding,
 };
@@ -233,7 +233,7 @@ fn f16_and_f32_use_their_own_dtype() {
         }
         vals[3 * cols + 5] = -0.0;
         let data =
-            qforge::quant::from_f32(dtype, &vals.iter().map(|&v| v as f32).collect::<Vec<_>>())
+            qforge::numerics::from_f32(dtype, &vals.iter().map(|&v| v as f32).collect::<Vec<_>>())
                 .unwrap();
         let (codes, scales) =
             quantize_fp8_channel("w", dtype, &data, rows, cols, Fp8Rounding::Eager).unwrap();
@@ -270,7 +270,7 @@ fn direct_rounding_is_single_rounding_with_the_same_scales() {
         .into_iter()
         .map(|v| ref_bf16(v) as f32)
         .collect();
-    let data = qforge::quant::from_f32(DType::BF16, &vals).unwrap();
+    let data = qforge::numerics::from_f32(DType::BF16, &vals).unwrap();
     let (eager, s1) =
         quantize_fp8_channel("w", DType::BF16, &data, rows, cols, Fp8Rounding::Eager).unwrap();
     let (direct, s2) =
@@ -298,7 +298,7 @@ fn nan_or_inf_names_tensor_and_first_row() {
     vals[41 * cols + 7] = f32::INFINITY;
     vals[17 * cols + 299] = f32::NAN;
     for dtype in [DType::BF16, DType::F16, DType::F32] {
-        let data = qforge::quant::from_f32(dtype, &vals).unwrap();
+        let data = qforge::numerics::from_f32(dtype, &vals).unwrap();
         let e = quantize_fp8_channel(
             "m.q_proj.weight",
             dtype,
@@ -314,7 +314,7 @@ fn nan_or_inf_names_tensor_and_first_row() {
             "m.q_proj.weight: row 17 contains NaN or Inf; cannot quantize"
         );
     }
-    let data = qforge::quant::from_f32(DType::BF16, &vals[..cols]).unwrap();
+    let data = qforge::numerics::from_f32(DType::BF16, &vals[..cols]).unwrap();
     let mut codes = vec![0u8; cols - 1];
     let mut scales = vec![0u8; 2];
     let e = quantize_fp8_channel_into(

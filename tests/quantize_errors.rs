@@ -459,6 +459,7 @@ fn full_disk_during_the_run_is_reported_and_cleaned_up() {
         kv_heads: 2,
         vocab: 1000,
         tied: true,
+        rope_factor: 32.0,
     };
     qforge::synthetic::write_checkpoint(&shape, &m, 0, u64::MAX).unwrap();
     let tokenizer = fixture().join("tokenizer.json");

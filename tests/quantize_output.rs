@@ -235,7 +235,7 @@ fn direct_rounding_changes_codes_but_not_scales() {
         common::recipe("fp8_dynamic.yaml"),
         &out,
     );
-    job.rounding = qforge::quant::Fp8Rounding::Direct;
+    job.rounding = qforge::numerics::Fp8Rounding::Direct;
     quantize(&job).unwrap();
     let eager = tensors_of(&fx.join("tiny-llama3-fp8-dynamic"));
     let direct = tensors_of(&out);

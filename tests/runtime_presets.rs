@@ -344,7 +344,7 @@ fn logits_agree_with_bf16() {
 /// that formula written here, on inputs with a zero group, a huge group and a tiny one.
 #[test]
 fn fp8_block_linears_run_the_vllm_block_path() {
-    use qforge::quant::{e4m3_to_f32, f32_to_e4m3};
+    use qforge::numerics::{e4m3_to_f32, f32_to_e4m3};
     let (_ck, w) = load(&dir("g128-FP8_BLOCK"));
     let mut checked = 0;
     for lin in w.layers.iter().flat_map(|l| l.linears()) {

@@ -6,8 +6,8 @@
 mod verify_util;
 
 use qforge::quantize::{quantize, QuantizeJob};
-use qforge::runtime::generate::Device;
 use qforge::runtime::verify::verify;
+use qforge::runtime::Device;
 use std::path::Path;
 use verify_util::*;
 

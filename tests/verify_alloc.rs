@@ -4,9 +4,10 @@
 
 mod verify_util;
 
-use qforge::runtime::generate::{generate, load, Device, GenerateOptions};
+use qforge::runtime::generate::{generate, GenerateOptions};
 use qforge::runtime::sampler::SamplingParams;
 use qforge::runtime::tokenizer::TextTokenizer;
+use qforge::runtime::{load, Device};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use verify_util::*;
@@ -58,7 +59,7 @@ fn decode_loop_does_not_allocate_per_token() {
     let tok = TextTokenizer::load(&dir).unwrap();
     let prompt = tok.encode("Hello there", true).unwrap();
     let mut model = load(&dir, Device::Cpu, Some(128)).unwrap();
-    let run = |model: &mut dyn qforge::runtime::generate::Engine, n: usize, min_new: usize| {
+    let run = |model: &mut dyn qforge::runtime::Backend, n: usize, min_new: usize| {
         let opts = GenerateOptions {
             max_new_tokens: n,
             min_new_tokens: min_new,

@@ -4,8 +4,9 @@
 
 mod verify_util;
 
-use qforge::runtime::generate::{resolve_device, Device, SamplingArgs};
+use qforge::runtime::generate::SamplingArgs;
 use qforge::runtime::verify::{run, verify};
+use qforge::runtime::{resolve_device, Device};
 use qforge::Error;
 use verify_util::*;
 

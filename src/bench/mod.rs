@@ -12,69 +12,35 @@ pub mod synth;
 pub mod cuda;
 
 use crate::checkpoint::hub::{resolve_model, HubOptions};
+use crate::recipe::Scheme;
 use crate::runtime::config::ModelConfig;
 use crate::runtime::cpu::{CpuModel, CpuOptions};
-use crate::runtime::generate::{resolve_device, Device};
 use crate::runtime::weights::Weights;
-use crate::synthetic::SyntheticScheme;
+use crate::runtime::Backend;
+use crate::runtime::{resolve_device, Device};
 use crate::{Error, Result};
 use profile::{parse_profiles, Profile};
 use report::{BenchReport, Row};
-use runner::{BenchModel, CpuBench};
 use std::path::Path;
-use std::process::ExitCode;
 
-/// `qforge bench` arguments.
-#[derive(Debug, Clone, clap::Args)]
-pub struct BenchArgs {
-    /// Model directory or Hugging Face repo id (org/name).
-    #[arg(long, value_name = "DIR|HUB_ID", conflicts_with = "synthetic")]
+/// What `qforge bench` runs: exactly one of `model` and `synthetic`.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// A model directory or Hub repo id, at `revision`.
     pub model: Option<String>,
-    /// Instead of --model: a random model of this shape (FP8_DYNAMIC, or --synthetic-scheme)
-    /// built directly in memory (GPU memory on CUDA): llama-70b, llama-8b, llama-1b, or a
-    /// config.json path.
-    #[arg(long, value_name = "SHAPE|CONFIG_JSON")]
-    pub synthetic: Option<String>,
-    /// The quantization of the --synthetic model. On the CPU, weight-only schemes (w4a16,
-    /// w4a16_asym, w8a16, nvfp4a16, mxfp4a16) run as BF16, as the CPU runtime runs such
-    /// checkpoints (dequantized at load); CUDA runs them packed.
-    #[arg(long, value_enum, default_value_t = SyntheticScheme::Fp8Dynamic, requires = "synthetic")]
-    pub synthetic_scheme: SyntheticScheme,
-    /// Where to run.
-    #[arg(long, value_enum, default_value_t = Device::Auto)]
-    pub device: Device,
-    /// Profiles PROMPT/GENERATED, comma-separated; `seed` = the model card's eight. Each must
-    /// fit the model's context (PROMPT + GENERATED <= max_position_embeddings).
-    #[arg(long, default_value = "seed")]
-    pub profiles: String,
-    /// Print JSON on stdout (the table then goes to stderr).
-    #[arg(long)]
-    pub json: bool,
-    /// Seed of the random weights (--synthetic).
-    #[arg(long, default_value_t = 7)]
-    pub seed: u64,
-    /// Hub revision for a repo id.
-    #[arg(long)]
     pub revision: Option<String>,
-}
-
-/// Runs `qforge bench`.
-pub fn run_cli(args: &BenchArgs) -> Result<ExitCode> {
-    let report = run(args)?;
-    let table = report.table();
-    if args.json {
-        eprint!("{table}");
-        let text = serde_json::to_string_pretty(&report)
-            .map_err(|e| Error::Output(format!("cannot write the JSON report: {e}")))?;
-        println!("{text}");
-    } else {
-        print!("{table}");
-    }
-    Ok(ExitCode::SUCCESS)
+    /// A random model built in memory: a named shape or a config.json path, quantized with
+    /// `synthetic_scheme` from the random weights of `seed`.
+    pub synthetic: Option<String>,
+    pub synthetic_scheme: Scheme,
+    pub seed: u64,
+    pub device: Device,
+    /// `PROMPT/GENERATED` profiles, comma-separated, or `seed`.
+    pub profiles: String,
 }
 
 /// Loads (or builds) the model, then times every profile.
-pub fn run(args: &BenchArgs) -> Result<BenchReport> {
+pub fn run(args: &BenchOptions) -> Result<BenchReport> {
     let profiles = parse_profiles(&args.profiles)?;
     let max_seq = profiles
         .iter()
@@ -95,13 +61,13 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
             let bw = runner::cpu_copy_bandwidth();
             let m = cpu_model(cfg, dir.as_deref(), args, max_seq)?;
             (
-                Box::new(m) as Box<dyn BenchModel>,
+                Box::new(m) as Box<dyn Backend>,
                 bw,
                 "measured 256 MiB copy".to_string(),
             )
         }
     };
-    let bytes = model.bytes_per_token();
+    let bytes = model.weight_bytes_per_token();
     runner::warm_up(model.as_mut(), profiles[0].prompt.min(16))?;
     let mut rows = Vec::with_capacity(profiles.len());
     for &p in &profiles {
@@ -146,7 +112,7 @@ fn check_context(profiles: &[Profile], cfg: &ModelConfig) -> Result<()> {
 
 /// The model's display name, config, and checkpoint directory (`None` for --synthetic).
 fn source(
-    args: &BenchArgs,
+    args: &BenchOptions,
     device: Device,
 ) -> Result<(String, ModelConfig, Option<std::path::PathBuf>)> {
     match (&args.model, &args.synthetic) {
@@ -162,7 +128,7 @@ fn source(
         (None, Some(spec)) => Ok((
             format!(
                 "synthetic {spec} (random {}{})",
-                args.synthetic_scheme.preset(),
+                args.synthetic_scheme.name(),
                 if device != Device::Cuda && args.synthetic_scheme.weight_only() {
                     ", as BF16 on the CPU"
                 } else {
@@ -181,42 +147,41 @@ fn source(
 fn cpu_model(
     cfg: ModelConfig,
     dir: Option<&Path>,
-    args: &BenchArgs,
+    args: &BenchOptions,
     max_seq: usize,
-) -> Result<CpuBench> {
+) -> Result<CpuModel> {
     let opts = CpuOptions {
         max_seq: Some(max_seq),
     };
-    let model = match dir {
-        Some(dir) => crate::runtime::cpu::load_cpu_with(dir, &opts)?,
+    match dir {
+        Some(dir) => crate::runtime::cpu::load_cpu_with(dir, &opts),
         None => {
-            let w: Weights = synth::random_cpu_weights(&cfg, args.synthetic_scheme, args.seed)?;
-            CpuModel::new(cfg, w, &opts)?
+            let w: Weights =
+                crate::synthetic::weights::random_weights(&cfg, args.synthetic_scheme, args.seed)?;
+            CpuModel::new(cfg, w, &opts)
         }
-    };
-    let bytes = synth::bytes_per_token(&model.weights);
-    Ok(CpuBench { model, bytes })
+    }
 }
 
-type Loaded = (Box<dyn BenchModel>, f64, String);
+type Loaded = (Box<dyn Backend>, f64, String);
 
 #[cfg(feature = "cuda")]
 fn cuda_model(
     cfg: &ModelConfig,
     dir: Option<&Path>,
-    args: &BenchArgs,
+    args: &BenchOptions,
     max_seq: usize,
 ) -> Result<Loaded> {
     let m = match dir {
         Some(dir) => cuda::load(dir, max_seq)?,
         None => cuda::synthetic(cfg, args.synthetic_scheme, args.seed, max_seq)?,
     };
-    let (gpu, bw, how) = m.bandwidth()?;
+    let (gpu, bw, how) = cuda::bandwidth(&m)?;
     Ok((Box::new(m), bw, format!("{gpu}, {how}")))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda_model(_: &ModelConfig, _: Option<&Path>, _: &BenchArgs, _: usize) -> Result<Loaded> {
+fn cuda_model(_: &ModelConfig, _: Option<&Path>, _: &BenchOptions, _: usize) -> Result<Loaded> {
     Err(Error::Unsupported(
         "this qforge was built without the CUDA backend (cargo feature `cuda`)".into(),
     ))

@@ -1,69 +1,11 @@
 //! The timed loop: one profile single-stream, greedy, forced to its length (EOS ignored), on
-//! any backend behind [`BenchModel`]; and the CPU's measured copy bandwidth.
+//! any [`Backend`]; and the CPU's measured copy bandwidth.
 
 use super::profile::Profile;
-use crate::runtime::cpu::CpuModel;
+use crate::runtime::Backend;
 use crate::Result;
 use serde::Serialize;
 use std::time::Instant;
-
-/// A loaded model as the benchmark drives it.
-pub trait BenchModel {
-    /// Runs `tokens` at positions `pos..` (the KV cache holds `0..pos`) and returns the greedy
-    /// next token.
-    fn next_token(&mut self, tokens: &[u32], pos: usize) -> Result<u32>;
-    /// Empties the KV cache.
-    fn reset(&mut self);
-    fn vocab_size(&self) -> usize;
-    /// Weight bytes one decode step reads.
-    fn bytes_per_token(&self) -> u64;
-    /// A short human name of the device and backend.
-    fn describe(&self) -> String;
-}
-
-/// Prompt rows per CPU forward pass: bounds the scratch (its logits buffer is `[rows, vocab]`).
-const CPU_PREFILL_ROWS: usize = 128;
-
-/// The CPU backend with its weight traffic per token.
-pub struct CpuBench {
-    pub model: CpuModel,
-    pub bytes: u64,
-}
-
-impl BenchModel for CpuBench {
-    fn next_token(&mut self, tokens: &[u32], pos: usize) -> Result<u32> {
-        let mut at = pos;
-        let mut last = &[][..];
-        for chunk in tokens.chunks(CPU_PREFILL_ROWS) {
-            last = self.model.forward_logits(chunk, at, false)?;
-            at += chunk.len();
-        }
-        Ok(argmax(last))
-    }
-    fn reset(&mut self) {
-        crate::runtime::Backend::reset(&mut self.model)
-    }
-    fn vocab_size(&self) -> usize {
-        self.model.config.vocab_size
-    }
-    fn bytes_per_token(&self) -> u64 {
-        self.bytes
-    }
-    fn describe(&self) -> String {
-        crate::runtime::Backend::describe(&self.model)
-    }
-}
-
-/// Index of the largest value (the first of equals; NaN never wins).
-pub fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
 
 /// One profile's measurements.
 #[derive(Debug, Clone, Serialize)]
@@ -91,7 +33,7 @@ pub fn prompt_ids(n: usize, vocab: usize, salt: u64) -> Vec<u32> {
 }
 
 /// Runs `p` once: random prompt, then exactly `p.generate` greedy tokens.
-pub fn run_profile(m: &mut dyn BenchModel, p: Profile) -> Result<Timing> {
+pub fn run_profile(m: &mut dyn Backend, p: Profile) -> Result<Timing> {
     let prompt = prompt_ids(p.prompt, m.vocab_size(), p.generate as u64);
     m.reset();
     let start = Instant::now();
@@ -117,7 +59,7 @@ pub fn run_profile(m: &mut dyn BenchModel, p: Profile) -> Result<Timing> {
 
 /// Untimed warm-up: a short prompt and a few decode steps (first-touch of the weights, GEMM
 /// plans, scratch growth).
-pub fn warm_up(m: &mut dyn BenchModel, prompt: usize) -> Result<()> {
+pub fn warm_up(m: &mut dyn Backend, prompt: usize) -> Result<()> {
     let ids = prompt_ids(prompt.max(1), m.vocab_size(), 99);
     m.reset();
     let mut tok = m.next_token(&ids, 0)?;

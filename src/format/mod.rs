@@ -1,7 +1,8 @@
-//! Byte-exact output formats: JSON as Python writes it ([`pyjson`]) and the small files
+//! Byte-exact output formats: JSON and YAML as Python writes them ([`pyjson`], [`pyyaml`]) and the small files
 //! llm-compressor / transformers write next to a quantized checkpoint.
 
 pub mod pyjson;
+pub mod pyyaml;
 
 use serde_json::Value;
 

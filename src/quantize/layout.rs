@@ -7,7 +7,7 @@ mod checks;
 
 use crate::checkpoint::writer::OutTensor;
 use crate::checkpoint::{Checkpoint, DType, TensorInfo};
-use crate::quant::pack::packed_len;
+use crate::numerics::pack::packed_len;
 use crate::recipe::{arch, QuantPlan, Scheme};
 use crate::{Error, Result};
 use std::cmp::Ordering;

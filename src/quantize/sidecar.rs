@@ -1,7 +1,7 @@
 //! The files written next to the weights: generation config and tokenizer files, as
 //! transformers' `save_pretrained` writes them for a local source model.
 
-use super::output::Staging;
+use crate::output::{copy_file, Staging};
 use crate::{Error, Result};
 use serde_json::Value;
 use std::fs;
@@ -25,7 +25,7 @@ pub fn copy_sidecar_files(src: &Path, staging: &Staging) -> Result<()> {
     for name in COPIED {
         let from = src.join(name);
         if from.is_file() {
-            super::copy_file(&from, &staging.path().join(name))?;
+            copy_file(&from, &staging.path().join(name))?;
         }
     }
     let mut template = read_optional(&src.join("chat_template.jinja"))?;

@@ -8,7 +8,7 @@ mod schemes;
 use super::layout::{Item, Transform};
 use crate::checkpoint::writer::ShardWriter;
 use crate::checkpoint::{Checkpoint, DType, TensorInfo};
-use crate::quant::{self, Fp8Rounding};
+use crate::numerics::{self, Fp8Rounding};
 use crate::recipe::Scheme;
 use crate::{Error, Result};
 
@@ -106,7 +106,7 @@ pub fn produce(
 fn row_align(scheme: Scheme) -> usize {
     match scheme {
         Scheme::Fp8Block => 128,
-        Scheme::W4A16Asym => quant::pack::pack_factor(4),
+        Scheme::W4A16Asym => numerics::pack::pack_factor(4),
         _ => 1,
     }
 }
@@ -163,7 +163,7 @@ pub(super) fn locate_bad_row(
 }
 
 fn row_is_finite(dtype: DType, row: &[u8]) -> bool {
-    quant::to_f32(dtype, row)
+    numerics::to_f32(dtype, row)
         .map(|v| v.iter().all(|x| x.is_finite()))
         .unwrap_or(false)
 }

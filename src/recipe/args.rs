@@ -3,7 +3,7 @@
 //! `quantization_config` and the `model_dump()` order that llm-compressor writes to
 //! `recipe.yaml`.
 
-use super::yaml_emit::Yaml;
+use crate::format::pyyaml::Yaml;
 use crate::{Error, Result};
 use serde_json::{Map, Value};
 

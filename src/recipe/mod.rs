@@ -11,20 +11,20 @@
 
 pub mod arch;
 mod args;
+pub mod matcher;
 mod modifier;
 mod plan;
 mod scheme;
-mod yaml_emit;
 
 pub use args::{Dynamic, QuantArgs, QuantType, Role, Strategy};
 pub use plan::{ConfigGroup, QuantPlan, COMPRESSED_TENSORS_VERSION};
 pub use scheme::{find_preset, infer_format, preset_of, Preset, PresetArgs, Scheme, PRESETS};
 
+use crate::format::pyyaml::{self, Yaml};
 use crate::{Error, Result};
 use modifier::QuantModifier;
 use serde_json::Value;
 use std::path::Path;
-use yaml_emit::Yaml;
 
 /// A parsed llm-compressor recipe holding one `QuantizationModifier`.
 #[derive(Debug, Clone, PartialEq)]
@@ -126,7 +126,7 @@ impl Recipe {
             self.modifier.to_yaml(),
         )]);
         let group = Yaml::Map(vec![(format!("{}_modifiers", self.group), mods)]);
-        yaml_emit::dump(&Yaml::Map(vec![(format!("{}_stage", self.stage), group)]))
+        pyyaml::dump(&Yaml::Map(vec![(format!("{}_stage", self.stage), group)]))
     }
 
     /// The config groups and matching rules to quantize with.

@@ -3,9 +3,10 @@
 //! config groups, and dumped back (`model_dump()` minus `None`s) for `recipe.yaml`.
 
 use super::args::{QuantArgs, Role, Strategy};
-use super::plan::{match_pattern, ConfigGroup};
+use super::matcher::match_pattern;
+use super::plan::ConfigGroup;
 use super::scheme::{find_preset, infer_format, Preset, PRESETS};
-use super::yaml_emit::Yaml;
+use crate::format::pyyaml::Yaml;
 use crate::{Error, Result};
 use serde_json::{Map, Value};
 

@@ -10,25 +10,34 @@ use super::args::{Dynamic, QuantArgs, QuantType, Role, Strategy};
 use crate::Result;
 
 /// A quantization scheme qforge implements (one per preset; `INT8` is `W8A8`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Also the `--synthetic-scheme` of `qforge bench` (lower-case names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum Scheme {
     /// FP8 E4M3 weights with one scale per output channel; FP8 activations quantized per
     /// token at run time.
+    #[value(name = "fp8_dynamic")]
     Fp8Dynamic,
     /// FP8 E4M3 weights with one scale per 128×128 block; FP8 activations quantized per
     /// group of 128 at run time.
+    #[value(name = "fp8_block")]
     Fp8Block,
     /// Symmetric int8 weights per output channel; int8 activations per token at run time.
+    #[value(name = "w8a8")]
     W8A8,
     /// Symmetric int8 weights in groups of 128, packed into int32.
+    #[value(name = "w8a16")]
     W8A16,
     /// Symmetric int4 weights in groups of 128, packed into int32.
+    #[value(name = "w4a16")]
     W4A16,
     /// Asymmetric int4 weights (with int4 zero points) in groups of 128, packed into int32.
+    #[value(name = "w4a16_asym")]
     W4A16Asym,
     /// FP4 E2M1 weights in groups of 16 with E4M3 scales under an F32 global scale.
+    #[value(name = "nvfp4a16")]
     Nvfp4A16,
     /// FP4 E2M1 weights in groups of 32 with E8M0 (power-of-two) scales.
+    #[value(name = "mxfp4a16")]
     Mxfp4A16,
 }
 
@@ -45,6 +54,11 @@ impl Scheme {
             Scheme::Nvfp4A16 => "NVFP4A16",
             Scheme::Mxfp4A16 => "MXFP4A16",
         }
+    }
+
+    /// True for the weight-only schemes (BF16 activations).
+    pub fn weight_only(self) -> bool {
+        !matches!(self, Scheme::Fp8Dynamic | Scheme::Fp8Block | Scheme::W8A8)
     }
 
     /// The columns per weight scale of a GROUP / TENSOR_GROUP scheme: `in_features` must be

@@ -8,111 +8,10 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::runtime::cpu::{load_cpu_with, CpuModel, CpuOptions};
 use crate::runtime::sampler::{Sampler, SamplingParams};
 use crate::runtime::tokenizer::{DecodeStream, TextTokenizer};
 use crate::runtime::Backend;
 use crate::{Error, Result};
-
-/// Where a model runs (`--device`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Device {
-    /// CUDA when a capable GPU is present (compute capability ≥ 8.9), else the CPU.
-    #[default]
-    Auto,
-    Cpu,
-    /// An NVIDIA GPU (Ada or Hopper); with QFORGE_CUDA_EMULATE=1, the CUDA emulator (the same
-    /// kernels on the CPU, slowly: for tests). Decode steps replay a CUDA graph
-    /// (QFORGE_CUDA_GRAPHS=0: launch by launch).
-    Cuda,
-}
-
-/// A [`Backend`] that lends out its own logits buffer instead of returning a new vector, so
-/// that a decode loop allocates nothing per token. Every backend implements it.
-pub trait Engine: Backend + Send {
-    /// [`Backend::forward`] returning a view of the backend's logits buffer.
-    fn forward_view(&mut self, tokens: &[u32], pos: usize, all_logits: bool) -> Result<&[f32]>;
-
-    /// The most candidates [`Engine::forward_top`] returns; 0 (the default) when the backend
-    /// does not select them itself.
-    fn top_capacity(&self) -> usize {
-        0
-    }
-
-    /// Runs `tokens` like `forward_view(tokens, pos, false)` but returns only the `k` largest
-    /// logits of the last row with their ids (`k <= top_capacity()`), best first, in the
-    /// order of [`top_candidates`](crate::runtime::sampler::top_candidates).
-    fn forward_top(&mut self, _tokens: &[u32], _pos: usize, k: usize) -> Result<&[(f32, u32)]> {
-        Err(Error::Runtime(format!(
-            "{} does not select top-{k} candidates",
-            self.describe()
-        )))
-    }
-}
-
-impl Engine for CpuModel {
-    fn forward_view(&mut self, tokens: &[u32], pos: usize, all_logits: bool) -> Result<&[f32]> {
-        self.forward_logits(tokens, pos, all_logits)
-    }
-}
-
-/// The concrete device `device` means on this machine: `auto` is CUDA when this build has the
-/// CUDA backend and a driver with an FP8-capable GPU (compute capability ≥ 8.9) is present,
-/// else the CPU (saying why on stderr); `cuda` is an error when no such GPU is usable.
-pub fn resolve_device(device: Device) -> Result<Device> {
-    match device {
-        Device::Cpu => Ok(Device::Cpu),
-        Device::Cuda => cuda_probe()
-            .map(|_| Device::Cuda)
-            .map_err(Error::Unsupported),
-        Device::Auto => match cuda_probe() {
-            Ok(()) => Ok(Device::Cuda),
-            Err(reason) => {
-                eprintln!("qforge: --device auto: using the CPU ({reason})");
-                Ok(Device::Cpu)
-            }
-        },
-    }
-}
-
-#[cfg(not(feature = "cuda"))]
-fn cuda_probe() -> std::result::Result<(), String> {
-    Err("this qforge was built without the CUDA backend (cargo feature `cuda`)".into())
-}
-
-#[cfg(feature = "cuda")]
-fn cuda_probe() -> std::result::Result<(), String> {
-    crate::runtime::cuda::auto_device(0)
-        .map(|_| ())
-        .map_err(|e| e.trim_start_matches("using the CPU: ").to_string())
-}
-
-/// Loads the checkpoint in `dir` on `device` (see [`resolve_device`]), with a KV cache for
-/// `max_seq` positions (`None`: the backend's default).
-pub fn load(dir: &Path, device: Device, max_seq: Option<usize>) -> Result<Box<dyn Engine>> {
-    match resolve_device(device)? {
-        Device::Cuda => load_cuda(dir, max_seq),
-        Device::Auto | Device::Cpu => Ok(Box::new(load_cpu_with(dir, &CpuOptions { max_seq })?)),
-    }
-}
-
-#[cfg(not(feature = "cuda"))]
-fn load_cuda(_dir: &Path, _max_seq: Option<usize>) -> Result<Box<dyn Engine>> {
-    Err(Error::Unsupported(cuda_probe().unwrap_err()))
-}
-
-#[cfg(feature = "cuda")]
-fn load_cuda(dir: &Path, max_seq: Option<usize>) -> Result<Box<dyn Engine>> {
-    use crate::runtime::cuda::{load_cuda, CudaOptions};
-    let opts = CudaOptions {
-        max_seq,
-        ..CudaOptions::default()
-    };
-    Ok(Box::new(crate::runtime::cuda::CudaEngine::new(load_cuda(
-        dir, &opts,
-    )?)))
-}
 
 /// Sampling flags as the user gave them. Greedy unless sampling is asked for: a temperature
 /// above 0, or (no temperature given) any of top-p / top-k / seed. Then what the user did not
@@ -209,7 +108,7 @@ pub const PREFILL_CHUNK: usize = 512;
 
 /// Runs `tokens` at positions `pos..` into the KV cache, [`PREFILL_CHUNK`] at a time, without
 /// keeping any logits.
-pub fn prefill(model: &mut dyn Engine, tokens: &[u32], pos: usize) -> Result<()> {
+pub fn prefill(model: &mut dyn Backend, tokens: &[u32], pos: usize) -> Result<()> {
     for (i, piece) in tokens.chunks(PREFILL_CHUNK).enumerate() {
         model.forward_view(piece, pos + i * PREFILL_CHUNK, false)?;
     }
@@ -224,7 +123,7 @@ pub fn prefill(model: &mut dyn Engine, tokens: &[u32], pos: usize) -> Result<()>
 /// caller's own deque, instead of being injected into the pool from outside (which wakes
 /// threads and allocates queue blocks every few dozen calls).
 pub fn generate(
-    model: &mut dyn Engine,
+    model: &mut dyn Backend,
     tok: &TextTokenizer,
     prompt: &[u32],
     opts: &GenerateOptions,
@@ -241,7 +140,7 @@ pub fn generate(
 
 /// The loop of [`generate`].
 fn decode(
-    model: &mut dyn Engine,
+    model: &mut dyn Backend,
     tok: &TextTokenizer,
     prompt: &[u32],
     opts: &GenerateOptions,
@@ -332,7 +231,7 @@ impl Picker<'_> {
     /// engine selects them itself, only those come back from it.
     fn step(
         &mut self,
-        model: &mut dyn Engine,
+        model: &mut dyn Backend,
         tokens: &[u32],
         pos: usize,
         generated: usize,

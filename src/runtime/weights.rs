@@ -85,7 +85,9 @@ impl LinearWeight {
             LinearWeight::Dense(Dense::Bf16(v)) => half::bf16::from_bits(v[i]).to_f32(),
             LinearWeight::Dense(Dense::F16(v)) => half::f16::from_bits(v[i]).to_f32(),
             LinearWeight::Dense(Dense::F32(v)) => v[i],
-            LinearWeight::Fp8 { codes, scales } => crate::quant::e4m3_to_f32(codes[i]) * scales[r],
+            LinearWeight::Fp8 { codes, scales } => {
+                crate::numerics::e4m3_to_f32(codes[i]) * scales[r]
+            }
             LinearWeight::Int8 { codes, scales } => codes[i] as f32 * scales[r],
             LinearWeight::Fp8Block {
                 codes,
@@ -94,7 +96,7 @@ impl LinearWeight {
                 block_cols,
             } => {
                 let s = scales[(r / block_rows) * (cols / block_cols) + c / block_cols];
-                crate::quant::e4m3_to_f32(codes[i]) * s
+                crate::numerics::e4m3_to_f32(codes[i]) * s
             }
         }
     }
@@ -167,6 +169,28 @@ pub struct Weights {
 }
 
 impl Weights {
+    /// Weight bytes one decode step reads: every layer's Linears (codes + scales, or the dense
+    /// matrix) and the output projection; the embedding gather reads one row and is left out.
+    pub fn bytes_per_token(&self) -> u64 {
+        let linear = |l: &Linear| -> u64 {
+            let n = (l.rows * l.cols) as u64;
+            match &l.weight {
+                LinearWeight::Fp8 { scales, .. }
+                | LinearWeight::Int8 { scales, .. }
+                | LinearWeight::Fp8Block { scales, .. } => n + 4 * scales.len() as u64,
+                LinearWeight::Dense(Dense::Bf16(_) | Dense::F16(_)) => 2 * n,
+                LinearWeight::Dense(Dense::F32(_)) => 4 * n,
+            }
+        };
+        let layers: u64 = self
+            .layers
+            .iter()
+            .flat_map(|l| l.linears())
+            .map(linear)
+            .sum();
+        layers + linear(self.lm_head())
+    }
+
     /// Checks the checkpoint against the config ([`check`]), then loads every tensor.
     pub fn load(ck: &Checkpoint, cfg: &ModelConfig) -> Result<Weights> {
         check(ck, cfg)?;
@@ -378,7 +402,7 @@ fn check_one(ck: &Checkpoint, e: &Expect) -> Result<()> {
 }
 
 fn check_scales(ck: &Checkpoint, t: &TensorInfo) -> Result<()> {
-    let s = crate::quant::to_f32(t.dtype, ck.data(t))?;
+    let s = crate::numerics::to_f32(t.dtype, ck.data(t))?;
     match s.iter().position(|&v| !(v.is_finite() && v > 0.0)) {
         None => Ok(()),
         Some(r) => Err(bad(format!(
@@ -446,7 +470,7 @@ impl Loader<'_> {
 
     fn vector(&self, name: &str) -> Result<Vec<f32>> {
         let t = self.tensor(name)?;
-        crate::quant::to_f32(t.dtype, self.ck.data(t))
+        crate::numerics::to_f32(t.dtype, self.ck.data(t))
     }
 
     fn layer(&self, i: usize) -> Result<Layer> {
@@ -578,7 +602,7 @@ impl Loader<'_> {
         match t.dtype {
             DType::BF16 => Ok(Dense::Bf16(u16s())),
             DType::F16 => Ok(Dense::F16(u16s())),
-            DType::F32 => Ok(Dense::F32(crate::quant::to_f32(t.dtype, bytes)?)),
+            DType::F32 => Ok(Dense::F32(crate::numerics::to_f32(t.dtype, bytes)?)),
             other => Err(bad(format!(
                 "{}: tensor {} is {other}, expected BF16, F16 or F32",
                 self.ck.dir.display(),

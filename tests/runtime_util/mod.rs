@@ -1,7 +1,7 @@
 //! Helpers shared by the runtime tests: golden files, fixture paths, comparisons.
 #![allow(dead_code)]
 
-use qforge::quant::e4m3_to_f32;
+use qforge::numerics::e4m3_to_f32;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -109,7 +109,7 @@ pub fn copy_dir(src: &Path, dst: &Path) {
 }
 
 /// The FP8_DYNAMIC SmolLM2 checkpoint: `QFORGE_SMOLLM2_FP8` when set and present; otherwise
-/// quantized here from the BF16 one (`bf16`) with `qforge::quant`'s llm-compressor-exact
+/// quantized here from the BF16 one (`bf16`) with `qforge::numerics`'s llm-compressor-exact
 /// per-channel quantizer, into `QFORGE_SMOLLM2_FP8` when set (so later runs reuse it) or into
 /// `tmp`. Returns the directory.
 pub fn smollm2_fp8(bf16: &Path, tmp: &Path) -> PathBuf {
@@ -136,7 +136,7 @@ pub fn smollm2_fp8(bf16: &Path, tmp: &Path) -> PathBuf {
 /// config.json gets the fixtures' `quantization_config`.
 pub fn quantize_fp8_dynamic(src: &Path, dst: &Path) {
     use qforge::checkpoint::{Checkpoint, DType};
-    use qforge::quant::{quantize_fp8_channel, Fp8Rounding};
+    use qforge::numerics::{quantize_fp8_channel, Fp8Rounding};
     use safetensors::tensor::TensorView;
     const LINEARS: [&str; 7] = [
         "q_proj",

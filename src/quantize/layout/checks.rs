@@ -3,7 +3,7 @@
 //! that fused projections share.
 
 use crate::checkpoint::{Checkpoint, TensorInfo};
-use crate::quant;
+use crate::numerics;
 use crate::recipe::Scheme;
 use crate::runtime::config::{ModelConfig, Quantization};
 use crate::runtime::weights;
@@ -148,7 +148,7 @@ pub fn nvfp4_global_scales(
         for t in &tensors {
             a = a.max(tensor_absmax(ck, t)?);
         }
-        let gs = quant::nvfp4_global_scale(first.dtype, a);
+        let gs = numerics::nvfp4_global_scale(first.dtype, a);
         out.extend(tensors.iter().map(|t| (t.name.clone(), gs)));
     }
     Ok(out)
@@ -171,7 +171,7 @@ fn parents(modules: &[String]) -> Vec<&str> {
 fn tensor_absmax(ck: &Checkpoint, t: &TensorInfo) -> Result<f32> {
     let cols = t.shape.get(1).copied().unwrap_or(0);
     let data = ck.data(t);
-    let a = quant::weight_absmax(&t.name, t.dtype, data, cols)
+    let a = numerics::weight_absmax(&t.name, t.dtype, data, cols)
         .map_err(|e| super::super::stream::locate_bad_row(ck, t, data, 0, e));
     ck.release(t);
     a

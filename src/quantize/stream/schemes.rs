@@ -3,7 +3,7 @@
 //! scheme's row alignment (see `row_align`), so every offset below is exact.
 
 use super::{Job, Scratch};
-use crate::quant::{self, pack, IntParams};
+use crate::numerics::{self, pack, IntParams};
 use crate::quantize::layout::int_bits;
 use crate::recipe::Scheme;
 use crate::Result;
@@ -50,7 +50,7 @@ fn fp8_channel(job: &Job, block: &[u8], row: usize, n: usize, s: &mut Scratch) -
     let (t, cols, dsz) = (job.t, job.cols(), job.t.dtype.size());
     s.codes.resize(n * cols, 0);
     s.scales.resize(n * dsz, 0);
-    quant::quantize_fp8_channel_into(
+    numerics::quantize_fp8_channel_into(
         &t.name,
         t.dtype,
         block,
@@ -70,7 +70,7 @@ fn fp8_block(job: &Job, block: &[u8], row: usize, n: usize, s: &mut Scratch) -> 
     let grid_cols = cols.div_ceil(B);
     s.codes.resize(n * cols, 0);
     s.scales.resize(n.div_ceil(B) * grid_cols * dsz, 0);
-    quant::quantize_fp8_block_into(
+    numerics::quantize_fp8_block_into(
         &t.name,
         t.dtype,
         block,
@@ -113,7 +113,7 @@ fn int_rows(
     s.codes.resize(n * cols, 0);
     s.scales.resize(n * groups * dsz, 0);
     s.zps.resize(n * groups, 0);
-    quant::quantize_int_into(
+    numerics::quantize_int_into(
         &t.name,
         t.dtype,
         block,
@@ -146,11 +146,11 @@ fn int_rows(
 
 fn nvfp4(job: &Job, block: &[u8], row: usize, n: usize, s: &mut Scratch) -> Result<()> {
     let (t, cols) = (job.t, job.cols());
-    let groups = cols / quant::fp4::NVFP4_GROUP;
+    let groups = cols / numerics::fp4::NVFP4_GROUP;
     s.packed.resize(n * cols / 2, 0);
     s.scales.resize(n * groups, 0);
     let gs = job.global_scale.unwrap_or(1.0);
-    quant::quantize_nvfp4_into(
+    numerics::quantize_nvfp4_into(
         &t.name,
         t.dtype,
         block,
@@ -166,10 +166,10 @@ fn nvfp4(job: &Job, block: &[u8], row: usize, n: usize, s: &mut Scratch) -> Resu
 
 fn mxfp4(job: &Job, block: &[u8], row: usize, n: usize, s: &mut Scratch) -> Result<()> {
     let (t, cols) = (job.t, job.cols());
-    let groups = cols / quant::fp4::MXFP4_GROUP;
+    let groups = cols / numerics::fp4::MXFP4_GROUP;
     s.packed.resize(n * cols / 2, 0);
     s.scales.resize(n * groups, 0);
-    quant::quantize_mxfp4_into(
+    numerics::quantize_mxfp4_into(
         &t.name,
         t.dtype,
         block,

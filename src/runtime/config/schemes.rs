@@ -15,7 +15,8 @@
 //! A top-level `format` of `mixed-precision` means each group names its own.
 
 use super::{bad, unsupported, Quantization};
-use crate::Result;
+use crate::recipe::matcher::Matcher;
+use crate::{Error, Result};
 use serde_json::Value;
 
 /// The stored format of a quantized Linear's weight.
@@ -52,25 +53,24 @@ pub struct SchemeGroup {
     pub scheme: WeightScheme,
 }
 
-/// Whether a compressed-tensors target/ignore pattern matches `module`: `Linear` matches
-/// every Linear, `re:X` is a regex matched at the start of the name (Python `re.match`),
-/// anything else is an exact module name.
+/// Whether a compressed-tensors target/ignore pattern matches the Linear `module`, by the
+/// recipe's own rules ([`Matcher`]: `Linear` and `Module` match every Linear, `re:X` is a
+/// regex matched at the start of the name as Python's `re.match`, with look-around; anything
+/// else is an exact module name).
 pub fn pattern_matches(pat: &str, module: &str) -> Result<bool> {
-    if pat == "Linear" {
-        return Ok(true);
-    }
-    match pat.strip_prefix("re:") {
-        Some(re) => Ok(regex::Regex::new(&format!("^(?:{re})"))
-            .map_err(|e| bad(format!("quantization_config pattern `{pat}`: {e}")))?
-            .is_match(module)),
-        None => Ok(pat == module),
-    }
+    let in_config = |e: Error| match e {
+        Error::Recipe(m) => bad(format!("quantization_config pattern: {m}")),
+        other => other,
+    };
+    Matcher::new(pat)
+        .and_then(|m| m.matches(module))
+        .map_err(in_config)
 }
 
 /// How specific a matching pattern is: an exact name beats a regex, which beats `Linear`.
 fn specificity(pat: &str) -> u8 {
     match pat {
-        "Linear" => 0,
+        "Linear" | "Module" => 0,
         p if p.starts_with("re:") => 1,
         _ => 2,
     }
@@ -289,6 +289,24 @@ mod tests {
             .to_string();
         assert!(
             e.contains("config_groups.g") && e.contains("num_bits 2"),
+            "{e}"
+        );
+    }
+
+    /// The runtime reads patterns with the recipe's matcher: Python's look-around works (a
+    /// recipe may ignore with one, and its output must load), and so does `Module`.
+    #[test]
+    fn patterns_match_as_the_recipe_matches() {
+        let pat = "re:.*(?<!gate)_proj$";
+        assert!(pattern_matches(pat, "model.layers.0.mlp.up_proj").unwrap());
+        assert!(!pattern_matches(pat, "model.layers.0.mlp.gate_proj").unwrap());
+        assert!(pattern_matches("Module", "lm_head").unwrap());
+        assert!(!pattern_matches("re:mlp", "model.layers.0.mlp.up_proj").unwrap());
+        let e = pattern_matches("re:(", "x").unwrap_err().to_string();
+        assert!(
+            e.starts_with(
+                "config.json: quantization_config pattern: invalid regular expression `re:(`"
+            ),
             "{e}"
         );
     }

@@ -11,7 +11,7 @@
 //! only. INT8 rows ([`int8_dot`]) accumulate in i32, exactly, as vLLM's int8 GEMMs do.
 //! Dense rows (BF16/F16/F32 weights) accumulate in f32.
 
-use crate::quant::e4m3_to_f32;
+use crate::numerics::e4m3_to_f32;
 use crate::runtime::weights::Dense;
 #[cfg(target_arch = "x86_64")]
 use std::sync::OnceLock;
@@ -147,7 +147,7 @@ fn check_args<T>(k: usize, xs: &[&[T]], out: &[f32]) {
 
 /// BF16 bits → f32 (exact).
 pub fn bf16_to_f32(bits: u16) -> f32 {
-    crate::quant::convert::bf16_bits_to_f32(bits)
+    crate::numerics::convert::bf16_bits_to_f32(bits)
 }
 
 /// F16 bits → f32 (exact).
@@ -163,7 +163,7 @@ fn dense_dot_portable<T: Copy>(w: &[T], conv: impl Fn(T) -> f32, xs: &[&[f32]], 
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use crate::quant::e4m3_to_f32;
+    use crate::numerics::e4m3_to_f32;
     use std::arch::x86_64::*;
 
     /// Activations are stored times 2^1000 for this kernel (see [`decode16`]).

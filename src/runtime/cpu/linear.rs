@@ -27,7 +27,7 @@
 //! Dense weights are widened to f32 and accumulated in f32.
 
 use super::dot::{dense_dot, fp8_dot, int8_dot, prepare_fp8_acts, TB};
-use crate::quant::{e4m3_to_f32, f32_to_e4m3, E4M3_MAX};
+use crate::numerics::{e4m3_to_f32, f32_to_e4m3, E4M3_MAX};
 use crate::runtime::weights::{Linear, LinearWeight};
 use crate::{Error, Result};
 use rayon::prelude::*;

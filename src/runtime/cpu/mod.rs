@@ -319,8 +319,12 @@ fn record(trace: &mut Option<&mut Trace>, what: &str, layer: usize, x: &[f32]) {
 }
 
 impl Backend for CpuModel {
-    fn forward(&mut self, tokens: &[u32], pos: usize, all_logits: bool) -> Result<Vec<f32>> {
-        Ok(self.forward_logits(tokens, pos, all_logits)?.to_vec())
+    fn forward_view(&mut self, tokens: &[u32], pos: usize, all_logits: bool) -> Result<&[f32]> {
+        self.forward_logits(tokens, pos, all_logits)
+    }
+
+    fn weight_bytes_per_token(&self) -> u64 {
+        self.weights.bytes_per_token()
     }
 
     fn reset(&mut self) {

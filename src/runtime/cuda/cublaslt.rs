@@ -131,7 +131,7 @@ struct Fns {
     ) -> Status,
 }
 
-/// cuBLASLt, or its host stand-in on the CUDA emulator ([`super::emu_blas`]).
+/// cuBLASLt, or its host stand-in on the CUDA emulator ([`super::emu_cublaslt`]).
 pub enum Blas {
     Lt(Box<Lt>),
     Host,
@@ -168,7 +168,7 @@ impl Blas {
             Blas::Lt(l) => l.matmul(kind, shape, w, x, d, sa, sw, g),
             // SAFETY: emulator buffers are host memory of the sizes `kind` and the shape imply
             // (the caller's contract, as for cuBLASLt).
-            Blas::Host => unsafe { super::emu_blas::matmul(kind, shape, w, x, d, sa, sw) },
+            Blas::Host => unsafe { super::emu_cublaslt::matmul(kind, shape, w, x, d, sa, sw) },
         }
     }
 }

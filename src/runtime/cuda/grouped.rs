@@ -19,7 +19,7 @@
 //! (f32 scales were +50%), +6.25% at group 32.
 
 use crate::checkpoint::{Checkpoint, TensorInfo};
-use crate::quant::e4m3_to_f32;
+use crate::numerics::e4m3_to_f32;
 use crate::runtime::config::WeightScheme;
 use crate::runtime::weights::{e8m0, unpack_rows};
 use crate::{Error, Result};
@@ -201,7 +201,7 @@ pub fn load(
                 ((w >> (bits * (c % per_word))) & ((1 << bits) - 1)) as u8
             };
             let s = t("weight_scale")?;
-            let scales = crate::quant::to_f32(s.dtype, ck.data(s))?;
+            let scales = crate::numerics::to_f32(s.dtype, ck.data(s))?;
             let offsets = match symmetric {
                 true => None,
                 false => {
@@ -228,7 +228,7 @@ pub fn load(
             let table = match scheme {
                 WeightScheme::Nvfp4 => {
                     let g = t("weight_global_scale")?;
-                    let gs = crate::quant::to_f32(g.dtype, ck.data(g))?[0];
+                    let gs = crate::numerics::to_f32(g.dtype, ck.data(g))?[0];
                     (0..=255u8).map(|b| e4m3_to_f32(b) / gs).collect()
                 }
                 _ => (0..=255u8).map(e8m0).collect(),

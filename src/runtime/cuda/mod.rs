@@ -6,14 +6,12 @@
 //! without a toolkit or a GPU. Kernels (`kernels/*.cu`) are embedded and compiled by NVRTC
 //! for the GPU's exact architecture, cached on disk ([`kernels`]).
 
-pub mod bench;
-pub mod cli;
+pub mod backend;
 pub mod cublaslt;
-pub mod dweights;
+pub mod device_weights;
 pub mod emu;
-pub mod emu_blas;
-pub mod engine;
-pub mod forward;
+pub mod emu_cublaslt;
+pub mod gemm;
 pub mod gpu;
 pub mod graph;
 pub mod grouped;
@@ -22,15 +20,12 @@ pub mod libs;
 pub mod model;
 pub mod nvrtc;
 pub mod ops;
-pub mod randmodel;
-pub mod report;
-pub mod selftest;
+
 pub mod tune;
 pub mod upload;
 pub mod variant;
 
-pub use engine::CudaEngine;
-pub use forward::{load_cuda, CudaModel, CudaOptions};
+pub use model::{load_cuda, CudaModel, CudaOptions};
 
 /// For `--device auto`: the GPU to run on, or — as a one-line reason to print before falling
 /// back to the CPU — why not (no driver, no device, compute capability below 8.9). Never

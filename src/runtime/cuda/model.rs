@@ -1,366 +1,566 @@
-//! [`CudaModel`]: the forward pass on the GPU, the same model definition as the CPU backend
-//! with vLLM's W8A8 semantics (FP8, or INT8 for the W8A8 preset): per-token dynamic
-//! activation scales fused into the producing kernel (RMSNorm → FP8/int8, SiLU·up →
-//! FP8/int8), GEMMs with the epilogue `bf16(s_a · (s_w · acc))`, BF16 q/k/v and KV cache,
-//! f32 residual stream.
-//!
-//! GEMM dispatch per Linear: up to 16 activation rows, qforge's GEMV kernels (decode); more,
-//! cuBLASLt (prefill) with outer-vector scaling, else cuBLASLt with f32 sums plus the
-//! epilogue kernel, else (no cuBLASLt) qforge's tensor-core GEMM (`kernels/gemm.cu`). INT8
-//! and FP8_BLOCK Linears take that GEMM for prefill (no cuBLASLt int8 or block-scaled
-//! path). Packed weight-only Linears (W4A16, NVFP4A16, …) take their own GEMV up to 16 rows,
-//! and above it the BF16 GEMM on a scratch copy of their dequantized values. `QFORGE_GEMM`
-//! forces one: `gemv`, `lt-raw`, `lt-scaled` (default `auto`).
+//! [`CudaModel`]: loading (checkpoint, host weights, random) and the forward pass, top to
+//! bottom like the model definition; see [`super::gemm`] for GEMM dispatch, scratch buffers and RoPE tables.
 
-use super::cublaslt::{Blas, Kind};
-use super::dweights::{DLinear, DWeight};
+use super::device_weights::DWeights;
+use super::gemm::{attn_dims, rope_tables, Gemm, GemmMode, Scratch};
 use super::gpu::{DBuf, Gpu};
-use super::ops::{self, ActOut, AttnDims, Codes};
+use super::graph::Graph;
+use super::kernels::GemvVariant;
+use super::ops::{self, ActOut, AttnDims, Split};
+use super::tune::{GemvPick, Tuning};
+use crate::checkpoint::Checkpoint;
 use crate::runtime::config::ModelConfig;
-use crate::runtime::cpu::ops::inv_freq;
+use crate::runtime::weights::Weights;
 use crate::{Error, Result};
+use std::collections::BTreeMap;
+use std::path::Path;
 
-/// How prefill GEMMs run (see the module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GemmMode {
-    Auto,
-    Gemv,
-    LtRaw,
-    LtScaled,
+/// Load options.
+#[derive(Debug, Clone)]
+pub struct CudaOptions {
+    /// CUDA device ordinal.
+    pub device: usize,
+    /// KV-cache length (default 4096, capped by the model's `max_position_embeddings`).
+    pub max_seq: Option<usize>,
+    /// Rows per prefill step; longer prompts run in chunks (default 2048).
+    pub max_rows: Option<usize>,
+    pub gemm: GemmMode,
+    /// Fewest keys per split of a split (flash-decoding) attention (default 256; tests
+    /// force small splits).
+    pub split_keys: Option<usize>,
+    /// Replay decode steps as one captured CUDA graph (default on; `QFORGE_CUDA_GRAPHS=0`
+    /// turns it off everywhere).
+    pub graphs: bool,
+    /// Which build of `kernels/gemv.cu` decode runs (None: `QFORGE_GEMV`, by default timed
+    /// at load on a GPU; see [`super::tune`]).
+    pub gemv: Option<GemvPick>,
 }
 
-impl GemmMode {
-    /// `QFORGE_GEMM`, default [`GemmMode::Auto`].
-    pub fn from_env() -> Result<GemmMode> {
-        match std::env::var("QFORGE_GEMM").as_deref() {
-            Err(_) | Ok("") | Ok("auto") => Ok(GemmMode::Auto),
-            Ok("gemv") => Ok(GemmMode::Gemv),
-            Ok("lt-raw") => Ok(GemmMode::LtRaw),
-            Ok("lt-scaled") => Ok(GemmMode::LtScaled),
-            Ok(o) => Err(Error::Runtime(format!(
-                "QFORGE_GEMM={o}: expected auto, gemv, lt-raw or lt-scaled"
-            ))),
+impl Default for CudaOptions {
+    fn default() -> Self {
+        CudaOptions {
+            device: 0,
+            max_seq: None,
+            max_rows: None,
+            gemm: GemmMode::Auto,
+            split_keys: None,
+            graphs: true,
+            gemv: None,
         }
     }
 }
 
-/// cuBLASLt workspace size.
-const WORKSPACE: usize = 64 << 20;
-
-/// The GEMM engine: cuBLASLt (when found) and the buffers its fallbacks need.
-pub struct Gemm {
-    pub blas: Option<Blas>,
-    /// Why cuBLASLt is not used, or which variant is.
-    pub note: String,
-    pub mode: GemmMode,
-    /// Whether outer-vector scaling worked (None = not tried yet).
-    pub outer_ok: Option<bool>,
-    acc: Option<DBuf>,
-    /// BF16 values of the grouped Linear a prefill GEMM is reading.
-    dequantized: Option<DBuf>,
-    _workspace: Option<DBuf>,
+/// False when `QFORGE_CUDA_GRAPHS` is `0`.
+fn graphs_allowed() -> bool {
+    std::env::var_os("QFORGE_CUDA_GRAPHS").is_none_or(|v| v != "0")
 }
 
-impl Gemm {
-    pub fn new(g: &Gpu, mode: GemmMode) -> Result<Gemm> {
-        if mode == GemmMode::Gemv {
-            return Ok(Gemm::without("QFORGE_GEMM=gemv".into(), mode));
+/// Residual streams keyed like the CPU backend's trace (`residual_after_attn.{l}`,
+/// `residual_after_mlp.{l}`), each `[t, hidden]`.
+pub type Trace = BTreeMap<String, Vec<f32>>;
+
+/// A model loaded on the GPU.
+pub struct CudaModel {
+    pub config: ModelConfig,
+    pub weights: DWeights,
+    pub gemm: Gemm,
+    pub scratch: Scratch,
+    dims: AttnDims,
+    max_seq: usize,
+    pub(super) cached: usize,
+    k_cache: Vec<DBuf>,
+    v_cache: Vec<DBuf>,
+    cos: DBuf,
+    sin: DBuf,
+    /// Partial states of split attentions, the fewest keys per split, and the split of every
+    /// decode step (that of the whole cache, so that one graph serves every position).
+    part: DBuf,
+    split_keys: usize,
+    decode_split: Option<Split>,
+    /// The captured decode step, whether to use one, and why graphs were turned off.
+    /// The graph writes the logits buffer it was captured with and runs the GEMV build it
+    /// was captured under (both held here): a longer prefill that reallocates the buffer,
+    /// or another build (whose module replaced the old one's), invalidates it.
+    graph: Option<(Graph, u64, GemvVariant)>,
+    /// A step's position and ids as bytes, before their upload.
+    input: Vec<u8>,
+    pub(super) graphs: bool,
+    pub(super) graph_note: Option<String>,
+    /// The GEMV build in use and how it was picked (None: the default build, not tuned).
+    pub tuning: Option<Tuning>,
+    /// What [`Backend::forward_view`] and [`Backend::forward_top`] lend out.
+    pub(super) logits: Vec<f32>,
+    pub(super) top: Vec<(f32, u32)>,
+    // Last: every buffer above is freed while the context is alive.
+    pub gpu: Gpu,
+}
+
+/// Loads a checkpoint directory onto the GPU, streaming the weights.
+pub fn load_cuda(dir: &Path, opts: &CudaOptions) -> Result<CudaModel> {
+    load_cuda_on(Gpu::new(opts.device)?, dir, opts)
+}
+
+/// [`load_cuda`] onto a given GPU (or the emulator).
+pub fn load_cuda_on(gpu: Gpu, dir: &Path, opts: &CudaOptions) -> Result<CudaModel> {
+    let ck = Checkpoint::open(dir)?;
+    let config = ModelConfig::from_json(&ck.config)?;
+    attn_dims(&config)?;
+    let weights = DWeights::from_checkpoint(&gpu, &ck, &config, &mut |_, _| {})?;
+    drop(ck);
+    CudaModel::new(gpu, config, weights, opts)
+}
+
+impl CudaModel {
+    /// Builds the runtime state (KV cache, rope tables, scratch, GEMM engine) around weights.
+    pub fn new(
+        gpu: Gpu,
+        config: ModelConfig,
+        weights: DWeights,
+        opts: &CudaOptions,
+    ) -> Result<CudaModel> {
+        let dims = attn_dims(&config)?;
+        let mut max_seq = opts
+            .max_seq
+            .unwrap_or(4096)
+            .min(config.max_position_embeddings);
+        if let Some(w) = config.sliding_window {
+            max_seq = max_seq.min(w);
         }
-        let (ws, blas) = if g.is_emulated() {
-            (None, Ok(Blas::Host))
-        } else {
-            let ws = g.alloc(WORKSPACE)?;
-            let b = Blas::new(ws.ptr, WORKSPACE);
-            (Some(ws), b)
+        if max_seq == 0 {
+            return Err(Error::Runtime("max_seq must be at least 1".into()));
+        }
+        let rows = opts.max_rows.unwrap_or(2048).clamp(1, max_seq);
+        let kv_bytes = max_seq * config.kv_dim() * 2;
+        let mut k_cache = Vec::with_capacity(config.num_layers);
+        let mut v_cache = Vec::with_capacity(config.num_layers);
+        for _ in 0..config.num_layers {
+            k_cache.push(gpu.alloc(kv_bytes)?);
+            v_cache.push(gpu.alloc(kv_bytes)?);
+        }
+        let (cos, sin) = rope_tables(&gpu, &config, max_seq)?;
+        let smem = ops::attention_smem(dims, ops::attention_rows_per_block(dims, rows));
+        if smem > 48 << 10 {
+            gpu.set_max_smem("attention", smem)?;
+        }
+        if ops::mma_head_dim(dims.head_dim) {
+            let (name, smem) = ops::attention_mma_kernel(dims.head_dim);
+            if smem > 48 << 10 {
+                gpu.set_max_smem(name, smem)?;
+            }
+        }
+        let split_keys = opts.split_keys.unwrap_or(256);
+        let sms = gpu.info.sm_count.max(1) as usize;
+        let pick = opts.gemv.map_or_else(GemvPick::from_env, Ok)?;
+        let mut m = CudaModel {
+            part: gpu.alloc(ops::attention_part_len(dims) * 4)?,
+            split_keys,
+            decode_split: ops::attention_split(dims, 1, max_seq, sms, split_keys),
+            graph: None,
+            input: Vec::with_capacity((rows + 1) * 4),
+            graphs: opts.graphs && graphs_allowed(),
+            graph_note: None,
+            tuning: None,
+            logits: Vec::new(),
+            top: Vec::with_capacity(ops::TOP_K_MAX),
+            gemm: Gemm::new(&gpu, opts.gemm)?,
+            scratch: Scratch::new(&gpu, &config, rows)?,
+            dims,
+            max_seq,
+            cached: 0,
+            k_cache,
+            v_cache,
+            cos,
+            sin,
+            config,
+            weights,
+            gpu,
         };
-        Ok(match blas {
-            Ok(b) => Gemm {
-                note: b.describe(),
-                blas: Some(b),
-                mode,
-                outer_ok: (mode == GemmMode::LtRaw).then_some(false),
-                acc: None,
-                dequantized: None,
-                _workspace: ws,
-            },
-            Err(e) if mode == GemmMode::Auto => Gemm::without(e.to_string(), mode),
-            Err(e) => return Err(e),
-        })
+        m.pick_gemv(pick)?;
+        Ok(m)
     }
 
-    fn without(note: String, mode: GemmMode) -> Gemm {
-        Gemm {
-            blas: None,
-            note,
-            mode,
-            outer_ok: None,
-            acc: None,
-            dequantized: None,
-            _workspace: None,
+    /// Uploads host weights (small models and tests).
+    pub fn from_host(
+        config: ModelConfig,
+        weights: &Weights,
+        opts: &CudaOptions,
+    ) -> Result<CudaModel> {
+        CudaModel::from_host_on(Gpu::new(opts.device)?, config, weights, opts)
+    }
+
+    /// [`CudaModel::from_host`] onto a given GPU (or the emulator).
+    pub fn from_host_on(
+        gpu: Gpu,
+        config: ModelConfig,
+        weights: &Weights,
+        opts: &CudaOptions,
+    ) -> Result<CudaModel> {
+        attn_dims(&config)?;
+        let w = DWeights::from_host(&gpu, weights)?;
+        CudaModel::new(gpu, config, w, opts)
+    }
+
+    pub fn max_seq(&self) -> usize {
+        self.max_seq
+    }
+
+    pub fn cached_len(&self) -> usize {
+        self.cached
+    }
+
+    fn check_inputs(&self, tokens: &[u32], pos: usize) -> Result<()> {
+        crate::runtime::check_forward_inputs(
+            tokens,
+            pos,
+            self.cached,
+            self.max_seq,
+            self.config.vocab_size,
+        )
+    }
+
+    /// Runs `tokens` at `pos..` in chunks of the scratch size; the logits of the last
+    /// `logit_rows` rows of the last chunk (or of every row when `all`) are left on the GPU
+    /// and, when `out` is given, appended to it.
+    pub(super) fn run(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        all: bool,
+        mut out: Option<&mut Vec<f32>>,
+        mut trace: Option<&mut Trace>,
+    ) -> Result<usize> {
+        self.check_inputs(tokens, pos)?;
+        let chunk = self.scratch.rows;
+        let mut rows_out = 0;
+        for (i, part) in tokens.chunks(chunk).enumerate() {
+            let last = (i + 1) * chunk >= tokens.len();
+            let want = if all {
+                part.len()
+            } else if last {
+                1
+            } else {
+                0
+            };
+            self.step(part, pos + i * chunk, want, trace.as_deref_mut())?;
+            if let (Some(o), true) = (out.as_deref_mut(), want > 0) {
+                let v = self.config.vocab_size;
+                let ptr = self.scratch.logits.as_ref().expect("logits computed").ptr;
+                o.extend(self.gpu.download_f32(ptr, want * v)?);
+            }
+            rows_out = want;
         }
+        Ok(rows_out)
     }
 
-    /// The activation buffer kind `lin` reads.
-    pub fn wants(lin: &DLinear, a: &Acts) -> ActOut {
-        let (q, s) = (a.q.ptr, a.s.ptr);
-        match lin.w {
-            DWeight::Fp8 { .. } => ActOut::Fp8 { q, s },
-            DWeight::Int8 { .. } => ActOut::Int8 { q, s },
-            // FP8_BLOCK quantizes its BF16 input per group itself (`Gemm::linear`).
-            DWeight::Bf16(_) | DWeight::Grouped { .. } | DWeight::Fp8Block { .. } => {
-                ActOut::Bf16(a.b.ptr)
+    /// One chunk: its position and ids to the GPU, then its launches ([`Self::launches`]);
+    /// a decode step without tracing replays the captured graph of them instead.
+    fn step(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        logit_rows: usize,
+        trace: Option<&mut Trace>,
+    ) -> Result<()> {
+        let t = tokens.len();
+        // The scratch `ids` buffer holds [pos, ids…] (i32/u32), staged in a reused buffer.
+        self.input.clear();
+        let words = std::iter::once(pos as u32).chain(tokens.iter().copied());
+        self.input.extend(words.flat_map(u32::to_le_bytes));
+        self.gpu.upload(self.scratch.ids.ptr, &self.input)?;
+        if t == 1 && logit_rows == 1 && trace.is_none() && self.graphs {
+            let logits = self.scratch.logits.as_ref().map(|b| b.ptr);
+            let gemv = self.gpu.gemv();
+            if (self.graph.as_ref()).is_some_and(|g| Some(g.1) != logits || g.2 != gemv) {
+                self.graph = None;
+            }
+            if self.graph.is_none() {
+                self.capture_decode();
+            }
+            if let Some((graph, _, _)) = &self.graph {
+                self.gpu.replay(graph)?;
+                self.cached = pos + t;
+                return Ok(());
+            }
+        }
+        let split = match t {
+            1 => self.decode_split,
+            _ => {
+                let sms = self.gpu.info.sm_count.max(1) as usize;
+                ops::attention_split(self.dims, t, pos + t, sms, self.split_keys)
+            }
+        };
+        self.launches(t, split, logit_rows, trace)?;
+        self.cached = pos + t;
+        Ok(())
+    }
+
+    /// Captures the decode step's launches as a graph; on failure turns graphs off (saying
+    /// why in [`Backend::describe`]) and the step runs launch by launch.
+    fn capture_decode(&mut self) {
+        let v = self.config.vocab_size;
+        let res = self.scratch.logits(&self.gpu, 1, v).and_then(|logits| {
+            self.gpu.begin_capture()?;
+            let launched = self.launches(1, self.decode_split, 1, None);
+            let graph = self.gpu.end_capture();
+            Ok((launched.and(graph)?, logits, self.gpu.gemv()))
+        });
+        match res {
+            Ok(g) => self.graph = Some(g),
+            Err(e) if self.gpu.pdl() => {
+                // Programmatic launches are the newer feature: try the graph without them.
+                self.gpu.set_pdl(false);
+                self.graph_note = Some(format!("programmatic launches off: {e}"));
+                self.capture_decode();
+            }
+            Err(e) => {
+                self.graphs = false;
+                self.graph_note = Some(format!("CUDA graphs off: {e}"));
             }
         }
     }
 
-    /// `y[rows, n] = act[in_row.., k] · Wᵀ (+ bias)`; BF16 out, or f32 when `f32_out`
-    /// (dense and packed weights only: the logits).
-    pub fn linear(
+    /// Turns decode graphs on or off (benchmarks time both).
+    pub fn set_graphs(&mut self, on: bool) {
+        self.graphs = on;
+        self.recapture();
+    }
+
+    /// Turns programmatic launches in the decode graph on or off (benchmarks time both);
+    /// the next decode step captures the graph again.
+    pub fn set_pdl(&mut self, on: bool) {
+        self.gpu.set_pdl(on);
+        self.recapture();
+    }
+
+    /// Drops the captured decode step: the next one is captured anew (after a change to
+    /// what its launches are, such as [`Gpu::only`](super::gpu::Gpu::only)).
+    pub fn recapture(&mut self) {
+        self.graph = None;
+    }
+
+    /// Graphs on, why they or PDL were turned off, and PDL on: what a failed capture
+    /// changes, kept across a GEMV tuning so that one build's failure is not the model's.
+    pub(super) fn graph_state(&self) -> (bool, Option<String>, bool) {
+        (self.graphs, self.graph_note.clone(), self.gpu.pdl())
+    }
+
+    pub(super) fn restore_graph_state(
         &mut self,
-        g: &Gpu,
-        lin: &DLinear,
-        a: &Acts,
-        (rows, in_row): (usize, usize),
-        y: u64,
-        f32_out: bool,
+        (graphs, note, pdl): (bool, Option<String>, bool),
+    ) {
+        (self.graphs, self.graph_note) = (graphs, note);
+        self.gpu.set_pdl(pdl);
+        self.recapture();
+    }
+
+    /// Whether decode steps replay a captured graph.
+    pub fn graphs(&self) -> bool {
+        self.graphs
+    }
+
+    /// The GEMV build the captured decode step runs, if one is captured.
+    pub fn graph_gemv(&self) -> Option<GemvVariant> {
+        self.graph.as_ref().map(|g| g.2)
+    }
+
+    /// Whether a decode step has been captured (and is replayed from now on).
+    pub fn graph_captured(&self) -> bool {
+        self.graph.is_some()
+    }
+
+    /// The launches of one chunk of `t` rows at the position in the scratch input: embedding,
+    /// layers, and the logits of its last `logit_rows` rows. Nothing here depends on the
+    /// position on the host, so a decode step can be captured once.
+    fn launches(
+        &mut self,
+        t: usize,
+        split: Option<Split>,
+        logit_rows: usize,
+        mut trace: Option<&mut Trace>,
     ) -> Result<()> {
-        let (n, k) = (lin.n, lin.k);
-        let bias = lin.bias.as_ref().map_or(0, |b| b.ptr);
-        if f32_out && lin.is_codes() {
+        let c = &self.config;
+        let (g, w, s, dims) = (&self.gpu, &self.weights, &mut self.scratch, self.dims);
+        let (h, inter) = (c.hidden_size, c.intermediate_size);
+        let eps = c.rms_norm_eps as f32;
+        let scale = (c.head_dim as f64).powf(-0.5) as f32;
+        let (pos, ids) = (s.ids.ptr, s.ids.at(4));
+        ops::embed_gather(g, w.embed.w_ptr(), ids, t, h, s.x.ptr)?;
+        let split = split.map(|sp| (sp, self.part.ptr));
+        let mut pending = 0u64; // the previous block's output, added by the next norm
+        for (l, layer) in w.layers.iter().enumerate() {
+            let act = Gemm::wants(&layer.qkv, &s.act);
+            ops::add_rmsnorm(g, s.x.ptr, pending, layer.input_norm.ptr, eps, t, h, act)?;
+            if l > 0 {
+                record(g, &mut trace, "residual_after_mlp", l - 1, s.x.ptr, t * h)?;
+            }
+            self.gemm
+                .linear(g, &layer.qkv, &s.act, (t, 0), s.qkv.ptr, false)?;
+            let norms = (opt_ptr(&layer.q_norm), opt_ptr(&layer.k_norm), eps);
+            let cache = (self.k_cache[l].ptr, self.v_cache[l].ptr);
+            let tables = (self.cos.ptr, self.sin.ptr);
+            ops::rope_qkv(
+                g,
+                dims,
+                s.qkv.ptr,
+                t,
+                pos,
+                tables,
+                norms,
+                (s.q.ptr, cache.0, cache.1),
+            )?;
+            // An o_proj with BF16 input reads the attention's output where it lands: no
+            // copy, which in the decode graph would also be a memcpy node between two
+            // programmatic launches.
+            let o_in = Gemm::wants(&layer.o, &s.act);
+            let io = ops::AttnIo {
+                q: s.q.ptr,
+                cache,
+                out: if let ActOut::Bf16(b) = o_in {
+                    b
+                } else {
+                    s.att.ptr
+                },
+                rows: t,
+                pos,
+                scale,
+            };
+            ops::attention(g, dims, io, split)?;
+            if !matches!(o_in, ActOut::Bf16(_)) {
+                ops::quant_rows(g, s.att.ptr, t, c.q_dim(), o_in)?;
+            }
+            self.gemm
+                .linear(g, &layer.o, &s.act, (t, 0), s.proj.ptr, false)?;
+            let act = Gemm::wants(&layer.gate_up, &s.act);
+            ops::add_rmsnorm(g, s.x.ptr, s.proj.ptr, layer.post_norm.ptr, eps, t, h, act)?;
+            record(g, &mut trace, "residual_after_attn", l, s.x.ptr, t * h)?;
+            self.gemm
+                .linear(g, &layer.gate_up, &s.act, (t, 0), s.gu.ptr, false)?;
+            ops::silu_mul(g, s.gu.ptr, t, inter, Gemm::wants(&layer.down, &s.act))?;
+            self.gemm
+                .linear(g, &layer.down, &s.act, (t, 0), s.proj.ptr, false)?;
+            pending = s.proj.ptr;
+        }
+        let lm = w.lm_head();
+        if lm.is_codes() {
             return Err(Error::Unsupported(format!(
                 "{}: a quantized lm_head is not supported by the CUDA backend",
-                lin.name
+                lm.name
             )));
         }
-        // Dense kinds: the cuBLASLt GEMM for prefill when present.
-        let small = rows <= ops::GEMV_MAX_ROWS || self.blas.is_none();
-        // 1-byte codes: qforge's GEMM for prefill without a cuBLASLt path (INT8, FP8_BLOCK,
-        // FP8 when cuBLASLt is missing); QFORGE_GEMM=gemv keeps the GEMV kernels.
-        let gemv = rows <= ops::GEMV_MAX_ROWS || self.mode == GemmMode::Gemv;
-        let mnk = (rows, n, k);
-        match &lin.w {
-            DWeight::Fp8 { codes, scales } | DWeight::Int8 { codes, scales } => {
-                let w = (codes.ptr, scales.ptr, bias);
-                let x = (a.q.at(in_row * k), a.s.at(in_row * 4));
-                let kind = match lin.w {
-                    DWeight::Int8 { .. } => Codes::Int8,
-                    _ => Codes::Fp8,
-                };
-                match kind {
-                    _ if gemv => ops::gemv_codes(g, kind, w, x, y, mnk),
-                    Codes::Fp8 if self.blas.is_some() => self.fp8_lt(g, w, x, y, mnk),
-                    _ => ops::gemm_codes(g, kind, w, x, y, mnk),
-                }
-            }
-            DWeight::Fp8Block { codes, scales } => {
-                // The BF16 input, quantized here per token and 128-column group.
-                let xq = (a.q.ptr, a.sg.ptr);
-                ops::quant_groups(g, a.b.at(in_row * k * 2), rows, k, xq)?;
-                let w = (codes.ptr, scales.ptr, bias);
-                match gemv {
-                    true => ops::gemv_codes(g, Codes::Fp8Block, w, xq, y, mnk),
-                    false => ops::gemm_codes(g, Codes::Fp8Block, w, xq, y, mnk),
-                }
-            }
-            DWeight::Bf16(w) => {
-                let x = a.b.at(in_row * k * 2);
-                match small {
-                    true => ops::gemv_bf16(g, (w.ptr, bias), x, (y, f32_out), mnk),
-                    false => self.dense(g, lin, w.ptr, x, (y, f32_out), rows),
-                }
-            }
-            DWeight::Grouped { .. } => {
-                let x = a.b.at(in_row * k * 2);
-                let gw = lin.grouped().expect("a grouped weight");
-                if small {
-                    return ops::gemv_grouped(g, (gw, bias), x, (y, f32_out), mnk);
-                }
-                // Prefill: the BF16 values the GEMV computes in registers, then the dense GEMM.
-                let w = Self::grow(g, &mut self.dequantized, n * k * 2)?;
-                ops::dequant_grouped(g, gw, w, (n, k))?;
-                self.dense(g, lin, w, x, (y, f32_out), rows)
-            }
+        // Final norm: on every row when tracing (the last residual is recorded), else only
+        // on the rows whose logits are wanted.
+        let first = if trace.is_some() { 0 } else { t - logit_rows };
+        if first == t {
+            return Ok(());
         }
+        let xr = s.x.at(first * h * 4);
+        let pr = if pending == 0 {
+            0
+        } else {
+            pending + (first * h * 2) as u64
+        };
+        ops::add_rmsnorm(
+            g,
+            xr,
+            pr,
+            w.norm.ptr,
+            eps,
+            t - first,
+            h,
+            ActOut::Bf16(s.act.b.ptr),
+        )?;
+        if let Some(l) = c.num_layers.checked_sub(1) {
+            record(g, &mut trace, "residual_after_mlp", l, s.x.ptr, t * h)?;
+        }
+        if logit_rows > 0 {
+            let logits = s.logits(g, logit_rows, c.vocab_size)?;
+            let in_row = t - logit_rows - first;
+            self.gemm
+                .linear(g, lm, &s.act, (logit_rows, in_row), logits, true)?;
+        }
+        Ok(())
     }
 
-    /// The cuBLASLt BF16 GEMM of `rows` rows against the dense `[n, k]` matrix at `w`.
-    fn dense(
+    /// Like [`Backend::forward`] but also records the residual stream after every block.
+    pub fn forward_trace(
         &mut self,
-        g: &Gpu,
-        lin: &DLinear,
-        w: u64,
-        x: u64,
-        (y, f32_out): (u64, bool),
-        rows: usize,
+        tokens: &[u32],
+        pos: usize,
+        all_logits: bool,
+    ) -> Result<(Vec<f32>, Trace)> {
+        let mut trace = Trace::new();
+        let mut out = Vec::new();
+        self.run(tokens, pos, all_logits, Some(&mut out), Some(&mut trace))?;
+        Ok((out, trace))
+    }
+
+    /// Runs `tokens` and returns the greedy next token (argmax on the GPU; only 8 bytes come
+    /// back): the decode loop of benchmarks.
+    pub fn forward_argmax(&mut self, tokens: &[u32], pos: usize) -> Result<u32> {
+        let mut top = Vec::with_capacity(1);
+        self.top_into(tokens, pos, 1, &mut top)?;
+        Ok(top[0].1)
+    }
+
+    /// Runs `tokens` and sets `out` to the `k` (1 ≤ k ≤ min(vocab, 1024)) largest logits
+    /// of the last row with their ids, best first, in the order of
+    /// [`crate::runtime::sampler::top_candidates`]: all that greedy decoding and top-k
+    /// sampling need, selected on the GPU, so only `8·k` bytes come back instead of the
+    /// whole vocabulary.
+    pub fn top_into(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        k: usize,
+        out: &mut Vec<(f32, u32)>,
     ) -> Result<()> {
-        let (n, k) = (lin.n, lin.k);
-        let bias = lin.bias.as_ref().map_or(0, |b| b.ptr);
-        if bias == 0 {
-            let blas = self.blas.as_mut().expect("checked by linear()");
-            let kind = Kind::Bf16 { f32_out };
-            return blas.matmul(kind, (rows, n, k), w, x, y, 0, 0, g);
-        }
-        if f32_out {
-            return Err(Error::Unsupported(format!(
-                "{}: bias with f32 output",
-                lin.name
+        let v = self.config.vocab_size;
+        if k == 0 || k > v.min(ops::TOP_K_MAX) {
+            return Err(Error::Runtime(format!(
+                "top-k on the GPU needs 1 <= k <= {}, got {k}",
+                v.min(ops::TOP_K_MAX)
             )));
         }
-        // f32 sums, then the bias before the one rounding to BF16 (as the GEMV does).
-        let acc = Self::grow(g, &mut self.acc, rows * n * 4)?;
-        let blas = self.blas.as_mut().expect("checked by linear()");
-        let kind = Kind::Bf16 { f32_out: true };
-        blas.matmul(kind, (rows, n, k), w, x, acc, 0, 0, g)?;
-        ops::scale_epilogue(g, acc, 0, 0, bias, rows, n, y)
+        self.run(tokens, pos, false, None, None)?;
+        let s = &self.scratch;
+        let logits = s.logits.as_ref().expect("logits computed").ptr;
+        if k == 1 {
+            ops::argmax_rows(&self.gpu, logits, 1, v, s.top.ptr)?;
+        } else {
+            ops::top_k_rows(&self.gpu, logits, 1, v, k, s.top.ptr)?;
+        }
+        let mut b = [0u8; ops::TOP_K_MAX * 8];
+        self.gpu.download(s.top.ptr, &mut b[..8 * k])?;
+        out.clear();
+        out.extend(b[..8 * k].chunks_exact(8).map(|p| {
+            let word = |i: usize| u32::from_le_bytes([p[i], p[i + 1], p[i + 2], p[i + 3]]);
+            (f32::from_bits(word(0)), word(4))
+        }));
+        Ok(())
     }
 
-    /// The scratch buffer `buf`, grown to at least `bytes` bytes.
-    fn grow(g: &Gpu, buf: &mut Option<DBuf>, bytes: usize) -> Result<u64> {
-        if buf.as_ref().is_none_or(|b| b.bytes < bytes) {
-            *buf = None; // free the old one first
-            *buf = Some(g.alloc(bytes)?);
-        }
-        Ok(buf.as_ref().expect("allocated above").ptr)
-    }
-
-    /// Prefill FP8 GEMM through cuBLASLt: outer-vector scaling when it works (and there is
-    /// no bias: it must be added before the rounding to BF16), else f32 sums and the
-    /// epilogue kernel.
-    fn fp8_lt(
-        &mut self,
-        g: &Gpu,
-        (w, sw, bias): (u64, u64, u64),
-        (x, sa): (u64, u64),
-        y: u64,
-        (m, n, k): (usize, usize, usize),
-    ) -> Result<()> {
-        if self.outer_ok != Some(false) && bias == 0 {
-            let blas = self.blas.as_mut().expect("cuBLASLt present");
-            match blas.matmul(Kind::Fp8Scaled, (m, n, k), w, x, y, sa, sw, g) {
-                Ok(()) => {
-                    self.outer_ok = Some(true);
-                    return Ok(());
-                }
-                Err(e) if self.outer_ok.is_none() && self.mode == GemmMode::Auto => {
-                    self.outer_ok = Some(false);
-                    self.note = format!("{}; outer-vector scaling unavailable ({e})", self.note);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        let acc = Self::grow(g, &mut self.acc, m * n * 4)?;
-        let blas = self.blas.as_mut().expect("cuBLASLt present");
-        blas.matmul(Kind::Fp8Raw, (m, n, k), w, x, acc, 0, 0, g)?;
-        ops::scale_epilogue(g, acc, sa, sw, bias, m, n, y)
-    }
-
-    /// Which FP8 prefill path runs: cuBLASLt (outer-vector scaled, or f32 sums + epilogue),
-    /// qforge's GEMM, or its GEMV.
-    pub fn fp8_path(&self) -> &'static str {
-        match (&self.blas, self.outer_ok) {
-            (None, _) if self.mode == GemmMode::Gemv => "qforge GEMV (QFORGE_GEMM=gemv)",
-            (None, _) => "qforge GEMM (no cuBLASLt)",
-            (Some(_), Some(false)) => "cuBLASLt f32 sums + qforge epilogue",
-            (Some(_), _) => "cuBLASLt outer-vector scaled",
-        }
+    /// Runs `tokens` without reading anything back, then waits for the GPU (timing).
+    pub fn forward_sync(&mut self, tokens: &[u32], pos: usize) -> Result<()> {
+        self.run(tokens, pos, false, None, None)?;
+        self.gpu.sync()
     }
 }
 
-/// Activation buffers a Linear reads: FP8 codes + scales, or BF16.
-pub struct Acts {
-    pub q: DBuf,
-    pub s: DBuf,
-    pub b: DBuf,
-    /// Per-group scales `[rows, width/128]` (FP8_BLOCK's activations).
-    pub sg: DBuf,
+fn opt_ptr(b: &Option<DBuf>) -> u64 {
+    b.as_ref().map_or(0, |b| b.ptr)
 }
 
-/// Every per-step buffer, sized for `rows` rows.
-pub struct Scratch {
-    pub rows: usize,
-    /// A step's position and token ids: [pos, ids…] as u32.
-    pub ids: DBuf,
-    pub x: DBuf,
-    pub act: Acts,
-    pub qkv: DBuf,
-    pub q: DBuf,
-    pub att: DBuf,
-    pub proj: DBuf,
-    pub gu: DBuf,
-    pub logits: Option<DBuf>,
-    /// (value bits, index) pairs of [`super::ops::argmax_rows`] / [`super::ops::top_k_rows`].
-    pub top: DBuf,
-}
-
-impl Scratch {
-    pub fn new(g: &Gpu, c: &ModelConfig, rows: usize) -> Result<Scratch> {
-        let (h, i, qd, kvd) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
-        let widest = h.max(i).max(qd);
-        Ok(Scratch {
-            rows,
-            ids: g.alloc((rows + 1) * 4)?,
-            x: g.alloc(rows * h * 4)?,
-            act: Acts {
-                q: g.alloc(rows * widest)?,
-                s: g.alloc(rows * 4)?,
-                b: g.alloc(rows * widest * 2)?,
-                sg: g.alloc(rows * widest.div_ceil(128) * 4)?,
-            },
-            qkv: g.alloc(rows * (qd + 2 * kvd) * 2)?,
-            q: g.alloc(rows * qd * 2)?,
-            att: g.alloc(rows * qd * 2)?,
-            proj: g.alloc(rows * h * 2)?,
-            gu: g.alloc(rows * 2 * i * 2)?,
-            logits: None,
-            top: g.alloc(super::ops::TOP_K_MAX * 8)?,
-        })
+/// Downloads `n` f32 of the residual stream into the trace, when tracing.
+fn record(
+    g: &Gpu,
+    trace: &mut Option<&mut Trace>,
+    what: &str,
+    layer: usize,
+    x: u64,
+    n: usize,
+) -> Result<()> {
+    if let Some(t) = trace.as_deref_mut() {
+        t.insert(format!("{what}.{layer}"), g.download_f32(x, n)?);
     }
-
-    /// The logits buffer with room for `rows` rows of `vocab`.
-    pub fn logits(&mut self, g: &Gpu, rows: usize, vocab: usize) -> Result<u64> {
-        let need = rows * vocab * 4;
-        if self.logits.as_ref().is_none_or(|b| b.bytes < need) {
-            self.logits = None;
-            self.logits = Some(g.alloc(need)?);
-        }
-        Ok(self.logits.as_ref().expect("allocated above").ptr)
-    }
-}
-
-/// The attention shape of a config, checked against the kernels' limits.
-pub fn attn_dims(c: &ModelConfig) -> Result<AttnDims> {
-    let group = c.num_heads / c.num_kv_heads;
-    if c.head_dim > 256 || c.head_dim % 2 != 0 || group > 32 {
-        return Err(Error::Unsupported(format!(
-            "the CUDA attention kernel needs an even head_dim <= 256 and at most 32 query heads \
-             per kv head (got head_dim {}, {group})",
-            c.head_dim
-        )));
-    }
-    if c.hidden_size % 2 != 0 || c.intermediate_size % 2 != 0 {
-        return Err(Error::Unsupported(
-            "hidden and intermediate sizes must be even".into(),
-        ));
-    }
-    Ok(AttnDims {
-        heads: c.num_heads,
-        kv_heads: c.num_kv_heads,
-        head_dim: c.head_dim,
-    })
-}
-
-/// cos/sin of `p · inv_freq[i]` for every position, computed exactly as the CPU backend's
-/// tables (f32 angle, f64 cos/sin rounded to f32).
-pub fn rope_tables(g: &Gpu, c: &ModelConfig, max_seq: usize) -> Result<(DBuf, DBuf)> {
-    let inv = inv_freq(&c.rope, c.head_dim);
-    let mut cos = Vec::with_capacity(max_seq * inv.len() * 4);
-    let mut sin = Vec::with_capacity(max_seq * inv.len() * 4);
-    for p in 0..max_seq {
-        for &f in &inv {
-            let a = (p as f32 * f) as f64;
-            cos.extend_from_slice(&(a.cos() as f32).to_le_bytes());
-            sin.extend_from_slice(&(a.sin() as f32).to_le_bytes());
-        }
-    }
-    Ok((g.upload_new(&cos)?, g.upload_new(&sin)?))
+    Ok(())
 }

@@ -12,8 +12,8 @@
 //! shape on the same GPU take it untimed, so that timing noise cannot make two runs decode
 //! differently.
 
-use super::forward::CudaModel;
 use super::kernels::{self, pf_forms, GemvVariant, GEMV_DEFAULT, GEMV_SWEEP};
+use super::model::CudaModel;
 use crate::runtime::Backend;
 use crate::{Error, Result};
 use serde_json::{json, Value};
@@ -263,7 +263,7 @@ impl CudaModel {
         h.update(format!("pf round {}\n", builds.pf_round));
         let w = &self.weights;
         // Shape, kind (FP8 and INT8 weigh the same but run other kernels) and bytes.
-        let mut shape = |l: &super::dweights::DLinear| {
+        let mut shape = |l: &super::device_weights::DLinear| {
             let kind = std::mem::discriminant(&l.w);
             h.update(format!("{} {} {kind:?} {}\n", l.n, l.k, l.weight_bytes()));
         };

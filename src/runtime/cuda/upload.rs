@@ -1,8 +1,8 @@
 //! Host to GPU: a Linear's weight on the host ([`HostWeight`], borrowed from the mmap where it
 //! can be), fused uploads (q/k/v and gate/up become one matrix each), and the checkpoint
-//! streamer behind [`super::dweights::DWeights::from_checkpoint`].
+//! streamer behind [`super::device_weights::DWeights::from_checkpoint`].
 
-use super::dweights::{DLayer, DLinear, DWeight};
+use super::device_weights::{DLayer, DLinear, DWeight};
 use super::gpu::{DBuf, Gpu};
 use super::grouped::{self, GroupKind, GroupedHost, Scales};
 use crate::checkpoint::{Checkpoint, DType, TensorInfo};
@@ -69,8 +69,9 @@ impl HostPart<'_> {
     }
 }
 
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+/// The little-endian bytes of `v` (the crate builds only for little-endian targets).
+pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    bytemuck::cast_slice(v).to_vec()
 }
 
 fn bf16_bytes_of(v: impl Iterator<Item = f32>) -> Vec<u8> {
@@ -343,7 +344,7 @@ impl Streamer<'_> {
 
     pub fn vector(&self, name: &str) -> Result<DBuf> {
         let t = self.tensor(name)?;
-        let v = crate::quant::to_f32(t.dtype, self.ck.data(t))?;
+        let v = crate::numerics::to_f32(t.dtype, self.ck.data(t))?;
         vector(self.g, &v)
     }
 
@@ -375,7 +376,7 @@ impl Streamer<'_> {
                 let bias = match bias {
                     true => {
                         let b = self.tensor(&format!("{module}.bias"))?;
-                        Some(crate::quant::to_f32(b.dtype, self.ck.data(b))?)
+                        Some(crate::numerics::to_f32(b.dtype, self.ck.data(b))?)
                     }
                     false => None,
                 };
@@ -402,19 +403,19 @@ impl Streamer<'_> {
                 used.push(s);
                 HostWeight::Fp8 {
                     codes: Cow::Borrowed(data),
-                    scales: crate::quant::to_f32(s.dtype, self.ck.data(s))?,
+                    scales: crate::numerics::to_f32(s.dtype, self.ck.data(s))?,
                 }
             }
             DType::BF16 => HostWeight::Bf16(Cow::Borrowed(data)),
             other => HostWeight::Bf16(Cow::Owned(bf16_bytes_of(
-                crate::quant::to_f32(other, data)?.into_iter(),
+                crate::numerics::to_f32(other, data)?.into_iter(),
             ))),
         };
         let bias = match bias {
             true => {
                 let b = self.tensor(&format!("{module}.bias"))?;
                 used.push(b);
-                Some(crate::quant::to_f32(b.dtype, self.ck.data(b))?)
+                Some(crate::numerics::to_f32(b.dtype, self.ck.data(b))?)
             }
             false => None,
         };

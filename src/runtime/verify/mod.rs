@@ -15,49 +15,14 @@ pub use report::{ReferenceReport, SamplingReport, VerifyReport};
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use crate::checkpoint::hub::{resolve_model, HubOptions};
 use crate::runtime::chat::{user_prompt, ChatTemplate};
 use crate::runtime::config::ModelConfig;
-use crate::runtime::generate::{
-    generate, load, prefill, resolve_device, Device, Engine, GenerateOptions, Generation,
-    SamplingArgs,
-};
+use crate::runtime::generate::{generate, prefill, GenerateOptions, Generation, SamplingArgs};
 use crate::runtime::tokenizer::TextTokenizer;
+use crate::runtime::{load, resolve_device, Backend, Device};
 use crate::{Error, Result};
-
-/// `qforge verify` command-line arguments.
-#[derive(Debug, Clone, clap::Args)]
-pub struct VerifyArgs {
-    /// The model to run: a local directory or a Hugging Face repo id.
-    #[arg(long)]
-    pub model: String,
-    /// The user message; it is formatted with the model's chat template.
-    #[arg(long)]
-    pub prompt: String,
-    /// A reference model (e.g. the BF16 source) to compare against: directory or repo id.
-    #[arg(long)]
-    pub reference: Option<String>,
-    /// Stop after this many new tokens (fewer, with a note, where the prompt and the answer
-    /// would not fit the model's max_position_embeddings).
-    #[arg(long, default_value_t = 128)]
-    pub max_new_tokens: usize,
-    /// Do not stop at EOS before this many new tokens (to compare a longer continuation).
-    #[arg(long, default_value_t = 0)]
-    pub min_new_tokens: usize,
-    /// Where to run the models.
-    #[arg(long, value_enum, default_value_t = Device::Auto)]
-    pub device: Device,
-    #[command(flatten)]
-    pub sampling: SamplingArgs,
-    /// Print the report as JSON (and do not stream the generation).
-    #[arg(long)]
-    pub json: bool,
-    /// With --reference: fail (exit code 2) when the top-1 agreement is below this.
-    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
-    pub min_agreement: f64,
-}
 
 /// How `verify` talks to the user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -104,28 +69,6 @@ impl VerifyOptions {
             output: Output::Human,
         }
     }
-}
-
-impl From<&VerifyArgs> for VerifyOptions {
-    fn from(a: &VerifyArgs) -> Self {
-        Self {
-            model: a.model.clone(),
-            reference: a.reference.clone(),
-            prompt: a.prompt.clone(),
-            max_new_tokens: a.max_new_tokens,
-            min_new_tokens: a.min_new_tokens,
-            device: a.device,
-            sampling: a.sampling,
-            min_agreement: Some(a.min_agreement),
-            output: if a.json { Output::Json } else { Output::Human },
-        }
-    }
-}
-
-/// `qforge verify`: [`run`] with the parsed arguments.
-pub fn run_cli(args: &VerifyArgs) -> Result<ExitCode> {
-    run(&VerifyOptions::from(args))?;
-    Ok(ExitCode::SUCCESS)
 }
 
 /// [`verify`], then the report (human or JSON, per `opts.output`), then the gate: an
@@ -331,7 +274,7 @@ fn resolve(flag: &str, model: &str, progress: bool) -> Result<PathBuf> {
 
 /// Generates, streaming to stdout when `stream`.
 fn run_one(
-    model: &mut dyn Engine,
+    model: &mut dyn Backend,
     prompt: &Prompt,
     gen: &GenerateOptions,
     stream: bool,
@@ -355,7 +298,7 @@ const TEACHER_ROWS: usize = 64;
 /// `[rows.len() / vocab, vocab]` rows predicting `continuation[first..]`. The prompt but its
 /// last token goes through [`prefill`] (no logits kept).
 fn teacher_forced(
-    model: &mut dyn Engine,
+    model: &mut dyn Backend,
     prompt: &[u32],
     continuation: &[u32],
     mut each: impl FnMut(usize, &[f32]) -> Result<()>,

@@ -22,7 +22,7 @@
 
 use super::{bad, Dense, Expect, Kind};
 use crate::checkpoint::{Checkpoint, DType, TensorInfo};
-use crate::quant::e4m3_to_f32;
+use crate::numerics::e4m3_to_f32;
 use crate::runtime::config::WeightScheme;
 use crate::Result;
 
@@ -133,7 +133,7 @@ pub(super) fn dequantize(
     };
     let floats = |suffix: &str| -> Result<Vec<f32>> {
         let x = t(suffix)?;
-        crate::quant::to_f32(x.dtype, ck.data(x))
+        crate::numerics::to_f32(x.dtype, ck.data(x))
     };
     let mut w = vec![0.0f32; rows * cols];
     match scheme {
@@ -182,14 +182,14 @@ pub(super) fn dequantize(
             let gs = floats("weight_global_scale")?[0];
             for (i, v) in w.iter_mut().enumerate() {
                 let scale = e4m3_to_f32(s[i / 16]) / gs;
-                *v = crate::quant::fp4::fp4_value(nibble(packed, i)) * scale;
+                *v = crate::numerics::fp4::fp4_value(nibble(packed, i)) * scale;
             }
         }
         WeightScheme::Mxfp4 => {
             let packed = ck.data(t("weight_packed")?);
             let s = ck.data(t("weight_scale")?);
             for (i, v) in w.iter_mut().enumerate() {
-                *v = crate::quant::fp4::fp4_value(nibble(packed, i)) * e8m0(s[i / 32]);
+                *v = crate::numerics::fp4::fp4_value(nibble(packed, i)) * e8m0(s[i / 32]);
             }
         }
     }
@@ -221,7 +221,7 @@ fn field(word: u32, k: usize, bits: u32) -> i32 {
     u as i32 - (1 << (bits - 1))
 }
 
-/// The inverse of `quant::pack::pack_columns`: `[rows, cols]` signed codes.
+/// The inverse of `numerics::pack::pack_columns`: `[rows, cols]` signed codes.
 pub fn unpack_columns(bytes: &[u8], rows: usize, cols: usize, bits: u32) -> Vec<i32> {
     let n = (32 / bits) as usize;
     let w: Vec<u32> = words(bytes).collect();
@@ -234,7 +234,7 @@ pub fn unpack_columns(bytes: &[u8], rows: usize, cols: usize, bits: u32) -> Vec<
         .collect()
 }
 
-/// The inverse of `quant::pack::pack_rows`: `[rows, cols]` signed values.
+/// The inverse of `numerics::pack::pack_rows`: `[rows, cols]` signed values.
 pub fn unpack_rows(bytes: &[u8], rows: usize, cols: usize, bits: u32) -> Vec<i32> {
     let n = (32 / bits) as usize;
     let w: Vec<u32> = words(bytes).collect();

@@ -1,10 +1,15 @@
 //! `qforge gpu …`: hidden developer subcommands that check and measure the CUDA backend on a
 //! machine that has only the built binary (scripts/gpu_check.sh runs them).
 
-use super::report::Report;
-use super::{bench, gpu, nvrtc, selftest};
+pub mod bench;
+pub mod randmodel;
+pub mod report;
+pub mod selftest;
+
+use crate::runtime::cuda::{gpu, nvrtc};
 use crate::Result;
 use clap::{Args, Subcommand};
+use report::Report;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -120,7 +125,7 @@ fn info(device: usize, r: &mut Report) {
         }
         Err(e) => return r.error("info", &e.to_string()),
     }
-    match (nvrtc::get(), super::emu::enabled()) {
+    match (nvrtc::get(), crate::runtime::cuda::emu::enabled()) {
         (Ok(nv), _) => r.info(
             "info",
             "nvrtc",
@@ -129,8 +134,8 @@ fn info(device: usize, r: &mut Report) {
         (Err(e), true) => r.info("info", "nvrtc", format!("not used by the emulator ({e})")),
         (Err(e), false) => r.error("nvrtc", &e.to_string()),
     }
-    if super::emu::enabled() {
-        match super::emu::get() {
+    if crate::runtime::cuda::emu::enabled() {
+        match crate::runtime::cuda::emu::get() {
             Ok(e) => r.info(
                 "info",
                 "emulator",
@@ -153,7 +158,10 @@ fn info(device: usize, r: &mut Report) {
             };
             r.row(
                 "info",
-                &format!("kernels {how} ({})", super::kernels::cache_dir().display()),
+                &format!(
+                    "kernels {how} ({})",
+                    crate::runtime::cuda::kernels::cache_dir().display()
+                ),
                 format!("{:.2} s", g.compile_s),
                 "",
                 Some(true),
@@ -161,7 +169,10 @@ fn info(device: usize, r: &mut Report) {
             for k in g.short_kernels() {
                 r.error("kernel block", &k);
             }
-            match super::model::Gemm::new(&g, super::model::GemmMode::Auto) {
+            match crate::runtime::cuda::gemm::Gemm::new(
+                &g,
+                crate::runtime::cuda::gemm::GemmMode::Auto,
+            ) {
                 Ok(m) => r.info("info", "gemm", m.note),
                 Err(e) => r.error("cublaslt", &e.to_string()),
             }

@@ -3,43 +3,20 @@
 //! DeepSeek-R1-Distill-Llama-70B's Linear shapes (compared with `torch._scaled_mm` by
 //! scripts/gpu_report.py).
 
-use super::cublaslt::Kind;
-use super::dweights::DWeights;
-use super::forward::{CudaModel, CudaOptions};
-use super::gpu::Gpu;
-use super::kernels::{pf_forms, GemvVariant, GEMV_DEFAULT, GEMV_SWEEP};
-use super::model::{Gemm, GemmMode};
-use super::ops::{self, Codes};
 use super::report::Report;
+use crate::bench::cuda::copy_bandwidth;
+use crate::recipe::Scheme;
+use crate::runtime::cuda::cublaslt::Kind;
+use crate::runtime::cuda::device_weights::DWeights;
+use crate::runtime::cuda::gemm::{Gemm, GemmMode};
+use crate::runtime::cuda::gpu::Gpu;
+use crate::runtime::cuda::kernels::{pf_forms, GemvVariant, GEMV_DEFAULT, GEMV_SWEEP};
+use crate::runtime::cuda::model::{CudaModel, CudaOptions};
+use crate::runtime::cuda::ops::{self, Codes};
 use crate::runtime::Backend;
-use crate::synthetic::SyntheticScheme;
 use crate::{Error, Result};
 use serde_json::json;
 use std::time::Instant;
-
-/// Bandwidth of a 4 GiB device-to-device copy (bytes read + written per second), GB/s.
-pub fn copy_bandwidth(g: &Gpu) -> Result<f64> {
-    let n = copy_bytes(g);
-    let (a, b) = (g.alloc(n)?, g.alloc(n)?);
-    g.copy(b.ptr, a.ptr, n)?;
-    g.sync()?;
-    let t0 = Instant::now();
-    for _ in 0..5 {
-        g.copy(b.ptr, a.ptr, n)?;
-    }
-    g.sync()?;
-    Ok(2.0 * n as f64 * 5.0 / t0.elapsed().as_secs_f64() / 1e9)
-}
-
-/// The buffer size [`copy_bandwidth`] copies: 4 GiB defeats any GPU cache; the emulator's
-/// host memory needs far less.
-pub fn copy_bytes(g: &Gpu) -> usize {
-    if g.is_emulated() {
-        256 << 20
-    } else {
-        4 << 30
-    }
-}
 
 /// Decode and prefill speed of random FP8 models of the given shapes.
 pub fn bench_models(
@@ -80,7 +57,7 @@ fn bench_one(
     let cfg = crate::bench::synth::synthetic_config(shape)?;
     let g = Gpu::new(device)?;
     let t0 = Instant::now();
-    let w = DWeights::random(&g, &cfg, SyntheticScheme::Fp8Dynamic, 7)?;
+    let w = DWeights::random(&g, &cfg, Scheme::Fp8Dynamic, 7)?;
     let bytes = w.bytes_per_token();
     r.info(
         &st,
@@ -124,7 +101,7 @@ fn bench_one(
         ),
     );
     // A side measurement: its failure is reported and the decode rows still come.
-    let dims = super::model::attn_dims(&cfg)?;
+    let dims = crate::runtime::cuda::gemm::attn_dims(&cfg)?;
     if let Err(e) = bench_attention(&m.gpu, dims, prefill, &st, r) {
         r.error(&format!("{st} attention"), &e.to_string());
     }
@@ -227,7 +204,7 @@ fn bench_one(
 
 /// The decode step timed with the other builds of gemv.cu a tuning times first (the
 /// default and `GEMV_SWEEP`), and the forms of the one in use that fetch under PDL, in place
-/// of the one in use (picked at load, see [`super::tune`]; the emulator: the first tuning
+/// of the one in use (picked at load, see [`crate::runtime::cuda::tune`]; the emulator: the first tuning
 /// build only), against its `td`.
 fn decode_by_gemv_build(
     m: &mut CudaModel,

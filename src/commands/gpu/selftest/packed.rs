@@ -4,13 +4,14 @@
 //! GPU, also the decode GEMVs' speed on a 70B-shaped gate_up (packed INT4, BF16, FP8_BLOCK,
 //! FP8 per channel).
 
-use super::super::dweights::{DLinear, DWeights};
-use super::super::gpu::Gpu;
-use super::super::grouped::GroupKind;
-use super::super::ops::{self, Codes};
 use super::super::report::Report;
 use crate::checkpoint::Checkpoint;
 use crate::runtime::config::ModelConfig;
+use crate::runtime::cuda::device_weights::{DLinear, DWeights};
+use crate::runtime::cuda::gpu::Gpu;
+use crate::runtime::cuda::grouped::GroupKind;
+use crate::runtime::cuda::ops::{self, Codes};
+use crate::runtime::cuda::upload::f32_bytes;
 use crate::runtime::weights::{Dense, Linear, LinearWeight, Weights};
 use crate::{Error, Result};
 use std::path::Path;
@@ -46,10 +47,6 @@ fn host_bf16(parts: &[&Linear]) -> Result<Vec<u8>> {
         out.extend(v.iter().flat_map(|b| b.to_le_bytes()));
     }
     Ok(out)
-}
-
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
 /// (values unlike the CPU's, GEMV outputs unlike gemv_bf16's) of one packed Linear, summed

@@ -5,6 +5,8 @@
 use crate::checkpoint::writer::{self, OutTensor};
 use crate::checkpoint::DType;
 use crate::{Error, Result};
+
+pub mod weights;
 use rayon::prelude::*;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -19,13 +21,15 @@ pub struct LlamaShape {
     pub kv_heads: usize,
     pub vocab: usize,
     pub tied: bool,
+    /// The llama3 RoPE scaling factor (32 for Llama-3.2, 8 for Llama-3.1).
+    pub rope_factor: f64,
 }
 
 /// Named shapes: `tiny` (the bundled default model: SmolLM2's vocabulary, 2 layers),
 /// `llama-1b` (Llama-3.2-1B), `llama-8b` (Llama-3.1-8B), `llama-70b` (Llama-3.1-70B /
 /// DeepSeek-R1-Distill-Llama-70B).
 pub fn named_shape(name: &str) -> Option<LlamaShape> {
-    let s = |hidden, intermediate, layers, heads, kv_heads, vocab, tied| LlamaShape {
+    let s = |hidden, intermediate, layers, heads, kv_heads, vocab, tied, rope_factor| LlamaShape {
         hidden,
         intermediate,
         layers,
@@ -33,69 +37,15 @@ pub fn named_shape(name: &str) -> Option<LlamaShape> {
         kv_heads,
         vocab,
         tied,
+        rope_factor,
     };
     Some(match name {
-        "tiny" => s(48, 128, 2, 3, 1, 49152, true),
-        "llama-1b" => s(2048, 8192, 16, 32, 8, 128256, true),
-        "llama-8b" => s(4096, 14336, 32, 32, 8, 128256, false),
-        "llama-70b" => s(8192, 28672, 80, 64, 8, 128256, false),
+        "tiny" => s(48, 128, 2, 3, 1, 49152, true, 32.0),
+        "llama-1b" => s(2048, 8192, 16, 32, 8, 128256, true, 32.0),
+        "llama-8b" => s(4096, 14336, 32, 32, 8, 128256, false, 8.0),
+        "llama-70b" => s(8192, 28672, 80, 64, 8, 128256, false, 8.0),
         _ => return None,
     })
-}
-
-/// The quantization of a random model built directly in memory (`bench --synthetic`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SyntheticScheme {
-    /// FP8 per channel, per-token FP8 activations (the seed model's preset).
-    #[value(name = "fp8_dynamic")]
-    Fp8Dynamic,
-    /// FP8 in 128×128 blocks, activations per token and 128-column group.
-    #[value(name = "fp8_block")]
-    Fp8Block,
-    /// INT8 per channel, per-token int8 activations.
-    #[value(name = "w8a8")]
-    W8a8,
-    /// INT4 in groups of 128 columns, BF16 activations (weight-only).
-    #[value(name = "w4a16")]
-    W4a16,
-    /// INT4 in groups of 128 columns with zero points (weight-only).
-    #[value(name = "w4a16_asym")]
-    W4a16Asym,
-    /// INT8 in groups of 128 columns (weight-only).
-    #[value(name = "w8a16")]
-    W8a16,
-    /// FP4 (E2M1) in groups of 16 columns, E4M3 group scales (weight-only).
-    #[value(name = "nvfp4a16")]
-    Nvfp4a16,
-    /// FP4 (E2M1) in groups of 32 columns, power-of-two group scales (weight-only).
-    #[value(name = "mxfp4a16")]
-    Mxfp4a16,
-}
-
-impl SyntheticScheme {
-    /// The llm-compressor preset name.
-    pub fn preset(self) -> &'static str {
-        match self {
-            SyntheticScheme::Fp8Dynamic => "FP8_DYNAMIC",
-            SyntheticScheme::Fp8Block => "FP8_BLOCK",
-            SyntheticScheme::W8a8 => "W8A8",
-            SyntheticScheme::W4a16 => "W4A16",
-            SyntheticScheme::W4a16Asym => "W4A16_ASYM",
-            SyntheticScheme::W8a16 => "W8A16",
-            SyntheticScheme::Nvfp4a16 => "NVFP4A16",
-            SyntheticScheme::Mxfp4a16 => "MXFP4A16",
-        }
-    }
-}
-
-impl SyntheticScheme {
-    /// True for the weight-only schemes (BF16 activations).
-    pub fn weight_only(self) -> bool {
-        !matches!(
-            self,
-            SyntheticScheme::Fp8Dynamic | SyntheticScheme::Fp8Block | SyntheticScheme::W8a8
-        )
-    }
 }
 
 /// Names accepted by [`named_shape`], for help texts and errors.
@@ -133,7 +83,7 @@ impl LlamaShape {
             "pretraining_tp": 1,
             "rms_norm_eps": 1e-05,
             "rope_scaling": {
-                "factor": 32.0,
+                "factor": self.rope_factor,
                 "high_freq_factor": 4.0,
                 "low_freq_factor": 1.0,
                 "original_max_position_embeddings": 8192,
@@ -255,7 +205,7 @@ pub fn write_checkpoint(
     let shards = writer::plan_shards(&tensors, max_shard_bytes);
     let mut buf = Vec::new();
     let total = tensors.iter().map(|t| t.nbytes()).sum();
-    let bar = crate::quantize::progress_bar("writing", total, true);
+    let bar = crate::progress::progress_bar("writing", total, true);
     for shard in &shards {
         let w = writer::ShardWriter::create(&dir.join(&shard.file_name), shard)?;
         for t in &shard.tensors {
@@ -286,53 +236,8 @@ pub fn write_checkpoint(
     std::fs::write(&path, crate::format::pyjson::dumps(&gen, true)).map_err(|e| Error::io(&path, e))
 }
 
-/// `qforge make-model` arguments.
-#[derive(Debug, clap::Args)]
-pub struct MakeModelArgs {
-    /// Shape: tiny, llama-1b, llama-8b or llama-70b.
-    #[arg(long, default_value = "tiny")]
-    pub shape: String,
-    /// Output directory (must not exist unless --force).
-    #[arg(long, value_name = "DIR")]
-    pub output: std::path::PathBuf,
-    /// Random seed; the same seed always writes the same bytes.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Copy tokenizer and chat-template files from this model directory (vocab sizes must match).
-    #[arg(long, value_name = "DIR")]
-    pub tokenizer_from: Option<std::path::PathBuf>,
-    /// Largest safetensors shard (20GB, 5GiB, 500MB, or bytes).
-    #[arg(long, default_value = "5GB", value_parser = crate::quantize::parse_size)]
-    pub max_shard_size: u64,
-    /// Replace --output if it exists.
-    #[arg(long)]
-    pub force: bool,
-}
-
-/// Runs `qforge make-model`.
-pub fn run_cli(args: &MakeModelArgs) -> Result<std::process::ExitCode> {
-    let shape = named_shape(&args.shape).ok_or_else(|| {
-        Error::Unsupported(format!(
-            "unknown shape {}: use one of {SHAPE_NAMES}",
-            args.shape
-        ))
-    })?;
-    let staging = crate::quantize::Staging::new(&args.output, args.force)?;
-    staging.ensure_space(shape.tensors().iter().map(|t| t.nbytes()).sum())?;
-    write_checkpoint(&shape, staging.path(), args.seed, args.max_shard_size)?;
-    if let Some(src) = &args.tokenizer_from {
-        copy_tokenizer(src, staging.path())?;
-    }
-    let out = staging.commit()?;
-    println!(
-        "wrote {} ({} parameters)",
-        out.display(),
-        shape.parameters()
-    );
-    Ok(std::process::ExitCode::SUCCESS)
-}
-
-fn copy_tokenizer(src: &Path, dst: &Path) -> Result<()> {
+/// Copies the tokenizer and chat-template files of the model at `src` into `dst`.
+pub fn copy_tokenizer(src: &Path, dst: &Path) -> Result<()> {
     let names = [
         "tokenizer.json",
         "tokenizer_config.json",
@@ -342,7 +247,7 @@ fn copy_tokenizer(src: &Path, dst: &Path) -> Result<()> {
     for name in names {
         let from = src.join(name);
         if from.is_file() {
-            crate::quantize::copy_file(&from, &dst.join(name))?;
+            crate::output::copy_file(&from, &dst.join(name))?;
         }
     }
     Ok(())

@@ -189,6 +189,13 @@ fn place_error(final_dir: &Path, what: &str, at: &Path, e: std::io::Error) -> Er
     ))
 }
 
+/// Copies a file's bytes (not its permissions: sources in caches or fixtures are often
+/// read-only, and the output should not be).
+pub fn copy_file(from: &Path, to: &Path) -> Result<()> {
+    let bytes = std::fs::read(from).map_err(|e| Error::io(from, e))?;
+    std::fs::write(to, bytes).map_err(|e| Error::io(to, e))
+}
+
 impl Drop for Staging {
     fn drop(&mut self) {
         if !self.done {

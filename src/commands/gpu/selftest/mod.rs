@@ -21,21 +21,23 @@
 pub mod packed;
 pub mod sweep;
 
-use super::cublaslt::Kind;
-use super::dweights::{upload_fused, DWeight, HostPart, HostWeight};
-use super::forward::{load_cuda, CudaModel, CudaOptions};
-use super::gpu::Gpu;
-use super::model::{Gemm, GemmMode};
-use super::ops::{self, Codes};
-use super::randmodel::{dense_shape_config, dequantized, random_host_weights, shape_config};
+use super::randmodel::{dense_shape_config, shape_config};
 use super::report::{compare, Report};
 use crate::checkpoint::Checkpoint;
-use crate::quant::{e4m3_to_f32, f32_to_e4m3};
+use crate::numerics::{e4m3_to_f32, f32_to_e4m3};
 use crate::runtime::config::ModelConfig;
 use crate::runtime::cpu::{load_cpu, CpuModel, CpuOptions};
+use crate::runtime::cuda::cublaslt::Kind;
+use crate::runtime::cuda::device_weights::{upload_fused, DWeight, HostPart, HostWeight};
+use crate::runtime::cuda::gemm::{Gemm, GemmMode};
+use crate::runtime::cuda::gpu::Gpu;
+use crate::runtime::cuda::model::{load_cuda, CudaModel, CudaOptions};
+use crate::runtime::cuda::ops::{self, Codes};
+use crate::runtime::cuda::upload::f32_bytes;
 use crate::runtime::sampler::{argmax, top_candidates};
 use crate::runtime::weights::Weights;
 use crate::runtime::Backend;
+use crate::synthetic::weights::{dequantized, fp8_quantized_weights};
 use crate::{Error, Result};
 use std::collections::HashMap;
 use std::path::Path;
@@ -101,10 +103,6 @@ fn stage(r: &mut Report, name: &str, res: Result<()>) {
     if let Err(e) = res {
         r.error(name, &e.to_string());
     }
-}
-
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
 fn f32_of(b: &[u8]) -> Vec<f32> {
@@ -451,11 +449,11 @@ fn random_1b(device: usize, steps: usize, dense: bool, r: &mut Report) -> Result
     let st = if dense { "random-1b-bf16" } else { "random-1b" };
     let t0 = Instant::now();
     let (cfg, weights) = if dense {
-        let w = random_host_weights(&shape_config("llama-1b")?, 1234)?;
+        let w = fp8_quantized_weights(&shape_config("llama-1b")?, 1234)?;
         (dense_shape_config("llama-1b")?, dequantized(w))
     } else {
         let cfg = shape_config("llama-1b")?;
-        let w = random_host_weights(&cfg, 1234)?;
+        let w = fp8_quantized_weights(&cfg, 1234)?;
         (cfg, w)
     };
     r.info(

@@ -6,11 +6,11 @@
 //! natively on Hopper, E4M3 only through f16 conversions in `mma.sync`). On the emulator:
 //! the first build on a small shape (its times mean nothing).
 
-use super::super::gpu::{DBuf, Gpu};
-use super::super::kernels::{GemvVariant, GEMV_DEFAULT, GEMV_SWEEP};
-use super::super::ops::{self, Codes};
 use super::super::report::Report;
-use super::super::tune::off_by_more_than_an_ulp;
+use crate::runtime::cuda::gpu::{DBuf, Gpu};
+use crate::runtime::cuda::kernels::{GemvVariant, GEMV_DEFAULT, GEMV_SWEEP};
+use crate::runtime::cuda::ops::{self, Codes};
+use crate::runtime::cuda::tune::off_by_more_than_an_ulp;
 use crate::Result;
 use std::time::Instant;
 

@@ -16,9 +16,9 @@ use super::ops;
 use super::upload::{host_part, vector, Streamer};
 pub use super::upload::{upload_fused, HostPart, HostWeight};
 use crate::checkpoint::Checkpoint;
+use crate::recipe::Scheme;
 use crate::runtime::config::ModelConfig;
 use crate::runtime::weights::{self, Weights};
-use crate::synthetic::SyntheticScheme;
 use crate::{Error, Result};
 
 /// A Linear weight on the GPU.
@@ -125,12 +125,7 @@ impl DLinear {
 }
 
 /// A random `[n, k]` weight of `scheme` (see [`DWeights::random`]).
-fn random_linear(
-    g: &Gpu,
-    scheme: SyntheticScheme,
-    (n, k): (usize, usize),
-    seed: u32,
-) -> Result<DWeight> {
+fn random_linear(g: &Gpu, scheme: Scheme, (n, k): (usize, usize), seed: u32) -> Result<DWeight> {
     let filled = |count: usize, v: f32| -> Result<DBuf> {
         let b = g.alloc(count * 4)?;
         ops::fill_f32(g, b.ptr, count, v)?;
@@ -172,31 +167,31 @@ fn random_linear(
         })
     };
     Ok(match scheme {
-        SyntheticScheme::Fp8Dynamic => {
+        Scheme::Fp8Dynamic => {
             let (codes, scales) = codes_scales(n * k, n, 0.02 / 112.0)?;
             DWeight::Fp8 { codes, scales }
         }
-        SyntheticScheme::Fp8Block if k % 128 == 0 => {
+        Scheme::Fp8Block if k % 128 == 0 => {
             let (codes, scales) = codes_scales(n * k, n * k / 128, 0.02 / 112.0)?;
             DWeight::Fp8Block { codes, scales }
         }
-        SyntheticScheme::Fp8Block => {
+        Scheme::Fp8Block => {
             return Err(Error::Unsupported(format!(
                 "a synthetic FP8_BLOCK model needs in_features that are multiples of 128, \
                  not {k}"
             )))
         }
-        SyntheticScheme::W8a8 => {
+        Scheme::W8A8 => {
             let (codes, scales) = codes_scales(n * k, n, 0.02 / 64.0)?;
             DWeight::Int8 { codes, scales }
         }
         // Scales as checkpoints hold them: BF16 for the integer formats (the BF16x2 INT4
         // kernels' case), e4m3 / global (any f32) for NVFP4, a power of two for MXFP4.
-        SyntheticScheme::W4a16 => grouped((GroupKind::Int4, 128), bf16(0.02 / 4.0), None)?,
-        SyntheticScheme::W4a16Asym => grouped((GroupKind::Int4, 128), bf16(0.02 / 8.0), Some(8.0))?,
-        SyntheticScheme::W8a16 => grouped((GroupKind::Int8, 128), bf16(0.02 / 64.0), None)?,
-        SyntheticScheme::Nvfp4a16 => grouped((GroupKind::Fp4, 16), 0.02 / 3.0, None)?,
-        SyntheticScheme::Mxfp4a16 => grouped((GroupKind::Fp4, 32), 1.0 / 256.0, None)?,
+        Scheme::W4A16 => grouped((GroupKind::Int4, 128), bf16(0.02 / 4.0), None)?,
+        Scheme::W4A16Asym => grouped((GroupKind::Int4, 128), bf16(0.02 / 8.0), Some(8.0))?,
+        Scheme::W8A16 => grouped((GroupKind::Int8, 128), bf16(0.02 / 64.0), None)?,
+        Scheme::Nvfp4A16 => grouped((GroupKind::Fp4, 16), 0.02 / 3.0, None)?,
+        Scheme::Mxfp4A16 => grouped((GroupKind::Fp4, 32), 1.0 / 256.0, None)?,
     })
 }
 
@@ -318,12 +313,7 @@ impl DWeights {
     /// 128×128 block; INT8 and INT4 (groups of 128) codes of random bytes with scales of the
     /// same order. BF16 embedding and lm_head ~ N(0, 0.02), norms 1. For speed measurements;
     /// nothing touches the host.
-    pub fn random(
-        g: &Gpu,
-        cfg: &ModelConfig,
-        scheme: SyntheticScheme,
-        seed: u32,
-    ) -> Result<DWeights> {
+    pub fn random(g: &Gpu, cfg: &ModelConfig, scheme: Scheme, seed: u32) -> Result<DWeights> {
         let mut next = seed;
         let mut seed = || {
             next = next.wrapping_add(0x9E37_79B9);

@@ -4,7 +4,7 @@
 //! reference's: exact sums rounded once to f32 (tensor cores sum in f32 in another order).
 
 use super::cublaslt::Kind;
-use crate::quant::e4m3_to_f32;
+use crate::numerics::e4m3_to_f32;
 use crate::Result;
 use half::bf16;
 use rayon::prelude::*;

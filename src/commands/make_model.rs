@@ -1,0 +1,52 @@
+//! `qforge make-model`: writes a seeded random Llama-shaped checkpoint ([`synthetic`]).
+
+use crate::output::Staging;
+use crate::synthetic;
+use crate::{Error, Result};
+
+/// `qforge make-model` arguments.
+#[derive(Debug, clap::Args)]
+pub struct MakeModelArgs {
+    /// Shape: tiny, llama-1b, llama-8b or llama-70b.
+    #[arg(long, default_value = "tiny")]
+    pub shape: String,
+    /// Output directory (must not exist unless --force).
+    #[arg(long, value_name = "DIR")]
+    pub output: std::path::PathBuf,
+    /// Random seed; the same seed always writes the same bytes.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Copy tokenizer and chat-template files from this model directory (vocab sizes must match).
+    #[arg(long, value_name = "DIR")]
+    pub tokenizer_from: Option<std::path::PathBuf>,
+    /// Largest safetensors shard (20GB, 5GiB, 500MB, or bytes).
+    #[arg(long, default_value = "5GB", value_parser = super::parse_size)]
+    pub max_shard_size: u64,
+    /// Replace --output if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Runs `qforge make-model`.
+pub fn run(args: &MakeModelArgs) -> Result<std::process::ExitCode> {
+    let shape = synthetic::named_shape(&args.shape).ok_or_else(|| {
+        Error::Unsupported(format!(
+            "unknown shape {}: use one of {}",
+            args.shape,
+            synthetic::SHAPE_NAMES
+        ))
+    })?;
+    let staging = Staging::new(&args.output, args.force)?;
+    staging.ensure_space(shape.tensors().iter().map(|t| t.nbytes()).sum())?;
+    synthetic::write_checkpoint(&shape, staging.path(), args.seed, args.max_shard_size)?;
+    if let Some(src) = &args.tokenizer_from {
+        synthetic::copy_tokenizer(src, staging.path())?;
+    }
+    let out = staging.commit()?;
+    println!(
+        "wrote {} ({} parameters)",
+        out.display(),
+        shape.parameters()
+    );
+    Ok(std::process::ExitCode::SUCCESS)
+}
