@@ -85,13 +85,31 @@ impl Staging {
             let old = self.tmp.with_extension("old");
             fs::rename(&self.final_dir, &old).map_err(|e| Error::io(&self.final_dir, e))?;
             fs::rename(&self.tmp, &self.final_dir).map_err(|e| Error::io(&self.final_dir, e))?;
-            let _ = fs::remove_dir_all(&old);
+            if let Some(warning) = remove_old(&old) {
+                eprintln!("qforge: warning: {warning}");
+            }
         } else {
             fs::rename(&self.tmp, &self.final_dir).map_err(|e| Error::io(&self.final_dir, e))?;
         }
         self.done = true;
         Ok(self.final_dir.clone())
     }
+}
+
+/// Deletes the replaced output `old` (a folder, or a file that `--force` replaced); a warning
+/// naming what is left when it cannot be deleted (the new output is in place regardless).
+fn remove_old(old: &Path) -> Option<String> {
+    let is_dir = fs::symlink_metadata(old).is_ok_and(|m| m.is_dir());
+    let removed = match is_dir {
+        true => fs::remove_dir_all(old),
+        false => fs::remove_file(old),
+    };
+    removed.err().map(|e| {
+        format!(
+            "the replaced output could not be deleted and is left at {}: {e}",
+            old.display()
+        )
+    })
 }
 
 /// Removes the temporary folders of earlier runs for the same output whose process is gone
@@ -196,4 +214,26 @@ fn sync_dir(dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::remove_old;
+
+    #[test]
+    fn old_output_is_removed_or_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(".out.old");
+        std::fs::write(&file, b"x").unwrap();
+        assert_eq!(remove_old(&file), None);
+        assert!(!file.exists());
+        let folder = dir.path().join(".dir.old");
+        std::fs::create_dir_all(folder.join("sub")).unwrap();
+        assert_eq!(remove_old(&folder), None);
+        assert!(!folder.exists());
+        // Not deletable, even by root.
+        let stuck = std::path::Path::new("/proc/self/status");
+        let w = remove_old(stuck).expect("a warning");
+        assert!(w.contains("/proc/self/status"), "{w}");
+    }
 }

@@ -57,6 +57,7 @@ impl OutputLayout {
 
 /// Lays out the output of quantizing `ck` with `plan`.
 pub fn plan_layout(ck: &Checkpoint, plan: &QuantPlan) -> Result<OutputLayout> {
+    checks::check_source(ck)?;
     let shapes: Vec<(String, Vec<usize>)> = ck
         .tensors()
         .iter()

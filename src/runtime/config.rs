@@ -180,10 +180,11 @@ impl ModelConfig {
             return Err(bad("not a JSON object".into()));
         }
         let arch = parse_arch(v)?;
-        let act = v
-            .get("hidden_act")
-            .and_then(Value::as_str)
-            .unwrap_or("silu");
+        let act = match v.get("hidden_act") {
+            None => "silu",
+            Some(Value::String(s)) => s.as_str(),
+            Some(x) => return Err(bad(format!("`hidden_act` = {x} is not a string"))),
+        };
         if act != "silu" {
             return Err(unsupported(format!(
                 "hidden_act `{act}` is not supported (only silu)"
@@ -217,7 +218,7 @@ impl ModelConfig {
             num_kv_heads,
             head_dim,
             vocab_size: get_usize(v, "vocab_size")?,
-            rms_norm_eps: get_f64(v, "rms_norm_eps")?.unwrap_or(1e-6),
+            rms_norm_eps: parse_eps(v)?,
             rope: parse_rope(v)?,
             tie_word_embeddings: get_bool(v, "tie_word_embeddings", false)?,
             qkv_bias: arch == Arch::Qwen2 || attention_bias,
@@ -244,14 +245,37 @@ impl ModelConfig {
     }
 }
 
+/// `rms_norm_eps`: a positive number (1e-6 when absent); a zero or negative epsilon would
+/// divide by zero or take the root of a negative number on an all-zero row.
+fn parse_eps(v: &Value) -> Result<f64> {
+    let eps = get_f64(v, "rms_norm_eps")?.unwrap_or(1e-6);
+    if !(eps > 0.0 && eps.is_finite()) {
+        return Err(bad(format!(
+            "`rms_norm_eps` = {eps} must be a positive number"
+        )));
+    }
+    Ok(eps)
+}
+
+/// `architectures[0]`, or `model_type` when `architectures` is absent. A present
+/// `architectures` must list model class names: an empty list, `null` or a number is refused
+/// rather than silently replaced by `model_type`.
 fn parse_arch(v: &Value) -> Result<Arch> {
-    let name = v
-        .get("architectures")
-        .and_then(Value::as_array)
-        .and_then(|a| a.first())
-        .and_then(Value::as_str)
-        .or_else(|| v.get("model_type").and_then(Value::as_str))
-        .ok_or_else(|| bad("no `architectures` or `model_type`".into()))?;
+    let name = match v.get("architectures") {
+        Some(a) => a
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                bad(format!(
+                    "`architectures` = {a} must be a list of model class names"
+                ))
+            })?,
+        None => v
+            .get("model_type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("no `architectures` or `model_type`".into()))?,
+    };
     Arch::parse(name).ok_or_else(|| {
         unsupported(format!(
             "architecture `{name}` is not supported (supported: LlamaForCausalLM, \
@@ -281,6 +305,9 @@ fn parse_rope(v: &Value) -> Result<RopeConfig> {
             scaling: RopeScaling::None,
         });
     };
+    if !p.is_object() {
+        return Err(bad(format!("`{where_}` = {p} is not an object")));
+    }
     if let Some(f) = get_f64(p, "partial_rotary_factor")? {
         if f != 1.0 {
             return Err(unsupported(format!(
@@ -288,11 +315,11 @@ fn parse_rope(v: &Value) -> Result<RopeConfig> {
             )));
         }
     }
-    let kind = p
-        .get("rope_type")
-        .or_else(|| p.get("type"))
-        .and_then(Value::as_str)
-        .unwrap_or("default");
+    let kind = match p.get("rope_type").or_else(|| p.get("type")) {
+        None | Some(Value::Null) => "default",
+        Some(Value::String(k)) => k.as_str(),
+        Some(x) => return Err(bad(format!("{where_}.rope_type = {x} is not a string"))),
+    };
     let need = |key: &str| -> Result<f64> {
         get_f64(p, key)?.ok_or_else(|| bad(format!("{where_}: llama3 rope needs `{key}`")))
     };
@@ -489,5 +516,35 @@ mod tests {
         v.as_object_mut().unwrap().remove("hidden_size");
         let e = ModelConfig::from_json(&v).unwrap_err().to_string();
         assert!(e.contains("hidden_size"), "{e}");
+    }
+
+    #[test]
+    fn malformed_values_are_refused_by_key() {
+        let cases = [
+            ("rope_scaling", json!("x"), "rope_scaling"),
+            ("rope_scaling", json!({"type": 3}), "rope_type"),
+            ("rope_parameters", json!([1]), "rope_parameters"),
+            ("rms_norm_eps", json!(-1), "rms_norm_eps"),
+            ("rms_norm_eps", json!(0.0), "rms_norm_eps"),
+            ("architectures", json!([]), "architectures"),
+            ("architectures", json!(null), "architectures"),
+            ("architectures", json!([123]), "architectures"),
+            ("hidden_act", json!(5), "hidden_act"),
+            ("hidden_act", json!(null), "hidden_act"),
+        ];
+        for (key, value, culprit) in cases {
+            let mut v = base();
+            v["model_type"] = json!("llama");
+            v[key] = value.clone();
+            let e = ModelConfig::from_json(&v)
+                .map(|_| format!("{key} = {value} accepted"))
+                .unwrap_or_else(|e| e.to_string());
+            assert!(e.contains(culprit) && !e.contains("accepted"), "{e}");
+        }
+        // Absent keys keep their defaults.
+        let mut v = base();
+        v.as_object_mut().unwrap().remove("architectures");
+        v["model_type"] = json!("llama");
+        assert_eq!(ModelConfig::from_json(&v).unwrap().arch, Arch::Llama);
     }
 }

@@ -101,6 +101,20 @@ pub struct Generation {
     pub decode_tokens_per_s: f64,
 }
 
+/// The most tokens one forward pass of a prefill takes: a longer prompt runs in pieces of
+/// this size, so its activations (and logits) take memory bounded by a piece, not by the
+/// prompt's length.
+pub const PREFILL_CHUNK: usize = 512;
+
+/// Runs `tokens` at positions `pos..` into the KV cache, [`PREFILL_CHUNK`] at a time, without
+/// keeping any logits.
+pub fn prefill(model: &mut dyn Backend, tokens: &[u32], pos: usize) -> Result<()> {
+    for (i, piece) in tokens.chunks(PREFILL_CHUNK).enumerate() {
+        model.forward_view(piece, pos + i * PREFILL_CHUNK, false)?;
+    }
+    Ok(())
+}
+
 /// Prefills `prompt`, then decodes token by token with the KV cache until an EOS id or
 /// `max_new_tokens`, writing the text to `out` as it is produced when given. The loop
 /// itself allocates nothing per token (a streamed token's text aside).
@@ -146,7 +160,10 @@ fn decode(
     model.reset();
 
     let start = Instant::now();
-    let mut id = pick.step(model, prompt, 0, 0)?;
+    // All but the last piece of a long prompt first; the last piece gives the first token.
+    let last = (prompt.len() - 1) / PREFILL_CHUNK * PREFILL_CHUNK;
+    prefill(model, &prompt[..last], 0)?;
+    let mut id = pick.step(model, &prompt[last..], last, 0)?;
     let mut prefill_s = None;
     let stop = loop {
         prefill_s.get_or_insert_with(|| start.elapsed().as_secs_f64());

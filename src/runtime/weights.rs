@@ -249,11 +249,34 @@ enum Kind {
 
 /// Verifies that every tensor `cfg` implies is in `ck` with the right dtype and shape, and that
 /// FP8 scales are finite and > 0 and FP8 codes hold no NaN. Returns the first problem found.
+///
+/// This is the one check of config.json against the weights: `qforge quantize` runs it on its
+/// source too (unquantized), so that it never writes a checkpoint this loader refuses.
 pub fn check(ck: &Checkpoint, cfg: &ModelConfig) -> Result<()> {
+    check_layer_count(ck, cfg)?;
     for e in expected(cfg)? {
         check_one(ck, &e)?;
     }
     Ok(())
+}
+
+/// `num_hidden_layers` against the layers the checkpoint holds, before the list of expected
+/// tensors (a few per layer) is built: a count of 2³¹ would otherwise allocate gigabytes
+/// before any tensor is looked at. Extra layers are refused too (they would be left out).
+fn check_layer_count(ck: &Checkpoint, cfg: &ModelConfig) -> Result<()> {
+    let n = cfg.num_layers;
+    let norm = |l: usize| format!("model.layers.{l}.input_layernorm.weight");
+    let problem = if n > ck.tensors().len() || ck.get(&norm(n - 1)).is_none() {
+        format!("the checkpoint has no {}", norm(n - 1))
+    } else if ck.get(&norm(n)).is_some() {
+        format!("the checkpoint also holds {}", norm(n))
+    } else {
+        return Ok(());
+    };
+    Err(bad(format!(
+        "{}: config.json num_hidden_layers = {n}, but {problem}",
+        ck.dir.display()
+    )))
 }
 
 /// The full list of tensors the config implies.

@@ -64,7 +64,7 @@ struct Scratch {
     proj: Vec<f32>,   // o_proj / down_proj output [t, hidden]
     gate: Vec<f32>,   // [t, intermediate]
     up: Vec<f32>,     // [t, intermediate]
-    logits: Vec<f32>, // [t, vocab]
+    logits: Vec<f32>, // [rows asked for, vocab]
     lin: LinearScratch,
 }
 
@@ -84,8 +84,15 @@ impl Scratch {
         size(&mut self.proj, t * c.hidden_size);
         size(&mut self.gate, t * c.intermediate_size);
         size(&mut self.up, t * c.intermediate_size);
-        size(&mut self.logits, t * c.vocab_size);
         self.rows = t;
+    }
+
+    /// Logits for `rows` rows: only the rows asked for, so that a long prompt run for its
+    /// last row alone does not take a row of `vocab` floats per token.
+    fn ensure_logits(&mut self, c: &ModelConfig, rows: usize) {
+        if self.logits.len() < rows * c.vocab_size {
+            self.logits.resize(rows * c.vocab_size, 0.0);
+        }
     }
 }
 
@@ -122,6 +129,7 @@ impl CpuModel {
             ..Scratch::default()
         };
         s.ensure(&config, 1);
+        s.ensure_logits(&config, 1);
         Ok(CpuModel {
             rope: RopeTables::new(&config.rope, config.head_dim, max_seq),
             k_cache: cache(),
@@ -264,6 +272,7 @@ impl CpuModel {
         // Final norm and lm_head on the rows asked for.
         let first = if all_logits { 0 } else { t - 1 };
         let rows = t - first;
+        s.ensure_logits(c, rows);
         ops::rmsnorm(&s.x[first * hd..t * hd], &w.norm, eps, &mut s.xn);
         linear::forward(w.lm_head(), &s.xn, rows, &mut s.logits, &mut s.lin);
         Ok(&s.logits[..rows * c.vocab_size])

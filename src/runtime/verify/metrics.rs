@@ -79,54 +79,87 @@ pub fn compare(
     vocab: usize,
     targets: &[u32],
 ) -> Result<Agreement> {
-    let n = targets.len();
-    if vocab == 0 || reference.len() != n * vocab || model.len() != n * vocab {
-        return Err(Error::Runtime(format!(
-            "verify: expected {n} rows of {vocab} logits from each model, got {} and {}",
-            reference.len(),
-            model.len()
-        )));
-    }
-    if let Some(&bad) = targets.iter().find(|&&t| t as usize >= vocab) {
-        return Err(Error::Runtime(format!(
-            "verify: token id {bad} is outside the vocabulary ({vocab})"
-        )));
-    }
-    let mut matches = 0;
-    let mut nonfinite = 0;
-    let (mut kl_sum, mut kl_max, mut nll_ref, mut nll_model, mut finite) =
-        (0.0, 0.0f64, 0.0, 0.0, 0);
-    let rows = reference.chunks_exact(vocab).zip(model.chunks_exact(vocab));
-    for ((r, m), &target) in rows.zip(targets) {
-        let (Some(r), Some(m)) = (Row::new(r), Row::new(m)) else {
-            nonfinite += 1;
-            continue;
-        };
-        if argmax(r.logits) == argmax(m.logits) {
-            matches += 1;
+    let mut sums = Sums::default();
+    sums.add(reference, model, vocab, targets)?;
+    Ok(sums.agreement())
+}
+
+/// The running totals of [`compare`], fed a block of rows at a time: a long continuation is
+/// compared in memory bounded by the block, not by its length × vocab.
+#[derive(Debug, Clone, Default)]
+pub struct Sums {
+    tokens: usize,
+    matches: usize,
+    nonfinite: usize,
+    finite: usize,
+    kl_sum: f64,
+    kl_max: f64,
+    nll_ref: f64,
+    nll_model: f64,
+}
+
+impl Sums {
+    /// Adds the rows of `reference` and `model` (`[targets.len(), vocab]` each) that predict
+    /// `targets`.
+    pub fn add(
+        &mut self,
+        reference: &[f32],
+        model: &[f32],
+        vocab: usize,
+        targets: &[u32],
+    ) -> Result<()> {
+        let n = targets.len();
+        if vocab == 0 || reference.len() != n * vocab || model.len() != n * vocab {
+            return Err(Error::Runtime(format!(
+                "verify: expected {n} rows of {vocab} logits from each model, got {} and {}",
+                reference.len(),
+                model.len()
+            )));
         }
-        let d = kl(&r, &m);
-        kl_sum += d;
-        kl_max = kl_max.max(d);
-        nll_ref -= r.logp(target as usize);
-        nll_model -= m.logp(target as usize);
-        finite += 1;
+        if let Some(&bad) = targets.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::Runtime(format!(
+                "verify: token id {bad} is outside the vocabulary ({vocab})"
+            )));
+        }
+        self.tokens += n;
+        let rows = reference.chunks_exact(vocab).zip(model.chunks_exact(vocab));
+        for ((r, m), &target) in rows.zip(targets) {
+            let (Some(r), Some(m)) = (Row::new(r), Row::new(m)) else {
+                self.nonfinite += 1;
+                continue;
+            };
+            if argmax(r.logits) == argmax(m.logits) {
+                self.matches += 1;
+            }
+            let d = kl(&r, &m);
+            self.kl_sum += d;
+            self.kl_max = self.kl_max.max(d);
+            self.nll_ref -= r.logp(target as usize);
+            self.nll_model -= m.logp(target as usize);
+            self.finite += 1;
+        }
+        Ok(())
     }
-    let mean = |x: f64| (finite > 0).then(|| x / finite as f64);
-    Ok(Agreement {
-        tokens: n,
-        top1_matches: matches,
-        top1_agreement: if n == 0 {
-            0.0
-        } else {
-            matches as f64 / n as f64
-        },
-        kl_mean: mean(kl_sum),
-        kl_max: (finite > 0).then_some(kl_max),
-        perplexity_reference: mean(nll_ref).map(f64::exp),
-        perplexity_model: mean(nll_model).map(f64::exp),
-        nonfinite_positions: nonfinite,
-    })
+
+    /// The metrics over every row added.
+    pub fn agreement(&self) -> Agreement {
+        let (n, finite) = (self.tokens, self.finite);
+        let mean = |x: f64| (finite > 0).then(|| x / finite as f64);
+        Agreement {
+            tokens: n,
+            top1_matches: self.matches,
+            top1_agreement: if n == 0 {
+                0.0
+            } else {
+                self.matches as f64 / n as f64
+            },
+            kl_mean: mean(self.kl_sum),
+            kl_max: (finite > 0).then_some(self.kl_max),
+            perplexity_reference: mean(self.nll_ref).map(f64::exp),
+            perplexity_model: mean(self.nll_model).map(f64::exp),
+            nonfinite_positions: self.nonfinite,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -164,6 +197,18 @@ mod tests {
         assert_eq!((a.top1_matches, a.nonfinite_positions), (1, 1));
         assert_eq!(a.top1_agreement, 0.5);
         assert_eq!(a.kl_mean, Some(0.0));
+    }
+
+    #[test]
+    fn rows_added_in_blocks_give_the_same_metrics() {
+        let r = [3f32.ln(), 0.0, 1.0, 2.0, f32::NAN, 0.0];
+        let m = [0.0f32, 0.0, 2.0, 1.0, 0.0, 0.0];
+        let whole = compare(&r, &m, 2, &[1, 0, 1]).unwrap();
+        let mut sums = Sums::default();
+        sums.add(&r[..2], &m[..2], 2, &[1]).unwrap();
+        sums.add(&r[2..], &m[2..], 2, &[0, 1]).unwrap();
+        assert_eq!(sums.agreement(), whole);
+        assert_eq!((whole.tokens, whole.nonfinite_positions), (3, 1));
     }
 
     #[test]

@@ -4,12 +4,13 @@
 //! failing with [`Error::Verify`] when the agreement is below the gate.
 //!
 //! Models are loaded one at a time (the model, then the reference), so peak memory is one
-//! model plus the model's continuation logits (`[new tokens, vocab]` f32).
+//! model plus the model's continuation logits (`[new tokens, vocab]` f32); the prompt runs in
+//! pieces without logits, and the reference's rows are compared a block at a time.
 
 mod metrics;
 mod report;
 
-pub use metrics::{compare, Agreement};
+pub use metrics::{compare, Agreement, Sums};
 pub use report::{ReferenceReport, SamplingReport, VerifyReport};
 
 use std::io::Write;
@@ -18,7 +19,7 @@ use std::path::{Path, PathBuf};
 use crate::checkpoint::hub::{resolve_model, HubOptions};
 use crate::runtime::chat::{user_prompt, ChatTemplate};
 use crate::runtime::config::ModelConfig;
-use crate::runtime::generate::{generate, GenerateOptions, Generation, SamplingArgs};
+use crate::runtime::generate::{generate, prefill, GenerateOptions, Generation, SamplingArgs};
 use crate::runtime::tokenizer::TextTokenizer;
 use crate::runtime::{load, resolve_device, Backend, Device};
 use crate::{Error, Result};
@@ -145,7 +146,16 @@ pub fn verify(opts: &VerifyOptions) -> Result<VerifyReport> {
         None => None,
         Some((name, dir, rp)) => {
             let vocab = model.vocab_size();
-            let rows = teacher_forced(model.as_mut(), &prompt.ids, &generation.token_ids)?.to_vec();
+            let mut rows = Vec::with_capacity(generation.token_ids.len() * vocab);
+            teacher_forced(
+                model.as_mut(),
+                &prompt.ids,
+                &generation.token_ids,
+                |_, r| {
+                    rows.extend_from_slice(r);
+                    Ok(())
+                },
+            )?;
             drop(model);
             let mut rm = load(&dir, device, max_seq)?;
             if rm.vocab_size() != vocab {
@@ -159,8 +169,14 @@ pub fn verify(opts: &VerifyOptions) -> Result<VerifyReport> {
                 println!();
             }
             let ref_gen = run_one(rm.as_mut(), &rp, &gen, human)?;
-            let ref_rows = teacher_forced(rm.as_mut(), &prompt.ids, &generation.token_ids)?;
-            let agreement = compare(ref_rows, &rows, vocab, &generation.token_ids)?;
+            let targets = &generation.token_ids;
+            let mut sums = Sums::default();
+            teacher_forced(rm.as_mut(), &prompt.ids, targets, |first, r| {
+                let (n, model_rows) = (r.len() / vocab, &rows[first * vocab..]);
+                let t = &targets[first..first + n];
+                sums.add(r, &model_rows[..r.len()], vocab, t)
+            })?;
+            let agreement = sums.agreement();
             let passed = opts
                 .min_agreement
                 .is_none_or(|m| agreement.top1_agreement >= m);
@@ -272,23 +288,36 @@ fn run_one(
     Ok(g)
 }
 
-/// Runs `prompt` + `continuation` (all but its last token) in one forward pass and returns
-/// the `[continuation.len(), vocab]` logits that predict each continuation token.
-fn teacher_forced<'a>(
-    model: &'a mut dyn Backend,
+/// Rows of logits one teacher-forced forward pass returns at most: with [`prefill`] for the
+/// prompt, verify's memory is bounded by this block (and the model's continuation rows), not
+/// by the prompt's length × vocab.
+const TEACHER_ROWS: usize = 64;
+
+/// Runs `prompt` + `continuation` (all but its last token) and hands `each` the logits that
+/// predict the continuation tokens, a block at a time: `each(first, rows)` gets the
+/// `[rows.len() / vocab, vocab]` rows predicting `continuation[first..]`. The prompt but its
+/// last token goes through [`prefill`] (no logits kept).
+fn teacher_forced(
+    model: &mut dyn Backend,
     prompt: &[u32],
     continuation: &[u32],
-) -> Result<&'a [f32]> {
-    let (p, n, vocab) = (prompt.len(), continuation.len(), model.vocab_size());
+    mut each: impl FnMut(usize, &[f32]) -> Result<()>,
+) -> Result<()> {
+    let (p, n) = (prompt.len(), continuation.len());
     if p == 0 || n == 0 {
         return Err(Error::Runtime("verify: nothing to teacher-force".into()));
     }
-    let mut seq = Vec::with_capacity(p + n - 1);
-    seq.extend_from_slice(prompt);
-    seq.extend_from_slice(&continuation[..n - 1]);
     model.reset();
-    let all = model.forward_view(&seq, 0, true)?;
-    Ok(&all[(p - 1) * vocab..(p + n - 1) * vocab])
+    prefill(model, &prompt[..p - 1], 0)?;
+    let mut seq = Vec::with_capacity(n);
+    seq.push(prompt[p - 1]);
+    seq.extend_from_slice(&continuation[..n - 1]);
+    for (i, block) in seq.chunks(TEACHER_ROWS).enumerate() {
+        let first = i * TEACHER_ROWS;
+        let rows = model.forward_view(block, p - 1 + first, true)?;
+        each(first, rows)?;
+    }
+    Ok(())
 }
 
 /// A model's tokenizer and the user message rendered and encoded for it.
