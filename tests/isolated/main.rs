@@ -1,5 +1,5 @@
-//! Tests that measure or change the whole process — every allocation through a counting
-//! global allocator, the peak resident set size, the emulator's process-wide kernel limits,
+//! Tests that measure or change the whole process — every allocation and the peak heap through
+//! a counting global allocator, the peak resident set size, the emulator's process-wide kernel limits,
 //! the QFORGE_KERNEL_CACHE variable, wall-clock limits (scripts/gpu_check.sh) — so they cannot share it with the hundreds of tests of
 //! the `it` binary running in parallel. Here each one holds [`alone`] while it runs, so they
 //! do not disturb each other either. Add to this binary only tests that need that.
@@ -16,6 +16,7 @@ mod gpu_check_script;
 mod kernel_cache;
 mod runtime_alloc;
 mod verify_alloc;
+mod verify_peak;
 mod writer_mem;
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -26,22 +27,33 @@ use std::sync::{Mutex, MutexGuard};
 struct Counting;
 
 static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+/// Heap bytes live now, and the most live since [`reset_peak`].
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+fn grow(n: usize) {
+    ALLOCS.fetch_add(1, Ordering::Relaxed);
+    let live = LIVE.fetch_add(n, Ordering::Relaxed) + n;
+    PEAK.fetch_max(live, Ordering::Relaxed);
+}
 
 // SAFETY: defers to the system allocator; only counts calls.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        grow(layout.size());
         unsafe { System.alloc(layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        grow(layout.size());
         unsafe { System.alloc_zeroed(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        grow(new_size);
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
@@ -52,6 +64,18 @@ static GLOBAL: Counting = Counting;
 /// Allocations made so far by the whole process.
 pub fn allocations() -> usize {
     ALLOCS.load(Ordering::Relaxed)
+}
+
+/// Starts a new peak at the heap bytes live now, and returns them.
+pub fn reset_peak() -> usize {
+    let live = LIVE.load(Ordering::Relaxed);
+    PEAK.store(live, Ordering::Relaxed);
+    live
+}
+
+/// The most heap bytes live since [`reset_peak`].
+pub fn peak() -> usize {
+    PEAK.load(Ordering::Relaxed)
 }
 
 /// Held by each test of this binary while it runs, so that no other test allocates or grows

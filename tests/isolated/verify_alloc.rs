@@ -5,9 +5,9 @@
 use crate::support::fixture;
 use crate::{alone, fewest};
 use qforge::runtime::generate::{generate, GenerateOptions};
-use qforge::runtime::{load, Device};
 use qforge::runtime::sampler::SamplingParams;
 use qforge::runtime::tokenizer::TextTokenizer;
+use qforge::runtime::{load, Device};
 
 /// Allocations made (on any thread) while `f` runs.
 fn allocations<T>(f: impl FnOnce() -> T) -> (usize, T) {

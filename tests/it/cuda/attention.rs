@@ -5,9 +5,9 @@
 
 use crate::support::cuda::devices;
 use crate::support::requires;
+use qforge::commands::gpu::report::compare;
 use qforge::runtime::cuda::gpu::{DBuf, Gpu};
 use qforge::runtime::cuda::ops;
-use qforge::commands::gpu::report::compare;
 
 /// BF16 values in [-2, 2), deterministic per `seed`.
 fn bf16s(n: usize, seed: usize) -> Vec<u8> {

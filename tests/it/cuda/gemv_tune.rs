@@ -7,10 +7,10 @@
 use crate::support;
 use crate::support::cuda::devices;
 use crate::support::requires;
-use qforge::runtime::cuda::model::{load_cuda_on, CudaModel, CudaOptions};
 use qforge::runtime::cuda::kernels::{
     pf_forms, GemvVariant, GEMV_DEFAULT, GEMV_EMULATED, GEMV_SWEEP,
 };
+use qforge::runtime::cuda::model::{load_cuda_on, CudaModel, CudaOptions};
 use qforge::runtime::cuda::tune::{
     builds, choose, off_by_more_than_an_ulp, GemvPick, Trial, TuneSet, Tuning, MARGIN,
 };

@@ -7,16 +7,16 @@ use crate::support;
 use crate::support::cuda::{devices, same_device};
 use crate::support::requires;
 use qforge::bench::synth::synthetic_config;
-use qforge::runtime::config::ModelConfig;
-use qforge::runtime::cpu::{load_cpu, CpuModel, CpuOptions};
-use qforge::runtime::cuda::model::{load_cuda, load_cuda_on, CudaModel, CudaOptions};
-use qforge::runtime::cuda::gpu;
-use qforge::synthetic::weights::{dequantized, fp8_quantized_weights};
 use qforge::commands::gpu::report::{compare, Report};
 use qforge::commands::gpu::selftest;
+use qforge::runtime::config::ModelConfig;
+use qforge::runtime::cpu::{load_cpu, CpuModel, CpuOptions};
+use qforge::runtime::cuda::gpu;
+use qforge::runtime::cuda::model::{load_cuda, load_cuda_on, CudaModel, CudaOptions};
 use qforge::runtime::sampler::argmax;
 use qforge::runtime::weights::Weights;
 use qforge::runtime::Backend;
+use qforge::synthetic::weights::{dequantized, fp8_quantized_weights};
 
 /// Greedy ids must agree wherever the CPU's top-1/top-2 gap exceeds twice the largest logit
 /// difference between the backends (the selftest's rule); returns the rows checked.

@@ -6,8 +6,8 @@
 use crate::support;
 use crate::support::cuda::{devices, same_device};
 use crate::support::requires;
-use qforge::runtime::cuda::model::{load_cuda_on, CudaOptions};
 use qforge::runtime::cuda::gpu::Gpu;
+use qforge::runtime::cuda::model::{load_cuda_on, CudaOptions};
 use qforge::runtime::cuda::{ops, CudaModel};
 use qforge::runtime::generate::{generate, GenerateOptions};
 use qforge::runtime::sampler::{top_candidates, SamplingParams};

@@ -4,3 +4,4 @@ mod default_model;
 mod errors;
 mod fp8;
 mod output;
+mod refusals;

@@ -5,8 +5,8 @@
 
 use crate::support::*;
 use qforge::quantize::{quantize, QuantizeJob};
-use qforge::runtime::Device;
 use qforge::runtime::verify::verify;
+use qforge::runtime::Device;
 
 /// `(preset, recipe, minimum top-1 agreement, maximum mean KL)`. Measured with this test
 /// (README.md, "Presets on SmolLM2"): top-1 58, 60, 56, 51, 61 of 64, mean KL 0.033, 0.014,

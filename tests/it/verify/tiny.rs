@@ -4,8 +4,8 @@
 
 use crate::support::*;
 use qforge::runtime::generate::SamplingArgs;
-use qforge::runtime::{resolve_device, Device};
 use qforge::runtime::verify::{run, verify};
+use qforge::runtime::{resolve_device, Device};
 use qforge::Error;
 
 /// The FP8 tiny model (NaN logits everywhere) against an unrelated BF16 tiny model.

@@ -2,8 +2,7 @@
 //! its weights (a checkpoint its own `verify` could not load), bounds `--threads`, and leaves
 //! nothing behind after a successful `--force` (issue #20 items 2, 4b, 5, 7).
 
-mod common;
-
+use crate::support;
 use qforge::checkpoint::writer::{self, OutTensor, ShardWriter};
 use qforge::checkpoint::Checkpoint;
 use serde_json::Value;
@@ -14,7 +13,7 @@ use std::time::{Duration, Instant};
 /// A copy of the bundled model (all files) in `dst`.
 fn copy_model(dst: &Path) -> PathBuf {
     std::fs::create_dir_all(dst).unwrap();
-    for f in std::fs::read_dir(common::bundled_model()).unwrap() {
+    for f in std::fs::read_dir(support::bundled_model()).unwrap() {
         let f = f.unwrap().path();
         std::fs::copy(&f, dst.join(f.file_name().unwrap())).unwrap();
     }
@@ -59,7 +58,7 @@ fn quantize(model: &Path, out: &Path, extra: &[&str]) -> Output {
         .arg("--model")
         .arg(model)
         .arg("--recipe")
-        .arg(common::recipe("fp8_dynamic.yaml"))
+        .arg(support::recipe("fp8_dynamic.yaml"))
         .arg("--output")
         .arg(out)
         .output()
@@ -145,7 +144,7 @@ fn threads_are_bounded() {
     let tmp = tempfile::tempdir().unwrap();
     let start = Instant::now();
     let run = quantize(
-        &common::bundled_model(),
+        &support::bundled_model(),
         &tmp.path().join("q"),
         &["--threads", "100000"],
     );
@@ -162,7 +161,7 @@ fn force_over_a_file_leaves_nothing_behind() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("q");
     std::fs::write(&out, b"an old file").unwrap();
-    let run = quantize(&common::bundled_model(), &out, &["--force"]);
+    let run = quantize(&support::bundled_model(), &out, &["--force"]);
     assert!(
         run.status.success(),
         "{}",

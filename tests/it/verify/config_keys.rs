@@ -1,8 +1,7 @@
 //! `qforge verify` refuses a config.json that is malformed or contradicts the weights with one
 //! line naming the key, before allocating anything by its sizes (issue #20 items 2 and 6).
 
-mod common;
-
+use crate::support;
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
@@ -11,7 +10,7 @@ use std::time::{Duration, Instant};
 /// The bundled model in `dst` with `key` of its config.json set to `value`.
 fn model_with(dst: &Path, key: &str, value: Value) {
     std::fs::create_dir_all(dst).unwrap();
-    for f in std::fs::read_dir(common::bundled_model()).unwrap() {
+    for f in std::fs::read_dir(support::bundled_model()).unwrap() {
         let f = f.unwrap().path();
         std::fs::copy(&f, dst.join(f.file_name().unwrap())).unwrap();
     }
