@@ -13,6 +13,10 @@ use std::process::ExitCode;
 
 /// `qforge quantize` arguments.
 #[derive(Debug, clap::Args)]
+#[command(
+    override_usage = "qforge quantize --model <DIR|REPO_ID> (--recipe <FILE|NAME> | --scheme <PRESET>) \
+    --output <DIR> [OPTIONS]"
+)]
 #[command(after_help = "Examples:\n  \
     qforge quantize --model fixtures/tiny-random-llama --recipe fp8_dynamic --output out/tiny-fp8\n  \
     qforge quantize --model fixtures/tiny-random-llama --scheme W8A8 --ignore lm_head --output out/tiny-w8a8\n  \
