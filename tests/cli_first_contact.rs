@@ -1,12 +1,38 @@
 //! What a newcomer meets first (issue #19): every command spells its options the same way,
 //! shares its defaults, teaches by example, hides developer switches, takes the built-in
 //! recipes and llm-compressor's `scheme=` presets, and explains its failures in one line.
-//! Each test runs the real binary.
-
-mod common;
+//! Each test runs the real binary. Self-contained (no shared test module), so that it can be
+//! moved into any test layout as is.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+/// The shared reference data folder: `$QFORGE_SHARED`, else `../shared` next to the crate.
+fn shared() -> PathBuf {
+    std::env::var_os("QFORGE_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared")))
+}
+
+/// The bundled default model.
+fn bundled_model() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/tiny-random-llama"
+    ))
+}
+
+/// Every preset with a shipped recipe, and that recipe's name.
+const PRESET_RECIPES: &[(&str, &str)] = &[
+    ("FP8_DYNAMIC", "fp8_dynamic"),
+    ("FP8_BLOCK", "fp8_block"),
+    ("W8A8", "w8a8"),
+    ("W8A16", "w8a16"),
+    ("W4A16", "w4a16"),
+    ("W4A16_ASYM", "w4a16_asym"),
+    ("NVFP4A16", "nvfp4a16"),
+    ("MXFP4A16", "mxfp4a16"),
+];
 
 const COMMANDS: &[&str] = &["quantize", "verify", "bench", "make-model", "recipes"];
 
@@ -55,7 +81,7 @@ fn one_line_error(o: &Output) -> String {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    common::shared().join("fixtures").join(name)
+    shared().join("fixtures").join(name)
 }
 
 fn s(p: &Path) -> &str {
@@ -108,7 +134,7 @@ fn verify_and_quantize_verify_generate_the_same_default_number_of_tokens() {
     );
     // The default really is what verify generates: with --min-new-tokens 64 (no early EOS),
     // a 128 default would give 128 tokens.
-    let model = common::bundled_model();
+    let model = bundled_model();
     let o = run(&[
         "verify",
         "--model",
@@ -168,8 +194,7 @@ fn recipes_lists_every_shipped_recipe_with_its_scheme() {
     let o = run(&["recipes"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let list = stdout(&o);
-    for (scheme, file) in common::PRESET_RECIPES {
-        let name = file.trim_end_matches(".yaml");
+    for (scheme, name) in PRESET_RECIPES {
         let line = list
             .lines()
             .find(|l| l.split_whitespace().next() == Some(name))
@@ -178,7 +203,8 @@ fn recipes_lists_every_shipped_recipe_with_its_scheme() {
         assert!(line.len() > name.len() + scheme.len() + 20, "{line}");
     }
     let shown = stdout(&run(&["recipes", "--show", "w4a16"]));
-    let file = std::fs::read_to_string(common::recipe("w4a16.yaml")).unwrap();
+    let file = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/recipes/w4a16.yaml"))
+        .unwrap();
     assert_eq!(shown, file);
     let err = one_line_error(&run(&["recipes", "--show", "fp9"]));
     assert!(
@@ -226,12 +252,7 @@ fn a_shipped_recipe_by_name_works_from_any_folder() {
         }
     }
     let out = tmp.path().join("bad");
-    let o = quantize_with(
-        &common::bundled_model(),
-        &out,
-        &["--recipe", "fp9"],
-        tmp.path(),
-    );
+    let o = quantize_with(&bundled_model(), &out, &["--recipe", "fp9"], tmp.path());
     let err = one_line_error(&o);
     assert!(
         err.contains("no such file") && err.contains("w4a16_asym"),
@@ -290,7 +311,7 @@ fn scheme_writes_what_llm_compressor_writes_for_that_preset() {
 #[test]
 fn scheme_and_recipe_conflict_and_bad_presets_are_named() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = common::bundled_model();
+    let model = bundled_model();
     let out = tmp.path().join("out");
     let both = ["--scheme", "W8A8", "--recipe", "w8a8"];
     let o = quantize_with(&model, &out, &both, tmp.path());
@@ -392,7 +413,7 @@ fn the_summary_compares_tensor_bytes_in_with_tensor_bytes_out() {
 
 #[test]
 fn device_auto_without_a_gpu_gives_no_install_advice() {
-    let model = common::bundled_model();
+    let model = bundled_model();
     let o = run(&[
         "verify",
         "--model",
@@ -434,7 +455,7 @@ fn device_auto_without_a_gpu_gives_no_install_advice() {
 #[test]
 fn group_presets_on_a_model_too_small_for_group_128_say_so() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = common::bundled_model();
+    let model = bundled_model();
     let out = tmp.path().join("w4a16");
     let o = quantize_with(&model, &out, &["--recipe", "w4a16"], tmp.path());
     let err = one_line_error(&o);
