@@ -63,11 +63,15 @@ pub fn resolve_model_with(model: &str, opts: &HubOptions, config: &HubConfig) ->
     let cache = RepoCache::new(&config.cache_dir, model);
     if config.offline {
         return from_cache(&cache, revision).map_err(|why| {
-            Error::Hub(format!(
-                "offline mode (HF_HUB_OFFLINE=1): {model} at revision '{revision}' {why} in the \
-                 cache {}; run once with network access, or unset HF_HUB_OFFLINE",
-                config.cache_dir.display()
-            ))
+            not_local(
+                model,
+                format!(
+                    "offline mode (HF_HUB_OFFLINE=1): the Hub model {model} at revision \
+                     '{revision}' {why} in the cache {}; run once with network access, or unset \
+                     HF_HUB_OFFLINE",
+                    config.cache_dir.display()
+                ),
+            )
         });
     }
     let ctx = Ctx {
@@ -139,7 +143,13 @@ impl Fetch<'_> {
                 );
                 Ok(dir)
             }
-            Err(_) => Err(self.ctx.error(failure, None)),
+            Err(_) => match self.ctx.error(failure, None) {
+                Error::Hub(msg) => Err(not_local(
+                    self.ctx.repo,
+                    format!("the Hub could not be asked for a model of that name: {msg}"),
+                )),
+                other => Err(other),
+            },
         }
     }
 
@@ -188,6 +198,15 @@ impl Fetch<'_> {
         bar.finish_and_clear();
         result.map(|_| ())
     }
+}
+
+/// The error for a `--model` found neither on disk nor on the Hub: a repo id is also a
+/// relative path (`fixtures/tiny-llama`), so a mistyped folder ends here, and the message
+/// says both facts.
+fn not_local(model: &str, hub_failure: String) -> Error {
+    Error::Hub(format!(
+        "--model {model}: no such folder, and {hub_failure}"
+    ))
 }
 
 /// The complete cached snapshot of `revision`, or why there is none.

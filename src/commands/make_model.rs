@@ -6,6 +6,10 @@ use crate::{Error, Result};
 
 /// `qforge make-model` arguments.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  \
+    qforge make-model --output out/tiny-bf16\n  \
+    qforge make-model --shape llama-1b --tokenizer-from fixtures/tiny-random-llama --output out/llama-1b-bf16\n  \
+    qforge quantize --model out/llama-1b-bf16 --recipe fp8_dynamic --output out/llama-1b-fp8")]
 pub struct MakeModelArgs {
     /// Shape: tiny, llama-1b, llama-8b or llama-70b.
     #[arg(long, default_value = "tiny")]
@@ -14,13 +18,18 @@ pub struct MakeModelArgs {
     #[arg(long, value_name = "DIR")]
     pub output: std::path::PathBuf,
     /// Random seed; the same seed always writes the same bytes.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_name = "N")]
     pub seed: u64,
     /// Copy tokenizer and chat-template files from this model directory (vocab sizes must match).
     #[arg(long, value_name = "DIR")]
     pub tokenizer_from: Option<std::path::PathBuf>,
-    /// Largest safetensors shard (20GB, 5GiB, 500MB, or bytes).
-    #[arg(long, default_value = "5GB", value_parser = super::parse_size)]
+    /// Largest safetensors shard, as transformers spells it (20GB = 20e9 bytes, 5GiB, 500MB).
+    #[arg(
+        long,
+        default_value = super::DEFAULT_MAX_SHARD_SIZE,
+        value_name = "SIZE",
+        value_parser = super::parse_size
+    )]
     pub max_shard_size: u64,
     /// Replace --output if it exists.
     #[arg(long)]

@@ -21,7 +21,7 @@ use crate::checkpoint::Checkpoint;
 use crate::numerics::Fp8Rounding;
 use crate::output::{self, Staging};
 use crate::progress::progress_bar;
-use crate::recipe::Recipe;
+use crate::recipe::RecipeSource;
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -31,7 +31,7 @@ use std::time::Instant;
 pub struct QuantizeJob {
     /// A local model directory (hub ids are resolved before).
     pub model_dir: PathBuf,
-    pub recipe: PathBuf,
+    pub recipe: RecipeSource,
     pub output: PathBuf,
     pub max_shard_bytes: u64,
     pub force: bool,
@@ -49,7 +49,7 @@ impl QuantizeJob {
     ) -> Self {
         QuantizeJob {
             model_dir: model_dir.into(),
-            recipe: recipe.into(),
+            recipe: RecipeSource::File(recipe.into()),
             output: output.into(),
             max_shard_bytes: 20_000_000_000,
             force: false,
@@ -70,8 +70,13 @@ pub struct Summary {
     pub quantized: usize,
     /// Linear modules left unquantized (the config.json `ignore` list).
     pub ignored: Vec<String>,
+    /// Tensor bytes read (safetensors data, headers excluded).
     pub input_bytes: u64,
+    /// Bytes of every file written (tensors, headers, config, tokenizer...).
     pub output_bytes: u64,
+    /// Tensor bytes written (safetensors data, headers excluded): the like-for-like
+    /// counterpart of `input_bytes`.
+    pub output_tensor_bytes: u64,
     pub seconds: f64,
     pub warnings: Vec<String>,
 }
@@ -80,7 +85,7 @@ pub struct Summary {
 pub fn quantize(job: &QuantizeJob) -> Result<Summary> {
     let start = Instant::now();
     output::check_not_input(&job.output, &job.model_dir)?;
-    let recipe = Recipe::from_file(&job.recipe)?;
+    let recipe = job.recipe.load()?;
     let plan = recipe.plan()?;
     let ck = Checkpoint::open(&job.model_dir)?;
     let layout = plan_layout(&ck, &plan)?;
@@ -112,6 +117,7 @@ pub fn quantize(job: &QuantizeJob) -> Result<Summary> {
         ignored: layout.ignored.clone(),
         input_bytes: layout.items.iter().map(|i| i.input.nbytes() as u64).sum(),
         output_bytes,
+        output_tensor_bytes: shards.iter().map(|s| s.data_bytes()).sum(),
         seconds: start.elapsed().as_secs_f64(),
         warnings: layout.warnings.clone(),
     })

@@ -15,10 +15,12 @@ pub mod matcher;
 mod modifier;
 mod plan;
 mod scheme;
+mod shipped;
 
 pub use args::{Dynamic, QuantArgs, QuantType, Role, Strategy};
 pub use plan::{ConfigGroup, QuantPlan, COMPRESSED_TENSORS_VERSION};
 pub use scheme::{find_preset, infer_format, preset_of, Preset, PresetArgs, Scheme, PRESETS};
+pub use shipped::{find_shipped, scheme_recipe, shipped_names, ShippedRecipe, SHIPPED};
 
 use crate::format::pyyaml::{self, Yaml};
 use crate::{Error, Result};
@@ -137,6 +139,24 @@ impl Recipe {
             bypass_divisibility_checks: self.modifier.bypass_divisibility_checks,
             kv_cache_scheme: None,
         })
+    }
+}
+
+/// Where a quantize job's recipe comes from: a YAML file, or a recipe already built (a
+/// shipped recipe, or the one `--scheme` stands for).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecipeSource {
+    File(std::path::PathBuf),
+    Parsed(Recipe),
+}
+
+impl RecipeSource {
+    /// The recipe, read and parsed (files) or as given.
+    pub fn load(&self) -> Result<Recipe> {
+        match self {
+            RecipeSource::File(path) => Recipe::from_file(path),
+            RecipeSource::Parsed(recipe) => Ok(recipe.clone()),
+        }
     }
 }
 

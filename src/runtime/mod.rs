@@ -85,9 +85,10 @@ pub enum Device {
     #[default]
     Auto,
     Cpu,
-    /// An NVIDIA GPU (Ada or Hopper); with QFORGE_CUDA_EMULATE=1, the CUDA emulator (the same
-    /// kernels on the CPU, slowly: for tests). Decode steps replay a CUDA graph
-    /// (QFORGE_CUDA_GRAPHS=0: launch by launch).
+    /// An NVIDIA GPU with FP8 (compute capability ≥ 8.9: Ada or Hopper).
+    // Developer switches, kept out of `--help` (docs/ describes them): QFORGE_CUDA_EMULATE=1
+    // runs the CUDA kernels in the emulator on the CPU (tests); QFORGE_CUDA_GRAPHS=0 launches
+    // decode steps kernel by kernel instead of replaying a CUDA graph.
     Cuda,
 }
 
@@ -103,11 +104,23 @@ pub fn resolve_device(device: Device) -> Result<Device> {
         Device::Auto => match cuda_probe() {
             Ok(()) => Ok(Device::Cuda),
             Err(reason) => {
-                eprintln!("qforge: --device auto: using the CPU ({reason})");
+                eprintln!(
+                    "qforge: --device auto: using the CPU ({})",
+                    auto_reason(&reason)
+                );
                 Ok(Device::Cpu)
             }
         },
     }
+}
+
+/// Why `auto` chose the CPU, for a user who did not ask for a GPU: the facts without the
+/// advice (installing a driver is advice for an explicit `--device cuda`).
+fn auto_reason(probe: &str) -> &str {
+    if probe.starts_with("no CUDA driver") || probe.starts_with("no CUDA device") {
+        return "no NVIDIA GPU found";
+    }
+    probe.split(": install").next().unwrap_or(probe)
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -109,8 +109,8 @@ impl Ctx<'_> {
                 format!("or it is private or gated and no token is set: {login}")
             };
             return format!(
-                "repository {repo} not found on {hub} ({code}) and no local directory has \
-                 that name: check the name, {hint}"
+                "--model {repo}: no such folder, and repository {repo} not found on {hub} \
+                 ({code}): check the name, {hint}"
             );
         }
         match code {

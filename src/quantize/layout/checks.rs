@@ -66,6 +66,11 @@ pub fn check_divisibility(
 ) -> Result<()> {
     let mut listed = Vec::new();
     let mut first_other = None;
+    // Every group-quantized weight's width and every failing one, to tell a model too small
+    // for the group size (most layers fail) from a few odd layers.
+    let mut widths: Vec<usize> = Vec::new();
+    let mut failing = Vec::new();
+    let mut group_of = None;
     for module in modules {
         let name = format!("{module}.weight");
         let (Some(scheme), Some(t)) = (quantize.get(&name), ck.get(&name)) else {
@@ -74,14 +79,20 @@ pub fn check_divisibility(
         let (Some(group), Some(&cols)) = (scheme.group_size(), t.shape.get(1)) else {
             continue;
         };
+        widths.push(cols);
+        group_of.get_or_insert((*scheme, group));
         if cols % group == 0 {
             continue;
         }
+        failing.push(format!("{name} (columns={cols}, group_size={group})"));
         if cols >= group && !bypass {
             listed.push(format!("{name} (columns={cols}, group_size={group})"));
         } else if first_other.is_none() {
             first_other = Some((name, *scheme, cols, group));
         }
+    }
+    if let Some((scheme, group)) = group_of.filter(|_| failing.len() * 2 > widths.len()) {
+        return Err(too_small(scheme, group, &widths, &failing));
     }
     if !listed.is_empty() {
         return Err(Error::Quantize(format!(
@@ -100,6 +111,42 @@ pub fn check_divisibility(
         ))),
         None => Ok(()),
     }
+}
+
+/// The error when most targeted Linears fail the group size: ignoring them (the advice for a
+/// few odd layers) would leave little or nothing quantized, so suggest a smaller group.
+fn too_small(scheme: Scheme, group: usize, widths: &[usize], failing: &[String]) -> Error {
+    let mut distinct = widths.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let list: Vec<String> = distinct.iter().map(usize::to_string).collect();
+    // qforge implements the presets' arguments only (no custom group_size in config_groups),
+    // so the smaller groups on offer are NVFP4A16's 16 and MXFP4A16's 32.
+    let fits: Vec<String> = [Scheme::Mxfp4A16, Scheme::Nvfp4A16]
+        .into_iter()
+        .filter_map(|s| Some((s, s.group_size()?)))
+        .filter(|&(_, g)| g < group && distinct.iter().all(|w| w % g == 0))
+        .map(|(s, g)| format!("{} (group {g})", s.name()))
+        .collect();
+    let advice = if fits.is_empty() {
+        "use a preset without groups (FP8_DYNAMIC, W8A8)".to_string()
+    } else {
+        format!(
+            "use a preset with a smaller group that divides them, {}, or one without groups \
+             (FP8_DYNAMIC, W8A8)",
+            fits.join(" or ")
+        )
+    };
+    Error::Quantize(format!(
+        "the model is too small for {}'s group size {group}: its Linear widths (in_features: \
+         {}) are mostly not a multiple of the group size, and ignoring those {} of {} layers \
+         would leave little quantized: {advice}. Failing: {}",
+        scheme.name(),
+        list.join(", "),
+        failing.len(),
+        widths.len(),
+        failing.join(", ")
+    ))
 }
 
 /// The NVFP4 global scale of every NVFP4 weight (by tensor name). Fused projections of
