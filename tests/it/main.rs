@@ -23,6 +23,7 @@ mod support;
 
 mod bench_cpu;
 mod checkpoint;
+mod cli;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod hub;

@@ -1,38 +1,11 @@
 //! What a newcomer meets first (issue #19): every command spells its options the same way,
 //! shares its defaults, teaches by example, hides developer switches, takes the built-in
 //! recipes and llm-compressor's `scheme=` presets, and explains its failures in one line.
-//! Each test runs the real binary. Self-contained (no shared test module), so that it can be
-//! moved into any test layout as is.
+//! Each test runs the real binary.
 
-use std::path::{Path, PathBuf};
+use crate::support::{self, bundled_model, fixture};
+use std::path::Path;
 use std::process::{Command, Output};
-
-/// The shared reference data folder: `$QFORGE_SHARED`, else `../shared` next to the crate.
-fn shared() -> PathBuf {
-    std::env::var_os("QFORGE_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared")))
-}
-
-/// The bundled default model.
-fn bundled_model() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/fixtures/tiny-random-llama"
-    ))
-}
-
-/// Every preset with a shipped recipe, and that recipe's name.
-const PRESET_RECIPES: &[(&str, &str)] = &[
-    ("FP8_DYNAMIC", "fp8_dynamic"),
-    ("FP8_BLOCK", "fp8_block"),
-    ("W8A8", "w8a8"),
-    ("W8A16", "w8a16"),
-    ("W4A16", "w4a16"),
-    ("W4A16_ASYM", "w4a16_asym"),
-    ("NVFP4A16", "nvfp4a16"),
-    ("MXFP4A16", "mxfp4a16"),
-];
 
 const COMMANDS: &[&str] = &["quantize", "verify", "bench", "make-model", "recipes"];
 
@@ -78,10 +51,6 @@ fn one_line_error(o: &Output) -> String {
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(!err.contains("panicked"), "{err}");
     err
-}
-
-fn fixture(name: &str) -> PathBuf {
-    shared().join("fixtures").join(name)
 }
 
 fn s(p: &Path) -> &str {
@@ -194,7 +163,8 @@ fn recipes_lists_every_shipped_recipe_with_its_scheme() {
     let o = run(&["recipes"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let list = stdout(&o);
-    for (scheme, name) in PRESET_RECIPES {
+    for (scheme, file) in support::PRESET_RECIPES {
+        let name = &file.trim_end_matches(".yaml");
         let line = list
             .lines()
             .find(|l| l.split_whitespace().next() == Some(name))
