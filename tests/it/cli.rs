@@ -440,3 +440,19 @@ fn group_presets_on_a_model_too_small_for_group_128_say_so() {
     let o = quantize_with(&model, &out, &["--scheme", "NVFP4A16"], tmp.path());
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// A reader that goes away early (`qforge recipes --show w8a8 | head -1`) ends qforge quietly,
+/// as it ends other command-line tools, never with a panic.
+#[test]
+fn a_closed_output_pipe_ends_quietly() {
+    let mut child = support::qforge()
+        .args(["recipes", "--show", "w8a8"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+}
