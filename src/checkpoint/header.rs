@@ -43,8 +43,12 @@ pub(crate) fn parse(path: &Path, bytes: &[u8], file: usize) -> Result<Vec<Tensor
             format!("header: {e} (the last one would silently win)"),
         ));
     }
-    let mut out = Vec::new();
-    for (name, info) in metadata.tensors() {
+    // In offset order (names break ties between zero-size tensors), so both the result and
+    // which tensor an error names are deterministic.
+    let mut tensors: Vec<_> = metadata.tensors().into_iter().collect();
+    tensors.sort_by(|a, b| (a.1.data_offsets, &a.0).cmp(&(b.1.data_offsets, &b.0)));
+    let mut out = Vec::with_capacity(tensors.len());
+    for (name, info) in tensors {
         let Some(dtype) = DType::parse(&info.dtype.to_string()) else {
             return Err(bad(
                 path,
@@ -61,8 +65,6 @@ pub(crate) fn parse(path: &Path, bytes: &[u8], file: usize) -> Result<Vec<Tensor
             end: data_start + e,
         });
     }
-    // Zero-size tensors can share an offset: the name makes the order deterministic.
-    out.sort_by(|a, b| (a.start, a.end, &a.name).cmp(&(b.start, b.end, &b.name)));
     Ok(out)
 }
 
