@@ -31,7 +31,8 @@ pub fn synthetic_config(spec: &str) -> Result<ModelConfig> {
 }
 
 fn read_json(path: &str) -> Result<Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::checkpoint::input::read_to_string(Path::new(path))
+        .map_err(|e| Error::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| Error::Checkpoint(format!("{path}: invalid JSON: {e}")))
 }
 

@@ -2,6 +2,8 @@
 //! streaming safetensors writer (shard planning, header, index).
 
 pub mod dtype;
+mod header;
+pub mod input;
 pub mod reader;
 pub mod writer;
 

@@ -1,19 +1,17 @@
 //! Memory-mapped reader of a local Hugging Face model directory (config.json + safetensors).
 //!
-//! Every header is validated up front, so later code can slice tensor data without checks:
-//! header length, JSON, dtypes, shapes, offsets (inside the file, right length, no overlap)
-//! and tensor names unique across shards. Each failure is one line naming the file and tensor.
+//! Every header is validated up front (by the `safetensors` crate, see [`super::header`]), so
+//! later code can slice tensor data without checks; tensor names must also be unique across
+//! shards. Input files must be regular files ([`super::input`]). Each failure is one line
+//! naming the file and tensor.
 
 use super::dtype::DType;
+use super::{header, input};
 use crate::{Error, Result};
 use memmap2::Mmap;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
-
-/// Largest header Python safetensors accepts (100 MB).
-const MAX_HEADER: u64 = 100_000_000;
 
 /// Where one tensor lives. `start..end` is the absolute byte range in `files()[file]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,7 +136,7 @@ impl Checkpoint {
     fn add_file(&mut self, path: PathBuf) -> Result<()> {
         let file_idx = self.files.len();
         let map = map_file(&path)?;
-        let infos = parse_header(&path, &map, file_idx)?;
+        let infos = header::parse(&path, &map, file_idx)?;
         for t in infos {
             if let Some(&prev) = self.by_name.get(&t.name) {
                 let other = &self.files[self.tensors[prev].file];
@@ -177,7 +175,7 @@ impl Checkpoint {
 
 fn read_config(dir: &Path) -> Result<(Value, String)> {
     let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| match e.kind() {
+    let text = input::read_to_string(&path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => bad(format!(
             "{}: not found (is {} a Hugging Face model directory?)",
             path.display(),
@@ -202,8 +200,7 @@ fn read_index(dir: &Path) -> Result<Option<Index>> {
     if !path.exists() {
         return Ok(None);
     }
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
+    let text = input::read_to_string(&path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
     let value: Value = serde_json::from_str(&text)
         .map_err(|e| bad(format!("{}: invalid JSON: {e}", path.display())))?;
     let Some(map) = value.get("weight_map").and_then(Value::as_object) else {
@@ -259,7 +256,7 @@ fn list_safetensors(dir: &Path) -> Result<Vec<String>> {
 }
 
 fn map_file(path: &Path) -> Result<Mmap> {
-    let file = File::open(path).map_err(|e| match e.kind() {
+    let file = input::open(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => bad(format!("{}: shard not found", path.display())),
         _ => Error::io(path, e),
     })?;
@@ -273,107 +270,4 @@ fn map_file(path: &Path) -> Result<Mmap> {
     // SAFETY: the file is opened read-only; like every mmap reader (and Python safetensors) we
     // rely on nobody truncating or rewriting the checkpoint while it is open.
     unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))
-}
-
-/// Parses and validates one safetensors header; returns its tensors sorted by offset.
-fn parse_header(path: &Path, map: &[u8], file: usize) -> Result<Vec<TensorInfo>> {
-    let p = path.display();
-    let len = map.len() as u64;
-    let mut n8 = [0u8; 8];
-    n8.copy_from_slice(&map[..8]);
-    let n = u64::from_le_bytes(n8);
-    if !(2..=MAX_HEADER).contains(&n) {
-        return Err(bad(format!("{p}: invalid header length {n}")));
-    }
-    if 8 + n > len {
-        return Err(bad(format!(
-            "{p}: header length {n} runs past the end of the file ({len} bytes)"
-        )));
-    }
-    let header = &map[8..8 + n as usize];
-    let obj: Map<String, Value> = serde_json::from_slice(header)
-        .map_err(|e| bad(format!("{p}: header is not a valid JSON object: {e}")))?;
-    let data_start = 8 + n as usize;
-    let data_len = map.len() - data_start;
-    let mut out = Vec::with_capacity(obj.len());
-    for (name, v) in &obj {
-        if name == "__metadata__" {
-            check_metadata(path, v)?;
-            continue;
-        }
-        let (dtype, shape, s, e) = parse_entry(v).map_err(|m| bad(format!("{p}: {name}: {m}")))?;
-        if e > data_len {
-            return Err(bad(format!(
-                "{p}: {name}: data_offsets [{s}, {e}] run past the end of the file (data area {data_len} bytes)"
-            )));
-        }
-        let want = shape
-            .iter()
-            .try_fold(dtype.size(), |acc, &d| acc.checked_mul(d))
-            .ok_or_else(|| bad(format!("{p}: {name}: shape {shape:?} is too large")))?;
-        if e - s != want {
-            return Err(bad(format!(
-                "{p}: {name}: data_offsets [{s}, {e}] hold {} bytes but {dtype} {shape:?} needs {want}",
-                e - s
-            )));
-        }
-        out.push(TensorInfo {
-            name: name.clone(),
-            dtype,
-            shape,
-            file,
-            start: data_start + s,
-            end: data_start + e,
-        });
-    }
-    out.sort_by_key(|t| (t.start, t.end));
-    for w in out.windows(2) {
-        if w[1].start < w[0].end {
-            return Err(bad(format!(
-                "{p}: tensors {} and {} overlap",
-                w[0].name, w[1].name
-            )));
-        }
-    }
-    Ok(out)
-}
-
-fn check_metadata(path: &Path, v: &Value) -> Result<()> {
-    let ok = v
-        .as_object()
-        .is_some_and(|m| m.values().all(Value::is_string));
-    if ok {
-        Ok(())
-    } else {
-        Err(bad(format!(
-            "{}: __metadata__ must map strings to strings",
-            path.display()
-        )))
-    }
-}
-
-/// (dtype, shape, start, end) of one header entry, or what is wrong with it.
-fn parse_entry(v: &Value) -> Result<(DType, Vec<usize>, usize, usize), String> {
-    let obj = v.as_object().ok_or("entry is not a JSON object")?;
-    let dname = obj
-        .get("dtype")
-        .and_then(Value::as_str)
-        .ok_or("missing dtype")?;
-    let dtype = DType::parse(dname).ok_or_else(|| format!("unknown dtype {dname}"))?;
-    let shape = usize_list(obj.get("shape")).ok_or("shape is not a list of sizes")?;
-    let offs = usize_list(obj.get("data_offsets")).ok_or("data_offsets is not [start, end]")?;
-    let [s, e] = offs[..] else {
-        return Err("data_offsets is not [start, end]".into());
-    };
-    if s > e {
-        return Err(format!("data_offsets [{s}, {e}] end before they start"));
-    }
-    Ok((dtype, shape, s, e))
-}
-
-fn usize_list(v: Option<&Value>) -> Option<Vec<usize>> {
-    v?.as_array()?
-        .iter()
-        .map(|x| x.as_u64().and_then(|u| usize::try_from(u).ok()))
-        .collect()
 }

@@ -4,7 +4,6 @@
 use crate::output::{copy_file, Staging};
 use crate::{Error, Result};
 use serde_json::Value;
-use std::fs;
 use std::path::Path;
 
 /// Copied byte for byte when present.
@@ -51,7 +50,7 @@ pub fn copy_sidecar_files(src: &Path, staging: &Staging) -> Result<()> {
 }
 
 fn read_optional(path: &Path) -> Result<Option<String>> {
-    match fs::read_to_string(path) {
+    match crate::checkpoint::input::read_to_string(path) {
         Ok(s) => Ok(Some(s)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io(path, e)),

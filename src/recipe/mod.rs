@@ -112,7 +112,8 @@ impl Recipe {
 
     /// Reads and parses a recipe file; errors name the file.
     pub fn from_file(path: &Path) -> Result<Recipe> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text =
+            crate::checkpoint::input::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Recipe::from_yaml(&text).map_err(|e| match e {
             Error::Recipe(m) => Error::Recipe(format!("{}: {m}", path.display())),
             Error::Unsupported(m) => Error::Unsupported(format!("{}: {m}", path.display())),

@@ -132,7 +132,7 @@ pub fn user_prompt(template: Option<&ChatTemplate>, text: &str) -> Result<String
 /// The template source and a name for it, or `None`.
 fn find_template(model_dir: &Path) -> Result<Option<(String, String)>> {
     let jinja = model_dir.join("chat_template.jinja");
-    match std::fs::read_to_string(&jinja) {
+    match crate::checkpoint::input::read_to_string(&jinja) {
         // Python reads the file in text mode: universal newlines.
         Ok(s) => {
             return Ok(Some((

@@ -166,7 +166,8 @@ impl ModelConfig {
     /// Reads `dir/config.json`.
     pub fn load(dir: &Path) -> Result<ModelConfig> {
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let text =
+            crate::checkpoint::input::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         let v: Value = serde_json::from_str(&text)
             .map_err(|e| bad(format!("{}: invalid JSON: {e}", path.display())))?;
         ModelConfig::from_json(&v)

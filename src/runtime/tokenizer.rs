@@ -50,11 +50,15 @@ impl TextTokenizer {
     /// `eos_token`.
     pub fn load(model_dir: &Path) -> Result<Self> {
         let path = model_dir.join("tokenizer.json");
-        if !path.is_file() {
-            return Err(Error::Runtime(format!(
-                "{}: not found (the model directory needs a tokenizer.json)",
-                path.display()
-            )));
+        match crate::checkpoint::input::check_regular(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::Runtime(format!(
+                    "{}: not found (the model directory needs a tokenizer.json)",
+                    path.display()
+                )))
+            }
+            Err(e) => return Err(Error::io(&path, e)),
+            Ok(()) => {}
         }
         let inner = Tokenizer::from_file(&path).map_err(|e| {
             Error::Runtime(format!("{}: cannot load tokenizer: {e}", path.display()))
@@ -206,7 +210,7 @@ impl DecodeStream<'_> {
 
 /// Reads a JSON file; `None` when it does not exist.
 pub(crate) fn read_json_opt(path: &Path) -> Result<Option<Json>> {
-    let text = match std::fs::read_to_string(path) {
+    let text = match crate::checkpoint::input::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(path, e)),

@@ -26,6 +26,8 @@ mod checkpoint;
 mod cli;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod fifo_inputs;
+mod fuzz;
 mod hub;
 mod presets;
 mod quantize;

@@ -121,7 +121,7 @@ fn rejects_invalid_json() {
     let e = open_err(&st_bytes(&GOOD.replace("},\"b\"", "},,\"b\""), 20));
     assert!(e.contains("not a valid JSON"), "{e}");
     let e = open_err(&st_bytes("[1,2]   ", 0));
-    assert!(e.contains("not a valid JSON"), "{e}");
+    assert!(e.contains("header does not start with '{'"), "{e}");
 }
 
 #[test]
@@ -148,7 +148,11 @@ fn rejects_offsets_past_eof() {
 fn rejects_overlapping_offsets() {
     let h = GOOD.replace("[12,20]", "[8,16]");
     let e = open_err(&st_bytes(&h, 20));
-    assert!(e.contains("tensors a and b overlap"), "{e}");
+    assert!(e.contains("b: data_offsets [8, 16] start at 8"), "{e}");
+    assert!(
+        e.contains("previous tensor ends at 12: they overlap"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -233,4 +237,104 @@ fn index_names_the_shards() {
     fs::write(&ip, idx.replace("\"c\":\"s2", "\"c\":\"s3")).unwrap();
     let e = err_of(d.path());
     assert!(e.contains("s3.safetensors: shard not found"), "{e}");
+}
+
+// ---- the safetensors layout rules (issue #20: found by fuzzing) ----------------------------
+
+/// The real fixture's bytes with the header length (first 8 bytes) changed by `delta`.
+fn fixture_with_header_len(delta: i64) -> Vec<u8> {
+    let mut b = fs::read(fixture("tiny-llama3-bf16/model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap());
+    b[..8].copy_from_slice(&(n as i64 + delta).to_le_bytes());
+    b
+}
+
+#[test]
+fn rejects_header_length_cutting_the_padding() {
+    // The header ends in padding spaces, so a length 2 short still parses as JSON; every
+    // tensor would then be read one BF16 element early.
+    let e = open_err(&fixture_with_header_len(-2));
+    assert!(e.contains("data area holds 6377794 bytes"), "{e}");
+    assert!(e.contains("end at 6377792"), "{e}");
+}
+
+#[test]
+fn rejects_junk_after_the_last_tensor() {
+    let mut b = st_bytes(GOOD, 20);
+    b.extend(std::iter::repeat_n(0xAB, 4096));
+    let e = open_err(&b);
+    assert!(e.contains("end at 20"), "{e}");
+    assert!(e.contains("4096 bytes after the last tensor"), "{e}");
+}
+
+#[test]
+fn rejects_a_hole_between_tensors() {
+    let h = GOOD.replace("[12,20]", "[4108,4116]");
+    let e = open_err(&st_bytes(&h, 4116));
+    assert!(e.contains("b: data_offsets [4108, 4116]"), "{e}");
+    assert!(e.contains("previous tensor ends at 12"), "{e}");
+}
+
+#[test]
+fn rejects_a_header_not_starting_with_a_brace() {
+    let e = open_err(&st_bytes(&format!("  {GOOD}"), 20));
+    assert!(e.contains("header does not start with '{'"), "{e}");
+}
+
+#[test]
+fn rejects_a_duplicated_tensor_key() {
+    // The second "a" (same offsets) would silently replace the first.
+    let h = GOOD.replace(
+        ",\"b\"",
+        ",\"a\":{\"dtype\":\"U8\",\"shape\":[12],\"data_offsets\":[0,12]},\"b\"",
+    );
+    let e = open_err(&st_bytes(&h, 20));
+    assert!(e.contains("key \"a\" appears twice"), "{e}");
+}
+
+// ---- inputs that are not regular files ------------------------------------------------------
+
+fn mkfifo(path: &Path) {
+    let ok = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+/// Runs `f` on another thread; fails (rather than hanging the suite) if it blocks.
+fn within_5s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(f()));
+    rx.recv_timeout(std::time::Duration::from_secs(5))
+        .expect("blocked reading a FIFO")
+}
+
+#[test]
+fn refuses_a_fifo_config() {
+    let d = tempfile::tempdir().unwrap();
+    fs::write(d.path().join("model.safetensors"), st_bytes(GOOD, 20)).unwrap();
+    mkfifo(&d.path().join("config.json"));
+    let dir = d.path().to_path_buf();
+    let e = within_5s(move || err_of(&dir));
+    assert!(
+        e.contains("config.json: is a FIFO, not a regular file"),
+        "{e}"
+    );
+}
+
+#[test]
+fn refuses_a_fifo_shard_or_index() {
+    let d = model_dir();
+    mkfifo(&d.path().join("s1.safetensors"));
+    let ip = d.path().join("model.safetensors.index.json");
+    fs::write(&ip, r#"{"weight_map":{"a":"s1.safetensors"}}"#).unwrap();
+    let dir = d.path().to_path_buf();
+    let e = within_5s(move || err_of(&dir));
+    assert!(e.contains("s1.safetensors: is a FIFO"), "{e}");
+    fs::remove_file(&ip).unwrap();
+    mkfifo(&ip);
+    let dir = d.path().to_path_buf();
+    let e = within_5s(move || err_of(&dir));
+    assert!(e.contains("index.json: is a FIFO"), "{e}");
 }
