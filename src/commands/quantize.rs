@@ -2,10 +2,13 @@
 //! then, with `--verify`, runs [`verify::verify`] on the output against its source.
 
 use crate::checkpoint::hub::{self, HubOptions};
+use crate::checkpoint::Checkpoint;
 use crate::numerics::Fp8Rounding;
 use crate::quantize::{self, QuantizeJob, Summary};
 use crate::recipe::{self, RecipeSource};
+use crate::runtime::config::{ModelConfig, Quantization};
 use crate::runtime::verify::{self, Output, VerifyOptions, VerifyReport};
+use crate::runtime::weights;
 use crate::runtime::{resolve_device, Device};
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -147,6 +150,7 @@ pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
         rounding: args.fp8_rounding.into(),
         progress,
     };
+    check_loadable(&job.model_dir)?;
     let summary = quantize::quantize(&job)?;
     if !args.json {
         print_summary(&summary);
@@ -303,4 +307,35 @@ fn print_summary(s: &Summary) {
         s.output_bytes as f64 / 1e9,
         s.files.join(", ")
     );
+}
+
+/// The architectures whose module order `recipe::arch` knows; they are the ones the runtime
+/// runs, so their outputs must load in `qforge verify`.
+const RUNTIME_ARCHS: &[&str] = &[
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+];
+
+/// Refuses a source that would give a checkpoint `qforge verify` cannot load, before anything
+/// is allocated by the config's sizes or written (the quantizer itself does not know the
+/// runtime): a checkpoint without tensors, and, for the
+/// architectures the runtime runs, a config.json the runtime refuses or one that contradicts
+/// the weights (a missing tensor, a shape that does not follow from the sizes, a 3-D Linear
+/// weight, a layer count beyond the weights). The weights are checked by the runtime's own
+/// check, on the source as it is (unquantized): one home for what config.json implies.
+fn check_loadable(model_dir: &Path) -> Result<()> {
+    let ck = Checkpoint::open(model_dir)?;
+    quantize::check_source(&ck)?;
+    let arch = ck.config.get("architectures").and_then(|a| a.get(0));
+    if !arch
+        .and_then(|a| a.as_str())
+        .is_some_and(|a| RUNTIME_ARCHS.contains(&a))
+    {
+        return Ok(()); // generic rule, with recipe::arch's warning
+    }
+    let mut cfg = ModelConfig::from_json(&ck.config)?;
+    cfg.quantization = Quantization::None;
+    weights::check(&ck, &cfg)
 }

@@ -5,6 +5,8 @@
 
 mod checks;
 
+pub use checks::check_source;
+
 use crate::checkpoint::writer::OutTensor;
 use crate::checkpoint::{Checkpoint, DType, TensorInfo};
 use crate::numerics::pack::packed_len;

@@ -14,7 +14,7 @@ mod layout;
 mod sidecar;
 mod stream;
 
-pub use layout::{plan_layout, state_dict_cmp, OutputLayout, Transform};
+pub use layout::{check_source, plan_layout, state_dict_cmp, OutputLayout, Transform};
 
 use crate::checkpoint::writer::{self, ShardWriter};
 use crate::checkpoint::Checkpoint;

@@ -21,6 +21,7 @@
 
 mod support;
 
+mod architecture;
 mod bench_cpu;
 mod checkpoint;
 mod cli;

@@ -5,26 +5,12 @@
 use crate::checkpoint::{Checkpoint, TensorInfo};
 use crate::numerics;
 use crate::recipe::Scheme;
-use crate::runtime::config::{ModelConfig, Quantization};
-use crate::runtime::weights;
 use crate::{Error, Result};
 use std::collections::HashMap;
 
-/// The architectures whose module order `recipe::arch` knows; they are the ones the runtime
-/// runs, so their outputs must load in `qforge verify`.
-const RUNTIME_ARCHS: &[&str] = &[
-    "LlamaForCausalLM",
-    "MistralForCausalLM",
-    "Qwen2ForCausalLM",
-    "Qwen3ForCausalLM",
-];
-
-/// Refuses a source that would give a checkpoint `qforge verify` cannot load, before anything
-/// is allocated by the config's sizes or written: a checkpoint without tensors, and, for the
-/// architectures the runtime runs, a config.json the runtime refuses or one that contradicts
-/// the weights (a missing tensor, a shape that does not follow from the sizes, a 3-D Linear
-/// weight, a layer count beyond the weights). The weights are checked by the runtime's own
-/// check, on the source as it is (unquantized): one home for what config.json implies.
+/// Refuses a checkpoint without tensors before anything is written. (Whether `qforge verify`
+/// could load the output is the command's check, with the runtime's rules:
+/// `commands::quantize`.)
 pub fn check_source(ck: &Checkpoint) -> Result<()> {
     if ck.tensors().is_empty() {
         return Err(Error::Checkpoint(format!(
@@ -32,16 +18,7 @@ pub fn check_source(ck: &Checkpoint) -> Result<()> {
             ck.dir.display()
         )));
     }
-    let arch = ck.config.get("architectures").and_then(|a| a.get(0));
-    if !arch
-        .and_then(|a| a.as_str())
-        .is_some_and(|a| RUNTIME_ARCHS.contains(&a))
-    {
-        return Ok(()); // generic rule, with recipe::arch's warning
-    }
-    let mut cfg = ModelConfig::from_json(&ck.config)?;
-    cfg.quantization = Quantization::None;
-    weights::check(ck, &cfg)
+    Ok(())
 }
 
 /// The projections vLLM fuses, which must share one NVFP4 global scale (llm-compressor's
