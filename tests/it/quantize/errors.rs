@@ -3,8 +3,8 @@
 
 use crate::support::{self, requires};
 
-use qforge::checkpoint::writer::{self, OutTensor, ShardWriter};
-use qforge::checkpoint::{Checkpoint, DType};
+use qforge::checkpoint::writer::OutTensor;
+use qforge::checkpoint::DType;
 use std::path::{Path, PathBuf};
 
 fn fixture() -> PathBuf {
@@ -17,35 +17,15 @@ fn good_recipe() -> PathBuf {
 
 /// Copies the fixture model into `dst` (all files).
 fn copy_model(dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for f in std::fs::read_dir(fixture()).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, dst.join(f.file_name().unwrap())).unwrap();
-    }
+    support::copy_model(&fixture(), dst);
 }
 
 /// Rewrites `dir/model.safetensors` with `edit` applied to each (tensor, bytes).
 fn rewrite_tensors(dir: &Path, edit: impl Fn(&mut OutTensor, &mut Vec<u8>)) {
-    let path = dir.join("model.safetensors");
-    let (tensors, datas): (Vec<OutTensor>, Vec<Vec<u8>>) = {
-        let ck = Checkpoint::open(dir).unwrap();
-        ck.tensors()
-            .iter()
-            .map(|t| {
-                let mut out = OutTensor::new(t.name.clone(), t.dtype, t.shape.clone());
-                let mut data = ck.data(t).to_vec();
-                edit(&mut out, &mut data);
-                (out, data)
-            })
-            .unzip()
-    };
-    std::fs::remove_file(&path).unwrap();
-    let shard = writer::plan_shards(&tensors, u64::MAX).remove(0);
-    let w = ShardWriter::create(&path, &shard).unwrap();
-    for (t, d) in tensors.iter().zip(&datas) {
-        w.write_tensor(&t.name, d).unwrap();
-    }
-    w.finish().unwrap();
+    support::rewrite_tensors(dir, |mut t, mut data| {
+        edit(&mut t, &mut data);
+        Some((t, data))
+    });
 }
 
 /// Runs `qforge quantize [extra] --model M --recipe R --output O`.

@@ -3,8 +3,7 @@
 //! nothing behind after a successful `--force` (issue #20 items 2, 4b, 5, 7).
 
 use crate::support;
-use qforge::checkpoint::writer::{self, OutTensor, ShardWriter};
-use qforge::checkpoint::Checkpoint;
+use qforge::checkpoint::writer::OutTensor;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -12,12 +11,7 @@ use std::time::{Duration, Instant};
 
 /// A copy of the bundled model (all files) in `dst`.
 fn copy_model(dst: &Path) -> PathBuf {
-    std::fs::create_dir_all(dst).unwrap();
-    for f in std::fs::read_dir(support::bundled_model()).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, dst.join(f.file_name().unwrap())).unwrap();
-    }
-    dst.to_path_buf()
+    support::copy_model(&support::bundled_model(), dst)
 }
 
 /// Applies `edit` to `dir/config.json`.
@@ -31,24 +25,7 @@ fn edit_config(dir: &Path, edit: impl FnOnce(&mut Value)) {
 /// Rewrites `dir/model.safetensors` with the tensors `keep` returns (a tensor may be renamed
 /// or reshaped; `None` drops it).
 fn edit_tensors(dir: &Path, keep: impl Fn(OutTensor) -> Option<OutTensor>) {
-    let path = dir.join("model.safetensors");
-    let (tensors, datas): (Vec<OutTensor>, Vec<Vec<u8>>) = {
-        let ck = Checkpoint::open(dir).unwrap();
-        ck.tensors()
-            .iter()
-            .filter_map(|t| {
-                let out = keep(OutTensor::new(t.name.clone(), t.dtype, t.shape.clone()))?;
-                Some((out, ck.data(t).to_vec()))
-            })
-            .unzip()
-    };
-    std::fs::remove_file(&path).unwrap();
-    let shard = writer::plan_shards(&tensors, u64::MAX).remove(0);
-    let w = ShardWriter::create(&path, &shard).unwrap();
-    for (t, d) in tensors.iter().zip(&datas) {
-        w.write_tensor(&t.name, d).unwrap();
-    }
-    w.finish().unwrap();
+    support::rewrite_tensors(dir, |t, data| keep(t).map(|t| (t, data)));
 }
 
 fn quantize(model: &Path, out: &Path, extra: &[&str]) -> Output {

@@ -149,3 +149,43 @@ pub fn quantize_random(
         &dir.join(format!("{preset}-{}", shape.hidden)),
     )
 }
+
+/// Copies every file of the model folder `src` into `dst` (created), and returns `dst`.
+pub fn copy_model(src: &std::path::Path, dst: &std::path::Path) -> PathBuf {
+    std::fs::create_dir_all(dst).unwrap();
+    for f in std::fs::read_dir(src).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dst.join(f.file_name().unwrap())).unwrap();
+    }
+    dst.to_path_buf()
+}
+
+/// Rewrites `dir/model.safetensors` with what `edit` returns for each tensor and its bytes
+/// (a tensor may be renamed, reshaped or changed; `None` drops it).
+pub fn rewrite_tensors(
+    dir: &std::path::Path,
+    edit: impl Fn(
+        qforge::checkpoint::writer::OutTensor,
+        Vec<u8>,
+    ) -> Option<(qforge::checkpoint::writer::OutTensor, Vec<u8>)>,
+) {
+    use qforge::checkpoint::writer::{self, OutTensor, ShardWriter};
+    let path = dir.join("model.safetensors");
+    let (tensors, datas): (Vec<OutTensor>, Vec<Vec<u8>>) = {
+        let ck = qforge::checkpoint::Checkpoint::open(dir).unwrap();
+        ck.tensors()
+            .iter()
+            .filter_map(|t| {
+                let out = OutTensor::new(t.name.clone(), t.dtype, t.shape.clone());
+                edit(out, ck.data(t).to_vec())
+            })
+            .unzip()
+    };
+    std::fs::remove_file(&path).unwrap();
+    let shard = writer::plan_shards(&tensors, u64::MAX).remove(0);
+    let w = ShardWriter::create(&path, &shard).unwrap();
+    for (t, d) in tensors.iter().zip(&datas) {
+        w.write_tensor(&t.name, d).unwrap();
+    }
+    w.finish().unwrap();
+}
