@@ -37,6 +37,18 @@ pub enum Error {
     /// `verify` ran but the quantized model does not agree enough with the reference.
     #[error("{0}")]
     Verify(String),
+    /// Calibration failed (NaN activations, a Hessian that cannot be factored, ...).
+    #[error("{0}")]
+    Calibration(String),
+    /// A dataset (calibration samples, eval task documents) is missing, empty or malformed.
+    #[error("{0}")]
+    Dataset(String),
+    /// `eval` cannot run as asked (unknown task, incompatible reference, ...).
+    #[error("{0}")]
+    Eval(String),
+    /// `check`: the output would not load in the serving engine as asked.
+    #[error("{0}")]
+    Serving(String),
 }
 
 /// Result alias used across the library.

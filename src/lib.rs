@@ -6,9 +6,12 @@
 //! reads only that on-disk format.
 
 pub mod bench;
+pub mod calibrate;
 pub mod checkpoint;
 pub mod commands;
+pub mod dataset;
 pub mod error;
+pub mod eval;
 pub mod format;
 pub mod numerics;
 pub mod output;
@@ -16,6 +19,7 @@ pub mod progress;
 pub mod quantize;
 pub mod recipe;
 pub mod runtime;
+pub mod serving;
 pub mod synthetic;
 
 pub use error::{Error, Result};

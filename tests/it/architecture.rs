@@ -4,6 +4,10 @@
 const LAYERS: &[&str] = &[
     "commands",
     "bench",
+    "eval",
+    "calibrate",
+    "serving",
+    "dataset",
     "synthetic",
     "runtime",
     "quantize",

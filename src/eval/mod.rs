@@ -1,0 +1,2 @@
+//! `qforge eval`: lm-evaluation-harness-compatible tasks, perplexity and KL statistics of a
+//! quantized model against its reference.
