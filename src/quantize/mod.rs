@@ -86,6 +86,12 @@ pub fn quantize(job: &QuantizeJob) -> Result<Summary> {
     let start = Instant::now();
     output::check_not_input(&job.output, &job.model_dir)?;
     let recipe = job.recipe.load()?;
+    // Round-to-nearest is not what a calibrated recipe asks for: never write it as such.
+    if let Some(modifier) = recipe.requires_calibration() {
+        return Err(Error::Unsupported(format!(
+            "{modifier} needs calibration data, which qforge does not support yet"
+        )));
+    }
     let plan = recipe.plan()?;
     let ck = Checkpoint::open(&job.model_dir)?;
     let layout = plan_layout(&ck, &plan)?;
