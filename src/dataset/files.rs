@@ -5,6 +5,7 @@
 //! keywords in a folder name, split keywords in a file name — else every file is `train`.
 
 use super::table::{self, Format, Row};
+use crate::checkpoint::hub::HubConfig;
 use crate::{Error, Result};
 use serde_json::Value;
 use std::path::Path;
@@ -19,6 +20,16 @@ pub struct Rows {
 /// Reads the rows of `split` (default `train`) of `source`: a data file, a folder, or a Hub
 /// dataset id (downloaded into the Hugging Face cache, see `checkpoint::hub`).
 pub fn load_rows(source: &str, split: Option<&str>, config: Option<&str>) -> Result<Rows> {
+    load_rows_with(source, split, config, &HubConfig::from_env())
+}
+
+/// [`load_rows`] with an explicit Hub configuration instead of the process environment.
+pub fn load_rows_with(
+    source: &str,
+    split: Option<&str>,
+    config: Option<&str>,
+    hub: &HubConfig,
+) -> Result<Rows> {
     let path = Path::new(source);
     if path.is_file() || (Format::of(path).is_some() && !path.is_dir()) {
         if split.is_some() || config.is_some() {
@@ -43,7 +54,7 @@ pub fn load_rows(source: &str, split: Option<&str>, config: Option<&str>) -> Res
             revision: None,
             progress: true,
         };
-        crate::checkpoint::hub::resolve_dataset(source, &opts, &pick)?
+        crate::checkpoint::hub::resolve_dataset_with(source, &opts, hub, &pick)?
     } else {
         return Err(Error::Dataset(format!(
             "--dataset {source}: no such file or folder, and not a Hugging Face dataset id \

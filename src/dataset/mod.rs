@@ -13,6 +13,7 @@ pub mod shuffle;
 pub mod table;
 mod tokenize;
 
+use crate::checkpoint::hub::HubConfig;
 use crate::{Error, Result};
 use std::path::Path;
 pub use table::Row;
@@ -98,7 +99,17 @@ impl CalibrationSet {
 /// Loads `spec.source`, tokenizes it with the tokenizer (and chat template) in
 /// `tokenizer_dir`, and selects the samples as llm-compressor 0.14 does.
 pub fn load_calibration(spec: &CalibrationSpec, tokenizer_dir: &Path) -> Result<CalibrationSet> {
-    let data = files::load_rows(&spec.source, spec.split.as_deref(), spec.config.as_deref())?;
+    load_calibration_with(spec, tokenizer_dir, &HubConfig::from_env())
+}
+
+/// [`load_calibration`] with an explicit Hub configuration instead of the process environment.
+pub fn load_calibration_with(
+    spec: &CalibrationSpec,
+    tokenizer_dir: &Path,
+    hub: &HubConfig,
+) -> Result<CalibrationSet> {
+    let (split, config) = (spec.split.as_deref(), spec.config.as_deref());
+    let data = files::load_rows_with(&spec.source, split, config, hub)?;
     if data.rows.is_empty() {
         return Err(Error::Dataset(format!(
             "{}: the dataset is empty (no rows)",

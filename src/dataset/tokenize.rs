@@ -85,7 +85,8 @@ pub struct Encoded {
 pub struct Encoder {
     column: Column,
     max_len: usize,
-    text: Option<(Tokenizer, Option<ChatTemplate>)>,
+    /// The tokenizer with truncation, the same without (to tell what was cut), the template.
+    text: Option<(Tokenizer, Tokenizer, Option<ChatTemplate>)>,
 }
 
 impl Encoder {
@@ -111,7 +112,8 @@ impl Encoder {
         }
         let max_len = cap_to_model_max(dir, max_len, warnings)?;
         let tokenizer = TextTokenizer::load(dir)?;
-        let mut inner = tokenizer.inner().clone();
+        let whole = tokenizer.inner().clone();
+        let mut inner = whole.clone();
         let params = TruncationParams {
             max_length: max_len,
             strategy: TruncationStrategy::LongestFirst,
@@ -134,7 +136,7 @@ impl Encoder {
         Ok(Self {
             column: column.clone(),
             max_len,
-            text: Some((inner, template)),
+            text: Some((inner, whole, template)),
         })
     }
 
@@ -158,11 +160,11 @@ impl Encoder {
                     truncated,
                 })
             }
-            (Column::Text(_), Some((tok, _))) => {
+            (Column::Text(_), Some((tok, whole, _))) => {
                 let text = value.as_str().ok_or_else(|| bad("is not a string"))?;
-                encode_text(tok, text, true, index)
+                encode_text(tok, whole, text, true, index)
             }
-            (Column::Messages(_), Some((tok, Some(template)))) => {
+            (Column::Messages(_), Some((tok, whole, Some(template)))) => {
                 if !is_messages(value) {
                     return Err(bad(
                         "is not a list of messages ({\"role\": …, \"content\": …})",
@@ -171,21 +173,33 @@ impl Encoder {
                 let text = template
                     .render(value, None, false, &Map::new())
                     .map_err(|e| bad(&format!("cannot be rendered with the chat template: {e}")))?;
-                encode_text(tok, &text, false, index)
+                encode_text(tok, whole, &text, false, index)
             }
             _ => unreachable!("Encoder::new loads what the column needs"),
         }
     }
 }
 
-fn encode_text(tok: &Tokenizer, text: &str, special: bool, index: usize) -> Result<Encoded> {
-    let enc = tok
+/// Encodes with truncation; a sample that comes out at the maximum length is encoded again
+/// without it to tell whether it was cut (the tokenizer does not report it).
+fn encode_text(
+    tok: &Tokenizer,
+    whole: &Tokenizer,
+    text: &str,
+    special: bool,
+    index: usize,
+) -> Result<Encoded> {
+    let failed =
+        |e: tokenizers::Error| Error::Dataset(format!("dataset row {index}: cannot tokenize: {e}"));
+    let ids = tok
         .encode(text, special)
-        .map_err(|e| Error::Dataset(format!("dataset row {index}: cannot tokenize: {e}")))?;
-    Ok(Encoded {
-        ids: enc.get_ids().to_vec(),
-        truncated: !enc.get_overflowing().is_empty(),
-    })
+        .map_err(failed)?
+        .get_ids()
+        .to_vec();
+    let max_len = tok.get_truncation().map_or(usize::MAX, |t| t.max_length);
+    let truncated =
+        ids.len() >= max_len && whole.encode(text, special).map_err(failed)?.len() > ids.len();
+    Ok(Encoded { ids, truncated })
 }
 
 fn token_ids(value: &Value) -> Option<Vec<u32>> {
