@@ -28,6 +28,7 @@ mod checkpoint;
 mod cli;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod dataset;
 mod fifo_inputs;
 mod fuzz;
 mod hub;
