@@ -5,18 +5,23 @@
 //! - [`forward`]: one Llama decoder layer in BF16, rounding as transformers does, with hooks;
 //! - [`pipeline`]: embed, then layer by layer: calibrate, quantize, propagate;
 //! - [`observer`]: llm-compressor's min/max observers and the FP8 per-tensor scale;
-//! - [`static_fp8`]: the `FP8` scheme's static input scales and the KV-cache scales;
+//! - [`layer`]: what happens to a layer after its calibration pass (scales, GPTQ);
+//! - [`outputs`]: the tensors a calibrated Linear becomes;
+//! - [`run`]: `quantize --dataset` end to end;
 //! - [`gptq`]: GPTQ.
 //!
 //! See docs/calibration.md.
 
 pub mod forward;
 pub mod gptq;
+pub mod layer;
 pub mod observer;
+pub mod outputs;
 pub mod pipeline;
-pub mod static_fp8;
+pub mod run;
 
 pub use pipeline::{Activations, Calibrator, Pipeline};
+pub use run::quantize_calibrated;
 
 use crate::checkpoint::DType;
 

@@ -15,6 +15,7 @@ mod sidecar;
 mod stream;
 
 pub use layout::{check_source, plan_layout, state_dict_cmp, OutputLayout, Transform};
+pub use sidecar::copy_sidecar_files;
 
 use crate::checkpoint::writer::{self, ShardWriter};
 use crate::checkpoint::Checkpoint;

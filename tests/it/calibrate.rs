@@ -1,10 +1,9 @@
 //! The calibration pipeline against llm-compressor 0.14's outputs on the g128 fixture
 //! (`fixtures/calibration`, 32 samples of 64 random token ids).
 
-use crate::support::fixture;
-use qforge::calibrate::static_fp8::StaticFp8;
-use qforge::calibrate::{LayerTensor, Pipeline};
-use qforge::checkpoint::Checkpoint;
+use crate::support::{fixture, qforge};
+use qforge::calibrate::Pipeline;
+use qforge::checkpoint::{Checkpoint, DType};
 use qforge::runtime::config::ModelConfig;
 use std::path::Path;
 
@@ -26,40 +25,102 @@ fn g128_ids() -> Vec<Vec<u32>> {
         .collect()
 }
 
-/// Runs the static FP8 + KV-cache calibration of every Linear of g128-bf16.
-fn g128_static_fp8() -> Vec<LayerTensor> {
-    let model = fixture("schemes/g128-bf16");
-    let ck = Checkpoint::open(&model).unwrap();
-    let config = ModelConfig::load(&model).unwrap();
-    let ids = g128_ids();
-    let pipe = Pipeline::new(&ck, &config, 64);
-    let mut acts = pipe.embed(&ids).unwrap();
-    let mut out = Vec::new();
-    let mut sink = |t: LayerTensor| {
-        out.push(t);
-        Ok(())
-    };
-    let mut cal = StaticFp8::new([true; 7], true, &mut sink);
-    pipe.run(&mut acts, &mut cal, &|_| {}).unwrap();
-    out
+/// `qforge quantize` of g128-bf16 with a fixture's input recipe and its 32 samples (in
+/// file order, as the fixtures were made), into `out`.
+fn quantize_fixture(case: &str, out: &Path) -> std::process::Output {
+    let dir = fixture("calibration").join(case);
+    qforge()
+        .args(["quantize", "--model"])
+        .arg(fixture("schemes/g128-bf16"))
+        .arg("--recipe")
+        .arg(dir.join("input-recipe.yaml"))
+        .arg("--dataset")
+        .arg(fixture("calibration/g128-ids.json"))
+        .args(["--no-shuffle", "--num-calibration-samples", "32"])
+        .args(["--max-seq-length", "64", "--output"])
+        .arg(out)
+        .output()
+        .unwrap()
 }
 
-/// `(elements that differ, elements)` of a computed tensor against the reference file's.
-fn compare(reference: &Checkpoint, t: &LayerTensor) -> (usize, usize) {
-    let r = reference
-        .get(&t.name)
-        .unwrap_or_else(|| panic!("{} is not in the reference", t.name));
-    assert_eq!(r.dtype, t.dtype, "{}", t.name);
-    assert_eq!(r.shape, t.shape, "{}", t.name);
-    let size = t.dtype.size();
-    let theirs = reference.data(r);
-    let differ = t
-        .data
-        .chunks(size)
-        .zip(theirs.chunks(size))
-        .filter(|(a, b)| a != b)
-        .count();
-    (differ, t.data.len() / size)
+/// How a computed tensor compares with llm-compressor's.
+#[derive(Debug, Default)]
+struct Diff {
+    /// Elements (4-bit codes counted one by one in packed tensors) that differ.
+    differ: usize,
+    elements: usize,
+    /// Largest distance in BF16 steps (scales).
+    max_steps: u32,
+}
+
+fn compare(ours: &Checkpoint, theirs: &Checkpoint, name: &str) -> Diff {
+    let (a, b) = (ours.get(name).unwrap(), theirs.get(name).unwrap());
+    assert_eq!((a.dtype, &a.shape), (b.dtype, &b.shape), "{name}");
+    let (x, y) = (ours.data(a), theirs.data(b));
+    let mut d = Diff::default();
+    if name.ends_with("weight_packed") {
+        for (p, q) in x.iter().zip(y) {
+            for shift in [0, 4] {
+                d.elements += 1;
+                d.differ += ((p >> shift) & 15 != (q >> shift) & 15) as usize;
+            }
+        }
+        return d;
+    }
+    let size = a.dtype.size();
+    for (p, q) in x.chunks(size).zip(y.chunks(size)) {
+        d.elements += 1;
+        if p != q {
+            d.differ += 1;
+            if a.dtype == DType::BF16 {
+                let (u, v) = (
+                    u16::from_le_bytes([p[0], p[1]]),
+                    u16::from_le_bytes([q[0], q[1]]),
+                );
+                d.max_steps = d.max_steps.max((u as i32 - v as i32).unsigned_abs());
+            }
+        }
+    }
+    d
+}
+
+/// Quantizes a fixture case and checks config.json, recipe.yaml and the tensor list byte
+/// for byte; returns the per-tensor differences (printed).
+fn run_case(case: &str, select: impl Fn(&str) -> bool) -> Vec<(String, Diff)> {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let run = quantize_fixture(case, &out);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let reference = fixture("calibration").join(case);
+    for f in ["config.json", "recipe.yaml"] {
+        let ours = std::fs::read_to_string(out.join(f)).unwrap();
+        let theirs = std::fs::read_to_string(reference.join(f)).unwrap();
+        assert_eq!(ours, theirs, "{case}/{f}");
+    }
+    let (ours, theirs) = (
+        Checkpoint::open(&out).unwrap(),
+        Checkpoint::open(&reference).unwrap(),
+    );
+    let names = |c: &Checkpoint| {
+        let mut v: Vec<String> = c.tensors().iter().map(|t| t.name.clone()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&ours), names(&theirs), "{case}: tensor names");
+    let mut diffs = Vec::new();
+    for name in names(&theirs).into_iter().filter(|n| select(n)) {
+        let d = compare(&ours, &theirs, &name);
+        println!(
+            "{case} {name:<48} {:>6} of {:>6} differ, max {} BF16 steps",
+            d.differ, d.elements, d.max_steps
+        );
+        diffs.push((name, d));
+    }
+    diffs
 }
 
 /// Whether a tensor is one of the K/V-cache scales (`k_scale`, `v_scale`).
@@ -67,28 +128,16 @@ fn is_kv_scale(name: &str) -> bool {
     name.ends_with(".k_scale") || name.ends_with(".v_scale")
 }
 
-/// Compares every computed tensor of `select` with llm-compressor's; prints the exact
-/// per-tensor counts and returns the names of those that differ.
-fn differing(select: impl Fn(&str) -> bool) -> Vec<String> {
-    let ours = g128_static_fp8();
-    let reference = Checkpoint::open(&fixture("calibration/g128-fp8_static_kv")).unwrap();
-    // Per layer: 7 weights, 7 weight scales, 7 input scales, k_scale, v_scale.
-    assert_eq!(ours.len(), 2 * 23);
-    let mut bad = Vec::new();
-    for t in ours.iter().filter(|t| select(&t.name)) {
-        let (differ, n) = compare(&reference, t);
-        println!("{:<48} {differ:>6} of {n:>6} differ", t.name);
-        if differ > 0 {
-            bad.push(t.name.clone());
-        }
-    }
-    bad
-}
-
-/// FP8 weights, their per-tensor scales and the static input scales of all 14 Linears.
+/// FP8 weights, their per-tensor scales, the static input scales of all 14 Linears and every
+/// other tensor: identical to llm-compressor's.
 #[test]
-fn static_fp8_weights_and_input_scales_match_llm_compressor() {
-    let bad = differing(|n| !is_kv_scale(n));
+fn static_fp8_matches_llm_compressor_except_kv_scales() {
+    let diffs = run_case("g128-fp8_static_kv", |n| !is_kv_scale(n));
+    let bad: Vec<&String> = diffs
+        .iter()
+        .filter(|(_, d)| d.differ > 0)
+        .map(|(n, _)| n)
+        .collect();
     assert!(
         bad.is_empty(),
         "tensors that differ from llm-compressor's: {bad:?}"
@@ -98,11 +147,78 @@ fn static_fp8_weights_and_input_scales_match_llm_compressor() {
 #[test]
 #[ignore = "k_scale/v_scale do not match llm-compressor's yet (docs/calibration.md, open questions)"]
 fn kv_cache_scales_match_llm_compressor() {
-    let bad = differing(is_kv_scale);
+    let diffs = run_case("g128-fp8_static_kv", is_kv_scale);
+    let bad: Vec<&String> = diffs
+        .iter()
+        .filter(|(_, d)| d.differ > 0)
+        .map(|(n, _)| n)
+        .collect();
     assert!(
         bad.is_empty(),
         "tensors that differ from llm-compressor's: {bad:?}"
     );
+}
+
+/// GPTQ: codes identical, or at least 99.9% of each tensor's codes and every scale within
+/// one BF16 step (floating-point summation order).
+fn check_gptq(case: &str) {
+    let diffs = run_case(case, |_| true);
+    for (name, d) in &diffs {
+        if name.contains("scale") {
+            assert!(d.max_steps <= 1, "{case} {name}: {d:?}");
+        } else {
+            assert!(d.differ * 1000 <= d.elements, "{case} {name}: {d:?}");
+        }
+    }
+}
+
+#[test]
+fn gptq_w4a16_matches_llm_compressor() {
+    check_gptq("g128-gptq_w4a16");
+}
+
+#[test]
+fn gptq_w8a8_matches_llm_compressor() {
+    check_gptq("g128-gptq_w8a8");
+}
+
+#[test]
+fn gptq_w4g64_actorder_weight_matches_llm_compressor() {
+    check_gptq("g128-gptq_w4g64_actorder_weight");
+}
+
+#[test]
+fn a_calibrated_recipe_without_dataset_is_refused_before_reading_the_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = qforge()
+        .args(["quantize", "--model", "/nonexistent/model", "--recipe"])
+        .arg(fixture("calibration/g128-gptq_w4a16/input-recipe.yaml"))
+        .arg("--output")
+        .arg(tmp.path().join("out"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(err.contains("GPTQModifier needs calibration data"), "{err}");
+    assert!(!err.contains("nonexistent"), "{err}");
+}
+
+#[test]
+fn a_dataset_with_a_data_free_recipe_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = qforge()
+        .args(["quantize", "--model"])
+        .arg(fixture("schemes/g128-bf16"))
+        .args(["--scheme", "W8A8", "--dataset"])
+        .arg(fixture("calibration/g128-ids.json"))
+        .arg("--output")
+        .arg(tmp.path().join("out"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(err.contains("needs no calibration data"), "{err}");
+    assert!(!tmp.path().join("out").exists());
 }
 
 /// transformers' hidden states, dumped by `scripts/hf_layer_dump.py` (needs the reference
