@@ -54,8 +54,12 @@ pub fn quantize_calibrated(job: &QuantizeJob, data: &CalibrationSpec) -> Result<
     let max_seq = set.samples.iter().map(Vec::len).max().unwrap_or(0);
     let pipe = Pipeline::new(&ck, &config, max_seq);
     let mut acts = pipe.embed(&set.samples)?;
-    let passes = if gptq.is_some() { 2 } else { 1 };
-    let total = (config.num_layers * set.samples.len() * passes) as u64;
+    // GPTQ runs every layer but the last twice (calibration, then propagation).
+    let passes = match gptq {
+        Some(_) => 2 * config.num_layers - 1,
+        None => config.num_layers,
+    };
+    let total = (passes * set.samples.len()) as u64;
     let bar = progress_bar("calibrating", total, job.progress);
     let expected: HashMap<&str, &OutTensor> = layout
         .tensors

@@ -123,31 +123,11 @@ fn run_case(case: &str, select: impl Fn(&str) -> bool) -> Vec<(String, Diff)> {
     diffs
 }
 
-/// Whether a tensor is one of the K/V-cache scales (`k_scale`, `v_scale`).
-fn is_kv_scale(name: &str) -> bool {
-    name.ends_with(".k_scale") || name.ends_with(".v_scale")
-}
-
-/// FP8 weights, their per-tensor scales, the static input scales of all 14 Linears and every
-/// other tensor: identical to llm-compressor's.
+/// FP8 weights and their per-tensor scales, the static input scales of all 14 Linears,
+/// `k_scale`/`v_scale` and every copied tensor: identical to llm-compressor's.
 #[test]
-fn static_fp8_matches_llm_compressor_except_kv_scales() {
-    let diffs = run_case("g128-fp8_static_kv", |n| !is_kv_scale(n));
-    let bad: Vec<&String> = diffs
-        .iter()
-        .filter(|(_, d)| d.differ > 0)
-        .map(|(n, _)| n)
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "tensors that differ from llm-compressor's: {bad:?}"
-    );
-}
-
-#[test]
-#[ignore = "k_scale/v_scale do not match llm-compressor's yet (docs/calibration.md, open questions)"]
-fn kv_cache_scales_match_llm_compressor() {
-    let diffs = run_case("g128-fp8_static_kv", is_kv_scale);
+fn static_fp8_with_kv_cache_matches_llm_compressor() {
+    let diffs = run_case("g128-fp8_static_kv", |_| true);
     let bad: Vec<&String> = diffs
         .iter()
         .filter(|(_, d)| d.differ > 0)
