@@ -296,3 +296,38 @@ fn forward_matches_transformers_layer_by_layer() {
         }
     }
 }
+
+#[test]
+fn nan_activations_stop_the_run_naming_the_layer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = crate::support::copy_model(&fixture("schemes/g128-bf16"), &tmp.path().join("m"));
+    // One NaN in every embedding row: every sample's first layer sees it.
+    crate::support::rewrite_tensors(&model, |t, mut data| {
+        if t.name == "model.embed_tokens.weight" {
+            for row in data.chunks_mut(128 * 2) {
+                row[..2].copy_from_slice(&0x7FC0u16.to_le_bytes());
+            }
+        }
+        Some((t, data))
+    });
+    let out = tmp.path().join("out");
+    let run = qforge()
+        .args(["quantize", "--model"])
+        .arg(&model)
+        .arg("--recipe")
+        .arg(fixture("calibration/g128-fp8_static_kv/input-recipe.yaml"))
+        .arg("--dataset")
+        .arg(fixture("calibration/g128-ids.json"))
+        .args(["--no-shuffle", "--output"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(err.contains("model.layers.0") && err.contains("NaN"), "{err}");
+    let errors = err.lines().filter(|l| l.starts_with("qforge: error")).count();
+    assert_eq!(errors, 1, "one error line: {err}");
+    assert!(!out.exists());
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert_eq!(left.len(), 1, "only the model folder remains: {left:?}");
+}
