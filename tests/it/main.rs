@@ -29,6 +29,7 @@ mod cli;
 mod cuda;
 mod fifo_inputs;
 mod fuzz;
+mod gptq;
 mod hub;
 mod presets;
 mod quantize;
