@@ -8,7 +8,7 @@
 //! - [`layer`]: what happens to a layer after its calibration pass (scales, GPTQ);
 //! - [`outputs`]: the tensors a calibrated Linear becomes;
 //! - [`run`]: `quantize --dataset` end to end;
-//! - [`gptq`]: GPTQ.
+//! - [`gptq`]: GPTQ itself (the Hessian and the column-by-column quantization).
 //!
 //! See docs/calibration.md.
 

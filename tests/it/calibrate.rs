@@ -324,8 +324,14 @@ fn nan_activations_stop_the_run_naming_the_layer() {
         .unwrap();
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success());
-    assert!(err.contains("model.layers.0") && err.contains("NaN"), "{err}");
-    let errors = err.lines().filter(|l| l.starts_with("qforge: error")).count();
+    assert!(
+        err.contains("model.layers.0") && err.contains("NaN"),
+        "{err}"
+    );
+    let errors = err
+        .lines()
+        .filter(|l| l.starts_with("qforge: error"))
+        .count();
     assert_eq!(errors, 1, "one error line: {err}");
     assert!(!out.exists());
     let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
