@@ -1,5 +1,36 @@
 //! Calibrated quantization (llm-compressor's GPTQ, static activation scales, KV-cache
 //! scales, SmoothQuant, AWQ): a sequential pipeline that runs calibration samples through
 //! the model one decoder layer at a time and quantizes each layer's Linears from what it saw.
+//!
+//! - [`forward`]: one Llama decoder layer in BF16, rounding as transformers does, with hooks;
+//! - [`pipeline`]: embed, then layer by layer: calibrate, quantize, propagate;
+//! - [`observer`]: llm-compressor's min/max observers and the FP8 per-tensor scale;
+//! - [`layer`]: what happens to a layer after its calibration pass (scales, GPTQ);
+//! - [`outputs`]: the tensors a calibrated Linear becomes;
+//! - [`run`]: `quantize --dataset` end to end;
+//! - [`gptq`]: GPTQ itself (the Hessian and the column-by-column quantization).
+//!
+//! See docs/calibration.md.
 
+pub mod forward;
 pub mod gptq;
+pub mod layer;
+pub mod observer;
+pub mod outputs;
+pub mod pipeline;
+pub mod run;
+
+pub use pipeline::{Activations, Calibrator, Pipeline};
+pub use run::quantize_calibrated;
+
+use crate::checkpoint::DType;
+
+/// A final output tensor of one layer, handed on as soon as it is computed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerTensor {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    /// Little-endian bytes, as in a safetensors file.
+    pub data: Vec<u8>,
+}

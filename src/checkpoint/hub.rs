@@ -11,6 +11,7 @@
 
 mod cache;
 mod config;
+mod dataset;
 mod download;
 mod errors;
 mod http;
@@ -18,6 +19,50 @@ pub mod select;
 
 pub use cache::RepoCache;
 pub use config::{HubConfig, DEFAULT_ENDPOINT};
+pub use dataset::{list_files, resolve_dataset, resolve_dataset_with};
+
+/// What a repository holds: the Hub serves models and datasets under different URLs
+/// (`/api/models/…` vs `/api/datasets/…`, `/{repo}/resolve/…` vs `/datasets/{repo}/resolve/…`)
+/// and the cache keeps them in `models--…` vs `datasets--…` folders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepoKind {
+    Model,
+    Dataset,
+}
+
+impl RepoKind {
+    /// `models` / `datasets`: the API path segment and the cache folder prefix.
+    pub fn plural(self) -> &'static str {
+        match self {
+            RepoKind::Model => "models",
+            RepoKind::Dataset => "datasets",
+        }
+    }
+
+    /// `model` / `dataset`, for messages.
+    pub fn noun(self) -> &'static str {
+        match self {
+            RepoKind::Model => "model",
+            RepoKind::Dataset => "dataset",
+        }
+    }
+
+    /// The command-line option that names such a repo.
+    pub fn flag(self) -> &'static str {
+        match self {
+            RepoKind::Model => "--model",
+            RepoKind::Dataset => "--dataset",
+        }
+    }
+
+    /// The repo as it appears in resolve URLs.
+    pub fn url_repo(self, repo: &str) -> String {
+        match self {
+            RepoKind::Model => repo.to_string(),
+            RepoKind::Dataset => format!("datasets/{repo}"),
+        }
+    }
+}
 
 use crate::{Error, Result};
 use download::{progress_bar, run_parallel, Downloader, Job};
@@ -77,6 +122,7 @@ pub fn resolve_model_with(model: &str, opts: &HubOptions, config: &HubConfig) ->
     let ctx = Ctx {
         endpoint: &config.endpoint,
         repo: model,
+        kind: RepoKind::Model,
         revision,
         has_token: config.token.is_some(),
         token_source: &config.token_source,
@@ -166,7 +212,7 @@ impl Fetch<'_> {
         let cancel = AtomicBool::new(false);
         let jobs = run_parallel(&todo, workers, &cancel, |path| {
             let meta = with_retries(self.config.max_retries, || {
-                self.client.file_meta(self.ctx.repo, commit, path)
+                self.client.file_meta(&self.ctx.url_repo(), commit, path)
             })
             .map_err(|f| self.ctx.error(f, Some(path)))?;
             if meta.commit.as_deref().is_some_and(|c| c != commit) {

@@ -96,6 +96,93 @@ pub struct QuantizeArgs {
     /// Device for --verify.
     #[arg(long, value_enum, default_value = "auto", requires = "verify")]
     pub device: Device,
+    #[command(flatten)]
+    pub calibration: CalibrationArgs,
+}
+
+/// The calibration data of a recipe that needs it (GPTQModifier, static activation or
+/// KV-cache scales), with llm-compressor's names and defaults.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Calibration (recipes that need data)")]
+pub struct CalibrationArgs {
+    /// Calibration data: a local .jsonl/.json/.parquet/.txt file or folder, or a Hub dataset
+    /// id (HuggingFaceH4/ultrachat_200k). Columns: input_ids (as they are), messages (the
+    /// model's chat template), or text (--text-column).
+    #[arg(long, value_name = "DATA")]
+    pub dataset: Option<String>,
+    /// The split to read (default: train).
+    #[arg(long, value_name = "SPLIT", requires = "dataset")]
+    pub dataset_split: Option<String>,
+    /// The dataset configuration (subset) of a Hub dataset.
+    #[arg(long, value_name = "NAME", requires = "dataset")]
+    pub dataset_config: Option<String>,
+    /// The column holding the text (default: text).
+    #[arg(long, value_name = "NAME", requires = "dataset")]
+    pub text_column: Option<String>,
+    /// How many samples to calibrate on (llm-compressor's num_calibration_samples).
+    #[arg(long, value_name = "N", default_value_t = crate::dataset::DEFAULT_NUM_SAMPLES)]
+    pub num_calibration_samples: usize,
+    /// Longer samples are truncated to this many tokens (llm-compressor's max_seq_length).
+    #[arg(long, value_name = "N", default_value_t = crate::dataset::DEFAULT_MAX_SEQ_LENGTH)]
+    pub max_seq_length: usize,
+    /// Seed of the shuffle that picks the samples.
+    #[arg(long, value_name = "SEED", default_value_t = crate::dataset::DEFAULT_SHUFFLE_SEED)]
+    pub shuffle_seed: u64,
+    /// Keep the dataset's order (llm-compressor's shuffle_calibration_samples=False; its
+    /// length-aware order, longest first).
+    #[arg(long, conflicts_with = "shuffle_seed")]
+    pub no_shuffle: bool,
+}
+
+impl CalibrationArgs {
+    /// The dataset spec, or `None` without --dataset.
+    pub fn spec(&self) -> Option<crate::dataset::CalibrationSpec> {
+        let source = self.dataset.clone()?;
+        let mut spec = crate::dataset::CalibrationSpec::new(source);
+        spec.split = self.dataset_split.clone();
+        spec.config = self.dataset_config.clone();
+        spec.text_column = self.text_column.clone();
+        spec.num_samples = self.num_calibration_samples;
+        spec.max_seq_length = self.max_seq_length;
+        spec.shuffle = (!self.no_shuffle).then_some(self.shuffle_seed);
+        Some(spec)
+    }
+}
+
+/// Refuses a calibrated recipe without data, and data with a data-free recipe (ignoring
+/// it would let the user believe the output was calibrated). Runs before anything is read.
+fn check_calibration(
+    recipe: &RecipeSource,
+    args: &CalibrationArgs,
+) -> Result<Option<crate::dataset::CalibrationSpec>> {
+    let needs = recipe.load()?.requires_calibration();
+    match (needs, args.spec()) {
+        (Some(modifier), None) => Err(Error::Calibration(format!(
+            "{modifier} needs calibration data: pass --dataset DATA (a .jsonl/.json/.parquet/.txt \
+             file or a Hub dataset id)"
+        ))),
+        (None, Some(spec)) => Err(Error::Calibration(format!(
+            "--dataset {} was given but the recipe needs no calibration data (no GPTQModifier, \
+             static activations or kv_cache_scheme); drop --dataset",
+            spec.source
+        ))),
+        (_, spec) => Ok(spec),
+    }
+}
+
+/// Prints the calibration settings, defaults included, as llm-compressor logs them.
+fn print_calibration(spec: &crate::dataset::CalibrationSpec) {
+    let order = match spec.shuffle {
+        Some(seed) => format!("shuffled with seed {seed}"),
+        None => "not shuffled".to_string(),
+    };
+    eprintln!(
+        "calibration: {} samples of at most {} tokens from {} (split {}, {order})",
+        spec.num_samples,
+        spec.max_seq_length,
+        spec.source,
+        spec.split.as_deref().unwrap_or("train")
+    );
 }
 
 /// The `--json` output: the quantize summary, plus the verify report with --verify.
@@ -135,6 +222,7 @@ pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
     };
     // The recipe is checked before a model is downloaded.
     let recipe = recipe_source(args)?;
+    let calibration = check_calibration(&recipe, &args.calibration)?;
     let progress = !args.json;
     let hub_opts = HubOptions {
         revision: args.revision.clone(),
@@ -151,7 +239,15 @@ pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
         progress,
     };
     check_loadable(&job.model_dir)?;
-    let summary = quantize::quantize(&job)?;
+    let summary = match &calibration {
+        Some(spec) => {
+            if progress {
+                print_calibration(spec);
+            }
+            crate::calibrate::quantize_calibrated(&job, spec)?
+        }
+        None => quantize::quantize(&job)?,
+    };
     if !args.json {
         print_summary(&summary);
     }

@@ -112,8 +112,9 @@ pub fn quantize_int_into(
     res.map_err(|()| bad_row_error(name, dtype, data, cols))
 }
 
-/// The scale (a value of `dtype`) and integer zero point of one group.
-fn group_qparams(dtype: DType, p: IntParams, w: &[f32]) -> (f32, f32) {
+/// The scale (a value of `dtype`) and integer zero point of one group (the observer of the
+/// data-free path; GPTQ computes its scales with it too, on the original weight).
+pub fn group_qparams(dtype: DType, p: IntParams, w: &[f32]) -> (f32, f32) {
     let tiny = eps(dtype).unwrap_or(f32::EPSILON);
     let levels = ((1u32 << p.bits) - 1) as f32;
     if p.symmetric {
@@ -138,9 +139,11 @@ fn group_qparams(dtype: DType, p: IntParams, w: &[f32]) -> (f32, f32) {
     (if s == 0.0 { tiny } else { s }, zp)
 }
 
-/// Codes of one group with its scale and zero point.
+/// Codes of one group with its scale and zero point (`eager`: the CPU path's rounding of
+/// each quotient to `dtype`). GPTQ calls it to code its fake-quantized weight as the
+/// compressor does.
 #[inline]
-fn quantize_group(
+pub fn quantize_group(
     dtype: DType,
     eager: bool,
     p: IntParams,

@@ -20,4 +20,4 @@ pub use fp8::{
     quantize_fp8_channel_into, Fp8Rounding, E4M3_MAX,
 };
 pub use fp8_block::quantize_fp8_block_into;
-pub use int::{quantize_int_into, IntParams};
+pub use int::{group_qparams, quantize_group, quantize_int_into, IntParams};

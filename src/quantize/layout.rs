@@ -78,7 +78,15 @@ pub fn plan_layout(ck: &Checkpoint, plan: &QuantPlan) -> Result<OutputLayout> {
     for (module, group) in modules.iter().zip(&groups) {
         match group {
             Some(g) => {
-                quantize.insert(format!("{module}.weight"), plan.groups[*g].preset);
+                // Groups without a data-free scheme exist only in calibrated recipes.
+                let group = &plan.groups[*g];
+                let scheme = group.preset.ok_or_else(|| {
+                    Error::Unsupported(format!(
+                        "config group {} needs the calibration pipeline",
+                        group.name
+                    ))
+                })?;
+                quantize.insert(format!("{module}.weight"), scheme);
             }
             None => ignored.push(module.clone()),
         }

@@ -15,6 +15,7 @@ mod sidecar;
 mod stream;
 
 pub use layout::{check_source, plan_layout, state_dict_cmp, OutputLayout, Transform};
+pub use sidecar::copy_sidecar_files;
 
 use crate::checkpoint::writer::{self, ShardWriter};
 use crate::checkpoint::Checkpoint;
@@ -86,6 +87,12 @@ pub fn quantize(job: &QuantizeJob) -> Result<Summary> {
     let start = Instant::now();
     output::check_not_input(&job.output, &job.model_dir)?;
     let recipe = job.recipe.load()?;
+    // Round-to-nearest is not what a calibrated recipe asks for: never write it as such.
+    if let Some(modifier) = recipe.requires_calibration() {
+        return Err(Error::Unsupported(format!(
+            "{modifier} needs calibration data, which qforge does not support yet"
+        )));
+    }
     let plan = recipe.plan()?;
     let ck = Checkpoint::open(&job.model_dir)?;
     let layout = plan_layout(&ck, &plan)?;

@@ -41,6 +41,8 @@ pub enum Role {
     Weights,
     InputActivations,
     OutputActivations,
+    /// `kv_cache_scheme`: no observer is filled in.
+    KvCache,
 }
 
 /// compressed-tensors `QuantizationArgs`, after its validator ran (strategy inferred,
@@ -136,10 +138,11 @@ impl QuantArgs {
         }
         if self.observer.is_none() && self.dynamic != Dynamic::Dynamic {
             let default = match role {
-                Role::Weights => "memoryless_minmax",
-                Role::InputActivations | Role::OutputActivations => "minmax",
+                Role::Weights => Some("memoryless_minmax"),
+                Role::InputActivations | Role::OutputActivations => Some("minmax"),
+                Role::KvCache => None,
             };
-            self.observer = Some(default.to_string());
+            self.observer = default.map(String::from);
         }
         Ok(self)
     }
@@ -251,7 +254,7 @@ impl QuantArgs {
                 "strategy" => strategy = parse_strategy(val, &at)?,
                 "block_structure" => a.block_structure = parse_block(val, &at)?,
                 "dynamic" => a.dynamic = parse_dynamic(val, &at)?,
-                "actorder" => a.actorder = parse_actorder(val, &at)?,
+                "actorder" => a.actorder = actorder_value(val, &at)?,
                 "scale_dtype" => a.scale_dtype = parse_dtype(val, &at)?,
                 "zp_dtype" => a.zp_dtype = parse_dtype(val, &at)?,
                 "observer" => a.observer = opt_str(val, &at)?,
@@ -399,19 +402,27 @@ fn parse_dynamic(v: &Value, at: &str) -> Result<Dynamic> {
     }
 }
 
-fn parse_actorder(v: &Value, at: &str) -> Result<Option<String>> {
+/// `actorder` as compressed-tensors 0.19 validates it: `weight`, its alias `static`, or
+/// null / false; `group` / `dynamic` / true were removed, with these messages.
+pub(crate) fn actorder_value(v: &Value, at: &str) -> Result<Option<String>> {
     match v {
         Value::Null | Value::Bool(false) => Ok(None),
-        Value::Bool(true) => Ok(Some("group".into())),
-        Value::String(s) => {
-            let s = s.to_lowercase();
-            match s.as_str() {
-                "group" | "weight" | "dynamic" | "static" => Ok(Some(s)),
-                _ => Err(Error::Recipe(format!("{at}: unknown actorder `{s}`"))),
-            }
-        }
+        Value::Bool(true) => Err(Error::Recipe(format!(
+            "{at}: actorder=True previously mapped to ActivationOrdering.GROUP, which has \
+             been removed. Consider using actorder='weight' instead."
+        ))),
+        Value::String(s) => match s.to_lowercase().as_str() {
+            "group" | "dynamic" => Err(Error::Recipe(format!(
+                "{at}: actorder='{s}' has been removed. Consider using actorder='weight' or \
+                 actorder=None instead."
+            ))),
+            lower @ ("weight" | "static") => Ok(Some(lower.to_string())),
+            _ => Err(Error::Recipe(format!(
+                "{at}: unknown actorder `{s}` (weight, static or null)"
+            ))),
+        },
         _ => Err(Error::Recipe(format!(
-            "{at}: expected a string, a boolean or null"
+            "{at}: expected weight, static or null"
         ))),
     }
 }

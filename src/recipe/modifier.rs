@@ -1,8 +1,14 @@
-//! llm-compressor's `QuantizationModifier`: its arguments as a recipe gives them,
-//! validated as llm-compressor 0.14 / compressed-tensors 0.19 validate them, resolved into
-//! config groups, and dumped back (`model_dump()` minus `None`s) for `recipe.yaml`.
+//! llm-compressor's `QuantizationModifier` (and the `QuantizationMixin` arguments that
+//! `GPTQModifier` shares): its arguments as a recipe gives them, validated as
+//! llm-compressor 0.14 / compressed-tensors 0.19 validate them, resolved into config
+//! groups, and dumped back (`model_dump()` minus `None`s) for `recipe.yaml`.
+//!
+//! A group is accepted when its args are those of a preset qforge implements; a modifier
+//! that needs calibration data (GPTQ, static activations, a KV-cache scheme) may also use
+//! the args the calibration pipeline quantizes (see [`calibratable`]).
 
-use super::args::{QuantArgs, Role, Strategy};
+use super::args::{Dynamic, QuantArgs, QuantType, Role, Strategy};
+use super::gptq::{resolve_actorder, ActorderArg};
 use super::matcher::match_pattern;
 use super::plan::ConfigGroup;
 use super::scheme::{find_preset, infer_format, Preset, PRESETS};
@@ -21,6 +27,8 @@ pub(crate) enum SchemeArg {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct GroupArg {
     name: String,
+    /// Where the group is in the recipe, for errors.
+    at: String,
     targets: Vec<String>,
     weights: Option<QuantArgs>,
     input_activations: Option<QuantArgs>,
@@ -31,19 +39,38 @@ pub(crate) struct GroupArg {
 /// The arguments of a `QuantizationModifier`, defaults filled in.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct QuantModifier {
+    /// The class name, for errors.
+    name: &'static str,
     config_groups: Option<Vec<GroupArg>>,
     pub targets: Vec<String>,
     pub ignore: Vec<String>,
     scheme: Option<SchemeArg>,
+    pub kv_cache_scheme: Option<QuantArgs>,
     pub bypass_divisibility_checks: bool,
     pub requires_calibration_data: bool,
+    /// `GPTQModifier.actorder`, applied to every group's weights; `None` elsewhere.
+    pub gptq_actorder: Option<ActorderArg>,
 }
 
 const NAME: &str = "QuantizationModifier";
 
+/// The `QuantizationMixin` keys (what llm-compressor's AWQ shim moves to the
+/// `QuantizationModifier` it adds).
+pub(crate) const MIXIN_KEYS: &[&str] = &[
+    "config_groups",
+    "targets",
+    "ignore",
+    "scheme",
+    "kv_cache_scheme",
+    "weight_observer",
+    "input_observer",
+    "output_observer",
+    "observer",
+    "bypass_divisibility_checks",
+];
+
 /// Fields of the modifier that qforge accepts only at their default (`null`).
 const UNSUPPORTED_FIELDS: &[&str] = &[
-    "kv_cache_scheme",
     "weight_observer",
     "input_observer",
     "output_observer",
@@ -57,32 +84,51 @@ const UNSUPPORTED_FIELDS: &[&str] = &[
 impl QuantModifier {
     /// Parses and validates the modifier's argument mapping (`null` counts as empty).
     pub fn parse(args: &Value) -> Result<QuantModifier> {
+        let mut m =
+            QuantModifier::parse_fields(NAME, args, |_: &str, _: &Value, _: &str| Ok(false))?;
+        m.finish()?;
+        Ok(m)
+    }
+
+    /// Reads the mixin's fields of modifier `name`; `extra(key, value, path)` takes the
+    /// other keys of that modifier (true when it knows the key). Call [`Self::finish`]
+    /// after setting the modifier's own fields.
+    pub fn parse_fields(
+        name: &'static str,
+        args: &Value,
+        mut extra: impl FnMut(&str, &Value, &str) -> Result<bool>,
+    ) -> Result<QuantModifier> {
         let empty = Map::new();
         let map = match args {
             Value::Null => &empty,
             Value::Object(m) => m,
             _ => {
                 return Err(Error::Recipe(format!(
-                    "{NAME}: expected a mapping of arguments"
+                    "{name}: expected a mapping of arguments"
                 )))
             }
         };
         let mut m = QuantModifier {
+            name,
             config_groups: None,
             targets: vec!["Linear".into()],
             ignore: Vec::new(),
             scheme: None,
+            kv_cache_scheme: None,
             bypass_divisibility_checks: false,
             requires_calibration_data: false,
+            gptq_actorder: None,
         };
         for (key, val) in map {
-            let at = format!("{NAME}.{key}");
+            let at = format!("{name}.{key}");
             match key.as_str() {
                 "config_groups" => m.config_groups = parse_groups(val, &at)?,
                 "targets" => m.targets = parse_targets(val, &at)?,
                 "ignore" => m.ignore = string_list(val, &at)?,
                 "scheme" => m.scheme = parse_scheme(val, &at)?,
+                "kv_cache_scheme" => m.kv_cache_scheme = parse_kv_cache(val, &at)?,
                 "bypass_divisibility_checks" => m.bypass_divisibility_checks = boolean(val, &at)?,
+                k if extra(k, val, &at)? => {}
                 "requires_calibration_data" => m.requires_calibration_data = boolean(val, &at)?,
                 "group" => {
                     return Err(Error::Recipe(format!(
@@ -94,32 +140,42 @@ impl QuantModifier {
                         return Err(Error::Unsupported(format!("{at} is not supported yet")));
                     }
                 }
-                _ => return Err(Error::Recipe(format!("{NAME}: unknown argument `{key}`"))),
+                _ => return Err(Error::Recipe(format!("{name}: unknown argument `{key}`"))),
             }
         }
-        m.validate()?;
         Ok(m)
     }
 
-    fn validate(&self) -> Result<()> {
-        if self.requires_calibration_data {
-            return Err(Error::Unsupported(format!(
-                "{NAME}.requires_calibration_data: true (calibration) is not supported yet"
-            )));
-        }
+    /// After parsing: llm-compressor's `_set_requires_calibration_data` (static input or
+    /// output activations, or a KV-cache scheme, need data), the GPTQ activation ordering
+    /// written into explicit groups, and validation.
+    pub fn finish(&mut self) -> Result<()> {
+        let name = self.name;
         match (&self.scheme, &self.config_groups) {
             (Some(_), Some(_)) => {
                 return Err(Error::Recipe(format!(
-                    "{NAME}: set either `scheme` or `config_groups`, not both"
+                    "{name}: set either `scheme` or `config_groups`, not both"
                 )))
             }
             (None, None) => {
                 return Err(Error::Recipe(format!(
-                    "{NAME}: set `scheme` or `config_groups`"
+                    "{name}: set `scheme` or `config_groups`"
                 )))
             }
             _ => {}
         }
+        if self.kv_cache_scheme.is_some() || self.raw_groups()?.iter().any(static_activations) {
+            self.requires_calibration_data = true;
+        }
+        if let (Some(actorder), Some(groups)) = (&self.gptq_actorder, &mut self.config_groups) {
+            for g in groups.iter_mut() {
+                apply_actorder(actorder, g.weights.as_mut())?;
+            }
+        }
+        self.validate()
+    }
+
+    fn validate(&self) -> Result<()> {
         let patterns = self.targets.iter().chain(&self.ignore);
         let group_targets = self.groups()?.into_iter().flat_map(|g| g.targets);
         for pattern in patterns.cloned().chain(group_targets) {
@@ -131,6 +187,52 @@ impl QuantModifier {
     /// The config groups this modifier quantizes with, as llm-compressor's
     /// `resolve_quantization_config` builds them (`group_0`, `group_1`, ...).
     pub fn groups(&self) -> Result<Vec<ConfigGroup>> {
+        let mut groups = self.raw_groups()?;
+        for g in &mut groups {
+            if let Some(actorder) = &self.gptq_actorder {
+                apply_actorder(actorder, g.weights.as_mut())?;
+            }
+            self.check_supported(g)?;
+        }
+        Ok(groups)
+    }
+
+    /// A group qforge cannot quantize without data is refused unless this modifier
+    /// calibrates, and then only when the pipeline handles its args.
+    fn check_supported(&self, g: &ConfigGroup) -> Result<()> {
+        if g.preset.is_some() {
+            return Ok(());
+        }
+        let calibrated = self.requires_calibration_data
+            && calibratable(
+                g.weights.as_ref(),
+                g.input_activations.as_ref(),
+                g.output_activations.as_ref(),
+            );
+        if calibrated {
+            return Ok(());
+        }
+        let at = format!("{}.config_groups.{}", self.name, g.name);
+        Err(match (&self.config_groups, g.preset_name) {
+            (None, Some(preset)) => Error::Unsupported(format!(
+                "scheme {preset} is not supported yet (supported: {})",
+                supported_names()
+            )),
+            (Some(_), Some(preset)) => Error::Unsupported(format!(
+                "{at}: these are the arguments of scheme {preset}, which is not supported yet \
+                 (supported: {})",
+                supported_names()
+            )),
+            (_, None) => Error::Unsupported(format!(
+                "{at}: these quantization arguments are not supported yet (qforge supports \
+                 the arguments of {})",
+                supported_names()
+            )),
+        })
+    }
+
+    /// The groups as resolved, before the support check.
+    fn raw_groups(&self) -> Result<Vec<ConfigGroup>> {
         if let Some(groups) = &self.config_groups {
             return groups.iter().map(GroupArg::resolve).collect();
         }
@@ -141,7 +243,7 @@ impl QuantModifier {
         };
         let mut out = Vec::new();
         for (idx, (name, targets)) in pairs.into_iter().enumerate() {
-            let preset = supported_preset(&name)?;
+            let preset = known_preset(&name)?;
             let args = preset.args()?;
             let weights = args.weights;
             let input_activations = args.input_activations;
@@ -153,7 +255,8 @@ impl QuantModifier {
                 input_activations,
                 output_activations: None,
                 format: Some(format.to_string()),
-                preset: preset.scheme.expect("checked by supported_preset"),
+                preset: preset.scheme,
+                preset_name: Some(preset.name),
             });
         }
         Ok(out)
@@ -183,6 +286,9 @@ impl QuantModifier {
             }
             None => {}
         }
+        if let Some(kv) = &self.kv_cache_scheme {
+            args.push(("kv_cache_scheme".into(), kv.to_yaml()));
+        }
         args.push((
             "bypass_divisibility_checks".into(),
             Yaml::Bool(self.bypass_divisibility_checks),
@@ -196,10 +302,9 @@ impl QuantModifier {
 }
 
 impl GroupArg {
-    /// Matches the group's args against the presets: qforge implements presets, so an
-    /// explicit group is accepted when it equals an implemented preset's args.
+    /// Matches the group's args against the presets (the one they equal, if any).
     fn resolve(&self) -> Result<ConfigGroup> {
-        let at = format!("{NAME}.config_groups.{}", self.name);
+        let at = &self.at;
         let inferred = infer_format(self.weights.as_ref(), self.input_activations.as_ref());
         let same = |p: &&Preset| {
             p.args().is_ok_and(|a| {
@@ -208,21 +313,7 @@ impl GroupArg {
                     && self.output_activations.is_none()
             })
         };
-        let preset = PRESETS.iter().find(same).ok_or_else(|| {
-            Error::Unsupported(format!(
-                "{at}: these quantization arguments are not supported yet (qforge supports \
-                 the arguments of {})",
-                supported_names()
-            ))
-        })?;
-        let scheme = preset.scheme.ok_or_else(|| {
-            Error::Unsupported(format!(
-                "{at}: these are the arguments of scheme {}, which is not supported yet \
-                 (supported: {})",
-                preset.name,
-                supported_names()
-            ))
-        })?;
+        let preset = PRESETS.iter().find(same);
         if self.format.as_deref().is_some_and(|f| f != inferred) {
             return Err(Error::Unsupported(format!(
                 "{at}.format: {} is not supported yet for these arguments (expected {inferred})",
@@ -236,7 +327,8 @@ impl GroupArg {
             input_activations: self.input_activations.clone(),
             output_activations: self.output_activations.clone(),
             format: Some(inferred.to_string()),
-            preset: scheme,
+            preset: preset.and_then(|p| p.scheme),
+            preset_name: preset.map(|p| p.name),
         })
     }
 
@@ -262,16 +354,88 @@ impl GroupArg {
     }
 }
 
-/// Args as far as they change the quantization or the written config: the zero-point
-/// dtype of symmetric args is neither used nor serialised, so an explicit group may leave
-/// it at its default where a preset sets it (MXFP4's `torch.uint8`).
+/// Args as far as they decide the preset: the zero-point dtype of symmetric args is
+/// neither used nor serialised, so an explicit group may leave it at its default where a
+/// preset sets it (MXFP4's `torch.uint8`); GPTQ's activation ordering changes how the
+/// codes are chosen, not their format.
 fn comparable(a: &Option<QuantArgs>) -> Option<QuantArgs> {
     a.clone().map(|mut a| {
         if a.symmetric {
             a.zp_dtype = None;
         }
+        a.actorder = None;
         a
     })
+}
+
+/// What the calibration pipeline quantizes beyond the presets: int4/int8 weights per
+/// tensor, channel or group (symmetric or not), FP8 weights per tensor or channel; input
+/// activations of the weights' kind with 8-bit weights, dynamic per token or static per
+/// tensor; no output activations.
+pub(crate) fn calibratable(
+    weights: Option<&QuantArgs>,
+    inputs: Option<&QuantArgs>,
+    outputs: Option<&QuantArgs>,
+) -> bool {
+    let Some(w) = weights else {
+        return false;
+    };
+    let weights_ok = match w.kind {
+        QuantType::Int => {
+            matches!(w.num_bits, 4 | 8)
+                && matches!(
+                    w.strategy,
+                    Strategy::Tensor | Strategy::Channel | Strategy::Group
+                )
+        }
+        QuantType::Float => {
+            w.num_bits == 8 && matches!(w.strategy, Strategy::Tensor | Strategy::Channel)
+        }
+    };
+    // Activations go with 8-bit weights of the same kind (W8A8 int8, FP8).
+    let inputs_ok = inputs.is_none_or(|i| {
+        i.num_bits == 8
+            && w.num_bits == 8
+            && i.kind == w.kind
+            && i.symmetric
+            && matches!(
+                (i.dynamic, i.strategy),
+                (Dynamic::Dynamic, Strategy::Token) | (Dynamic::Static, Strategy::Tensor)
+            )
+    });
+    w.dynamic == Dynamic::Static && weights_ok && inputs_ok && outputs.is_none()
+}
+
+/// True when a group's activations are observed on calibration data.
+fn static_activations(g: &ConfigGroup) -> bool {
+    let inputs = g
+        .input_activations
+        .as_ref()
+        .is_some_and(|i| i.dynamic != Dynamic::Dynamic);
+    let outputs = g
+        .output_activations
+        .as_ref()
+        .is_some_and(|o| o.dynamic == Dynamic::Static);
+    inputs || outputs
+}
+
+/// GPTQ's activation ordering on a group's weights, for the strategies it applies to.
+fn apply_actorder(actorder: &ActorderArg, weights: Option<&mut QuantArgs>) -> Result<()> {
+    let Some(w) = weights else {
+        return Ok(());
+    };
+    let applies = matches!(
+        w.strategy,
+        Strategy::Group
+            | Strategy::TensorGroup
+            | Strategy::Channel
+            | Strategy::Tensor
+            | Strategy::Block
+    );
+    if applies {
+        w.actorder = resolve_actorder(actorder, w.actorder.as_deref())?;
+    }
+    Ok(())
 }
 
 fn supported_names() -> String {
@@ -283,31 +447,23 @@ fn supported_names() -> String {
     names.join(", ")
 }
 
-/// A preset name that qforge implements, else the matching error.
-fn supported_preset(name: &str) -> Result<&'static Preset> {
-    let preset = find_preset(name).ok_or_else(|| {
+/// A preset name of compressed-tensors, else the matching error.
+fn known_preset(name: &str) -> Result<&'static Preset> {
+    find_preset(name).ok_or_else(|| {
         let names: Vec<&str> = PRESETS.iter().map(|p| p.name).collect();
         Error::Recipe(format!(
             "unknown scheme {name} (presets: {})",
             names.join(", ")
         ))
-    })?;
-    if preset.scheme.is_none() {
-        return Err(Error::Unsupported(format!(
-            "scheme {} is not supported yet (supported: {})",
-            preset.name,
-            supported_names()
-        )));
-    }
-    Ok(preset)
+    })
 }
 
-fn boolean(v: &Value, at: &str) -> Result<bool> {
+pub(crate) fn boolean(v: &Value, at: &str) -> Result<bool> {
     v.as_bool()
         .ok_or_else(|| Error::Recipe(format!("{at}: expected true or false")))
 }
 
-fn string_list(v: &Value, at: &str) -> Result<Vec<String>> {
+pub(crate) fn string_list(v: &Value, at: &str) -> Result<Vec<String>> {
     let bad = || Error::Recipe(format!("{at}: expected a list of strings"));
     let items = v.as_array().ok_or_else(bad)?;
     items
@@ -317,7 +473,7 @@ fn string_list(v: &Value, at: &str) -> Result<Vec<String>> {
 }
 
 /// `targets`: a string becomes a one-element list.
-fn parse_targets(v: &Value, at: &str) -> Result<Vec<String>> {
+pub(crate) fn parse_targets(v: &Value, at: &str) -> Result<Vec<String>> {
     match v {
         Value::String(s) => Ok(vec![s.clone()]),
         v => string_list(v, at),
@@ -328,13 +484,13 @@ fn parse_scheme(v: &Value, at: &str) -> Result<Option<SchemeArg>> {
     match v {
         Value::Null => Ok(None),
         Value::String(name) => {
-            supported_preset(name)?;
+            known_preset(name)?;
             Ok(Some(SchemeArg::Name(name.clone())))
         }
         Value::Object(map) => {
             let mut pairs = Vec::new();
             for (name, targets) in map {
-                supported_preset(name)?;
+                known_preset(name)?;
                 pairs.push((
                     name.clone(),
                     parse_targets(targets, &format!("{at}.{name}"))?,
@@ -346,6 +502,27 @@ fn parse_scheme(v: &Value, at: &str) -> Result<Option<SchemeArg>> {
             "{at}: expected a preset name or a mapping of preset names to targets"
         ))),
     }
+}
+
+/// `kv_cache_scheme`: `QuantizationArgs`, without an observer (llm-compressor applies no
+/// observer override to it, so `observer: null` is what it writes).
+fn parse_kv_cache(v: &Value, at: &str) -> Result<Option<QuantArgs>> {
+    if v.is_null() {
+        return Ok(None);
+    }
+    require_explicit_enums(v, at)?;
+    let kv = QuantArgs::from_value(v, Role::KvCache, at)?;
+    // What vLLM reads as `k_scale` / `v_scale`: one static scale per tensor.
+    let supported = kv.num_bits == 8
+        && kv.symmetric
+        && kv.dynamic == Dynamic::Static
+        && kv.strategy == Strategy::Tensor;
+    if !supported {
+        return Err(Error::Unsupported(format!(
+            "{at}: only static, symmetric, per-tensor 8-bit KV-cache scales are supported yet"
+        )));
+    }
+    Ok(Some(kv))
 }
 
 fn parse_groups(v: &Value, at: &str) -> Result<Option<Vec<GroupArg>>> {
@@ -371,6 +548,7 @@ fn parse_group(name: &str, v: &Value, at: &str) -> Result<GroupArg> {
         .ok_or_else(|| Error::Recipe(format!("{at}: expected a mapping")))?;
     let mut g = GroupArg {
         name: name.to_string(),
+        at: at.to_string(),
         targets: Vec::new(),
         weights: None,
         input_activations: None,

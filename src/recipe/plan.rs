@@ -21,8 +21,12 @@ pub struct ConfigGroup {
     pub output_activations: Option<QuantArgs>,
     /// The compression format of the group (e.g. `float-quantized`).
     pub format: Option<String>,
-    /// The implemented scheme these args are.
-    pub preset: Scheme,
+    /// The scheme qforge's data-free quantizer implements with these args (activation
+    /// ordering aside), if any. `None` only in a modifier that calibrates: the
+    /// calibration pipeline quantizes such a group from its args.
+    pub preset: Option<Scheme>,
+    /// The compressed-tensors preset these args are (`FP8`, `W4A16`...), if any.
+    pub preset_name: Option<&'static str>,
 }
 
 /// The resolved quantization of a recipe.
@@ -32,7 +36,8 @@ pub struct QuantPlan {
     /// The recipe's ignore patterns (not the expanded module list).
     pub ignore: Vec<String>,
     pub bypass_divisibility_checks: bool,
-    /// Always `None` for now (recipes with a kv cache scheme are rejected).
+    /// FP8 (or INT8) per-tensor `k_scale` / `v_scale` on every attention module, observed
+    /// on the calibration data; `None` when the KV cache is not quantized.
     pub kv_cache_scheme: Option<QuantArgs>,
 }
 

@@ -23,12 +23,16 @@ mod support;
 
 mod architecture;
 mod bench_cpu;
+mod calib_recipe;
+mod calibrate;
 mod checkpoint;
 mod cli;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod dataset;
 mod fifo_inputs;
 mod fuzz;
+mod gptq;
 mod hub;
 mod presets;
 mod quantize;

@@ -32,7 +32,12 @@ pub struct BlobLock {
 impl RepoCache {
     /// The cache of model repository `repo_id` ("org/name") under `cache_dir`.
     pub fn new(cache_dir: &Path, repo_id: &str) -> Self {
-        let folder = format!("models--{}", repo_id.replace('/', "--"));
+        Self::of_kind(cache_dir, repo_id, super::RepoKind::Model)
+    }
+
+    /// The cache of a model or dataset repository (`datasets--org--name`).
+    pub fn of_kind(cache_dir: &Path, repo_id: &str, kind: super::RepoKind) -> Self {
+        let folder = format!("{}--{}", kind.plural(), repo_id.replace('/', "--"));
         RepoCache {
             root: cache_dir.join(&folder),
             locks: cache_dir.join(".locks").join(folder),

@@ -165,7 +165,7 @@ impl Downloader<'_> {
         }
         let url = self
             .client
-            .resolve_url(self.ctx.repo, self.commit, &job.path);
+            .resolve_url(&self.ctx.url_repo(), self.commit, &job.path);
         let mut attempt = 0;
         while have < *size {
             let why = match self.transfer(&url, job, &mut file, &mut have, &mut hasher) {

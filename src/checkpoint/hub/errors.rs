@@ -34,12 +34,19 @@ impl Failure {
 pub struct Ctx<'a> {
     pub endpoint: &'a str,
     pub repo: &'a str,
+    /// A model or a dataset repository (URLs, cache folder and wording differ).
+    pub kind: super::RepoKind,
     pub revision: &'a str,
     pub has_token: bool,
     pub token_source: &'a str,
 }
 
 impl Ctx<'_> {
+    /// The repo as it appears in URLs: `org/name`, or `datasets/org/name`.
+    pub fn url_repo(&self) -> String {
+        self.kind.url_repo(self.repo)
+    }
+
     /// The user-facing error for `failure` while fetching `file` (None: the repo listing).
     pub fn error(&self, failure: Failure, file: Option<&str>) -> Error {
         let (repo, hub) = (self.repo, self.endpoint);
@@ -50,7 +57,8 @@ impl Ctx<'_> {
         let msg = match failure {
             Failure::Network(e) => format!(
                 "network error while fetching {what} from {hub}: {e}; check the connection \
-                 (or proxy), or set HF_HUB_OFFLINE=1 to use only models already in the cache"
+                 (or proxy), or set HF_HUB_OFFLINE=1 to use only {}s already in the cache",
+                self.kind.noun()
             ),
             Failure::Protocol(e) => format!("unexpected answer from {hub} for {what}: {e}"),
             Failure::Status {
@@ -109,8 +117,9 @@ impl Ctx<'_> {
                 format!("or it is private or gated and no token is set: {login}")
             };
             return format!(
-                "--model {repo}: no such folder, and repository {repo} not found on {hub} \
-                 ({code}): check the name, {hint}"
+                "{} {repo}: no such folder, and repository {repo} not found on {hub} \
+                 ({code}): check the name, {hint}",
+                self.kind.flag()
             );
         }
         match code {
@@ -135,6 +144,7 @@ mod tests {
         Ctx {
             endpoint: "https://hub",
             repo: "org/m",
+            kind: super::super::RepoKind::Model,
             revision: "v9",
             has_token,
             token_source: "HF_TOKEN",

@@ -84,9 +84,20 @@ impl Client {
 
     /// The commit a revision points to and the repository's file list.
     pub fn repo_info(&self, repo: &str, revision: &str) -> Result<RepoInfo, Failure> {
+        self.repo_info_of(super::RepoKind::Model, repo, revision)
+    }
+
+    /// [`Client::repo_info`] of a model or a dataset repo.
+    pub fn repo_info_of(
+        &self,
+        kind: super::RepoKind,
+        repo: &str,
+        revision: &str,
+    ) -> Result<RepoInfo, Failure> {
         let url = format!(
-            "{}/api/models/{repo}/revision/{}",
+            "{}/api/{}/{repo}/revision/{}",
             self.endpoint,
+            kind.plural(),
             quote(revision, false)
         );
         let response = check_status(self.follow(&url, Method::Get, 0)?)?;

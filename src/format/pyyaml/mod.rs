@@ -23,6 +23,8 @@ pub enum Yaml {
     Num(String),
     Str(String),
     Seq(Vec<Yaml>),
+    /// A Python tuple: a sequence tagged `!!python/tuple` (PyYAML's full `Dumper`).
+    Tuple(Vec<Yaml>),
     /// Keys in insertion order (`sort_keys=False`).
     Map(Vec<(String, Yaml)>),
 }
@@ -83,7 +85,7 @@ impl Yaml {
     }
 
     fn is_scalar(&self) -> bool {
-        !matches!(self, Yaml::Seq(_) | Yaml::Map(_))
+        !matches!(self, Yaml::Seq(_) | Yaml::Tuple(_) | Yaml::Map(_))
     }
 }
 
@@ -140,12 +142,11 @@ struct Emitter {
 impl Emitter {
     fn node(&mut self, value: &Yaml, ctx: Ctx) {
         match value {
-            Yaml::Seq(items) => {
-                if self.flow_level > 0 || items.iter().all(Yaml::is_scalar) {
-                    self.flow_sequence(items);
-                } else {
-                    self.block_sequence(items, ctx);
-                }
+            Yaml::Seq(items) => self.sequence(items, ctx),
+            Yaml::Tuple(items) => {
+                // `process_tag` writes the tag before the collection starts.
+                self.write_indicator("!!python/tuple", true, false, false);
+                self.sequence(items, ctx);
             }
             Yaml::Map(entries) => {
                 let flow = entries.iter().all(|(_, v)| v.is_scalar());
@@ -163,13 +164,23 @@ impl Emitter {
         }
     }
 
+    fn sequence(&mut self, items: &[Yaml], ctx: Ctx) {
+        if self.flow_level > 0 || items.iter().all(Yaml::is_scalar) {
+            self.flow_sequence(items);
+        } else {
+            self.block_sequence(items, ctx);
+        }
+    }
+
     fn scalar(&mut self, value: &Yaml, ctx: Ctx) {
         let text = match value {
             Yaml::Null => "null".to_string(),
             Yaml::Bool(b) => b.to_string(),
             Yaml::Num(n) => n.clone(),
             Yaml::Str(s) => s.clone(),
-            Yaml::Seq(_) | Yaml::Map(_) => unreachable!("scalar() takes scalars"),
+            Yaml::Seq(_) | Yaml::Tuple(_) | Yaml::Map(_) => {
+                unreachable!("scalar() takes scalars")
+            }
         };
         // Non-string scalars always resolve back to their own tag: plain.
         let implicit_plain = !matches!(value, Yaml::Str(_)) || resolves_to_str(&text);
@@ -466,6 +477,23 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect(),
         )
+    }
+
+    #[test]
+    fn tuples_carry_the_python_tag() {
+        // yaml.dump({'s': {'m': [(['re:.*q', 'k'], 'c'), ('x', 'y')], 'n': 1}}, ...)
+        let m = Yaml::Seq(vec![
+            Yaml::Tuple(vec![
+                Yaml::Seq(vec![Yaml::str("re:.*q"), Yaml::str("k")]),
+                Yaml::str("c"),
+            ]),
+            Yaml::Tuple(vec![Yaml::str("x"), Yaml::str("y")]),
+        ]);
+        let doc = map(&[("s", map(&[("m", m), ("n", Yaml::int(1))]))]);
+        assert_eq!(
+            dump(&doc),
+            "s:\n  m:\n  - !!python/tuple\n    - ['re:.*q', k]\n    - c\n  - !!python/tuple [x, y]\n  n: 1\n"
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Model downloads from a Hugging Face hub (a local mock of it).
 
+mod dataset;
 mod download;
 mod errors;
 mod mock;

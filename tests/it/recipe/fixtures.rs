@@ -112,7 +112,7 @@ fn both_shipped_recipes_plan_fp8_dynamic() {
     let g = &a.groups[0];
     assert_eq!(
         (g.name.as_str(), g.preset, g.format.as_deref()),
-        ("group_0", Scheme::Fp8Dynamic, Some("float-quantized"))
+        ("group_0", Some(Scheme::Fp8Dynamic), Some("float-quantized"))
     );
     assert_eq!(g.targets, ["Linear"]);
     assert_eq!(a.ignore, ["lm_head"]);
@@ -279,7 +279,7 @@ fn every_error_is_one_intended_line() {
     let fp8 = "      scheme: FP8_DYNAMIC\n";
     let cases: Vec<(String, &str)> = vec![
         ("a: [b\n".into(), "recipe: invalid YAML"),
-        ("x_stage:\n  y_modifiers:\n    GPTQModifier: {scheme: W4A16}\n".into(), "modifier GPTQModifier is not supported yet"),
+        ("x_stage:\n  y_modifiers:\n    SparseGPTModifier: {sparsity: 0.5}\n".into(), "modifier SparseGPTModifier is not supported yet"),
         ("x_stage:\n  y_modifiers:\n    FooModifier: {}\n".into(), "recipe: unknown modifier FooModifier"),
         (modifier(&format!("{fp8}      foo: 1\n")), "recipe: QuantizationModifier: unknown argument `foo`"),
         (modifier("      scheme: FP9\n"), "recipe: unknown scheme FP9 (presets: UNQUANTIZED, W4A16_ASYM, W8A8,"),
@@ -292,8 +292,11 @@ fn every_error_is_one_intended_line() {
         (modifier(&format!("{fp8}      ignore: ['re:(unclosed']\n")), "recipe: invalid regular expression `re:(unclosed`: Parsing error at position 9: Opening parenthesis without closing parenthesis"),
         (modifier("      ignore: [lm_head]\n"), "recipe: QuantizationModifier: set `scheme` or `config_groups`"),
         (modifier(&format!("{fp8}      ignore: lm_head\n")), "recipe: QuantizationModifier.ignore: expected a list of strings"),
-        (modifier(&format!("{fp8}      kv_cache_scheme: {{num_bits: 8}}\n")), "QuantizationModifier.kv_cache_scheme is not supported yet"),
-        (modifier(&format!("{fp8}      requires_calibration_data: true\n")), "QuantizationModifier.requires_calibration_data: true (calibration) is not supported yet"),
+        (modifier(&format!("{fp8}      kv_cache_scheme: {{num_bits: 8}}\n")), "QuantizationModifier.kv_cache_scheme: `type` must be given explicitly"),
+        (
+            "x_stage:\n  y_modifiers:\n    GPTQModifier: {scheme: W4A16, actorder: group}\n".into(),
+            "recipe: GPTQModifier.actorder: actorder='group' has been removed. Consider using actorder='weight' or actorder=None instead.",
+        ),
         ("version: 1\nQuantizationModifier: {scheme: FP8_DYNAMIC}\n".into(), "recipe: no modifier found: expected `<name>_stage: <name>_modifiers: QuantizationModifier: ...` (top-level key `version` is not a `<name>_stage`, so it is ignored)"),
         ("- QuantizationModifier\n".into(), "recipe: expected a mapping of `<name>_stage` keys at the top level"),
         (

@@ -169,6 +169,14 @@ impl State {
             };
             return self.api(req, repo, &decode(rev));
         }
+        // Dataset repos are registered with ids `datasets/org/name`, which is also how their
+        // resolve URLs name them.
+        if let Some(rest) = path.strip_prefix("/api/datasets/") {
+            let Some((repo, rev)) = rest.split_once("/revision/") else {
+                return Response::new(404);
+            };
+            return self.api(req, &format!("datasets/{repo}"), &decode(rev));
+        }
         let Some((repo, rest)) = path.trim_start_matches('/').split_once("/resolve/") else {
             return Response::new(404);
         };

@@ -1,0 +1,378 @@
+//! One Llama decoder layer's forward pass over one calibration sample, rounding where
+//! transformers' BF16 `LlamaDecoderLayer` on the CPU rounds (torch keeps every intermediate
+//! tensor in BF16; each op computes in f32 and rounds its result once):
+//!
+//! - RMSNorm: `w * bf16(x * rsqrt(mean(x²) + eps))` (the normalisation in f32), rounded;
+//! - Linear: f32-accumulated products (oneDNN), rounded once — here through the `gemm` crate;
+//! - RoPE: `cos`/`sin` rounded to BF16 (`.to(x.dtype)`), then `q·cos` and
+//!   `rotate_half(q)·sin` each rounded, and their sum rounded;
+//! - attention: torch's CPU flash kernel for BF16: scores and their softmax in f32, the
+//!   probabilities rounded to BF16 before the product with V, the f32 sum of the unrounded
+//!   exponentials as the divisor, the result rounded;
+//! - residual adds, SiLU and the gate product each rounded.
+//!
+//! Every activation is an `f32` holding a BF16 value. Observers see the tensors the
+//! llm-compressor hooks see: each Linear's input, and the attention's key states after RoPE
+//! and its value states (`QuantizedKVCache`, compressed-tensors `register_key_hook`).
+
+use crate::runtime::config::ModelConfig;
+use crate::runtime::cpu::ops::inv_freq;
+
+/// The seven Linear modules of a Llama decoder layer, in module order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Proj {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Proj {
+    pub const ALL: [Proj; 7] = [
+        Proj::Q,
+        Proj::K,
+        Proj::V,
+        Proj::O,
+        Proj::Gate,
+        Proj::Up,
+        Proj::Down,
+    ];
+
+    /// The module path inside the layer (`self_attn.q_proj`).
+    pub fn path(self) -> &'static str {
+        match self {
+            Proj::Q => "self_attn.q_proj",
+            Proj::K => "self_attn.k_proj",
+            Proj::V => "self_attn.v_proj",
+            Proj::O => "self_attn.o_proj",
+            Proj::Gate => "mlp.gate_proj",
+            Proj::Up => "mlp.up_proj",
+            Proj::Down => "mlp.down_proj",
+        }
+    }
+}
+
+/// What the calibration hooks receive during a forward pass. Every slice is row-major
+/// `[tokens, width]` of BF16 values.
+pub trait Taps {
+    /// The input of Linear `proj` (`calibrate_input_hook`, GPTQ's Hessian hook).
+    fn linear_input(&mut self, proj: Proj, x: &[f32], width: usize);
+    /// Key states after RoPE, `[tokens, kv_heads * head_dim]`.
+    fn key(&mut self, k: &[f32]);
+    /// Value states, `[tokens, kv_heads * head_dim]`.
+    fn value(&mut self, v: &[f32]);
+}
+
+/// Taps that observe nothing (the propagation pass).
+pub struct NoTaps;
+
+impl Taps for NoTaps {
+    fn linear_input(&mut self, _: Proj, _: &[f32], _: usize) {}
+    fn key(&mut self, _: &[f32]) {}
+    fn value(&mut self, _: &[f32]) {}
+}
+
+/// One layer's weights as f32 (each a BF16 value), Linear weights `[out, in]` row-major.
+#[derive(Debug, Clone)]
+pub struct LayerWeights {
+    pub input_norm: Vec<f32>,
+    pub post_norm: Vec<f32>,
+    /// Indexed like [`Proj::ALL`].
+    pub linears: [Vec<f32>; 7],
+    /// `[out, in]` of each Linear, indexed like [`Proj::ALL`].
+    pub shapes: [(usize, usize); 7],
+}
+
+impl LayerWeights {
+    pub fn linear(&self, p: Proj) -> &[f32] {
+        &self.linears[p as usize]
+    }
+}
+
+/// Shapes and constants of the forward pass.
+#[derive(Debug, Clone)]
+pub struct Dims {
+    pub hidden: usize,
+    pub inter: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub eps: f32,
+}
+
+impl Dims {
+    pub fn new(c: &ModelConfig) -> Dims {
+        Dims {
+            hidden: c.hidden_size,
+            inter: c.intermediate_size,
+            heads: c.num_heads,
+            kv_heads: c.num_kv_heads,
+            head_dim: c.head_dim,
+            eps: c.rms_norm_eps as f32,
+        }
+    }
+
+    fn q_dim(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    fn kv_dim(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+
+    /// `(out, in)` of a Linear.
+    pub fn shape(&self, p: Proj) -> (usize, usize) {
+        match p {
+            Proj::Q => (self.q_dim(), self.hidden),
+            Proj::K | Proj::V => (self.kv_dim(), self.hidden),
+            Proj::O => (self.hidden, self.q_dim()),
+            Proj::Gate | Proj::Up => (self.inter, self.hidden),
+            Proj::Down => (self.hidden, self.inter),
+        }
+    }
+}
+
+/// Round to the nearest BF16 (ties to even), kept as f32. NaN stays NaN.
+#[inline]
+pub fn bf16(x: f32) -> f32 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        return x;
+    }
+    let r = b.wrapping_add(0x7FFF + ((b >> 16) & 1)) & 0xFFFF_0000;
+    f32::from_bits(r)
+}
+
+/// `y[t, out] = bf16(x[t, in] · w[out, in]ᵀ)`, accumulated in f32 by `gemm`.
+pub fn linear(x: &[f32], w: &[f32], t: usize, out: usize, inp: usize, y: &mut Vec<f32>) {
+    y.clear();
+    y.resize(t * out, 0.0);
+    if t == 0 {
+        return;
+    }
+    // SAFETY: the strides describe x as [t, inp], wᵀ as [inp, out] and y as [t, out], all
+    // row-major and inside the slices (checked by the asserts).
+    assert!(x.len() >= t * inp && w.len() >= out * inp);
+    unsafe {
+        gemm::gemm(
+            t,
+            out,
+            inp,
+            y.as_mut_ptr(),
+            1,
+            out as isize,
+            false,
+            x.as_ptr(),
+            1,
+            inp as isize,
+            w.as_ptr(),
+            inp as isize,
+            1,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+    for v in y.iter_mut() {
+        *v = bf16(*v);
+    }
+}
+
+/// transformers' LlamaRMSNorm on BF16 input: `bf16(w * bf16(x * rsqrt(mean(x²) + eps)))`.
+fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut Vec<f32>) {
+    out.clear();
+    let d = w.len();
+    for row in x.chunks_exact(d) {
+        // torch sums f32 in a vectorised cascade; an f64 sum rounded once is as close to it
+        // as any fixed order.
+        let sum: f64 = row.iter().map(|&v| (v * v) as f64).sum();
+        let mean = (sum / d as f64) as f32;
+        let r = 1.0 / (mean + eps).sqrt();
+        out.extend(row.iter().zip(w).map(|(&v, &g)| bf16(g * bf16(v * r))));
+    }
+}
+
+/// transformers' `apply_rotary_pos_emb` in BF16 on `[t, heads*head_dim]`, positions 0...
+fn rope(x: &mut [f32], width: usize, rope: &BfRope) {
+    let h = rope.half;
+    for (p, row) in x.chunks_exact_mut(width).enumerate() {
+        let (c, s) = (&rope.cos[p * h..(p + 1) * h], &rope.sin[p * h..(p + 1) * h]);
+        for head in row.chunks_exact_mut(2 * h) {
+            let (x1, x2) = head.split_at_mut(h);
+            for j in 0..h {
+                let (a, b) = (x1[j], x2[j]);
+                x1[j] = bf16(bf16(a * c[j]) + bf16(-b * s[j]));
+                x2[j] = bf16(bf16(b * c[j]) + bf16(a * s[j]));
+            }
+        }
+    }
+}
+
+/// The rotary tables as transformers hands them to the attention: f32 `cos`/`sin` rounded
+/// to the activations' dtype.
+#[derive(Debug, Clone)]
+pub struct BfRope {
+    half: usize,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl BfRope {
+    pub fn new(c: &ModelConfig, max_seq: usize) -> BfRope {
+        let inv = inv_freq(&c.rope, c.head_dim);
+        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        for p in 0..max_seq {
+            for &f in &inv {
+                // The angle is an f32 product (transformers' f32 matmul of one term).
+                let a = (p as f32 * f) as f64;
+                cos.push(bf16(a.cos() as f32));
+                sin.push(bf16(a.sin() as f32));
+            }
+        }
+        BfRope {
+            half: c.head_dim / 2,
+            cos,
+            sin,
+        }
+    }
+
+    pub fn max_seq(&self) -> usize {
+        self.cos.len() / self.half.max(1)
+    }
+}
+
+/// Causal GQA attention as torch's CPU flash kernel computes it in BF16 (module docs).
+fn attention(q: &[f32], k: &[f32], v: &[f32], t: usize, d: &Dims, out: &mut Vec<f32>) {
+    let (hd, qw, kw) = (d.head_dim, d.q_dim(), d.kv_dim());
+    let group = d.heads / d.kv_heads;
+    let scale = (1.0 / (hd as f64).sqrt()) as f32;
+    out.clear();
+    out.resize(t * qw, 0.0);
+    let mut p = vec![0f32; t];
+    let mut acc = vec![0f32; hd];
+    for h in 0..d.heads {
+        let kvh = h / group;
+        for i in 0..t {
+            let qi = &q[i * qw + h * hd..i * qw + (h + 1) * hd];
+            let mut max = f32::NEG_INFINITY;
+            for (j, pj) in p.iter_mut().enumerate().take(i + 1) {
+                let kj = &k[j * kw + kvh * hd..j * kw + (kvh + 1) * hd];
+                let s: f32 = qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
+                *pj = s;
+                max = max.max(s);
+            }
+            let mut sum = 0f32;
+            for pj in &mut p[..=i] {
+                let e = (*pj - max).exp();
+                sum += e;
+                *pj = bf16(e);
+            }
+            acc.fill(0.0);
+            for (j, &pj) in p[..=i].iter().enumerate() {
+                let vj = &v[j * kw + kvh * hd..j * kw + (kvh + 1) * hd];
+                for (a, &b) in acc.iter_mut().zip(vj) {
+                    *a += pj * b;
+                }
+            }
+            let o = &mut out[i * qw + h * hd..i * qw + (h + 1) * hd];
+            for (o, &a) in o.iter_mut().zip(&acc) {
+                *o = bf16(a / sum);
+            }
+        }
+    }
+}
+
+/// Reusable buffers of one forward pass.
+#[derive(Default)]
+pub struct Scratch {
+    n: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    a: Vec<f32>,
+    o: Vec<f32>,
+    g: Vec<f32>,
+    u: Vec<f32>,
+}
+
+/// Runs one decoder layer over `x` (`[t, hidden]`, one sample at positions 0..t) in place,
+/// feeding the hooks' tensors to `taps`.
+pub fn layer_forward(
+    w: &LayerWeights,
+    d: &Dims,
+    rope_t: &BfRope,
+    x: &mut [f32],
+    taps: &mut dyn Taps,
+    s: &mut Scratch,
+) {
+    let t = x.len() / d.hidden;
+    let lin = |p: Proj, input: &[f32], y: &mut Vec<f32>| {
+        let (o, i) = d.shape(p);
+        linear(input, w.linear(p), t, o, i, y);
+    };
+    rmsnorm(x, &w.input_norm, d.eps, &mut s.n);
+    for p in [Proj::Q, Proj::K, Proj::V] {
+        taps.linear_input(p, &s.n, d.hidden);
+    }
+    lin(Proj::Q, &s.n, &mut s.q);
+    lin(Proj::K, &s.n, &mut s.k);
+    lin(Proj::V, &s.n, &mut s.v);
+    rope(&mut s.q, d.q_dim(), rope_t);
+    rope(&mut s.k, d.kv_dim(), rope_t);
+    taps.key(&s.k);
+    taps.value(&s.v);
+    attention(&s.q, &s.k, &s.v, t, d, &mut s.a);
+    taps.linear_input(Proj::O, &s.a, d.q_dim());
+    lin(Proj::O, &s.a, &mut s.o);
+    for (r, &o) in x.iter_mut().zip(&s.o) {
+        *r = bf16(*r + o);
+    }
+    rmsnorm(x, &w.post_norm, d.eps, &mut s.n);
+    for p in [Proj::Gate, Proj::Up] {
+        taps.linear_input(p, &s.n, d.hidden);
+    }
+    lin(Proj::Gate, &s.n, &mut s.g);
+    lin(Proj::Up, &s.n, &mut s.u);
+    for (g, &u) in s.g.iter_mut().zip(&s.u) {
+        let silu = bf16(*g / (1.0 + (-*g).exp()));
+        *g = bf16(silu * u);
+    }
+    taps.linear_input(Proj::Down, &s.g, d.inter);
+    lin(Proj::Down, &s.g, &mut s.o);
+    for (r, &o) in x.iter_mut().zip(&s.o) {
+        *r = bf16(*r + o);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_rounds_to_nearest_even() {
+        // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties go to the even mantissa (1).
+        assert_eq!(bf16(1.0 + 2f32.powi(-8)), 1.0);
+        assert_eq!(bf16(1.0 + 3.0 * 2f32.powi(-8)), 1.0 + 2.0 * 2f32.powi(-7));
+        assert_eq!(bf16(-0.1), f32::from_bits(0xBDCD_0000));
+    }
+
+    #[test]
+    fn linear_matches_a_plain_dot_product() {
+        let x: Vec<f32> = (0..6).map(|i| bf16(i as f32 * 0.37 - 1.0)).collect();
+        let w: Vec<f32> = (0..12).map(|i| bf16((i as f32 * 0.11).sin())).collect();
+        let mut y = Vec::new();
+        linear(&x, &w, 2, 4, 3, &mut y);
+        for r in 0..2 {
+            for c in 0..4 {
+                let dot: f32 = (0..3).map(|k| x[r * 3 + k] * w[c * 3 + k]).sum();
+                assert!((y[r * 4 + c] - bf16(dot)).abs() <= bf16(dot).abs() * 1e-2);
+            }
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! What happens to one decoder layer between its calibration pass and its propagation
+//! pass, as llm-compressor 0.14 does it at `sequential_epoch_end`:
+//!
+//! - static input scales (`static_minmax` over every sample's Linear input) and K/V-cache
+//!   scales (`minmax`, a moving average over the samples of the key states after RoPE and of
+//!   the value states) become `input_scale`, `k_scale`, `v_scale`;
+//! - with GPTQ, each Linear's Hessian (from the same pass, so o_proj and down_proj see
+//!   activations of the original q/k/v/gate/up weights) quantizes its weight, which is then
+//!   replaced by its fake-quantized value so that the next layer sees the quantized outputs;
+//! - without GPTQ, weights are rounded to nearest and the original weights propagate (the
+//!   calibration runs under `DisableQuantization`).
+
+use super::forward::{LayerWeights, Proj, Taps};
+use super::gptq::{self, GptqOptions, Hessian};
+use super::observer::{fp8_scale, MovingMinMax, StaticMinMax};
+use super::outputs::LinearPlan;
+use super::pipeline::Calibrator;
+use super::LayerTensor;
+use crate::checkpoint::DType;
+use crate::numerics::{self, Fp8Rounding};
+use crate::recipe::{QuantType, Strategy};
+use crate::{Error, Result};
+
+/// The hooks of one layer.
+#[derive(Default)]
+struct Observers {
+    inputs: [Option<StaticMinMax>; 7],
+    k: Option<MovingMinMax>,
+    v: Option<MovingMinMax>,
+    hessians: [Option<Hessian>; 7],
+    error: Option<Error>,
+}
+
+impl Taps for Observers {
+    fn linear_input(&mut self, proj: Proj, x: &[f32], width: usize) {
+        if let Some(o) = &mut self.inputs[proj as usize] {
+            o.observe(x);
+        }
+        // NaN is refused there; Inf makes an infinite Hessian, on which GPTQ falls back to
+        // round-to-nearest as llm-compressor does.
+        if let Some(h) = &mut self.hessians[proj as usize] {
+            if let Err(e) = h.add_batch(x, x.len() / width.max(1)) {
+                self.error.get_or_insert(e);
+            }
+        }
+    }
+
+    fn key(&mut self, k: &[f32]) {
+        if let Some(o) = &mut self.k {
+            o.observe(k);
+        }
+    }
+
+    fn value(&mut self, v: &[f32]) {
+        if let Some(o) = &mut self.v {
+            o.observe(v);
+        }
+    }
+}
+
+/// The calibrator of a whole run: per layer, the plan of each of its seven Linears
+/// (`None`: left as it is).
+pub struct LayerCalibrator<'s> {
+    pub plans: Vec<[Option<LinearPlan>; 7]>,
+    pub kv_cache: bool,
+    pub gptq: Option<GptqOptions>,
+    /// Messages for the user (GPTQ's round-to-nearest fallbacks).
+    pub warnings: Vec<String>,
+    obs: Observers,
+    sink: &'s mut dyn FnMut(LayerTensor) -> Result<()>,
+}
+
+impl<'s> LayerCalibrator<'s> {
+    pub fn new(
+        plans: Vec<[Option<LinearPlan>; 7]>,
+        kv_cache: bool,
+        gptq: Option<GptqOptions>,
+        sink: &'s mut dyn FnMut(LayerTensor) -> Result<()>,
+    ) -> Self {
+        LayerCalibrator {
+            plans,
+            kv_cache,
+            gptq,
+            warnings: Vec::new(),
+            obs: Observers::default(),
+            sink,
+        }
+    }
+}
+
+impl Calibrator for LayerCalibrator<'_> {
+    fn begin_layer(&mut self, layer: usize, w: &LayerWeights) -> Result<&mut dyn Taps> {
+        let mut obs = Observers::default();
+        for (p, plan) in Proj::ALL.iter().zip(&self.plans[layer]) {
+            let Some(plan) = plan else { continue };
+            if plan.static_input {
+                obs.inputs[*p as usize] = Some(StaticMinMax::default());
+            }
+            if self.gptq.is_some() {
+                obs.hessians[*p as usize] = Some(Hessian::new(w.shapes[*p as usize].1));
+            }
+        }
+        if self.kv_cache {
+            obs.k = Some(MovingMinMax::default());
+            obs.v = Some(MovingMinMax::default());
+        }
+        self.obs = obs;
+        Ok(&mut self.obs)
+    }
+
+    fn end_layer(&mut self, layer: usize, w: &mut LayerWeights) -> Result<bool> {
+        if let Some(e) = self.obs.error.take() {
+            return Err(Error::Calibration(format!("model.layers.{layer}: {e}")));
+        }
+        let prefix = format!("model.layers.{layer}");
+        let mut changed = false;
+        for p in Proj::ALL {
+            let Some(plan) = self.plans[layer][p as usize].clone() else {
+                continue;
+            };
+            let module = format!("{prefix}.{}", p.path());
+            if let Some(o) = self.obs.inputs[p as usize] {
+                let range = observed(o.range(), &module)?;
+                (self.sink)(scalar(format!("{module}.input_scale"), fp8_scale(range)))?;
+            }
+            changed |= self.quantize_linear(&plan, &module, w)?;
+        }
+        let attn = format!("{prefix}.self_attn");
+        if let (Some(k), Some(v)) = (self.obs.k, self.obs.v) {
+            let (k, v) = (observed(k.range(), &attn)?, observed(v.range(), &attn)?);
+            (self.sink)(scalar(format!("{attn}.k_scale"), fp8_scale(k)))?;
+            (self.sink)(scalar(format!("{attn}.v_scale"), fp8_scale(v)))?;
+        }
+        Ok(changed)
+    }
+}
+
+impl LayerCalibrator<'_> {
+    /// Quantizes one Linear, hands its tensors to the sink; true if its weight changed.
+    fn quantize_linear(
+        &mut self,
+        plan: &LinearPlan,
+        module: &str,
+        w: &mut LayerWeights,
+    ) -> Result<bool> {
+        let p = plan.proj as usize;
+        let (rows, cols) = w.shapes[p];
+        let Some(options) = self.gptq else {
+            let (codes, scale) = fp8_round_to_nearest(plan, module, &w.linears[p])?;
+            for t in plan.weight_tensors(module, rows, cols, &codes, &[scale]) {
+                (self.sink)(t)?;
+            }
+            return Ok(false);
+        };
+        let hessian = self.obs.hessians[p]
+            .take()
+            .ok_or_else(|| Error::Calibration(format!("{module}: no Hessian was accumulated")))?;
+        let mut options = options;
+        options.actorder = gptq::actorder_enabled(plan.weights.actorder.as_deref())?;
+        let r = gptq::quantize_weight(&w.linears[p], rows, cols, &hessian, &options, &plan.weights)
+            .map_err(|e| Error::Calibration(format!("{module}: {e}")))?;
+        if r.rtn_fallback {
+            self.warnings.push(format!(
+                "{module}: the Hessian is not positive definite; the weight was rounded to \
+                 nearest instead of GPTQ (as llm-compressor does)"
+            ));
+        }
+        for t in plan.weight_tensors(module, rows, cols, &r.codes, &r.scales) {
+            (self.sink)(t)?;
+        }
+        w.linears[p] = r
+            .dequantized
+            .iter()
+            .map(|&b| f32::from_bits((b as u32) << 16))
+            .collect();
+        Ok(true)
+    }
+}
+
+fn observed(range: Option<(f32, f32)>, module: &str) -> Result<(f32, f32)> {
+    match range {
+        // An infinite range gives an infinite scale, as in llm-compressor.
+        Some((lo, hi)) if !lo.is_nan() && !hi.is_nan() => Ok((lo, hi)),
+        Some(_) => Err(Error::Calibration(format!(
+            "{module}: the observed activations hold NaN"
+        ))),
+        None => Err(Error::Calibration(format!(
+            "{module}: no calibration activations reached it"
+        ))),
+    }
+}
+
+/// A one-element BF16 tensor (compressed-tensors stores per-tensor scales as shape `[1]`).
+fn scalar(name: String, v: f32) -> LayerTensor {
+    LayerTensor {
+        name,
+        dtype: DType::BF16,
+        shape: vec![1],
+        data: bf16_bytes(&[v]),
+    }
+}
+
+fn bf16_bytes(v: &[f32]) -> Vec<u8> {
+    // Every value is already a BF16 value: its top 16 bits are exact.
+    v.iter()
+        .flat_map(|x| ((x.to_bits() >> 16) as u16).to_le_bytes())
+        .collect()
+}
+
+/// Round-to-nearest FP8 with one per-tensor scale (`memoryless_minmax` over the whole
+/// weight): the E4M3 codes and the scale's BF16 bits. Other round-to-nearest schemes of a
+/// calibrating `QuantizationModifier` are not supported yet.
+fn fp8_round_to_nearest(plan: &LinearPlan, module: &str, w: &[f32]) -> Result<(Vec<u8>, u16)> {
+    let a = &plan.weights;
+    if !(a.kind == QuantType::Float && a.strategy == Strategy::Tensor) {
+        return Err(Error::Unsupported(format!(
+            "{module}: round-to-nearest {} weights in a calibrating QuantizationModifier are \
+             not supported yet (FP8 per tensor is)",
+            a.strategy.as_str()
+        )));
+    }
+    let lo = w.iter().copied().fold(f32::INFINITY, f32::min);
+    let hi = w.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if !(lo.is_finite() && hi.is_finite()) {
+        return Err(Error::Quantize(format!(
+            "{module}.weight contains NaN or Inf; cannot quantize"
+        )));
+    }
+    let s = fp8_scale((lo, hi));
+    let mut codes = vec![0u8; w.len()];
+    numerics::fp8_codes(
+        DType::BF16,
+        &bf16_bytes(w),
+        s,
+        Fp8Rounding::Eager,
+        &mut codes,
+    );
+    Ok((codes, (s.to_bits() >> 16) as u16))
+}

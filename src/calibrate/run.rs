@@ -1,0 +1,268 @@
+//! `qforge quantize --dataset`: a calibrated recipe end to end. The output layout is known
+//! from the plan before any data is computed; tensors that calibration does not touch are
+//! copied first, then each layer's tensors are written the moment the pipeline has them.
+
+use super::forward::Proj;
+use super::gptq::GptqOptions;
+use super::layer::LayerCalibrator;
+use super::outputs::LinearPlan;
+use super::{LayerTensor, Pipeline};
+use crate::checkpoint::writer::{self, OutTensor, ShardWriter};
+use crate::checkpoint::{Checkpoint, DType};
+use crate::dataset::{self, CalibrationSpec};
+use crate::output::{self, Staging};
+use crate::progress::progress_bar;
+use crate::quantize::{self, state_dict_cmp, QuantizeJob, Summary};
+use crate::recipe::{arch, CalibStep, QuantPlan};
+use crate::runtime::config::ModelConfig;
+use crate::{Error, Result};
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// Quantizes `job.model_dir` with the calibrated recipe `job.recipe`, calibrating on `data`.
+pub fn quantize_calibrated(job: &QuantizeJob, data: &CalibrationSpec) -> Result<Summary> {
+    let start = Instant::now();
+    output::check_not_input(&job.output, &job.model_dir)?;
+    let recipe = job.recipe.load()?;
+    let gptq = gptq_options(&recipe.calibration())?;
+    let plan = recipe.plan()?;
+    let ck = Checkpoint::open(&job.model_dir)?;
+    let config = ModelConfig::from_json(&ck.config)?;
+    let layout = Layout::new(&ck, &config, &plan)?;
+    let set = dataset::load_calibration(data, &job.model_dir)?;
+    set.check_vocab(config.vocab_size)?;
+    let mut warnings = set.warnings.clone();
+
+    let staging = Staging::new(&job.output, job.force)?;
+    let shards = writer::plan_shards(&layout.tensors, job.max_shard_bytes);
+    staging.ensure_space(shards.iter().map(|s| s.data_bytes()).sum())?;
+    let writers = shards
+        .iter()
+        .map(|s| ShardWriter::create(&staging.path().join(&s.file_name), s))
+        .collect::<Result<Vec<_>>>()?;
+    let shard_of: HashMap<String, usize> = shards
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| s.tensors.iter().map(move |t| (t.name.clone(), i)))
+        .collect();
+    for name in &layout.copied {
+        let t = ck.get(name).expect("listed from the checkpoint");
+        writers[shard_of[name]].write_tensor(name, ck.data(t))?;
+        ck.release(t);
+    }
+
+    let max_seq = set.samples.iter().map(Vec::len).max().unwrap_or(0);
+    let pipe = Pipeline::new(&ck, &config, max_seq);
+    let mut acts = pipe.embed(&set.samples)?;
+    // GPTQ runs every layer but the last twice (calibration, then propagation).
+    let passes = match gptq {
+        Some(_) => 2 * config.num_layers - 1,
+        None => config.num_layers,
+    };
+    let total = (passes * set.samples.len()) as u64;
+    let bar = progress_bar("calibrating", total, job.progress);
+    let expected: HashMap<&str, &OutTensor> = layout
+        .tensors
+        .iter()
+        .map(|t| (t.name.as_str(), t))
+        .collect();
+    let mut sink = |t: LayerTensor| -> Result<()> {
+        match expected.get(t.name.as_str()) {
+            Some(o) if o.dtype == t.dtype && o.shape == t.shape => {
+                writers[shard_of[&t.name]].write_tensor(&t.name, &t.data)
+            }
+            _ => Err(Error::Calibration(format!(
+                "{} ({} {:?}) was not planned",
+                t.name,
+                t.dtype.name(),
+                t.shape
+            ))),
+        }
+    };
+    let mut cal = LayerCalibrator::new(
+        layout.plans.clone(),
+        plan.kv_cache_scheme.is_some(),
+        gptq,
+        &mut sink,
+    );
+    pipe.run(&mut acts, &mut cal, &|n| bar.inc(n))?;
+    bar.finish_and_clear();
+    warnings.append(&mut cal.warnings);
+    drop(cal);
+    for w in writers {
+        w.finish()?;
+    }
+    if shards.len() > 1 {
+        staging.write("model.safetensors.index.json", writer::index_json(&shards))?;
+    }
+    let qconfig = plan.quantization_config(&layout.ignored);
+    staging.write(
+        "config.json",
+        crate::format::model_config(&ck.config, &qconfig),
+    )?;
+    staging.write("recipe.yaml", recipe.to_yaml())?;
+    quantize::copy_sidecar_files(&job.model_dir, &staging)?;
+    finish(staging, &layout, &shards, &ck, start, warnings)
+}
+
+fn finish(
+    staging: Staging,
+    layout: &Layout,
+    shards: &[writer::ShardPlan],
+    ck: &Checkpoint,
+    start: Instant,
+    warnings: Vec<String>,
+) -> Result<Summary> {
+    let dir = staging.path().to_path_buf();
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .map_err(|e| Error::io(&dir, e))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    let output_bytes = files
+        .iter()
+        .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
+        .map(|m| m.len())
+        .sum();
+    let output = staging.commit()?;
+    Ok(Summary {
+        output,
+        files,
+        tensors: layout.tensors.len(),
+        quantized: layout.plans.iter().flatten().flatten().count(),
+        ignored: layout.ignored.clone(),
+        input_bytes: ck.total_bytes(),
+        output_bytes,
+        output_tensor_bytes: shards.iter().map(|s| s.data_bytes()).sum(),
+        seconds: start.elapsed().as_secs_f64(),
+        warnings,
+    })
+}
+
+/// GPTQ's options when the recipe has a GPTQ step; other calibrated steps beyond static
+/// observers are refused here.
+fn gptq_options(steps: &[CalibStep]) -> Result<Option<GptqOptions>> {
+    let mut gptq = None;
+    for s in steps {
+        match s {
+            CalibStep::Gptq {
+                block_size,
+                dampening_frac,
+                ..
+            } => {
+                gptq = Some(GptqOptions {
+                    block_size: *block_size as usize,
+                    dampening_frac: dampening_frac.unwrap_or(0.0),
+                    actorder: false,
+                })
+            }
+            CalibStep::StaticObservers => {}
+            CalibStep::SmoothQuant { .. } => {
+                return Err(Error::Unsupported(
+                    "SmoothQuantModifier is not supported by the calibration pipeline yet".into(),
+                ))
+            }
+            CalibStep::Awq { .. } => {
+                return Err(Error::Unsupported(
+                    "AWQModifier is not supported by the calibration pipeline yet".into(),
+                ))
+            }
+        }
+    }
+    Ok(gptq)
+}
+
+/// The output tensors and which Linear of which layer is calibrated how.
+struct Layout {
+    /// Every output tensor, in state-dict order.
+    tensors: Vec<OutTensor>,
+    /// Input tensors copied as they are.
+    copied: Vec<String>,
+    plans: Vec<[Option<LinearPlan>; 7]>,
+    ignored: Vec<String>,
+}
+
+impl Layout {
+    fn new(ck: &Checkpoint, config: &ModelConfig, plan: &QuantPlan) -> Result<Layout> {
+        quantize::check_source(ck)?;
+        let shapes: Vec<(String, Vec<usize>)> = ck
+            .tensors()
+            .iter()
+            .map(|t| (t.name.clone(), t.shape.clone()))
+            .collect();
+        let (modules, _) = arch::linear_modules(&ck.config, &shapes)?;
+        let groups = plan.assign(&modules)?;
+        let mut plans: Vec<[Option<LinearPlan>; 7]> = vec![Default::default(); config.num_layers];
+        let mut by_weight = HashMap::new();
+        let mut ignored = Vec::new();
+        for (module, group) in modules.iter().zip(&groups) {
+            let Some(g) = group else {
+                ignored.push(module.clone());
+                continue;
+            };
+            let (layer, proj) = locate(module)?;
+            let lp = LinearPlan::new(proj, &plan.groups[*g], module)?;
+            by_weight.insert(format!("{module}.weight"), lp.clone());
+            plans[layer][proj as usize] = Some(lp);
+        }
+        let tied = config.tie_word_embeddings;
+        let mut tensors = Vec::new();
+        let mut copied = Vec::new();
+        for t in ck.tensors() {
+            let skip =
+                (tied && t.name == "lm_head.weight") || t.name.ends_with("rotary_emb.inv_freq");
+            if skip {
+                continue;
+            }
+            match by_weight.get(&t.name) {
+                Some(lp) => {
+                    if t.dtype != DType::BF16 {
+                        return Err(Error::Unsupported(format!(
+                            "{} is {}: the calibration pipeline reproduces transformers' BF16 \
+                             forward and needs BF16 weights",
+                            t.name,
+                            t.dtype.name()
+                        )));
+                    }
+                    let module = t.name.strip_suffix(".weight").unwrap_or(&t.name);
+                    tensors.extend(lp.outputs(module, t.shape[0], t.shape[1]));
+                }
+                None => {
+                    tensors.push(OutTensor::new(t.name.clone(), t.dtype, t.shape.clone()));
+                    copied.push(t.name.clone());
+                }
+            }
+        }
+        if plan.kv_cache_scheme.is_some() {
+            for layer in 0..config.num_layers {
+                for s in ["k_scale", "v_scale"] {
+                    let name = format!("model.layers.{layer}.self_attn.{s}");
+                    tensors.push(OutTensor::new(name, DType::BF16, vec![1]));
+                }
+            }
+        }
+        tensors.sort_by(|a, b| state_dict_cmp(&a.name, &b.name));
+        Ok(Layout {
+            tensors,
+            copied,
+            plans,
+            ignored,
+        })
+    }
+}
+
+/// `(layer, proj)` of a decoder-layer Linear (`model.layers.3.mlp.up_proj`).
+fn locate(module: &str) -> Result<(usize, Proj)> {
+    let rest = module.strip_prefix("model.layers.");
+    let parsed = rest.and_then(|r| {
+        let (n, path) = r.split_once('.')?;
+        let proj = Proj::ALL.into_iter().find(|p| p.path() == path)?;
+        Some((n.parse().ok()?, proj))
+    });
+    parsed.ok_or_else(|| {
+        Error::Unsupported(format!(
+            "{module}: only the Linears of the decoder layers can be calibrated (add it to ignore)"
+        ))
+    })
+}
