@@ -188,3 +188,55 @@ fn layer0_qkv_match_llm_compressor_gptq_w4g64_actorder_weight() {
     let worst = check_case("g128-gptq_w4g64_actorder_weight", &args, &options);
     assert!(worst <= 0.001, "{:.4}% of codes differ", worst * 100.0);
 }
+
+/// Deterministic BF16-representable values in about [-1, 1].
+fn bf16_noise(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            bf16::from_f32((s % 20_001) as f32 / 10_000.0 - 1.0).to_f32()
+        })
+        .collect()
+}
+
+/// One GPTQ of a `rows × cols` W4A16 weight with a Hessian of 2048 correlated tokens; prints
+/// the time of the Hessian and of `quantize_weight`, and returns the latter in seconds.
+fn timed_gptq(rows: usize, cols: usize) -> f64 {
+    let tokens = 2048;
+    let noise = bf16_noise(tokens * cols, 11);
+    let x: Vec<f32> = noise
+        .chunks(cols)
+        .flat_map(|r| {
+            let c = r[0];
+            r.iter()
+                .map(move |v| bf16::from_f32(0.5 * c + 0.5 * v).to_f32())
+        })
+        .collect();
+    let t = std::time::Instant::now();
+    let mut h = Hessian::new(cols);
+    h.add_batch(&x, tokens).unwrap();
+    let hessian_s = t.elapsed().as_secs_f64();
+    let w = bf16_noise(rows * cols, 12);
+    let args = weights_of("W4A16");
+    let t = std::time::Instant::now();
+    let r = quantize_weight(&w, rows, cols, &h, &GptqOptions::default(), &args).unwrap();
+    let solve_s = t.elapsed().as_secs_f64();
+    println!(
+        "GPTQ {rows}x{cols}: Hessian of {tokens} tokens {hessian_s:.3} s, quantize_weight \
+         {solve_s:.3} s ({} threads)",
+        rayon::current_num_threads()
+    );
+    assert!(!r.rtn_fallback);
+    solve_s
+}
+
+#[test]
+fn gptq_of_a_2048_square_weight_takes_seconds() {
+    let s = timed_gptq(2048, 2048);
+    // ~16 GFLOP of Cholesky, inverse and error propagation: seconds even on 2 slow cores.
+    assert!(s < 20.0, "{s:.1} s");
+    assert!(timed_gptq(576, 1536) < 10.0);
+}

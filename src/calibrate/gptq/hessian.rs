@@ -2,7 +2,7 @@
 //! `accumulate_hessian` does (`modifiers/gptq/helpers.py`).
 
 use crate::{Error, Result};
-use faer::linalg::matmul::matmul;
+use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::{Accum, MatMut, MatRef, Par};
 
 /// `math.sqrt(2)` as torch applies it to an f32 tensor: rounded to f32 first.
@@ -67,9 +67,27 @@ impl Hessian {
         let mut product = vec![0.0f32; self.cols * self.cols];
         let p = MatMut::from_row_major_slice_mut(&mut product, self.cols, self.cols);
         let work = tokens * self.cols * self.cols;
-        matmul(p, Accum::Replace, y.transpose(), y, 1.0, par(work));
-        for (h, p) in self.sum.iter_mut().zip(&product) {
-            *h += p;
+        // XᵀX is symmetric: only its lower half is computed (half the work), then mirrored.
+        triangular::matmul(
+            p,
+            BlockStructure::TriangularLower,
+            Accum::Replace,
+            y.transpose(),
+            BlockStructure::Rectangular,
+            y,
+            BlockStructure::Rectangular,
+            1.0,
+            par(work),
+        );
+        let n = self.cols;
+        for i in 0..n {
+            for j in 0..=i {
+                let v = product[i * n + j];
+                self.sum[i * n + j] += v;
+                if j != i {
+                    self.sum[j * n + i] += v;
+                }
+            }
         }
         self.nsamples += 1;
         Ok(())

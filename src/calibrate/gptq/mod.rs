@@ -31,7 +31,22 @@
 //! in this pass: o_proj and down_proj see activations computed with the **original**
 //! q/k/v/gate/up weights, since nothing is quantized until the pass ends), then quantizes
 //! every Linear of the layer, then runs the layer again with the quantized (fake-quantized
-//! BF16) weights to produce the next layer's inputs: errors propagate to later layers.
+//! BF16) weights to produce the next layer's inputs: errors propagate to later layers
+//! (`propagate_error`, default true). In both passes quantization is disabled on the
+//! modules (`disable_quantization` until `end_calibration`): the second pass uses the
+//! weights GPTQ wrote back ([`GptqResult::dequantized`]) and **no** activation quantization,
+//! even for W8A8's dynamic int8 inputs.
+//! Layer 0's q/k/v_proj input is `input_layernorm(embed_tokens(ids))`; q/k/v (and gate/up)
+//! see the same input, so one [`Hessian`] serves each such group.
+//!
+//! Bit-exactness: the Hessian is a float sum over samples, so their order matters.
+//! llm-compressor feeds them in `LengthAwareSampler` order, `torch.argsort(lengths,
+//! descending=True)`, an unstable sort: with `--no-shuffle` and 32 samples of equal length
+//! that is 16, 31, 30, …, 17, 0, 15, 14, …, 1 (fewer than 17 equal lengths keep file order).
+//! Fed in that order, this module reproduces the fixture's Hessian bit for bit and its
+//! codes and scales byte for byte (tests/it/gptq.rs). In that fixture run layer 1's
+//! down_proj activations are so large that `XᵀX` overflows f32: llm-compressor falls back
+//! to round-to-nearest for that module, and so does [`quantize_weight`].
 
 mod hessian;
 mod qparams;
