@@ -176,17 +176,28 @@ pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
 
 /// `--scheme` (with `--ignore`), or `--recipe`: a file, else a recipe built into qforge.
 fn recipe_source(args: &QuantizeArgs) -> Result<RecipeSource> {
-    if let Some(scheme) = &args.scheme {
-        let ignore = args
-            .ignore
-            .clone()
-            .unwrap_or_else(|| vec!["lm_head".into()]);
+    resolve_recipe(
+        args.recipe.as_deref(),
+        args.scheme.as_deref(),
+        args.ignore.as_deref(),
+    )
+}
+
+/// `--scheme PRESET` (with `--ignore`), or `--recipe FILE|NAME`: the one reading of these
+/// options, shared by `quantize` and `check`.
+pub(crate) fn resolve_recipe(
+    recipe: Option<&str>,
+    scheme: Option<&str>,
+    ignore: Option<&[String]>,
+) -> Result<RecipeSource> {
+    if let Some(scheme) = scheme {
+        let ignore = ignore.map_or_else(|| vec!["lm_head".into()], <[String]>::to_vec);
         return Ok(RecipeSource::Parsed(recipe::scheme_recipe(
             scheme, &ignore,
         )?));
     }
-    let arg = args.recipe.as_deref().unwrap_or_default();
-    if args.ignore.is_some() {
+    let arg = recipe.unwrap_or_default();
+    if ignore.is_some() {
         // clap's `requires` does not hold here (--recipe and --scheme conflict), so say it.
         return Err(Error::Recipe(format!(
             "--ignore goes with --scheme; with --recipe {arg}, list the modules in the \
