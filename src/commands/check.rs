@@ -182,7 +182,11 @@ fn load(args: &CheckArgs) -> Result<(String, ServingModel)> {
 }
 
 fn gb(bytes: u64) -> String {
-    format!("{:.2} GB", bytes as f64 / 1e9)
+    match bytes {
+        0..1_000_000 => format!("{:.1} kB", bytes as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1} MB", bytes as f64 / 1e6),
+        _ => format!("{:.2} GB", bytes as f64 / 1e9),
+    }
 }
 
 fn print_report(source: &str, model: &ServingModel, verdicts: &[TpVerdict], gpu_memory: u64) {

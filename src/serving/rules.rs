@@ -38,7 +38,7 @@ pub fn kv_heads_per_rank(dims: &Dims, tp: usize) -> usize {
 /// (checked first: the shapes only exist once heads and features divide).
 pub fn partition(dims: &Dims, layer: &Layer, tp: usize) -> Result<Partition, Violation> {
     for rule in TP_RULES {
-        if let Some(message) = (rule.check)(dims, layer.parallel, tp) {
+        if let Some(message) = (rule.check)(dims, layer, tp) {
             return Err(Violation {
                 rule: rule.id,
                 source: rule.source,
@@ -82,7 +82,7 @@ pub struct Violation {
 pub struct TpRule {
     pub id: &'static str,
     pub source: &'static str,
-    check: fn(&Dims, Parallel, usize) -> Option<String>,
+    check: fn(&Dims, &Layer, usize) -> Option<String>,
 }
 
 /// A rule on one quantized layer's partition.
@@ -118,8 +118,8 @@ pub static TP_RULES: &[TpRule] = &[
     TpRule {
         id: "tp.attention_heads",
         source: LLAMA,
-        check: |d, p, tp| {
-            (p == Parallel::Qkv && d.heads % tp != 0).then(|| {
+        check: |d, l, tp| {
+            (l.parallel == Parallel::Qkv && d.heads % tp != 0).then(|| {
                 format!(
                     "num_attention_heads = {} is not divisible by tensor_parallel_size = {tp}",
                     d.heads
@@ -130,13 +130,13 @@ pub static TP_RULES: &[TpRule] = &[
     TpRule {
         id: "tp.kv_heads",
         source: LLAMA,
-        check: |d, p, tp| {
+        check: |d, l, tp| {
             let ok = if d.kv_heads >= tp {
                 d.kv_heads % tp == 0
             } else {
                 tp % d.kv_heads == 0
             };
-            (p == Parallel::Qkv && !ok).then(|| {
+            (l.parallel == Parallel::Qkv && !ok).then(|| {
                 format!(
                     "num_key_value_heads = {} and tensor_parallel_size = {tp}: one must divide \
                      the other (KV heads are split, or replicated when fewer than ranks)",
@@ -146,12 +146,21 @@ pub static TP_RULES: &[TpRule] = &[
         },
     },
     TpRule {
-        id: "tp.intermediate_size",
+        id: "tp.split",
         source: LINEAR,
-        check: |d, p, tp| match p {
-            Parallel::Qkv => None,
-            _ => not_divisible(d.intermediate, tp)
-                .map(|m| format!("intermediate_size: {m} (tensor_parallel_size)")),
+        check: |_, l, tp| {
+            let sizes = match l.parallel {
+                Parallel::Qkv => return None,
+                Parallel::MergedColumn => &l.out_features[..],
+                Parallel::Row => std::slice::from_ref(&l.in_features),
+            };
+            let what = match l.parallel {
+                Parallel::Row => "input_size",
+                _ => "output_size",
+            };
+            sizes.iter().find_map(|&n| {
+                not_divisible(n, tp).map(|m| format!("{what} {m} (tensor_parallel_size)"))
+            })
         },
     },
 ];

@@ -35,4 +35,5 @@ mod quantize;
 mod readme;
 mod recipe;
 mod runtime;
+mod serving;
 mod verify;
