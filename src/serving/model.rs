@@ -229,11 +229,24 @@ impl ServingModel {
     pub fn new(config: &Value, tensors: Vec<Tensor>) -> Result<ServingModel> {
         let q = quant_config(config)?;
         let dims = Dims::from_config(config)?;
-        let probe = "model.layers.0.self_attn.q_proj.";
-        if !tensors.iter().any(|t| t.name.starts_with(probe)) {
-            return Err(Error::Unsupported(format!(
+        let has = |l: usize| {
+            let probe = format!("model.layers.{l}.self_attn.q_proj.");
+            tensors.iter().any(|t| t.name.starts_with(&probe))
+        };
+        if !has(0) {
+            return Err(Error::Unsupported(
                 "qforge check knows vLLM's Llama-family layout (self_attn.q/k/v/o_proj, \
-                 mlp.gate/up/down_proj) only; this checkpoint has no {probe}* tensor"
+                 mlp.gate/up/down_proj) only; this checkpoint has no \
+                 model.layers.0.self_attn.q_proj tensor"
+                    .into(),
+            ));
+        }
+        // Also bounds the work by the tensors: a config cannot ask for more layers than exist.
+        if !has(dims.layers - 1) {
+            return Err(bad(format!(
+                "num_hidden_layers = {} but the checkpoint has no layer {}",
+                dims.layers,
+                dims.layers - 1
             )));
         }
         let mut layers = Vec::new();

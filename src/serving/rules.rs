@@ -17,7 +17,8 @@ pub struct Partition {
     /// `input_size`: the layer's input features.
     pub input_size: usize,
     pub input_size_per_partition: usize,
-    /// `output_size`: the layer's output features (all parts).
+    /// `output_size`: the layer's output features (all parts; for q/k/v with replicated KV
+    /// heads, the per-rank sizes times tp, as `QKVParallelLinear` computes it).
     pub output_size: usize,
     /// `output_partition_sizes`: each part's output features on one rank.
     pub output_partition_sizes: Vec<usize>,
@@ -60,12 +61,18 @@ pub fn partition(dims: &Dims, layer: &Layer, tp: usize) -> Result<Partition, Vio
             )
         }
     };
+    // QKVParallelLinear's output_size is its per-rank sizes times tp (KV heads replicated),
+    // not the checkpoint's q + k + v.
+    let output_size = match layer.parallel {
+        Parallel::Qkv => outputs.iter().sum::<usize>() * tp,
+        _ => layer.out_features.iter().sum(),
+    };
     Ok(Partition {
         tp,
         parallel: layer.parallel,
         input_size: layer.in_features,
         input_size_per_partition: inputs,
-        output_size: layer.out_features.iter().sum(),
+        output_size,
         output_partition_sizes: outputs,
     })
 }

@@ -8,5 +8,6 @@ mod config;
 mod index;
 mod recipe;
 mod safetensors;
+mod serving;
 mod tokenizer;
 mod util;
