@@ -4,6 +4,7 @@
 //! [`crate::quantize::quantize`] then [`crate::runtime::verify::verify`]).
 
 pub mod bench;
+pub mod check;
 #[cfg(feature = "cuda")]
 pub mod gpu;
 pub mod make_model;
@@ -54,6 +55,9 @@ pub enum Command {
     Recipes(recipes::RecipesArgs),
     /// Write a seeded random BF16 Llama-shaped checkpoint (demos, benchmarks, tests).
     MakeModel(make_model::MakeModelArgs),
+    /// Would vLLM load it? Per tensor-parallel size: loadable or the first refused tensor and
+    /// rule, the GPU generations each scheme needs, the weight memory per GPU.
+    Check(check::CheckArgs),
     /// Run a model on a chat prompt; with --reference, gate on its agreement with the reference.
     Verify(verify::VerifyArgs),
     /// Single-stream latency of use-case profiles (prompt/generated tokens), compared with the
@@ -75,6 +79,7 @@ impl Cli {
             Command::MakeModel(args) => make_model::run(&args),
             Command::Verify(args) => verify::run(&args),
             Command::Recipes(args) => recipes::run(&args),
+            Command::Check(args) => check::run(&args),
         }
     }
 }

@@ -10,6 +10,7 @@ use crate::runtime::config::{ModelConfig, Quantization};
 use crate::runtime::verify::{self, Output, VerifyOptions, VerifyReport};
 use crate::runtime::weights;
 use crate::runtime::{resolve_device, Device};
+use crate::serving;
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -65,9 +66,15 @@ pub struct QuantizeArgs {
     /// Worker threads (default: all cores; at most 4 × the available cores).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
-    /// Replace --output if it exists (the old one is kept until the new one is complete).
+    /// Replace --output if it exists (the old one is kept until the new one is complete);
+    /// with --tensor-parallel, also write an output vLLM could not load at that size.
     #[arg(long)]
     pub force: bool,
+    /// Refuse, before writing anything, a recipe whose output vLLM could not load split
+    /// across N GPUs (names the tensor and vLLM's rule; `qforge check` has the details).
+    /// Without it, the same checks at N = 1 print warnings at the end.
+    #[arg(long, value_name = "N", value_parser = super::check::parse_tensor_parallel)]
+    pub tensor_parallel: Option<usize>,
     /// Print a machine-readable JSON summary on stdout instead of the human one.
     #[arg(long)]
     pub json: bool,
@@ -239,7 +246,10 @@ pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
         progress,
     };
     check_loadable(&job.model_dir)?;
-    let summary = match &calibration {
+    if let Some(tp) = args.tensor_parallel {
+        check_serving_plan(&job, tp, args.force)?;
+    }
+    let mut summary = match &calibration {
         Some(spec) => {
             if progress {
                 print_calibration(spec);
@@ -248,6 +258,10 @@ pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
         }
         None => quantize::quantize(&job)?,
     };
+    let tp = args.tensor_parallel.unwrap_or(1);
+    summary
+        .warnings
+        .extend(serving_warning(&summary.output, tp));
     if !args.json {
         print_summary(&summary);
     }
@@ -270,19 +284,70 @@ pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `--tensor-parallel N`: the plan's output checked against vLLM's rules before writing.
+fn check_serving_plan(job: &QuantizeJob, tp: usize, force: bool) -> Result<()> {
+    let ck = Checkpoint::open(&job.model_dir)?;
+    let plan = job.recipe.load()?.plan()?;
+    let model = serving::from_source(&ck, &plan)?;
+    let verdict = serving::check(&model, &[tp]).remove(0);
+    let Some(failure) = verdict.failure else {
+        return Ok(());
+    };
+    let what = format!(
+        "vLLM {} could not load this output at tensor-parallel {tp}: {failure}",
+        serving::VLLM_VERSION
+    );
+    if force {
+        eprintln!("qforge: warning: {what}; writing it anyway (--force)");
+        return Ok(());
+    }
+    Err(Error::Serving(format!(
+        "{what}; nothing written (--force writes it anyway)"
+    )))
+}
+
+/// The end-of-quantize warning when vLLM could not load the output at `tp` (1 by default).
+/// The check is advice: a model whose layout it does not know gets no warning.
+fn serving_warning(output: &Path, tp: usize) -> Option<String> {
+    let model = serving::from_checkpoint(output).ok()?;
+    let verdict = serving::check(&model, &[tp]).remove(0);
+    let failure = verdict.failure?;
+    let more = match verdict.failed_layers {
+        1 => String::new(),
+        n => format!(" (and {} more layers)", n - 1),
+    };
+    Some(format!(
+        "vLLM {} would not load this output at tensor-parallel {tp}: {failure}{more}; \
+         `qforge check {}` tells which sizes and GPUs can",
+        serving::VLLM_VERSION,
+        output.display()
+    ))
+}
+
 /// `--scheme` (with `--ignore`), or `--recipe`: a file, else a recipe built into qforge.
 fn recipe_source(args: &QuantizeArgs) -> Result<RecipeSource> {
-    if let Some(scheme) = &args.scheme {
-        let ignore = args
-            .ignore
-            .clone()
-            .unwrap_or_else(|| vec!["lm_head".into()]);
+    resolve_recipe(
+        args.recipe.as_deref(),
+        args.scheme.as_deref(),
+        args.ignore.as_deref(),
+    )
+}
+
+/// `--scheme PRESET` (with `--ignore`), or `--recipe FILE|NAME`: the one reading of these
+/// options, shared by `quantize` and `check`.
+pub(crate) fn resolve_recipe(
+    recipe: Option<&str>,
+    scheme: Option<&str>,
+    ignore: Option<&[String]>,
+) -> Result<RecipeSource> {
+    if let Some(scheme) = scheme {
+        let ignore = ignore.map_or_else(|| vec!["lm_head".into()], <[String]>::to_vec);
         return Ok(RecipeSource::Parsed(recipe::scheme_recipe(
             scheme, &ignore,
         )?));
     }
-    let arg = args.recipe.as_deref().unwrap_or_default();
-    if args.ignore.is_some() {
+    let arg = recipe.unwrap_or_default();
+    if ignore.is_some() {
         // clap's `requires` does not hold here (--recipe and --scheme conflict), so say it.
         return Err(Error::Recipe(format!(
             "--ignore goes with --scheme; with --recipe {arg}, list the modules in the \

@@ -39,4 +39,5 @@ mod quantize;
 mod readme;
 mod recipe;
 mod runtime;
+mod serving;
 mod verify;

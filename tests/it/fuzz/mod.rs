@@ -10,5 +10,6 @@ mod dataset;
 mod index;
 mod recipe;
 mod safetensors;
+mod serving;
 mod tokenizer;
 mod util;
