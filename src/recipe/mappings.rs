@@ -143,8 +143,15 @@ pub fn resolve_mappings(
                 )));
             }
             let balance_names: Vec<String> = balance.concat();
-            let ignored = |n: &String| ignore.iter().any(|m| m.matches_name(n).unwrap_or(false));
-            if ignored(&smooth[0]) && balance_names.iter().all(ignored) {
+            let mut all_ignored = true;
+            for name in std::iter::once(&smooth[0]).chain(&balance_names) {
+                let mut hit = false;
+                for m in &ignore {
+                    hit |= m.matches_name(name)?;
+                }
+                all_ignored &= hit;
+            }
+            if all_ignored {
                 continue;
             }
             out.push(ResolvedMapping {

@@ -19,6 +19,7 @@ pub mod arch;
 mod args;
 pub mod calib;
 mod gptq;
+mod groups;
 mod mappings;
 pub mod matcher;
 mod modifier;
