@@ -4,7 +4,8 @@
 //! first default pattern group that matches — sharded `data/{split}-NNNNN-of-NNNNN.*`, split
 //! keywords in a folder name, split keywords in a file name — else every file is `train`.
 
-use super::table::{self, Format, Row};
+use super::source::Source;
+use super::table::{Format, Row};
 use crate::checkpoint::hub::HubConfig;
 use crate::{Error, Result};
 use serde_json::Value;
@@ -30,16 +31,28 @@ pub fn load_rows_with(
     config: Option<&str>,
     hub: &HubConfig,
 ) -> Result<Rows> {
+    let data = open_with(source, split, config, hub)?;
+    Ok(Rows {
+        rows: data.all_rows()?,
+        origin: data.origin,
+    })
+}
+
+/// The files of `split` of `source` (a file, a folder, a Hub id; Hub files downloaded), not
+/// read yet: see [`Source`].
+pub fn open_with(
+    source: &str,
+    split: Option<&str>,
+    config: Option<&str>,
+    hub: &HubConfig,
+) -> Result<Source> {
     let path = Path::new(source);
     if path.is_file() || (Format::of(path).is_some() && !path.is_dir()) {
         if split.is_some() || config.is_some() {
             // A single file is one split, as datasets' `data_files=path` makes it `train`.
             check_split_of_file(source, split)?;
         }
-        return Ok(Rows {
-            rows: table::read_file(path)?,
-            origin: source.to_string(),
-        });
+        return Source::open(vec![path.to_path_buf()], source.to_string());
     }
     let (dir, chosen) = if path.is_dir() {
         let listing = list_files(path)?;
@@ -61,15 +74,9 @@ pub fn load_rows_with(
              (org/name)"
         )));
     };
-    let mut rows = Vec::new();
-    for file in &chosen {
-        rows.extend(table::read_file(&dir.join(file))?);
-    }
     let split = split.unwrap_or("train");
-    Ok(Rows {
-        rows,
-        origin: format!("{source} (split '{split}')"),
-    })
+    let paths = chosen.iter().map(|f| dir.join(f)).collect();
+    Source::open(paths, format!("{source} (split '{split}')"))
 }
 
 fn check_split_of_file(source: &str, split: Option<&str>) -> Result<()> {

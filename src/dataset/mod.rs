@@ -10,6 +10,7 @@ pub mod files;
 pub mod order;
 pub mod parquet;
 pub mod shuffle;
+pub mod source;
 pub mod table;
 mod tokenize;
 
@@ -109,36 +110,38 @@ pub fn load_calibration_with(
     hub: &HubConfig,
 ) -> Result<CalibrationSet> {
     let (split, config) = (spec.split.as_deref(), spec.config.as_deref());
-    let data = files::load_rows_with(&spec.source, split, config, hub)?;
-    if data.rows.is_empty() {
+    let data = files::open_with(&spec.source, split, config, hub)?;
+    let (total, origin) = (data.len(), data.origin.as_str());
+    if total == 0 {
         return Err(Error::Dataset(format!(
-            "{}: the dataset is empty (no rows)",
-            data.origin
+            "{origin}: the dataset is empty (no rows)"
         )));
     }
-    let column = tokenize::choose_column(&data.rows, spec.text_column.as_deref(), &data.origin)?;
+    let first = data.rows_at(&[0])?;
+    let names = data.column_names();
+    let column =
+        tokenize::choose_column(&names, first.first(), spec.text_column.as_deref(), origin)?;
     let mut warnings = Vec::new();
     let encoder =
         tokenize::Encoder::new(&column, tokenizer_dir, spec.max_seq_length, &mut warnings)?;
-    let n = spec.num_samples.min(data.rows.len());
-    if spec.num_samples > data.rows.len() {
+    let n = spec.num_samples.min(total);
+    if spec.num_samples > total {
         warnings.push(format!(
-            "requested {} calibration samples but {} has only {}; using all {}",
-            spec.num_samples,
-            data.origin,
-            data.rows.len(),
-            data.rows.len()
+            "requested {} calibration samples but {origin} has only {total}; using all {total}",
+            spec.num_samples
         ));
     }
     let (picked, samples) = match spec.shuffle {
+        // Only the selected rows are read (and tokenized).
         Some(seed) => {
-            let picked: Vec<usize> = shuffle::permutation(seed, data.rows.len())[..n].to_vec();
-            let samples = encoder.encode_rows(&data.rows, &picked)?;
+            let picked: Vec<usize> = shuffle::permutation(seed, total)[..n].to_vec();
+            let samples = encoder.encode_rows(&data.rows_at(&picked)?, &picked)?;
             (picked, samples)
         }
+        // The order depends on every row's length: all are tokenized.
         None => {
-            let all: Vec<usize> = (0..data.rows.len()).collect();
-            let encoded = encoder.encode_rows(&data.rows, &all)?;
+            let all: Vec<usize> = (0..total).collect();
+            let encoded = encoder.encode_rows(&data.all_rows()?, &all)?;
             let lengths: Vec<usize> = encoded.iter().map(|s| s.ids.len()).collect();
             let picked: Vec<usize> = order::length_aware(&lengths)[..n].to_vec();
             let mut encoded: Vec<Option<tokenize::Encoded>> =
@@ -150,7 +153,7 @@ pub fn load_calibration_with(
             (picked, samples)
         }
     };
-    finish(spec, &data.origin, &column, picked, samples, warnings)
+    finish(spec, origin, &column, picked, samples, warnings)
 }
 
 /// Drops empty samples, counts truncations, and writes the description.

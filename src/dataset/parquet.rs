@@ -3,7 +3,7 @@
 
 use super::table::Row;
 use crate::{Error, Result};
-use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::file::reader::{ChunkReader, FileReader, SerializedFileReader};
 use parquet::record::Field;
 use serde_json::{Number, Value};
 use std::path::Path;
@@ -15,15 +15,47 @@ pub fn read_parquet(path: &Path) -> Result<Vec<Row>> {
 }
 
 /// Parses parquet bytes (a whole file) into rows; `name` is used in messages.
-///
-/// The `parquet` crate indexes out of bounds on some corrupt pages (its RLE decoder, found by
-/// tests/it/fuzz/dataset.rs) instead of returning an error; such a panic is caught here and
-/// reported as a corrupt file, without the panic message on stderr.
 pub fn parse_parquet(bytes: Vec<u8>, name: &str) -> Result<Vec<Row>> {
+    let reader = guarded(name, || {
+        SerializedFileReader::new(bytes::Bytes::from(bytes)).map_err(|e| bad(name, &e))
+    })?;
+    let mut rows = Vec::new();
+    each_row(reader, name, &|_, _| true, &mut |_, row| {
+        rows.push(row.clone());
+        true
+    })?;
+    Ok(rows)
+}
+
+pub(crate) fn bad(name: &str, e: &parquet::errors::ParquetError) -> Error {
+    Error::Dataset(format!(
+        "{name}: not a readable parquet file: {}",
+        one_line(e)
+    ))
+}
+
+/// Calls `f(row index, row)` for the rows of the row groups `group(first row, rows)` wants,
+/// in order, until it returns false.
+pub fn each_row<R: ChunkReader + 'static>(
+    reader: SerializedFileReader<R>,
+    name: &str,
+    group: &dyn Fn(usize, usize) -> bool,
+    f: &mut dyn FnMut(usize, &Row) -> bool,
+) -> Result<()> {
+    guarded(name, || walk_rows(&reader, name, group, f))
+}
+
+/// Runs `work` (calls into the `parquet` crate on file `name`), turning a panic into an error.
+///
+/// The crate panics on some corrupt input instead of returning an error (an unwrap in its
+/// footer's thrift decoder, out-of-bounds indexing in its RLE decoder: found by
+/// tests/it/fuzz/dataset.rs); such a panic is caught here and reported as a corrupt file,
+/// without the panic message on stderr.
+pub(crate) fn guarded<T>(name: &str, work: impl FnOnce() -> Result<T>) -> Result<T> {
     quiet_hook();
-    QUIET.with(|q| q.set(true));
-    let result = std::panic::catch_unwind(|| read_rows(bytes, name));
-    QUIET.with(|q| q.set(false));
+    let was = QUIET.with(|q| q.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+    QUIET.with(|q| q.set(was));
     result.unwrap_or_else(|_| {
         Err(Error::Dataset(format!(
             "{name}: not a readable parquet file: corrupt data"
@@ -31,13 +63,41 @@ pub fn parse_parquet(bytes: Vec<u8>, name: &str) -> Result<Vec<Row>> {
     })
 }
 
+fn walk_rows<R: ChunkReader + 'static>(
+    reader: &SerializedFileReader<R>,
+    name: &str,
+    group: &dyn Fn(usize, usize) -> bool,
+    f: &mut dyn FnMut(usize, &Row) -> bool,
+) -> Result<()> {
+    let mut first = 0;
+    for g in 0..reader.num_row_groups() {
+        let n = usize::try_from(reader.metadata().row_group(g).num_rows()).unwrap_or(0);
+        if group(first, n) {
+            let rg = reader.get_row_group(g).map_err(|e| bad(name, &e))?;
+            let iter = rg.get_row_iter(None).map_err(|e| bad(name, &e))?;
+            for (i, row) in iter.enumerate() {
+                let row = row.map_err(|e| bad(name, &e))?;
+                let row: Row = row
+                    .get_column_iter()
+                    .map(|(k, v)| (k.clone(), field_value(v)))
+                    .collect();
+                if !f(first + i, &row) {
+                    return Ok(());
+                }
+            }
+        }
+        first += n;
+    }
+    Ok(())
+}
+
 thread_local! {
     /// Set while this thread decodes parquet: its panics are caught and reported as errors.
     static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Installs (once) a panic hook that stays silent for panics inside [`parse_parquet`] and
-/// passes every other panic to the hook that was there before.
+/// Installs (once) a panic hook that stays silent for panics inside [`guarded`] and passes
+/// every other panic to the hook that was there before.
 fn quiet_hook() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -50,28 +110,7 @@ fn quiet_hook() {
     });
 }
 
-fn read_rows(bytes: Vec<u8>, name: &str) -> Result<Vec<Row>> {
-    let bad = |e: parquet::errors::ParquetError| {
-        Error::Dataset(format!(
-            "{name}: not a readable parquet file: {}",
-            one_line(&e)
-        ))
-    };
-    let reader = SerializedFileReader::new(bytes::Bytes::from(bytes)).map_err(bad)?;
-    let iter = reader.get_row_iter(None).map_err(bad)?;
-    let mut rows = Vec::new();
-    for row in iter {
-        let row = row.map_err(bad)?;
-        rows.push(
-            row.get_column_iter()
-                .map(|(k, v)| (k.clone(), field_value(v)))
-                .collect(),
-        );
-    }
-    Ok(rows)
-}
-
-fn one_line(e: &dyn std::fmt::Display) -> String {
+pub(crate) fn one_line(e: &dyn std::fmt::Display) -> String {
     e.to_string()
         .split_whitespace()
         .collect::<Vec<_>>()

@@ -53,14 +53,16 @@ pub fn read_file(path: &Path) -> Result<Vec<Row>> {
 
 /// The whole file, with a dataset-worded error when it is not there.
 pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
-    match crate::checkpoint::input::check_regular(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::Dataset(format!("{}: no such file", path.display())))
-        }
-        Err(e) => return Err(Error::io(path, e)),
-        Ok(()) => {}
-    }
+    read_bytes_check(path)?;
     std::fs::read(path).map_err(|e| Error::io(path, e))
+}
+
+/// Fails with a dataset-worded error unless `path` is a regular file.
+pub fn read_bytes_check(path: &Path) -> Result<()> {
+    crate::checkpoint::input::check_regular(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::Dataset(format!("{}: no such file", path.display())),
+        _ => Error::io(path, e),
+    })
 }
 
 fn utf8<'a>(bytes: &'a [u8], name: &str) -> Result<&'a str> {

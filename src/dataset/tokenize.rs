@@ -7,7 +7,7 @@
 //!   tokens added as the tokenizer's post-processor adds them, `max_length` capped at the
 //!   tokenizer's `model_max_length`.
 
-use super::table::{column_names, Row};
+use super::table::Row;
 use crate::runtime::chat::ChatTemplate;
 use crate::runtime::tokenizer::TextTokenizer;
 use crate::{Error, Result};
@@ -33,16 +33,19 @@ impl Column {
 }
 
 /// `input_ids` if present, else `messages`, else the text column (`text` by default). A
-/// named column must exist; it is messages when its first value is a list.
-pub fn choose_column(rows: &[Row], text_column: Option<&str>, origin: &str) -> Result<Column> {
-    let names = column_names(rows);
+/// named column must exist; it is messages when its value in the first row is a list.
+pub fn choose_column(
+    names: &[String],
+    first: Option<&Row>,
+    text_column: Option<&str>,
+    origin: &str,
+) -> Result<Column> {
     let has = |c: &str| names.iter().any(|n| n == c);
     if let Some(c) = text_column {
         if !has(c) {
-            return Err(missing(origin, &format!("no column '{c}'"), &names));
+            return Err(missing(origin, &format!("no column '{c}'"), names));
         }
-        let first = rows.iter().find_map(|r| r.get(c).filter(|v| !v.is_null()));
-        return Ok(match first {
+        return Ok(match first.and_then(|r| r.get(c)) {
             Some(Value::Array(_)) => Column::Messages(c.to_string()),
             _ => Column::Text(c.to_string()),
         });
@@ -58,7 +61,7 @@ pub fn choose_column(rows: &[Row], text_column: Option<&str>, origin: &str) -> R
             origin,
             "no 'input_ids', 'messages' or 'text' column (name the text column with \
              --text-column)",
-            &names,
+            names,
         ))
     }
 }
@@ -140,9 +143,12 @@ impl Encoder {
         })
     }
 
-    /// The samples of `rows[picked[..]]`, in that order.
-    pub fn encode_rows(&self, rows: &[Row], picked: &[usize]) -> Result<Vec<Encoded>> {
-        picked.iter().map(|&r| self.encode(&rows[r], r)).collect()
+    /// The samples of `rows`, which are dataset rows number `numbers` (for messages).
+    pub fn encode_rows(&self, rows: &[Row], numbers: &[usize]) -> Result<Vec<Encoded>> {
+        rows.iter()
+            .zip(numbers)
+            .map(|(row, &r)| self.encode(row, r))
+            .collect()
     }
 
     fn encode(&self, row: &Row, index: usize) -> Result<Encoded> {

@@ -96,9 +96,20 @@ fn messages_are_rendered_with_the_chat_template() {
     }
 }
 
-/// Parquet (snappy, zstd, gzip pages) reads into the same rows as the JSON files.
+/// Parquet (snappy, zstd, gzip pages) reads into the same rows as the JSON files; with
+/// several row groups (text-rg2.parquet: 4 groups of 2 rows) only the selected rows are read,
+/// and they are the same samples in the same order.
 #[test]
 fn parquet_reads_like_json() {
+    for (n, seed) in [(3, Some(42)), (7, Some(7)), (5, None), (1, Some(1))] {
+        let a = load(&spec(path("text.jsonl"), n, 16, seed));
+        let b = load(&spec(path("text-rg2.parquet"), n, 16, seed));
+        assert_eq!(
+            (&a.samples, &a.rows),
+            (&b.samples, &b.rows),
+            "n {n} seed {seed:?}"
+        );
+    }
     for (a, b) in [
         ("text.jsonl", "text.parquet"),
         ("chat.jsonl", "chat.parquet"),
