@@ -2,3 +2,7 @@
 //! quantized model against its reference.
 
 pub mod pyrandom;
+pub mod score;
+pub mod data;
+pub mod tasks;
+pub mod metrics;
