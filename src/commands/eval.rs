@@ -54,11 +54,26 @@ pub struct EvalArgs {
     /// Keep every request's log-likelihood and every generation in the JSON.
     #[arg(long)]
     pub log_samples: bool,
+    /// Instead of tasks: word/byte perplexity and bits per byte of this text file (lm_eval's
+    /// wikitext rules), plus KL-divergence statistics against --reference.
+    #[arg(long, value_name = "FILE")]
+    pub perplexity: Option<PathBuf>,
+    /// Rolling-window length in tokens for --perplexity.
+    #[arg(
+        long,
+        value_name = "TOKENS",
+        default_value_t = 2048,
+        requires = "perplexity"
+    )]
+    pub context: usize,
 }
 
 pub fn run(args: &EvalArgs) -> Result<ExitCode> {
     let fetch = |flag: &str, m: &str| -> Result<PathBuf> {
-        let opts = HubOptions { revision: None, progress: true };
+        let opts = HubOptions {
+            revision: None,
+            progress: true,
+        };
         hub::resolve_model(m, &opts).map_err(|e| match e {
             Error::Hub(msg) => Error::Hub(msg.replacen("--model", flag, 1)),
             other => other,
@@ -66,7 +81,11 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode> {
     };
     let opts = EvalOptions {
         model: fetch("--model", &args.model)?,
-        reference: args.reference.as_deref().map(|r| fetch("--reference", r)).transpose()?,
+        reference: args
+            .reference
+            .as_deref()
+            .map(|r| fetch("--reference", r))
+            .transpose()?,
         tasks: args.tasks.clone(),
         num_fewshot: args.num_fewshot,
         limit: args.limit,
@@ -76,9 +95,26 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode> {
         log_samples: args.log_samples,
         progress: true,
     };
+    if let Some(file) = &args.perplexity {
+        let report = eval::perplexity::perplexity(
+            &opts.model,
+            opts.reference.as_deref(),
+            file,
+            args.context,
+            args.device,
+        )?;
+        let json = to_json(&report)?;
+        if let Some(path) = &args.output {
+            write_atomically(path, &json)?;
+        }
+        match args.json {
+            true => println!("{json}"),
+            false => print!("{}", eval::report::perplexity_table(&report)),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let report = eval::evaluate(&opts)?;
-    let json = serde_json::to_string_pretty(&report)
-        .map_err(|e| Error::Eval(format!("cannot write the results as JSON: {e}")))?;
+    let json = to_json(&report)?;
     if let Some(path) = &args.output {
         write_atomically(path, &json)?;
     }
@@ -90,9 +126,17 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn to_json(v: &impl serde::Serialize) -> Result<String> {
+    serde_json::to_string_pretty(v)
+        .map_err(|e| Error::Eval(format!("cannot write the results as JSON: {e}")))
+}
+
 /// Writes `text` to a temporary sibling, then renames it into place.
 fn write_atomically(path: &std::path::Path, text: &str) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
     std::io::Write::write_all(&mut tmp, text.as_bytes()).map_err(|e| Error::io(path, e))?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;

@@ -30,7 +30,12 @@ pub fn acc_and_norm(lls: &[f64], choices: &[String], gold: usize) -> (f64, f64) 
 pub fn mc2(lls: &[f64], labels: &[bool]) -> f64 {
     let probs: Vec<f64> = lls.iter().map(|l| l.exp()).collect();
     let total: f64 = probs.iter().sum();
-    probs.iter().zip(labels).filter(|(_, &t)| t).map(|(p, _)| p / total).sum()
+    probs
+        .iter()
+        .zip(labels)
+        .filter(|(_, &t)| t)
+        .map(|(p, _)| p / total)
+        .sum()
 }
 
 /// `mean`.
@@ -73,7 +78,9 @@ pub fn regex_extract(re: &regex::Regex, text: &str, last: bool) -> String {
     let Some(c) = pick else {
         return "[invalid]".into();
     };
-    let groups: Vec<&str> = (1..c.len()).map(|i| c.get(i).map_or("", |m| m.as_str())).collect();
+    let groups: Vec<&str> = (1..c.len())
+        .map(|i| c.get(i).map_or("", |m| m.as_str()))
+        .collect();
     let found = match groups.len() {
         0 => c.get(0).map_or("", |m| m.as_str()),
         1 => groups[0],
@@ -126,7 +133,10 @@ mod tests {
         assert_eq!(regex_extract(&flex, out, true), "1,006");
         assert_eq!(regex_extract(&strict, "no answer", false), "[invalid]");
         assert_eq!(regex_extract(&flex, "it is 7 apples", true), "7");
-        assert_eq!(gsm8k_exact_match("1,006", "3 + 1003 = 1006\n#### 1006"), 1.0);
+        assert_eq!(
+            gsm8k_exact_match("1,006", "3 + 1003 = 1006\n#### 1006"),
+            1.0
+        );
         assert_eq!(gsm8k_exact_match("$18.", "#### 18"), 1.0);
         assert_eq!(gsm8k_exact_match("[invalid]", "#### 18"), 0.0);
     }
@@ -148,6 +158,13 @@ mod tests {
         let p = pooled_stderr(&[(0.25, 4), (0.25, 4)]).unwrap();
         // sqrt(((3*0.0625*4)*2/6)/8)
         assert!((p - (0.25f64 / 8.0).sqrt()).abs() < 1e-12);
-        assert!((mc2(&[0f64.ln(), 0.5f64.ln(), 0.5f64.ln()].map(|x| x.max(-1e9)), &[true, true, false]) - 0.5).abs() < 1e-9);
+        assert!(
+            (mc2(
+                &[0f64.ln(), 0.5f64.ln(), 0.5f64.ln()].map(|x| x.max(-1e9)),
+                &[true, true, false]
+            ) - 0.5)
+                .abs()
+                < 1e-9
+        );
     }
 }

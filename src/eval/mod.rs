@@ -4,6 +4,7 @@
 
 pub mod data;
 pub mod metrics;
+pub mod perplexity;
 pub mod pyrandom;
 pub mod report;
 pub mod run;

@@ -35,7 +35,13 @@ fn pct(x: f64) -> String {
 /// The table as text.
 pub fn table(r: &EvalReport) -> String {
     let mut rows: Vec<[String; 7]> = vec![[
-        "task", "metric", "shots", "reference", "quantized", "recovery %", "± stderr",
+        "task",
+        "metric",
+        "shots",
+        "reference",
+        "quantized",
+        "recovery %",
+        "± stderr",
     ]
     .map(String::from)];
     let mut recoveries = Vec::new();
@@ -45,7 +51,9 @@ pub fn table(r: &EvalReport) -> String {
                 .iter()
                 .find(|b| b.task == a.task && b.metric == a.metric)
         });
-        let recovery = reference.filter(|b| b.value > 0.0).map(|b| 100.0 * a.value / b.value);
+        let recovery = reference
+            .filter(|b| b.value > 0.0)
+            .map(|b| 100.0 * a.value / b.value);
         recoveries.extend(recovery);
         rows.push([
             a.task.clone(),
@@ -89,6 +97,34 @@ fn render(rows: &[[String; 7]]) -> String {
             out.push_str(&"-".repeat(total));
             out.push('\n');
         }
+    }
+    out
+}
+
+/// The perplexity report as text.
+pub fn perplexity_table(r: &super::perplexity::PerplexityReport) -> String {
+    let mut out = format!("rolling windows of {} tokens\n", r.context);
+    let line = |name: &str, p: &super::perplexity::Perplexity| {
+        format!(
+            "{name:<10} tokens {}  word_perplexity {:.4}  byte_perplexity {:.4}  bits_per_byte {:.4}\n",
+            p.tokens, p.word_perplexity, p.byte_perplexity, p.bits_per_byte
+        )
+    };
+    if let Some(reference) = &r.reference {
+        out.push_str(&line("reference", reference));
+    }
+    out.push_str(&line("model", &r.model));
+    if let Some(kl) = &r.kl {
+        out.push_str(&format!(
+            "KL(reference || model) per token: mean {:.6}  median {:.6}  p99 {:.6}  p99.9 {:.6}\n\
+             top-1 agreement {:.2}%  mean Δp {:+.4}%\n",
+            kl.mean,
+            kl.median,
+            kl.p99,
+            kl.p999,
+            100.0 * kl.top1_agreement,
+            100.0 * kl.mean_delta_p
+        ));
     }
     out
 }

@@ -40,7 +40,9 @@ pub struct LoadedTask {
 /// Loads the documents of every task (all errors before any model runs).
 pub fn load_tasks(list: &[Task], opts: &RunOptions) -> Result<Vec<LoadedTask>> {
     if opts.limit == Some(0) {
-        return Err(Error::Eval("--limit 0 evaluates no document: give at least 1".into()));
+        return Err(Error::Eval(
+            "--limit 0 evaluates no document: give at least 1".into(),
+        ));
     }
     list.iter()
         .map(|t| {
@@ -63,9 +65,16 @@ pub fn load_tasks(list: &[Task], opts: &RunOptions) -> Result<Vec<LoadedTask>> {
                 )));
             }
             if docs.is_empty() {
-                return Err(Error::Dataset(format!("{}: the {} split is empty", t.name, t.eval_split)));
+                return Err(Error::Dataset(format!(
+                    "{}: the {} split is empty",
+                    t.name, t.eval_split
+                )));
             }
-            Ok(LoadedTask { task: t.clone(), docs, fewshot })
+            Ok(LoadedTask {
+                task: t.clone(),
+                docs,
+                fewshot,
+            })
         })
         .collect()
 }
@@ -108,7 +117,12 @@ pub struct TaskResult {
 }
 
 /// Runs one task on `session`; `tick` is called after each request.
-pub fn run_task(s: &mut Session, lt: &LoadedTask, opts: &RunOptions, tick: &mut dyn FnMut(u64)) -> Result<TaskResult> {
+pub fn run_task(
+    s: &mut Session,
+    lt: &LoadedTask,
+    opts: &RunOptions,
+    tick: &mut dyn FnMut(u64),
+) -> Result<TaskResult> {
     let t = &lt.task;
     let shots = opts.num_fewshot.unwrap_or(t.num_fewshot);
     let mut rng = PyRandom::new(FEWSHOT_SEED);
@@ -122,7 +136,12 @@ pub fn run_task(s: &mut Session, lt: &LoadedTask, opts: &RunOptions, tick: &mut 
     for (doc_id, doc) in lt.docs.iter().enumerate() {
         let p = t.family.prepare(doc).map_err(|e| context(t, doc_id, e))?;
         let prefix = fewshot_prefix(t, lt, doc, shots, &mut rng)?;
-        let mut r = DocResult { doc_id, metrics: Vec::new(), loglikelihoods: Vec::new(), generation: None };
+        let mut r = DocResult {
+            doc_id,
+            metrics: Vec::new(),
+            loglikelihoods: Vec::new(),
+            generation: None,
+        };
         match t.family.kind() {
             Kind::MultipleChoice => {
                 for (ctx, cont) in tasks::requests(&p, &prefix) {
@@ -159,7 +178,13 @@ fn context(t: &Task, doc_id: usize, e: Error) -> Error {
 }
 
 /// The description and few-shot examples before a document's own text.
-fn fewshot_prefix(t: &Task, lt: &LoadedTask, doc: &Value, shots: usize, rng: &mut PyRandom) -> Result<String> {
+fn fewshot_prefix(
+    t: &Task,
+    lt: &LoadedTask,
+    doc: &Value,
+    shots: usize,
+    rng: &mut PyRandom,
+) -> Result<String> {
     let mut prefix = t.description.clone();
     if shots == 0 {
         return Ok(prefix);
@@ -175,7 +200,10 @@ fn fewshot_prefix(t: &Task, lt: &LoadedTask, doc: &Value, shots: usize, rng: &mu
         Sampler::Random => rng.sample(lt.fewshot.len(), shots),
     };
     for i in picked {
-        let p = t.family.prepare(&lt.fewshot[i]).map_err(|e| context(t, i, e))?;
+        let p = t
+            .family
+            .prepare(&lt.fewshot[i])
+            .map_err(|e| context(t, i, e))?;
         prefix.push_str(&tasks::fewshot_example(t.family, &p)?);
     }
     Ok(prefix)
@@ -190,7 +218,11 @@ fn mc_metrics(family: Family, p: &tasks::Prepared, lls: &[(f64, bool)]) -> Vec<f
     match family {
         Family::TruthfulqaMc2 => vec![metrics::mc2(&ll, &p.labels)],
         Family::Winogrande | Family::Mmlu => {
-            vec![if metrics::argmax(&ll) == gold { 1.0 } else { 0.0 }]
+            vec![if metrics::argmax(&ll) == gold {
+                1.0
+            } else {
+                0.0
+            }]
         }
         _ => {
             let (acc, norm) = metrics::acc_and_norm(&ll, &p.choices, gold);
@@ -232,7 +264,10 @@ pub fn aggregate(results: &[TaskResult]) -> Vec<Aggregate> {
     let mut mmlu: Vec<(f64, f64, usize)> = Vec::new();
     let mut mmlu_shots = 0;
     for r in results {
-        let family = tasks::GROUPS.iter().position(|g| *g == r.family).unwrap_or(0);
+        let family = tasks::GROUPS
+            .iter()
+            .position(|g| *g == r.family)
+            .unwrap_or(0);
         let metric_names = family_of(family).metrics();
         for (m, name) in metric_names.iter().enumerate() {
             let xs: Vec<f64> = r.docs.iter().map(|d| d.metrics[m]).collect();

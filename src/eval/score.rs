@@ -98,7 +98,10 @@ impl<'a> Session<'a> {
             });
         }
         let trimmed = context.trim_end();
-        let (context, continuation) = (trimmed, format!("{}{continuation}", &context[trimmed.len()..]));
+        let (context, continuation) = (
+            trimmed,
+            format!("{}{continuation}", &context[trimmed.len()..]),
+        );
         let whole = self.tok_encode(&format!("{context}{continuation}"))?;
         let context_enc = self.tok_encode(context)?;
         let continuation = whole.get(context_enc.len()..).unwrap_or_default().to_vec();
@@ -135,7 +138,7 @@ impl<'a> Session<'a> {
         whole.extend_from_slice(cont);
         let window = &whole[whole.len().saturating_sub(self.max_length + 1)..];
         let input = &window[..window.len() - 1];
-        let first_row = input.len() - cont.len() + 1 - 1;
+        let first_row = input.len() - cont.len();
         self.score_rows(input, first_row, cont)
     }
 
@@ -164,6 +167,12 @@ impl<'a> Session<'a> {
             out.ll += log_softmax_at(row, target as usize);
             out.is_greedy &= crate::runtime::sampler::argmax(row) == target;
         }
+        if !out.ll.is_finite() {
+            return Err(Error::Eval(format!(
+                "the model's log-likelihood is {} (its logits are not finite)",
+                out.ll
+            )));
+        }
         Ok(out)
     }
 
@@ -171,7 +180,11 @@ impl<'a> Session<'a> {
     /// (`get_rolling_token_windows` with `context_len=1` then `make_disjoint_window`): the
     /// first window is conditioned on the prefix token, each later one on the token before
     /// it. Returns the log-probability of every token, in order.
-    pub fn rolling_token_logprobs(&mut self, tokens: &[u32], mut each: impl FnMut(&[u32], &[f32]) -> Result<()>) -> Result<f64> {
+    pub fn rolling_token_logprobs(
+        &mut self,
+        tokens: &[u32],
+        mut each: impl FnMut(&[u32], &[f32]) -> Result<()>,
+    ) -> Result<f64> {
         let prefix = self.prefix_token()?;
         let mut total = 0.0;
         for (start, window) in rolling_windows(tokens.len(), self.max_length) {
@@ -198,7 +211,12 @@ impl<'a> Session<'a> {
     /// Greedy `generate_until`: the context left-truncated to `max_length - max_gen_toks`,
     /// then argmax tokens until an EOS id, `max_gen_toks` tokens, or one of `until` appears
     /// in the text; the text is cut before the first stop sequence (lm_eval splits on each).
-    pub fn generate_until(&mut self, context: &str, until: &[&str], max_gen_toks: usize) -> Result<String> {
+    pub fn generate_until(
+        &mut self,
+        context: &str,
+        until: &[&str],
+        max_gen_toks: usize,
+    ) -> Result<String> {
         let mut ids = self.tok_encode(context)?;
         let keep = self.max_length.saturating_sub(max_gen_toks).max(1);
         if ids.len() > keep {

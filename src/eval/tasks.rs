@@ -100,21 +100,63 @@ pub const GROUPS: [&str; 6] = [
 
 /// MMLU's 57 subjects (`lm_eval/tasks/mmlu/default/mmlu_*.yaml`, `dataset_name`).
 pub const MMLU_SUBJECTS: [&str; 57] = [
-    "abstract_algebra", "anatomy", "astronomy", "business_ethics", "clinical_knowledge",
-    "college_biology", "college_chemistry", "college_computer_science", "college_mathematics",
-    "college_medicine", "college_physics", "computer_security", "conceptual_physics",
-    "econometrics", "electrical_engineering", "elementary_mathematics", "formal_logic",
-    "global_facts", "high_school_biology", "high_school_chemistry",
-    "high_school_computer_science", "high_school_european_history", "high_school_geography",
-    "high_school_government_and_politics", "high_school_macroeconomics",
-    "high_school_mathematics", "high_school_microeconomics", "high_school_physics",
-    "high_school_psychology", "high_school_statistics", "high_school_us_history",
-    "high_school_world_history", "human_aging", "human_sexuality", "international_law",
-    "jurisprudence", "logical_fallacies", "machine_learning", "management", "marketing",
-    "medical_genetics", "miscellaneous", "moral_disputes", "moral_scenarios", "nutrition",
-    "philosophy", "prehistory", "professional_accounting", "professional_law",
-    "professional_medicine", "professional_psychology", "public_relations",
-    "security_studies", "sociology", "us_foreign_policy", "virology", "world_religions",
+    "abstract_algebra",
+    "anatomy",
+    "astronomy",
+    "business_ethics",
+    "clinical_knowledge",
+    "college_biology",
+    "college_chemistry",
+    "college_computer_science",
+    "college_mathematics",
+    "college_medicine",
+    "college_physics",
+    "computer_security",
+    "conceptual_physics",
+    "econometrics",
+    "electrical_engineering",
+    "elementary_mathematics",
+    "formal_logic",
+    "global_facts",
+    "high_school_biology",
+    "high_school_chemistry",
+    "high_school_computer_science",
+    "high_school_european_history",
+    "high_school_geography",
+    "high_school_government_and_politics",
+    "high_school_macroeconomics",
+    "high_school_mathematics",
+    "high_school_microeconomics",
+    "high_school_physics",
+    "high_school_psychology",
+    "high_school_statistics",
+    "high_school_us_history",
+    "high_school_world_history",
+    "human_aging",
+    "human_sexuality",
+    "international_law",
+    "jurisprudence",
+    "logical_fallacies",
+    "machine_learning",
+    "management",
+    "marketing",
+    "medical_genetics",
+    "miscellaneous",
+    "moral_disputes",
+    "moral_scenarios",
+    "nutrition",
+    "philosophy",
+    "prehistory",
+    "professional_accounting",
+    "professional_law",
+    "professional_medicine",
+    "professional_psychology",
+    "public_relations",
+    "security_studies",
+    "sociology",
+    "us_foreign_policy",
+    "virology",
+    "world_religions",
 ];
 
 /// Expands `--tasks` (comma-separated) into tasks, in order, without repeats.
@@ -122,7 +164,10 @@ pub fn resolve(list: &str) -> Result<Vec<Task>> {
     let mut out: Vec<Task> = Vec::new();
     for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let tasks = match name {
-            "openllm" => GROUPS.iter().flat_map(|g| expand(g).unwrap_or_default()).collect(),
+            "openllm" => GROUPS
+                .iter()
+                .flat_map(|g| expand(g).unwrap_or_default())
+                .collect(),
             _ => expand(name).ok_or_else(|| unknown(name))?,
         };
         for t in tasks {
@@ -145,7 +190,13 @@ fn unknown(name: &str) -> Error {
 }
 
 fn expand(name: &str) -> Option<Vec<Task>> {
-    let task = |family, path, config: Option<&'static str>, eval_split, fewshot_split, exclude_self, shots| Task {
+    let task = |family,
+                path,
+                config: Option<&'static str>,
+                eval_split,
+                fewshot_split,
+                exclude_self,
+                shots| Task {
         name: name.to_string(),
         family,
         dataset: DatasetId { path, name: config },
@@ -158,16 +209,56 @@ fn expand(name: &str) -> Option<Vec<Task>> {
     };
     Some(match name {
         // arc/arc_easy.yaml + arc_challenge.yaml; openllm: fewshot_split train, 25 shots.
-        "arc_challenge" => vec![task(Family::ArcChallenge, "allenai/ai2_arc", Some("ARC-Challenge"), "test", "train", false, 25)],
+        "arc_challenge" => vec![task(
+            Family::ArcChallenge,
+            "allenai/ai2_arc",
+            Some("ARC-Challenge"),
+            "test",
+            "train",
+            false,
+            25,
+        )],
         // hellaswag/hellaswag.yaml: validation; openllm: fewshot_split train, 10 shots.
-        "hellaswag" => vec![task(Family::Hellaswag, "Rowan/hellaswag", None, "validation", "train", false, 10)],
+        "hellaswag" => vec![task(
+            Family::Hellaswag,
+            "Rowan/hellaswag",
+            None,
+            "validation",
+            "train",
+            false,
+            10,
+        )],
         // winogrande/default.yaml: winogrande_xl, validation; openllm: train, 5 shots.
-        "winogrande" => vec![task(Family::Winogrande, "allenai/winogrande", Some("winogrande_xl"), "validation", "train", false, 5)],
+        "winogrande" => vec![task(
+            Family::Winogrande,
+            "allenai/winogrande",
+            Some("winogrande_xl"),
+            "validation",
+            "train",
+            false,
+            5,
+        )],
         // truthfulqa/truthfulqa_mc1.yaml (included by mc2): validation only, 0 shots; with
         // shots the pool is the validation split itself, the document excluded.
-        "truthfulqa_mc2" => vec![task(Family::TruthfulqaMc2, "truthfulqa/truthful_qa", Some("multiple_choice"), "validation", "validation", true, 0)],
+        "truthfulqa_mc2" => vec![task(
+            Family::TruthfulqaMc2,
+            "truthfulqa/truthful_qa",
+            Some("multiple_choice"),
+            "validation",
+            "validation",
+            true,
+            0,
+        )],
         // gsm8k/gsm8k.yaml: main, test, fewshot_split train, 5 shots.
-        "gsm8k" => vec![task(Family::Gsm8k, "openai/gsm8k", Some("main"), "test", "train", false, 5)],
+        "gsm8k" => vec![task(
+            Family::Gsm8k,
+            "openai/gsm8k",
+            Some("main"),
+            "test",
+            "train",
+            false,
+            5,
+        )],
         "mmlu" => MMLU_SUBJECTS.iter().map(|s| mmlu(s)).collect(),
         _ => {
             let subject = name.strip_prefix("mmlu_")?;
@@ -246,7 +337,9 @@ fn index(i: usize, n: usize, what: &str) -> Result<Target> {
     if i < n {
         Ok(Target::Index(i))
     } else {
-        Err(Error::Dataset(format!("{what} {i} is not one of the {n} choices")))
+        Err(Error::Dataset(format!(
+            "{what} {i} is not one of the {n} choices"
+        )))
     }
 }
 
@@ -272,7 +365,8 @@ impl Family {
                     Error::Dataset(format!("answerKey '{key}' is not among the labels"))
                 })?;
                 let text = format!("Question: {}\nAnswer:", string(doc, "question")?);
-                Ok(plain(text, texts, index(gold, labels.len(), "answer")?))
+                let n = texts.len();
+                Ok(plain(text, texts, index(gold, n, "answer")?))
             }
             Family::Hellaswag => {
                 // hellaswag/utils.py process_docs.
@@ -281,9 +375,11 @@ impl Family {
                     string(doc, "ctx_a")?,
                     capitalize(&string(doc, "ctx_b")?)
                 );
-                let query = hellaswag_preprocess(&format!("{}: {ctx}", string(doc, "activity_label")?));
+                let query =
+                    hellaswag_preprocess(&format!("{}: {ctx}", string(doc, "activity_label")?));
                 let endings = strings(doc, "endings")?;
-                let choices: Vec<String> = endings.iter().map(|e| hellaswag_preprocess(e)).collect();
+                let choices: Vec<String> =
+                    endings.iter().map(|e| hellaswag_preprocess(e)).collect();
                 let label = field(doc, "label")?;
                 let gold = label
                     .as_str()
@@ -304,11 +400,18 @@ impl Family {
                 let gold = match string(doc, "answer")?.as_str() {
                     "1" => 0,
                     "2" => 1,
-                    a => return Err(Error::Dataset(format!("winogrande answer '{a}' is not 1 or 2"))),
+                    a => {
+                        return Err(Error::Dataset(format!(
+                            "winogrande answer '{a}' is not 1 or 2"
+                        )))
+                    }
                 };
                 let suffix = sentence[blank + 1..].trim().to_string();
                 Ok(Prepared {
-                    text: options.iter().map(|o| format!("{}{o}", &sentence[..blank])).collect(),
+                    text: options
+                        .iter()
+                        .map(|o| format!("{}{o}", &sentence[..blank]))
+                        .collect(),
                     choices: vec![suffix.clone()],
                     target: Target::Index(gold),
                     labels: Vec::new(),
@@ -323,7 +426,10 @@ impl Family {
                 let text = format!(
                     "{}\nA. {}\nB. {}\nC. {}\nD. {}\nAnswer:",
                     py_strip(&string(doc, "question")?),
-                    c[0], c[1], c[2], c[3]
+                    c[0],
+                    c[1],
+                    c[2],
+                    c[3]
                 );
                 let gold = field(doc, "answer")?
                     .as_u64()
@@ -342,7 +448,9 @@ impl Family {
                     .map(|l| l.as_i64() == Some(1))
                     .collect::<Vec<_>>();
                 if labels.len() != choices.len() || choices.is_empty() {
-                    return Err(Error::Dataset("mc2_targets: choices and labels differ in length".into()));
+                    return Err(Error::Dataset(
+                        "mc2_targets: choices and labels differ in length".into(),
+                    ));
                 }
                 let text = format!("{TRUTHFULQA_QA}\n\nQ: {}\nA:", string(doc, "question")?);
                 Ok(Prepared {
@@ -355,7 +463,11 @@ impl Family {
             Family::Gsm8k => {
                 // gsm8k/gsm8k.yaml: "Question: {{question}}\nAnswer:", target {{answer}}.
                 let text = format!("Question: {}\nAnswer:", string(doc, "question")?);
-                Ok(plain(text, Vec::new(), Target::Text(string(doc, "answer")?)))
+                Ok(plain(
+                    text,
+                    Vec::new(),
+                    Target::Text(string(doc, "answer")?),
+                ))
             }
         }
     }
@@ -387,7 +499,10 @@ pub fn hellaswag_preprocess(text: &str) -> String {
 pub fn capitalize(s: &str) -> String {
     let mut chars = s.chars();
     match chars.next() {
-        Some(first) => first.to_uppercase().chain(chars.flat_map(char::to_lowercase)).collect(),
+        Some(first) => first
+            .to_uppercase()
+            .chain(chars.flat_map(char::to_lowercase))
+            .collect(),
         None => String::new(),
     }
 }

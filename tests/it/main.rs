@@ -27,6 +27,7 @@ mod checkpoint;
 mod cli;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod eval;
 mod fifo_inputs;
 mod fuzz;
 mod hub;

@@ -5,6 +5,7 @@
 //! `QFORGE_FUZZ_CASES=N` raises the case counts; `scripts/fuzz.sh [CASES]` runs a campaign.
 
 mod config;
+mod eval;
 mod index;
 mod recipe;
 mod safetensors;
