@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod check;
+pub mod eval;
 #[cfg(feature = "cuda")]
 pub mod gpu;
 pub mod make_model;
@@ -63,6 +64,9 @@ pub enum Command {
     /// Single-stream latency of use-case profiles (prompt/generated tokens), compared with the
     /// DeepSeek-R1-Distill-Llama-70B FP8-dynamic model card.
     Bench(bench::BenchArgs),
+    /// Accuracy on lm-evaluation-harness's openllm tasks (the model card's table), with
+    /// recovery against the reference model.
+    Eval(eval::EvalArgs),
     /// CUDA backend checks and benchmarks (developer tool, used by scripts/gpu_check.sh).
     #[cfg(feature = "cuda")]
     #[command(hide = true)]
@@ -76,6 +80,7 @@ impl Cli {
             #[cfg(feature = "cuda")]
             Command::Gpu(args) => gpu::run(&args),
             Command::Bench(args) => bench::run(&args),
+            Command::Eval(args) => eval::run(&args),
             Command::MakeModel(args) => make_model::run(&args),
             Command::Verify(args) => verify::run(&args),
             Command::Recipes(args) => recipes::run(&args),

@@ -30,6 +30,7 @@ mod cli;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod dataset;
+mod eval;
 mod fifo_inputs;
 mod fuzz;
 mod gptq;

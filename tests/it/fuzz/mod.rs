@@ -7,6 +7,7 @@
 
 mod config;
 mod dataset;
+mod eval;
 mod index;
 mod recipe;
 mod safetensors;

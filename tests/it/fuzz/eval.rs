@@ -1,0 +1,83 @@
+//! Mutation fuzzing of `qforge eval`'s task-file reader: the JSONL files of tests/data/eval
+//! (every task's schema), mutated as bytes and as JSON, parsed by `data::parse_jsonl` and
+//! turned into prompts by each task's `prepare`. Promise: no panic; either a one-line error,
+//! or documents whose prompts and choices are consistent (a gold index inside the choices).
+
+use super::util::{assert_one_line, config, mutate, mutation};
+use proptest::prelude::*;
+use proptest::sample::Index;
+use qforge::eval::data::parse_jsonl;
+use qforge::eval::tasks::{Family, Target};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+const FILES: [(&str, Family); 6] = [
+    (
+        "allenai/ai2_arc/ARC-Challenge/test.jsonl",
+        Family::ArcChallenge,
+    ),
+    (
+        "Rowan/hellaswag/default/validation.jsonl",
+        Family::Hellaswag,
+    ),
+    (
+        "allenai/winogrande/winogrande_xl/validation.jsonl",
+        Family::Winogrande,
+    ),
+    ("cais/mmlu/abstract_algebra/test.jsonl", Family::Mmlu),
+    (
+        "truthfulqa/truthful_qa/multiple_choice/validation.jsonl",
+        Family::TruthfulqaMc2,
+    ),
+    ("openai/gsm8k/main/test.jsonl", Family::Gsm8k),
+];
+
+fn seeds() -> &'static [Vec<Vec<u8>>] {
+    static SEEDS: OnceLock<Vec<Vec<Vec<u8>>>> = OnceLock::new();
+    SEEDS.get_or_init(|| {
+        let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/eval"));
+        // One seed per line (a document), so that JSON-level mutations apply to it.
+        let mut out = vec![Vec::new(); FILES.len()];
+        for (i, (f, _)) in FILES.iter().enumerate() {
+            let text = std::fs::read_to_string(dir.join(f)).unwrap();
+            out[i] = text
+                .lines()
+                .map(|l| l.as_bytes().to_vec())
+                .collect::<Vec<_>>();
+        }
+        out
+    })
+}
+
+proptest! {
+    #![proptest_config(config(256, 1))]
+    #[test]
+    fn task_files_parse_or_fail_in_one_line(which in any::<Index>(), line in any::<Index>(), m in mutation()) {
+        let i = which.index(FILES.len());
+        let lines = &seeds()[i];
+        let bytes = mutate(&lines[line.index(lines.len())], &m);
+        // A JSON mutation comes back pretty-printed: one line again for JSONL.
+        let text = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(v) => v.to_string(),
+            Err(_) => match String::from_utf8(bytes) {
+                Ok(t) => t,
+                Err(_) => return Ok(()),
+            },
+        };
+        match parse_jsonl(&text) {
+            Err(e) => assert_one_line(&e),
+            Ok(docs) => {
+                for doc in &docs {
+                    match FILES[i].1.prepare(doc) {
+                        Err(e) => assert_one_line(&e.to_string()),
+                        Ok(p) => match p.target {
+                            Target::Index(g) if FILES[i].1 == Family::Winogrande => prop_assert!(g < p.text.len()),
+                            Target::Index(g) => prop_assert!(g < p.choices.len()),
+                            Target::Text(_) => prop_assert_eq!(FILES[i].1, Family::Gsm8k),
+                        },
+                    }
+                }
+            }
+        }
+    }
+}
