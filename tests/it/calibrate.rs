@@ -292,8 +292,9 @@ fn forward_matches_transformers_layer_by_layer() {
         pipe.run_layer(layer, &mut acts, &mut cal).unwrap();
         let max = report(layer + 1, &acts);
         if layer == 0 {
-            // Layer 0's outputs are below 0.32: one BF16 step there is at most 2^-9.
-            assert!(max <= 2f32.powi(-9), "layer 0 is {max} from transformers");
+            // Layer 0's outputs are below 0.32: one BF16 step there is at most 2^-9; with
+            // eager attention (as llm-compressor calibrates) the largest difference is 2^-10.
+            assert!(max <= 2f32.powi(-10), "layer 0 is {max} from transformers");
         }
     }
 }
