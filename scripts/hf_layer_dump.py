@@ -15,7 +15,8 @@ from transformers import AutoModelForCausalLM
 model_dir, ids_path, out_path = sys.argv[1:4]
 torch.set_num_threads(1)
 ids = json.load(open(ids_path))["input_ids"]
-model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto", attn_implementation="sdpa")
+# eager: the attention llm-compressor forces during calibration (use_eager_attention)
+model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto", attn_implementation="eager")
 model.eval()
 layers = model.model.layers
 captured = [[] for _ in range(len(layers) + 1)]

@@ -6,9 +6,11 @@
 //! - Linear: f32-accumulated products (oneDNN), rounded once — here through the `gemm` crate;
 //! - RoPE: `cos`/`sin` rounded to BF16 (`.to(x.dtype)`), then `q·cos` and
 //!   `rotate_half(q)·sin` each rounded, and their sum rounded;
-//! - attention: torch's CPU flash kernel for BF16: scores and their softmax in f32, the
-//!   probabilities rounded to BF16 before the product with V, the f32 sum of the unrounded
-//!   exponentials as the divisor, the result rounded;
+//! - attention: transformers' *eager* attention, which llm-compressor forces during
+//!   calibration (`calibration_forward_context` → `use_eager_attention`; a plain forward would
+//!   use SDPA's flash kernel instead): `q·kᵀ` rounded, times the scale rounded, the causal mask
+//!   added (a masked score becomes the BF16 minimum: its exponential is 0), the softmax in f32
+//!   (`exp(s - max) · (1 / Σ)`) rounded, then `p·v` f32-accumulated and rounded;
 //! - residual adds, SiLU and the gate product each rounded.
 //!
 //! Every activation is an `f32` holding a BF16 value. Observers see the tensors the
@@ -247,10 +249,11 @@ impl BfRope {
     }
 }
 
-/// Causal GQA attention as torch's CPU flash kernel computes it in BF16 (module docs).
+/// Causal GQA attention as transformers' eager attention computes it in BF16 (module docs).
 fn attention(q: &[f32], k: &[f32], v: &[f32], t: usize, d: &Dims, out: &mut Vec<f32>) {
     let (hd, qw, kw) = (d.head_dim, d.q_dim(), d.kv_dim());
     let group = d.heads / d.kv_heads;
+    // `scaling` is a Python float; torch multiplies a BF16 tensor by it in f32.
     let scale = (1.0 / (hd as f64).sqrt()) as f32;
     out.clear();
     out.resize(t * qw, 0.0);
@@ -263,15 +266,18 @@ fn attention(q: &[f32], k: &[f32], v: &[f32], t: usize, d: &Dims, out: &mut Vec<
             let mut max = f32::NEG_INFINITY;
             for (j, pj) in p.iter_mut().enumerate().take(i + 1) {
                 let kj = &k[j * kw + kvh * hd..j * kw + (kvh + 1) * hd];
-                let s: f32 = qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
-                *pj = s;
-                max = max.max(s);
+                let dot: f32 = qi.iter().zip(kj).map(|(a, b)| a * b).sum();
+                *pj = bf16(bf16(dot) * scale);
+                max = max.max(*pj);
             }
             let mut sum = 0f32;
             for pj in &mut p[..=i] {
-                let e = (*pj - max).exp();
-                sum += e;
-                *pj = bf16(e);
+                *pj = (*pj - max).exp();
+                sum += *pj;
+            }
+            let inv = 1.0 / sum;
+            for pj in &mut p[..=i] {
+                *pj = bf16(*pj * inv);
             }
             acc.fill(0.0);
             for (j, &pj) in p[..=i].iter().enumerate() {
@@ -282,7 +288,7 @@ fn attention(q: &[f32], k: &[f32], v: &[f32], t: usize, d: &Dims, out: &mut Vec<
             }
             let o = &mut out[i * qw + h * hd..i * qw + (h + 1) * hd];
             for (o, &a) in o.iter_mut().zip(&acc) {
-                *o = bf16(a / sum);
+                *o = bf16(a);
             }
         }
     }

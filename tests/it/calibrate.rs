@@ -148,8 +148,9 @@ fn is_codes(name: &str) -> bool {
 /// same tensors, every scale identical, identical codes wherever the layer's inputs are
 /// bit-identical to transformers' (layer 0's q/k/v, which see the normed embeddings) and in
 /// layer 1's down_proj (Inf inputs: llm-compressor's round-to-nearest fallback), and all
-/// codes within 5% of llm-compressor's (round to nearest differs in 17%). The remaining
-/// differences come from the attention (docs/calibration.md); the test prints them all.
+/// codes within 2% of llm-compressor's (measured 0.49–1.27%; round to nearest differs in
+/// 17%). The remaining differences start from a few attention outputs of layer 0 that round
+/// differently (docs/calibration.md); the test prints them all.
 fn check_gptq(case: &str) {
     let diffs = run_case(case, |_| true);
     let exact = [
@@ -173,7 +174,7 @@ fn check_gptq(case: &str) {
     }
     println!("{case}: {differ} of {total} codes differ from llm-compressor's");
     assert!(
-        differ * 20 < total,
+        differ * 50 < total,
         "{case}: {differ} of {total} codes differ"
     );
 }
@@ -206,8 +207,8 @@ fn gptq_w4g64_actorder_weight_matches_llm_compressor() {
 }
 
 #[test]
-#[ignore = "attention rounds differently from torch's CPU flash kernel in 7% of its outputs \
-            (docs/calibration.md): up to 10% of a later Linear's codes differ"]
+#[ignore = "a few attention outputs of layer 0 still round differently from torch's eager \
+            attention (docs/calibration.md): up to 6% of a layer-1 Linear's codes differ"]
 fn gptq_codes_match_llm_compressor_to_999_per_mille() {
     for case in [
         "g128-gptq_w4a16",
@@ -291,8 +292,9 @@ fn forward_matches_transformers_layer_by_layer() {
         pipe.run_layer(layer, &mut acts, &mut cal).unwrap();
         let max = report(layer + 1, &acts);
         if layer == 0 {
-            // Layer 0's outputs are below 0.32: one BF16 step there is at most 2^-9.
-            assert!(max <= 2f32.powi(-9), "layer 0 is {max} from transformers");
+            // Layer 0's outputs are below 0.32: one BF16 step there is at most 2^-9; with
+            // eager attention (as llm-compressor calibrates) the largest difference is 2^-10.
+            assert!(max <= 2f32.powi(-10), "layer 0 is {max} from transformers");
         }
     }
 }
