@@ -370,7 +370,8 @@ fn comparable(a: &Option<QuantArgs>) -> Option<QuantArgs> {
 
 /// What the calibration pipeline quantizes beyond the presets: int4/int8 weights per
 /// tensor, channel or group (symmetric or not), FP8 weights per tensor or channel; input
-/// activations of 8 bits, dynamic per token or static per tensor; no output activations.
+/// activations of the weights' kind with 8-bit weights, dynamic per token or static per
+/// tensor; no output activations.
 pub(crate) fn calibratable(
     weights: Option<&QuantArgs>,
     inputs: Option<&QuantArgs>,
@@ -391,8 +392,11 @@ pub(crate) fn calibratable(
             w.num_bits == 8 && matches!(w.strategy, Strategy::Tensor | Strategy::Channel)
         }
     };
+    // Activations go with 8-bit weights of the same kind (W8A8 int8, FP8).
     let inputs_ok = inputs.is_none_or(|i| {
         i.num_bits == 8
+            && w.num_bits == 8
+            && i.kind == w.kind
             && i.symmetric
             && matches!(
                 (i.dynamic, i.strategy),
@@ -507,7 +511,18 @@ fn parse_kv_cache(v: &Value, at: &str) -> Result<Option<QuantArgs>> {
         return Ok(None);
     }
     require_explicit_enums(v, at)?;
-    QuantArgs::from_value(v, Role::KvCache, at).map(Some)
+    let kv = QuantArgs::from_value(v, Role::KvCache, at)?;
+    // What vLLM reads as `k_scale` / `v_scale`: one static scale per tensor.
+    let supported = kv.num_bits == 8
+        && kv.symmetric
+        && kv.dynamic == Dynamic::Static
+        && kv.strategy == Strategy::Tensor;
+    if !supported {
+        return Err(Error::Unsupported(format!(
+            "{at}: only static, symmetric, per-tensor 8-bit KV-cache scales are supported yet"
+        )));
+    }
+    Ok(Some(kv))
 }
 
 fn parse_groups(v: &Value, at: &str) -> Result<Option<Vec<GroupArg>>> {

@@ -23,6 +23,7 @@ mod support;
 
 mod architecture;
 mod bench_cpu;
+mod calib_recipe;
 mod calibrate;
 mod checkpoint;
 mod cli;
