@@ -38,4 +38,5 @@ mod quantize;
 mod readme;
 mod recipe;
 mod runtime;
+mod smooth;
 mod verify;
