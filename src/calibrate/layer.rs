@@ -29,10 +29,6 @@ struct Observers {
     k: Option<MovingMinMax>,
     v: Option<MovingMinMax>,
     hessians: [Option<Hessian>; 7],
-    /// Per GPTQ Linear: which input features were ever non-zero, and whether an input held
-    /// Inf (see [`inf_fallback_hessian`]).
-    live: [Vec<bool>; 7],
-    saw_inf: [bool; 7],
     error: Option<Error>,
 }
 
@@ -41,24 +37,11 @@ impl Taps for Observers {
         if let Some(o) = &mut self.inputs[proj as usize] {
             o.observe(x);
         }
-        let i = proj as usize;
-        if let Some(h) = &mut self.hessians[i] {
-            for row in x.chunks_exact(width) {
-                for (l, &v) in self.live[i].iter_mut().zip(row) {
-                    *l |= v != 0.0;
-                }
-            }
-            if x.iter().any(|v| v.is_nan()) {
-                self.error.get_or_insert(Error::Calibration(format!(
-                    "{}: NaN in the input",
-                    proj.path()
-                )));
-            } else if x.iter().any(|v| v.is_infinite()) {
-                self.saw_inf[i] = true;
-            } else if !self.saw_inf[i] {
-                if let Err(e) = h.add_batch(x, x.len() / width.max(1)) {
-                    self.error.get_or_insert(e);
-                }
+        // NaN is refused there; Inf makes an infinite Hessian, on which GPTQ falls back to
+        // round-to-nearest as llm-compressor does.
+        if let Some(h) = &mut self.hessians[proj as usize] {
+            if let Err(e) = h.add_batch(x, x.len() / width.max(1)) {
+                self.error.get_or_insert(e);
             }
         }
     }
@@ -119,9 +102,7 @@ impl Calibrator for LayerCalibrator<'_> {
                 obs.inputs[*p as usize] = Some(StaticMinMax::default());
             }
             if self.gptq.is_some() {
-                let cols = w.shapes[*p as usize].1;
-                obs.hessians[*p as usize] = Some(Hessian::new(cols));
-                obs.live[*p as usize] = vec![false; cols];
+                obs.hessians[*p as usize] = Some(Hessian::new(w.shapes[*p as usize].1));
             }
         }
         if self.kv_cache {
@@ -203,16 +184,9 @@ impl LayerCalibrator<'_> {
             }
             return Ok(false);
         };
-        let mut hessian = self.obs.hessians[p]
+        let hessian = self.obs.hessians[p]
             .take()
             .ok_or_else(|| Error::Calibration(format!("{module}: no Hessian was accumulated")))?;
-        if self.obs.saw_inf[p] {
-            hessian = inf_fallback_hessian(&self.obs.live[p])?;
-            self.warnings.push(format!(
-                "{module}: its inputs hold Inf, so its Hessian cannot be factored; the weight \
-                 was rounded to nearest instead of GPTQ (as llm-compressor does)"
-            ));
-        }
         let mut options = options;
         options.actorder = gptq::actorder_enabled(plan.weights.actorder.as_deref())?;
         let r = gptq::quantize_weight(&w.linears[p], rows, cols, &hessian, &options, &plan.weights)
@@ -233,23 +207,6 @@ impl LayerCalibrator<'_> {
             .collect();
         Ok(true)
     }
-}
-
-/// The Hessian that makes GPTQ do what llm-compressor does when Inf reached a Linear's
-/// inputs: its Hessian holds Inf, Cholesky fails, and it falls back to the identity — round
-/// to nearest — after zeroing the weight columns whose input was always zero ("dead"
-/// columns, `diag(H) == 0`). A diagonal Hessian with 1 on the live features and 0 on the
-/// dead ones gives exactly that: dead columns zeroed, no error propagated between columns.
-fn inf_fallback_hessian(live: &[bool]) -> Result<Hessian> {
-    let cols = live.len();
-    let rows: Vec<usize> = (0..cols).filter(|&j| live[j]).collect();
-    let mut x = vec![0f32; rows.len().max(1) * cols];
-    for (r, &j) in rows.iter().enumerate() {
-        x[r * cols + j] = 1.0;
-    }
-    let mut h = Hessian::new(cols);
-    h.add_batch(&x, rows.len().max(1))?;
-    Ok(h)
 }
 
 fn observed(range: Option<(f32, f32)>, module: &str) -> Result<(f32, f32)> {

@@ -8,8 +8,8 @@
 //! - [`layer`]: what happens to a layer after its calibration pass (scales, GPTQ);
 //! - [`outputs`]: the tensors a calibrated Linear becomes;
 //! - [`run`]: `quantize --dataset` end to end;
-//! - [`gptq`]: GPTQ;
-//! - [`smoothquant`]: SmoothQuant.
+//! - [`gptq`]: GPTQ itself (the Hessian and the column-by-column quantization);
+//! - [`smoothquant`]: SmoothQuant (its own activation stream, then the smoothed weights).
 //!
 //! See docs/calibration.md.
 

@@ -180,12 +180,12 @@ impl<'a> Pipeline<'a> {
             let taps = cal.begin_layer(layer, w)?;
             self.pass(w, acts, &mut outs, taps, &mut scratch, progress);
         }
-        if cal.end_layer(layer, w)? {
+        // The last layer's outputs feed no observer: no propagation pass, no NaN check.
+        let last = layer + 1 == self.num_layers;
+        if cal.end_layer(layer, w)? && !last {
             self.pass(w, acts, &mut outs, &mut NoTaps, &mut scratch, progress);
         }
-        // The last layer's outputs feed no observer (llm-compressor discards them too): a
-        // NaN there, e.g. from an overflowing smoothed weight, stops nothing.
-        if layer + 1 < self.num_layers {
+        if !last {
             check_finite(&outs, layer)?;
         }
         *acts = outs;
@@ -209,7 +209,7 @@ impl<'a> Pipeline<'a> {
     }
 }
 
-/// NaN in a layer's outputs would poison every observer after it: stop there. (Inf is
+/// NaN in a layer's outputs would poison every observer of the next layer: stop there. (Inf is
 /// kept: llm-compressor writes the infinite scale it observes, and so does qforge.)
 fn check_finite(acts: &Activations, layer: usize) -> Result<()> {
     for (i, a) in acts.iter().enumerate() {

@@ -62,13 +62,17 @@ pub fn quantize_calibrated(job: &QuantizeJob, data: &CalibrationSpec) -> Result<
     let max_seq = set.samples.iter().map(Vec::len).max().unwrap_or(0);
     let pipe = Pipeline::new(&ck, &config, max_seq);
     let mut acts = pipe.embed(&set.samples)?;
-    // SmoothQuant runs its own stream: two more passes per layer.
-    let passes = match (gptq.is_some(), smooth.is_some()) {
-        (_, true) => 4,
-        (true, false) => 2,
-        (false, false) => 1,
+    // Each stream runs every layer, and every layer but the last again when it propagates
+    // changed weights (GPTQ; SmoothQuant's own stream always).
+    let stream = |propagates: bool| {
+        if propagates {
+            2 * config.num_layers - 1
+        } else {
+            config.num_layers
+        }
     };
-    let total = (config.num_layers * set.samples.len() * passes) as u64;
+    let passes = stream(gptq.is_some()) + smooth.as_ref().map_or(0, |_| stream(true));
+    let total = (passes * set.samples.len()) as u64;
     let bar = progress_bar("calibrating", total, job.progress);
     let expected: HashMap<&str, &OutTensor> = layout
         .tensors

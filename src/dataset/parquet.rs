@@ -15,7 +15,42 @@ pub fn read_parquet(path: &Path) -> Result<Vec<Row>> {
 }
 
 /// Parses parquet bytes (a whole file) into rows; `name` is used in messages.
+///
+/// The `parquet` crate indexes out of bounds on some corrupt pages (its RLE decoder, found by
+/// tests/it/fuzz/dataset.rs) instead of returning an error; such a panic is caught here and
+/// reported as a corrupt file, without the panic message on stderr.
 pub fn parse_parquet(bytes: Vec<u8>, name: &str) -> Result<Vec<Row>> {
+    quiet_hook();
+    QUIET.with(|q| q.set(true));
+    let result = std::panic::catch_unwind(|| read_rows(bytes, name));
+    QUIET.with(|q| q.set(false));
+    result.unwrap_or_else(|_| {
+        Err(Error::Dataset(format!(
+            "{name}: not a readable parquet file: corrupt data"
+        )))
+    })
+}
+
+thread_local! {
+    /// Set while this thread decodes parquet: its panics are caught and reported as errors.
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Installs (once) a panic hook that stays silent for panics inside [`parse_parquet`] and
+/// passes every other panic to the hook that was there before.
+fn quiet_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+}
+
+fn read_rows(bytes: Vec<u8>, name: &str) -> Result<Vec<Row>> {
     let bad = |e: parquet::errors::ParquetError| {
         Error::Dataset(format!(
             "{name}: not a readable parquet file: {}",

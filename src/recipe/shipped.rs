@@ -33,6 +33,9 @@ pub static SHIPPED: &[ShippedRecipe] = shipped!(
     "w4a16_asym",
     "nvfp4a16",
     "mxfp4a16",
+    "gptq_w4a16",
+    "gptq_w8a8",
+    "fp8_static",
 );
 
 impl ShippedRecipe {
@@ -51,8 +54,14 @@ impl ShippedRecipe {
             .unwrap_or("config_groups")
     }
 
+    /// The modifier that needs calibration data (`--dataset`), if any.
+    pub fn requires_calibration(&self) -> Option<&'static str> {
+        self.recipe().ok()?.requires_calibration()
+    }
+
     /// The first sentence of the file's leading comment, without the scheme name it starts
-    /// with (`# FP8_DYNAMIC: FP8 E4M3 weights ...` gives `FP8 E4M3 weights ...`).
+    /// with (`# FP8_DYNAMIC: FP8 E4M3 weights ...` gives `FP8 E4M3 weights ...`), and
+    /// "Needs --dataset." for a calibrated recipe.
     pub fn summary(&self) -> String {
         let comment: Vec<&str> = self
             .yaml
@@ -66,7 +75,10 @@ impl ShippedRecipe {
             _ => text.as_str(),
         };
         let sentence = text.split(". ").next().unwrap_or("").trim_end_matches('.');
-        format!("{sentence}.")
+        match self.requires_calibration() {
+            Some(_) => format!("{sentence}. Needs --dataset."),
+            None => format!("{sentence}."),
+        }
     }
 }
 
@@ -161,7 +173,10 @@ mod tests {
     #[test]
     fn a_scheme_is_the_shipped_recipe_of_that_preset() {
         let lm_head = vec!["lm_head".to_string()];
-        for r in SHIPPED.iter().filter(|r| r.scheme() != "config_groups") {
+        let data_free = SHIPPED
+            .iter()
+            .filter(|r| r.scheme() != "config_groups" && r.requires_calibration().is_none());
+        for r in data_free {
             let from_scheme = scheme_recipe(&r.scheme().to_lowercase(), &lm_head).unwrap();
             assert_eq!(
                 from_scheme.to_yaml(),

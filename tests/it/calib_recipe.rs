@@ -408,3 +408,51 @@ fn explicit_static_groups_are_calibrated() {
         Err(Error::Unsupported(_))
     ));
 }
+
+/// The shipped calibrated recipes are the fixtures' recipes: same recipe.yaml, and
+/// `qforge recipes` marks them as needing data.
+#[test]
+fn shipped_calibrated_recipes_are_the_fixture_recipes() {
+    for (shipped, case_name) in [
+        ("gptq_w4a16", "gptq_w4a16"),
+        ("gptq_w8a8", "gptq_w8a8"),
+        ("fp8_static", "fp8_static_kv"),
+    ] {
+        let r = qforge::recipe::find_shipped(shipped).unwrap();
+        assert_eq!(
+            r.recipe().unwrap().to_yaml(),
+            read(&case(case_name).join("recipe.yaml")),
+            "{shipped}"
+        );
+        assert!(r.requires_calibration().is_some(), "{shipped}");
+        assert!(r.summary().ends_with("Needs --dataset."), "{shipped}");
+    }
+    let out = crate::support::qforge().arg("recipes").output().unwrap();
+    let table = String::from_utf8(out.stdout).unwrap();
+    let gptq = table.lines().find(|l| l.starts_with("gptq_w8a8 ")).unwrap();
+    assert!(gptq.ends_with("Needs --dataset."), "{gptq}");
+    let data_free = table.lines().find(|l| l.starts_with("w8a8 ")).unwrap();
+    assert!(!data_free.contains("--dataset"), "{data_free}");
+}
+
+/// `quantize` refuses a calibrated recipe before writing anything, naming the modifier
+/// (until the calibration pipeline takes it).
+#[test]
+fn quantize_refuses_a_calibrated_recipe_without_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let run = crate::support::qforge()
+        .args(["quantize", "--model"])
+        .arg(fixture("schemes/g128-bf16"))
+        .args(["--recipe", "gptq_w4a16", "--output"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(
+        stderr.contains("GPTQModifier needs calibration data"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+}

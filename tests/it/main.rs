@@ -32,6 +32,7 @@ mod cuda;
 mod dataset;
 mod fifo_inputs;
 mod fuzz;
+mod gptq;
 mod hub;
 mod presets;
 mod quantize;

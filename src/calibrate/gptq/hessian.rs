@@ -42,7 +42,7 @@ impl Hessian {
     }
 
     /// Adds one calibration sample: `x` is `tokens × cols`, row-major, the Linear's input
-    /// (BF16 values widened to f32). NaN or Inf in `x` is an error.
+    /// (BF16 values widened to f32). NaN in `x` is an error.
     pub fn add_batch(&mut self, x: &[f32], tokens: usize) -> Result<()> {
         if x.len() != tokens * self.cols {
             return Err(Error::Calibration(format!(
@@ -51,24 +51,26 @@ impl Hessian {
                 self.cols
             )));
         }
-        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+        // NaN is an error; Inf (and finite values whose squares overflow) make an infinite
+        // Hessian, on which llm-compressor falls back to round-to-nearest: so does qforge.
+        if let Some(i) = x.iter().position(|v| v.is_nan()) {
             return Err(Error::Calibration(format!(
-                "GPTQ: the activations hold NaN or Inf (token {}, feature {})",
+                "GPTQ: the activations hold NaN (token {}, feature {})",
                 i / self.cols,
                 i % self.cols
             )));
         }
         let y: Vec<f32> = x.iter().map(|&v| SQRT2 * v).collect();
         let y = MatRef::from_row_major_slice(&y, tokens, self.cols);
-        let h = MatMut::from_row_major_slice_mut(&mut self.sum, self.cols, self.cols);
-        matmul(
-            h,
-            Accum::Add,
-            y.transpose(),
-            y,
-            1.0,
-            par(tokens * self.cols),
-        );
+        // `hessian += inp.matmul(inp.t())`: the product first, then one rounding per sum
+        // (accumulating into the sum inside the GEMM would fuse it and round differently).
+        let mut product = vec![0.0f32; self.cols * self.cols];
+        let p = MatMut::from_row_major_slice_mut(&mut product, self.cols, self.cols);
+        let work = tokens * self.cols * self.cols;
+        matmul(p, Accum::Replace, y.transpose(), y, 1.0, par(work));
+        for (h, p) in self.sum.iter_mut().zip(&product) {
+            *h += p;
+        }
         self.nsamples += 1;
         Ok(())
     }
@@ -151,6 +153,8 @@ mod tests {
     fn nan_activations_and_bad_shapes_are_errors() {
         let mut h = Hessian::new(2);
         let e = h.add_batch(&[1.0, f32::NAN], 1).unwrap_err().to_string();
+        assert!(h.add_batch(&[1.0, f32::INFINITY], 1).is_ok());
+        let mut h = Hessian::new(2);
         assert!(e.contains("NaN") && e.contains("feature 1"), "{e}");
         assert!(h.add_batch(&[1.0, 2.0, 3.0], 2).is_err());
         assert_eq!(h.nsamples(), 0);

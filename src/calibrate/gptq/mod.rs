@@ -166,7 +166,8 @@ fn check(
     if hessian.nsamples() == 0 {
         return fail("no calibration samples reached this module".to_string());
     }
-    if options.block_size == 0 || !(options.dampening_frac >= 0.0) {
+    let damp_ok = options.dampening_frac.is_finite() && options.dampening_frac >= 0.0;
+    if options.block_size == 0 || !damp_ok {
         return fail(format!(
             "block_size {} and dampening_frac {} (need > 0 and >= 0)",
             options.block_size, options.dampening_frac
@@ -177,3 +178,6 @@ fn check(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

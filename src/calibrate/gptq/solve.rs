@@ -50,8 +50,8 @@ pub(super) fn unpermute_cols(w: &[f32], cols: usize, perm: &[usize]) -> Vec<f32>
 /// `factorize_hessian` for one matrix: zeroes the weight columns whose diagonal entry is 0
 /// (dead inputs; their diagonal becomes 1), adds `dampening_frac · mean(diag)` to the
 /// diagonal, and returns the upper Cholesky factor of `H⁻¹` (row-major `n × n`, zero below
-/// the diagonal) and whether the Hessian was not positive definite. In that case
-/// llm-compressor uses the identity, which makes GPTQ round-to-nearest, and warns.
+/// the diagonal) and whether the Hessian was not positive definite (or held Inf/NaN). In
+/// that case llm-compressor uses the identity, which makes GPTQ round-to-nearest, and warns.
 pub(super) fn factorize(
     h: &[f32],
     n: usize,
@@ -70,7 +70,15 @@ pub(super) fn factorize(
     for j in 0..n {
         h[(j, j)] += damp;
     }
-    let Ok(llt) = h.llt(Side::Lower) else {
+    // Activations beyond ~1e19 overflow `xᵀx` in f32 (it happens in the fixture's layer 1
+    // down_proj): torch's `cholesky_ex` then fails and llm-compressor falls back to RTN.
+    let finite = (0..n).all(|j| (0..n).all(|i| h[(i, j)].is_finite()));
+    let llt = if finite {
+        h.llt(Side::Lower).ok()
+    } else {
+        None
+    };
+    let Some(llt) = llt else {
         let eye = Mat::<f32>::identity(n, n);
         return Ok((row_major(eye.as_ref()), true));
     };
@@ -123,14 +131,30 @@ pub(super) fn block_loop(
             })
             .sum::<f64>();
         if i2 < cols {
-            let rest = MatMut::from_row_major_slice_mut(w, rows, cols).subcols_mut(i2, cols - i2);
-            let e = MatRef::from_row_major_slice(&err, rows, bw);
-            let h = MatRef::from_row_major_slice(hinv, cols, cols).submatrix(i1, i2, bw, cols - i2);
-            matmul(rest, Accum::Add, e, h, -1.0, par(rows * bw * (cols - i2)));
+            propagate(w, cols, &err, hinv, i1, i2);
         }
         i1 = i2;
     }
     loss
+}
+
+/// `w_err = Err1 @ Hinv[i1:i2, i2:]; W[:, i2:] -= w_err`: the product with faer, then the
+/// subtraction (as torch rounds it: not fused into the GEMM).
+fn propagate(w: &mut [f32], cols: usize, err: &[f32], hinv: &[f32], i1: usize, i2: usize) {
+    let (bw, rest) = (i2 - i1, cols - i2);
+    let rows = err.len() / bw;
+    let e = MatRef::from_row_major_slice(err, rows, bw);
+    let h = MatRef::from_row_major_slice(hinv, cols, cols).submatrix(i1, i2, bw, rest);
+    let mut w_err = vec![0.0f32; rows * rest];
+    let dst = MatMut::from_row_major_slice_mut(&mut w_err, rows, rest);
+    matmul(dst, Accum::Replace, e, h, 1.0, par(rows * bw * rest));
+    w.par_chunks_mut(cols)
+        .zip(w_err.par_chunks(rest))
+        .for_each(|(row, d)| {
+            for (x, d) in row[i2..].iter_mut().zip(d) {
+                *x -= d;
+            }
+        });
 }
 
 /// `gptq_block_update` for one row: `w1` is the row's block (columns `i1..`), replaced by

@@ -207,3 +207,51 @@ fn folders_pick_the_split_and_text_column_renames() {
         set.description
     );
 }
+
+/// SmolLM2's tokenizer made to add a BOS (`<|endoftext|>`, id 0) in front, as Llama's does;
+/// make_expected.py builds the same folder.
+fn bos_tokenizer() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(super::tokenizer()).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+    }
+    let path = dir.path().join("tokenizer.json");
+    let mut tj: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    tj["post_processor"] = serde_json::json!({
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [{"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                 {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"<|endoftext|>": {"id": "<|endoftext|>", "ids": [0], "tokens": ["<|endoftext|>"]}}
+    });
+    std::fs::write(&path, serde_json::to_vec(&tj).unwrap()).unwrap();
+    dir
+}
+
+/// Special tokens: `text` gets the tokenizer's BOS (inside the length limit, as transformers
+/// truncates), rendered `messages` do not get it again.
+#[test]
+fn text_adds_special_tokens_messages_do_not() {
+    let tok = bos_tokenizer();
+    let load_with = |file: &str| {
+        qforge::dataset::load_calibration(&spec(path(file), 8, 16, None), tok.path()).unwrap()
+    };
+    let set = load_with("text.jsonl");
+    let want = expected_ids("bos_text_16");
+    assert_eq!(
+        set.samples.len(),
+        7,
+        "the empty text is the BOS alone, and kept"
+    );
+    for (ids, &row) in set.samples.iter().zip(&set.rows) {
+        assert_eq!(ids, &want[row], "text row {row}");
+        assert_eq!(ids[0], 0);
+    }
+    let set = load_with("chat.jsonl");
+    let want = expected_ids("bos_chat_16");
+    for (ids, &row) in set.samples.iter().zip(&set.rows) {
+        assert_eq!(ids, &want[row], "chat row {row}");
+        assert_ne!(ids[0], 0);
+    }
+}
