@@ -15,6 +15,7 @@ use super::gptq::{self, GptqOptions, Hessian};
 use super::observer::{fp8_scale, MovingMinMax, StaticMinMax};
 use super::outputs::LinearPlan;
 use super::pipeline::Calibrator;
+use super::smoothquant::{Norm, SmoothQuant};
 use super::LayerTensor;
 use crate::checkpoint::DType;
 use crate::numerics::{self, Fp8Rounding};
@@ -64,6 +65,9 @@ pub struct LayerCalibrator<'s> {
     pub plans: Vec<[Option<LinearPlan>; 7]>,
     pub kv_cache: bool,
     pub gptq: Option<GptqOptions>,
+    /// SmoothQuant, already applied to the weights this calibrator is given (see
+    /// [`super::smoothquant`]): the smoothed tensors to write.
+    pub smooth: Option<SmoothQuant>,
     /// Messages for the user (GPTQ's round-to-nearest fallbacks).
     pub warnings: Vec<String>,
     obs: Observers,
@@ -81,6 +85,7 @@ impl<'s> LayerCalibrator<'s> {
             plans,
             kv_cache,
             gptq,
+            smooth: None,
             warnings: Vec::new(),
             obs: Observers::default(),
             sink,
@@ -113,6 +118,7 @@ impl Calibrator for LayerCalibrator<'_> {
             return Err(Error::Calibration(format!("model.layers.{layer}: {e}")));
         }
         let prefix = format!("model.layers.{layer}");
+        self.write_smoothed(layer, w)?;
         let mut changed = false;
         for p in Proj::ALL {
             let Some(plan) = self.plans[layer][p as usize].clone() else {
@@ -136,6 +142,32 @@ impl Calibrator for LayerCalibrator<'_> {
 }
 
 impl LayerCalibrator<'_> {
+    /// Writes the layer's smoothed norms, and the smoothed balance Linears that are not
+    /// quantized, as BF16.
+    fn write_smoothed(&mut self, layer: usize, w: &LayerWeights) -> Result<()> {
+        let Some(sq) = &self.smooth else {
+            return Ok(());
+        };
+        let maps = sq.layers[layer].clone();
+        for m in &maps {
+            let (name, values) = match m.norm {
+                Norm::Input => ("input_layernorm", &w.input_norm),
+                Norm::Post => ("post_attention_layernorm", &w.post_norm),
+            };
+            let t = bf16_tensor(format!("model.layers.{layer}.{name}.weight"), values);
+            (self.sink)(t)?;
+            for &p in &m.balance {
+                if self.plans[layer][p as usize].is_none() {
+                    let name = format!("model.layers.{layer}.{}.weight", p.path());
+                    let mut t = bf16_tensor(name, &w.linears[p as usize]);
+                    t.shape = vec![w.shapes[p as usize].0, w.shapes[p as usize].1];
+                    (self.sink)(t)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Quantizes one Linear, hands its tensors to the sink; true if its weight changed.
     fn quantize_linear(
         &mut self,
@@ -197,6 +229,16 @@ fn scalar(name: String, v: f32) -> LayerTensor {
         dtype: DType::BF16,
         shape: vec![1],
         data: bf16_bytes(&[v]),
+    }
+}
+
+/// A BF16 vector tensor of already-BF16 values.
+fn bf16_tensor(name: String, v: &[f32]) -> LayerTensor {
+    LayerTensor {
+        name,
+        dtype: DType::BF16,
+        shape: vec![v.len()],
+        data: bf16_bytes(v),
     }
 }
 

@@ -8,7 +8,8 @@
 //! - [`layer`]: what happens to a layer after its calibration pass (scales, GPTQ);
 //! - [`outputs`]: the tensors a calibrated Linear becomes;
 //! - [`run`]: `quantize --dataset` end to end;
-//! - [`gptq`]: GPTQ itself (the Hessian and the column-by-column quantization).
+//! - [`gptq`]: GPTQ itself (the Hessian and the column-by-column quantization);
+//! - [`smoothquant`]: SmoothQuant (its own activation stream, then the smoothed weights).
 //!
 //! See docs/calibration.md.
 
@@ -19,6 +20,7 @@ pub mod observer;
 pub mod outputs;
 pub mod pipeline;
 pub mod run;
+pub mod smoothquant;
 
 pub use pipeline::{Activations, Calibrator, Pipeline};
 pub use run::quantize_calibrated;

@@ -160,17 +160,30 @@ impl<'a> Pipeline<'a> {
         cal: &mut dyn Calibrator,
         progress: &dyn Fn(u64),
     ) -> Result<()> {
+        let mut w = self.load_layer(layer)?;
+        self.run_weights(layer, &mut w, acts, cal, progress)
+    }
+
+    /// Runs layer `layer` with the weights `w` (the calibrator may change them) over
+    /// `acts` (replaced by its outputs): for a transform that rewrote the weights first.
+    pub fn run_weights(
+        &self,
+        layer: usize,
+        w: &mut LayerWeights,
+        acts: &mut Activations,
+        cal: &mut dyn Calibrator,
+        progress: &dyn Fn(u64),
+    ) -> Result<()> {
         let mut scratch = Scratch::default();
         let mut outs: Activations = acts.iter().map(|a| vec![0.0; a.len()]).collect();
-        let mut w = self.load_layer(layer)?;
         {
-            let taps = cal.begin_layer(layer, &w)?;
-            self.pass(&w, acts, &mut outs, taps, &mut scratch, progress);
+            let taps = cal.begin_layer(layer, w)?;
+            self.pass(w, acts, &mut outs, taps, &mut scratch, progress);
         }
         // The last layer's outputs feed no observer: no propagation pass, no NaN check.
         let last = layer + 1 == self.num_layers;
-        if cal.end_layer(layer, &mut w)? && !last {
-            self.pass(&w, acts, &mut outs, &mut NoTaps, &mut scratch, progress);
+        if cal.end_layer(layer, w)? && !last {
+            self.pass(w, acts, &mut outs, &mut NoTaps, &mut scratch, progress);
         }
         if !last {
             check_finite(&outs, layer)?;

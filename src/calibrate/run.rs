@@ -6,6 +6,7 @@ use super::forward::Proj;
 use super::gptq::GptqOptions;
 use super::layer::LayerCalibrator;
 use super::outputs::LinearPlan;
+use super::smoothquant::{self, SmoothQuant};
 use super::{LayerTensor, Pipeline};
 use crate::checkpoint::writer::{self, OutTensor, ShardWriter};
 use crate::checkpoint::{Checkpoint, DType};
@@ -24,11 +25,18 @@ pub fn quantize_calibrated(job: &QuantizeJob, data: &CalibrationSpec) -> Result<
     let start = Instant::now();
     output::check_not_input(&job.output, &job.model_dir)?;
     let recipe = job.recipe.load()?;
-    let gptq = gptq_options(&recipe.calibration())?;
+    let steps = recipe.calibration();
+    let gptq = gptq_options(&steps)?;
     let plan = recipe.plan()?;
     let ck = Checkpoint::open(&job.model_dir)?;
     let config = ModelConfig::from_json(&ck.config)?;
-    let layout = Layout::new(&ck, &config, &plan)?;
+    let mut layout = Layout::new(&ck, &config, &plan)?;
+    let smooth = smoothquant_plan(&steps, &ck, &config, &layout)?;
+    if let Some(sq) = &smooth {
+        // Smoothed tensors are written by the layer step, not copied.
+        let rewritten = sq.rewritten(|l, p| layout.plans[l][p as usize].is_some());
+        layout.copied.retain(|n| !rewritten.contains(n));
+    }
     let set = dataset::load_calibration(data, &job.model_dir)?;
     set.check_vocab(config.vocab_size)?;
     let mut warnings = set.warnings.clone();
@@ -54,11 +62,16 @@ pub fn quantize_calibrated(job: &QuantizeJob, data: &CalibrationSpec) -> Result<
     let max_seq = set.samples.iter().map(Vec::len).max().unwrap_or(0);
     let pipe = Pipeline::new(&ck, &config, max_seq);
     let mut acts = pipe.embed(&set.samples)?;
-    // GPTQ runs every layer but the last twice (calibration, then propagation).
-    let passes = match gptq {
-        Some(_) => 2 * config.num_layers - 1,
-        None => config.num_layers,
+    // Each stream runs every layer, and every layer but the last again when it propagates
+    // changed weights (GPTQ; SmoothQuant's own stream always).
+    let stream = |propagates: bool| {
+        if propagates {
+            2 * config.num_layers - 1
+        } else {
+            config.num_layers
+        }
     };
+    let passes = stream(gptq.is_some()) + smooth.as_ref().map_or(0, |_| stream(true));
     let total = (passes * set.samples.len()) as u64;
     let bar = progress_bar("calibrating", total, job.progress);
     let expected: HashMap<&str, &OutTensor> = layout
@@ -85,7 +98,13 @@ pub fn quantize_calibrated(job: &QuantizeJob, data: &CalibrationSpec) -> Result<
         gptq,
         &mut sink,
     );
-    pipe.run(&mut acts, &mut cal, &|n| bar.inc(n))?;
+    match &smooth {
+        None => pipe.run(&mut acts, &mut cal, &|n| bar.inc(n))?,
+        Some(sq) => {
+            cal.smooth = smooth.clone();
+            smoothquant::run_two_streams(&pipe, sq, &mut acts, &mut cal, &|n| bar.inc(n))?;
+        }
+    }
     bar.finish_and_clear();
     warnings.append(&mut cal.warnings);
     drop(cal);
@@ -158,11 +177,7 @@ fn gptq_options(steps: &[CalibStep]) -> Result<Option<GptqOptions>> {
                 })
             }
             CalibStep::StaticObservers => {}
-            CalibStep::SmoothQuant { .. } => {
-                return Err(Error::Unsupported(
-                    "SmoothQuantModifier is not supported by the calibration pipeline yet".into(),
-                ))
-            }
+            CalibStep::SmoothQuant { .. } => {}
             CalibStep::Awq { .. } => {
                 return Err(Error::Unsupported(
                     "AWQModifier is not supported by the calibration pipeline yet".into(),
@@ -171,6 +186,45 @@ fn gptq_options(steps: &[CalibStep]) -> Result<Option<GptqOptions>> {
         }
     }
     Ok(gptq)
+}
+
+/// SmoothQuant's plan, resolved on the model's modules (refusals before any work).
+fn smoothquant_plan(
+    steps: &[CalibStep],
+    ck: &Checkpoint,
+    config: &ModelConfig,
+    layout: &Layout,
+) -> Result<Option<SmoothQuant>> {
+    let mut smooth = None;
+    for s in steps {
+        if let CalibStep::SmoothQuant {
+            strength,
+            mappings,
+            ignore,
+        } = s
+        {
+            if smooth.is_some() {
+                return Err(Error::Unsupported(
+                    "more than one SmoothQuantModifier in a recipe is not supported".into(),
+                ));
+            }
+            let names: Vec<String> = ck.tensors().iter().map(|t| t.name.clone()).collect();
+            let sq = SmoothQuant::resolve(*strength, mappings, ignore, &names, config.num_layers)?;
+            for name in sq.rewritten(|l, p| layout.plans[l][p as usize].is_some()) {
+                let t = ck
+                    .get(&name)
+                    .expect("resolved from the checkpoint's tensors");
+                if t.dtype != DType::BF16 {
+                    return Err(Error::Unsupported(format!(
+                        "{name} is {}: SmoothQuant rewrites it as BF16 and needs BF16 weights",
+                        t.dtype.name()
+                    )));
+                }
+            }
+            smooth = Some(sq);
+        }
+    }
+    Ok(smooth)
 }
 
 /// The output tensors and which Linear of which layer is calibrated how.

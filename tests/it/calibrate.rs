@@ -27,7 +27,7 @@ fn g128_ids() -> Vec<Vec<u32>> {
 
 /// `qforge quantize` of g128-bf16 with a fixture's input recipe and its 32 samples (in
 /// file order, as the fixtures were made), into `out`.
-fn quantize_fixture(case: &str, out: &Path) -> std::process::Output {
+pub(crate) fn quantize_fixture(case: &str, out: &Path) -> std::process::Output {
     let dir = fixture("calibration").join(case);
     qforge()
         .args(["quantize", "--model"])
@@ -45,12 +45,12 @@ fn quantize_fixture(case: &str, out: &Path) -> std::process::Output {
 
 /// How a computed tensor compares with llm-compressor's.
 #[derive(Debug, Default)]
-struct Diff {
+pub(crate) struct Diff {
     /// Elements (4-bit codes counted one by one in packed tensors) that differ.
-    differ: usize,
-    elements: usize,
+    pub differ: usize,
+    pub elements: usize,
     /// Largest distance in BF16 steps (scales).
-    max_steps: u32,
+    pub max_steps: u32,
 }
 
 fn compare(ours: &Checkpoint, theirs: &Checkpoint, name: &str) -> Diff {
@@ -86,7 +86,7 @@ fn compare(ours: &Checkpoint, theirs: &Checkpoint, name: &str) -> Diff {
 
 /// Quantizes a fixture case and checks config.json, recipe.yaml and the tensor list byte
 /// for byte; returns the per-tensor differences (printed).
-fn run_case(case: &str, select: impl Fn(&str) -> bool) -> Vec<(String, Diff)> {
+pub(crate) fn run_case(case: &str, select: impl Fn(&str) -> bool) -> Vec<(String, Diff)> {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let run = quantize_fixture(case, &out);

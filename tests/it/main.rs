@@ -41,4 +41,5 @@ mod readme;
 mod recipe;
 mod runtime;
 mod serving;
+mod smooth;
 mod verify;
