@@ -113,7 +113,7 @@ impl fmt::Display for MemoryPlan {
         writeln!(f, "  layer weights (f32)      {}", gb(self.layer_weights))?;
         writeln!(
             f,
-            "  activations (f32, in RAM) {} x {} copies",
+            "  activations (f32, RAM)   {} x {} copies",
             gb(self.activations),
             self.activation_copies
         )?;
@@ -201,7 +201,7 @@ mod tests {
         assert_eq!(p.gptq, 5 * 28672 * 28672 * 4 + 8192 * 28672 * 4);
         let text = p.to_string();
         assert!(
-            text.contains("activations (f32, in RAM) 34.36 GB x 2 copies"),
+            text.contains("activations (f32, RAM)   34.36 GB x 2 copies"),
             "{text}"
         );
     }
