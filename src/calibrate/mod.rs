@@ -7,6 +7,7 @@
 //! - [`observer`]: llm-compressor's min/max observers and the FP8 per-tensor scale;
 //! - [`layer`]: what happens to a layer after its calibration pass (scales, GPTQ);
 //! - [`outputs`]: the tensors a calibrated Linear becomes;
+//! - [`plan`]: the memory plan of a run, from config.json and the settings alone;
 //! - [`run`]: `quantize --dataset` end to end;
 //! - [`gptq`]: GPTQ itself (the Hessian and the column-by-column quantization);
 //! - [`smoothquant`]: SmoothQuant (its own activation stream, then the smoothed weights).
@@ -19,11 +20,13 @@ pub mod layer;
 pub mod observer;
 pub mod outputs;
 pub mod pipeline;
+pub mod plan;
 pub mod run;
 pub mod smoothquant;
 
 pub use pipeline::{Activations, Calibrator, Pipeline};
-pub use run::quantize_calibrated;
+pub use plan::{MemoryPlan, Workload};
+pub use run::{memory_plan, quantize_calibrated};
 
 use crate::checkpoint::DType;
 

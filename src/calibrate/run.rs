@@ -7,6 +7,7 @@ use super::gptq::GptqOptions;
 use super::layer::LayerCalibrator;
 use super::outputs::LinearPlan;
 use super::smoothquant::{self, SmoothQuant};
+use super::plan::{MemoryPlan, Workload};
 use super::{LayerTensor, Pipeline};
 use crate::checkpoint::writer::{self, OutTensor, ShardWriter};
 use crate::checkpoint::{Checkpoint, DType};
@@ -19,6 +20,24 @@ use crate::runtime::config::ModelConfig;
 use crate::{Error, Result};
 use std::collections::HashMap;
 use std::time::Instant;
+
+/// The memory plan of calibrating `job.model_dir` with `job.recipe` on `data`, from
+/// config.json and the settings alone: no tensor and no sample is read (`--dry-run`).
+pub fn memory_plan(job: &QuantizeJob, data: &CalibrationSpec) -> Result<MemoryPlan> {
+    let recipe = job.recipe.load()?;
+    let gptq = gptq_options(&recipe.calibration())?.is_some();
+    let path = job.model_dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Calibration(format!("{}: {e}", path.display())))?;
+    let config = ModelConfig::from_json(&json)?;
+    let work = Workload {
+        samples: data.num_samples,
+        tokens: data.max_seq_length,
+        gptq,
+    };
+    Ok(MemoryPlan::new(&config, &work))
+}
 
 /// Quantizes `job.model_dir` with the calibrated recipe `job.recipe`, calibrating on `data`.
 pub fn quantize_calibrated(job: &QuantizeJob, data: &CalibrationSpec) -> Result<Summary> {

@@ -139,6 +139,11 @@ pub struct CalibrationArgs {
     /// length-aware order, longest first).
     #[arg(long, conflicts_with = "shuffle_seed")]
     pub no_shuffle: bool,
+    /// Print the memory plan of the calibrated run (weights, activations, GPTQ Hessians,
+    /// writer) and exit without reading any tensor or sample: it needs only the model's
+    /// config.json (a folder holding just that file will do) and the settings above.
+    #[arg(long, requires = "dataset")]
+    pub dry_run: bool,
 }
 
 impl CalibrationArgs {
@@ -245,14 +250,24 @@ pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
         rounding: args.fp8_rounding.into(),
         progress,
     };
-    check_loadable(&job.model_dir)?;
+    // --dry-run reads config.json only (a 70B plan needs no 141 GB checkpoint).
+    if !args.calibration.dry_run {
+        check_loadable(&job.model_dir)?;
+    }
     if let Some(tp) = args.tensor_parallel {
         check_serving_plan(&job, tp, args.force)?;
     }
     let mut summary = match &calibration {
         Some(spec) => {
+            let plan = crate::calibrate::memory_plan(&job, spec)?;
+            if args.calibration.dry_run {
+                print_calibration(spec);
+                eprintln!("{plan}");
+                return Ok(ExitCode::SUCCESS);
+            }
             if progress {
                 print_calibration(spec);
+                eprintln!("{plan}");
             }
             crate::calibrate::quantize_calibrated(&job, spec)?
         }

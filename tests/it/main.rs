@@ -25,6 +25,7 @@ mod architecture;
 mod bench_cpu;
 mod calib_recipe;
 mod calibrate;
+mod calibrate_plan;
 mod checkpoint;
 mod cli;
 #[cfg(feature = "cuda")]
