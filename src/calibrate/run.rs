@@ -6,8 +6,8 @@ use super::forward::Proj;
 use super::gptq::GptqOptions;
 use super::layer::LayerCalibrator;
 use super::outputs::LinearPlan;
-use super::smoothquant::{self, SmoothQuant};
 use super::plan::{MemoryPlan, Workload};
+use super::smoothquant::{self, SmoothQuant};
 use super::{LayerTensor, Pipeline};
 use crate::checkpoint::writer::{self, OutTensor, ShardWriter};
 use crate::checkpoint::{Checkpoint, DType};
@@ -130,16 +130,15 @@ pub fn quantize_calibrated(job: &QuantizeJob, data: &CalibrationSpec) -> Result<
     for w in writers {
         w.finish()?;
     }
-    if shards.len() > 1 {
-        staging.write("model.safetensors.index.json", writer::index_json(&shards))?;
-    }
-    let qconfig = plan.quantization_config(&layout.ignored);
-    staging.write(
-        "config.json",
-        crate::format::model_config(&ck.config, &qconfig),
+    quantize::write_side_files(
+        &staging,
+        &shards,
+        &ck,
+        &plan,
+        &layout.ignored,
+        &recipe,
+        &job.model_dir,
     )?;
-    staging.write("recipe.yaml", recipe.to_yaml())?;
-    quantize::copy_sidecar_files(&job.model_dir, &staging)?;
     finish(staging, &layout, &shards, &ck, start, warnings)
 }
 

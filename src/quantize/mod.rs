@@ -15,7 +15,6 @@ mod sidecar;
 mod stream;
 
 pub use layout::{check_source, plan_layout, state_dict_cmp, OutputLayout, Transform};
-pub use sidecar::copy_sidecar_files;
 
 use crate::checkpoint::writer::{self, ShardWriter};
 use crate::checkpoint::Checkpoint;
@@ -101,16 +100,15 @@ pub fn quantize(job: &QuantizeJob) -> Result<Summary> {
     let shards = writer::plan_shards(&layout.out_tensors(), job.max_shard_bytes);
     staging.ensure_space(shards.iter().map(|s| s.data_bytes()).sum())?;
     write_shards(&ck, &layout, &shards, staging.path(), job)?;
-    if shards.len() > 1 {
-        staging.write("model.safetensors.index.json", writer::index_json(&shards))?;
-    }
-    let qconfig = plan.quantization_config(&layout.ignored);
-    staging.write(
-        "config.json",
-        crate::format::model_config(&ck.config, &qconfig),
+    write_side_files(
+        &staging,
+        &shards,
+        &ck,
+        &plan,
+        &layout.ignored,
+        &recipe,
+        &job.model_dir,
     )?;
-    staging.write("recipe.yaml", recipe.to_yaml())?;
-    sidecar::copy_sidecar_files(&job.model_dir, &staging)?;
 
     let mut files = list_files(staging.path())?;
     files.sort();
@@ -167,6 +165,29 @@ fn write_shards(
         w.finish()?;
     }
     Ok(())
+}
+
+/// Writes everything beside the tensors: the shard index (when sharded), `config.json` with
+/// the `quantization_config`, `recipe.yaml`, and the tokenizer and generation files.
+pub fn write_side_files(
+    staging: &Staging,
+    shards: &[writer::ShardPlan],
+    ck: &Checkpoint,
+    plan: &crate::recipe::QuantPlan,
+    ignored: &[String],
+    recipe: &crate::recipe::Recipe,
+    model_dir: &Path,
+) -> Result<()> {
+    if shards.len() > 1 {
+        staging.write("model.safetensors.index.json", writer::index_json(shards))?;
+    }
+    let qconfig = plan.quantization_config(ignored);
+    staging.write(
+        "config.json",
+        crate::format::model_config(&ck.config, &qconfig),
+    )?;
+    staging.write("recipe.yaml", recipe.to_yaml())?;
+    sidecar::copy_sidecar_files(model_dir, staging)
 }
 
 fn list_files(dir: &Path) -> Result<Vec<String>> {

@@ -167,7 +167,9 @@ fn wna16(w: &QuantArgs) -> Result<VllmScheme, String> {
         bits: w.num_bits,
         group,
         symmetric: w.symmetric,
-        actorder: w.actorder.is_some(),
+        // vLLM keeps a g_idx only for actorder "group" (which llm-compressor 0.14 no longer
+        // writes); "weight"/"static" orders only GPTQ's columns, not the stored groups.
+        actorder: w.actorder.as_deref() == Some("group"),
     })
 }
 

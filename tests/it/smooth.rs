@@ -89,7 +89,11 @@ fn smoothquant_mappings_naming_absent_modules_are_refused_before_any_work() {
             && err.contains("no matches found for keys: re:.*qkv_proj"),
         "{err}"
     );
-    assert_eq!(err.matches("qforge: error").count(), 1, "one error line: {err}");
+    assert_eq!(
+        err.matches("qforge: error").count(),
+        1,
+        "one error line: {err}"
+    );
 }
 
 #[test]

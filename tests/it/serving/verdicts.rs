@@ -228,9 +228,9 @@ fn schemes_from_the_quantization_config() {
             weights: Fp8Weights::Tensor
         }]
     );
-    // GPTQ-style int4 with act-order.
+    // GPTQ int4 with act-order "weight": the groups stay in column order, no g_idx.
     let w4 = json!({"num_bits": 4, "type": "int", "symmetric": true, "strategy": "group",
-                    "group_size": 128, "actorder": "group"});
+                    "group_size": 128, "actorder": "weight"});
     let m = with_config(group("pack-quantized", w4.clone(), json!(null)));
     assert_eq!(
         m.schemes,
@@ -238,7 +238,7 @@ fn schemes_from_the_quantization_config() {
             bits: 4,
             group: Some(128),
             symmetric: true,
-            actorder: true
+            actorder: false
         }]
     );
     // The same weights stored in a format vLLM has no WNA16 reader for.
