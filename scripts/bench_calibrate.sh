@@ -56,6 +56,40 @@ calibrate() { # name recipe
         --dataset "$ids" --no-shuffle --num-calibration-samples "$samples" --max-seq-length "$seqlen"
 }
 
-rows=()
-rows+=("$(calibrate gptq_w8a8 recipes/gptq_w8a8.yaml)")
-printf '%s\n' "${rows[@]}"
+rows=("$(calibrate gptq_w8a8 recipes/gptq_w8a8.yaml)")
+# Quality: each output against the BF16 model on one long answer (teacher-forced).
+quality() {
+    "$q" verify --model "$1" --reference "$model" --device cpu --json --min-agreement 0 \
+        --prompt "Explain how a hash table works, with an example." --max-new-tokens 128 \
+        --min-new-tokens 128 2>/dev/null | python3 -c 'import json,sys; a=json.load(sys.stdin)["reference"]["agreement"]; print("%.3f %.4f" % (a["top1_agreement"], a["kl_mean"]))'
+}
+rm -rf "$work/rtn-w8a8"
+"$q" quantize --model "$model" --scheme w8a8 --output "$work/rtn-w8a8" >/dev/null
+printf '%s\n' "${rows[@]}" | python3 -c '
+import sys
+r = {l.split()[0]: (float(l.split()[1]), int(l.split()[2])) for l in sys.stdin if l.strip()}
+print(f"{len(r) // 2} recipe(s), '"$samples"' samples x '"$seqlen"' tokens, '"$(nproc)"' cores\n")
+print("| recipe | llm-compressor s | qforge s | speed-up | llm-compressor RSS MB | qforge RSS MB | RSS ratio |")
+print("|---|---:|---:|---:|---:|---:|---:|")
+for k in sorted(x[5:] for x in r if x.startswith("llmc-")):
+    (ls, lm), (qs, qm) = r["llmc-" + k], r["qforge-" + k]
+    print(f"| {k} | {ls:.1f} | {qs:.1f} | {ls / qs:.1f}x | {lm} | {qm} | {qm / lm:.2f} |")
+' 
+echo
+echo "| output | top-1 agreement | mean KL |"
+echo "|---|---:|---:|"
+for d in qforge-gptq_w8a8 llmc-gptq_w8a8 rtn-w8a8; do
+    echo "| $d | $(quality "$work/$d" | tr ' ' '|') |"
+done
+# int8 codes chosen alike by the two tools
+python3 - "$work/qforge-gptq_w8a8/model.safetensors" "$work/llmc-gptq_w8a8/model.safetensors" <<'PY'
+import json, struct, sys
+def load(p):
+    b = open(p, "rb").read(); n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8 + n])
+    return {k: b[8 + n + v["data_offsets"][0]: 8 + n + v["data_offsets"][1]] for k, v in h.items()
+            if k != "__metadata__" and v["dtype"] == "I8"}
+a, b = load(sys.argv[1]), load(sys.argv[2])
+same = sum(sum(x == y for x, y in zip(a[k], b[k])) for k in a if k in b)
+total = sum(len(a[k]) for k in a if k in b)
+print(f"\nint8 codes identical between qforge and llm-compressor: {same} of {total} ({100*same/max(total,1):.2f}%)")
+PY
