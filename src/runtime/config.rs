@@ -5,8 +5,9 @@
 //! `rope_scaling`, transformers 4) and transformers 5's `rope_parameters`. Quantization: none,
 //! compressed-tensors `float-quantized` FP8_DYNAMIC (FP8 weights with one scale per output
 //! channel, FP8 activations with one dynamic scale per token), or the other presets' config
-//! groups ([`WeightScheme`]). Anything else is refused with [`Error::Unsupported`] naming the
-//! key at fault.
+//! groups ([`WeightScheme`]), static per-tensor input scales included, and an FP8 per-tensor
+//! `kv_cache_scheme`. Anything else is refused with [`Error::Unsupported`] naming the key at
+//! fault.
 
 use crate::{Error, Result};
 use serde_json::Value;
@@ -107,6 +108,10 @@ pub struct ModelConfig {
     /// `eos_token_id` as a list (configs give one id or several).
     pub eos_token_ids: Vec<u32>,
     pub quantization: Quantization,
+    /// `quantization_config.kv_cache_scheme` is FP8 per tensor: every layer's attention holds
+    /// `k_scale`/`v_scale`, and keys and values go through FP8 in the KV cache, as vLLM runs
+    /// such a checkpoint by default (see docs/runtime.md).
+    pub kv_cache_fp8: bool,
 }
 
 fn unsupported(msg: String) -> Error {
@@ -231,6 +236,7 @@ impl ModelConfig {
             bos_token_id: get_ids(v, "bos_token_id")?.first().copied(),
             eos_token_ids: get_ids(v, "eos_token_id")?,
             quantization: parse_quantization(v)?,
+            kv_cache_fp8: parse_kv_cache_scheme(v)?,
         };
         Ok(cfg)
     }
@@ -380,11 +386,6 @@ fn parse_quantization(v: &Value) -> Result<Quantization> {
             "quantization_config.quant_method `{method}` is not supported (compressed-tensors only)"
         )));
     }
-    if q.get("kv_cache_scheme").is_some_and(|k| !k.is_null()) {
-        return Err(unsupported(
-            "quantization_config.kv_cache_scheme is not supported".into(),
-        ));
-    }
     let groups = q
         .get("config_groups")
         .and_then(Value::as_object)
@@ -400,7 +401,12 @@ fn parse_quantization(v: &Value) -> Result<Quantization> {
             .get("weights")
             .and_then(|w| w.get("strategy"))
             .is_some_and(|s| s == "channel");
-        if fp8_channel {
+        // Static input activations go the generic way (a group with `input_scale`s).
+        let static_input = g
+            .get("input_activations")
+            .and_then(|a| a.get("dynamic"))
+            .is_some_and(|d| d == false);
+        if fp8_channel && !static_input {
             check_fp8_dynamic_group(name, g)?;
             return Ok(Quantization::Fp8Dynamic { ignore });
         }
@@ -410,6 +416,36 @@ fn parse_quantization(v: &Value) -> Result<Quantization> {
         .map(|(name, g)| schemes::parse_group(name, g, format))
         .collect::<Result<Vec<_>>>()?;
     Ok(Quantization::Compressed { groups, ignore })
+}
+
+/// `quantization_config.kv_cache_scheme`: absent/null, or FP8 (E4M3) symmetric per tensor
+/// with static scales, the one llm-compressor writes as `k_scale`/`v_scale` per layer (vLLM
+/// also accepts `attn_head`, per-head scales; not supported here).
+fn parse_kv_cache_scheme(v: &Value) -> Result<bool> {
+    let Some(k) = v
+        .get("quantization_config")
+        .and_then(|q| q.get("kv_cache_scheme"))
+        .filter(|k| !k.is_null())
+    else {
+        return Ok(false);
+    };
+    let at = "quantization_config.kv_cache_scheme";
+    let want: [(&str, Value); 5] = [
+        ("type", Value::from("float")),
+        ("num_bits", Value::from(8)),
+        ("strategy", Value::from("tensor")),
+        ("symmetric", Value::from(true)),
+        ("dynamic", Value::from(false)),
+    ];
+    for (key, expected) in want {
+        let got = k.get(key).unwrap_or(&Value::Null);
+        if *got != expected {
+            return Err(unsupported(format!(
+                "{at}.{key} = {got} is not supported (only FP8 per-tensor static scales: {key} {expected})"
+            )));
+        }
+    }
+    Ok(true)
 }
 
 fn parse_ignore(q: &Value) -> Result<Vec<String>> {

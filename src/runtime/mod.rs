@@ -139,12 +139,32 @@ fn cuda_probe() -> std::result::Result<(), String> {
 /// `max_seq` positions (`None`: the backend's default).
 pub fn load(dir: &Path, device: Device, max_seq: Option<usize>) -> Result<Box<dyn Backend>> {
     match resolve_device(device)? {
-        Device::Cuda => load_cuda(dir, max_seq),
+        Device::Cuda => {
+            cpu_only_features(dir)?;
+            load_cuda(dir, max_seq)
+        }
         Device::Auto | Device::Cpu => Ok(Box::new(cpu::load_cpu_with(
             dir,
             &cpu::CpuOptions { max_seq },
         )?)),
     }
+}
+
+/// Static input scales and an FP8 KV cache (calibrated outputs) run on the CPU backend only:
+/// the CUDA backend would quantize per token and keep the cache in 16 bits, silently another
+/// computation than vLLM's.
+fn cpu_only_features(dir: &Path) -> Result<()> {
+    let cfg = config::ModelConfig::load(dir)?;
+    let what = match (cfg.quantization.has_static_inputs(), cfg.kv_cache_fp8) {
+        (false, false) => return Ok(()),
+        (true, false) => "static input scales (input_scale)",
+        (false, true) => "an FP8 KV cache (kv_cache_scheme)",
+        (true, true) => "static input scales and an FP8 KV cache",
+    };
+    Err(Error::Unsupported(format!(
+        "{}: {what} run on the CPU backend only; pass --device cpu",
+        dir.display()
+    )))
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -28,7 +28,12 @@ use super::config::{ModelConfig, WeightScheme};
 use crate::checkpoint::{Checkpoint, DType, TensorInfo};
 use crate::{Error, Result};
 
+mod calibrated;
+mod check;
 mod dequant;
+pub use calibrated::{fp8_kv_round_trip, requantize};
+pub use check::{check, is_quantized};
+use check::{Expect, Kind};
 pub use dequant::{e8m0, unpack_columns, unpack_rows};
 
 /// A dense matrix `[rows, cols]` row-major, in its checkpoint dtype.
@@ -75,6 +80,9 @@ pub struct Linear {
     pub cols: usize,
     pub weight: LinearWeight,
     pub bias: Option<Vec<f32>>,
+    /// A static per-tensor activation scale (`input_scale` of a calibrated output): FP8 and
+    /// INT8 weights quantize their input with it instead of per token (`cpu::linear`).
+    pub input_scale: Option<f32>,
 }
 
 impl LinearWeight {
@@ -139,6 +147,9 @@ pub struct Layer {
     pub gate_proj: Linear,
     pub up_proj: Linear,
     pub down_proj: Linear,
+    /// `[k_scale, v_scale]` of an FP8 KV cache (`kv_cache_scheme`); `None` keeps the cache in
+    /// f32.
+    pub kv_scales: Option<[f32; 2]>,
 }
 
 impl Layer {
@@ -226,206 +237,6 @@ impl Weights {
     }
 }
 
-/// What one expected tensor must look like.
-struct Expect {
-    name: String,
-    shape: Vec<usize>,
-    kind: Kind,
-}
-
-#[derive(Clone, Copy, PartialEq)]
-enum Kind {
-    /// BF16, F16 or F32.
-    Float,
-    /// F8_E4M3 codes.
-    Fp8,
-    /// A per-output-row FP8 scale: float dtype, `[rows, 1]` or `[rows]`, finite and > 0.
-    Scale,
-    /// Float scales of exactly the expected shape, finite and > 0.
-    Scales,
-    /// Exactly this dtype (integer codes, packed words, E8M0 bytes, `weight_shape`).
-    Typed(DType),
-}
-
-/// Verifies that every tensor `cfg` implies is in `ck` with the right dtype and shape, and that
-/// FP8 scales are finite and > 0 and FP8 codes hold no NaN. Returns the first problem found.
-///
-/// This is the one check of config.json against the weights: `qforge quantize` runs it on its
-/// source too (unquantized), so that it never writes a checkpoint this loader refuses.
-pub fn check(ck: &Checkpoint, cfg: &ModelConfig) -> Result<()> {
-    check_layer_count(ck, cfg)?;
-    for e in expected(cfg)? {
-        check_one(ck, &e)?;
-    }
-    Ok(())
-}
-
-/// `num_hidden_layers` against the layers the checkpoint holds, before the list of expected
-/// tensors (a few per layer) is built: a count of 2³¹ would otherwise allocate gigabytes
-/// before any tensor is looked at. Extra layers are refused too (they would be left out).
-fn check_layer_count(ck: &Checkpoint, cfg: &ModelConfig) -> Result<()> {
-    let n = cfg.num_layers;
-    let norm = |l: usize| format!("model.layers.{l}.input_layernorm.weight");
-    let problem = if n > ck.tensors().len() || ck.get(&norm(n - 1)).is_none() {
-        format!("the checkpoint has no {}", norm(n - 1))
-    } else if ck.get(&norm(n)).is_some() {
-        format!("the checkpoint also holds {}", norm(n))
-    } else {
-        return Ok(());
-    };
-    Err(bad(format!(
-        "{}: config.json num_hidden_layers = {n}, but {problem}",
-        ck.dir.display()
-    )))
-}
-
-/// The full list of tensors the config implies.
-fn expected(cfg: &ModelConfig) -> Result<Vec<Expect>> {
-    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-    let float = |name: String, shape: Vec<usize>| Expect {
-        name,
-        shape,
-        kind: Kind::Float,
-    };
-    let mut out = vec![
-        float("model.embed_tokens.weight".into(), vec![cfg.vocab_size, h]),
-        float("model.norm.weight".into(), vec![h]),
-    ];
-    if !cfg.tie_word_embeddings {
-        linear_expect(&mut out, cfg, "lm_head", cfg.vocab_size, h, false)?;
-    }
-    for l in 0..cfg.num_layers {
-        let p = format!("model.layers.{l}");
-        out.push(float(format!("{p}.input_layernorm.weight"), vec![h]));
-        out.push(float(
-            format!("{p}.post_attention_layernorm.weight"),
-            vec![h],
-        ));
-        let a = format!("{p}.self_attn");
-        let (q, kv) = (cfg.q_dim(), cfg.kv_dim());
-        linear_expect(&mut out, cfg, &format!("{a}.q_proj"), q, h, cfg.qkv_bias)?;
-        linear_expect(&mut out, cfg, &format!("{a}.k_proj"), kv, h, cfg.qkv_bias)?;
-        linear_expect(&mut out, cfg, &format!("{a}.v_proj"), kv, h, cfg.qkv_bias)?;
-        linear_expect(&mut out, cfg, &format!("{a}.o_proj"), h, q, cfg.o_bias)?;
-        if cfg.qk_norm {
-            out.push(float(format!("{a}.q_norm.weight"), vec![cfg.head_dim]));
-            out.push(float(format!("{a}.k_norm.weight"), vec![cfg.head_dim]));
-        }
-        let m = format!("{p}.mlp");
-        linear_expect(&mut out, cfg, &format!("{m}.gate_proj"), i, h, cfg.mlp_bias)?;
-        linear_expect(&mut out, cfg, &format!("{m}.up_proj"), i, h, cfg.mlp_bias)?;
-        linear_expect(&mut out, cfg, &format!("{m}.down_proj"), h, i, cfg.mlp_bias)?;
-    }
-    Ok(out)
-}
-
-/// The tensors of one Linear `[rows, cols]`: FP8 codes + scale when the config quantizes it,
-/// else a float weight; plus the bias when present.
-fn linear_expect(
-    out: &mut Vec<Expect>,
-    cfg: &ModelConfig,
-    module: &str,
-    rows: usize,
-    cols: usize,
-    bias: bool,
-) -> Result<()> {
-    match cfg.quantization.scheme_for(module)? {
-        Some(scheme) => out.extend(dequant::expect(scheme, module, rows, cols)?),
-        None => out.push(Expect {
-            name: format!("{module}.weight"),
-            shape: vec![rows, cols],
-            kind: Kind::Float,
-        }),
-    }
-    if bias {
-        out.push(Expect {
-            name: format!("{module}.bias"),
-            shape: vec![rows],
-            kind: Kind::Float,
-        });
-    }
-    Ok(())
-}
-
-/// Whether the config's quantization applies to the Linear `module` (compressed-tensors
-/// `ignore`: exact module names, or `re:` regexes matched at the start of the name).
-pub fn is_quantized(cfg: &ModelConfig, module: &str) -> Result<bool> {
-    Ok(cfg.quantization.scheme_for(module)?.is_some())
-}
-
-fn check_one(ck: &Checkpoint, e: &Expect) -> Result<()> {
-    let Some(t) = ck.get(&e.name) else {
-        let what = match e.kind {
-            Kind::Fp8 => "FP8 weight",
-            Kind::Scale => "FP8 weight scale",
-            Kind::Float | Kind::Scales | Kind::Typed(_) => "tensor",
-        };
-        return Err(bad(format!(
-            "{}: {what} {} is missing (config.json implies it)",
-            ck.dir.display(),
-            e.name
-        )));
-    };
-    let dtype_ok = match e.kind {
-        Kind::Float | Kind::Scale | Kind::Scales => t.dtype.is_float_weight(),
-        Kind::Fp8 => t.dtype == DType::F8_E4M3,
-        Kind::Typed(d) => t.dtype == d,
-    };
-    if !dtype_ok {
-        let want = match e.kind {
-            Kind::Fp8 => "F8_E4M3 (config.json quantizes this Linear)".to_string(),
-            Kind::Typed(d) => format!("{d} (config.json quantizes this Linear)"),
-            _ => "BF16, F16 or F32".to_string(),
-        };
-        return Err(bad(format!(
-            "{}: tensor {} is {}, expected {want}",
-            ck.dir.display(),
-            e.name,
-            t.dtype
-        )));
-    }
-    let shape_ok = t.shape == e.shape || (e.kind == Kind::Scale && t.shape == e.shape[..1]);
-    if !shape_ok {
-        return Err(bad(format!(
-            "{}: tensor {} has shape {:?}, expected {:?}",
-            ck.dir.display(),
-            e.name,
-            t.shape,
-            e.shape
-        )));
-    }
-    match e.kind {
-        Kind::Scale | Kind::Scales => check_scales(ck, t),
-        Kind::Fp8 => check_codes(ck, t),
-        Kind::Float | Kind::Typed(_) => Ok(()),
-    }
-}
-
-fn check_scales(ck: &Checkpoint, t: &TensorInfo) -> Result<()> {
-    let s = crate::numerics::to_f32(t.dtype, ck.data(t))?;
-    match s.iter().position(|&v| !(v.is_finite() && v > 0.0)) {
-        None => Ok(()),
-        Some(r) => Err(bad(format!(
-            "{}: tensor {} row {r} is {}; scales must be finite and > 0",
-            ck.dir.display(),
-            t.name,
-            s[r]
-        ))),
-    }
-}
-
-/// 0x7F and 0xFF are E4M3FN's NaN codes; llm-compressor never writes them.
-fn check_codes(ck: &Checkpoint, t: &TensorInfo) -> Result<()> {
-    match ck.data(t).iter().position(|&c| c & 0x7F == 0x7F) {
-        None => Ok(()),
-        Some(i) => Err(bad(format!(
-            "{}: tensor {} holds a NaN code at element {i}",
-            ck.dir.display(),
-            t.name
-        ))),
-    }
-}
-
 fn bad(msg: String) -> Error {
     Error::Checkpoint(msg)
 }
@@ -482,7 +293,7 @@ impl Loader<'_> {
                 false => Ok(None),
             }
         };
-        Ok(Layer {
+        let mut layer = Layer {
             input_norm: self.vector(&format!("{p}.input_layernorm.weight"))?,
             post_attention_norm: self.vector(&format!("{p}.post_attention_layernorm.weight"))?,
             q_proj: self.linear(&format!("{p}.self_attn.q_proj"), c.qkv_bias)?,
@@ -494,7 +305,33 @@ impl Loader<'_> {
             gate_proj: self.linear(&format!("{p}.mlp.gate_proj"), c.mlp_bias)?,
             up_proj: self.linear(&format!("{p}.mlp.up_proj"), c.mlp_bias)?,
             down_proj: self.linear(&format!("{p}.mlp.down_proj"), c.mlp_bias)?,
-        })
+            kv_scales: match c.kv_cache_fp8 {
+                true => Some([
+                    self.vector(&format!("{p}.self_attn.k_scale"))?[0],
+                    self.vector(&format!("{p}.self_attn.v_scale"))?[0],
+                ]),
+                false => None,
+            },
+        };
+        self.share_fused_scales(&mut layer)?;
+        Ok(layer)
+    }
+
+    /// vLLM's fused q/k/v and gate/up share their scales ([`calibrated::share_fused_scales`]).
+    fn share_fused_scales(&self, l: &mut Layer) -> Result<()> {
+        let per_tensor = |ls: &[&Linear]| -> Result<bool> {
+            for lin in ls {
+                if self.cfg.quantization.scheme_for(&lin.name)? != Some(WeightScheme::Fp8Tensor) {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        };
+        let qkv = per_tensor(&[&l.q_proj, &l.k_proj, &l.v_proj])?;
+        calibrated::share_fused_scales(&mut [&mut l.q_proj, &mut l.k_proj, &mut l.v_proj], qkv);
+        let gate_up = per_tensor(&[&l.gate_proj, &l.up_proj])?;
+        calibrated::share_fused_scales(&mut [&mut l.gate_proj, &mut l.up_proj], gate_up);
+        Ok(())
     }
 
     /// A Linear module by its config scheme (the check made sure the tensors match it): FP8
@@ -503,7 +340,7 @@ impl Loader<'_> {
     fn linear(&self, module: &str, bias: bool) -> Result<Linear> {
         let int8 = match self.cfg.quantization.scheme_for(module)? {
             None => return self.dense_linear(module, bias),
-            Some(WeightScheme::Fp8Channel) => false,
+            Some(WeightScheme::Fp8Channel | WeightScheme::Fp8Tensor) => false,
             Some(WeightScheme::Int8Channel) => true,
             Some(WeightScheme::Fp8Block {
                 block_rows,
@@ -514,7 +351,10 @@ impl Loader<'_> {
             Some(other) => return self.dequantized_linear(module, other, bias),
         };
         let w = self.tensor(&format!("{module}.weight"))?;
-        let scales = self.vector(&format!("{module}.weight_scale"))?;
+        let mut scales = self.vector(&format!("{module}.weight_scale"))?;
+        if scales.len() == 1 {
+            scales = vec![scales[0]; w.shape[0]]; // one per-tensor scale, kept per row
+        }
         let bytes = self.ck.data(w);
         let weight = match int8 {
             true => LinearWeight::Int8 {
@@ -532,6 +372,10 @@ impl Loader<'_> {
             cols: w.shape[1],
             weight,
             bias: self.bias(module, bias)?,
+            input_scale: match self.cfg.quantization.static_input_for(module)? {
+                true => Some(self.vector(&format!("{module}.input_scale"))?[0]),
+                false => None,
+            },
         })
     }
 
@@ -550,6 +394,7 @@ impl Loader<'_> {
                 block_cols: bc,
             },
             bias: self.bias(module, bias)?,
+            input_scale: None,
         })
     }
 
@@ -565,6 +410,7 @@ impl Loader<'_> {
                 self.ck, scheme, module, rows, cols, out,
             )?),
             bias: self.bias(module, bias)?,
+            input_scale: None,
         })
     }
 
@@ -581,6 +427,7 @@ impl Loader<'_> {
             cols: w.shape[1],
             weight: LinearWeight::Dense(self.dense(w)?),
             bias: self.bias(module, bias)?,
+            input_scale: None,
         })
     }
 

@@ -192,6 +192,7 @@ fn build(cfg: &ModelConfig, seeds: &mut dyn FnMut() -> u64, parts: &Parts) -> Re
             rows,
             cols,
             bias: bias.then(|| vec![0.0; rows]),
+            input_scale: None,
         })
     };
     let mut layers = Vec::with_capacity(cfg.num_layers);
@@ -213,6 +214,7 @@ fn build(cfg: &ModelConfig, seeds: &mut dyn FnMut() -> u64, parts: &Parts) -> Re
             down_proj: linear(format!("{m}.down_proj"), h, i, cfg.mlp_bias, seeds())?,
             input_norm: (parts.norm)(h, seeds()),
             post_attention_norm: (parts.norm)(h, seeds()),
+            kv_scales: None,
         });
     }
     let mut dense = |name: &str| Linear {
@@ -221,6 +223,7 @@ fn build(cfg: &ModelConfig, seeds: &mut dyn FnMut() -> u64, parts: &Parts) -> Re
         cols: h,
         weight: LinearWeight::Dense(Dense::Bf16((parts.embed)(cfg.vocab_size * h, seeds()))),
         bias: None,
+        input_scale: None,
     };
     let embed = dense("model.embed_tokens");
     let lm_head = (!cfg.tie_word_embeddings).then(|| dense("lm_head"));

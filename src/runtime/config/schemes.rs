@@ -6,6 +6,7 @@
 //! | preset | group `format` | weights `type`, `num_bits`, `strategy` |
 //! |---|---|---|
 //! | FP8_DYNAMIC | float-quantized | float 8 channel |
+//! | FP8 (static, llm-compressor's `FP8` scheme) | float-quantized | float 8 tensor |
 //! | FP8_BLOCK | float-quantized | float 8 block (`block_structure` [128,128]) |
 //! | W8A8 | int-quantized | int 8 channel, symmetric |
 //! | W8A16, W4A16, W4A16_ASYM | pack-quantized | int 8/4 group (`group_size`) |
@@ -24,6 +25,9 @@ use serde_json::Value;
 pub enum WeightScheme {
     /// F8_E4M3 `weight` + one scale per output row (FP8_DYNAMIC, in a mixed config).
     Fp8Channel,
+    /// F8_E4M3 `weight` + one scale for the whole tensor (llm-compressor's `FP8` scheme, whose
+    /// activations have a static per-tensor `input_scale`).
+    Fp8Tensor,
     /// F8_E4M3 `weight` + one scale per `[block_rows, block_cols]` block (FP8_BLOCK).
     Fp8Block {
         block_rows: usize,
@@ -51,6 +55,9 @@ pub struct SchemeGroup {
     /// `Linear` (every Linear), exact module names, or `re:` regexes.
     pub targets: Vec<String>,
     pub scheme: WeightScheme,
+    /// The input activations have a static per-tensor scale (`input_activations.dynamic:
+    /// false`), stored as `{module}.input_scale`.
+    pub static_input: bool,
 }
 
 /// Whether a compressed-tensors target/ignore pattern matches the Linear `module`, by the
@@ -81,6 +88,17 @@ impl Quantization {
     /// quantization, listed in `ignore`, or matched by no group). When several groups match,
     /// the most specific target wins (exact name, then regex, then `Linear`), then the first.
     pub fn scheme_for(&self, module: &str) -> Result<Option<WeightScheme>> {
+        Ok(self.group_for(module)?.map(|(scheme, _)| scheme))
+    }
+
+    /// Whether the Linear `module` reads a static per-tensor `input_scale` (its group's
+    /// `input_activations` are `dynamic: false`).
+    pub fn static_input_for(&self, module: &str) -> Result<bool> {
+        Ok(self.group_for(module)?.is_some_and(|(_, s)| s))
+    }
+
+    /// The weight format and static-input flag of the group that applies to `module`.
+    fn group_for(&self, module: &str) -> Result<Option<(WeightScheme, bool)>> {
         let (groups, ignore) = match self {
             Quantization::None => return Ok(None),
             Quantization::Fp8Dynamic { ignore } => (None, ignore),
@@ -92,18 +110,23 @@ impl Quantization {
             }
         }
         let Some(groups) = groups else {
-            return Ok(Some(WeightScheme::Fp8Channel));
+            return Ok(Some((WeightScheme::Fp8Channel, false)));
         };
-        let mut best: Option<(u8, WeightScheme)> = None;
+        let mut best: Option<(u8, &SchemeGroup)> = None;
         for g in groups {
             for t in &g.targets {
                 let rank = specificity(t);
                 if best.is_none_or(|(b, _)| rank > b) && pattern_matches(t, module)? {
-                    best = Some((rank, g.scheme));
+                    best = Some((rank, g));
                 }
             }
         }
-        Ok(best.map(|(_, s)| s))
+        Ok(best.map(|(_, g)| (g.scheme, g.static_input)))
+    }
+
+    /// Whether any group has static input activations.
+    pub fn has_static_inputs(&self) -> bool {
+        matches!(self, Quantization::Compressed { groups, .. } if groups.iter().any(|g| g.static_input))
     }
 }
 
@@ -134,11 +157,12 @@ pub(super) fn parse_group(name: &str, g: &Value, top_format: &str) -> Result<Sch
         .filter(|w| !w.is_null())
         .ok_or_else(|| unsupported(format!("{at}.weights is missing")))?;
     let scheme = weight_scheme(&format!("{at}.weights"), w, format)?;
-    check_activations(&at, g.get("input_activations"), scheme)?;
+    let static_input = check_activations(&at, g.get("input_activations"), scheme)?;
     Ok(SchemeGroup {
         name: name.to_string(),
         targets,
         scheme,
+        static_input,
     })
 }
 
@@ -155,6 +179,7 @@ fn weight_scheme(at: &str, w: &Value, format: &str) -> Result<WeightScheme> {
         .map(|a| a.iter().filter_map(Value::as_u64).collect::<Vec<_>>());
     let scheme = match (format, kind, bits, strategy) {
         ("float-quantized", "float", 8, "channel") if symmetric => WeightScheme::Fp8Channel,
+        ("float-quantized", "float", 8, "tensor") if symmetric => WeightScheme::Fp8Tensor,
         ("float-quantized", "float", 8, "block") if symmetric => match block.as_deref() {
             Some(&[r, c]) if r > 0 && c > 0 => WeightScheme::Fp8Block {
                 block_rows: r as usize,
@@ -182,43 +207,87 @@ fn weight_scheme(at: &str, w: &Value, format: &str) -> Result<WeightScheme> {
 }
 
 /// Input activations: none for the weight-only formats; dynamic (FP8 or int8, per token or
-/// per group) for FP8 and W8A8. The CPU runtime runs W8A8 (INT8 channel weights) with
-/// symmetric per-token int8 activations, so those args must say exactly that. FP8_BLOCK's are
-/// only checked to be dynamic: the runtime quantizes them per token and group of the block's
-/// columns, as the preset defines them (or runs weight-only when the columns are not whole
-/// blocks; see `weights`).
-fn check_activations(at: &str, a: Option<&Value>, scheme: WeightScheme) -> Result<()> {
+/// per group) or static (one stored `input_scale` per Linear) for FP8 and W8A8. Returns
+/// whether they are static.
+///
+/// * Dynamic: the CPU runtime runs W8A8 (INT8 channel weights) with symmetric per-token int8
+///   activations, so those args must say exactly that. FP8_BLOCK's are only checked to be
+///   dynamic: the runtime quantizes them per token and group of the block's columns, as the
+///   preset defines them (or runs weight-only when the columns are not whole blocks; see
+///   `weights`).
+/// * Static: symmetric per-tensor, FP8 with FP8 weights (vLLM's `CompressedTensorsW8A8Fp8`
+///   with a static input scale) or int8 with INT8 channel weights (`CompressedTensorsW8A8Int8`
+///   static).
+///
+/// FP8 per-tensor weights need input activations: vLLM runs them as W8A8, and the runtime has
+/// no FP8 weight-only path.
+fn check_activations(at: &str, a: Option<&Value>, scheme: WeightScheme) -> Result<bool> {
     let Some(a) = a.filter(|a| !a.is_null()) else {
-        return Ok(());
+        if scheme == WeightScheme::Fp8Tensor {
+            return Err(unsupported(format!(
+                "{at}.input_activations is missing: FP8 per-tensor weights are only supported \
+                 with FP8 activations"
+            )));
+        }
+        return Ok(false);
     };
     let dynamic = a.get("dynamic").and_then(Value::as_bool).unwrap_or(false);
+    if !dynamic {
+        check_static_activations(at, a, scheme)?;
+        return Ok(true);
+    }
     let allowed = matches!(
         scheme,
-        WeightScheme::Fp8Channel | WeightScheme::Fp8Block { .. } | WeightScheme::Int8Channel
+        WeightScheme::Fp8Channel
+            | WeightScheme::Fp8Tensor
+            | WeightScheme::Fp8Block { .. }
+            | WeightScheme::Int8Channel
     );
-    if !allowed || !dynamic {
+    if !allowed {
         return Err(unsupported(format!(
             "{at}.input_activations (dynamic {dynamic}) is not supported with {scheme:?} weights"
         )));
     }
     if scheme == WeightScheme::Int8Channel {
-        let field = |k: &str| a.get(k).cloned().unwrap_or(Value::Null);
-        let symmetric = field("symmetric").as_bool().unwrap_or(true);
-        let ok = field("type") == "int"
-            && field("num_bits") == 8
-            && field("strategy") == "token"
-            && symmetric;
-        if !ok {
-            return Err(unsupported(format!(
-                "{at}.input_activations must be symmetric per-token int8 with INT8 channel \
-                 weights (got type {}, num_bits {}, strategy {}, symmetric {symmetric})",
-                field("type"),
-                field("num_bits"),
-                field("strategy")
-            )));
-        }
+        check_act_args(at, a, "int", "token")?;
     }
-    Ok(())
+    Ok(false)
+}
+
+/// Static input activations: symmetric, 8 bits, one scale per tensor, of the weights' kind.
+fn check_static_activations(at: &str, a: &Value, scheme: WeightScheme) -> Result<()> {
+    let kind = match scheme {
+        WeightScheme::Fp8Channel | WeightScheme::Fp8Tensor => "float",
+        WeightScheme::Int8Channel => "int",
+        _ => {
+            return Err(unsupported(format!(
+                "{at}.input_activations: static input scales are not supported with {scheme:?} \
+                 weights (only FP8 channel/tensor and INT8 channel)"
+            )))
+        }
+    };
+    check_act_args(at, a, kind, "tensor")
+}
+
+/// The activation args must be symmetric `kind` 8-bit with `strategy`.
+fn check_act_args(at: &str, a: &Value, kind: &str, strategy: &str) -> Result<()> {
+    let field = |k: &str| a.get(k).cloned().unwrap_or(Value::Null);
+    let symmetric = field("symmetric").as_bool().unwrap_or(true);
+    let ok = field("type") == kind
+        && field("num_bits") == 8
+        && field("strategy") == strategy
+        && symmetric;
+    if ok {
+        return Ok(());
+    }
+    let dynamic = field("dynamic").as_bool().unwrap_or(false);
+    Err(unsupported(format!(
+        "{at}.input_activations must be symmetric {kind} 8-bit with strategy {strategy} here \
+         (dynamic {dynamic}; got type {}, num_bits {}, strategy {}, symmetric {symmetric})",
+        field("type"),
+        field("num_bits"),
+        field("strategy")
+    )))
 }
 
 #[cfg(test)]
@@ -275,6 +344,49 @@ mod tests {
         let e = config(false).unwrap_err().to_string();
         assert!(
             e.contains("config_groups.g") && e.contains("symmetric false"),
+            "{e}"
+        );
+    }
+
+    /// llm-compressor's `FP8` scheme (per-tensor weights, static per-tensor inputs) and its
+    /// FP8 `kv_cache_scheme` are read; a per-head KV scheme and static inputs on a weight-only
+    /// format are refused by key.
+    #[test]
+    fn static_fp8_and_kv_cache_scheme() {
+        let fp8 = |strategy: &str| {
+            json!({"type": "float", "num_bits": 8, "strategy": strategy, "symmetric": true,
+                   "dynamic": false})
+        };
+        let kv = |strategy: &str| {
+            let q = json!({"quant_method": "compressed-tensors", "format": "float-quantized",
+                "ignore": ["lm_head"], "kv_cache_scheme": fp8(strategy),
+                "config_groups": {"group_0": {"targets": ["Linear"], "weights": fp8("tensor"),
+                    "input_activations": fp8("tensor")}}});
+            json!({ "quantization_config": q })
+        };
+        let v = kv("tensor");
+        let quant = super::super::parse_quantization(&v).unwrap();
+        let m = "model.layers.0.self_attn.q_proj";
+        assert_eq!(quant.scheme_for(m).unwrap(), Some(WeightScheme::Fp8Tensor));
+        assert!(quant.static_input_for(m).unwrap() && quant.has_static_inputs());
+        assert!(!quant.static_input_for("lm_head").unwrap());
+        assert!(super::super::parse_kv_cache_scheme(&v).unwrap());
+        let e = super::super::parse_kv_cache_scheme(&kv("attn_head"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("kv_cache_scheme.strategy") && e.contains("attn_head"),
+            "{e}"
+        );
+
+        let q = json!({"quant_method": "compressed-tensors", "format": "pack-quantized",
+            "config_groups": {"g": {"targets": ["Linear"], "weights": int_group(4, true),
+                "input_activations": fp8("tensor")}}});
+        let e = super::super::parse_quantization(&json!({ "quantization_config": q }))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("config_groups.g.input_activations") && e.contains("static"),
             "{e}"
         );
     }

@@ -24,6 +24,11 @@
 //! q_a[k]   = e4m3_rne(clamp(x[k] / s_a[g], -448, 448))
 //! y[n]     = Σ_g f32(Σ_{k∈g} q_a[k]·q_w[n,k]) · s_a[g] · s_w[n/br, g]   (summed in f32, in g order)
 //! ```
+//! A static `input_scale` (calibrated outputs) replaces the per-token activation scale of FP8
+//! and INT8 weights with the one stored scale `s` ([`quantize_static_fp8`]: `q_a[k] =
+//! e4m3_rne(clamp(x[k] · (1/s), ±448))`; [`quantize_static_int8`]: `q_a[k] = sat_i8(rne(x[k] /
+//! s))`); the sums and the epilogue are the same.
+//!
 //! Dense weights are widened to f32 and accumulated in f32.
 
 use super::dot::{dense_dot, fp8_dot, int8_dot, prepare_fp8_acts, TB};
@@ -72,6 +77,27 @@ pub fn quantize_group_activations(x: &[f32], group: usize, q: &mut [f32], s: &mu
         for (qv, &v) in qpart.iter_mut().zip(part) {
             *qv = e4m3_to_f32(f32_to_e4m3((v / scale).clamp(-E4M3_MAX, E4M3_MAX)));
         }
+    }
+}
+
+/// Static per-tensor FP8 quantization of `x` with the stored `input_scale` (every row's
+/// scale in `s` is `scale`), as vLLM's `scaled_fp8_quant` with a static scale: its kernel
+/// inverts the scale once and multiplies, `e4m3_rne(clamp(x · (1 / scale), ±448))`.
+pub fn quantize_static_fp8(x: &[f32], scale: f32, q: &mut [f32], s: &mut [f32]) {
+    s.fill(scale);
+    let inv = 1.0 / scale;
+    for (qv, &v) in q.iter_mut().zip(x) {
+        *qv = e4m3_to_f32(f32_to_e4m3((v * inv).clamp(-E4M3_MAX, E4M3_MAX)));
+    }
+}
+
+/// Static per-tensor symmetric int8 quantization of `x` with the stored `input_scale`, as
+/// vLLM's `static_scaled_int8_quant_kernel`: `float_to_int8_rn(x / scale)` (a division here,
+/// round half to even, saturating; NaN → 0).
+pub fn quantize_static_int8(x: &[f32], scale: f32, q: &mut [i8], s: &mut [f32]) {
+    s.fill(scale);
+    for (qv, &v) in q.iter_mut().zip(x) {
+        *qv = (v / scale).round_ties_even() as i8;
     }
 }
 
@@ -140,7 +166,11 @@ pub fn forward(lin: &Linear, x: &[f32], t: usize, y: &mut [f32], scratch: &mut L
     let acts = match &lin.weight {
         LinearWeight::Fp8 { .. } => {
             let q = grow(&mut scratch.q, t * k);
-            quantize_activations(x, k, q, grow(&mut scratch.s, t));
+            let s = grow(&mut scratch.s, t);
+            match lin.input_scale {
+                Some(scale) => quantize_static_fp8(x, scale, q, s),
+                None => quantize_activations(x, k, q, s),
+            }
             prepare_fp8_acts(q, grow(&mut scratch.q64, t * k));
             Acts::Fp8 {
                 q: &scratch.q64[..t * k],
@@ -149,7 +179,11 @@ pub fn forward(lin: &Linear, x: &[f32], t: usize, y: &mut [f32], scratch: &mut L
         }
         LinearWeight::Int8 { .. } => {
             let q = grow(&mut scratch.q8, t * k);
-            quantize_int8_activations(x, k, q, grow(&mut scratch.s, t));
+            let s = grow(&mut scratch.s, t);
+            match lin.input_scale {
+                Some(scale) => quantize_static_int8(x, scale, q, s),
+                None => quantize_int8_activations(x, k, q, s),
+            }
             Acts::Int8 {
                 q: &scratch.q8[..t * k],
                 s: &scratch.s[..t],

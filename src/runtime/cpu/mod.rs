@@ -10,7 +10,7 @@ pub mod ops;
 
 use crate::checkpoint::Checkpoint;
 use crate::runtime::config::ModelConfig;
-use crate::runtime::weights::{Linear, Weights};
+use crate::runtime::weights::{fp8_kv_round_trip, Linear, Weights};
 use crate::runtime::Backend;
 use crate::{Error, Result};
 use attention::{AttnShape, KvView};
@@ -250,6 +250,11 @@ impl CpuModel {
             let (kc, vc) = (&mut self.k_cache[l], &mut self.v_cache[l]);
             kc[pos * kvd..(pos + t) * kvd].copy_from_slice(&s.k[..t * kvd]);
             vc[pos * kvd..(pos + t) * kvd].copy_from_slice(&s.v[..t * kvd]);
+            if let Some([k_scale, v_scale]) = layer.kv_scales {
+                // An FP8 KV cache (kv_cache_scheme): what vLLM stores and reads back.
+                fp8_kv_round_trip(&mut kc[pos * kvd..(pos + t) * kvd], k_scale);
+                fp8_kv_round_trip(&mut vc[pos * kvd..(pos + t) * kvd], v_scale);
+            }
             let kv = KvView { k: kc, v: vc };
             let (sc, ah) = (&mut s.scores, &mut s.att_h);
             attention::attention(shape, &s.q, kv, pos, t, sc, ah, &mut s.att);

@@ -52,6 +52,11 @@ pub(super) fn expect(
             e("weight", vec![rows, cols], Kind::Fp8),
             e("weight_scale", vec![rows, 1], Kind::Scale),
         ],
+        // llm-compressor writes the one scale as `[1]`; `Kind::Scale` also takes `[1, 1]`.
+        WeightScheme::Fp8Tensor => vec![
+            e("weight", vec![rows, cols], Kind::Fp8),
+            e("weight_scale", vec![1, 1], Kind::Scale),
+        ],
         WeightScheme::Fp8Block {
             block_rows,
             block_cols,
@@ -144,6 +149,12 @@ pub(super) fn dequantize(
             for (i, (v, &c)) in w.iter_mut().zip(codes).enumerate() {
                 let q = if fp8 { e4m3_to_f32(c) } else { c as i8 as f32 };
                 *v = q * s[i / cols];
+            }
+        }
+        WeightScheme::Fp8Tensor => {
+            let s = floats("weight_scale")?[0];
+            for (v, &c) in w.iter_mut().zip(ck.data(t("weight")?)) {
+                *v = e4m3_to_f32(c) * s;
             }
         }
         WeightScheme::Fp8Block {

@@ -130,11 +130,11 @@ fn unsupported_quantization_scheme() {
         |_| {},
         |c| {
             c["quantization_config"]["config_groups"]["group_0"]["weights"]["strategy"] =
-                "tensor".into()
+                "group".into()
         },
     );
     assert!(matches!(e, Error::Unsupported(_)), "{e:?}");
-    assert_mentions(&e, &["weights.strategy", "tensor"]);
+    assert_mentions(&e, &["weights.strategy", "group"]);
 }
 
 /// A BF16 config with FP8 tensors (quantization_config removed) is inconsistent.

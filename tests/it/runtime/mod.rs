@@ -1,6 +1,7 @@
 //! The CPU runtime: config, forward pass, linears, integrity checks, presets, chat, sampling,
 //! tokenizer, and SmolLM2 end to end.
 
+mod calibrated;
 mod chat_sampler;
 mod chat_templates;
 mod config;
