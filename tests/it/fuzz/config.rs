@@ -23,6 +23,8 @@ fn seeds() -> &'static [Vec<u8>] {
             f.join("tiny-tied-bf16/config.json"),
             f.join("tiny-llama3-fp8-dynamic/config.json"),
             f.join("smollm2-meta/config.json"),
+            // static FP8 groups and an FP8 kv_cache_scheme
+            f.join("calibration/g128-fp8_static_kv/config.json"),
         ]
         .iter()
         .map(|p| fs::read(p).unwrap())
