@@ -1,0 +1,376 @@
+//! AWQ as llm-compressor 0.14's `AWQModifier` (`modifiers/transform/awq/base.py`) runs it
+//! in the sequential pipeline, followed by the recipe's round-to-nearest
+//! `QuantizationModifier`.
+//!
+//! Per decoder layer: the calibration pass caches each mapping's parent inputs (the
+//! attention's or MLP's normed input, or a single Linear's input) and sums `|x|` of the
+//! first balance layer's input per channel (f32, sample after sample). At the layer's end
+//! (`sequential_epoch_end`), in mapping order, each mapping's grid search
+//! ([`search`]) picks the scales that minimise the parent's output error with fake-quantized
+//! balance weights, and smooths the weights in place; then the QuantizationModifier
+//! rounds the smoothed weights to nearest; then the propagation pass runs the smoothed,
+//! unquantized layer (calibration runs under `DisableQuantization`) for the next layer.
+//! Every cache of a layer comes from its one calibration pass: a mapping searched after
+//! another sees the earlier one's smoothed weights, but the unsmoothed cached inputs.
+
+pub mod search;
+
+use super::forward::{BfRope, Dims, LayerWeights, Proj, Taps};
+use super::layer::LayerCalibrator;
+use super::outputs::LinearPlan;
+use super::pipeline::{Activations, Calibrator};
+use super::smoothquant::{layer_part, module_names, Norm};
+use crate::recipe::{resolve_mappings, DuoScaling, Mapping, MappingKind};
+use crate::{Error, Result};
+use search::{Ctx, Outcome};
+
+/// The layer whose output a mapping scales down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Smooth {
+    Norm(Norm),
+    /// `v_proj` (balanced by `o_proj`) or `up_proj` (by `down_proj`): its output rows.
+    Linear(Proj),
+}
+
+/// The module whose output the loss compares: the balance layers' lowest common ancestor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parent {
+    /// `self_attn` (q/k/v balanced together).
+    Attention,
+    /// `mlp` (gate/up balanced together).
+    Mlp,
+    /// A single balance Linear.
+    Linear(Proj),
+}
+
+/// One resolved mapping inside a decoder layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AwqMapping {
+    pub smooth: Smooth,
+    pub balance: Vec<Proj>,
+    pub parent: Parent,
+    pub smooth_name: String,
+    pub parent_name: String,
+}
+
+impl AwqMapping {
+    /// The activation stream the mapping reads (its parent's and first balance layer's input).
+    fn stream(&self) -> usize {
+        stream(self.balance[0])
+    }
+}
+
+/// The four distinct Linear inputs of a layer: q/k/v's, o's, gate/up's, down's.
+fn stream(p: Proj) -> usize {
+    match p {
+        Proj::Q | Proj::K | Proj::V => 0,
+        Proj::O => 1,
+        Proj::Gate | Proj::Up => 2,
+        Proj::Down => 3,
+    }
+}
+
+/// AWQ's plan for a whole model.
+#[derive(Debug, Clone)]
+pub struct Awq {
+    pub duo: DuoScaling,
+    pub n_grid: u64,
+    /// Per layer, its mappings in resolution order.
+    pub layers: Vec<Vec<AwqMapping>>,
+    /// llm-compressor's warnings for the mappings it skips.
+    pub warnings: Vec<String>,
+}
+
+impl Awq {
+    /// Resolves `mappings` on the model (`_set_resolved_mappings`): a mapping that names
+    /// modules the model lacks in part is an error (llm-compressor's message), one that
+    /// matches nothing is skipped; `v_proj` → `o_proj` is skipped where the head shapes
+    /// differ (grouped-query attention), and a mapping none of whose layers is quantized
+    /// (`quantized(layer, proj)`) is skipped with a warning. qforge smooths a norm against
+    /// the Linears it feeds, `v_proj` against `o_proj` and `up_proj` against `down_proj`;
+    /// other mappings are refused here, before any work.
+    pub fn resolve(
+        duo: DuoScaling,
+        n_grid: u64,
+        mappings: &[Mapping],
+        tensor_names: &[String],
+        dims: &Dims,
+        num_layers: usize,
+        quantized: impl Fn(usize, Proj) -> bool,
+    ) -> Result<Awq> {
+        if let Some(m) = mappings.iter().find(|m| m.activation_hook_target.is_some()) {
+            return Err(Error::Unsupported(format!(
+                "AWQModifier: activation_hook_target ({}) is not supported yet",
+                m.activation_hook_target.as_deref().unwrap_or_default()
+            )));
+        }
+        let modules = module_names(tensor_names);
+        let resolved = resolve_mappings(MappingKind::Awq, mappings, &[], &modules)?;
+        let mut plan = Awq {
+            duo,
+            n_grid,
+            layers: vec![Vec::new(); num_layers],
+            warnings: Vec::new(),
+        };
+        let mut incompatible = 0;
+        for r in resolved {
+            let (layer, m) = locate(&r.smooth_name, &r.balance_names)?;
+            if layer >= num_layers {
+                continue;
+            }
+            let (v, o) = (dims.shape(Proj::V).0, dims.shape(Proj::O).1);
+            if m.smooth == Smooth::Linear(Proj::V) && v != o {
+                incompatible += 1;
+                continue;
+            }
+            let targeted = match m.smooth {
+                Smooth::Linear(p) => quantized(layer, p),
+                Smooth::Norm(_) => false,
+            } || m.balance.iter().any(|&p| quantized(layer, p));
+            if !targeted {
+                plan.warnings.push(format!(
+                    "AWQModifier: skipping {} because no layers are targeted for quantization",
+                    r.smooth_name
+                ));
+                continue;
+            }
+            plan.layers[layer].push(m);
+        }
+        if incompatible > 0 {
+            plan.warnings.push(format!(
+                "AWQModifier: {incompatible} mappings were skipped due to incompatible shapes \
+                 (v_proj's outputs differ from o_proj's inputs)"
+            ));
+        }
+        Ok(plan)
+    }
+
+    /// The tensors this plan writes as BF16: every smoothed norm, and the smoothed
+    /// Linears that `quantized(layer, proj)` says are not quantized.
+    pub fn rewritten(&self, quantized: impl Fn(usize, Proj) -> bool) -> Vec<String> {
+        let mut out = Vec::new();
+        for (layer, maps) in self.layers.iter().enumerate() {
+            for name in written(maps, |p| quantized(layer, p)) {
+                out.push(format!("model.layers.{layer}.{name}.weight"));
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+/// The module paths inside a layer that `maps` rewrite and the writer must store as BF16.
+fn written(maps: &[AwqMapping], quantized: impl Fn(Proj) -> bool) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    for m in maps {
+        match m.smooth {
+            Smooth::Norm(n) => out.push(n.path()),
+            Smooth::Linear(p) if !quantized(p) => out.push(p.path()),
+            Smooth::Linear(_) => {}
+        }
+        out.extend(
+            m.balance
+                .iter()
+                .filter(|&&p| !quantized(p))
+                .map(|p| p.path()),
+        );
+    }
+    out.dedup();
+    out
+}
+
+/// A resolved mapping as a layer-local one, or the refusal of a form qforge does not run.
+fn locate(smooth: &str, balance: &[String]) -> Result<(usize, AwqMapping)> {
+    let refuse = |why: &str| {
+        Error::Unsupported(format!(
+            "AWQModifier: the mapping of {smooth} to {balance:?} is not supported ({why}; \
+             qforge smooths a norm against the Linears it feeds, v_proj against o_proj and \
+             up_proj against down_proj)"
+        ))
+    };
+    let (layer, rest) = layer_part(smooth).ok_or_else(|| refuse("not in a decoder layer"))?;
+    let mut procs = Vec::new();
+    for b in balance {
+        let p = layer_part(b)
+            .filter(|(l, _)| *l == layer)
+            .and_then(|(_, r)| Proj::ALL.into_iter().find(|p| p.path() == r))
+            .ok_or_else(|| refuse("a balance layer is not a Linear of the same layer"))?;
+        procs.push(p);
+    }
+    let smooth_kind = if let Some(n) = [Norm::Input, Norm::Post]
+        .into_iter()
+        .find(|n| n.path() == rest)
+    {
+        let feeds = match n {
+            Norm::Input => [Proj::Q, Proj::K, Proj::V].as_slice(),
+            Norm::Post => [Proj::Gate, Proj::Up].as_slice(),
+        };
+        if !procs.iter().all(|p| feeds.contains(p)) {
+            return Err(refuse("a balance layer does not read the norm's output"));
+        }
+        Smooth::Norm(n)
+    } else {
+        match (rest, procs.as_slice()) {
+            ("self_attn.v_proj", [Proj::O]) => Smooth::Linear(Proj::V),
+            ("mlp.up_proj", [Proj::Down]) => Smooth::Linear(Proj::Up),
+            _ => return Err(refuse("unsupported smooth layer")),
+        }
+    };
+    let prefix = format!("model.layers.{layer}");
+    let (parent, parent_name) = match procs.as_slice() {
+        [p] => (Parent::Linear(*p), format!("{prefix}.{}", p.path())),
+        [p, ..] if stream(*p) == 0 => (Parent::Attention, format!("{prefix}.self_attn")),
+        _ => (Parent::Mlp, format!("{prefix}.mlp")),
+    };
+    Ok((
+        layer,
+        AwqMapping {
+            smooth: smooth_kind,
+            balance: procs,
+            parent,
+            smooth_name: smooth.to_string(),
+            parent_name,
+        },
+    ))
+}
+
+/// What AWQ's hooks keep of one layer's calibration pass.
+#[derive(Default)]
+struct Cache {
+    /// The inputs of each stream a mapping reads, one per sample.
+    inputs: [Option<Activations>; 4],
+    /// Per stream: the f32 sums of `|x|` per channel, and the tokens summed.
+    sums: [Option<(Vec<f32>, u64)>; 4],
+}
+
+impl Taps for Cache {
+    fn linear_input(&mut self, proj: Proj, x: &[f32], width: usize) {
+        // q/k/v (and gate/up) share one input: keep it once, from the first of them.
+        if !matches!(proj, Proj::Q | Proj::O | Proj::Gate | Proj::Down) {
+            return;
+        }
+        let k = stream(proj);
+        if let Some(v) = &mut self.inputs[k] {
+            v.push(x.to_vec());
+        }
+        if let Some((acc, n)) = &mut self.sums[k] {
+            // `args[0].abs().float().sum(dim=0)` per sample, then `+=` the running sum.
+            let mut s = vec![0f32; width];
+            for row in x.chunks_exact(width) {
+                for (a, &v) in s.iter_mut().zip(row) {
+                    *a += v.abs();
+                }
+            }
+            if acc.is_empty() {
+                *acc = vec![0f32; width];
+            }
+            for (a, v) in acc.iter_mut().zip(s) {
+                *a += v;
+            }
+            *n += (x.len() / width.max(1)) as u64;
+        }
+    }
+    fn key(&mut self, _: &[f32]) {}
+    fn value(&mut self, _: &[f32]) {}
+}
+
+/// AWQ, then the round-to-nearest quantization of `inner`, layer by layer.
+pub struct AwqCalibrator<'a, 's> {
+    pub plan: &'a Awq,
+    pub inner: LayerCalibrator<'s>,
+    pub dims: &'a Dims,
+    pub rope: &'a BfRope,
+    pub progress: &'a dyn Fn(u64),
+    /// Mappings skipped at run time (non-finite parent outputs), as llm-compressor warns.
+    pub warnings: Vec<String>,
+    cache: Cache,
+}
+
+impl<'a, 's> AwqCalibrator<'a, 's> {
+    pub fn new(
+        plan: &'a Awq,
+        inner: LayerCalibrator<'s>,
+        dims: &'a Dims,
+        rope: &'a BfRope,
+        progress: &'a dyn Fn(u64),
+    ) -> Self {
+        AwqCalibrator {
+            plan,
+            inner,
+            dims,
+            rope,
+            progress,
+            warnings: Vec::new(),
+            cache: Cache::default(),
+        }
+    }
+
+    /// Grid-search passes over the samples per layer (for the progress bar).
+    pub fn passes_per_layer(plan: &Awq, layer: usize) -> usize {
+        plan.layers[layer].len() * (1 + search::grid(plan.duo, plan.n_grid).len())
+    }
+}
+
+impl Calibrator for AwqCalibrator<'_, '_> {
+    fn begin_layer(&mut self, layer: usize, w: &LayerWeights) -> Result<&mut dyn Taps> {
+        // The quantizer observes nothing in the calibration pass (round to nearest).
+        self.inner.begin_layer(layer, w)?;
+        let mut cache = Cache::default();
+        for m in &self.plan.layers[layer] {
+            cache.inputs[m.stream()] = Some(Vec::new());
+            cache.sums[m.stream()] = Some((Vec::new(), 0));
+        }
+        self.cache = cache;
+        Ok(&mut self.cache)
+    }
+
+    fn end_layer(&mut self, layer: usize, w: &mut LayerWeights) -> Result<bool> {
+        let plans: [Option<LinearPlan>; 7] = self.inner.plans[layer].clone();
+        let ctx = Ctx {
+            dims: self.dims,
+            rope: self.rope,
+            plans: &plans,
+            duo: self.plan.duo,
+            n_grid: self.plan.n_grid,
+            progress: self.progress,
+        };
+        let mut changed = false;
+        for m in &self.plan.layers[layer] {
+            let k = m.stream();
+            let (Some(inputs), Some((sum, n))) = (&self.cache.inputs[k], &self.cache.sums[k])
+            else {
+                continue;
+            };
+            if inputs.is_empty() || *n == 0 {
+                continue;
+            }
+            let x_mean: Vec<f32> = sum.iter().map(|&s| s / *n as f32).collect();
+            match search::smooth_mapping(&ctx, m, w, inputs, &x_mean)? {
+                Outcome::Smoothed(_) => changed = true,
+                Outcome::Skipped(why) => self.warnings.push(why),
+            }
+        }
+        self.cache = Cache::default();
+        let quantized = |p: Proj| plans[p as usize].is_some();
+        for path in written(&self.plan.layers[layer], quantized) {
+            let name = format!("model.layers.{layer}.{path}.weight");
+            let (values, shape) = match path {
+                "input_layernorm" => (&w.input_norm, vec![w.input_norm.len()]),
+                "post_attention_layernorm" => (&w.post_norm, vec![w.post_norm.len()]),
+                _ => {
+                    let p = Proj::ALL
+                        .into_iter()
+                        .find(|p| p.path() == path)
+                        .expect("a Linear path");
+                    let (r, c) = w.shapes[p as usize];
+                    (&w.linears[p as usize], vec![r, c])
+                }
+            };
+            self.inner.write_bf16(name, shape, values)?;
+        }
+        // Round to nearest changes no weight: the smoothed ones propagate.
+        self.inner.end_layer(layer, w)?;
+        Ok(changed)
+    }
+}
