@@ -313,11 +313,11 @@ fn awq_plan(
     if awqs.len() > 1 {
         return unsupported("more than once in a recipe");
     }
-    if steps.iter().any(|s| !matches!(s, CalibStep::Awq { .. })) {
-        return unsupported("with GPTQ, SmoothQuant or static activation scales");
-    }
     if plan.kv_cache_scheme.is_some() {
         return unsupported("with a kv_cache_scheme");
+    }
+    if steps.iter().any(|s| !matches!(s, CalibStep::Awq { .. })) {
+        return unsupported("with GPTQ, SmoothQuant or static activation scales");
     }
     for lp in layout.plans.iter().flatten().flatten() {
         if lp.weights.kind != crate::recipe::QuantType::Int {

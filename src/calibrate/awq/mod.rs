@@ -162,21 +162,19 @@ impl Awq {
 
 /// The module paths inside a layer that `maps` rewrite and the writer must store as BF16.
 fn written(maps: &[AwqMapping], quantized: impl Fn(Proj) -> bool) -> Vec<&'static str> {
-    let mut out = Vec::new();
+    let mut out: Vec<&'static str> = Vec::new();
     for m in maps {
-        match m.smooth {
-            Smooth::Norm(n) => out.push(n.path()),
-            Smooth::Linear(p) if !quantized(p) => out.push(p.path()),
-            Smooth::Linear(_) => {}
+        let smooth = match m.smooth {
+            Smooth::Norm(n) => Some(n.path()),
+            Smooth::Linear(p) => (!quantized(p)).then(|| p.path()),
+        };
+        let balance = m.balance.iter().filter(|&&p| !quantized(p));
+        for path in smooth.into_iter().chain(balance.map(|p| p.path())) {
+            if !out.contains(&path) {
+                out.push(path);
+            }
         }
-        out.extend(
-            m.balance
-                .iter()
-                .filter(|&&p| !quantized(p))
-                .map(|p| p.path()),
-        );
     }
-    out.dedup();
     out
 }
 
@@ -372,5 +370,122 @@ impl Calibrator for AwqCalibrator<'_, '_> {
         // Round to nearest changes no weight: the smoothed ones propagate.
         self.inner.end_layer(layer, w)?;
         Ok(changed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recipe::default_mappings;
+
+    fn llama_tensors(layers: usize) -> Vec<String> {
+        let mut v = vec!["model.embed_tokens.weight".to_string()];
+        for l in 0..layers {
+            for p in Proj::ALL {
+                v.push(format!("model.layers.{l}.{}.weight", p.path()));
+            }
+            for n in [Norm::Input, Norm::Post] {
+                v.push(format!("model.layers.{l}.{}.weight", n.path()));
+            }
+        }
+        v
+    }
+
+    fn dims(heads: usize, kv_heads: usize) -> Dims {
+        Dims {
+            hidden: 128,
+            inter: 384,
+            heads,
+            kv_heads,
+            head_dim: 32,
+            eps: 1e-5,
+        }
+    }
+
+    fn resolve(maps: &[Mapping], d: &Dims, quantized: impl Fn(usize, Proj) -> bool) -> Result<Awq> {
+        Awq::resolve(
+            DuoScaling::Both,
+            20,
+            maps,
+            &llama_tensors(2),
+            d,
+            2,
+            quantized,
+        )
+    }
+
+    /// The Llama defaults: both norms with their Linears as parents' inputs, v_proj → o_proj
+    /// only when the heads are not grouped (as llm-compressor's shape check), up → down.
+    #[test]
+    fn default_mappings_resolve_with_their_parents() {
+        let maps = default_mappings(MappingKind::Awq, "LlamaForCausalLM").unwrap();
+        let gqa = resolve(&maps, &dims(4, 1), |_, _| true).unwrap();
+        let parents: Vec<Parent> = gqa.layers[1].iter().map(|m| m.parent).collect();
+        assert_eq!(
+            parents,
+            [Parent::Attention, Parent::Mlp, Parent::Linear(Proj::Down)]
+        );
+        assert_eq!(gqa.layers[0][2].smooth, Smooth::Linear(Proj::Up));
+        assert_eq!(gqa.layers[0][2].parent_name, "model.layers.0.mlp.down_proj");
+        assert!(gqa.warnings[0].contains("2 mappings were skipped"));
+        let mha = resolve(&maps, &dims(4, 4), |_, _| true).unwrap();
+        assert_eq!(mha.layers[0].len(), 4);
+        assert_eq!(mha.layers[0][1].smooth, Smooth::Linear(Proj::V));
+        assert_eq!(mha.layers[0][1].parent, Parent::Linear(Proj::O));
+        assert!(mha.warnings.is_empty());
+        // Nothing written as BF16 but the norms when every Linear is quantized.
+        assert_eq!(
+            mha.rewritten(|_, _| true),
+            [
+                "model.layers.0.input_layernorm.weight",
+                "model.layers.0.post_attention_layernorm.weight",
+                "model.layers.1.input_layernorm.weight",
+                "model.layers.1.post_attention_layernorm.weight",
+            ]
+        );
+    }
+
+    /// A mapping with no quantized layer is skipped with llm-compressor's warning; an
+    /// ignored balance Linear of a searched mapping is written smoothed, in BF16.
+    #[test]
+    fn untargeted_mappings_are_skipped_and_unquantized_balance_layers_written() {
+        let maps = default_mappings(MappingKind::Awq, "LlamaForCausalLM").unwrap();
+        let no_mlp = |_: usize, p: Proj| !matches!(p, Proj::Gate | Proj::Up | Proj::Down);
+        let a = resolve(&maps, &dims(4, 1), no_mlp).unwrap();
+        assert_eq!(a.layers[0].len(), 1);
+        assert!(a.warnings.iter().any(|w| w.contains(
+            "skipping model.layers.0.post_attention_layernorm because no layers are targeted"
+        )));
+        let no_k = |_: usize, p: Proj| p != Proj::K;
+        let b = resolve(&maps[..1], &dims(4, 1), no_k).unwrap();
+        assert!(b
+            .rewritten(no_k)
+            .contains(&"model.layers.1.self_attn.k_proj.weight".to_string()));
+    }
+
+    #[test]
+    fn mappings_qforge_does_not_smooth_are_refused() {
+        let m = |smooth: &str, balance: &[&str]| Mapping {
+            smooth_layer: smooth.into(),
+            balance_layers: balance.iter().map(|b| b.to_string()).collect(),
+            activation_hook_target: None,
+        };
+        for (bad, why) in [
+            (
+                m("re:.*input_layernorm$", &["re:.*o_proj$"]),
+                "does not read the norm",
+            ),
+            (
+                m("re:.*q_proj$", &["re:.*o_proj$"]),
+                "unsupported smooth layer",
+            ),
+        ] {
+            let e = resolve(&[bad], &dims(4, 4), |_, _| true).unwrap_err();
+            assert!(e.to_string().contains(why), "{e}");
+        }
+        let mut hooked = m("re:.*post_attention_layernorm$", &["re:.*gate_proj$"]);
+        hooked.activation_hook_target = Some("mlp".into());
+        let e = resolve(&[hooked], &dims(4, 4), |_, _| true).unwrap_err();
+        assert!(e.to_string().contains("activation_hook_target"), "{e}");
     }
 }

@@ -421,7 +421,7 @@ mod tests {
         );
         // duo at ratio 0: 1 / (w̄ + 1e-4), normalised in f64.
         let d = scales(&x, Some(&[1.0, 0.25, 0.5]), 0.0);
-        let raw = [1.0 / 1.0001, 1.0 / 0.2501, 1.0 / 0.5001];
+        let raw: [f64; 3] = [1.0 / 1.0001, 1.0 / 0.2501, 1.0 / 0.5001];
         let n = (raw[1] * raw[0]).sqrt();
         assert_eq!(d, raw.map(|v| v / n));
     }
