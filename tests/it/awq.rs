@@ -178,3 +178,26 @@ fn awq_on_unsupported_schemes_is_refused() {
         );
     }
 }
+
+/// A QuantizationModifier after AWQ runs on the calibration pipeline, so its
+/// `config_groups` need not be a preset: int4 asymmetric group 64 (as SmolLM2 needs) gives
+/// two scales and zero points per 128-wide row, codes in the packed layout.
+#[test]
+fn awq_takes_integer_config_groups_beyond_the_presets() {
+    let recipe = "quant_stage:\n  quant_modifiers:\n    AWQModifier: {duo_scaling: both}\n    \
+                  QuantizationModifier:\n      ignore: [lm_head]\n      config_groups:\n        \
+                  group_0:\n          targets: [Linear]\n          weights: {num_bits: 4, type: \
+                  int, symmetric: false, strategy: group, group_size: 64}\n";
+    let (ok, err, out, _tmp) = quantize_recipe(recipe);
+    assert!(ok, "{err}");
+    let ck = Checkpoint::open(&out.unwrap()).unwrap();
+    let shape = |n: &str| ck.get(n).unwrap_or_else(|| panic!("{n}")).shape.clone();
+    let q = "model.layers.0.self_attn.q_proj";
+    assert_eq!(shape(&format!("{q}.weight_scale")), [256, 2]);
+    assert_eq!(shape(&format!("{q}.weight_zero_point")), [32, 2]);
+    assert_eq!(shape(&format!("{q}.weight_packed")), [256, 16]);
+    // The smoothed norm is written (not the source's).
+    let norm = "model.layers.0.input_layernorm.weight";
+    let src = Checkpoint::open(&fixture("schemes/g128-bf16")).unwrap();
+    assert!(ck.data(ck.get(norm).unwrap()) != src.data(src.get(norm).unwrap()));
+}
