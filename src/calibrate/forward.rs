@@ -317,18 +317,41 @@ pub fn layer_forward(
     taps: &mut dyn Taps,
     s: &mut Scratch,
 ) {
-    let t = x.len() / d.hidden;
+    let mut n = std::mem::take(&mut s.n);
+    rmsnorm(x, &w.input_norm, d.eps, &mut n);
+    attention_block(w, d, rope_t, &n, taps, s);
+    for (r, &o) in x.iter_mut().zip(&s.o) {
+        *r = bf16(*r + o);
+    }
+    rmsnorm(x, &w.post_norm, d.eps, &mut n);
+    mlp_block(w, d, &n, taps, s);
+    for (r, &o) in x.iter_mut().zip(&s.o) {
+        *r = bf16(*r + o);
+    }
+    s.n = n;
+}
+
+/// transformers' `LlamaAttention` on the normed input `n` (`[t, hidden]`): q/k/v, RoPE,
+/// attention, o_proj; the output (`[t, hidden]`) is left in [`Scratch::out`].
+pub fn attention_block(
+    w: &LayerWeights,
+    d: &Dims,
+    rope_t: &BfRope,
+    n: &[f32],
+    taps: &mut dyn Taps,
+    s: &mut Scratch,
+) {
+    let t = n.len() / d.hidden;
     let lin = |p: Proj, input: &[f32], y: &mut Vec<f32>| {
         let (o, i) = d.shape(p);
         linear(input, w.linear(p), t, o, i, y);
     };
-    rmsnorm(x, &w.input_norm, d.eps, &mut s.n);
     for p in [Proj::Q, Proj::K, Proj::V] {
-        taps.linear_input(p, &s.n, d.hidden);
+        taps.linear_input(p, n, d.hidden);
     }
-    lin(Proj::Q, &s.n, &mut s.q);
-    lin(Proj::K, &s.n, &mut s.k);
-    lin(Proj::V, &s.n, &mut s.v);
+    lin(Proj::Q, n, &mut s.q);
+    lin(Proj::K, n, &mut s.k);
+    lin(Proj::V, n, &mut s.v);
     rope(&mut s.q, d.q_dim(), rope_t);
     rope(&mut s.k, d.kv_dim(), rope_t);
     taps.key(&s.k);
@@ -336,23 +359,33 @@ pub fn layer_forward(
     attention(&s.q, &s.k, &s.v, t, d, &mut s.a);
     taps.linear_input(Proj::O, &s.a, d.q_dim());
     lin(Proj::O, &s.a, &mut s.o);
-    for (r, &o) in x.iter_mut().zip(&s.o) {
-        *r = bf16(*r + o);
-    }
-    rmsnorm(x, &w.post_norm, d.eps, &mut s.n);
+}
+
+/// transformers' `LlamaMLP` on the normed input `n` (`[t, hidden]`):
+/// `down(silu(gate(n)) * up(n))`, left in [`Scratch::out`].
+pub fn mlp_block(w: &LayerWeights, d: &Dims, n: &[f32], taps: &mut dyn Taps, s: &mut Scratch) {
+    let t = n.len() / d.hidden;
+    let lin = |p: Proj, input: &[f32], y: &mut Vec<f32>| {
+        let (o, i) = d.shape(p);
+        linear(input, w.linear(p), t, o, i, y);
+    };
     for p in [Proj::Gate, Proj::Up] {
-        taps.linear_input(p, &s.n, d.hidden);
+        taps.linear_input(p, n, d.hidden);
     }
-    lin(Proj::Gate, &s.n, &mut s.g);
-    lin(Proj::Up, &s.n, &mut s.u);
+    lin(Proj::Gate, n, &mut s.g);
+    lin(Proj::Up, n, &mut s.u);
     for (g, &u) in s.g.iter_mut().zip(&s.u) {
         let silu = bf16(*g / (1.0 + (-*g).exp()));
         *g = bf16(silu * u);
     }
     taps.linear_input(Proj::Down, &s.g, d.inter);
     lin(Proj::Down, &s.g, &mut s.o);
-    for (r, &o) in x.iter_mut().zip(&s.o) {
-        *r = bf16(*r + o);
+}
+
+impl Scratch {
+    /// The output of the last [`attention_block`] or [`mlp_block`].
+    pub fn out(&self) -> &[f32] {
+        &self.o
     }
 }
 

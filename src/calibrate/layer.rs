@@ -142,6 +142,13 @@ impl Calibrator for LayerCalibrator<'_> {
 }
 
 impl LayerCalibrator<'_> {
+    /// Hands on a BF16-valued tensor as it is (a norm or Linear a transform rewrote).
+    pub fn write_bf16(&mut self, name: String, shape: Vec<usize>, values: &[f32]) -> Result<()> {
+        let mut t = bf16_tensor(name, values);
+        t.shape = shape;
+        (self.sink)(t)
+    }
+
     /// Writes the layer's smoothed norms, and the smoothed balance Linears that are not
     /// quantized, as BF16.
     fn write_smoothed(&mut self, layer: usize, w: &LayerWeights) -> Result<()> {
@@ -178,8 +185,8 @@ impl LayerCalibrator<'_> {
         let p = plan.proj as usize;
         let (rows, cols) = w.shapes[p];
         let Some(options) = self.gptq else {
-            let (codes, scale) = fp8_round_to_nearest(plan, module, &w.linears[p])?;
-            for t in plan.weight_tensors(module, rows, cols, &codes, &[scale]) {
+            let (codes, scales, zps) = round_to_nearest(plan, module, &w.linears[p], rows, cols)?;
+            for t in plan.weight_tensors(module, rows, cols, &codes, &scales, &zps) {
                 (self.sink)(t)?;
             }
             return Ok(false);
@@ -197,7 +204,8 @@ impl LayerCalibrator<'_> {
                  nearest instead of GPTQ (as llm-compressor does)"
             ));
         }
-        for t in plan.weight_tensors(module, rows, cols, &r.codes, &r.scales) {
+        let zps: Vec<u8> = r.zero_points.iter().map(|&z| z as u8).collect();
+        for t in plan.weight_tensors(module, rows, cols, &r.codes, &r.scales, &zps) {
             (self.sink)(t)?;
         }
         w.linears[p] = r
@@ -247,6 +255,67 @@ fn bf16_bytes(v: &[f32]) -> Vec<u8> {
     v.iter()
         .flat_map(|x| ((x.to_bits() >> 16) as u16).to_le_bytes())
         .collect()
+}
+
+/// Round to nearest as a calibrating QuantizationModifier does it (the weights it is given,
+/// after any smoothing): FP8 per tensor, or integer per channel or group as the data-free
+/// path computes it (`numerics::quantize_int_into`). Returns the codes, the scales' BF16
+/// bits and the zero points.
+fn round_to_nearest(
+    plan: &LinearPlan,
+    module: &str,
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+) -> Result<(Vec<u8>, Vec<u16>, Vec<u8>)> {
+    let a = &plan.weights;
+    if a.kind != QuantType::Int {
+        let (codes, scale) = fp8_round_to_nearest(plan, module, w)?;
+        return Ok((codes, vec![scale], Vec::new()));
+    }
+    let group = match (a.strategy, a.group_size) {
+        (Strategy::Group, Some(g)) if g > 0 => g as usize,
+        (Strategy::Channel, _) => cols,
+        _ => {
+            return Err(Error::Unsupported(format!(
+                "{module}: round-to-nearest {} integer weights in a calibrating \
+                 QuantizationModifier are not supported yet",
+                a.strategy.as_str()
+            )))
+        }
+    };
+    let p = numerics::int::IntParams {
+        bits: a.num_bits,
+        group,
+        symmetric: a.symmetric,
+    };
+    let groups = cols / group;
+    let (mut codes, mut scales, mut zps) = (
+        vec![0u8; rows * cols],
+        vec![0u8; rows * groups * 2],
+        vec![0u8; rows * groups],
+    );
+    let name = format!("{module}.weight");
+    let data = bf16_bytes(w);
+    let (r, c) = (rows, cols);
+    let e = Fp8Rounding::Eager;
+    numerics::int::quantize_int_into(
+        &name,
+        DType::BF16,
+        &data,
+        r,
+        c,
+        p,
+        e,
+        &mut codes,
+        &mut scales,
+        &mut zps,
+    )?;
+    let scales = scales
+        .chunks_exact(2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    Ok((codes, scales, zps))
 }
 
 /// Round-to-nearest FP8 with one per-tensor scale (`memoryless_minmax` over the whole

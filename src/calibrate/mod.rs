@@ -10,10 +10,12 @@
 //! - [`plan`]: the memory plan of a run, from config.json and the settings alone;
 //! - [`run`]: `quantize --dataset` end to end;
 //! - [`gptq`]: GPTQ itself (the Hessian and the column-by-column quantization);
-//! - [`smoothquant`]: SmoothQuant (its own activation stream, then the smoothed weights).
+//! - [`smoothquant`]: SmoothQuant (its own activation stream, then the smoothed weights);
+//! - [`awq`]: AWQ (the scale grid search per mapping, then round to nearest).
 //!
 //! See docs/calibration.md.
 
+pub mod awq;
 pub mod forward;
 pub mod gptq;
 pub mod layer;

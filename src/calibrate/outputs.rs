@@ -38,7 +38,10 @@ impl LinearPlan {
         let format = infer_format(Some(&weights), inputs);
         let supported = match (weights.kind, weights.num_bits, weights.strategy) {
             (QuantType::Float, 8, Strategy::Tensor | Strategy::Channel) => true,
-            (QuantType::Int, 4 | 8, Strategy::Channel | Strategy::Group) => weights.symmetric,
+            // Asymmetric weights keep zero points, stored packed (pack-quantized) only.
+            (QuantType::Int, 4 | 8, Strategy::Channel | Strategy::Group) => {
+                weights.symmetric || format == "pack-quantized"
+            }
             _ => false,
         };
         if !supported {
@@ -85,15 +88,23 @@ impl LinearPlan {
                 out("weight", DType::F8_E4M3, vec![rows, cols]),
                 out("weight_scale", DType::BF16, scale_shape),
             ],
-            (QuantType::Int, "pack-quantized") => vec![
-                out("weight_scale", DType::BF16, scale_shape),
-                out("weight_shape", DType::I64, vec![2]),
-                out(
-                    "weight_packed",
-                    DType::I32,
-                    vec![rows, pack::packed_len(cols, self.weights.num_bits)],
-                ),
-            ],
+            (QuantType::Int, "pack-quantized") => {
+                let bits = self.weights.num_bits;
+                let mut v = vec![
+                    out("weight_scale", DType::BF16, scale_shape.clone()),
+                    out("weight_shape", DType::I64, vec![2]),
+                    out(
+                        "weight_packed",
+                        DType::I32,
+                        vec![rows, pack::packed_len(cols, bits)],
+                    ),
+                ];
+                if !self.weights.symmetric {
+                    let zp_shape = vec![pack::packed_len(rows, bits), scale_shape[1]];
+                    v.push(out("weight_zero_point", DType::I32, zp_shape));
+                }
+                v
+            }
             (QuantType::Int, _) => vec![
                 out("weight", DType::I8, vec![rows, cols]),
                 out("weight_scale", DType::BF16, scale_shape),
@@ -106,7 +117,8 @@ impl LinearPlan {
     }
 
     /// The stored tensors of a quantized weight from its codes (E4M3 or i8 bytes,
-    /// `rows × cols`) and its scales (BF16 bits).
+    /// `rows × cols`), its scales (BF16 bits) and its zero points (i8 bytes, like the
+    /// scales; ignored when symmetric).
     pub fn weight_tensors(
         &self,
         module: &str,
@@ -114,6 +126,7 @@ impl LinearPlan {
         cols: usize,
         codes: &[u8],
         scales: &[u16],
+        zero_points: &[u8],
     ) -> Vec<LayerTensor> {
         let scale_bytes: Vec<u8> = scales.iter().flat_map(|s| s.to_le_bytes()).collect();
         let mut outs = self.outputs(module, rows, cols);
@@ -126,6 +139,12 @@ impl LinearPlan {
                         .iter()
                         .flat_map(|x| x.to_le_bytes())
                         .collect(),
+                    "weight_zero_point" => {
+                        let (bits, groups) = (self.weights.num_bits, self.groups(cols));
+                        let mut p = vec![0u8; pack::packed_len(rows, bits) * groups * 4];
+                        pack::pack_rows(zero_points, rows, groups, bits, &mut p);
+                        p
+                    }
                     "weight_packed" => {
                         let bits = self.weights.num_bits;
                         let mut p = vec![0u8; rows * pack::packed_len(cols, bits) * 4];

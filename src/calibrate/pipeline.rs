@@ -69,6 +69,16 @@ impl<'a> Pipeline<'a> {
         self.num_layers
     }
 
+    /// The shapes of the forward pass (for a transform that reruns parts of a layer).
+    pub fn dims(&self) -> &Dims {
+        &self.dims
+    }
+
+    /// The rotary tables, up to the longest sample.
+    pub fn rope(&self) -> &BfRope {
+        &self.rope
+    }
+
     /// The embedding rows of every sample (`model.embed_tokens.weight`, read row by row).
     pub fn embed(&self, samples: &[Vec<u32>]) -> Result<Activations> {
         let t = self.tensor("model.embed_tokens.weight")?;

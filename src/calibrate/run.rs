@@ -2,7 +2,8 @@
 //! from the plan before any data is computed; tensors that calibration does not touch are
 //! copied first, then each layer's tensors are written the moment the pipeline has them.
 
-use super::forward::Proj;
+use super::awq::{Awq, AwqCalibrator};
+use super::forward::{Dims, Proj};
 use super::gptq::GptqOptions;
 use super::layer::LayerCalibrator;
 use super::outputs::LinearPlan;
@@ -56,6 +57,24 @@ pub fn quantize_calibrated(job: &QuantizeJob, data: &CalibrationSpec) -> Result<
         let rewritten = sq.rewritten(|l, p| layout.plans[l][p as usize].is_some());
         layout.copied.retain(|n| !rewritten.contains(n));
     }
+    let awq = awq_plan(&steps, &ck, &config, &layout, &plan)?;
+    if let Some(a) = &awq {
+        let rewritten = a.rewritten(|l, p| layout.plans[l][p as usize].is_some());
+        check_bf16(&ck, &rewritten, "AWQ")?;
+        layout.copied.retain(|n| !rewritten.contains(n));
+    }
+    if gptq.is_some()
+        && layout
+            .plans
+            .iter()
+            .flatten()
+            .flatten()
+            .any(|p| !p.weights.symmetric)
+    {
+        return Err(Error::Unsupported(
+            "GPTQ with asymmetric weights is not supported by the calibration pipeline yet".into(),
+        ));
+    }
     let set = dataset::load_calibration(data, &job.model_dir)?;
     set.check_vocab(config.vocab_size)?;
     let mut warnings = set.warnings.clone();
@@ -90,7 +109,14 @@ pub fn quantize_calibrated(job: &QuantizeJob, data: &CalibrationSpec) -> Result<
             config.num_layers
         }
     };
-    let passes = stream(gptq.is_some()) + smooth.as_ref().map_or(0, |_| stream(true));
+    let searches: usize = awq.as_ref().map_or(0, |a| {
+        (0..config.num_layers)
+            .map(|l| AwqCalibrator::passes_per_layer(a, l))
+            .sum()
+    });
+    let passes = stream(gptq.is_some() || awq.is_some())
+        + smooth.as_ref().map_or(0, |_| stream(true))
+        + searches;
     let total = (passes * set.samples.len()) as u64;
     let bar = progress_bar("calibrating", total, job.progress);
     let expected: HashMap<&str, &OutTensor> = layout
@@ -117,12 +143,20 @@ pub fn quantize_calibrated(job: &QuantizeJob, data: &CalibrationSpec) -> Result<
         gptq,
         &mut sink,
     );
-    match &smooth {
-        None => pipe.run(&mut acts, &mut cal, &|n| bar.inc(n))?,
-        Some(sq) => {
+    let progress = |n| bar.inc(n);
+    match (&smooth, &awq) {
+        (Some(sq), _) => {
             cal.smooth = smooth.clone();
-            smoothquant::run_two_streams(&pipe, sq, &mut acts, &mut cal, &|n| bar.inc(n))?;
+            smoothquant::run_two_streams(&pipe, sq, &mut acts, &mut cal, &progress)?;
         }
+        (None, Some(a)) => {
+            warnings.extend(a.warnings.iter().cloned());
+            let mut c = AwqCalibrator::new(a, cal, pipe.dims(), pipe.rope(), &progress);
+            pipe.run(&mut acts, &mut c, &progress)?;
+            warnings.append(&mut c.warnings);
+            cal = c.inner;
+        }
+        (None, None) => pipe.run(&mut acts, &mut cal, &progress)?,
     }
     bar.finish_and_clear();
     warnings.append(&mut cal.warnings);
@@ -196,11 +230,7 @@ fn gptq_options(steps: &[CalibStep]) -> Result<Option<GptqOptions>> {
             }
             CalibStep::StaticObservers => {}
             CalibStep::SmoothQuant { .. } => {}
-            CalibStep::Awq { .. } => {
-                return Err(Error::Unsupported(
-                    "AWQModifier is not supported by the calibration pipeline yet".into(),
-                ))
-            }
+            CalibStep::Awq { .. } => {}
         }
     }
     Ok(gptq)
@@ -228,21 +258,86 @@ fn smoothquant_plan(
             }
             let names: Vec<String> = ck.tensors().iter().map(|t| t.name.clone()).collect();
             let sq = SmoothQuant::resolve(*strength, mappings, ignore, &names, config.num_layers)?;
-            for name in sq.rewritten(|l, p| layout.plans[l][p as usize].is_some()) {
-                let t = ck
-                    .get(&name)
-                    .expect("resolved from the checkpoint's tensors");
-                if t.dtype != DType::BF16 {
-                    return Err(Error::Unsupported(format!(
-                        "{name} is {}: SmoothQuant rewrites it as BF16 and needs BF16 weights",
-                        t.dtype.name()
-                    )));
-                }
-            }
+            let rewritten = sq.rewritten(|l, p| layout.plans[l][p as usize].is_some());
+            check_bf16(ck, &rewritten, "SmoothQuant")?;
             smooth = Some(sq);
         }
     }
     Ok(smooth)
+}
+
+/// Tensors a transform rewrites as BF16 must be BF16 in the source.
+fn check_bf16(ck: &Checkpoint, names: &[String], transform: &str) -> Result<()> {
+    for name in names {
+        let t = ck
+            .get(name)
+            .expect("resolved from the checkpoint's tensors");
+        if t.dtype != DType::BF16 {
+            return Err(Error::Unsupported(format!(
+                "{name} is {}: {transform} rewrites it as BF16 and needs BF16 weights",
+                t.dtype.name()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// AWQ's plan, resolved on the model's modules; what qforge does not run with AWQ yet is
+/// refused here, before any work.
+fn awq_plan(
+    steps: &[CalibStep],
+    ck: &Checkpoint,
+    config: &ModelConfig,
+    layout: &Layout,
+    plan: &QuantPlan,
+) -> Result<Option<Awq>> {
+    let awqs: Vec<_> = steps
+        .iter()
+        .filter_map(|s| match s {
+            CalibStep::Awq {
+                mappings,
+                duo_scaling,
+                n_grid,
+            } => Some((mappings, *duo_scaling, *n_grid)),
+            _ => None,
+        })
+        .collect();
+    let Some(&(mappings, duo, n_grid)) = awqs.first() else {
+        return Ok(None);
+    };
+    let unsupported = |what: &str| {
+        Err(Error::Unsupported(format!(
+            "AWQModifier {what} is not supported by the calibration pipeline yet"
+        )))
+    };
+    if awqs.len() > 1 {
+        return unsupported("more than once in a recipe");
+    }
+    if plan.kv_cache_scheme.is_some() {
+        return unsupported("with a kv_cache_scheme");
+    }
+    if steps.iter().any(|s| !matches!(s, CalibStep::Awq { .. })) {
+        return unsupported("with GPTQ, SmoothQuant or static activation scales");
+    }
+    for lp in layout.plans.iter().flatten().flatten() {
+        if lp.weights.kind != crate::recipe::QuantType::Int {
+            return unsupported(&format!(
+                "with {} weights (integer weights are)",
+                lp.weights.kind.as_str()
+            ));
+        }
+    }
+    let names: Vec<String> = ck.tensors().iter().map(|t| t.name.clone()).collect();
+    let awq = Awq::resolve(
+        duo,
+        n_grid,
+        mappings,
+        &names,
+        &Dims::new(config),
+        config.num_layers,
+        |l, p| layout.plans[l][p as usize].is_some(),
+    )?;
+    Ok(Some(awq))
 }
 
 /// The output tensors and which Linear of which layer is calibrated how.

@@ -311,7 +311,7 @@ pub fn run_two_streams(
 }
 
 /// Module names (tensor names without `.weight`) in `named_modules()` order.
-fn module_names(tensor_names: &[String]) -> Vec<String> {
+pub(crate) fn module_names(tensor_names: &[String]) -> Vec<String> {
     let mut names: Vec<&String> = tensor_names
         .iter()
         .filter(|n| n.ends_with(".weight"))
@@ -345,7 +345,7 @@ fn locate_linear(name: &str, layer: usize) -> Option<Proj> {
         .flatten()
 }
 
-fn layer_part(name: &str) -> Option<(usize, &str)> {
+pub(crate) fn layer_part(name: &str) -> Option<(usize, &str)> {
     let (n, rest) = name.strip_prefix("model.layers.")?.split_once('.')?;
     Some((n.parse().ok()?, rest))
 }

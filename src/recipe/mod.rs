@@ -159,7 +159,10 @@ impl Recipe {
         }
         let mut modifiers = Vec::new();
         for (group, name, args) in found {
-            for modifier in parse_modifier(name, args)? {
+            let after_awq = modifiers
+                .iter()
+                .any(|e: &Entry| matches!(e.modifier, Modifier::Awq(_)));
+            for modifier in parse_modifier(name, args, after_awq)? {
                 let duplicate = modifiers.iter().any(|e: &Entry| {
                     e.group == group && e.modifier.class_name() == modifier.class_name()
                 });
@@ -316,9 +319,11 @@ fn parse_yaml(text: &str) -> Result<Value> {
 }
 
 /// One modifier of the recipe (two for AWQ's old form).
-fn parse_modifier(name: &str, args: &Value) -> Result<Vec<Modifier>> {
+fn parse_modifier(name: &str, args: &Value, after_awq: bool) -> Result<Vec<Modifier>> {
     Ok(match name {
-        "QuantizationModifier" => vec![Modifier::Quantization(QuantModifier::parse(args)?)],
+        "QuantizationModifier" => vec![Modifier::Quantization(QuantModifier::parse(
+            args, after_awq,
+        )?)],
         "GPTQModifier" => vec![Modifier::Gptq(GptqModifier::parse(args)?)],
         "SmoothQuantModifier" => vec![Modifier::SmoothQuant(SmoothQuantModifier::parse(args)?)],
         "AWQModifier" => parse_awq(args)?,
@@ -350,7 +355,7 @@ fn parse_awq(args: &Value) -> Result<Vec<Modifier>> {
         .partition(|(k, _)| MIXIN_KEYS.contains(&k.as_str()));
     let mut out = vec![Modifier::Awq(AwqModifier::parse(&own)?)];
     if !quant.is_empty() {
-        let quant = QuantModifier::parse(&Value::Object(quant))?;
+        let quant = QuantModifier::parse(&Value::Object(quant), true)?;
         out.push(Modifier::Quantization(quant));
     }
     Ok(out)

@@ -38,6 +38,9 @@ pub(crate) struct QuantModifier {
     pub requires_calibration_data: bool,
     /// `GPTQModifier.actorder`, applied to every group's weights; `None` elsewhere.
     pub gptq_actorder: Option<ActorderArg>,
+    /// Follows an AWQModifier: the recipe runs on the calibration pipeline, which rounds
+    /// its groups to nearest, so they need not be presets.
+    pub after_awq: bool,
 }
 
 const NAME: &str = "QuantizationModifier";
@@ -70,10 +73,12 @@ const UNSUPPORTED_FIELDS: &[&str] = &[
 ];
 
 impl QuantModifier {
-    /// Parses and validates the modifier's argument mapping (`null` counts as empty).
-    pub fn parse(args: &Value) -> Result<QuantModifier> {
+    /// Parses and validates the modifier's argument mapping (`null` counts as empty);
+    /// `after_awq`: an AWQModifier comes before it in the recipe.
+    pub fn parse(args: &Value, after_awq: bool) -> Result<QuantModifier> {
         let mut m =
             QuantModifier::parse_fields(NAME, args, |_: &str, _: &Value, _: &str| Ok(false))?;
+        m.after_awq = after_awq;
         m.finish()?;
         Ok(m)
     }
@@ -106,6 +111,7 @@ impl QuantModifier {
             bypass_divisibility_checks: false,
             requires_calibration_data: false,
             gptq_actorder: None,
+            after_awq: false,
         };
         for (key, val) in map {
             let at = format!("{name}.{key}");
@@ -191,7 +197,7 @@ impl QuantModifier {
         if g.preset.is_some() {
             return Ok(());
         }
-        let calibrated = self.requires_calibration_data
+        let calibrated = (self.requires_calibration_data || self.after_awq)
             && calibratable(
                 g.weights.as_ref(),
                 g.input_activations.as_ref(),

@@ -46,7 +46,8 @@ pub(crate) fn quantize_fixture(case: &str, out: &Path) -> std::process::Output {
 /// How a computed tensor compares with llm-compressor's.
 #[derive(Debug, Default)]
 pub(crate) struct Diff {
-    /// Elements (4-bit codes counted one by one in packed tensors) that differ.
+    /// Elements (4-bit codes and zero points counted one by one in packed tensors) that
+    /// differ.
     pub differ: usize,
     pub elements: usize,
     /// Largest distance in BF16 steps (scales).
@@ -58,7 +59,7 @@ fn compare(ours: &Checkpoint, theirs: &Checkpoint, name: &str) -> Diff {
     assert_eq!((a.dtype, &a.shape), (b.dtype, &b.shape), "{name}");
     let (x, y) = (ours.data(a), theirs.data(b));
     let mut d = Diff::default();
-    if name.ends_with("weight_packed") {
+    if name.ends_with("weight_packed") || name.ends_with("weight_zero_point") {
         for (p, q) in x.iter().zip(y) {
             for shift in [0, 4] {
                 d.elements += 1;

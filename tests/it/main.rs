@@ -22,6 +22,7 @@
 mod support;
 
 mod architecture;
+mod awq;
 mod bench_cpu;
 mod calib_recipe;
 mod calibrate;

@@ -1,7 +1,7 @@
-//! SmoothQuant (and AWQ's refusal) on the calibration pipeline against llm-compressor
+//! SmoothQuant on the calibration pipeline against llm-compressor
 //! 0.14's `g128-smoothquant_gptq_w8a8` fixture, and the bad-input refusals of issue #22.
 
-use crate::calibrate::{quantize_fixture, run_case};
+use crate::calibrate::run_case;
 use crate::support::{fixture, qforge};
 use std::path::Path;
 
@@ -106,17 +106,4 @@ fn smoothing_strength_outside_0_1_is_refused() {
         assert!(!ok && !exists, "{err}");
         assert!(err.contains("outside [0, 1]"), "{bad}: {err}");
     }
-}
-
-/// AWQ is not implemented yet: its fixture recipe is refused with a clear message, before
-/// any output is written, rather than quantized some other way.
-#[test]
-fn awq_is_refused_as_not_supported_yet() {
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("out");
-    let run = quantize_fixture("g128-awq_w4a16_asym", &out);
-    let err = String::from_utf8_lossy(&run.stderr);
-    assert!(!run.status.success());
-    assert!(err.contains("AWQModifier is not supported"), "{err}");
-    assert!(!out.exists());
 }

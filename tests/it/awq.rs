@@ -1,0 +1,203 @@
+//! AWQ (llm-compressor 0.14's `AWQModifier`, duo_scaling both, then `QuantizationModifier`
+//! W4A16_ASYM) on the calibration pipeline against the `g128-awq_w4a16_asym` fixture, and
+//! the refusals of issue #22.
+
+use crate::calibrate::run_case;
+use crate::support::{fixture, qforge};
+use qforge::checkpoint::Checkpoint;
+
+/// config.json, recipe.yaml and the tensor list byte for byte (checked by `run_case`);
+/// every tensor of layer 0 (its smoothed norms, the codes, scales and zero points of all
+/// seven Linears) and every copied tensor identical to llm-compressor's. Layer 1 sees the
+/// outputs of qforge's BF16 forward of layer 0, which rounds a few values differently from
+/// torch (docs/calibration.md): measured 2026-12-06, one 4-bit code and one scale (one BF16
+/// step) of layer 1's k_proj differ, nothing else. Held to that, and to the issue's bar
+/// (≥ 99.9% of each tensor's codes identical, every scale within one BF16 step).
+#[test]
+fn awq_w4a16_asym_matches_llm_compressor() {
+    let diffs = run_case("g128-awq_w4a16_asym", |_| true);
+    let mut differ = 0;
+    for (name, d) in &diffs {
+        if name.starts_with("model.layers.0.") || !name.starts_with("model.layers.") {
+            assert_eq!(d.differ, 0, "{name}: {d:?}");
+        }
+        if name.ends_with("layernorm.weight") || name.ends_with("weight_zero_point") {
+            assert_eq!(d.differ, 0, "{name}: {d:?}");
+        }
+        if name.ends_with("weight_packed") {
+            assert!(d.differ * 1000 <= d.elements, "{name}: {d:?}");
+        }
+        assert!(d.max_steps <= 1, "{name}: {d:?}");
+        differ += d.differ;
+    }
+    println!("g128-awq_w4a16_asym: {differ} values differ from llm-compressor's in all");
+    assert!(differ <= 2, "{differ} values differ (measured: 2)");
+}
+
+/// Runs `quantize --dataset` on g128-bf16 with the recipe `text` (the fixture's samples and
+/// settings); returns (success, stderr, the output folder if it was written, the tempdir).
+fn quantize_recipe(text: &str) -> (bool, String, Option<std::path::PathBuf>, tempfile::TempDir) {
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = tmp.path().join("recipe.yaml");
+    std::fs::write(&recipe, text).unwrap();
+    let out = tmp.path().join("out");
+    let run = qforge()
+        .args(["quantize", "--model"])
+        .arg(fixture("schemes/g128-bf16"))
+        .arg("--recipe")
+        .arg(&recipe)
+        .arg("--dataset")
+        .arg(fixture("calibration/g128-ids.json"))
+        .args(["--no-shuffle", "--num-calibration-samples", "32"])
+        .args(["--max-seq-length", "64", "--output"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr).into_owned();
+    let written = out.exists().then_some(out);
+    (run.status.success(), err, written, tmp)
+}
+
+fn model_bytes(dir: &std::path::Path) -> Vec<u8> {
+    std::fs::read(dir.join("model.safetensors")).unwrap()
+}
+
+/// The old form (`scheme`, `targets`, `ignore` on AWQModifier itself) is split into an
+/// AWQModifier and a QuantizationModifier as llm-compressor's shim splits it: same
+/// tensors, same config.json as the new form's fixture run.
+#[test]
+fn the_old_awq_form_quantizes_like_the_new_one() {
+    let old = "quant_stage:\n  quant_modifiers:\n    AWQModifier:\n      duo_scaling: both\n      \
+               scheme: W4A16_ASYM\n      targets: [Linear]\n      ignore: [lm_head]\n";
+    let (ok, err, out, _tmp) = quantize_recipe(old);
+    assert!(ok, "{err}");
+    let out = out.unwrap();
+    let new = fixture("calibration/g128-awq_w4a16_asym/input-recipe.yaml");
+    let (ok2, err2, out2, _tmp2) = quantize_recipe(&std::fs::read_to_string(new).unwrap());
+    assert!(ok2, "{err2}");
+    let out2 = out2.unwrap();
+    assert!(
+        model_bytes(&out) == model_bytes(&out2),
+        "model.safetensors differ"
+    );
+    let config = |d: &std::path::Path| std::fs::read_to_string(d.join("config.json")).unwrap();
+    assert_eq!(config(&out), config(&out2));
+}
+
+/// A mapping that matches no module at all is skipped, as llm-compressor skips it: with
+/// only such a mapping AWQ changes nothing, and the output is round to nearest — the
+/// data-free W4A16_ASYM fixture's codes, scales and zero points exactly.
+#[test]
+fn a_mapping_matching_nothing_is_skipped_and_leaves_round_to_nearest() {
+    let recipe = "quant_stage:\n  quant_modifiers:\n    AWQModifier:\n      mappings:\n      \
+                  - smooth_layer: re:.*ln_f$\n        balance_layers: ['re:.*fc1$']\n    \
+                  QuantizationModifier: {targets: Linear, scheme: W4A16_ASYM, ignore: [lm_head]}\n";
+    let (ok, err, out, _tmp) = quantize_recipe(recipe);
+    assert!(ok, "{err}");
+    let ours = Checkpoint::open(&out.unwrap()).unwrap();
+    let rtn = Checkpoint::open(&fixture("schemes/g128-W4A16_ASYM")).unwrap();
+    assert_eq!(ours.tensors().len(), rtn.tensors().len());
+    for t in rtn.tensors() {
+        let o = ours
+            .get(&t.name)
+            .unwrap_or_else(|| panic!("{} missing", t.name));
+        assert!(
+            ours.data(o) == rtn.data(t),
+            "{} differs from round to nearest",
+            t.name
+        );
+    }
+}
+
+/// A mapping naming modules the model lacks in part is refused before any work, with
+/// llm-compressor's message (compressed-tensors' `match_modules_set`).
+#[test]
+fn a_mapping_naming_missing_modules_is_refused() {
+    let recipe = "quant_stage:\n  quant_modifiers:\n    AWQModifier:\n      mappings:\n      \
+                  - smooth_layer: re:.*input_layernorm$\n        \
+                  balance_layers: ['re:.*q_proj$', 're:.*qkv_proj$']\n    \
+                  QuantizationModifier: {targets: Linear, scheme: W4A16_ASYM, ignore: [lm_head]}\n";
+    let (ok, err, out, _tmp) = quantize_recipe(recipe);
+    assert!(!ok && out.is_none(), "{err}");
+    assert!(
+        err.contains(
+            "AWQModifier: Found a final incomplete set with matches found for keys: \
+             re:.*input_layernorm$, re:.*q_proj$ but no matches found for keys: re:.*qkv_proj$"
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("qforge: error").count(),
+        1,
+        "one error line: {err}"
+    );
+}
+
+/// AWQ on schemes it does not run: duo scaling with per-tensor weights (llm-compressor's
+/// own validation, its message), FP8 weights and a KV-cache scheme (not supported by qforge
+/// yet), and a mapping qforge does not smooth. Each refused before any output exists.
+#[test]
+fn awq_on_unsupported_schemes_is_refused() {
+    let stage = |awq: &str, quant: &str| {
+        format!("quant_stage:\n  quant_modifiers:\n    AWQModifier: {awq}\n    QuantizationModifier: {quant}\n")
+    };
+    let cases = [
+        (
+            stage("{}", "{targets: Linear, scheme: FP8, ignore: [lm_head]}"),
+            "duo_scaling is only supported with per-channel quantization strategies (group or \
+             channel), but found TENSOR strategy",
+        ),
+        (
+            stage("{duo_scaling: false}", "{targets: Linear, scheme: FP8_DYNAMIC, ignore: [lm_head]}"),
+            "AWQModifier with float weights (integer weights are) is not supported",
+        ),
+        (
+            stage(
+                "{}",
+                "{targets: Linear, scheme: W4A16_ASYM, ignore: [lm_head], kv_cache_scheme: \
+                 {num_bits: 8, type: float, strategy: tensor, dynamic: false, symmetric: true}}",
+            ),
+            "AWQModifier with a kv_cache_scheme is not supported",
+        ),
+        (
+            stage(
+                "{mappings: [{smooth_layer: 're:.*input_layernorm$', balance_layers: ['re:.*gate_proj$']}]}",
+                "{targets: Linear, scheme: W4A16_ASYM, ignore: [lm_head]}",
+            ),
+            "a balance layer does not read the norm's output",
+        ),
+    ];
+    for (recipe, want) in cases {
+        let (ok, err, out, _tmp) = quantize_recipe(&recipe);
+        assert!(!ok && out.is_none(), "{recipe}: {err}");
+        assert!(err.contains(want), "{recipe}: {err}");
+        assert_eq!(
+            err.matches("qforge: error").count(),
+            1,
+            "one error line: {err}"
+        );
+    }
+}
+
+/// A QuantizationModifier after AWQ runs on the calibration pipeline, so its
+/// `config_groups` need not be a preset: int4 asymmetric group 64 (as SmolLM2 needs) gives
+/// two scales and zero points per 128-wide row, codes in the packed layout.
+#[test]
+fn awq_takes_integer_config_groups_beyond_the_presets() {
+    let recipe = "quant_stage:\n  quant_modifiers:\n    AWQModifier: {duo_scaling: both}\n    \
+                  QuantizationModifier:\n      ignore: [lm_head]\n      config_groups:\n        \
+                  group_0:\n          targets: [Linear]\n          weights: {num_bits: 4, type: \
+                  int, symmetric: false, strategy: group, group_size: 64}\n";
+    let (ok, err, out, _tmp) = quantize_recipe(recipe);
+    assert!(ok, "{err}");
+    let ck = Checkpoint::open(&out.unwrap()).unwrap();
+    let shape = |n: &str| ck.get(n).unwrap_or_else(|| panic!("{n}")).shape.clone();
+    let q = "model.layers.0.self_attn.q_proj";
+    assert_eq!(shape(&format!("{q}.weight_scale")), [256, 2]);
+    assert_eq!(shape(&format!("{q}.weight_zero_point")), [32, 2]);
+    assert_eq!(shape(&format!("{q}.weight_packed")), [256, 16]);
+    // The smoothed norm is written (not the source's).
+    let norm = "model.layers.0.input_layernorm.weight";
+    let src = Checkpoint::open(&fixture("schemes/g128-bf16")).unwrap();
+    assert!(ck.data(ck.get(norm).unwrap()) != src.data(src.get(norm).unwrap()));
+}
