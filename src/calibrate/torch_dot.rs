@@ -1,10 +1,10 @@
-//! The f32 summation orders of torch 2.14's BF16 matmuls on an x86 CPU without AVX-512, so
-//! that the calibration forward rounds every Linear and attention product exactly as the
-//! reference does. Products of two BF16 values are exact in f32, so only the order of the
-//! additions matters, and these are the orders torch uses:
+//! The f32 summation orders (and the `exp`) of torch 2.14's CPU kernels in the BF16
+//! forward pass, on an x86 CPU without AVX-512, so that the calibration forward rounds every
+//! Linear, attention product and norm exactly as the reference does. Products of two BF16
+//! values are exact in f32, so only the order of the additions matters:
 //!
-//! - [`dot`]: `F.linear` and `q·kᵀ`. Without AVX-512 torch has no oneDNN BF16 matmul
-//!   (`mkldnn_bf16_device_check` fails) and takes at::native's `cpublas::gemm` →
+//! - [`dot`], [`linear_sums`]: `F.linear` and `q·kᵀ`. Without AVX-512 torch has no oneDNN
+//!   BF16 matmul (`mkldnn_bf16_device_check` fails) and takes at::native's `cpublas::gemm` →
 //!   `gemm_transa_` → `dot_with_fp32_arith_no_bfdot` (ReducedPrecisionFloatGemvFastPathKernel):
 //!   8 AVX2 registers of 8 f32 lanes, so 64 running sums, element `j` into sum `j % 64`;
 //!   the 64 are added by halving (registers 0..4 += 4..8, 0..2 += 2..4, 0 += 1, then the
@@ -19,7 +19,7 @@
 //! Measured (`/work/refvenv`, torch 2.14.0 on an AMD EPYC with AVX2 + FMA): these orders
 //! reproduce torch's BF16 `F.linear` and both attention matmuls in every output of
 //! adversarial inputs (large terms that cancel, so that the order shows in the rounding to
-//! BF16), for K = 16, 100, 128, 200, 384, 576, 1536; a plain running sum differs in ~1.5%
+//! BF16), for K = 16, 100, 128, 200, 384, 576, 1536; a plain running sum differs in 1.1–1.5%
 //! of those outputs. A machine whose torch uses oneDNN (AVX-512) sums in another order.
 
 /// Running sums of the main loop: 8 registers × 8 f32 lanes (AVX2).
@@ -74,20 +74,36 @@ fn dot_body(a: &[f32], b: &[f32]) -> f32 {
     sum
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    dot_body(a, b)
-}
-
-/// `Σ a[i]·b[i]` over BF16 values in torch's `dot_with_fp32_arith` order (module docs).
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+/// `y[r, o] = Σ x[r, ·]·w[o, ·]` in [`dot`]'s order, unrounded: `x` is `[rows, k]`, `w` is
+/// `[out, k]`, `y` is `[rows, out]`, all row-major (the f32 sums of `F.linear`).
+pub fn linear_sums(x: &[f32], w: &[f32], k: usize, y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2 (checked above); the body is plain safe Rust, the
         // attribute only lets the compiler use 256-bit registers. Same order either way.
-        return unsafe { dot_avx2(a, b) };
+        return unsafe { linear_sums_avx2(x, w, k, y) };
     }
+    linear_sums_body(x, w, k, y)
+}
+
+#[inline(always)]
+fn linear_sums_body(x: &[f32], w: &[f32], k: usize, y: &mut [f32]) {
+    let out = w.len() / k;
+    for (xr, yr) in x.chunks_exact(k).zip(y.chunks_exact_mut(out)) {
+        for (wr, yv) in w.chunks_exact(k).zip(yr.iter_mut()) {
+            *yv = dot_body(xr, wr);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn linear_sums_avx2(x: &[f32], w: &[f32], k: usize, y: &mut [f32]) {
+    linear_sums_body(x, w, k, y)
+}
+
+/// `Σ a[i]·b[i]` over BF16 values in torch's `dot_with_fp32_arith` order (module docs).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     dot_body(a, b)
 }
 
@@ -117,7 +133,11 @@ pub fn sum(x: &[f32]) -> f32 {
     let vecs = x.len() / LANES;
     let rounds = vecs / 4;
     // multi_row_sum: `level_power = max(4, ceil_log2(rounds) / 4)`, 4 levels.
-    let ceil_log2 = if rounds <= 1 { 0 } else { usize::BITS - (rounds - 1).leading_zeros() };
+    let ceil_log2 = if rounds <= 1 {
+        0
+    } else {
+        usize::BITS - (rounds - 1).leading_zeros()
+    };
     let power = (ceil_log2 as usize / 4).max(4);
     let step = 1usize << power;
     let mut acc = [[[0f32; LANES]; 4]; 4];
@@ -210,7 +230,13 @@ pub fn exp(d: f32) -> f32 {
     let s = q.mul_add(-L2U, d);
     let s = q.mul_add(-L2L, s);
     let mut u = 0.000_198_527_62_f32;
-    for c in [0.001_393_043_6, 0.008_333_361, 0.041_666_485, 0.166_666_67, 0.5] {
+    for c in [
+        0.001_393_043_6,
+        0.008_333_361,
+        0.041_666_485,
+        0.166_666_67,
+        0.5,
+    ] {
         u = u.mul_add(s, c);
     }
     let u = 1.0 + (s * s).mul_add(u, s);
