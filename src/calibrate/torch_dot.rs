@@ -123,6 +123,13 @@ pub fn dot_ilp4(a: &[f32], b: &[f32]) -> f32 {
     ((s[0] + s[1]) + s[2]) + s[3]
 }
 
+/// `to[l] += from[l]` for each lane: one vector add.
+fn add_lanes(to: &mut [f32; LANES], from: &[f32; LANES]) {
+    for (t, &f) in to.iter_mut().zip(from) {
+        *t += f;
+    }
+}
+
 /// `Σ x[i]` in the order of torch's `sum`/`mean` over a contiguous last dimension of f32
 /// (`cascade_sum` → `vectorized_inner_sum`, SumKernel.cpp, AVX2): the row is read as
 /// 8-lane vectors, 4 of them at a time into 4 vector running sums (`row_sum`, ilp 4),
@@ -155,11 +162,10 @@ pub fn sum(x: &[f32]) -> f32 {
             i += 1;
         }
         for j in 1..4 {
-            for k in 0..4 {
-                for l in 0..LANES {
-                    acc[j][k][l] += acc[j - 1][k][l];
-                }
-                acc[j - 1][k] = [0.0; LANES];
+            // Level j takes level j - 1's sums, which start again from 0.
+            let below = std::mem::replace(&mut acc[j - 1], [[0.0; LANES]; 4]);
+            for (to, from) in acc[j].iter_mut().zip(&below) {
+                add_lanes(to, from);
             }
             if i & ((step - 1) << (j * power)) != 0 {
                 break;
@@ -174,19 +180,16 @@ pub fn sum(x: &[f32]) -> f32 {
     }
     let mut s = acc[0];
     for level in &acc[1..] {
-        for (sk, lk) in s.iter_mut().zip(level) {
-            for l in 0..LANES {
-                sk[l] += lk[l];
-            }
+        for (to, from) in s.iter_mut().zip(level) {
+            add_lanes(to, from);
         }
     }
     for v in rounds * 4..vecs {
         add_vec(&mut s[0], v);
     }
-    for k in 1..4 {
-        for l in 0..LANES {
-            s[0][l] += s[k][l];
-        }
+    let (first, rest) = s.split_at_mut(1);
+    for from in rest.iter() {
+        add_lanes(&mut first[0], from);
     }
     let mut total = 0f32;
     for &e in &x[vecs * LANES..] {
