@@ -51,8 +51,10 @@ fn dot_body(a: &[f32], b: &[f32]) -> f32 {
         .chunks_exact(BLOCK)
         .zip(b[..main].chunks_exact(BLOCK))
     {
+        // A fused multiply-add, as torch's `vec::fmadd`: the same as `acc + a·b` whenever
+        // the product of two BF16 values is exact (all but f32-subnormal products).
         for i in 0..BLOCK {
-            acc[i] += ca[i] * cb[i];
+            acc[i] = ca[i].mul_add(cb[i], acc[i]);
         }
     }
     let mut sum = halve(&mut acc);
@@ -60,10 +62,10 @@ fn dot_body(a: &[f32], b: &[f32]) -> f32 {
     let mut tail = [0f32; LANES];
     for j in (main..vec_end).step_by(BF16_STEP) {
         for l in 0..LANES {
-            tail[l] += a[j + l] * b[j + l];
+            tail[l] = a[j + l].mul_add(b[j + l], tail[l]);
         }
         for l in 0..LANES {
-            tail[l] += a[j + LANES + l] * b[j + LANES + l];
+            tail[l] = a[j + LANES + l].mul_add(b[j + LANES + l], tail[l]);
         }
     }
     // Added even when empty, as torch does (it turns a -0.0 sum into +0.0).
@@ -78,32 +80,50 @@ fn dot_body(a: &[f32], b: &[f32]) -> f32 {
 /// `[out, k]`, `y` is `[rows, out]`, all row-major (the f32 sums of `F.linear`).
 pub fn linear_sums(x: &[f32], w: &[f32], k: usize, y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked above); the body is plain safe Rust, the
-        // attribute only lets the compiler use 256-bit registers. Same order either way.
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA (checked above); the body is plain safe Rust, the
+        // attribute only lets the compiler use 256-bit registers and `vfmadd`. Same results
+        // either way.
         return unsafe { linear_sums_avx2(x, w, k, y) };
     }
     linear_sums_body(x, w, k, y)
 }
 
+/// Token rows per pass over the weight: each weight row is read once per block of rows,
+/// not once per row (the weight does not fit in the cache, the block of rows does).
+const ROW_BLOCK: usize = 16;
+
 #[inline(always)]
 fn linear_sums_body(x: &[f32], w: &[f32], k: usize, y: &mut [f32]) {
     let out = w.len() / k;
-    for (xr, yr) in x.chunks_exact(k).zip(y.chunks_exact_mut(out)) {
-        for (wr, yv) in w.chunks_exact(k).zip(yr.iter_mut()) {
-            *yv = dot_body(xr, wr);
+    for (xb, yb) in x.chunks(ROW_BLOCK * k).zip(y.chunks_mut(ROW_BLOCK * out)) {
+        for (o, wr) in w.chunks_exact(k).enumerate() {
+            for (r, xr) in xb.chunks_exact(k).enumerate() {
+                yb[r * out + o] = dot_body(xr, wr);
+            }
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 unsafe fn linear_sums_avx2(x: &[f32], w: &[f32], k: usize, y: &mut [f32]) {
     linear_sums_body(x, w, k, y)
 }
 
 /// `Σ a[i]·b[i]` over BF16 values in torch's `dot_with_fp32_arith` order (module docs).
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: as in `linear_sums`.
+        return unsafe { dot_avx2(a, b) };
+    }
+    dot_body(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     dot_body(a, b)
 }
 
