@@ -2,21 +2,25 @@
 //! transformers' BF16 `LlamaDecoderLayer` on the CPU rounds (torch keeps every intermediate
 //! tensor in BF16; each op computes in f32 and rounds its result once):
 //!
-//! - RMSNorm: `w * bf16(x * rsqrt(mean(x²) + eps))` (the normalisation in f32), rounded;
-//! - Linear: f32-accumulated products (oneDNN), rounded once — here through the `gemm` crate;
+//! - RMSNorm: `w * bf16(x * rsqrt(mean(x²) + eps))` (the normalisation in f32, the mean
+//!   summed in torch's order), rounded;
+//! - Linear: f32-accumulated products rounded once, summed in the order of torch's CPU
+//!   kernel (`torch_dot`: at::native's cpublas on AVX2);
 //! - RoPE: `cos`/`sin` rounded to BF16 (`.to(x.dtype)`), then `q·cos` and
 //!   `rotate_half(q)·sin` each rounded, and their sum rounded;
 //! - attention: transformers' *eager* attention, which llm-compressor forces during
 //!   calibration (`calibration_forward_context` → `use_eager_attention`; a plain forward would
 //!   use SDPA's flash kernel instead): `q·kᵀ` rounded, times the scale rounded, the causal mask
 //!   added (a masked score becomes the BF16 minimum: its exponential is 0), the softmax in f32
-//!   (`exp(s - max) · (1 / Σ)`) rounded, then `p·v` f32-accumulated and rounded;
+//!   (`exp(s - max) · (1 / Σ)`, SLEEF's `exp`, torch's sum order) rounded, then `p·v` f32-accumulated and rounded (both
+//!   matmuls in torch's summation orders, `torch_dot`);
 //! - residual adds, SiLU and the gate product each rounded.
 //!
 //! Every activation is an `f32` holding a BF16 value. Observers see the tensors the
 //! llm-compressor hooks see: each Linear's input, and the attention's key states after RoPE
 //! and its value states (`QuantizedKVCache`, compressed-tensors `register_key_hook`).
 
+use super::torch_dot;
 use crate::runtime::config::ModelConfig;
 use crate::runtime::cpu::ops::inv_freq;
 
@@ -148,39 +152,16 @@ pub fn bf16(x: f32) -> f32 {
     f32::from_bits(r)
 }
 
-/// `y[t, out] = bf16(x[t, in] · w[out, in]ᵀ)`, accumulated in f32 by `gemm`.
+/// `y[t, out] = bf16(x[t, in] · w[out, in]ᵀ)`, each output summed in f32 in torch's order
+/// ([`torch_dot::dot`]) and rounded once.
 pub fn linear(x: &[f32], w: &[f32], t: usize, out: usize, inp: usize, y: &mut Vec<f32>) {
     y.clear();
     y.resize(t * out, 0.0);
-    if t == 0 {
+    if t == 0 || inp == 0 {
         return;
     }
-    // SAFETY: the strides describe x as [t, inp], wᵀ as [inp, out] and y as [t, out], all
-    // row-major and inside the slices (checked by the asserts).
     assert!(x.len() >= t * inp && w.len() >= out * inp);
-    unsafe {
-        gemm::gemm(
-            t,
-            out,
-            inp,
-            y.as_mut_ptr(),
-            1,
-            out as isize,
-            false,
-            x.as_ptr(),
-            1,
-            inp as isize,
-            w.as_ptr(),
-            inp as isize,
-            1,
-            0.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    torch_dot::linear_sums(&x[..t * inp], &w[..out * inp], inp, y);
     for v in y.iter_mut() {
         *v = bf16(*v);
     }
@@ -190,11 +171,12 @@ pub fn linear(x: &[f32], w: &[f32], t: usize, out: usize, inp: usize, y: &mut Ve
 fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut Vec<f32>) {
     out.clear();
     let d = w.len();
+    let mut sq = Vec::with_capacity(d);
     for row in x.chunks_exact(d) {
-        // torch sums f32 in a vectorised cascade; an f64 sum rounded once is as close to it
-        // as any fixed order.
-        let sum: f64 = row.iter().map(|&v| (v * v) as f64).sum();
-        let mean = (sum / d as f64) as f32;
+        // `pow(2).mean(-1)`: f32 squares, summed in torch's order, divided by the width.
+        sq.clear();
+        sq.extend(row.iter().map(|&v| v * v));
+        let mean = torch_dot::sum(&sq) / d as f32;
         let r = 1.0 / (mean + eps).sqrt();
         out.extend(row.iter().zip(w).map(|(&v, &g)| bf16(g * bf16(v * r))));
     }
@@ -258,37 +240,37 @@ fn attention(q: &[f32], k: &[f32], v: &[f32], t: usize, d: &Dims, out: &mut Vec<
     out.clear();
     out.resize(t * qw, 0.0);
     let mut p = vec![0f32; t];
-    let mut acc = vec![0f32; hd];
+    // One head's value states transposed, [head_dim, t], so that each output of `p·v` is a
+    // dot product of two contiguous rows.
+    let mut vt = vec![0f32; hd * t];
     for h in 0..d.heads {
         let kvh = h / group;
+        for j in 0..t {
+            for c in 0..hd {
+                vt[c * t + j] = v[j * kw + kvh * hd + c];
+            }
+        }
         for i in 0..t {
             let qi = &q[i * qw + h * hd..i * qw + (h + 1) * hd];
             let mut max = f32::NEG_INFINITY;
             for (j, pj) in p.iter_mut().enumerate().take(i + 1) {
                 let kj = &k[j * kw + kvh * hd..j * kw + (kvh + 1) * hd];
-                let dot: f32 = qi.iter().zip(kj).map(|(a, b)| a * b).sum();
-                *pj = bf16(bf16(dot) * scale);
+                *pj = bf16(bf16(torch_dot::dot(qi, kj)) * scale);
                 max = max.max(*pj);
             }
-            let mut sum = 0f32;
+            // The masked scores' exponentials are 0: the sum runs over the whole row of t.
             for pj in &mut p[..=i] {
-                *pj = (*pj - max).exp();
-                sum += *pj;
+                *pj = torch_dot::exp(*pj - max);
             }
-            let inv = 1.0 / sum;
+            let inv = 1.0 / torch_dot::reduce_all_sum(&p[..=i], t);
             for pj in &mut p[..=i] {
                 *pj = bf16(*pj * inv);
             }
-            acc.fill(0.0);
-            for (j, &pj) in p[..=i].iter().enumerate() {
-                let vj = &v[j * kw + kvh * hd..j * kw + (kvh + 1) * hd];
-                for (a, &b) in acc.iter_mut().zip(vj) {
-                    *a += pj * b;
-                }
-            }
+            // The masked probabilities are 0 and add nothing; the sums keep their places
+            // (element j into running sum j % 4) because every row starts at j = 0.
             let o = &mut out[i * qw + h * hd..i * qw + (h + 1) * hd];
-            for (o, &a) in o.iter_mut().zip(&acc) {
-                *o = bf16(a);
+            for (c, o) in o.iter_mut().enumerate() {
+                *o = bf16(torch_dot::dot_ilp4(&p[..=i], &vt[c * t..c * t + i + 1]));
             }
         }
     }

@@ -11,7 +11,8 @@
 //! - [`run`]: `quantize --dataset` end to end;
 //! - [`gptq`]: GPTQ itself (the Hessian and the column-by-column quantization);
 //! - [`smoothquant`]: SmoothQuant (its own activation stream, then the smoothed weights);
-//! - [`awq`]: AWQ (the scale grid search per mapping, then round to nearest).
+//! - [`awq`]: AWQ (the scale grid search per mapping, then round to nearest);
+//! - [`torch_dot`]: the f32 summation orders of torch's BF16 matmuls on the CPU.
 //!
 //! See docs/calibration.md.
 
@@ -25,6 +26,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod run;
 pub mod smoothquant;
+pub mod torch_dot;
 
 pub use pipeline::{Activations, Calibrator, Pipeline};
 pub use plan::{MemoryPlan, Workload};

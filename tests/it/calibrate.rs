@@ -88,6 +88,15 @@ fn compare(ours: &Checkpoint, theirs: &Checkpoint, name: &str) -> Diff {
 /// Quantizes a fixture case and checks config.json, recipe.yaml and the tensor list byte
 /// for byte; returns the per-tensor differences (printed).
 pub(crate) fn run_case(case: &str, select: impl Fn(&str) -> bool) -> Vec<(String, Diff)> {
+    run_case_against(case, &fixture("calibration").join(case), select)
+}
+
+/// [`run_case`] against another llm-compressor output of the same case (`reference`).
+fn run_case_against(
+    case: &str,
+    reference: &Path,
+    select: impl Fn(&str) -> bool,
+) -> Vec<(String, Diff)> {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let run = quantize_fixture(case, &out);
@@ -96,7 +105,6 @@ pub(crate) fn run_case(case: &str, select: impl Fn(&str) -> bool) -> Vec<(String
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
-    let reference = fixture("calibration").join(case);
     for f in ["config.json", "recipe.yaml"] {
         let ours = std::fs::read_to_string(out.join(f)).unwrap();
         let theirs = std::fs::read_to_string(reference.join(f)).unwrap();
@@ -104,7 +112,7 @@ pub(crate) fn run_case(case: &str, select: impl Fn(&str) -> bool) -> Vec<(String
     }
     let (ours, theirs) = (
         Checkpoint::open(&out).unwrap(),
-        Checkpoint::open(&reference).unwrap(),
+        Checkpoint::open(reference).unwrap(),
     );
     let names = |c: &Checkpoint| {
         let mut v: Vec<String> = c.tensors().iter().map(|t| t.name.clone()).collect();
@@ -207,9 +215,12 @@ fn gptq_w4g64_actorder_weight_matches_llm_compressor() {
     check_gptq("g128-gptq_w4g64_actorder_weight");
 }
 
+/// Against the shared fixtures: they were made on a CPU whose torch sums BF16 matmuls in
+/// another order than this AVX2 machine's (llm-compressor run here differs from them in
+/// 5,534 w4a16 codes, as much as qforge does), so this bar is out of reach there.
 #[test]
-#[ignore = "a few attention outputs of layer 0 still round differently from torch's eager \
-            attention (docs/calibration.md): up to 6% of a layer-1 Linear's codes differ"]
+#[ignore = "the fixtures' CPU rounds differently from an AVX2 one (docs/calibration.md): \
+            up to 4.1% of a layer-1 Linear's codes differ (llm-compressor run here: same)"]
 fn gptq_codes_match_llm_compressor_to_999_per_mille() {
     for case in [
         "g128-gptq_w4a16",
@@ -218,6 +229,32 @@ fn gptq_codes_match_llm_compressor_to_999_per_mille() {
     ] {
         check_gptq_strict(case);
     }
+}
+
+/// The issue's bar against llm-compressor run on this machine (an AVX2 CPU without
+/// AVX-512, whose torch order `calibrate::torch_dot` reproduces): W4A16 byte for byte, every
+/// tensor of the other GPTQ cases ≥ 99.9% identical (measured: 5 and 12 codes differ in all,
+/// in layer 1's v_proj/o_proj, where the GPTQ solve's f32 rounding — faer against MKL —
+/// decides a few near-ties). SmoothQuant+GPTQ is printed, not held (docs/calibration.md).
+#[test]
+#[ignore = "needs QFORGE_CALIB_REF from scripts/calib_local_ref.sh (llm-compressor on this CPU)"]
+fn gptq_reproduces_llm_compressor_on_this_cpu() {
+    let refs = std::path::PathBuf::from(std::env::var("QFORGE_CALIB_REF").expect("set it"));
+    for (name, d) in run_case_against("g128-gptq_w4a16", &refs.join("g128-gptq_w4a16"), |_| true) {
+        assert_eq!(d.differ, 0, "w4a16 {name}: {d:?}");
+    }
+    for case in ["g128-gptq_w8a8", "g128-gptq_w4g64_actorder_weight"] {
+        for (name, d) in run_case_against(case, &refs.join(case), |_| true) {
+            assert!(d.differ * 1000 <= d.elements, "{case} {name}: {d:?}");
+            if name.contains("scale") {
+                assert_eq!(d.differ, 0, "{case} {name}: {d:?}");
+            }
+        }
+    }
+    let case = "g128-smoothquant_gptq_w8a8";
+    let diffs = run_case_against(case, &refs.join(case), |_| true);
+    let differ: usize = diffs.iter().map(|(_, d)| d.differ).sum();
+    println!("{case}: {differ} values differ from llm-compressor's on this CPU");
 }
 
 #[test]
@@ -285,18 +322,15 @@ fn forward_matches_transformers_layer_by_layer() {
             }
         }
         println!("after layer {layer}: {differ} of {per_layer} values differ, max |diff| {max:e}");
-        max
+        differ
     };
-    assert_eq!(report(0, &acts), 0.0);
+    assert_eq!(report(0, &acts), 0);
     for layer in 0..pipe.num_layers() {
         let mut cal = qforge::calibrate::pipeline::Passthrough;
         pipe.run_layer(layer, &mut acts, &mut cal).unwrap();
-        let max = report(layer + 1, &acts);
-        if layer == 0 {
-            // Layer 0's outputs are below 0.32: one BF16 step there is at most 2^-9; with
-            // eager attention (as llm-compressor calibrates) the largest difference is 2^-10.
-            assert!(max <= 2f32.powi(-10), "layer 0 is {max} from transformers");
-        }
+        // Bit for bit, Infs included (layer 1's 3e38 up_proj weights), when the dump was made
+        // on an AVX2 CPU without AVX-512 (`calibrate::torch_dot`).
+        assert_eq!(report(layer + 1, &acts), 0, "after layer {layer}");
     }
 }
 
