@@ -146,8 +146,10 @@ def main():
             print(f"{task}: {r['requests']} requests, max |Δ log-likelihood| = "
                   f"{r['max_dll']:.2e} nats; {r['docs']} documents, {r['docs_differing']} "
                   f"with another metric" + (f"; max |Δ mc2| = {r['max_dmc2']:.1e}"
-                                            if task == "truthfulqa_mc2" else ""))
+                                            if task == "truthfulqa_mc2" else ""), flush=True)
         results.append((",".join(g), lw, lc, qw, qc))
+        print(f"  lm_eval {lw:.1f} s wall, {lc:.1f} s CPU; qforge {qw:.1f} s wall, "
+              f"{qc:.1f} s CPU", flush=True)
     print(f"\nthreads per side: {threads}; --limit {a.limit}; work files in {out}")
     print(f"| tasks | lm_eval wall s | qforge wall s | wall ratio | lm_eval CPU s | "
           f"qforge CPU s | CPU ratio |")
