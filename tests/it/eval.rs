@@ -489,3 +489,26 @@ fn eval_without_data_dir_uses_the_hub() {
     assert_eq!(tasks_of(&online), tasks_of(&local));
     assert!(home.path().join("hub/datasets--allenai--ai2_arc").is_dir());
 }
+
+/// The packed-GEMM prefill `qforge eval` turns on gives the logits of the default path up to
+/// the order of f32 additions, on a prompt long enough to use it.
+#[test]
+fn fast_prefill_matches_the_default_path() {
+    let tok = TextTokenizer::load(&tiny()).unwrap();
+    let text = "The quick brown fox jumps over the lazy dog while the cat sleeps. ".repeat(6);
+    let ids = tok.encode(&text, true).unwrap();
+    assert!(ids.len() >= qforge::runtime::cpu::prefill::GEMM_MIN_ROWS);
+    let mut model = runtime::load(&tiny(), Device::Cpu, Some(256)).unwrap();
+    let slow = model.forward(&ids, 0, true).unwrap();
+    model.reset();
+    model.set_fast_prefill(true);
+    let fast = model.forward(&ids, 0, true).unwrap();
+    assert_eq!(slow.len(), fast.len());
+    let worst = slow
+        .iter()
+        .zip(&fast)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    let scale = slow.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert!(worst <= 1e-4 * scale.max(1.0), "max |Δ logit| {worst:e}");
+}
