@@ -17,9 +17,11 @@ use crate::{Error, Result};
     Tasks follow lm-evaluation-harness 0.4.x (prompts, few-shot sampling with seed 1234, metrics,\n\
     stderr); `openllm` is the Open LLM Leaderboard v1 group the model cards report: arc_challenge\n\
     (25-shot), hellaswag (10), truthfulqa_mc2 (0), mmlu (5), winogrande (5), gsm8k (5).\n\
-    --data-dir holds the datasets as DIR/<repo id>/<config>/<split>.jsonl, e.g.\n\
-    DIR/allenai/ai2_arc/ARC-Challenge/test.jsonl, DIR/Rowan/hellaswag/default/validation.jsonl.\n\
-    See docs/eval.md.")]
+    Datasets: the Hub repos lm_eval reads (allenai/ai2_arc, Rowan/hellaswag, allenai/winogrande,\n\
+    cais/mmlu, truthfulqa/truthful_qa, openai/gsm8k), downloaded into the Hugging Face cache\n\
+    (HF_HOME, HF_ENDPOINT, HF_TOKEN; HF_HUB_OFFLINE=1 reads the cache only). Or --data-dir DIR\n\
+    with DIR/<repo id>/<config>/<split>.jsonl, e.g. DIR/allenai/ai2_arc/ARC-Challenge/test.jsonl,\n\
+    DIR/Rowan/hellaswag/default/validation.jsonl. See docs/eval.md.")]
 pub struct EvalArgs {
     /// The model to evaluate: a directory or a Hub repo id.
     #[arg(long, value_name = super::MODEL_VALUE)]
@@ -39,7 +41,7 @@ pub struct EvalArgs {
     pub limit: Option<usize>,
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
-    /// Folder with the task datasets (see below).
+    /// Read the task datasets from this folder instead of the Hub (layout below).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Longest token window (lm_eval's max_length; default: the config's context length).
@@ -91,6 +93,7 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode> {
         limit: args.limit,
         device: args.device,
         data_dir: args.data_dir.clone(),
+        hub: hub::HubConfig::from_env(),
         max_length: args.max_length,
         log_samples: args.log_samples,
         progress: true,

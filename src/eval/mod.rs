@@ -15,9 +15,11 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::checkpoint::hub::HubConfig;
 use crate::runtime::tokenizer::TextTokenizer;
 use crate::runtime::{self, Device};
 use crate::{Error, Result};
+use data::DataSource;
 use run::{Aggregate, LoadedTask, RunOptions, TaskResult};
 use score::Session;
 
@@ -34,6 +36,8 @@ pub struct EvalOptions {
     pub limit: Option<usize>,
     pub device: Device,
     pub data_dir: Option<PathBuf>,
+    /// Where Hub datasets come from without `--data-dir` (endpoint, cache, offline mode).
+    pub hub: HubConfig,
     /// lm_eval's `max_length` model argument; `None`: from config.json.
     pub max_length: Option<usize>,
     pub log_samples: bool,
@@ -65,7 +69,10 @@ pub struct EvalReport {
 pub fn evaluate(opts: &EvalOptions) -> Result<EvalReport> {
     let list = tasks::resolve(&opts.tasks)?;
     let run_opts = RunOptions {
-        data_dir: opts.data_dir.as_deref(),
+        data: match &opts.data_dir {
+            Some(dir) => DataSource::Dir(dir),
+            None => DataSource::Hub(&opts.hub),
+        },
         num_fewshot: opts.num_fewshot,
         limit: opts.limit,
         log_samples: opts.log_samples,

@@ -1,16 +1,14 @@
 //! Runs tasks on one model: few-shot prompts (lm_eval's sampler), requests through the
 //! [`Session`], per-document metrics, aggregation.
 
-use serde::Serialize;
-use serde_json::Value;
-use std::path::Path;
-
-use super::data::load_split;
+use super::data::{load_split, DataSource};
 use super::metrics::{self, GSM8K_FLEXIBLE, GSM8K_STRICT};
 use super::pyrandom::PyRandom;
 use super::score::Session;
 use super::tasks::{self, Family, Kind, Sampler, Target, Task};
 use crate::{Error, Result};
+use serde::Serialize;
+use serde_json::Value;
 
 /// lm_eval's `fewshot_random_seed` default.
 pub const FEWSHOT_SEED: u64 = 1234;
@@ -22,7 +20,8 @@ const GSM8K_UNTIL: [&str; 3] = ["Question:", "</s>", "<|im_end|>"];
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct RunOptions<'a> {
-    pub data_dir: Option<&'a Path>,
+    /// `--data-dir`, else the Hub.
+    pub data: DataSource<'a>,
     pub num_fewshot: Option<usize>,
     pub limit: Option<usize>,
     /// Keep every request's log-likelihood in the results (`--log-samples`).
@@ -46,14 +45,14 @@ pub fn load_tasks(list: &[Task], opts: &RunOptions) -> Result<Vec<LoadedTask>> {
     }
     list.iter()
         .map(|t| {
-            let mut docs = load_split(opts.data_dir, t.dataset, t.eval_split)?;
+            let mut docs = load_split(opts.data, t.dataset, t.eval_split)?;
             if let Some(n) = opts.limit {
                 docs.truncate(n);
             }
             let shots = opts.num_fewshot.unwrap_or(t.num_fewshot);
             let fewshot = match shots {
                 0 => Vec::new(),
-                _ => load_split(opts.data_dir, t.dataset, t.fewshot_split)?,
+                _ => load_split(opts.data, t.dataset, t.fewshot_split)?,
             };
             let need = shots + usize::from(t.exclude_self);
             if shots > 0 && fewshot.len() < need {

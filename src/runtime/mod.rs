@@ -33,6 +33,13 @@ pub trait Backend: Send {
     /// Weight bytes one decode step reads (the memory-bandwidth roofline of `bench`).
     fn weight_bytes_per_token(&self) -> u64;
 
+    /// Lets long forward passes (many rows at once) trade the bit-for-bit independence of
+    /// each row's arithmetic from the number of rows run together for speed: the CPU backend
+    /// then runs dense Linear layers of [`cpu::prefill::GEMM_MIN_ROWS`] rows or more through
+    /// a packed GEMM (the same f32 products, summed in another order). Off by default;
+    /// `qforge eval` turns it on (its scores are compared within 1e-3 nats, not bit for bit).
+    fn set_fast_prefill(&mut self, _on: bool) {}
+
     /// [`Backend::forward_view`] copied into a new vector.
     fn forward(&mut self, tokens: &[u32], pos: usize, all_logits: bool) -> Result<Vec<f32>> {
         Ok(self.forward_view(tokens, pos, all_logits)?.to_vec())

@@ -248,21 +248,7 @@ fn dataset_missing_from_data_dir_names_the_file() {
     assert!(!o.status.success());
     let e = stderr(&o);
     assert!(e.contains("openai/gsm8k/main/test.jsonl: not found"), "{e}");
-    // Without --data-dir (offline: nothing is downloaded) the error says where to put it.
-    let o = support::qforge()
-        .args([
-            "eval",
-            "--model",
-            tiny().to_str().unwrap(),
-            "--tasks",
-            "gsm8k",
-            "--device",
-            "cpu",
-        ])
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("no --data-dir given"), "{}", stderr(&o));
+    // Without --data-dir: see eval_without_data_dir_uses_the_hub (offline, not cached).
 }
 
 #[test]
@@ -365,4 +351,164 @@ fn perplexity_and_kl_against_itself() {
     let wide = qforge::eval::perplexity::perplexity(&model, None, &file, 64, Device::Cpu).unwrap();
     assert_ne!(wide.model.loglikelihood, p.loglikelihood);
     assert_eq!(wide.model.tokens, p.tokens);
+}
+
+/// The fixture documents as the Hub serves them (tests/data/eval/hub, written by
+/// make_hub_fixtures.py): `(repo id, files)` for the mock Hub.
+fn hub_repos() -> Vec<(&'static str, crate::hub::mock::Files)> {
+    let root = data_dir().join("hub");
+    ["allenai/ai2_arc", "Rowan/hellaswag"]
+        .into_iter()
+        .map(|id| {
+            let dir = root.join(id);
+            let files = qforge::checkpoint::hub::list_files(&dir)
+                .unwrap()
+                .into_iter()
+                .map(|f| {
+                    let bytes = std::fs::read(dir.join(&f)).unwrap();
+                    (f, bytes)
+                })
+                .collect();
+            (id, files)
+        })
+        .collect()
+}
+
+fn mock_hub() -> crate::hub::mock::MockHub {
+    use crate::hub::mock::{MockHub, MockRepo};
+    let repos = hub_repos()
+        .into_iter()
+        .map(|(id, files)| MockRepo::single(&format!("datasets/{id}"), files).0)
+        .collect();
+    MockHub::start(repos)
+}
+
+/// Without --data-dir the tasks' datasets come from the Hub (parquet, the split's files as
+/// the dataset card or the default layout names them) into the HF cache, and give the same
+/// documents as the JSONL files; offline mode then reads them from the cache.
+#[test]
+fn hub_datasets_give_the_documents_of_the_local_files() {
+    use qforge::checkpoint::hub::{RepoCache, RepoKind};
+    use qforge::eval::data::DataSource;
+    use qforge::eval::run::{load_tasks, RunOptions};
+    let hub = mock_hub();
+    let home = tempfile::tempdir().unwrap();
+    let cfg = crate::hub::mock::fixtures::config(&hub, home.path());
+    let list = tasks::resolve("arc_challenge,hellaswag").unwrap();
+    let opts = |data| RunOptions {
+        data,
+        num_fewshot: None,
+        limit: None,
+        log_samples: false,
+    };
+    let dir = data_dir();
+    let local = load_tasks(&list, &opts(DataSource::Dir(&dir))).unwrap();
+    let from_hub = load_tasks(&list, &opts(DataSource::Hub(&cfg))).unwrap();
+    for (l, h) in local.iter().zip(&from_hub) {
+        assert_eq!(l.docs, h.docs, "{}", l.task.name);
+        assert_eq!(l.fewshot, h.fewshot, "{}", l.task.name);
+        assert!(l.docs.len() > 1 && l.fewshot.len() > 1);
+    }
+    // Only the ARC-Challenge config's files were fetched, into the datasets cache folder.
+    let arc = RepoCache::of_kind(&cfg.cache_dir, "allenai/ai2_arc", RepoKind::Dataset);
+    let commit = arc.read_ref("main").expect("ref written");
+    let snap = arc.snapshot(&commit);
+    assert!(snap
+        .join("ARC-Challenge/test-00000-of-00001.parquet")
+        .is_file());
+    assert!(!snap.join("ARC-Easy/test-00000-of-00001.parquet").exists());
+
+    let mut offline = cfg.clone();
+    offline.offline = true;
+    hub.clear_log();
+    let cached = load_tasks(&list, &opts(DataSource::Hub(&offline))).unwrap();
+    assert_eq!(cached[1].docs, local[1].docs);
+    assert!(hub.log().is_empty(), "offline mode asked the hub");
+}
+
+fn eval_hub_cmd(
+    hub: &str,
+    home: &std::path::Path,
+    offline: bool,
+    extra: &[&str],
+) -> std::process::Output {
+    let model = tiny();
+    let mut cmd = support::qforge();
+    cmd.args([
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ])
+    .args(extra)
+    .env("HF_ENDPOINT", hub)
+    .env("HF_HOME", home)
+    .env("HF_HUB_CACHE", home.join("hub"))
+    .env_remove("HF_TOKEN")
+    .env("HF_HUB_OFFLINE", if offline { "1" } else { "0" });
+    cmd.output().unwrap()
+}
+
+/// `qforge eval` without --data-dir downloads the task's dataset and scores exactly as from
+/// the local files; offline with an empty cache it fails with one line naming the dataset.
+#[test]
+fn eval_without_data_dir_uses_the_hub() {
+    let hub = mock_hub();
+    let home = tempfile::tempdir().unwrap();
+    let args = [
+        "--tasks",
+        "arc_challenge",
+        "--limit",
+        "3",
+        "--num-fewshot",
+        "2",
+        "--json",
+    ];
+
+    let offline = eval_hub_cmd(&hub.endpoint(), home.path(), true, &args);
+    assert!(!offline.status.success());
+    let err = stderr(&offline);
+    assert!(
+        err.contains("allenai/ai2_arc (ARC-Challenge)")
+            && err.contains("offline mode (HF_HUB_OFFLINE=1)")
+            && err.contains("is not in the cache"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let online = eval_hub_cmd(&hub.endpoint(), home.path(), false, &args);
+    assert!(online.status.success(), "{}", stderr(&online));
+    let local = eval_cmd(&args);
+    assert!(local.status.success(), "{}", stderr(&local));
+    let tasks_of = |o: &std::process::Output| {
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["model"]["tasks"].clone()
+    };
+    assert_eq!(tasks_of(&online), tasks_of(&local));
+    assert!(home.path().join("hub/datasets--allenai--ai2_arc").is_dir());
+}
+
+/// The packed-GEMM prefill `qforge eval` turns on gives the logits of the default path up to
+/// the order of f32 additions, on a prompt long enough to use it.
+#[test]
+fn fast_prefill_matches_the_default_path() {
+    let tok = TextTokenizer::load(&tiny()).unwrap();
+    let text = "The quick brown fox jumps over the lazy dog while the cat sleeps. ".repeat(6);
+    let ids = tok.encode(&text, true).unwrap();
+    assert!(ids.len() >= qforge::runtime::cpu::prefill::GEMM_MIN_ROWS);
+    let mut model = runtime::load(&tiny(), Device::Cpu, Some(256)).unwrap();
+    let slow = model.forward(&ids, 0, true).unwrap();
+    model.reset();
+    model.set_fast_prefill(true);
+    let fast = model.forward(&ids, 0, true).unwrap();
+    assert_eq!(slow.len(), fast.len());
+    let worst = slow
+        .iter()
+        .zip(&fast)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    let scale = slow.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert!(worst <= 1e-4 * scale.max(1.0), "max |Δ logit| {worst:e}");
 }

@@ -54,6 +54,9 @@ pub struct LinearScratch {
     q8: Vec<i8>,
     /// The output transposed, `[rows, t]`, when `t > 1`.
     yt: Vec<f32>,
+    /// Dense weights with many rows go through [`super::prefill::dense_gemm`]
+    /// (`Backend::set_fast_prefill`).
+    pub gemm: bool,
 }
 
 fn grow<T: Copy + Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
@@ -163,6 +166,11 @@ pub fn forward(lin: &Linear, x: &[f32], t: usize, y: &mut [f32], scratch: &mut L
         lin.name
     );
     let x = &x[..t * k];
+    if let LinearWeight::Dense(w) = &lin.weight {
+        if scratch.gemm && t >= super::prefill::GEMM_MIN_ROWS {
+            return super::prefill::dense_gemm(lin, w, x, t, &mut y[..t * n]);
+        }
+    }
     let acts = match &lin.weight {
         LinearWeight::Fp8 { .. } => {
             let q = grow(&mut scratch.q, t * k);

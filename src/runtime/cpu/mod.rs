@@ -7,6 +7,7 @@ pub mod attention;
 pub mod dot;
 pub mod linear;
 pub mod ops;
+pub mod prefill;
 
 use crate::checkpoint::Checkpoint;
 use crate::runtime::config::ModelConfig;
@@ -334,6 +335,10 @@ impl Backend for CpuModel {
 
     fn reset(&mut self) {
         self.cached = 0;
+    }
+
+    fn set_fast_prefill(&mut self, on: bool) {
+        self.s.lin.gemm = on;
     }
 
     fn vocab_size(&self) -> usize {

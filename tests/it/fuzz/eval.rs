@@ -2,6 +2,8 @@
 //! (every task's schema), mutated as bytes and as JSON, parsed by `data::parse_jsonl` and
 //! turned into prompts by each task's `prepare`. Promise: no panic; either a one-line error,
 //! or documents whose prompts and choices are consistent (a gold index inside the choices).
+//! The same for the parquet files the Hub serves (tests/data/eval/hub), read by
+//! `dataset::parquet` as `qforge eval` reads them without --data-dir.
 
 use super::util::{assert_one_line, config, mutate, mutation};
 use proptest::prelude::*;
@@ -49,6 +51,58 @@ fn seeds() -> &'static [Vec<Vec<u8>>] {
     })
 }
 
+/// Checks one document: a one-line error, or a gold index inside the choices.
+fn check_doc(family: Family, doc: &serde_json::Value) -> Result<(), TestCaseError> {
+    match family.prepare(doc) {
+        Err(e) => assert_one_line(&e.to_string()),
+        Ok(p) => match p.target {
+            Target::Index(g) if family == Family::Winogrande => prop_assert!(g < p.text.len()),
+            Target::Index(g) => prop_assert!(g < p.choices.len()),
+            Target::Text(_) => prop_assert_eq!(family, Family::Gsm8k),
+        },
+    }
+    Ok(())
+}
+
+const PARQUET: [(&str, Family); 2] = [
+    (
+        "allenai/ai2_arc/ARC-Challenge/test-00000-of-00001.parquet",
+        Family::ArcChallenge,
+    ),
+    (
+        "Rowan/hellaswag/data/validation-00000-of-00001.parquet",
+        Family::Hellaswag,
+    ),
+];
+
+fn parquet_seeds() -> &'static [Vec<u8>] {
+    static SEEDS: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+    SEEDS.get_or_init(|| {
+        let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/eval/hub"));
+        PARQUET
+            .iter()
+            .map(|(f, _)| std::fs::read(dir.join(f)).unwrap())
+            .collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(config(128, 1))]
+    #[test]
+    fn hub_parquet_task_files_parse_or_fail_in_one_line(which in any::<Index>(), m in mutation()) {
+        let i = which.index(PARQUET.len());
+        let bytes = mutate(&parquet_seeds()[i], &m);
+        match qforge::dataset::parquet::parse_parquet(bytes, PARQUET[i].0) {
+            Err(e) => assert_one_line(&e.to_string()),
+            Ok(rows) => {
+                for row in rows {
+                    check_doc(PARQUET[i].1, &serde_json::Value::Object(row))?;
+                }
+            }
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(config(256, 1))]
     #[test]
@@ -68,14 +122,7 @@ proptest! {
             Err(e) => assert_one_line(&e),
             Ok(docs) => {
                 for doc in &docs {
-                    match FILES[i].1.prepare(doc) {
-                        Err(e) => assert_one_line(&e.to_string()),
-                        Ok(p) => match p.target {
-                            Target::Index(g) if FILES[i].1 == Family::Winogrande => prop_assert!(g < p.text.len()),
-                            Target::Index(g) => prop_assert!(g < p.choices.len()),
-                            Target::Text(_) => prop_assert_eq!(FILES[i].1, Family::Gsm8k),
-                        },
-                    }
+                    check_doc(FILES[i].1, doc)?;
                 }
             }
         }

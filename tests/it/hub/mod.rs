@@ -3,4 +3,4 @@
 mod dataset;
 mod download;
 mod errors;
-mod mock;
+pub(crate) mod mock;
