@@ -139,8 +139,9 @@ pub struct CalibrationArgs {
     /// length-aware order, longest first).
     #[arg(long, conflicts_with = "shuffle_seed")]
     pub no_shuffle: bool,
-    /// Print the memory plan of the calibrated run (weights, activations, GPTQ Hessians,
-    /// writer) and exit without reading any tensor or sample: it needs only the model's
+    /// Print the memory plan of the calibrated run (weights, activations in RAM or spilled,
+    /// GPTQ Hessians, writer, the --max-memory budget) and exit without reading any tensor
+    /// or sample (status 1 if the plan cannot fit the budget): it needs only the model's
     /// config.json (a folder holding just that file will do) and the settings above.
     #[arg(long, requires = "dataset")]
     pub dry_run: bool,
