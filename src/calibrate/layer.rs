@@ -11,7 +11,7 @@
 //!   calibration runs under `DisableQuantization`).
 
 use super::forward::{LayerWeights, Proj, Taps};
-use super::gptq::{self, GptqOptions, Hessian};
+use super::gptq::{self, input_slot, GptqOptions, Hessian, INPUT_SLOTS};
 use super::observer::{fp8_scale, MovingMinMax, StaticMinMax};
 use super::outputs::LinearPlan;
 use super::pipeline::Calibrator;
@@ -21,6 +21,7 @@ use crate::checkpoint::DType;
 use crate::numerics::{self, Fp8Rounding};
 use crate::recipe::{QuantType, Strategy};
 use crate::{Error, Result};
+use std::borrow::Cow;
 
 /// The hooks of one layer.
 #[derive(Default)]
@@ -28,7 +29,13 @@ struct Observers {
     inputs: [Option<StaticMinMax>; 7],
     k: Option<MovingMinMax>,
     v: Option<MovingMinMax>,
-    hessians: [Option<Hessian>; 7],
+    /// One Hessian per distinct input ([`gptq::input_slot`]): q/k/v_proj's are equal, as
+    /// are gate/up_proj's, so one is accumulated and read by each.
+    hessians: [Option<Hessian>; INPUT_SLOTS],
+    /// The slot each Linear's input is added to (only the first GPTQ target of a slot).
+    feeds: [Option<usize>; 7],
+    /// The last GPTQ target reading each slot: it takes the Hessian and drops it.
+    last_reader: [Option<Proj>; INPUT_SLOTS],
     error: Option<Error>,
 }
 
@@ -39,7 +46,8 @@ impl Taps for Observers {
         }
         // NaN is refused there; Inf makes an infinite Hessian, on which GPTQ falls back to
         // round-to-nearest as llm-compressor does.
-        if let Some(h) = &mut self.hessians[proj as usize] {
+        let slot = self.feeds[proj as usize];
+        if let Some(h) = slot.and_then(|s| self.hessians[s].as_mut()) {
             if let Err(e) = h.add_batch(x, x.len() / width.max(1)) {
                 self.error.get_or_insert(e);
             }
@@ -102,7 +110,12 @@ impl Calibrator for LayerCalibrator<'_> {
                 obs.inputs[*p as usize] = Some(StaticMinMax::default());
             }
             if self.gptq.is_some() {
-                obs.hessians[*p as usize] = Some(Hessian::new(w.shapes[*p as usize].1));
+                let slot = input_slot(*p);
+                if obs.hessians[slot].is_none() {
+                    obs.hessians[slot] = Some(Hessian::new(w.shapes[*p as usize].1));
+                    obs.feeds[*p as usize] = Some(slot);
+                }
+                obs.last_reader[slot] = Some(*p);
             }
         }
         if self.kv_cache {
@@ -191,13 +204,19 @@ impl LayerCalibrator<'_> {
             }
             return Ok(false);
         };
-        let hessian = self.obs.hessians[p]
-            .take()
+        let slot = input_slot(plan.proj);
+        // The last reader of a Hessian owns it, so that the solve can drop it early.
+        let hessian = match self.obs.last_reader[slot] == Some(plan.proj) {
+            true => self.obs.hessians[slot].take().map(Cow::Owned),
+            false => self.obs.hessians[slot].as_ref().map(Cow::Borrowed),
+        };
+        let hessian = hessian
             .ok_or_else(|| Error::Calibration(format!("{module}: no Hessian was accumulated")))?;
         let mut options = options;
         options.actorder = gptq::actorder_enabled(plan.weights.actorder.as_deref())?;
-        let r = gptq::quantize_weight(&w.linears[p], rows, cols, &hessian, &options, &plan.weights)
-            .map_err(|e| Error::Calibration(format!("{module}: {e}")))?;
+        let r =
+            gptq::quantize_weight_with(&w.linears[p], rows, cols, hessian, &options, &plan.weights)
+                .map_err(|e| Error::Calibration(format!("{module}: {e}")))?;
         if r.rtn_fallback {
             self.warnings.push(format!(
                 "{module}: the Hessian is not positive definite; the weight was rounded to \

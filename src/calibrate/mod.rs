@@ -3,6 +3,7 @@
 //! the model one decoder layer at a time and quantizes each layer's Linears from what it saw.
 //!
 //! - [`forward`]: one Llama decoder layer in BF16, rounding as transformers does, with hooks;
+//! - [`activations`]: the activations of every sample, BF16, in RAM or a scratch file;
 //! - [`pipeline`]: embed, then layer by layer: calibrate, quantize, propagate;
 //! - [`observer`]: llm-compressor's min/max observers and the FP8 per-tensor scale;
 //! - [`layer`]: what happens to a layer after its calibration pass (scales, GPTQ);
@@ -16,6 +17,7 @@
 //!
 //! See docs/calibration.md.
 
+pub mod activations;
 pub mod awq;
 pub mod forward;
 pub mod gptq;
@@ -29,8 +31,8 @@ pub mod smoothquant;
 pub mod torch_dot;
 
 pub use pipeline::{Activations, Calibrator, Pipeline};
-pub use plan::{MemoryPlan, Workload};
-pub use run::{memory_plan, quantize_calibrated};
+pub use plan::{Budget, BudgetSource, MemoryPlan, Workload};
+pub use run::{memory_plan, quantize_calibrated, quantize_calibrated_within};
 
 use crate::checkpoint::DType;
 

@@ -6,6 +6,7 @@
 //! second pass; its `DisableQuantization` context means only weights rewritten in place —
 //! GPTQ's fake-quantized ones — change what propagates).
 
+pub use super::activations::{Activations, Placement};
 use super::forward::{layer_forward, BfRope, Dims, LayerWeights, NoTaps, Proj, Scratch, Taps};
 use crate::checkpoint::{Checkpoint, TensorInfo};
 use crate::numerics;
@@ -41,9 +42,6 @@ impl Taps for Passthrough {
     fn value(&mut self, _: &[f32]) {}
 }
 
-/// The calibration activations: one `[tokens, hidden]` BF16-valued buffer per sample.
-pub type Activations = Vec<Vec<f32>>;
-
 /// The layer-by-layer forward pass over a checkpoint's weights.
 pub struct Pipeline<'a> {
     ck: &'a Checkpoint,
@@ -51,6 +49,8 @@ pub struct Pipeline<'a> {
     rope: BfRope,
     num_layers: usize,
     vocab: usize,
+    /// Where the activations are kept (RAM unless the memory plan spills them).
+    placement: Placement,
 }
 
 impl<'a> Pipeline<'a> {
@@ -62,7 +62,14 @@ impl<'a> Pipeline<'a> {
             rope: BfRope::new(config, max_seq),
             num_layers: config.num_layers,
             vocab: config.vocab_size,
+            placement: Placement::Ram,
         }
+    }
+
+    /// Keeps the activations in a scratch file in `dir` instead of RAM.
+    pub fn spill_to(mut self, dir: &std::path::Path) -> Self {
+        self.placement = Placement::Spill(dir.to_path_buf());
+        self
     }
 
     pub fn num_layers(&self) -> usize {
@@ -85,9 +92,11 @@ impl<'a> Pipeline<'a> {
         let h = self.dims.hidden;
         let row_bytes = h * t.dtype.size();
         let data = self.ck.data(t);
-        let mut out = Vec::with_capacity(samples.len());
+        let lens = samples.iter().map(|s| s.len() * h).collect();
+        let mut out = Activations::new(lens, &self.placement)?;
+        let mut x = Vec::new();
         for (i, ids) in samples.iter().enumerate() {
-            let mut x = Vec::with_capacity(ids.len() * h);
+            x.clear();
             for &id in ids {
                 let id = id as usize;
                 if id >= self.vocab || (id + 1) * row_bytes > data.len() {
@@ -99,8 +108,10 @@ impl<'a> Pipeline<'a> {
                 let row = &data[id * row_bytes..(id + 1) * row_bytes];
                 x.extend(numerics::to_f32(t.dtype, row)?);
             }
-            out.push(x);
+            out.write(i, &x)?;
         }
+        // The rows read stay resident (a 128k vocabulary's table is 0.5 GB) unless dropped.
+        self.ck.release(t);
         Ok(out)
     }
 
@@ -185,23 +196,32 @@ impl<'a> Pipeline<'a> {
         progress: &dyn Fn(u64),
     ) -> Result<()> {
         let mut scratch = Scratch::default();
-        let mut outs: Activations = acts.iter().map(|a| vec![0.0; a.len()]).collect();
-        {
+        let mut outs = acts.empty_like()?;
+        let (propagates, mut nan) = {
             let taps = cal.begin_layer(layer, w)?;
-            self.pass(w, acts, &mut outs, taps, &mut scratch, progress);
-        }
+            let nan = self.pass(w, acts, &mut outs, taps, &mut scratch, progress)?;
+            (cal.end_layer(layer, w)?, nan)
+        };
         // The last layer's outputs feed no observer: no propagation pass, no NaN check.
         let last = layer + 1 == self.num_layers;
-        if cal.end_layer(layer, w)? && !last {
-            self.pass(w, acts, &mut outs, &mut NoTaps, &mut scratch, progress);
+        if propagates && !last {
+            nan = self.pass(w, acts, &mut outs, &mut NoTaps, &mut scratch, progress)?;
         }
-        if !last {
-            check_finite(&outs, layer)?;
+        // NaN in a layer's outputs would poison every observer of the next layer: stop
+        // there. (Inf is kept: llm-compressor writes the infinite scale it observes, and so
+        // does qforge.)
+        if let (Some((i, p)), false) = (nan, last) {
+            return Err(Error::Calibration(format!(
+                "model.layers.{layer} produced a NaN activation (sample {i}, element {p}); \
+                 the model's weights or the calibration data are broken"
+            )));
         }
         *acts = outs;
         Ok(())
     }
 
+    /// Runs every sample of `ins` through the layer into `outs`, one sample at a time (only
+    /// one is ever widened to f32). Returns where the first NaN output is, if any.
     fn pass(
         &self,
         w: &LayerWeights,
@@ -210,25 +230,18 @@ impl<'a> Pipeline<'a> {
         taps: &mut dyn Taps,
         scratch: &mut Scratch,
         progress: &dyn Fn(u64),
-    ) {
-        for (x, y) in ins.iter().zip(outs.iter_mut()) {
-            y.copy_from_slice(x);
-            layer_forward(w, &self.dims, &self.rope, y, taps, scratch);
+    ) -> Result<Option<(usize, usize)>> {
+        let mut nan = None;
+        let mut y = Vec::new();
+        for i in 0..ins.len() {
+            ins.read(i, &mut y)?;
+            layer_forward(w, &self.dims, &self.rope, &mut y, taps, scratch);
+            if nan.is_none() {
+                nan = y.iter().position(|v| v.is_nan()).map(|p| (i, p));
+            }
+            outs.write(i, &y)?;
             progress(1);
         }
+        Ok(nan)
     }
-}
-
-/// NaN in a layer's outputs would poison every observer of the next layer: stop there. (Inf is
-/// kept: llm-compressor writes the infinite scale it observes, and so does qforge.)
-fn check_finite(acts: &Activations, layer: usize) -> Result<()> {
-    for (i, a) in acts.iter().enumerate() {
-        if let Some(p) = a.iter().position(|v| v.is_nan()) {
-            return Err(Error::Calibration(format!(
-                "model.layers.{layer} produced a NaN activation (sample {i}, element {p}); \
-                 the model's weights or the calibration data are broken"
-            )));
-        }
-    }
-    Ok(())
 }

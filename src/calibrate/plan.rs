@@ -7,11 +7,15 @@
 //! the mmapped input pages.
 
 use super::forward::{Dims, Proj};
+use super::gptq::{input_slot, INPUT_SLOTS};
 use crate::runtime::config::ModelConfig;
+use crate::{Error, Result};
 use std::fmt;
 
 /// Bytes of an f32.
 const F32: u64 = 4;
+/// Bytes of a BF16 activation.
+const BF16: u64 = 2;
 
 /// The calibration work to plan for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,8 +23,65 @@ pub struct Workload {
     pub samples: usize,
     /// Tokens of the longest sample (`--max-seq-length`: samples are at most that long).
     pub tokens: usize,
-    /// The recipe runs GPTQ (a Hessian per Linear, the solve's working memory).
+    /// The recipe runs GPTQ (a Hessian per distinct Linear input, the solve's memory).
     pub gptq: bool,
+    /// The recipe runs SmoothQuant (a second activation stream: two more copies).
+    pub smoothquant: bool,
+}
+
+/// The RAM a run may use (`--max-memory`); activations beyond it spill to a scratch file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub bytes: u64,
+    pub source: BudgetSource,
+}
+
+/// Where the budget comes from (the plan says it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetSource {
+    /// `--max-memory`.
+    Flag,
+    /// The default: 3/4 of `MemAvailable` (`/proc/meminfo`) when the run starts.
+    MemAvailable,
+    /// No `/proc/meminfo` to read: nothing is spilled.
+    Unknown,
+}
+
+impl Budget {
+    /// `--max-memory SIZE`.
+    pub fn flag(bytes: u64) -> Budget {
+        Budget {
+            bytes,
+            source: BudgetSource::Flag,
+        }
+    }
+
+    /// The default: 3/4 of the memory available now (the rest for the page cache of the
+    /// mmapped weights, the scratch file and other processes).
+    pub fn available() -> Budget {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        match mem_available(&meminfo) {
+            Some(bytes) => Budget {
+                bytes: bytes / 4 * 3,
+                source: BudgetSource::MemAvailable,
+            },
+            None => Budget {
+                bytes: u64::MAX,
+                source: BudgetSource::Unknown,
+            },
+        }
+    }
+}
+
+/// `MemAvailable` of a `/proc/meminfo` text, in bytes.
+pub fn mem_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let mut words = line.split_whitespace().skip(1);
+    let kib: u64 = words.next()?.parse().ok()?;
+    match words.next() {
+        Some("kB") => kib.checked_mul(1024),
+        _ => None,
+    }
 }
 
 /// Peak bytes of each part of a calibrated run (one decoder layer at a time).
@@ -28,24 +89,28 @@ pub struct Workload {
 pub struct MemoryPlan {
     /// One layer's seven Linear weights and two norms, widened to f32.
     pub layer_weights: u64,
-    /// One copy of the activations: samples × tokens × hidden f32.
+    /// One copy of the activations: samples × tokens × hidden BF16.
     pub activations: u64,
-    /// Copies of the activations alive at once (a layer's inputs and its outputs).
+    /// Copies of the activations alive at once (a layer's inputs and its outputs, per
+    /// stream).
     pub activation_copies: u64,
-    /// GPTQ's Hessians (cols² f32 per Linear) and the solve's working memory at the worst
-    /// moment of a layer's quantization (0 without GPTQ).
+    /// The activations do not fit the budget: they live in a scratch file, not in RAM.
+    pub spill: bool,
+    /// GPTQ's Hessians and working memory at the worst moment of a layer, the calibration
+    /// pass or a Linear's solve (0 without GPTQ).
     pub gptq: u64,
-    /// The Hessians alone at the start of the layer's quantization (all seven alive).
+    /// The Hessians alone at the end of the calibration pass (one per distinct input).
     pub hessians: u64,
-    /// One sample's forward-pass buffers (`forward::Scratch`).
+    /// One sample's forward-pass buffers (`forward::Scratch`) and the sample itself in f32.
     pub forward_scratch: u64,
     /// The largest output tensor handed to the writer (a Linear's codes, at most 2 bytes a
     /// weight: BF16 fake-quantized values are held while the codes are made).
     pub writer: u64,
+    pub budget: Budget,
 }
 
 impl MemoryPlan {
-    pub fn new(config: &ModelConfig, work: &Workload) -> MemoryPlan {
+    pub fn new(config: &ModelConfig, work: &Workload, budget: Budget) -> MemoryPlan {
         let d = Dims::new(config);
         let (h, i) = (d.hidden as u64, d.inter as u64);
         let shapes = Proj::ALL.map(|p| {
@@ -56,64 +121,136 @@ impl MemoryPlan {
         let tokens = work.tokens as u64;
         let kv = (d.kv_heads * d.head_dim) as u64;
         let q = (d.heads * d.head_dim) as u64;
-        // Scratch: n, q, k, v, a (attention out), o, g, u, each `tokens ×` its width.
-        let scratch = tokens * (h + q + kv + kv + q + h + i + i) * F32;
+        // Scratch: n, q, k, v, a (attention out), o, g, u, each `tokens ×` its width; the
+        // sample in f32 and its BF16 bits on their way to or from the store.
+        let scratch = tokens * (h + q + kv + kv + q + h + i + i) * F32 + tokens * h * (F32 + F32);
         let largest = shapes.iter().map(|(o, n)| o * n).max().unwrap_or(0);
         let (gptq, hessians) = if work.gptq {
-            gptq_peak(&shapes)
+            gptq_peak(&shapes, tokens)
         } else {
             (0, 0)
         };
-        MemoryPlan {
+        let streams = if work.smoothquant { 2 } else { 1 };
+        let mut plan = MemoryPlan {
             layer_weights: (weights + 2 * h) * F32,
-            activations: work.samples as u64 * tokens * h * F32,
-            activation_copies: 2,
+            activations: work.samples as u64 * tokens * h * BF16,
+            activation_copies: 2 * streams,
+            spill: false,
             gptq,
             hessians,
             forward_scratch: scratch,
             writer: largest * 2,
+            budget,
+        };
+        plan.spill = plan.fixed() + plan.activations * plan.activation_copies > budget.bytes;
+        plan
+    }
+
+    /// Every part but the activations: what must be in RAM whatever the budget.
+    pub fn fixed(&self) -> u64 {
+        self.layer_weights + self.gptq + self.forward_scratch + self.writer
+    }
+
+    /// The sum of every part in RAM: the most the run holds at once.
+    pub fn total(&self) -> u64 {
+        match self.spill {
+            true => self.fixed(),
+            false => self.fixed() + self.activations * self.activation_copies,
         }
     }
 
-    /// The sum of every part: the most the run holds at once.
-    pub fn total(&self) -> u64 {
-        self.layer_weights
-            + self.activations * self.activation_copies
-            + self.gptq
-            + self.forward_scratch
-            + self.writer
+    /// Bytes the scratch files take on disk (0 when the activations are in RAM).
+    pub fn scratch_file_bytes(&self) -> u64 {
+        match self.spill {
+            true => self.activations * self.activation_copies,
+            false => 0,
+        }
+    }
+
+    /// Refuses a budget that cannot hold even the parts that cannot spill.
+    pub fn check(&self) -> Result<()> {
+        if self.fixed() <= self.budget.bytes {
+            return Ok(());
+        }
+        Err(Error::Calibration(format!(
+            "the calibration needs {} of RAM besides the activations (layer weights, GPTQ, \
+             forward scratch, writer: see the memory plan) but the budget is {} ({}); raise \
+             --max-memory or use a machine with more memory",
+            gb(self.fixed()),
+            gb(self.budget.bytes),
+            self.budget.source.describe()
+        )))
     }
 }
 
-/// GPTQ quantizes a layer's Linears in [`Proj::ALL`] order, each taking (and then dropping)
-/// its own Hessian; while one is solved, the Hessians of those after it are still alive.
-/// The solve holds, besides its Hessian, the normalised copy, faer's matrix, its Cholesky
-/// factor and the inverse (4 × cols² f32) and the weight being updated (rows × cols f32).
-/// Returns (the peak, the Hessians alone at the start).
-fn gptq_peak(shapes: &[(u64, u64); 7]) -> (u64, u64) {
-    let hessian = |n: u64| n * n * F32;
-    let all: u64 = shapes.iter().map(|&(_, n)| hessian(n)).sum();
-    let mut alive = all;
-    let mut peak = 0;
-    for &(o, n) in shapes {
-        peak = peak.max(alive + 4 * hessian(n) + o * n * F32);
-        alive -= hessian(n);
+impl BudgetSource {
+    fn describe(&self) -> &'static str {
+        match self {
+            BudgetSource::Flag => "--max-memory",
+            BudgetSource::MemAvailable => "3/4 of MemAvailable; --max-memory to change",
+            BudgetSource::Unknown => "MemAvailable unknown; --max-memory to set one",
+        }
     }
-    (peak, all)
 }
 
-/// Decimal gigabytes with two decimals (as `df -H` and disk vendors count).
+/// GPTQ's worst moment, as `layer::Observers` and `gptq::quantize_weight` hold memory. The
+/// calibration pass holds one Hessian (cols² f32) per distinct input (q/k/v share one,
+/// gate/up another: `gptq::input_slot`), and while a sample is added, its `XᵀX` (cols²) and
+/// the scaled input (tokens × cols). Then the Linears are solved in [`Proj::ALL`] order; a
+/// Hessian is dropped by the last Linear that reads it once it is in faer's matrix. A
+/// solve holds the weight in f32 (rows × cols) and at most 3 × cols² (the inverse of the
+/// Cholesky factor: the factor, the inverse and faer's scratch); then the upper factor of
+/// the inverse (cols²), the weight and the propagated errors (2 × rows × cols f32); at the
+/// end the weight and its unpermuted copy (2 × rows × cols f32). Returns (the peak, the
+/// Hessians alone).
+fn gptq_peak(shapes: &[(u64, u64); 7], tokens: u64) -> (u64, u64) {
+    let square = |n: u64| n * n * F32;
+    let mut slots = [0u64; INPUT_SLOTS];
+    let mut last = [0usize; INPUT_SLOTS];
+    for (k, (p, &(_, n))) in Proj::ALL.iter().zip(shapes).enumerate() {
+        slots[input_slot(*p)] = square(n);
+        last[input_slot(*p)] = k;
+    }
+    let hessians: u64 = slots.iter().sum();
+    let widest = shapes.iter().map(|&(_, n)| n).max().unwrap_or(0);
+    let pass = hessians + square(widest) + tokens * widest * F32;
+    let mut peak = pass;
+    for (k, &(o, n)) in shapes.iter().enumerate() {
+        let alive: u64 = (0..INPUT_SLOTS)
+            .filter(|&s| last[s] > k)
+            .map(|s| slots[s])
+            .sum();
+        let w = o * n * F32;
+        let solve = (3 * square(n) + w).max(square(n) + 2 * w).max(2 * w);
+        peak = peak.max(alive + solve);
+    }
+    (peak, hessians)
+}
+
+/// Decimal gigabytes with two decimals (as `df -H` and disk vendors count); megabytes
+/// below one gigabyte.
 fn gb(bytes: u64) -> String {
-    format!("{:.2} GB", bytes as f64 / 1e9)
+    match bytes {
+        0..=999_999_999 => format!("{:.2} MB", bytes as f64 / 1e6),
+        _ => format!("{:.2} GB", bytes as f64 / 1e9),
+    }
 }
 
 impl fmt::Display for MemoryPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "memory plan (peak, upper bound):")?;
+        let budget = match self.budget.source {
+            BudgetSource::Unknown => "no budget".to_string(),
+            s => format!("budget {} ({})", gb(self.budget.bytes), s.describe()),
+        };
+        writeln!(f, "memory plan (peak, upper bound; {budget}):")?;
         writeln!(f, "  layer weights (f32)      {}", gb(self.layer_weights))?;
+        let place = match self.spill {
+            true => "spilled to a scratch file, one sample in RAM",
+            false => "in RAM",
+        };
         writeln!(
             f,
-            "  activations (f32, RAM)   {} x {} copies",
+            "  activations (BF16)       {} x {} copies, {place}",
             gb(self.activations),
             self.activation_copies
         )?;
@@ -127,7 +264,7 @@ impl fmt::Display for MemoryPlan {
         }
         writeln!(f, "  forward scratch          {}", gb(self.forward_scratch))?;
         writeln!(f, "  writer                   {}", gb(self.writer))?;
-        write!(f, "  total                    {}", gb(self.total()))
+        write!(f, "  total in RAM             {}", gb(self.total()))
     }
 }
 
@@ -147,62 +284,116 @@ mod tests {
         ModelConfig::from_json(&json).unwrap()
     }
 
-    #[test]
-    fn g128_plan_matches_the_numbers_worked_out_by_hand() {
-        let work = Workload {
+    fn ample() -> Budget {
+        Budget::flag(1 << 40)
+    }
+
+    fn work(gptq: bool) -> Workload {
+        Workload {
             samples: 32,
             tokens: 64,
-            gptq: true,
-        };
-        let p = MemoryPlan::new(&g128(), &work);
+            gptq,
+            smoothquant: false,
+        }
+    }
+
+    #[test]
+    fn g128_plan_matches_the_numbers_worked_out_by_hand() {
+        let p = MemoryPlan::new(&g128(), &work(true), ample());
         // 8 heads × 32 = 256 wide attention: q 256×128, o 128×256; k, v 64×128; gate, up
         // 384×128; down 128×384; two norms of 128.
         assert_eq!(
             p.layer_weights,
             (2 * 32768 + 2 * 8192 + 3 * 49152 + 256) * 4
         );
-        assert_eq!(p.activations, 32 * 64 * 128 * 4);
-        assert_eq!(p.activation_copies, 2);
-        // Five Hessians of 128² (q, k, v, gate, up), o_proj's 256² and down_proj's 384².
-        assert_eq!(p.hessians, (5 * 128 * 128 + 256 * 256 + 384 * 384) * 4);
-        // Worst moment: down_proj's solve, its Hessian + 4 copies + the weight in f32.
-        assert_eq!(p.gptq, 5 * 384 * 384 * 4 + 128 * 384 * 4);
-        // n 128, q 256, k 64, v 64, a 256, o 128, g 384, u 384 per token.
-        assert_eq!(p.forward_scratch, 64 * 1664 * 4);
+        // BF16 activations: 2 bytes a value.
+        assert_eq!(p.activations, 32 * 64 * 128 * 2);
+        assert_eq!((p.activation_copies, p.spill), (2, false));
+        // One Hessian per distinct input: q/k/v's and gate/up's 128², o_proj's 256²,
+        // down_proj's 384².
+        assert_eq!(p.hessians, (2 * 128 * 128 + 256 * 256 + 384 * 384) * 4);
+        // Worst moment: down_proj's solve (its Hessian already dropped), 3 × 384² while
+        // the inverse is made, and the weight in f32.
+        assert_eq!(p.gptq, 3 * 384 * 384 * 4 + 128 * 384 * 4);
+        // n 128, q 256, k 64, v 64, a 256, o 128, g 384, u 384 per token; the sample in
+        // f32 and its bits.
+        assert_eq!(p.forward_scratch, 64 * 1664 * 4 + 64 * 128 * 8);
         assert_eq!(p.writer, 49152 * 2);
-        assert_eq!(p.total(), 6_685_696);
+        assert_eq!(p.fixed(), 3_474_432);
+        assert_eq!(p.total(), 3_474_432 + 2 * 524_288);
+        assert!(p.check().is_ok());
     }
 
     #[test]
     fn without_gptq_there_are_no_hessians() {
-        let work = Workload {
-            samples: 32,
-            tokens: 64,
-            gptq: false,
-        };
-        let p = MemoryPlan::new(&g128(), &work);
+        let p = MemoryPlan::new(&g128(), &work(false), ample());
         assert_eq!((p.gptq, p.hessians), (0, 0));
-        assert_eq!(p.total(), 6_685_696 - 3_145_728);
+        assert_eq!(p.total(), 3_474_432 - 1_966_080 + 2 * 524_288);
     }
 
     #[test]
-    fn llama_70b_plan_with_512_samples_of_2048_tokens() {
+    fn smoothquant_keeps_a_second_stream() {
+        let mut w = work(false);
+        w.smoothquant = true;
+        let p = MemoryPlan::new(&g128(), &w, ample());
+        assert_eq!(p.activation_copies, 4);
+    }
+
+    #[test]
+    fn activations_spill_when_they_do_not_fit_the_budget() {
+        let fits = MemoryPlan::new(&g128(), &work(true), Budget::flag(3_474_432 + 1_048_576));
+        assert!(!fits.spill);
+        let p = MemoryPlan::new(&g128(), &work(true), Budget::flag(3_474_432 + 1_048_575));
+        assert!(p.spill);
+        assert_eq!(p.total(), 3_474_432);
+        assert_eq!(p.scratch_file_bytes(), 1_048_576);
+        assert!(p.check().is_ok());
+        assert!(p.to_string().contains("spilled to a scratch file"), "{p}");
+    }
+
+    #[test]
+    fn a_budget_below_the_parts_that_cannot_spill_is_refused() {
+        let p = MemoryPlan::new(&g128(), &work(true), Budget::flag(3_474_431));
+        let e = p.check().unwrap_err().to_string();
+        assert!(
+            e.contains("needs 3.47 MB") && e.contains("budget is 3.47 MB"),
+            "{e}"
+        );
+        assert!(e.contains("--max-memory") && !e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn mem_available_is_read_in_kibibytes() {
+        let text = "MemTotal:       24576000 kB\nMemFree:  100 kB\nMemAvailable:   20000000 kB\n";
+        assert_eq!(mem_available(text), Some(20_000_000 * 1024));
+        assert_eq!(mem_available("MemTotal: 1 kB\n"), None);
+        assert_eq!(mem_available("MemAvailable: lots\n"), None);
+        let b = Budget::available();
+        if std::path::Path::new("/proc/meminfo").exists() {
+            assert_eq!(b.source, BudgetSource::MemAvailable);
+            assert!(b.bytes > 0);
+        }
+    }
+
+    #[test]
+    fn llama_70b_plan_with_512_samples_of_2048_tokens_fits_16_gb() {
         let shape = crate::synthetic::named_shape("llama-70b").unwrap();
         let config = ModelConfig::from_json(&shape.config()).unwrap();
         let work = Workload {
             samples: 512,
             tokens: 2048,
             gptq: true,
+            smoothquant: false,
         };
-        let p = MemoryPlan::new(&config, &work);
-        // 512 × 2048 × 8192 f32 per copy.
-        assert_eq!(p.activations, 34_359_738_368);
-        // down_proj's 28672² Hessian and its solve dominate GPTQ.
-        assert_eq!(p.gptq, 5 * 28672 * 28672 * 4 + 8192 * 28672 * 4);
+        let p = MemoryPlan::new(&config, &work, Budget::flag(16_000_000_000));
+        // 512 × 2048 × 8192 BF16 per copy: too much for the budget, so they spill.
+        assert_eq!(p.activations, 17_179_869_184);
+        assert!(p.spill);
+        // down_proj's solve dominates GPTQ: 3 × 28672² f32 and its weight.
+        assert_eq!(p.gptq, 3 * 28672 * 28672 * 4 + 8192 * 28672 * 4);
+        assert_eq!(p.total(), 15_586_099_200);
+        assert!(p.check().is_ok());
         let text = p.to_string();
-        assert!(
-            text.contains("activations (f32, RAM)   34.36 GB x 2 copies"),
-            "{text}"
-        );
+        assert!(text.contains("total in RAM             15.59 GB"), "{text}");
     }
 }

@@ -7,7 +7,7 @@ use super::forward::{Dims, Proj};
 use super::gptq::GptqOptions;
 use super::layer::LayerCalibrator;
 use super::outputs::LinearPlan;
-use super::plan::{MemoryPlan, Workload};
+use super::plan::{Budget, MemoryPlan, Workload};
 use super::smoothquant::{self, SmoothQuant};
 use super::{LayerTensor, Pipeline};
 use crate::checkpoint::writer::{self, OutTensor, ShardWriter};
@@ -22,11 +22,20 @@ use crate::{Error, Result};
 use std::collections::HashMap;
 use std::time::Instant;
 
-/// The memory plan of calibrating `job.model_dir` with `job.recipe` on `data`, from
-/// config.json and the settings alone: no tensor and no sample is read (`--dry-run`).
-pub fn memory_plan(job: &QuantizeJob, data: &CalibrationSpec) -> Result<MemoryPlan> {
+/// The memory plan of calibrating `job.model_dir` with `job.recipe` on `data` within
+/// `budget`, from config.json and the settings alone: no tensor and no sample is read
+/// (`--dry-run`).
+pub fn memory_plan(
+    job: &QuantizeJob,
+    data: &CalibrationSpec,
+    budget: Budget,
+) -> Result<MemoryPlan> {
     let recipe = job.recipe.load()?;
-    let gptq = gptq_options(&recipe.calibration())?.is_some();
+    let steps = recipe.calibration();
+    let gptq = gptq_options(&steps)?.is_some();
+    let smoothquant = steps
+        .iter()
+        .any(|s| matches!(s, CalibStep::SmoothQuant { .. }));
     let path = job.model_dir.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let json: serde_json::Value = serde_json::from_str(&text)
@@ -36,13 +45,28 @@ pub fn memory_plan(job: &QuantizeJob, data: &CalibrationSpec) -> Result<MemoryPl
         samples: data.num_samples,
         tokens: data.max_seq_length,
         gptq,
+        smoothquant,
     };
-    Ok(MemoryPlan::new(&config, &work))
+    Ok(MemoryPlan::new(&config, &work, budget))
 }
 
-/// Quantizes `job.model_dir` with the calibrated recipe `job.recipe`, calibrating on `data`.
+/// Quantizes `job.model_dir` with the calibrated recipe `job.recipe`, calibrating on `data`,
+/// within the default memory budget ([`Budget::available`]).
 pub fn quantize_calibrated(job: &QuantizeJob, data: &CalibrationSpec) -> Result<Summary> {
+    quantize_calibrated_within(job, data, Budget::available())
+}
+
+/// [`quantize_calibrated`] within `budget`: refused up front if the parts of the memory
+/// plan that cannot spill exceed it; the activations spill to a scratch file in the output's
+/// temporary folder if they do not fit beside them.
+pub fn quantize_calibrated_within(
+    job: &QuantizeJob,
+    data: &CalibrationSpec,
+    budget: Budget,
+) -> Result<Summary> {
     let start = Instant::now();
+    let memory = memory_plan(job, data, budget)?;
+    memory.check()?;
     output::check_not_input(&job.output, &job.model_dir)?;
     let recipe = job.recipe.load()?;
     let steps = recipe.calibration();
@@ -81,7 +105,8 @@ pub fn quantize_calibrated(job: &QuantizeJob, data: &CalibrationSpec) -> Result<
 
     let staging = Staging::new(&job.output, job.force)?;
     let shards = writer::plan_shards(&layout.tensors, job.max_shard_bytes);
-    staging.ensure_space(shards.iter().map(|s| s.data_bytes()).sum())?;
+    let tensor_bytes: u64 = shards.iter().map(|s| s.data_bytes()).sum();
+    staging.ensure_space(tensor_bytes + memory.scratch_file_bytes())?;
     let writers = shards
         .iter()
         .map(|s| ShardWriter::create(&staging.path().join(&s.file_name), s))
@@ -98,7 +123,10 @@ pub fn quantize_calibrated(job: &QuantizeJob, data: &CalibrationSpec) -> Result<
     }
 
     let max_seq = set.samples.iter().map(Vec::len).max().unwrap_or(0);
-    let pipe = Pipeline::new(&ck, &config, max_seq);
+    let mut pipe = Pipeline::new(&ck, &config, max_seq);
+    if memory.spill {
+        pipe = pipe.spill_to(staging.path());
+    }
     let mut acts = pipe.embed(&set.samples)?;
     // Each stream runs every layer, and every layer but the last again when it propagates
     // changed weights (GPTQ; SmoothQuant's own stream always).

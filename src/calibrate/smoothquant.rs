@@ -300,7 +300,7 @@ pub fn run_two_streams(
     cal: &mut dyn Calibrator,
     progress: &dyn Fn(u64),
 ) -> Result<()> {
-    let mut smoothing = acts.clone();
+    let mut smoothing = acts.try_clone()?;
     let mut sq = SmoothCalibrator::new(plan);
     for layer in 0..pipe.num_layers() {
         let mut w = pipe.load_layer(layer)?;

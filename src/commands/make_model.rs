@@ -14,6 +14,11 @@ pub struct MakeModelArgs {
     /// Shape: tiny, llama-1b, llama-8b or llama-70b.
     #[arg(long, default_value = "tiny")]
     pub shape: String,
+    /// Decoder layers, instead of the shape's own count (a llama-1b shape with 2 layers
+    /// measures the per-layer costs of a calibration: its peak memory does not depend on
+    /// depth).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub layers: Option<u64>,
     /// Output directory (must not exist unless --force).
     #[arg(long, value_name = "DIR")]
     pub output: std::path::PathBuf,
@@ -38,13 +43,16 @@ pub struct MakeModelArgs {
 
 /// Runs `qforge make-model`.
 pub fn run(args: &MakeModelArgs) -> Result<std::process::ExitCode> {
-    let shape = synthetic::named_shape(&args.shape).ok_or_else(|| {
+    let mut shape = synthetic::named_shape(&args.shape).ok_or_else(|| {
         Error::Unsupported(format!(
             "unknown shape {}: use one of {}",
             args.shape,
             synthetic::SHAPE_NAMES
         ))
     })?;
+    if let Some(n) = args.layers {
+        shape.layers = n as usize;
+    }
     let staging = Staging::new(&args.output, args.force)?;
     staging.ensure_space(shape.tensors().iter().map(|t| t.nbytes()).sum())?;
     synthetic::write_checkpoint(&shape, staging.path(), args.seed, args.max_shard_size)?;

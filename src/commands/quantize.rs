@@ -139,11 +139,29 @@ pub struct CalibrationArgs {
     /// length-aware order, longest first).
     #[arg(long, conflicts_with = "shuffle_seed")]
     pub no_shuffle: bool,
-    /// Print the memory plan of the calibrated run (weights, activations, GPTQ Hessians,
-    /// writer) and exit without reading any tensor or sample: it needs only the model's
+    /// Print the memory plan of the calibrated run (weights, activations in RAM or spilled,
+    /// GPTQ Hessians, writer, the --max-memory budget) and exit without reading any tensor
+    /// or sample (status 1 if the plan cannot fit the budget): it needs only the model's
     /// config.json (a folder holding just that file will do) and the settings above.
     #[arg(long, requires = "dataset")]
     pub dry_run: bool,
+    /// RAM the calibration may use (20GB = 20e9 bytes, 16GiB, 500MB). The layer's weights,
+    /// GPTQ's Hessians and solve and the forward scratch must fit it (else the run is
+    /// refused up front); the activations (samples × tokens × hidden × 2 bytes, two copies)
+    /// stay in RAM if they fit beside them, else spill to a scratch file in the output's
+    /// temporary folder, one sample in RAM at a time. Default: 3/4 of MemAvailable at start.
+    #[arg(long, value_name = "SIZE", value_parser = super::parse_size, requires = "dataset")]
+    pub max_memory: Option<u64>,
+}
+
+impl CalibrationArgs {
+    /// `--max-memory`, or 3/4 of the memory available now.
+    pub fn budget(&self) -> crate::calibrate::Budget {
+        match self.max_memory {
+            Some(bytes) => crate::calibrate::Budget::flag(bytes),
+            None => crate::calibrate::Budget::available(),
+        }
+    }
 }
 
 impl CalibrationArgs {
@@ -259,17 +277,19 @@ pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
     }
     let mut summary = match &calibration {
         Some(spec) => {
-            let plan = crate::calibrate::memory_plan(&job, spec)?;
-            if args.calibration.dry_run {
+            let budget = args.calibration.budget();
+            let plan = crate::calibrate::memory_plan(&job, spec, budget)?;
+            if args.calibration.dry_run || progress {
                 print_calibration(spec);
                 eprintln!("{plan}");
+            }
+            // A plan that cannot fit is refused before anything is read (and --dry-run
+            // says so with its exit status).
+            plan.check()?;
+            if args.calibration.dry_run {
                 return Ok(ExitCode::SUCCESS);
             }
-            if progress {
-                print_calibration(spec);
-                eprintln!("{plan}");
-            }
-            crate::calibrate::quantize_calibrated(&job, spec)?
+            crate::calibrate::quantize_calibrated_within(&job, spec, budget)?
         }
         None => quantize::quantize(&job)?,
     };

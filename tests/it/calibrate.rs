@@ -28,6 +28,11 @@ fn g128_ids() -> Vec<Vec<u32>> {
 /// `qforge quantize` of g128-bf16 with a fixture's input recipe and its 32 samples (in
 /// file order, as the fixtures were made), into `out`.
 pub(crate) fn quantize_fixture(case: &str, out: &Path) -> std::process::Output {
+    quantize_fixture_with(case, out, &[])
+}
+
+/// [`quantize_fixture`] with `extra` arguments.
+fn quantize_fixture_with(case: &str, out: &Path, extra: &[&str]) -> std::process::Output {
     let dir = fixture("calibration").join(case);
     qforge()
         .args(["quantize", "--model"])
@@ -39,6 +44,7 @@ pub(crate) fn quantize_fixture(case: &str, out: &Path) -> std::process::Output {
         .args(["--no-shuffle", "--num-calibration-samples", "32"])
         .args(["--max-seq-length", "64", "--output"])
         .arg(out)
+        .args(extra)
         .output()
         .unwrap()
 }
@@ -308,9 +314,11 @@ fn forward_matches_transformers_layer_by_layer() {
     let ids = g128_ids();
     let pipe = Pipeline::new(&ck, &config, 64);
     let mut acts = pipe.embed(&ids).unwrap();
-    let per_layer = acts.iter().map(|a| a.len()).sum::<usize>();
+    let per_layer = (0..acts.len()).map(|i| acts.sample_len(i)).sum::<usize>();
     let report = |layer: usize, acts: &qforge::calibrate::Activations| {
-        let ours: Vec<f32> = acts.iter().flatten().copied().collect();
+        let ours: Vec<f32> = (0..acts.len())
+            .flat_map(|i| acts.sample(i).unwrap())
+            .collect();
         let base = layer * per_layer;
         let (mut max, mut differ) = (0f32, 0usize);
         for (&a, &b) in ours.iter().zip(&theirs[base..base + per_layer]) {
@@ -373,4 +381,216 @@ fn nan_activations_stop_the_run_naming_the_layer() {
     assert!(!out.exists());
     let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
     assert_eq!(left.len(), 1, "only the model folder remains: {left:?}");
+}
+
+/// The `--max-memory` that holds exactly what cannot spill for `samples` × `tokens` on
+/// g128-bf16: the activations must spill, and the run must go ahead.
+fn spilling_budget(case: &str, samples: usize, tokens: usize) -> String {
+    use qforge::calibrate::{Budget, MemoryPlan, Workload};
+    let config = ModelConfig::load(&fixture("schemes/g128-bf16")).unwrap();
+    let recipe =
+        std::fs::read_to_string(fixture("calibration").join(case).join("input-recipe.yaml"));
+    let recipe = recipe.unwrap();
+    let work = Workload {
+        samples,
+        tokens,
+        gptq: recipe.contains("GPTQModifier"),
+        smoothquant: recipe.contains("SmoothQuantModifier"),
+    };
+    let plan = MemoryPlan::new(&config, &work, Budget::flag(u64::MAX));
+    assert!(plan.activations > 0 && !plan.spill);
+    plan.fixed().to_string()
+}
+
+/// Every file of an output folder, by name.
+fn files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Spilled activations (a scratch file, one sample in RAM) give the same output, byte for
+/// byte, as activations in RAM: GPTQ (which propagates), static scales, and SmoothQuant's
+/// two streams.
+#[test]
+fn spilled_activations_give_the_same_bytes_as_in_ram() {
+    for case in [
+        "g128-gptq_w4g64_actorder_weight",
+        "g128-fp8_static_kv",
+        "g128-smoothquant_gptq_w8a8",
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (ram, spilled) = (tmp.path().join("ram"), tmp.path().join("spilled"));
+        let budget = spilling_budget(case, 32, 64);
+        let a = quantize_fixture_with(case, &ram, &["--max-memory", "1GB"]);
+        let b = quantize_fixture_with(case, &spilled, &["--max-memory", &budget]);
+        let (ea, eb) = (
+            String::from_utf8_lossy(&a.stderr),
+            String::from_utf8_lossy(&b.stderr),
+        );
+        assert!(
+            a.status.success() && b.status.success(),
+            "{case}: {ea}\n{eb}"
+        );
+        assert!(
+            ea.contains("x 2 copies, in RAM") || ea.contains("x 4 copies, in RAM"),
+            "{ea}"
+        );
+        assert!(eb.contains("spilled to a scratch file"), "{case}: {eb}");
+        assert!(files(&ram) == files(&spilled), "{case}: the outputs differ");
+        // Nothing but the two outputs is left: the scratch files went with the run.
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 2);
+    }
+}
+
+/// A NaN mid-run with spilled activations: one error line, and neither the output, nor its
+/// temporary folder, nor a scratch file is left.
+#[test]
+fn an_error_mid_run_with_spilled_activations_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = crate::support::copy_model(&fixture("schemes/g128-bf16"), &tmp.path().join("m"));
+    // Layer 1's input norm holds NaN: layer 0 runs (and spills) first.
+    crate::support::rewrite_tensors(&model, |t, mut data| {
+        if t.name == "model.layers.1.input_layernorm.weight" {
+            data[..2].copy_from_slice(&0x7FC0u16.to_le_bytes());
+        }
+        Some((t, data))
+    });
+    let out = tmp.path().join("out");
+    let budget = spilling_budget("g128-gptq_w8a8", 32, 64);
+    let run = qforge()
+        .args(["quantize", "--model"])
+        .arg(&model)
+        .arg("--recipe")
+        .arg(fixture("calibration/g128-gptq_w8a8/input-recipe.yaml"))
+        .arg("--dataset")
+        .arg(fixture("calibration/g128-ids.json"))
+        .args(["--no-shuffle", "--num-calibration-samples", "32"])
+        .args([
+            "--max-seq-length",
+            "64",
+            "--max-memory",
+            &budget,
+            "--output",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(err.contains("spilled to a scratch file"), "{err}");
+    let errors: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("qforge: error"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(
+        errors[0].contains("model.layers.1") && errors[0].contains("NaN"),
+        "{err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        vec![std::ffi::OsString::from("m")],
+        "only the model is left"
+    );
+}
+
+/// `quantize --dataset` killed (SIGKILL: no destructor runs) while it calibrates leaves
+/// nothing that looks like a checkpoint: no output folder, only the hidden temporary
+/// sibling (holding no scratch file: it has no name), which the next run removes.
+#[test]
+fn a_killed_calibration_leaves_no_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 2048 samples of 64 random ids (of its 512): a run of many seconds, killed early.
+    let mut state = 12345u32;
+    let mut lines = String::new();
+    for _ in 0..2048 {
+        let ids: Vec<String> = (0..64)
+            .map(|_| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                ((state >> 8) % 512).to_string()
+            })
+            .collect();
+        lines += &format!("{{\"input_ids\": [{}]}}\n", ids.join(", "));
+    }
+    let data = tmp.path().join("ids.jsonl");
+    std::fs::write(&data, lines).unwrap();
+    let out = tmp.path().join("out");
+    let budget = spilling_budget("g128-gptq_w4a16", 2048, 64);
+    let mut child = qforge()
+        .args(["quantize", "--model"])
+        .arg(fixture("schemes/g128-bf16"))
+        .arg("--recipe")
+        .arg(fixture("calibration/g128-gptq_w4a16/input-recipe.yaml"))
+        .arg("--dataset")
+        .arg(&data)
+        .args([
+            "--num-calibration-samples",
+            "2048",
+            "--max-seq-length",
+            "64",
+        ])
+        .args(["--max-memory", &budget, "--output"])
+        .arg(&out)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let staging = tmp.path().join(format!(".out.qforge-tmp-{}", child.id()));
+    // Calibration starts once the copied tensors are in the staging folder's shard.
+    let started = std::time::Instant::now();
+    while !std::fs::read_dir(&staging).is_ok_and(|mut d| d.next().is_some()) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it was killed"
+        );
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "no staging folder appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run ended before it was killed"
+    );
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!out.exists(), "a killed run left an output");
+    let mut left: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        vec![
+            staging.file_name().unwrap().to_string_lossy().into_owned(),
+            "ids.jsonl".into()
+        ]
+    );
+    for f in std::fs::read_dir(&staging).unwrap() {
+        let name = f.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            name.ends_with(".safetensors"),
+            "{name} left in the temporary folder"
+        );
+    }
+    // The next run for the same output removes the dead run's folder and completes.
+    let run = quantize_fixture("g128-gptq_w4a16", &out);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{err}");
+    assert!(err.contains("left by an interrupted run"), "{err}");
+    assert!(!staging.exists());
 }

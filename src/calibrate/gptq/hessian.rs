@@ -118,6 +118,14 @@ impl Hessian {
         let n = self.nsamples as f32;
         self.sum.iter().map(|&v| v / n).collect()
     }
+
+    /// The diagonal of [`Hessian::normalized`] (the same values, without the matrix).
+    pub fn normalized_diagonal(&self) -> Vec<f32> {
+        let n = self.nsamples as f32;
+        (0..self.cols)
+            .map(|j| self.sum[j * self.cols + j] / n)
+            .collect()
+    }
 }
 
 /// Threads for a product of about `work` multiply-adds: one below a size where splitting

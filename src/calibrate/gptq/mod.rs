@@ -37,7 +37,9 @@
 //! weights GPTQ wrote back ([`GptqResult::dequantized`]) and **no** activation quantization,
 //! even for W8A8's dynamic int8 inputs.
 //! Layer 0's q/k/v_proj input is `input_layernorm(embed_tokens(ids))`; q/k/v (and gate/up)
-//! see the same input, so one [`Hessian`] serves each such group.
+//! see the same input, so one [`Hessian`] serves each such group ([`input_slot`]):
+//! llm-compressor accumulates one per module, but the same sums of the same products in
+//! the same order are the same bits.
 //!
 //! Bit-exactness: the Hessian is a float sum over samples, so their order matters.
 //! llm-compressor feeds them in `LengthAwareSampler` order, `torch.argsort(lengths,
@@ -54,9 +56,26 @@ mod solve;
 
 pub use hessian::Hessian;
 
+use super::forward::Proj;
 use crate::recipe::QuantArgs;
 use crate::{Error, Result};
 use qparams::Grid;
+use std::borrow::Cow;
+
+/// Distinct Linear inputs of a decoder layer.
+pub const INPUT_SLOTS: usize = 4;
+
+/// Which Hessian a Linear reads: q/k/v_proj share the normed hidden states (slot 0),
+/// o_proj has the attention output (1), gate/up_proj share the second normed hidden
+/// states (2), down_proj has the gated activations (3).
+pub fn input_slot(p: Proj) -> usize {
+    match p {
+        Proj::Q | Proj::K | Proj::V => 0,
+        Proj::O => 1,
+        Proj::Gate | Proj::Up => 2,
+        Proj::Down => 3,
+    }
+}
 
 /// `GPTQModifier`'s own arguments.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -128,19 +147,34 @@ pub fn quantize_weight(
     options: &GptqOptions,
     args: &QuantArgs,
 ) -> Result<GptqResult> {
-    check(weight, rows, cols, hessian, options)?;
+    quantize_weight_with(weight, rows, cols, Cow::Borrowed(hessian), options, args)
+}
+
+/// [`quantize_weight`], given the Hessian to drop (`Cow::Owned`) as soon as it is in the
+/// solver's matrix, or to keep (`Cow::Borrowed`, another Linear reads it too). Each
+/// working matrix is dropped the moment the next one is made (docs/calibration.md,
+/// "Memory plan").
+pub fn quantize_weight_with(
+    weight: &[f32],
+    rows: usize,
+    cols: usize,
+    hessian: Cow<'_, Hessian>,
+    options: &GptqOptions,
+    args: &QuantArgs,
+) -> Result<GptqResult> {
+    check(weight, rows, cols, &hessian, options)?;
     let grid = Grid::observe(weight, rows, cols, args)?;
-    let mut h = hessian.normalized();
-    let (mut w, perm) = if options.actorder {
-        let perm = solve::actorder_perm(&h, cols);
-        h = solve::permute_square(&h, cols, &perm);
-        (solve::permute_cols(weight, cols, &perm), perm)
+    let perm: Vec<usize> = if options.actorder {
+        solve::actorder_perm(&hessian.normalized_diagonal(), cols)
     } else {
-        (weight.to_vec(), (0..cols).collect())
+        (0..cols).collect()
     };
-    let (hinv, rtn_fallback) = solve::factorize(&h, cols, &mut w, options.dampening_frac)?;
-    drop(h);
+    let mut w = solve::permute_cols(weight, cols, &perm);
+    let h = solve::normalized_matrix(&hessian, &perm);
+    drop(hessian);
+    let (hinv, rtn_fallback) = solve::factorize(h, cols, &mut w, options.dampening_frac)?;
     let loss = solve::block_loop(&mut w, cols, &hinv, &grid, &perm, options.block_size);
+    drop(hinv);
     if options.actorder {
         w = solve::unpermute_cols(&w, cols, &perm);
     }
@@ -148,6 +182,7 @@ pub fn quantize_weight(
         .iter()
         .map(|&x| half::bf16::from_f32(x).to_bits())
         .collect();
+    drop(w);
     Ok(GptqResult {
         codes: grid.codes(&dequantized),
         scales: grid.scale_bits(),

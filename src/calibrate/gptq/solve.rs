@@ -2,7 +2,7 @@
 //! (`modifiers/gptq/gptq_quantize.py`, `helpers.py`): activation ordering, dead columns,
 //! dampening, `Hinv = chol(H⁻¹)ᵀ` with faer, and the blocked error propagation.
 
-use super::hessian::par;
+use super::hessian::{par, Hessian};
 use super::qparams::Grid;
 use crate::{Error, Result};
 use faer::linalg::matmul::matmul;
@@ -10,21 +10,20 @@ use faer::linalg::solvers::DenseSolveCore;
 use faer::{Accum, Mat, MatMut, MatRef, Side};
 use rayon::prelude::*;
 
-/// `argsort(diag(H), descending=True)`: columns by decreasing activation energy (ties in
-/// their original order).
-pub(super) fn actorder_perm(h: &[f32], n: usize) -> Vec<usize> {
+/// `argsort(diag(H), descending=True)` of the diagonal `diag`: columns by decreasing
+/// activation energy (ties in their original order).
+pub(super) fn actorder_perm(diag: &[f32], n: usize) -> Vec<usize> {
     let mut perm: Vec<usize> = (0..n).collect();
-    perm.sort_by(|&a, &b| h[b * n + b].total_cmp(&h[a * n + a]));
+    perm.sort_by(|&a, &b| diag[b].total_cmp(&diag[a]));
     perm
 }
 
-/// `H[perm][:, perm]` (row-major `n × n`).
-pub(super) fn permute_square(h: &[f32], n: usize, perm: &[usize]) -> Vec<f32> {
-    let mut out = Vec::with_capacity(n * n);
-    for &i in perm {
-        out.extend(perm.iter().map(|&j| h[i * n + j]));
-    }
-    out
+/// `(H / nsamples)[perm][:, perm]` as faer's matrix, made straight from the Hessian's sum
+/// (no normalised or permuted copy in between).
+pub(super) fn normalized_matrix(h: &Hessian, perm: &[usize]) -> Mat<f32> {
+    let (n, sum) = (h.cols(), h.sum());
+    let count = h.nsamples() as f32;
+    Mat::from_fn(n, n, |i, j| sum[perm[i] * n + perm[j]] / count)
 }
 
 /// The columns of row-major `w` (`cols` wide) in the order `perm`.
@@ -47,18 +46,18 @@ pub(super) fn unpermute_cols(w: &[f32], cols: usize, perm: &[usize]) -> Vec<f32>
     out
 }
 
-/// `factorize_hessian` for one matrix: zeroes the weight columns whose diagonal entry is 0
+/// `factorize_hessian` for one matrix (consumed: each working matrix is dropped as soon as
+/// the next one is made, so at most three `n × n` are alive): zeroes the weight columns whose diagonal entry is 0
 /// (dead inputs; their diagonal becomes 1), adds `dampening_frac · mean(diag)` to the
 /// diagonal, and returns the upper Cholesky factor of `H⁻¹` (row-major `n × n`, zero below
 /// the diagonal) and whether the Hessian was not positive definite (or held Inf/NaN). In
 /// that case llm-compressor uses the identity, which makes GPTQ round-to-nearest, and warns.
 pub(super) fn factorize(
-    h: &[f32],
+    mut h: Mat<f32>,
     n: usize,
     w: &mut [f32],
     dampening_frac: f64,
 ) -> Result<(Vec<f32>, bool)> {
-    let mut h = Mat::from_fn(n, n, |i, j| h[i * n + j]);
     for j in 0..n {
         if h[(j, j)] == 0.0 {
             h[(j, j)] = 1.0;
@@ -78,11 +77,13 @@ pub(super) fn factorize(
     } else {
         None
     };
+    drop(h);
     let Some(llt) = llt else {
         let eye = Mat::<f32>::identity(n, n);
         return Ok((row_major(eye.as_ref()), true));
     };
     let hinv = llt.inverse();
+    drop(llt);
     let upper = hinv.llt(Side::Lower).map_err(|_| {
         Error::Calibration(
             "GPTQ: the inverse Hessian is not positive definite (torch.linalg.cholesky fails \
@@ -90,6 +91,7 @@ pub(super) fn factorize(
                 .to_string(),
         )
     })?;
+    drop(hinv);
     Ok((row_major(upper.L().transpose()), false))
 }
 

@@ -42,6 +42,11 @@ fn rtn_sym(w: f32, s: f32, bits: u32) -> (i8, f32) {
     (q as i8, bf16::from_f32(q * s).to_f32())
 }
 
+/// A row-major 2 × 2 matrix as faer's.
+fn mat2(v: [f32; 4]) -> faer::Mat<f32> {
+    faer::Mat::from_fn(2, 2, |i, j| v[i * 2 + j])
+}
+
 fn dequantized(r: &GptqResult) -> Vec<f32> {
     r.dequantized
         .iter()
@@ -165,20 +170,20 @@ fn a_hessian_that_is_not_positive_definite_falls_back_to_identity() {
     // [[1, 2], [2, 1]] has a negative eigenvalue: llm-compressor's Cholesky fails and it uses
     // the identity, which makes the column loop round-to-nearest.
     let mut w = [0.5f32, 0.25];
-    let (hinv, fallback) = solve::factorize(&[1.0, 2.0, 2.0, 1.0], 2, &mut w, 0.0).unwrap();
+    let (hinv, fallback) = solve::factorize(mat2([1.0, 2.0, 2.0, 1.0]), 2, &mut w, 0.0).unwrap();
     assert!(fallback);
     assert_eq!(hinv, vec![1.0, 0.0, 0.0, 1.0]);
     assert_eq!(w, [0.5, 0.25]);
     // A positive definite one: H = [[4, 2], [2, 2]], H⁻¹ = [[0.5, -0.5], [-0.5, 1]], whose
     // upper Cholesky factor is [[√0.5, -√0.5], [0, √0.5]].
-    let (hinv, fallback) = solve::factorize(&[4.0, 2.0, 2.0, 2.0], 2, &mut w, 0.0).unwrap();
+    let (hinv, fallback) = solve::factorize(mat2([4.0, 2.0, 2.0, 2.0]), 2, &mut w, 0.0).unwrap();
     assert!(!fallback);
     let r = 0.5f32.sqrt();
     for (got, want) in hinv.iter().zip([r, -r, 0.0, r]) {
         assert!((got - want).abs() < 1e-6, "{hinv:?}");
     }
     // Dampening adds frac · mean(diag) = 0.5 · 3 to the diagonal: H = [[5.5, 2], [2, 3.5]].
-    let (hinv, _) = solve::factorize(&[4.0, 2.0, 2.0, 2.0], 2, &mut w, 0.5).unwrap();
+    let (hinv, _) = solve::factorize(mat2([4.0, 2.0, 2.0, 2.0]), 2, &mut w, 0.5).unwrap();
     let det = 5.5 * 3.5 - 4.0;
     assert!((hinv[0] - (3.5f32 / det).sqrt()).abs() < 1e-6, "{hinv:?}");
     assert!((hinv[3] - (1.0f32 / 3.5).sqrt()).abs() < 1e-6, "{hinv:?}");
