@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # llm-compressor's outputs for the g128 calibration fixtures, made on THIS machine, for
-# `calibrate::gptq_reproduces_llm_compressor_on_this_cpu` (tests/it/calibrate.rs).
+# `calibrate::gptq_reproduces_llm_compressor_run_on_an_avx2_cpu` (tests/it/calibrate.rs).
 #
 #   scripts/calib_local_ref.sh OUT_DIR      then   QFORGE_CALIB_REF=OUT_DIR cargo test ...
+# (tests/data/calibration-avx2 holds its output for the GPTQ cases, made on an AMD EPYC AVX2 CPU;
+# the test reads it unless QFORGE_CALIB_REF is set).
 #
 # Why: torch's BF16 arithmetic depends on the CPU (on AVX2 without AVX-512 its F.linear is
 # at::native's cpublas dot, with AVX-512 it is oneDNN), and the shared fixtures were made on a

@@ -6,32 +6,22 @@ use crate::calibrate::run_case;
 use crate::support::{fixture, qforge};
 use qforge::checkpoint::Checkpoint;
 
-/// config.json, recipe.yaml and the tensor list byte for byte (checked by `run_case`);
-/// every tensor of layer 0 (its smoothed norms, the codes, scales and zero points of all
-/// seven Linears) and every copied tensor identical to llm-compressor's. Layer 1 sees the
-/// outputs of qforge's BF16 forward of layer 0, which rounds a few values differently from
-/// torch (docs/calibration.md): measured 2026-12-06, one 4-bit code and one scale (one BF16
-/// step) of layer 1's k_proj differ, nothing else. Held to that, and to the bar
-/// (≥ 99.9% of each tensor's codes identical, every scale within one BF16 step).
+/// config.json, recipe.yaml and the tensor list byte for byte (checked by `run_case`), and
+/// every tensor identical to llm-compressor's: the smoothed norms and the codes, scales and
+/// zero points of all fourteen Linears. (The fixture equals llm-compressor's output made on
+/// an AVX2 CPU too, so it does not depend on the CPU's BF16 summation order, which
+/// `calibrate::torch_dot` follows.) Measured 2026-12-06: 0 values differ; before the forward
+/// pass summed in torch's order, one code and one scale of layer 1's k_proj did.
 #[test]
 fn awq_w4a16_asym_matches_llm_compressor() {
     let diffs = run_case("g128-awq_w4a16_asym", |_| true);
-    let mut differ = 0;
     for (name, d) in &diffs {
-        if name.starts_with("model.layers.0.") || !name.starts_with("model.layers.") {
-            assert_eq!(d.differ, 0, "{name}: {d:?}");
-        }
-        if name.ends_with("layernorm.weight") || name.ends_with("weight_zero_point") {
-            assert_eq!(d.differ, 0, "{name}: {d:?}");
-        }
-        if name.ends_with("weight_packed") {
-            assert!(d.differ * 1000 <= d.elements, "{name}: {d:?}");
-        }
-        assert!(d.max_steps <= 1, "{name}: {d:?}");
-        differ += d.differ;
+        assert_eq!(d.differ, 0, "{name}: {d:?}");
     }
-    println!("g128-awq_w4a16_asym: {differ} values differ from llm-compressor's in all");
-    assert!(differ <= 2, "{differ} values differ (measured: 2)");
+    println!(
+        "g128-awq_w4a16_asym: all {} tensors identical to llm-compressor's",
+        diffs.len()
+    );
 }
 
 /// Runs `quantize --dataset` on g128-bf16 with the recipe `text` (the fixture's samples and

@@ -18,10 +18,11 @@ pub mod search;
 use super::forward::{BfRope, Dims, LayerWeights, Proj, Taps};
 use super::layer::LayerCalibrator;
 use super::outputs::LinearPlan;
-use super::pipeline::{Activations, Calibrator};
+use super::pipeline::Calibrator;
 use super::smoothquant::{layer_part, module_names, Norm};
 use crate::recipe::{resolve_mappings, DuoScaling, Mapping, MappingKind};
 use crate::{Error, Result};
+use search::Cached;
 use search::{Ctx, Outcome};
 
 /// The layer whose output a mapping scales down.
@@ -237,7 +238,7 @@ fn locate(smooth: &str, balance: &[String]) -> Result<(usize, AwqMapping)> {
 #[derive(Default)]
 struct Cache {
     /// The inputs of each stream a mapping reads, one per sample.
-    inputs: [Option<Activations>; 4],
+    inputs: [Option<Cached>; 4],
     /// Per stream: the f32 sums of `|x|` per channel, and the tokens summed.
     sums: [Option<(Vec<f32>, u64)>; 4],
 }

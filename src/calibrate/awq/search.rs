@@ -22,7 +22,6 @@ use crate::calibrate::forward::{
 };
 use crate::calibrate::outputs::LinearPlan;
 use crate::calibrate::smoothquant::Norm;
-use crate::calibrate::Activations;
 use crate::checkpoint::DType;
 use crate::numerics::{group_qparams, quantize_group, IntParams};
 use crate::recipe::{DuoScaling, Strategy};
@@ -58,6 +57,11 @@ pub fn grid(duo: DuoScaling, n_grid: u64) -> Vec<(f64, bool)> {
     }
 }
 
+/// A parent module's inputs (or outputs) kept for the grid search, one `[tokens, width]` f32
+/// buffer per sample. In RAM: the plan does not count them and they do not spill (AWQ keeps
+/// four streams of one layer, f32).
+pub type Cached = Vec<Vec<f32>>;
+
 /// What happened to one mapping.
 pub enum Outcome {
     /// Smoothed with the best scales (f64 values; f32 ones when the best had no duo).
@@ -72,7 +76,7 @@ pub fn smooth_mapping(
     ctx: &Ctx,
     m: &AwqMapping,
     w: &mut LayerWeights,
-    inputs: &Activations,
+    inputs: &Cached,
     x_mean: &[f32],
 ) -> Result<Outcome> {
     let fp16 = parent_outputs(ctx, m.parent, w, inputs);
@@ -153,12 +157,7 @@ fn div_round(x: f32, s: f64) -> f32 {
 }
 
 /// The parent module's outputs on every cached input, with the weights in `w`.
-fn parent_outputs(
-    ctx: &Ctx,
-    parent: Parent,
-    w: &LayerWeights,
-    inputs: &Activations,
-) -> Activations {
+fn parent_outputs(ctx: &Ctx, parent: Parent, w: &LayerWeights, inputs: &Cached) -> Cached {
     let model = (ctx.dims, ctx.rope);
     let out = inputs
         .par_iter()
@@ -170,13 +169,7 @@ fn parent_outputs(
 
 /// The loss of the weights in `w` against the unquantized outputs `fp16`
 /// (`_compute_loss`: per sample a BF16 sum of BF16 squares, added in f32, over the count).
-fn mse(
-    ctx: &Ctx,
-    parent: Parent,
-    w: &LayerWeights,
-    inputs: &Activations,
-    fp16: &Activations,
-) -> f64 {
+fn mse(ctx: &Ctx, parent: Parent, w: &LayerWeights, inputs: &Cached, fp16: &Cached) -> f64 {
     let model = (ctx.dims, ctx.rope);
     let per_sample: Vec<f32> = inputs
         .par_iter()
