@@ -351,11 +351,12 @@ pub(crate) fn layer_part(name: &str) -> Option<(usize, &str)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::recipe::default_mappings;
 
-    fn llama_tensors(layers: usize) -> Vec<String> {
+    /// A Llama checkpoint's tensor names, `layers` deep (shared with `calibrate::awq`'s tests).
+    pub(crate) fn llama_tensors(layers: usize) -> Vec<String> {
         let mut v = vec!["model.embed_tokens.weight".to_string()];
         for l in 0..layers {
             for p in Proj::ALL {

@@ -377,20 +377,8 @@ impl Calibrator for AwqCalibrator<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::calibrate::smoothquant::tests::llama_tensors;
     use crate::recipe::default_mappings;
-
-    fn llama_tensors(layers: usize) -> Vec<String> {
-        let mut v = vec!["model.embed_tokens.weight".to_string()];
-        for l in 0..layers {
-            for p in Proj::ALL {
-                v.push(format!("model.layers.{l}.{}.weight", p.path()));
-            }
-            for n in [Norm::Input, Norm::Post] {
-                v.push(format!("model.layers.{l}.{}.weight", n.path()));
-            }
-        }
-        v
-    }
 
     fn dims(heads: usize, kv_heads: usize) -> Dims {
         Dims {
