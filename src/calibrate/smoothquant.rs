@@ -1,14 +1,16 @@
 //! SmoothQuant as llm-compressor 0.14's `SmoothQuantModifier` does it
 //! (`modifiers/transform/smoothquant/base.py`).
 //!
-//! llm-compressor flattens a recipe's stages into one modifier list and runs ONE sequential
-//! pass for all of them: per decoder layer, a calibration forward with every modifier's
-//! hooks (SmoothQuant's per-channel min/max of each norm's output, GPTQ's Hessians of the
-//! Linears' inputs), then `sequential_epoch_end` in modifier order: SmoothQuant smooths
-//! the layer, then GPTQ quantizes the smoothed weights with the Hessians of the pass (which
-//! saw the unsmoothed norms), then the propagation pass runs the smoothed, quantized layer.
-//! So a `sq_stage` + `quant_stage` recipe needs no second calibration pass: both hooks
-//! share the layer's one calibration forward, and qforge does the same.
+//! llm-compressor 0.14's `oneshot` runs its default `independent` pipeline
+//! (`pipelines/independent/pipeline.py`): each modifier of the recipe gets its own
+//! sequential pass over the whole model, in recipe order. SmoothQuant's pass observes each
+//! norm's output per layer (hooks), smooths the layer at `sequential_epoch_end` and
+//! propagates the smoothed, unquantized layer; GPTQ's pass then starts again from the
+//! embeddings on the smoothed model, quantizes each layer and propagates the quantized one.
+//! [`run_two_streams`] does both in one layer loop with two activation streams (each layer's
+//! weights read once). Checked against llm-compressor on the g128 fixture (hooks on every
+//! pass): the smoothing stream's layer outputs, the smoothed weights and all seven of layer
+//! 0's GPTQ Hessians are bit-identical.
 //!
 //! Per mapping (a norm and the Linears it feeds), with `X` the norm's output and `W` the
 //! balance weights, all in BF16 as torch computes them:

@@ -98,7 +98,7 @@ pub(crate) fn run_case(case: &str, select: impl Fn(&str) -> bool) -> Vec<(String
 }
 
 /// [`run_case`] against another llm-compressor output of the same case (`reference`).
-fn run_case_against(
+pub(crate) fn run_case_against(
     case: &str,
     reference: &Path,
     select: impl Fn(&str) -> bool,

@@ -1,42 +1,79 @@
 //! SmoothQuant on the calibration pipeline against llm-compressor
 //! 0.14's `g128-smoothquant_gptq_w8a8` fixture, and the bad-input refusals of issue #22.
 
-use crate::calibrate::run_case;
+use crate::calibrate::{run_case, run_case_against};
 use crate::support::{fixture, qforge};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-/// SmoothQuant 0.8 then GPTQ W8A8 (two stages, run as llm-compressor's `independent`
-/// pipeline runs them: SmoothQuant's own pass, then GPTQ's on the smoothed model).
-///
-/// Exact: config.json, recipe.yaml, tensor names, every copied tensor, layer 0's smoothed
-/// input_layernorm and its q/k/v codes and scales (they depend on the embeddings alone).
-/// Not exact (measured 2026-12-06): the norms after an attention or MLP block differ in up
-/// to 27 of 128 channels by at most 2 BF16 steps, because qforge's BF16 forward sums in
-/// another order than torch and a per-channel max over 2048 tokens picks that up; the
-/// codes downstream of those scales then differ in up to 16% (layer 1 q_proj).
+const CASE: &str = "g128-smoothquant_gptq_w8a8";
+
+/// llm-compressor's output of [`CASE`] made on an AVX2 CPU (tests/data/calibration-avx2,
+/// or `QFORGE_CALIB_REF`), whose torch sums in the order qforge's forward reproduces.
+fn avx2_reference() -> PathBuf {
+    std::env::var_os("QFORGE_CALIB_REF")
+        .map_or_else(
+            || Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/calibration-avx2"),
+            PathBuf::from,
+        )
+        .join(CASE)
+}
+
+/// A norm or a quantization scale (not an int8 code).
+fn is_norm_or_scale(name: &str) -> bool {
+    name.ends_with("layernorm.weight") || name.ends_with("norm.weight") || name.contains("scale")
+}
+
+/// SmoothQuant 0.8 then GPTQ W8A8 (two stages, run as llm-compressor's default `independent`
+/// pipeline runs them: SmoothQuant's own sequential pass, then GPTQ's on the smoothed model)
+/// against the shared fixture, which was made on a CPU with AVX-512 (its torch sums in
+/// another order: docs/calibration.md). Measured 2026-12-06: config.json, recipe.yaml, the
+/// tensor names, every smoothed norm, every scale and every copied tensor identical; codes
+/// differ in up to 2,092 of 32,768 (6.4%, layer 1 o_proj), as llm-compressor's own run on
+/// an AVX2 CPU differs from the fixture (2,105 there).
 #[test]
 fn smoothquant_gptq_w8a8_reproduces_llm_compressor() {
-    let diffs = run_case("g128-smoothquant_gptq_w8a8", |_| true);
-    let get = |n: &str| &diffs.iter().find(|(name, _)| name == n).unwrap().1;
-    for exact in [
-        "model.layers.0.input_layernorm.weight",
-        "model.layers.0.self_attn.q_proj.weight",
-        "model.layers.0.self_attn.q_proj.weight_scale",
-        "model.layers.0.self_attn.k_proj.weight",
-        "model.layers.0.self_attn.v_proj.weight",
-        "model.embed_tokens.weight",
-        "model.norm.weight",
-        "lm_head.weight",
-    ] {
-        assert_eq!(get(exact).differ, 0, "{exact}: {:?}", get(exact));
-    }
-    for (name, d) in &diffs {
-        if name.ends_with("layernorm.weight") || name.ends_with("weight_scale") {
-            assert!(d.max_steps <= 4, "{name}: {d:?}");
+    for (name, d) in run_case(CASE, |_| true) {
+        if is_norm_or_scale(&name) || !name.starts_with("model.layers.") {
+            assert_eq!(d.differ, 0, "{name}: {d:?}");
         } else {
-            // int8 codes: at least 80% identical (worst measured: 83.6%).
-            assert!(d.differ * 5 <= d.elements, "{name}: {d:?}");
+            // int8 codes: at least 90% identical (worst measured: 93.6%).
+            assert!(d.differ * 10 <= d.elements, "{name}: {d:?}");
         }
+    }
+}
+
+/// Against llm-compressor run on an AVX2 CPU: every smoothed norm, every scale and layer 0's
+/// codes match (1 code of 49,152 in layer 0's up_proj differs: a near-tie of the GPTQ
+/// solve, `39.49999 · scale` in llm-compressor, rounded over `.5` by faer's f32 Cholesky);
+/// that one code changes 1,823 of layer 1's 262,144 inputs, and layer 1's GPTQ then differs
+/// in up to 989 of 49,152 codes (2.0%). Traced 2026-12-06 (docs/calibration.md): the
+/// smoothing pass, the smoothed weights, and all seven of layer 0's Hessians are bit-identical
+/// to llm-compressor's; given llm-compressor's layer-1 inputs, qforge's layer 1 differs in
+/// 9 codes. The 99.9% bar per tensor needs the solve to round as llm-compressor's does
+/// (the ignored test below).
+#[test]
+fn smoothquant_gptq_w8a8_against_llm_compressor_on_an_avx2_cpu() {
+    for (name, d) in run_case_against(CASE, &avx2_reference(), |_| true) {
+        if is_norm_or_scale(&name) || !name.starts_with("model.layers.1.") {
+            // layer 0 (its one near-tie code at most), the norms, the scales, the copies
+            assert!(d.differ <= 1, "{name}: {d:?}");
+        } else {
+            // layer 1 after the near-tie: at least 97% identical (worst measured: 98.0%)
+            assert!(d.differ * 100 <= d.elements * 3, "{name}: {d:?}");
+        }
+    }
+}
+
+/// The issue's bar: every tensor ≥ 99.9% identical to llm-compressor's run on an AVX2 CPU.
+/// Measured 2026-12-06 with the GPTQ solve's two Cholesky factorizations and the inverse in
+/// f64, rounded to f32 once at the end: 0 codes differ in this case (and in the W4G64
+/// actorder case, against 12 now); with faer in f32 (now): 2,168.
+#[test]
+#[ignore = "needs the GPTQ solve (src/calibrate/gptq/solve.rs) to round as llm-compressor's \
+            MKL does: one near-tie code in layer 0 cascades into 2% of layer 1's codes"]
+fn smoothquant_gptq_w8a8_codes_match_llm_compressor_to_999_per_mille() {
+    for (name, d) in run_case_against(CASE, &avx2_reference(), |_| true) {
+        assert!(d.differ * 1000 <= d.elements, "{name}: {d:?}");
     }
 }
 
