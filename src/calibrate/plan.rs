@@ -27,6 +27,29 @@ pub struct Workload {
     pub gptq: bool,
     /// The recipe runs SmoothQuant (a second activation stream: two more copies).
     pub smoothquant: bool,
+    /// The recipe runs AWQ: its caches and grid search.
+    pub awq: Option<AwqWork>,
+}
+
+/// What AWQ (`calibrate::awq`) holds beside the activations. Its caches: at the end of a
+/// layer's calibration pass, per sample, the input of every mapping's parent; during a
+/// mapping's search, the parent's unquantized outputs on every sample (`tokens × hidden`).
+/// They are BF16 in the activation store, so they spill with the activations. Its search:
+/// the original balance weights and the fake-quantized copy being made (f32), and per thread
+/// one parent forward (its buffers, the sample and its unquantized output widened to f32,
+/// the bits read, the output).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AwqWork {
+    /// Values per token one layer caches (the largest layer): `hidden` for q/k/v's input
+    /// and gate/up's, the attention width for o_proj's, `intermediate` for down_proj's.
+    pub cached_width: u64,
+    /// The widest cached input (values per token).
+    pub widest_input: u64,
+    /// Elements of one mapping's balance weights held beside the layer's (the largest
+    /// mapping): a copy of each, and one fake-quantized weight while it is made.
+    pub balance_weights: u64,
+    /// Threads the search runs the parent on (rayon's pool).
+    pub threads: u64,
 }
 
 /// The RAM a run may use (`--max-memory`); activations beyond it spill to a scratch file.
@@ -101,6 +124,11 @@ pub struct MemoryPlan {
     pub gptq: u64,
     /// The Hessians alone at the end of the calibration pass (one per distinct input).
     pub hessians: u64,
+    /// AWQ's cached parent inputs and outputs, BF16 (0 without AWQ): in RAM, or spilled with
+    /// the activations.
+    pub awq_cache: u64,
+    /// AWQ's grid search beside its caches: balance weights and per-thread forwards.
+    pub awq_search: u64,
     /// One sample's forward-pass buffers (`forward::Scratch`) and the sample itself in f32.
     pub forward_scratch: u64,
     /// The largest output tensor handed to the writer (a Linear's codes, at most 2 bytes a
@@ -123,7 +151,8 @@ impl MemoryPlan {
         let q = (d.heads * d.head_dim) as u64;
         // Scratch: n, q, k, v, a (attention out), o, g, u, each `tokens ×` its width; the
         // sample in f32 and its BF16 bits on their way to or from the store.
-        let scratch = tokens * (h + q + kv + kv + q + h + i + i) * F32 + tokens * h * (F32 + F32);
+        let buffers = tokens * (h + q + kv + kv + q + h + i + i) * F32;
+        let scratch = buffers + tokens * h * (F32 + F32);
         let largest = shapes.iter().map(|(o, n)| o * n).max().unwrap_or(0);
         let (gptq, hessians) = if work.gptq {
             gptq_peak(&shapes, tokens)
@@ -131,6 +160,17 @@ impl MemoryPlan {
             (0, 0)
         };
         let streams = if work.smoothquant { 2 } else { 1 };
+        let all_tokens = work.samples as u64 * tokens;
+        let (awq_cache, awq_search) = match &work.awq {
+            Some(a) => {
+                let cache = all_tokens * (a.cached_width + h) * BF16;
+                // The input and the unquantized output widened to f32, the bits each was
+                // read through (4 bytes a value), the output made.
+                let per_thread = buffers + tokens * (2 * a.widest_input + 3 * h) * F32;
+                (cache, a.balance_weights * F32 + a.threads * per_thread)
+            }
+            None => (0, 0),
+        };
         let mut plan = MemoryPlan {
             layer_weights: (weights + 2 * h) * F32,
             activations: work.samples as u64 * tokens * h * BF16,
@@ -138,31 +178,38 @@ impl MemoryPlan {
             spill: false,
             gptq,
             hessians,
+            awq_cache,
+            awq_search,
             forward_scratch: scratch,
             writer: largest * 2,
             budget,
         };
-        plan.spill = plan.fixed() + plan.activations * plan.activation_copies > budget.bytes;
+        plan.spill = plan.fixed() + plan.spillable() > budget.bytes;
         plan
+    }
+
+    /// What may go to the scratch files: the activations and AWQ's caches.
+    pub fn spillable(&self) -> u64 {
+        self.activations * self.activation_copies + self.awq_cache
     }
 
     /// Every part but the activations: what must be in RAM whatever the budget.
     pub fn fixed(&self) -> u64 {
-        self.layer_weights + self.gptq + self.forward_scratch + self.writer
+        self.layer_weights + self.gptq + self.awq_search + self.forward_scratch + self.writer
     }
 
     /// The sum of every part in RAM: the most the run holds at once.
     pub fn total(&self) -> u64 {
         match self.spill {
             true => self.fixed(),
-            false => self.fixed() + self.activations * self.activation_copies,
+            false => self.fixed() + self.spillable(),
         }
     }
 
     /// Bytes the scratch files take on disk (0 when the activations are in RAM).
     pub fn scratch_file_bytes(&self) -> u64 {
         match self.spill {
-            true => self.activations * self.activation_copies,
+            true => self.spillable(),
             false => 0,
         }
     }
@@ -174,8 +221,8 @@ impl MemoryPlan {
         }
         Err(Error::Calibration(format!(
             "the calibration needs {} of RAM besides the activations (layer weights, GPTQ, \
-             forward scratch, writer: see the memory plan) but the budget is {} ({}); raise \
-             --max-memory or use a machine with more memory",
+             AWQ search, forward scratch, writer: see the memory plan) but the budget is {} \
+             ({}); raise --max-memory or use a machine with more memory",
             gb(self.fixed()),
             gb(self.budget.bytes),
             self.budget.source.describe()
@@ -262,6 +309,18 @@ impl fmt::Display for MemoryPlan {
                 gb(self.hessians)
             )?;
         }
+        if self.awq_cache > 0 {
+            let place = match self.spill {
+                true => "spilled to a scratch file, one sample a thread in RAM",
+                false => "in RAM",
+            };
+            writeln!(
+                f,
+                "  AWQ caches (BF16)        {}, {place}",
+                gb(self.awq_cache)
+            )?;
+            writeln!(f, "  AWQ search               {}", gb(self.awq_search))?;
+        }
         writeln!(f, "  forward scratch          {}", gb(self.forward_scratch))?;
         writeln!(f, "  writer                   {}", gb(self.writer))?;
         write!(f, "  total in RAM             {}", gb(self.total()))
@@ -294,6 +353,7 @@ mod tests {
             tokens: 64,
             gptq,
             smoothquant: false,
+            awq: None,
         }
     }
 
@@ -384,6 +444,7 @@ mod tests {
             tokens: 2048,
             gptq: true,
             smoothquant: false,
+            awq: None,
         };
         let p = MemoryPlan::new(&config, &work, Budget::flag(16_000_000_000));
         // 512 × 2048 × 8192 BF16 per copy: too much for the budget, so they spill.
@@ -395,5 +456,56 @@ mod tests {
         assert!(p.check().is_ok());
         let text = p.to_string();
         assert!(text.contains("total in RAM             15.59 GB"), "{text}");
+    }
+
+    /// AWQ on the llama-70b shape, 512 × 2048 tokens, 2 threads, worked out by hand: the
+    /// default mappings cache q/k/v's, gate/up's and down_proj's inputs (8192 + 8192 + 28672
+    /// values a token; v→o is skipped: 8 KV heads) and the parent's outputs (8192), BF16;
+    /// the search holds the gate/up mapping's weights and one up_proj copy, and per thread
+    /// a parent forward.
+    #[test]
+    fn llama_70b_awq_plan_counts_its_caches_and_spills_them() {
+        let shape = crate::synthetic::named_shape("llama-70b").unwrap();
+        let config = ModelConfig::from_json(&shape.config()).unwrap();
+        let work = Workload {
+            samples: 512,
+            tokens: 2048,
+            gptq: false,
+            smoothquant: false,
+            awq: Some(AwqWork {
+                cached_width: 45056,
+                widest_input: 28672,
+                balance_weights: 3 * 28672 * 8192,
+                threads: 2,
+            }),
+        };
+        let p = MemoryPlan::new(&config, &work, Budget::flag(16_000_000_000));
+        let tokens = 512 * 2048;
+        assert_eq!(p.awq_cache, tokens * (45056 + 8192) * 2);
+        assert_eq!(p.awq_cache, 111_669_149_696);
+        // n, q, k, v, a, o, g, u: 92160 f32 a token; the input (28672), the output and the
+        // unquantized output (8192 each) in f32, and the bits of the two read.
+        let per_thread = 2048 * 92160 * 4 + 2048 * (2 * 28672 + 3 * 8192) * 4;
+        assert_eq!(p.awq_search, 3 * 28672 * 8192 * 4 + 2 * per_thread);
+        assert_eq!(p.awq_search, 5_670_699_008);
+        // Layer weights 3.42 GB, forward scratch 0.89 GB, writer 0.47 GB beside.
+        assert_eq!(p.fixed(), 10_452_271_104);
+        assert!(p.spill);
+        assert_eq!(p.total(), 10_452_271_104);
+        assert_eq!(p.scratch_file_bytes(), 2 * 17_179_869_184 + 111_669_149_696);
+        assert!(p.check().is_ok());
+        let text = p.to_string();
+        assert!(
+            text.contains("AWQ caches (BF16)        111.67 GB, spilled to a scratch file"),
+            "{text}"
+        );
+        assert!(text.contains("AWQ search               5.67 GB"), "{text}");
+        // Below the parts that cannot spill: refused.
+        let p = MemoryPlan::new(&config, &work, Budget::flag(10_000_000_000));
+        let e = p.check().unwrap_err().to_string();
+        assert!(
+            e.contains("needs 10.45 GB") && e.contains("AWQ search"),
+            "{e}"
+        );
     }
 }

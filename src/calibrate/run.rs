@@ -7,7 +7,7 @@ use super::forward::{Dims, Proj};
 use super::gptq::GptqOptions;
 use super::layer::LayerCalibrator;
 use super::outputs::LinearPlan;
-use super::plan::{Budget, MemoryPlan, Workload};
+use super::plan::{AwqWork, Budget, MemoryPlan, Workload};
 use super::smoothquant::{self, SmoothQuant};
 use super::{LayerTensor, Pipeline};
 use crate::checkpoint::writer::{self, OutTensor, ShardWriter};
@@ -46,8 +46,36 @@ pub fn memory_plan(
         tokens: data.max_seq_length,
         gptq,
         smoothquant,
+        awq: awq_work(&steps, &config)?,
     };
     Ok(MemoryPlan::new(&config, &work, budget))
+}
+
+/// AWQ's part of the plan: its mappings resolved on a Llama layer's module names (the
+/// checkpoint is not read), every Linear counted as quantized (an upper bound).
+fn awq_work(steps: &[CalibStep], config: &ModelConfig) -> Result<Option<AwqWork>> {
+    let Some((mappings, duo, n_grid)) = steps.iter().find_map(|s| match s {
+        CalibStep::Awq {
+            mappings,
+            duo_scaling,
+            n_grid,
+        } => Some((mappings, *duo_scaling, *n_grid)),
+        _ => None,
+    }) else {
+        return Ok(None);
+    };
+    let names = smoothquant::llama_tensors(config.num_layers);
+    let dims = Dims::new(config);
+    let awq = Awq::resolve(
+        duo,
+        n_grid,
+        mappings,
+        &names,
+        &dims,
+        config.num_layers,
+        |_, _| true,
+    )?;
+    Ok(Some(awq.memory(&dims, rayon::current_num_threads() as u64)))
 }
 
 /// Quantizes `job.model_dir` with the calibrated recipe `job.recipe`, calibrating on `data`,
@@ -179,7 +207,7 @@ pub fn quantize_calibrated_within(
         }
         (None, Some(a)) => {
             warnings.extend(a.warnings.iter().cloned());
-            let mut c = AwqCalibrator::new(a, cal, pipe.dims(), pipe.rope(), &progress);
+            let mut c = AwqCalibrator::new(a, cal, &pipe, &acts, &progress);
             pipe.run(&mut acts, &mut c, &progress)?;
             warnings.append(&mut c.warnings);
             cal = c.inner;

@@ -352,25 +352,26 @@ pub(crate) fn layer_part(name: &str) -> Option<(usize, &str)> {
     Some((n.parse().ok()?, rest))
 }
 
+/// The tensor names of a Llama checkpoint `layers` deep (what the memory plan resolves
+/// mappings on before the checkpoint is read).
+pub(crate) fn llama_tensors(layers: usize) -> Vec<String> {
+    let mut v = vec!["model.embed_tokens.weight".to_string()];
+    for l in 0..layers {
+        for p in Proj::ALL {
+            v.push(format!("model.layers.{l}.{}.weight", p.path()));
+        }
+        for n in [Norm::Input, Norm::Post] {
+            v.push(format!("model.layers.{l}.{}.weight", n.path()));
+        }
+    }
+    v.push("model.norm.weight".into());
+    v
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use crate::recipe::default_mappings;
-
-    /// A Llama checkpoint's tensor names, `layers` deep (shared with `calibrate::awq`'s tests).
-    pub(crate) fn llama_tensors(layers: usize) -> Vec<String> {
-        let mut v = vec!["model.embed_tokens.weight".to_string()];
-        for l in 0..layers {
-            for p in Proj::ALL {
-                v.push(format!("model.layers.{l}.{}.weight", p.path()));
-            }
-            for n in [Norm::Input, Norm::Post] {
-                v.push(format!("model.layers.{l}.{}.weight", n.path()));
-            }
-        }
-        v.push("model.norm.weight".into());
-        v
-    }
 
     #[test]
     fn default_mappings_resolve_to_both_norms_of_every_layer() {

@@ -24,9 +24,40 @@ fn awq_w4a16_asym_matches_llm_compressor() {
     );
 }
 
+/// AWQ's caches spill with the activations when they do not fit the budget, and the output
+/// is still the fixture's, byte for byte. On 2 threads the plan holds 3.54 MB that cannot
+/// spill (layer weights 0.92, AWQ search 2.03, forward scratch 0.49, writer 0.10) beside
+/// 4.20 MB that can (activations 2 × 0.52, AWQ caches 3.15: 32 × 64 tokens × (128 + 128 +
+/// 384 cached + 128 output) BF16): a 5 MB budget spills them.
+#[test]
+fn spilled_awq_caches_give_the_fixtures_bytes() {
+    let case = fixture("calibration/g128-awq_w4a16_asym");
+    let recipe = std::fs::read_to_string(case.join("input-recipe.yaml")).unwrap();
+    let (ok, err, out, _tmp) = quantize_recipe_with(&recipe, &["--max-memory", "5MB"]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("AWQ caches (BF16)        3.15 MB, spilled to a scratch file"),
+        "{err}"
+    );
+    assert!(err.contains("total in RAM             3.54 MB"), "{err}");
+    assert!(
+        model_bytes(&out.unwrap()) == model_bytes(&case),
+        "spilled AWQ output differs"
+    );
+}
+
 /// Runs `quantize --dataset` on g128-bf16 with the recipe `text` (the fixture's samples and
 /// settings); returns (success, stderr, the output folder if it was written, the tempdir).
 fn quantize_recipe(text: &str) -> (bool, String, Option<std::path::PathBuf>, tempfile::TempDir) {
+    quantize_recipe_with(text, &[])
+}
+
+/// [`quantize_recipe`] with `extra` arguments, on 2 threads (the memory plan counts one
+/// parent forward per thread).
+fn quantize_recipe_with(
+    text: &str,
+    extra: &[&str],
+) -> (bool, String, Option<std::path::PathBuf>, tempfile::TempDir) {
     let tmp = tempfile::tempdir().unwrap();
     let recipe = tmp.path().join("recipe.yaml");
     std::fs::write(&recipe, text).unwrap();
@@ -41,6 +72,8 @@ fn quantize_recipe(text: &str) -> (bool, String, Option<std::path::PathBuf>, tem
         .args(["--no-shuffle", "--num-calibration-samples", "32"])
         .args(["--max-seq-length", "64", "--output"])
         .arg(&out)
+        .args(extra)
+        .env("RAYON_NUM_THREADS", "2")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&run.stderr).into_owned();

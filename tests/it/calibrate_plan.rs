@@ -5,6 +5,11 @@ use crate::support::{fixture, qforge};
 /// `quantize --dry-run` of a llama-70b-shaped model folder holding only config.json with a
 /// GPTQ recipe, 512 samples × 2048 tokens, and `extra` arguments.
 fn dry_run_70b(extra: &[&str]) -> std::process::Output {
+    dry_run_70b_with("g128-gptq_w4a16", extra)
+}
+
+/// [`dry_run_70b`] with the input recipe of the calibration fixture `case`, on 2 threads.
+fn dry_run_70b_with(case: &str, extra: &[&str]) -> std::process::Output {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("llama-70b");
     std::fs::create_dir(&model).unwrap();
@@ -15,7 +20,7 @@ fn dry_run_70b(extra: &[&str]) -> std::process::Output {
         .args(["quantize", "--model"])
         .arg(&model)
         .arg("--recipe")
-        .arg(fixture("calibration/g128-gptq_w4a16/input-recipe.yaml"))
+        .arg(fixture("calibration").join(case).join("input-recipe.yaml"))
         .args(["--dataset", "/nonexistent/calibration.jsonl", "--dry-run"])
         .args([
             "--num-calibration-samples",
@@ -26,6 +31,7 @@ fn dry_run_70b(extra: &[&str]) -> std::process::Output {
         .args(extra)
         .arg("--output")
         .arg(&out)
+        .env("RAYON_NUM_THREADS", "2")
         .output()
         .unwrap();
     assert!(!out.exists());
@@ -74,6 +80,35 @@ fn dry_run_refuses_a_budget_that_cannot_hold_the_layer() {
         line.contains("needs 15.59 GB of RAM besides the activations")
             && line.contains("budget is 8.00 GB (--max-memory)"),
         "{line}"
+    );
+}
+
+/// AWQ's caches are in the plan and in the budget check (issue #22), and spill with the
+/// activations. By hand (`plan::llama_70b_awq_plan_counts_its_caches_and_spills_them` has
+/// the sums): 512 × 2048 tokens × (8192 + 8192 + 28672 cached inputs + 8192 outputs) BF16 =
+/// 111.67 GB of caches; the search holds the gate/up weights and one copy (2.82 GB) and two
+/// threads' parent forwards (2.85 GB): 5.67 GB, which cannot spill.
+#[test]
+fn dry_run_plans_awq_on_llama_70b_spilling_its_caches() {
+    let run = dry_run_70b_with("g128-awq_w4a16_asym", &["--max-memory", "16GB"]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{err}");
+    assert!(
+        err.contains("AWQ caches (BF16)        111.67 GB, spilled to a scratch file"),
+        "{err}"
+    );
+    assert!(err.contains("AWQ search               5.67 GB"), "{err}");
+    assert!(err.contains("total in RAM             10.45 GB"), "{err}");
+    // In RAM when the budget holds them: 10.45 + 2 × 17.18 + 111.67 GB.
+    let run = dry_run_70b_with("g128-awq_w4a16_asym", &["--max-memory", "160GB"]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("total in RAM             156.48 GB"), "{err}");
+    let run = dry_run_70b_with("g128-awq_w4a16_asym", &["--max-memory", "10GB"]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(
+        err.contains("needs 10.45 GB of RAM besides the activations"),
+        "{err}"
     );
 }
 

@@ -18,7 +18,8 @@ pub mod search;
 use super::forward::{BfRope, Dims, LayerWeights, Proj, Taps};
 use super::layer::LayerCalibrator;
 use super::outputs::LinearPlan;
-use super::pipeline::Calibrator;
+use super::pipeline::{Activations, Calibrator, Pipeline, Placement};
+use super::plan::AwqWork;
 use super::smoothquant::{layer_part, module_names, Norm};
 use crate::recipe::{resolve_mappings, DuoScaling, Mapping, MappingKind};
 use crate::{Error, Result};
@@ -146,6 +147,37 @@ impl Awq {
         Ok(plan)
     }
 
+    /// What the memory plan counts of AWQ on `threads` threads: the values per token the
+    /// largest layer caches (one copy of each stream its mappings read), the widest cached
+    /// input, and the most balance-weight elements one mapping holds beside the layer (its
+    /// originals, and the largest one's fake-quantized copy while it is made).
+    pub fn memory(&self, dims: &Dims, threads: u64) -> AwqWork {
+        let width = |k: usize| stream_width(dims, k) as u64;
+        let size = |p: Proj| {
+            let (o, n) = dims.shape(p);
+            (o * n) as u64
+        };
+        let (mut cached, mut widest, mut balance) = (0, 0, 0);
+        for maps in &self.layers {
+            let mut streams = [false; 4];
+            for m in maps {
+                streams[m.stream()] = true;
+                widest = widest.max(width(m.stream()));
+                let all: u64 = m.balance.iter().map(|&p| size(p)).sum();
+                let largest = m.balance.iter().map(|&p| size(p)).max().unwrap_or(0);
+                balance = balance.max(all + largest);
+            }
+            let layer: u64 = (0..4).filter(|&k| streams[k]).map(width).sum();
+            cached = cached.max(layer);
+        }
+        AwqWork {
+            cached_width: cached,
+            widest_input: widest,
+            balance_weights: balance,
+            threads,
+        }
+    }
+
     /// The tensors this plan writes as BF16: every smoothed norm, and the smoothed
     /// Linears that `quantized(layer, proj)` says are not quantized.
     pub fn rewritten(&self, quantized: impl Fn(usize, Proj) -> bool) -> Vec<String> {
@@ -234,13 +266,22 @@ fn locate(smooth: &str, balance: &[String]) -> Result<(usize, AwqMapping)> {
     ))
 }
 
+/// The width of a layer's stream `k` (q/k/v's, o's, gate/up's, down's input).
+fn stream_width(dims: &Dims, k: usize) -> usize {
+    dims.shape([Proj::Q, Proj::O, Proj::Gate, Proj::Down][k]).1
+}
+
 /// What AWQ's hooks keep of one layer's calibration pass.
 #[derive(Default)]
 struct Cache {
     /// The inputs of each stream a mapping reads, one per sample.
     inputs: [Option<Cached>; 4],
+    /// Per stream: the next sample to store.
+    next: [usize; 4],
     /// Per stream: the f32 sums of `|x|` per channel, and the tokens summed.
     sums: [Option<(Vec<f32>, u64)>; 4],
+    /// The first error storing an input (the scratch file), reported at the layer's end.
+    error: Option<Error>,
 }
 
 impl Taps for Cache {
@@ -251,7 +292,10 @@ impl Taps for Cache {
         }
         let k = stream(proj);
         if let Some(v) = &mut self.inputs[k] {
-            v.push(x.to_vec());
+            if let Err(e) = v.write(self.next[k], x) {
+                self.error.get_or_insert(e);
+            }
+            self.next[k] += 1;
         }
         if let Some((acc, n)) = &mut self.sums[k] {
             // `args[0].abs().float().sum(dim=0)` per sample, then `+=` the running sum.
@@ -283,24 +327,35 @@ pub struct AwqCalibrator<'a, 's> {
     pub progress: &'a dyn Fn(u64),
     /// Mappings skipped at run time (non-finite parent outputs), as llm-compressor warns.
     pub warnings: Vec<String>,
+    /// Tokens of each sample.
+    tokens: Vec<usize>,
+    /// Where the caches are kept (as the activations are).
+    placement: Placement,
     cache: Cache,
 }
 
 impl<'a, 's> AwqCalibrator<'a, 's> {
+    /// `acts`: the activations the pipeline runs on (the caches take their samples'
+    /// lengths and their placement: in RAM, or spilled).
     pub fn new(
         plan: &'a Awq,
         inner: LayerCalibrator<'s>,
-        dims: &'a Dims,
-        rope: &'a BfRope,
+        pipe: &'a Pipeline,
+        acts: &Activations,
         progress: &'a dyn Fn(u64),
     ) -> Self {
+        let dims = pipe.dims();
         AwqCalibrator {
             plan,
             inner,
             dims,
-            rope,
+            rope: pipe.rope(),
             progress,
             warnings: Vec::new(),
+            tokens: (0..acts.len())
+                .map(|i| acts.sample_len(i) / dims.hidden)
+                .collect(),
+            placement: acts.placement(),
             cache: Cache::default(),
         }
     }
@@ -317,14 +372,22 @@ impl Calibrator for AwqCalibrator<'_, '_> {
         self.inner.begin_layer(layer, w)?;
         let mut cache = Cache::default();
         for m in &self.plan.layers[layer] {
-            cache.inputs[m.stream()] = Some(Vec::new());
-            cache.sums[m.stream()] = Some((Vec::new(), 0));
+            let k = m.stream();
+            if cache.inputs[k].is_none() {
+                let width = stream_width(self.dims, k);
+                let lens = self.tokens.iter().map(|t| t * width).collect();
+                cache.inputs[k] = Some(Cached::new(lens, &self.placement)?);
+                cache.sums[k] = Some((Vec::new(), 0));
+            }
         }
         self.cache = cache;
         Ok(&mut self.cache)
     }
 
     fn end_layer(&mut self, layer: usize, w: &mut LayerWeights) -> Result<bool> {
+        if let Some(e) = self.cache.error.take() {
+            return Err(e);
+        }
         let plans: [Option<LinearPlan>; 7] = self.inner.plans[layer].clone();
         let ctx = Ctx {
             dims: self.dims,
@@ -333,6 +396,8 @@ impl Calibrator for AwqCalibrator<'_, '_> {
             duo: self.plan.duo,
             n_grid: self.plan.n_grid,
             progress: self.progress,
+            tokens: &self.tokens,
+            placement: &self.placement,
         };
         let mut changed = false;
         for m in &self.plan.layers[layer] {
@@ -377,7 +442,7 @@ impl Calibrator for AwqCalibrator<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::calibrate::smoothquant::tests::llama_tensors;
+    use crate::calibrate::smoothquant::llama_tensors;
     use crate::recipe::default_mappings;
 
     fn dims(heads: usize, kv_heads: usize) -> Dims {
@@ -432,6 +497,29 @@ mod tests {
                 "model.layers.1.post_attention_layernorm.weight",
             ]
         );
+    }
+
+    /// By hand, hidden 128, intermediate 384, 8 heads of 32: with grouped-query attention
+    /// (v→o skipped) a layer caches q/k/v's input (128), gate/up's (128) and down_proj's
+    /// (384); with 8 KV heads o_proj's input (256) too. The largest mapping's weights:
+    /// gate + up (2 × 384 × 128) and one more up-sized copy.
+    #[test]
+    fn memory_counts_each_cached_stream_once_per_layer() {
+        let maps = default_mappings(MappingKind::Awq, "LlamaForCausalLM").unwrap();
+        let gqa = resolve(&maps, &dims(8, 2), |_, _| true).unwrap();
+        let want = |cached_width, widest_input| AwqWork {
+            cached_width,
+            widest_input,
+            balance_weights: 3 * 384 * 128,
+            threads: 2,
+        };
+        assert_eq!(gqa.memory(&dims(8, 2), 2), want(128 + 128 + 384, 384));
+        let mha = resolve(&maps, &dims(8, 8), |_, _| true).unwrap();
+        assert_eq!(mha.memory(&dims(8, 8), 2), want(128 + 256 + 128 + 384, 384));
+        // Only the input norm's mapping: q/k/v's input alone.
+        let norms = resolve(&maps[..1], &dims(8, 2), |_, _| true).unwrap();
+        let m = norms.memory(&dims(8, 2), 2);
+        assert_eq!((m.cached_width, m.widest_input), (128, 128));
     }
 
     /// A mapping with no quantized layer is skipped with llm-compressor's warning; an

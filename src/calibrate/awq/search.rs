@@ -17,6 +17,7 @@
 //! is the f32 result: double rounding is innocuous for one operation).
 
 use super::{AwqMapping, Parent, Smooth};
+use crate::calibrate::activations::{Activations, Placement};
 use crate::calibrate::forward::{
     attention_block, bf16, linear, mlp_block, BfRope, Dims, LayerWeights, NoTaps, Proj, Scratch,
 };
@@ -37,6 +38,10 @@ pub struct Ctx<'a> {
     pub duo: DuoScaling,
     pub n_grid: u64,
     pub progress: &'a dyn Fn(u64),
+    /// Tokens of each sample.
+    pub tokens: &'a [usize],
+    /// Where the parent outputs are kept (as the activations are).
+    pub placement: &'a Placement,
 }
 
 /// The grid of `(ratio, duo_scaling)` points (`_get_grid_search_params`).
@@ -57,10 +62,11 @@ pub fn grid(duo: DuoScaling, n_grid: u64) -> Vec<(f64, bool)> {
     }
 }
 
-/// A parent module's inputs (or outputs) kept for the grid search, one `[tokens, width]` f32
-/// buffer per sample. In RAM: the plan does not count them and they do not spill (AWQ keeps
-/// four streams of one layer, f32).
-pub type Cached = Vec<Vec<f32>>;
+/// A parent module's inputs (or outputs) kept for the grid search, one `[tokens, width]`
+/// sample each, in the activation store: BF16 bits (exact: every Linear input and every
+/// block output the forward pass makes is a BF16 value, as in torch), in RAM or spilled to
+/// a scratch file with the activations when the memory plan says so.
+pub type Cached = Activations;
 
 /// What happened to one mapping.
 pub enum Outcome {
@@ -79,8 +85,8 @@ pub fn smooth_mapping(
     inputs: &Cached,
     x_mean: &[f32],
 ) -> Result<Outcome> {
-    let fp16 = parent_outputs(ctx, m.parent, w, inputs);
-    if fp16.iter().any(|o| o.iter().any(|v| !v.is_finite())) {
+    let (fp16, finite) = parent_outputs(ctx, m.parent, w, inputs)?;
+    if !finite {
         return Ok(Outcome::Skipped(format!(
             "Skipping smooth_layer {}, NaN or inf outputs found during forward pass of the \
              parent module {}",
@@ -101,7 +107,7 @@ pub fn smooth_mapping(
                 w.linears[p as usize] = fake_quantized(o, w.shapes[p as usize], &s, plan)?;
             }
         }
-        let loss = mse(ctx, m.parent, w, inputs, &fp16);
+        let loss = mse(ctx, m.parent, w, inputs, &fp16)?;
         if loss < best.as_ref().map_or(f64::INFINITY, |b| b.0) {
             best = Some((loss, s));
         }
@@ -156,41 +162,81 @@ fn div_round(x: f32, s: f64) -> f32 {
     bf16((x as f64 / s) as f32)
 }
 
-/// The parent module's outputs on every cached input, with the weights in `w`.
-fn parent_outputs(ctx: &Ctx, parent: Parent, w: &LayerWeights, inputs: &Cached) -> Cached {
+/// Runs `each(sample, scratch)` over every sample, in parallel chunks of one sample per
+/// thread (each thread with its own forward buffers), handing the results to `done` in
+/// sample order: at most one sample per thread is widened to f32 at once.
+fn for_samples<T: Send>(
+    n: usize,
+    each: impl Fn(usize, &mut Scratch) -> Result<T> + Sync,
+    mut done: impl FnMut(usize, T) -> Result<()>,
+) -> Result<()> {
+    let threads = rayon::current_num_threads().clamp(1, n.max(1));
+    let mut scratch: Vec<Scratch> = (0..threads).map(|_| Scratch::default()).collect();
+    for start in (0..n).step_by(threads) {
+        let end = (start + threads).min(n);
+        let results: Vec<Result<T>> = scratch[..end - start]
+            .par_iter_mut()
+            .enumerate()
+            .map(|(k, s)| each(start + k, s))
+            .collect();
+        for (i, r) in (start..end).zip(results) {
+            done(i, r?)?;
+        }
+    }
+    Ok(())
+}
+
+/// The parent module's outputs on every cached input, with the weights in `w`, and
+/// whether they are all finite.
+fn parent_outputs(
+    ctx: &Ctx,
+    parent: Parent,
+    w: &LayerWeights,
+    inputs: &Cached,
+) -> Result<(Cached, bool)> {
     let model = (ctx.dims, ctx.rope);
-    let out = inputs
-        .par_iter()
-        .map_init(Scratch::default, |s, x| run_parent(model, parent, w, x, s))
-        .collect();
+    let lens = ctx.tokens.iter().map(|t| t * ctx.dims.hidden).collect();
+    let mut out = Activations::new(lens, ctx.placement)?;
+    let mut finite = true;
+    for_samples(
+        inputs.len(),
+        |i, s| Ok(run_parent(model, parent, w, &inputs.sample(i)?, s)),
+        |i, y| {
+            finite &= y.iter().all(|v| v.is_finite());
+            out.write(i, &y)
+        },
+    )?;
     (ctx.progress)(inputs.len() as u64);
-    out
+    Ok((out, finite))
 }
 
 /// The loss of the weights in `w` against the unquantized outputs `fp16`
 /// (`_compute_loss`: per sample a BF16 sum of BF16 squares, added in f32, over the count).
-fn mse(ctx: &Ctx, parent: Parent, w: &LayerWeights, inputs: &Cached, fp16: &Cached) -> f64 {
+fn mse(ctx: &Ctx, parent: Parent, w: &LayerWeights, inputs: &Cached, fp16: &Cached) -> Result<f64> {
     let model = (ctx.dims, ctx.rope);
-    let per_sample: Vec<f32> = inputs
-        .par_iter()
-        .zip(fp16.par_iter())
-        .map_init(Scratch::default, |s, (x, want)| {
-            let got = run_parent(model, parent, w, x, s);
+    let mut total = 0f32;
+    for_samples(
+        inputs.len(),
+        |i, s| {
+            let got = run_parent(model, parent, w, &inputs.sample(i)?, s);
             let sum: f64 = got
                 .iter()
-                .zip(want)
-                .map(|(&a, &b)| {
+                .zip(fp16.sample(i)?)
+                .map(|(&a, b)| {
                     let d = bf16(a - b);
                     bf16(d * d) as f64
                 })
                 .sum();
-            bf16(sum as f32)
-        })
-        .collect();
+            Ok(bf16(sum as f32))
+        },
+        |_, loss| {
+            total += loss;
+            Ok(())
+        },
+    )?;
     (ctx.progress)(inputs.len() as u64);
-    let total = per_sample.iter().fold(0f32, |acc, &l| acc + l);
-    let count: usize = fp16.iter().map(Vec::len).sum();
-    (total / count as f32) as f64
+    let count: usize = (0..fp16.len()).map(|i| fp16.sample_len(i)).sum();
+    Ok((total / count as f32) as f64)
 }
 
 fn run_parent(
