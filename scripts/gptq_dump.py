@@ -73,12 +73,15 @@ current = []
 
 def factorize_hessian(weights, hessians, percdamp, used_rtn_fallback):
     hinv = factorize(weights, hessians, percdamp, used_rtn_fallback)
-    save(current[-1], "hinv.f32", hinv[0])
+    if current[-1] is not None:
+        save(current[-1], "hinv.f32", hinv[0])
     return hinv
 
 
 def quantize_weight(weights, hessians, scale, zero_point, global_scale, quant_args, **kw):
     name = current[-1]
+    if name is None:
+        return quantize(weights, hessians, scale, zero_point, global_scale, quant_args, **kw)
     save(name, "scale.bf16", scale[0])
     meta["modules"][name] = {"weight": list(weights.shape[1:])}
     q, losses, rtn = quantize(weights, hessians, scale, zero_point, global_scale, quant_args, **kw)
@@ -92,6 +95,9 @@ prepare = gptq_base.prepare_batch
 def prepare_batch(batch, batch_qparams, hessians_by_module, num_samples_by_module):
     name = names[batch[0]]
     if not name.startswith(prefix):
+        if int(name.split(".")[2]) < layer:
+            current.append(None)
+            return prepare(batch, batch_qparams, hessians_by_module, num_samples_by_module)
         raise Done()
     current.append(short(name))
     save(short(name), "hsum.f32", hessians_by_module[batch[0]])

@@ -40,14 +40,35 @@ pub(super) fn k_blocks(tokens: usize) -> Vec<Range<usize>> {
     out
 }
 
-/// Rows of the output computed together: each loaded `y[k][j]` serves all of them.
+/// Rows and columns of the output computed together: a 4 × 16 tile of running sums stays
+/// in registers (8 AVX2 vectors) while its block of tokens streams past.
 const ROWS: usize = 4;
+const COLS: usize = 16;
 
 /// The lower triangle (and a few entries above it) of `yᵀy`, `y` being `tokens × n`
 /// row-major, into `out` (`n × n`, row-major): `out[i][j]` for `j <= i` in MKL's order.
 pub(super) fn lower_product(y: &[f32], tokens: usize, n: usize, out: &mut [f32], parallel: bool) {
+    if n == 0 {
+        return;
+    }
+    // Packed in panels of 16 columns, each `tokens × 16` and contiguous, so that a tile
+    // streams through memory; the last panel is padded with zeros, whose outputs are
+    // dropped.
+    let panels = n.div_ceil(COLS);
+    let mut packed = vec![0f32; panels * tokens * COLS];
+    for (k, src) in y.chunks(n).enumerate() {
+        for (p, part) in src.chunks(COLS).enumerate() {
+            let at = (p * tokens + k) * COLS;
+            packed[at..at + part.len()].copy_from_slice(part);
+        }
+    }
     let blocks = k_blocks(tokens);
-    let rows = |(g, chunk): (usize, &mut [f32])| rows_avx2_or_plain(y, n, &blocks, g * ROWS, chunk);
+    let padded = Padded {
+        y: &packed,
+        n,
+        tokens,
+    };
+    let rows = |(g, chunk): (usize, &mut [f32])| padded.rows(&blocks, g * ROWS, chunk);
     if parallel {
         out.par_chunks_mut(ROWS * n).enumerate().for_each(rows);
     } else {
@@ -55,53 +76,69 @@ pub(super) fn lower_product(y: &[f32], tokens: usize, n: usize, out: &mut [f32],
     }
 }
 
-fn rows_avx2_or_plain(y: &[f32], n: usize, blocks: &[Range<usize>], i0: usize, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has AVX2 and FMA (checked just above).
-        return unsafe { rows_avx2(y, n, blocks, i0, out) };
+struct Padded<'a> {
+    /// Panels of [`COLS`] columns, each `tokens × COLS` row-major.
+    y: &'a [f32],
+    n: usize,
+    tokens: usize,
+}
+
+impl Padded<'_> {
+    /// Output rows `i0..` (`out` holds up to [`ROWS`] of them), columns up to the last row.
+    fn rows(&self, blocks: &[Range<usize>], i0: usize, out: &mut [f32]) {
+        let nrows = out.len() / self.n;
+        let last = i0 + nrows - 1;
+        for j0 in (0..=last).step_by(COLS) {
+            let width = COLS.min(self.n - j0);
+            for (b, block) in blocks.iter().enumerate() {
+                let acc = self.tile(block.clone(), i0, j0);
+                for (r, row) in out.chunks_mut(self.n).enumerate() {
+                    let dst = &mut row[j0..j0 + width];
+                    if b == 0 {
+                        dst.copy_from_slice(&acc[r][..width]);
+                    } else {
+                        dst.iter_mut().zip(&acc[r]).for_each(|(d, s)| *d += s);
+                    }
+                }
+            }
+        }
     }
-    rows_body(y, n, blocks, i0, out)
-}
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn rows_avx2(y: &[f32], n: usize, blocks: &[Range<usize>], i0: usize, out: &mut [f32]) {
-    rows_body(y, n, blocks, i0, out)
-}
+    /// One chain of fused multiply-adds per output of the tile, over the tokens `block`.
+    fn tile(&self, block: Range<usize>, i0: usize, j0: usize) -> [[f32; COLS]; ROWS] {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            return unsafe { self.tile_avx2(block, i0, j0) };
+        }
+        self.tile_body(block, i0, j0)
+    }
 
-/// Output rows `i0..i0 + out.len() / n`, columns `0..=` the last of those rows.
-#[inline(always)]
-fn rows_body(y: &[f32], n: usize, blocks: &[Range<usize>], i0: usize, out: &mut [f32]) {
-    let nrows = out.len() / n;
-    let width = (i0 + nrows).min(n);
-    let mut acc = [
-        vec![0f32; width],
-        vec![0f32; width],
-        vec![0f32; width],
-        vec![0f32; width],
-    ];
-    for (b, block) in blocks.iter().enumerate() {
-        acc.iter_mut().for_each(|a| a.fill(0.0));
-        for k in block.clone() {
-            let yk = &y[k * n..k * n + width];
-            let a: [f32; ROWS] = std::array::from_fn(|r| y[k * n + (i0 + r).min(n - 1)]);
-            let [a0, a1, a2, a3] = &mut acc;
-            for (j, &v) in yk.iter().enumerate() {
-                a0[j] = a[0].mul_add(v, a0[j]);
-                a1[j] = a[1].mul_add(v, a1[j]);
-                a2[j] = a[2].mul_add(v, a2[j]);
-                a3[j] = a[3].mul_add(v, a3[j]);
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tile_avx2(&self, block: Range<usize>, i0: usize, j0: usize) -> [[f32; COLS]; ROWS] {
+        self.tile_body(block, i0, j0)
+    }
+
+    #[inline(always)]
+    fn tile_body(&self, block: Range<usize>, i0: usize, j0: usize) -> [[f32; COLS]; ROWS] {
+        let mut acc = [[0f32; COLS]; ROWS];
+        let panel = |col: usize| &self.y[col / COLS * self.tokens * COLS..][..self.tokens * COLS];
+        let (rows, cols) = (panel(i0), panel(j0));
+        let ri = i0 % COLS;
+        for k in block {
+            let yk: &[f32; COLS] = cols[k * COLS..(k + 1) * COLS].try_into().unwrap();
+            let a: &[f32; ROWS] = rows[k * COLS + ri..k * COLS + ri + ROWS]
+                .try_into()
+                .unwrap();
+            for r in 0..ROWS {
+                for c in 0..COLS {
+                    acc[r][c] = a[r].mul_add(yk[c], acc[r][c]);
+                }
             }
         }
-        for (r, row) in out.chunks_mut(n).enumerate() {
-            let dst = &mut row[..width];
-            if b == 0 {
-                dst.copy_from_slice(&acc[r]);
-            } else {
-                dst.iter_mut().zip(&acc[r]).for_each(|(d, s)| *d += s);
-            }
-        }
+        acc
     }
 }
 
