@@ -45,6 +45,9 @@
 //! llm-compressor feeds them in `LengthAwareSampler` order, `torch.argsort(lengths,
 //! descending=True)`, an unstable sort: with `--no-shuffle` and 32 samples of equal length
 //! that is 16, 31, 30, …, 17, 0, 15, 14, …, 1 (fewer than 17 equal lengths keep file order).
+//! Each sample's `XᵀX` is summed in the order of torch's f32 matmul on an AVX2 CPU (MKL's K
+//! blocks, `xtx`), and the damping's mean in torch's order (SmolLM2's layer 0: every
+//! Hessian bit-identical; docs/calibration.md).
 //! Fed in that order, this module reproduces the fixture's Hessian bit for bit and its
 //! codes and scales byte for byte (tests/it/gptq.rs). In that fixture run layer 1's
 //! down_proj activations are so large that `XᵀX` overflows f32: llm-compressor falls back
