@@ -60,7 +60,6 @@ impl Hessian {
                 i % self.cols
             )));
         }
-        let y: Vec<f32> = x.iter().map(|&v| SQRT2 * v).collect();
         // `hessian += inp.matmul(inp.t())`: the product first, in MKL's order (`xtx`), then
         // one rounding per sum (accumulating into the sum inside the product would fuse it
         // and round differently). XᵀX is symmetric: only its lower half is computed, then
@@ -68,7 +67,7 @@ impl Hessian {
         let mut product = vec![0.0f32; self.cols * self.cols];
         if self.cols > 0 {
             let work = tokens * self.cols * self.cols;
-            xtx::lower_product(&y, tokens, self.cols, &mut product, work >= 1 << 16);
+            xtx::lower_product(x, SQRT2, tokens, self.cols, &mut product, work >= 1 << 16);
         }
         let n = self.cols;
         for i in 0..n {

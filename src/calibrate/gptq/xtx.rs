@@ -5,8 +5,8 @@
 //! chain of fused multiply-adds over one block, starting from zero, and the blocks' results
 //! are added to the output one after another (not fused). The blocks ([`k_blocks`]), found
 //! empirically against torch (`inp.matmul(inp.t())` as `accumulate_hessian` calls it, random
-//! BF16 inputs, every output compared bit for bit; 1 and 2 threads; 576, 960 and 1,536
-//! columns; K = 64 … 2,048, odd and even): up to 192 tokens one block; 193–384 two halves of
+//! BF16 inputs, every output compared bit for bit; 44 lengths K = 64 … 2,048 at 576
+//! columns, a few at 40 to 2,048 columns; 2 threads, and 1 for five lengths): up to 192 tokens one block; 193–384 two halves of
 //! `K / 2` (an odd K's last token a block of its own); beyond, blocks of 192 and the rest.
 //! Any other split tried (one chain, fixed 128 or 192, even thirds…) differs in 4–90% of
 //! the outputs. A CPU whose MKL takes another code path (AVX-512) may block differently.
@@ -45,9 +45,18 @@ pub(super) fn k_blocks(tokens: usize) -> Vec<Range<usize>> {
 const ROWS: usize = 4;
 const COLS: usize = 16;
 
-/// The lower triangle (and a few entries above it) of `yᵀy`, `y` being `tokens × n`
-/// row-major, into `out` (`n × n`, row-major): `out[i][j]` for `j <= i` in MKL's order.
-pub(super) fn lower_product(y: &[f32], tokens: usize, n: usize, out: &mut [f32], parallel: bool) {
+/// The lower triangle (and a few entries above it) of `yᵀy`, `y = scale · x` (rounded to
+/// f32), `x` being `tokens × n` row-major, into `out` (`n × n`, row-major): `out[i][j]` for
+/// `j <= i` in MKL's order. The scaling is done while packing, so that the scaled copy is
+/// the only one.
+pub(super) fn lower_product(
+    x: &[f32],
+    scale: f32,
+    tokens: usize,
+    n: usize,
+    out: &mut [f32],
+    parallel: bool,
+) {
     if n == 0 {
         return;
     }
@@ -56,10 +65,12 @@ pub(super) fn lower_product(y: &[f32], tokens: usize, n: usize, out: &mut [f32],
     // dropped.
     let panels = n.div_ceil(COLS);
     let mut packed = vec![0f32; panels * tokens * COLS];
-    for (k, src) in y.chunks(n).enumerate() {
+    for (k, src) in x.chunks(n).enumerate() {
         for (p, part) in src.chunks(COLS).enumerate() {
             let at = (p * tokens + k) * COLS;
-            packed[at..at + part.len()].copy_from_slice(part);
+            for (d, &v) in packed[at..at + part.len()].iter_mut().zip(part) {
+                *d = scale * v;
+            }
         }
     }
     let blocks = k_blocks(tokens);
@@ -170,7 +181,7 @@ mod tests {
                 .map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 0.37)
                 .collect();
             let mut out = vec![0f32; n * n];
-            lower_product(&y, tokens, n, &mut out, tokens == 400);
+            lower_product(&y, 1.0, tokens, n, &mut out, tokens == 400);
             for i in 0..n {
                 for j in 0..=i {
                     let mut c = 0f32;
