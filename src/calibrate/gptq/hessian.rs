@@ -1,9 +1,9 @@
 //! The Hessian of a Linear's inputs, accumulated as llm-compressor 0.14's
 //! `accumulate_hessian` does (`modifiers/gptq/helpers.py`).
 
+use super::xtx;
 use crate::{Error, Result};
-use faer::linalg::matmul::triangular::{self, BlockStructure};
-use faer::{Accum, MatMut, MatRef, Par};
+use faer::Par;
 
 /// `math.sqrt(2)` as torch applies it to an f32 tensor: rounded to f32 first.
 const SQRT2: f32 = std::f32::consts::SQRT_2;
@@ -60,25 +60,15 @@ impl Hessian {
                 i % self.cols
             )));
         }
-        let y: Vec<f32> = x.iter().map(|&v| SQRT2 * v).collect();
-        let y = MatRef::from_row_major_slice(&y, tokens, self.cols);
-        // `hessian += inp.matmul(inp.t())`: the product first, then one rounding per sum
-        // (accumulating into the sum inside the GEMM would fuse it and round differently).
+        // `hessian += inp.matmul(inp.t())`: the product first, in MKL's order (`xtx`), then
+        // one rounding per sum (accumulating into the sum inside the product would fuse it
+        // and round differently). XᵀX is symmetric: only its lower half is computed, then
+        // mirrored.
         let mut product = vec![0.0f32; self.cols * self.cols];
-        let p = MatMut::from_row_major_slice_mut(&mut product, self.cols, self.cols);
-        let work = tokens * self.cols * self.cols;
-        // XᵀX is symmetric: only its lower half is computed (half the work), then mirrored.
-        triangular::matmul(
-            p,
-            BlockStructure::TriangularLower,
-            Accum::Replace,
-            y.transpose(),
-            BlockStructure::Rectangular,
-            y,
-            BlockStructure::Rectangular,
-            1.0,
-            par(work),
-        );
+        if self.cols > 0 {
+            let work = tokens * self.cols * self.cols;
+            xtx::lower_product(x, SQRT2, tokens, self.cols, &mut product, work >= 1 << 16);
+        }
         let n = self.cols;
         for i in 0..n {
             for j in 0..=i {

@@ -45,14 +45,19 @@
 //! llm-compressor feeds them in `LengthAwareSampler` order, `torch.argsort(lengths,
 //! descending=True)`, an unstable sort: with `--no-shuffle` and 32 samples of equal length
 //! that is 16, 31, 30, …, 17, 0, 15, 14, …, 1 (fewer than 17 equal lengths keep file order).
+//! Each sample's `XᵀX` is summed in the order of torch's f32 matmul on an AVX2 CPU (MKL's K
+//! blocks, `xtx`), and the damping's mean in torch's order (SmolLM2's layer 0: every
+//! Hessian bit-identical; docs/calibration.md).
 //! Fed in that order, this module reproduces the fixture's Hessian bit for bit and its
 //! codes and scales byte for byte (tests/it/gptq.rs). In that fixture run layer 1's
 //! down_proj activations are so large that `XᵀX` overflows f32: llm-compressor falls back
 //! to round-to-nearest for that module, and so does [`quantize_weight`].
 
+mod debug_dump;
 mod hessian;
 mod qparams;
 mod solve;
+mod xtx;
 
 pub use hessian::Hessian;
 
@@ -170,9 +175,16 @@ pub fn quantize_weight_with(
         (0..cols).collect()
     };
     let mut w = solve::permute_cols(weight, cols, &perm);
+    let dump = debug_dump::Dump::from_env(rows, cols);
+    if let Some(d) = &dump {
+        d.write_f32("hsum", hessian.sum());
+    }
     let h = solve::normalized_matrix(&hessian, &perm);
     drop(hessian);
     let (hinv, rtn_fallback) = solve::factorize(h, cols, &mut w, options.dampening_frac)?;
+    if let Some(d) = &dump {
+        d.write_f32("hinv", &hinv);
+    }
     let loss = solve::block_loop(&mut w, cols, &hinv, &grid, &perm, options.block_size);
     drop(hinv);
     if options.actorder {
@@ -183,6 +195,9 @@ pub fn quantize_weight_with(
         .map(|&x| half::bf16::from_f32(x).to_bits())
         .collect();
     drop(w);
+    if let Some(d) = &dump {
+        d.write_bf16("wq", &dequantized);
+    }
     Ok(GptqResult {
         codes: grid.codes(&dequantized),
         scales: grid.scale_bits(),

@@ -4,6 +4,7 @@
 
 use super::hessian::{par, Hessian};
 use super::qparams::Grid;
+use crate::calibrate::torch_dot;
 use crate::{Error, Result};
 use faer::linalg::matmul::matmul;
 use faer::linalg::solvers::DenseSolveCore;
@@ -64,8 +65,8 @@ pub(super) fn factorize(
             w.iter_mut().skip(j).step_by(n).for_each(|x| *x = 0.0);
         }
     }
-    let trace: f64 = (0..n).map(|j| h[(j, j)] as f64).sum();
-    let damp = dampening_frac as f32 * ((trace as f32) / n as f32);
+    let diag: Vec<f32> = (0..n).map(|j| h[(j, j)]).collect();
+    let damp = damping(&diag, dampening_frac);
     for j in 0..n {
         h[(j, j)] += damp;
     }
@@ -93,6 +94,13 @@ pub(super) fn factorize(
     })?;
     drop(hinv);
     Ok((row_major(upper.L().transpose()), false))
+}
+
+/// `percdamp * torch.mean(torch.diag(H))` of the (permuted) diagonal `diag`: torch's f32
+/// sum in its order ([`torch_dot::sum`]) divided by n, times `percdamp` rounded to f32. An
+/// exact (f64) sum moves the damping by an ulp on SmolLM2, and with it every entry of `Hinv`.
+pub(super) fn damping(diag: &[f32], dampening_frac: f64) -> f32 {
+    dampening_frac as f32 * (torch_dot::sum(diag) / diag.len() as f32)
 }
 
 fn row_major(m: MatRef<'_, f32>) -> Vec<f32> {

@@ -322,3 +322,21 @@ fn bad_arguments_are_errors_not_panics() {
     let block = QuantArgs::new(8, QuantType::Float, Strategy::Block);
     assert!(quantize_weight(&[0.0; 2], 1, 2, &h, &o, &block).is_err());
 }
+
+/// The damping is torch's `percdamp * mean(diag)`: on SmolLM2's layer-0 q/k/v Hessian
+/// (4 × 256 tokens, columns in activation order) torch's f32 sum gives 0x3c43e734, one ulp
+/// below the exactly summed diagonal's 0x3c43e735.
+#[test]
+fn damping_sums_the_diagonal_as_torch_does() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/gptq-xtx/smollm2-l0-qkv-diag.f32");
+    let diag: Vec<f32> = std::fs::read(&path)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(diag.len(), 576);
+    assert_eq!(solve::damping(&diag, 0.01).to_bits(), 0x3c43_e734);
+    let exact = diag.iter().map(|&v| v as f64).sum::<f64>() as f32 / 576.0;
+    assert_eq!((0.01f32 * exact).to_bits(), 0x3c43_e735);
+}
