@@ -7,7 +7,7 @@
 //! the mmapped input pages.
 
 use super::forward::{Dims, Proj};
-use super::gptq::{input_slot, INPUT_SLOTS};
+use super::gptq::{input_slot, F64_SOLVE_MAX_COLS, INPUT_SLOTS};
 use crate::runtime::config::ModelConfig;
 use crate::{Error, Result};
 use std::fmt;
@@ -246,7 +246,8 @@ impl BudgetSource {
 /// the scaled input (tokens × cols). Then the Linears are solved in [`Proj::ALL`] order; a
 /// Hessian is dropped by the last Linear that reads it once it is in faer's matrix. A
 /// solve holds the weight in f32 (rows × cols) and at most 3 × cols² (the inverse of the
-/// Cholesky factor: the factor, the inverse and faer's scratch); then the upper factor of
+/// Cholesky factor: the factor, the inverse and faer's scratch), in f64 (6 × cols² f32's
+/// worth) up to `F64_SOLVE_MAX_COLS` columns; then the upper factor of
 /// the inverse (cols²), the weight and the propagated errors (2 × rows × cols f32); at the
 /// end the weight and its unpermuted copy (2 × rows × cols f32). Returns (the peak, the
 /// Hessians alone).
@@ -268,7 +269,12 @@ fn gptq_peak(shapes: &[(u64, u64); 7], tokens: u64) -> (u64, u64) {
             .map(|s| slots[s])
             .sum();
         let w = o * n * F32;
-        let solve = (3 * square(n) + w).max(square(n) + 2 * w).max(2 * w);
+        let factor = if n as usize <= F64_SOLVE_MAX_COLS {
+            6
+        } else {
+            3
+        };
+        let solve = (factor * square(n) + w).max(square(n) + 2 * w).max(2 * w);
         peak = peak.max(alive + solve);
     }
     (peak, hessians)
@@ -372,15 +378,15 @@ mod tests {
         // One Hessian per distinct input: q/k/v's and gate/up's 128², o_proj's 256²,
         // down_proj's 384².
         assert_eq!(p.hessians, (2 * 128 * 128 + 256 * 256 + 384 * 384) * 4);
-        // Worst moment: down_proj's solve (its Hessian already dropped), 3 × 384² while
+        // Worst moment: down_proj's solve (its Hessian already dropped), 3 × 384² f64 while
         // the inverse is made, and the weight in f32.
-        assert_eq!(p.gptq, 3 * 384 * 384 * 4 + 128 * 384 * 4);
+        assert_eq!(p.gptq, 3 * 384 * 384 * 8 + 128 * 384 * 4);
         // n 128, q 256, k 64, v 64, a 256, o 128, g 384, u 384 per token; the sample in
         // f32 and its bits.
         assert_eq!(p.forward_scratch, 64 * 1664 * 4 + 64 * 128 * 8);
         assert_eq!(p.writer, 49152 * 2);
-        assert_eq!(p.fixed(), 3_474_432);
-        assert_eq!(p.total(), 3_474_432 + 2 * 524_288);
+        assert_eq!(p.fixed(), 5_243_904);
+        assert_eq!(p.total(), 5_243_904 + 2 * 524_288);
         assert!(p.check().is_ok());
     }
 
@@ -388,7 +394,7 @@ mod tests {
     fn without_gptq_there_are_no_hessians() {
         let p = MemoryPlan::new(&g128(), &work(false), ample());
         assert_eq!((p.gptq, p.hessians), (0, 0));
-        assert_eq!(p.total(), 3_474_432 - 1_966_080 + 2 * 524_288);
+        assert_eq!(p.total(), 5_243_904 - 3_735_552 + 2 * 524_288);
     }
 
     #[test]
@@ -401,11 +407,11 @@ mod tests {
 
     #[test]
     fn activations_spill_when_they_do_not_fit_the_budget() {
-        let fits = MemoryPlan::new(&g128(), &work(true), Budget::flag(3_474_432 + 1_048_576));
+        let fits = MemoryPlan::new(&g128(), &work(true), Budget::flag(5_243_904 + 1_048_576));
         assert!(!fits.spill);
-        let p = MemoryPlan::new(&g128(), &work(true), Budget::flag(3_474_432 + 1_048_575));
+        let p = MemoryPlan::new(&g128(), &work(true), Budget::flag(5_243_904 + 1_048_575));
         assert!(p.spill);
-        assert_eq!(p.total(), 3_474_432);
+        assert_eq!(p.total(), 5_243_904);
         assert_eq!(p.scratch_file_bytes(), 1_048_576);
         assert!(p.check().is_ok());
         assert!(p.to_string().contains("spilled to a scratch file"), "{p}");
@@ -413,10 +419,10 @@ mod tests {
 
     #[test]
     fn a_budget_below_the_parts_that_cannot_spill_is_refused() {
-        let p = MemoryPlan::new(&g128(), &work(true), Budget::flag(3_474_431));
+        let p = MemoryPlan::new(&g128(), &work(true), Budget::flag(5_243_903));
         let e = p.check().unwrap_err().to_string();
         assert!(
-            e.contains("needs 3.47 MB") && e.contains("budget is 3.47 MB"),
+            e.contains("needs 5.24 MB") && e.contains("budget is 5.24 MB"),
             "{e}"
         );
         assert!(e.contains("--max-memory") && !e.contains('\n'), "{e}");

@@ -239,9 +239,9 @@ fn gptq_codes_match_llm_compressor_to_999_per_mille() {
 
 /// The bar against llm-compressor run on an AVX2 CPU (without
 /// AVX-512, whose torch order `calibrate::torch_dot` reproduces): W4A16 byte for byte, every
-/// tensor of the other GPTQ cases ≥ 99.9% identical (measured: 5 and 12 codes differ in all,
-/// in layer 1's v_proj/o_proj, where the GPTQ solve's f32 rounding — faer against MKL —
-/// decides a few near-ties). SmoothQuant+GPTQ is printed, not held (docs/calibration.md).
+/// tensor of W8A8 ≥ 99.9% identical (measured: 5 codes differ, in layer 1's v_proj/o_proj,
+/// near-ties of the GPTQ solve's rounding — faer in f64 against MKL in f32), W4G64 actorder
+/// and SmoothQuant+GPTQ byte for byte (docs/calibration.md).
 /// The references are in tests/data/calibration-avx2 (made with scripts/calib_local_ref.sh;
 /// QFORGE_CALIB_REF points elsewhere).
 #[test]
@@ -250,21 +250,21 @@ fn gptq_reproduces_llm_compressor_run_on_an_avx2_cpu() {
         || Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/calibration-avx2"),
         std::path::PathBuf::from,
     );
-    for (name, d) in run_case_against("g128-gptq_w4a16", &refs.join("g128-gptq_w4a16"), |_| true) {
-        assert_eq!(d.differ, 0, "w4a16 {name}: {d:?}");
-    }
-    for case in ["g128-gptq_w8a8", "g128-gptq_w4g64_actorder_weight"] {
+    for case in ["g128-gptq_w4a16", "g128-gptq_w4g64_actorder_weight"] {
         for (name, d) in run_case_against(case, &refs.join(case), |_| true) {
-            assert!(d.differ * 1000 <= d.elements, "{case} {name}: {d:?}");
-            if name.contains("scale") {
-                assert_eq!(d.differ, 0, "{case} {name}: {d:?}");
-            }
+            assert_eq!(d.differ, 0, "{case} {name}: {d:?}");
         }
     }
-    let case = "g128-smoothquant_gptq_w8a8";
-    let diffs = run_case_against(case, &refs.join(case), |_| true);
-    let differ: usize = diffs.iter().map(|(_, d)| d.differ).sum();
-    println!("{case}: {differ} values differ from llm-compressor's on this CPU");
+    let case = "g128-gptq_w8a8";
+    let mut differ = 0;
+    for (name, d) in run_case_against(case, &refs.join(case), |_| true) {
+        assert!(d.differ * 1000 <= d.elements, "{case} {name}: {d:?}");
+        if name.contains("scale") {
+            assert_eq!(d.differ, 0, "{case} {name}: {d:?}");
+        }
+        differ += d.differ;
+    }
+    assert!(differ <= 5, "{case}: {differ} codes differ (measured 5)");
 }
 
 #[test]

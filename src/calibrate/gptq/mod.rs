@@ -57,6 +57,7 @@ mod debug_dump;
 mod hessian;
 mod qparams;
 mod solve;
+pub(crate) use solve::F64_SOLVE_MAX_COLS;
 mod xtx;
 
 pub use hessian::Hessian;

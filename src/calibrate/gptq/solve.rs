@@ -73,27 +73,59 @@ pub(super) fn factorize(
     // Activations beyond ~1e19 overflow `xᵀx` in f32 (it happens in the fixture's layer 1
     // down_proj): torch's `cholesky_ex` then fails and llm-compressor falls back to RTN.
     let finite = (0..n).all(|j| (0..n).all(|i| h[(i, j)].is_finite()));
-    let llt = if finite {
-        h.llt(Side::Lower).ok()
+    if !finite {
+        return Ok((identity(n), true));
+    }
+    let upper = if n <= F64_SOLVE_MAX_COLS {
+        let h64 = Mat::<f64>::from_fn(n, n, |i, j| h[(i, j)] as f64);
+        drop(h);
+        upper_factor_of_inverse(h64, |v| v as f32)
     } else {
-        None
+        upper_factor_of_inverse(h, |v| v)
     };
+    match upper {
+        Some(upper) => Ok((upper?, false)),
+        None => Ok((identity(n), true)),
+    }
+}
+
+/// Hessians up to this many columns are factored in f64 and rounded to f32 once: MKL's f32
+/// Cholesky and inverse (llm-compressor's) land closer to the exact result than faer's f32
+/// ones, and f64 falls on MKL's side of the near-ties that decide a code (the fixtures'
+/// SmoothQuant+GPTQ and W4G64 actorder cases go from 2,168 and 12 differing codes to 0).
+/// Wider ones (a 70B's down_proj, 28,672) stay in f32: in f64 their solve would not fit
+/// the memory plan's 16 GB.
+pub(crate) const F64_SOLVE_MAX_COLS: usize = 16_384;
+
+/// `cholesky(cholesky_inverse(cholesky(h)), upper=True)` as a row-major f32 matrix, `None`
+/// when `h` is not positive definite.
+fn upper_factor_of_inverse<T: faer::traits::RealField>(
+    h: Mat<T>,
+    to_f32: impl Fn(T) -> f32,
+) -> Option<Result<Vec<f32>>> {
+    let n = h.nrows();
+    let llt = h.llt(Side::Lower).ok()?;
     drop(h);
-    let Some(llt) = llt else {
-        let eye = Mat::<f32>::identity(n, n);
-        return Ok((row_major(eye.as_ref()), true));
-    };
     let hinv = llt.inverse();
     drop(llt);
-    let upper = hinv.llt(Side::Lower).map_err(|_| {
-        Error::Calibration(
+    let Ok(upper) = hinv.llt(Side::Lower) else {
+        return Some(Err(Error::Calibration(
             "GPTQ: the inverse Hessian is not positive definite (torch.linalg.cholesky fails \
              here in llm-compressor too); raise dampening_frac"
                 .to_string(),
-        )
-    })?;
+        )));
+    };
     drop(hinv);
-    Ok((row_major(upper.L().transpose()), false))
+    let l = upper.L();
+    let mut out = Vec::with_capacity(n * n);
+    for i in 0..n {
+        out.extend((0..n).map(|j| to_f32(l[(j, i)].clone())));
+    }
+    Some(Ok(out))
+}
+
+fn identity(n: usize) -> Vec<f32> {
+    row_major(Mat::<f32>::identity(n, n).as_ref())
 }
 
 /// `percdamp * torch.mean(torch.diag(H))` of the (permuted) diagonal `diag`: torch's f32
