@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # Calibration benchmark: qforge against llm-compressor 0.14.0.1 in the same run, on the same
-# tokens. Prints a table of wall time and peak RSS with ratios, the agreement of both outputs
-# with the BF16 model (`qforge verify --reference`), and how many int8 codes the two tools
-# chose alike.
+# tokens and the same recipe. Prints a table of wall time and peak RSS with ratios; the
+# calibration forward alone against transformers' BF16 forward over the same samples
+# (tokens/s; scripts/bench_calib_forward.py); the agreement of both outputs and of round to
+# nearest with the BF16 model (`qforge verify --reference`); and how many int8 codes the two
+# tools chose alike.
 #
-#   scripts/bench_calibrate.sh [WORKDIR]     (default ~/.cache/qforge/calib-bench)
+#   [RECIPE=gptq_w8a8] [SAMPLES=64] [SEQLEN=512] [FORWARD=0] scripts/bench_calibrate.sh [WORKDIR]
+#
+# FORWARD=0 skips transformers' forward (minutes: torch's BF16 matmul without AVX-512 is slow).
+# RECIPE: a recipe file, or a name in recipes/ or scripts/quality/ (gptq_w8a8,
+# smoothquant_gptq_w8a8, awq_w4g64_asym, ...). WORKDIR defaults to ~/.cache/qforge/calib-bench.
 #
 # Needs: SmolLM2-135M-Instruct BF16 (QFORGE_SMOLLM2, else built with make_smollm2.sh), the
 # shared fixtures (QFORGE_SHARED, default ../shared) for calib_ref.py, and a venv with
@@ -19,8 +25,13 @@ venv=${LLMC_VENV:-$cache/llmc-venv}
 model=${QFORGE_SMOLLM2:-$cache/smollm2-bf16}
 samples=${SAMPLES:-64}
 seqlen=${SEQLEN:-512}
+name=${RECIPE:-gptq_w8a8}
 mkdir -p "$work"
 cd "$root"
+recipe=$name
+for r in "$name" "recipes/$name.yaml" "scripts/quality/$name.yaml"; do [ -f "$r" ] && recipe=$r && break; done
+[ -f "$recipe" ] || { echo "RECIPE=$name: no such recipe file" >&2; exit 1; }
+name=$(basename "$recipe" .yaml)
 cargo build --release --quiet
 q=$root/target/release/qforge
 
@@ -34,13 +45,15 @@ fi
 ids=$work/ids-${samples}x${seqlen}.json
 [ -f "$ids" ] || "$venv/bin/python" scripts/calib_text_ids.py "$model" "$samples" "$seqlen" "$ids"
 
-# wall seconds and peak RSS (MB) of a command: "label secs rss"
+# wall seconds and peak RSS (MB) of a command: "label secs rss"; its stderr is kept in
+# $work/label.stderr
 measure() {
     local label=$1; shift
-    python3 - "$label" "$@" <<'PY'
+    python3 - "$label" "$work/$label.stderr" "$@" <<'PY'
 import resource, subprocess, sys, time
 t = time.time()
-r = subprocess.run(sys.argv[2:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+r = subprocess.run(sys.argv[3:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+open(sys.argv[2], "w").write(r.stderr)
 if r.returncode:
     sys.exit(f"{sys.argv[1]} failed:\n{r.stderr[-2000:]}")
 print(sys.argv[1], f"{time.time() - t:.2f}", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)
@@ -52,19 +65,36 @@ calibrate() { # name recipe
     rm -rf "$work/qforge-$name" "$work/llmc-$name"
     measure "llmc-$name" env OMP_NUM_THREADS=$(nproc) "$venv/bin/python" \
         "$shared/fixtures/calibration/scripts/calib_ref.py" "$model" "$recipe" "$ids" "$work/llmc-$name"
-    measure "qforge-$name" "$q" quantize --model "$model" --recipe "$recipe" --output "$work/qforge-$name" \
+    measure "qforge-$name" env QFORGE_TIMINGS=1 "$q" quantize --model "$model" --recipe "$recipe" --output "$work/qforge-$name" \
         --dataset "$ids" --no-shuffle --num-calibration-samples "$samples" --max-seq-length "$seqlen"
 }
 
-rows=("$(calibrate gptq_w8a8 recipes/gptq_w8a8.yaml)")
+echo "load before: $(uptime)"
+rows=("$(calibrate "$name" "$recipe")")
+# The calibration forward alone: transformers on 1 and on all cores, then qforge's own
+# measure of its forward in the run above (QFORGE_TIMINGS: layer passes less the hooks).
+fwd=()
+[ "${FORWARD:-1}" = 0 ] || for threads in 1 "$(nproc)"; do
+    fwd+=("$("$venv/bin/python" scripts/bench_calib_forward.py "$model" "$ids" "$threads" 2>/dev/null)")
+done
+# (qforge's Linears and q·kᵀ use every core, through rayon; the rest of its forward one.)
+fwd+=("$(sed -n 's/^calibration forward: \([0-9.]*\) s, \([0-9]*\) token-layers$/qforge-forward '"$(nproc)"' \1 \2/p' \
+    "$work/qforge-$name.stderr")")
+echo "load after: $(uptime)"
 # Quality: each output against the BF16 model on one long answer (teacher-forced).
 quality() {
     "$q" verify --model "$1" --reference "$model" --device cpu --json --min-agreement 0 \
         --prompt "Explain how a hash table works, with an example." --max-new-tokens 128 \
         --min-new-tokens 128 2>/dev/null | python3 -c 'import json,sys; a=json.load(sys.stdin)["reference"]["agreement"]; print("%.3f %.4f" % (a["top1_agreement"], a["kl_mean"]))'
 }
-rm -rf "$work/rtn-w8a8"
-"$q" quantize --model "$model" --scheme w8a8 --output "$work/rtn-w8a8" >/dev/null
+# Round to nearest with the same weight format, for scale.
+case $name in
+    *w4g64_asym*) rtn=(--recipe scripts/quality/rtn_w4g64_asym.yaml) ;;
+    *w4g64*) rtn=(--recipe scripts/quality/rtn_w4g64.yaml) ;;
+    *) rtn=(--scheme w8a8) ;;
+esac
+rm -rf "$work/rtn-$name"
+"$q" quantize --model "$model" "${rtn[@]}" --output "$work/rtn-$name" >/dev/null
 printf '%s\n' "${rows[@]}" | python3 -c '
 import sys
 r = {l.split()[0]: (float(l.split()[1]), int(l.split()[2])) for l in sys.stdin if l.strip()}
@@ -74,15 +104,38 @@ print("|---|---:|---:|---:|---:|---:|---:|")
 for k in sorted(x[5:] for x in r if x.startswith("llmc-")):
     (ls, lm), (qs, qm) = r["llmc-" + k], r["qforge-" + k]
     print(f"| {k} | {ls:.1f} | {qs:.1f} | {ls / qs:.1f}x | {lm} | {qm} | {qm / lm:.2f} |")
-' 
+'
+# qforge counts the tokens of each layer pass (GPTQ runs two passes per layer: calibration,
+# then propagation), transformers the tokens of each full-model forward.
+layers=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["num_hidden_layers"])' "$model/config.json")
+printf '%s\n' "${fwd[@]}" | python3 -c '
+import sys
+layers, tokens = '"$layers"', '"$((samples * seqlen))"'
+print("\n| calibration forward | threads | s per pass over the samples | tokens/s |")
+print("|---|---:|---:|---:|")
+rate = {}
+for l in sys.stdin:
+    f = l.split()
+    if len(f) < 4:
+        continue
+    who, threads, secs, n = f[0], int(f[1]), float(f[2]), int(f[3])
+    full = n / layers if who == "qforge-forward" else n
+    rate[(who, threads)] = full / secs
+    print(f"| {who} | {threads} | {tokens * secs / full:.2f} | {full / secs:.0f} |")
+q = [r for (who, _), r in rate.items() if who == "qforge-forward"]
+for (who, threads), r in sorted(rate.items()):
+    if q and who != "qforge-forward":
+        print(f"\nqforge forward / transformers on {threads} thread(s): {q[0] / r:.2f}x", end="")
+print()
+'
 echo
 echo "| output | top-1 agreement | mean KL |"
 echo "|---|---:|---:|"
-for d in qforge-gptq_w8a8 llmc-gptq_w8a8 rtn-w8a8; do
+for d in "qforge-$name" "llmc-$name" "rtn-$name"; do
     echo "| $d | $(quality "$work/$d" | tr ' ' '|') |"
 done
 # int8 codes chosen alike by the two tools
-python3 - "$work/qforge-gptq_w8a8/model.safetensors" "$work/llmc-gptq_w8a8/model.safetensors" <<'PY'
+python3 - "$work/qforge-$name/model.safetensors" "$work/llmc-$name/model.safetensors" <<'PY'
 import json, struct, sys
 def load(p):
     b = open(p, "rb").read(); n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8 + n])
@@ -91,5 +144,6 @@ def load(p):
 a, b = load(sys.argv[1]), load(sys.argv[2])
 same = sum(sum(x == y for x, y in zip(a[k], b[k])) for k in a if k in b)
 total = sum(len(a[k]) for k in a if k in b)
-print(f"\nint8 codes identical between qforge and llm-compressor: {same} of {total} ({100*same/max(total,1):.2f}%)")
+if total:
+    print(f"\nint8 codes identical between qforge and llm-compressor: {same} of {total} ({100*same/total:.2f}%)")
 PY

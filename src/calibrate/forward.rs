@@ -23,6 +23,8 @@
 use super::torch_dot;
 use crate::runtime::config::ModelConfig;
 use crate::runtime::cpu::ops::inv_freq;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// The seven Linear modules of a Llama decoder layer, in module order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -233,6 +235,24 @@ impl BfRope {
 
 /// Causal GQA attention as transformers' eager attention computes it in BF16 (module docs).
 fn attention(q: &[f32], k: &[f32], v: &[f32], t: usize, d: &Dims, out: &mut Vec<f32>) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA (checked above). The body is plain safe Rust: the
+        // attribute lets the compiler vectorise `p·v` and inline the `exp`'s rounding and
+        // fused multiply-adds (otherwise library calls). Same results either way.
+        return unsafe { attention_avx2(q, k, v, t, d, out) };
+    }
+    attention_body(q, k, v, t, d, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attention_avx2(q: &[f32], k: &[f32], v: &[f32], t: usize, d: &Dims, out: &mut Vec<f32>) {
+    attention_body(q, k, v, t, d, out)
+}
+
+#[inline(always)]
+fn attention_body(q: &[f32], k: &[f32], v: &[f32], t: usize, d: &Dims, out: &mut Vec<f32>) {
     let (hd, qw, kw) = (d.head_dim, d.q_dim(), d.kv_dim());
     let group = d.heads / d.kv_heads;
     // `scaling` is a Python float; torch multiplies a BF16 tensor by it in f32.
@@ -240,22 +260,21 @@ fn attention(q: &[f32], k: &[f32], v: &[f32], t: usize, d: &Dims, out: &mut Vec<
     out.clear();
     out.resize(t * qw, 0.0);
     let mut p = vec![0f32; t];
-    // One head's value states transposed, [head_dim, t], so that each output of `p·v` is a
-    // dot product of two contiguous rows.
-    let mut vt = vec![0f32; hd * t];
+    // One head's queries and keys, `[t, head_dim]`, and all its scores `q·kᵀ`, `[t, t]`:
+    // each score is a Linear-shaped dot product in torch's order (`torch_dot`), so the
+    // Linear kernel computes them all at once (the masked half too, then ignored).
+    let (mut qh, mut kh, mut scores) = (vec![0f32; t * hd], vec![0f32; t * hd], vec![0f32; t * t]);
     for h in 0..d.heads {
         let kvh = h / group;
-        for j in 0..t {
-            for c in 0..hd {
-                vt[c * t + j] = v[j * kw + kvh * hd + c];
-            }
-        }
         for i in 0..t {
-            let qi = &q[i * qw + h * hd..i * qw + (h + 1) * hd];
+            qh[i * hd..(i + 1) * hd].copy_from_slice(&q[i * qw + h * hd..][..hd]);
+            kh[i * hd..(i + 1) * hd].copy_from_slice(&k[i * kw + kvh * hd..][..hd]);
+        }
+        torch_dot::linear_sums(&qh, &kh, hd, &mut scores);
+        for i in 0..t {
             let mut max = f32::NEG_INFINITY;
-            for (j, pj) in p.iter_mut().enumerate().take(i + 1) {
-                let kj = &k[j * kw + kvh * hd..j * kw + (kvh + 1) * hd];
-                *pj = bf16(bf16(torch_dot::dot(qi, kj)) * scale);
+            for (pj, &s) in p[..=i].iter_mut().zip(&scores[i * t..]) {
+                *pj = bf16(bf16(s) * scale);
                 max = max.max(*pj);
             }
             // The masked scores' exponentials are 0: the sum runs over the whole row of t.
@@ -269,9 +288,37 @@ fn attention(q: &[f32], k: &[f32], v: &[f32], t: usize, d: &Dims, out: &mut Vec<
             // The masked probabilities are 0 and add nothing; the sums keep their places
             // (element j into running sum j % 4) because every row starts at j = 0.
             let o = &mut out[i * qw + h * hd..i * qw + (h + 1) * hd];
-            for (c, o) in o.iter_mut().enumerate() {
-                *o = bf16(torch_dot::dot_ilp4(&p[..=i], &vt[c * t..c * t + i + 1]));
+            probs_times_values(&p[..=i], &v[kvh * hd..], kw, o);
+        }
+    }
+}
+
+/// `o[c] = bf16(Σ_j p[j]·v[j·stride + c])` for each channel `c` of `o`, each sum in
+/// [`torch_dot::dot_ilp4`]'s order, computed for 16 channels at once (vectorised across
+/// channels: each channel's additions stay in that order).
+#[inline(always)]
+fn probs_times_values(p: &[f32], v: &[f32], stride: usize, o: &mut [f32]) {
+    const CH: usize = 16;
+    let main = p.len() & !3;
+    for (c0, oc) in (0..).step_by(CH).zip(o.chunks_mut(CH)) {
+        let n = oc.len();
+        let mut s = [[0f32; CH]; 4];
+        let mut add = |m: usize, j: usize| {
+            let vr = &v[j * stride + c0..][..n];
+            for (a, &x) in s[m][..n].iter_mut().zip(vr) {
+                *a += p[j] * x;
             }
+        };
+        for j in (0..main).step_by(4) {
+            for m in 0..4 {
+                add(m, j + m);
+            }
+        }
+        for j in main..p.len() {
+            add(0, j);
+        }
+        for (c, oc) in oc.iter_mut().enumerate() {
+            *oc = bf16(((s[0][c] + s[1][c]) + s[2][c]) + s[3][c]);
         }
     }
 }
@@ -299,6 +346,11 @@ pub fn layer_forward(
     taps: &mut dyn Taps,
     s: &mut Scratch,
 ) {
+    let start = Instant::now();
+    let taps = &mut TimedTaps {
+        inner: taps,
+        spent: Duration::ZERO,
+    };
     let mut n = std::mem::take(&mut s.n);
     rmsnorm(x, &w.input_norm, d.eps, &mut n);
     attention_block(w, d, rope_t, &n, taps, s);
@@ -311,6 +363,50 @@ pub fn layer_forward(
         *r = bf16(*r + o);
     }
     s.n = n;
+    // The forward alone: the hooks' work (GPTQ's Hessian, observers) is not counted.
+    let forward = start.elapsed().saturating_sub(taps.spent);
+    FORWARD_NANOS.fetch_add(forward.as_nanos() as u64, Ordering::Relaxed);
+    FORWARD_TOKEN_LAYERS.fetch_add((x.len() / d.hidden) as u64, Ordering::Relaxed);
+}
+
+/// Taps that time the taps they wrap.
+struct TimedTaps<'a> {
+    inner: &'a mut dyn Taps,
+    spent: Duration,
+}
+
+impl Taps for TimedTaps<'_> {
+    fn linear_input(&mut self, proj: Proj, x: &[f32], width: usize) {
+        let start = Instant::now();
+        self.inner.linear_input(proj, x, width);
+        self.spent += start.elapsed();
+    }
+    fn key(&mut self, k: &[f32]) {
+        let start = Instant::now();
+        self.inner.key(k);
+        self.spent += start.elapsed();
+    }
+    fn value(&mut self, v: &[f32]) {
+        let start = Instant::now();
+        self.inner.value(v);
+        self.spent += start.elapsed();
+    }
+}
+
+static FORWARD_NANOS: AtomicU64 = AtomicU64::new(0);
+static FORWARD_TOKEN_LAYERS: AtomicU64 = AtomicU64::new(0);
+
+/// With `QFORGE_TIMINGS=1` (a developer switch, for scripts/bench_calib_forward.sh), prints
+/// to stderr the time spent in [`layer_forward`] so far, less its hooks', and the tokens it
+/// ran through a layer: `calibration forward: S s, N token-layers`.
+pub fn print_timings() {
+    if std::env::var_os("QFORGE_TIMINGS").is_some_and(|v| v == "1") {
+        eprintln!(
+            "calibration forward: {:.3} s, {} token-layers",
+            FORWARD_NANOS.load(Ordering::Relaxed) as f64 * 1e-9,
+            FORWARD_TOKEN_LAYERS.load(Ordering::Relaxed)
+        );
+    }
 }
 
 /// transformers' `LlamaAttention` on the normed input `n` (`[t, hidden]`): q/k/v, RoPE,
@@ -381,6 +477,29 @@ mod tests {
         assert_eq!(bf16(1.0 + 2f32.powi(-8)), 1.0);
         assert_eq!(bf16(1.0 + 3.0 * 2f32.powi(-8)), 1.0 + 2.0 * 2f32.powi(-7));
         assert_eq!(bf16(-0.1), f32::from_bits(0xBDCD_0000));
+    }
+
+    #[test]
+    fn probs_times_values_sums_each_channel_in_dot_ilp4s_order() {
+        // Large terms that cancel, so that another order shows in the last bits; lengths
+        // with every remainder mod 4, channel counts with a partial block of 16.
+        let mut seed = 11u64;
+        let mut next = move || {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let v = ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
+            bf16(if seed >> 62 == 0 { v * 512.0 } else { v })
+        };
+        for (len, ch, stride) in [(1, 64, 64), (7, 64, 192), (130, 40, 40), (257, 21, 30)] {
+            let p: Vec<f32> = (0..len).map(|_| next()).collect();
+            let v: Vec<f32> = (0..len * stride).map(|_| next()).collect();
+            let mut o = vec![0f32; ch];
+            probs_times_values(&p, &v, stride, &mut o);
+            for (c, &got) in o.iter().enumerate() {
+                let col: Vec<f32> = (0..len).map(|j| v[j * stride + c]).collect();
+                let want = bf16(torch_dot::dot_ilp4(&p, &col));
+                assert_eq!(got.to_bits(), want.to_bits(), "len {len} channel {c}");
+            }
+        }
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //! - [`gptq`]: GPTQ itself (the Hessian and the column-by-column quantization);
 //! - [`smoothquant`]: SmoothQuant (its own activation stream, then the smoothed weights);
 //! - [`awq`]: AWQ (the scale grid search per mapping, then round to nearest);
-//! - [`torch_dot`]: the f32 summation orders of torch's BF16 matmuls on the CPU.
+//! - [`torch_dot`]: the f32 summation orders of torch's BF16 matmuls on the CPU;
+//! - `torch_gemm`: the same Linear sums on AVX2, vectorised across outputs (bit-identical).
 //!
 //! See docs/calibration.md.
 
@@ -29,6 +30,8 @@ pub mod plan;
 pub mod run;
 pub mod smoothquant;
 pub mod torch_dot;
+#[cfg(target_arch = "x86_64")]
+mod torch_gemm;
 
 pub use pipeline::{Activations, Calibrator, Pipeline};
 pub use plan::{Budget, BudgetSource, MemoryPlan, Workload};

@@ -215,6 +215,7 @@ pub fn quantize_calibrated_within(
         (None, None) => pipe.run(&mut acts, &mut cal, &progress)?,
     }
     bar.finish_and_clear();
+    super::forward::print_timings();
     warnings.append(&mut cal.warnings);
     drop(cal);
     for w in writers {

@@ -81,34 +81,27 @@ fn dot_body(a: &[f32], b: &[f32]) -> f32 {
 pub fn linear_sums(x: &[f32], w: &[f32], k: usize, y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has AVX2 and FMA (checked above); the body is plain safe Rust, the
-        // attribute only lets the compiler use 256-bit registers and `vfmadd`. Same results
-        // either way.
-        return unsafe { linear_sums_avx2(x, w, k, y) };
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        return unsafe { super::torch_gemm::linear_sums(x, w, k, y) };
     }
-    linear_sums_body(x, w, k, y)
+    linear_sums_portable(x, w, k, y)
 }
 
 /// Token rows per pass over the weight: each weight row is read once per block of rows,
 /// not once per row (the weight does not fit in the cache, the block of rows does).
 const ROW_BLOCK: usize = 16;
 
-#[inline(always)]
-fn linear_sums_body(x: &[f32], w: &[f32], k: usize, y: &mut [f32]) {
+/// [`linear_sums`] one [`dot`] per output: the portable body, and the order the AVX2 kernel
+/// (`torch_gemm`) is tested against.
+pub fn linear_sums_portable(x: &[f32], w: &[f32], k: usize, y: &mut [f32]) {
     let out = w.len() / k;
     for (xb, yb) in x.chunks(ROW_BLOCK * k).zip(y.chunks_mut(ROW_BLOCK * out)) {
         for (o, wr) in w.chunks_exact(k).enumerate() {
             for (r, xr) in xb.chunks_exact(k).enumerate() {
-                yb[r * out + o] = dot_body(xr, wr);
+                yb[r * out + o] = dot(xr, wr);
             }
         }
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn linear_sums_avx2(x: &[f32], w: &[f32], k: usize, y: &mut [f32]) {
-    linear_sums_body(x, w, k, y)
 }
 
 /// `Σ a[i]·b[i]` over BF16 values in torch's `dot_with_fp32_arith` order (module docs).
