@@ -12,6 +12,10 @@ system of the process and its children). On a shared machine the CPU seconds are
 measure; both are printed.
 
 usage: python eval_vs_lm_eval.py MODEL LIMIT DATA_DIR TASKS [--per-task] [--num-fewshot N]
+                                [--reuse OUT]
+  --reuse OUT: the work folder of an earlier run with the same arguments; lm_eval is not run
+  again where OUT holds its samples and times (qforge is), so a changed qforge can be timed
+  against the same lm_eval run.
   exit 0 when every |Δ log-likelihood| <= 1e-3 and no document's acc/acc_norm/exact_match
   differs; prints a table of throughput ratios (lm_eval time / qforge time).
 """
@@ -83,7 +87,13 @@ def run_pair(a, tasks, out, env):
     q_cmd = [a.qforge, "eval", "--model", a.model, "--tasks", ",".join(tasks), "--limit",
              str(a.limit), "--data-dir", a.data, "--device", "cpu", "--log-samples",
              "--output", f"{out}/qforge.json", *q_shots]
-    lm_t = timed(lm_cmd, env, f"{out}/lm_eval.log")
+    # lm_eval's samples and times are kept in OUT, so --reuse can time a new qforge against them.
+    saved = f"{out}/lm_eval_time.json"
+    if os.path.exists(saved):
+        lm_t = tuple(json.load(open(saved)))
+    else:
+        lm_t = timed(lm_cmd, env, f"{out}/lm_eval.log")
+        json.dump(lm_t, open(saved, "w"))
     q_t = timed(q_cmd, env, f"{out}/qforge.log")
     return lm_t, q_t
 
@@ -127,6 +137,7 @@ def main():
     p.add_argument("model"), p.add_argument("limit", type=int), p.add_argument("data")
     p.add_argument("tasks"), p.add_argument("--per-task", action="store_true")
     p.add_argument("--num-fewshot", type=int)
+    p.add_argument("--reuse", help="work folder of an earlier run: lm_eval is not re-run")
     p.add_argument("--qforge", default=os.environ.get("QFORGE", "target/release/qforge"))
     a = p.parse_args()
     a.data, a.qforge = os.path.realpath(a.data), os.path.realpath(a.qforge)
@@ -135,7 +146,8 @@ def main():
     env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS=threads,
                MKL_NUM_THREADS=threads, RAYON_NUM_THREADS=threads)
-    out = tempfile.mkdtemp(prefix="eval_vs_lm_eval.")
+    out = a.reuse or tempfile.mkdtemp(prefix="eval_vs_lm_eval.")
+    print(f"work files in {out}", flush=True)
     groups = [[t] for t in tasks] if a.per_task else [tasks]
     results, ok = [], True
     for g in groups:

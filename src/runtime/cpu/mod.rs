@@ -8,6 +8,7 @@ pub mod dot;
 pub mod linear;
 pub mod ops;
 pub mod prefill;
+pub mod softmax;
 
 use crate::checkpoint::Checkpoint;
 use crate::runtime::config::ModelConfig;
@@ -257,8 +258,12 @@ impl CpuModel {
                 fp8_kv_round_trip(&mut vc[pos * kvd..(pos + t) * kvd], v_scale);
             }
             let kv = KvView { k: kc, v: vc };
-            let (sc, ah) = (&mut s.scores, &mut s.att_h);
-            attention::attention(shape, &s.q, kv, pos, t, sc, ah, &mut s.att);
+            if s.lin.gemm {
+                prefill::attention_gemm(shape, &s.q, kv, pos, t, &mut s.att);
+            } else {
+                let (sc, ah) = (&mut s.scores, &mut s.att_h);
+                attention::attention(shape, &s.q, kv, pos, t, sc, ah, &mut s.att);
+            }
             linear::forward(&layer.o_proj, &s.att, t, &mut s.proj, &mut s.lin);
             add(&mut s.x[..t * hd], &s.proj);
             record(&mut trace, "residual_after_attn", l, &s.x[..t * hd]);
