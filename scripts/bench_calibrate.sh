@@ -71,6 +71,7 @@ calibrate() { # name recipe
 
 echo "load before: $(uptime)"
 rows=("$(calibrate "$name" "$recipe")")
+printf 'measured (label, wall s, peak RSS MB): %s\n' "${rows[@]}"
 # The calibration forward alone: transformers on 1 and on all cores, then qforge's own
 # measure of its forward in the run above (QFORGE_TIMINGS: layer passes less the hooks).
 fwd=()
@@ -88,13 +89,15 @@ quality() {
         --min-new-tokens 128 2>/dev/null | python3 -c 'import json,sys; a=json.load(sys.stdin)["reference"]["agreement"]; print("%.3f %.4f" % (a["top1_agreement"], a["kl_mean"]))'
 }
 # Round to nearest with the same weight format, for scale.
-case $name in
-    *w4g64_asym*) rtn=(--recipe scripts/quality/rtn_w4g64_asym.yaml) ;;
-    *w4g64*) rtn=(--recipe scripts/quality/rtn_w4g64.yaml) ;;
-    *) rtn=(--scheme w8a8) ;;
-esac
+# (Group-64 integer schemes are not a qforge data-free preset: llm-compressor makes them.)
 rm -rf "$work/rtn-$name"
-"$q" quantize --model "$model" "${rtn[@]}" --output "$work/rtn-$name" >/dev/null
+case $name in
+    *w4g64_asym*) OMP_NUM_THREADS=$(nproc) "$venv/bin/python" scripts/quality/llmc_dataless.py \
+        "$model" scripts/quality/rtn_w4g64_asym.yaml "$work/rtn-$name" >/dev/null 2>&1 ;;
+    *w4g64*) OMP_NUM_THREADS=$(nproc) "$venv/bin/python" scripts/quality/llmc_dataless.py \
+        "$model" scripts/quality/rtn_w4g64.yaml "$work/rtn-$name" >/dev/null 2>&1 ;;
+    *) "$q" quantize --model "$model" --scheme w8a8 --output "$work/rtn-$name" >/dev/null ;;
+esac
 printf '%s\n' "${rows[@]}" | python3 -c '
 import sys
 r = {l.split()[0]: (float(l.split()[1]), int(l.split()[2])) for l in sys.stdin if l.strip()}

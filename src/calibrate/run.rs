@@ -51,17 +51,24 @@ pub fn memory_plan(
     Ok(MemoryPlan::new(&config, &work, budget))
 }
 
-/// AWQ's part of the plan: its mappings resolved on a Llama layer's module names (the
-/// checkpoint is not read), every Linear counted as quantized (an upper bound).
-fn awq_work(steps: &[CalibStep], config: &ModelConfig) -> Result<Option<AwqWork>> {
-    let Some((mappings, duo, n_grid)) = steps.iter().find_map(|s| match s {
+/// The recipe's AWQ steps: (mappings, duo scaling, grid points).
+fn awq_steps(
+    steps: &[CalibStep],
+) -> impl Iterator<Item = (&Vec<crate::recipe::Mapping>, crate::recipe::DuoScaling, u64)> {
+    steps.iter().filter_map(|s| match s {
         CalibStep::Awq {
             mappings,
             duo_scaling,
             n_grid,
         } => Some((mappings, *duo_scaling, *n_grid)),
         _ => None,
-    }) else {
+    })
+}
+
+/// AWQ's part of the plan: its mappings resolved on a Llama layer's module names (the
+/// checkpoint is not read), every Linear counted as quantized (an upper bound).
+fn awq_work(steps: &[CalibStep], config: &ModelConfig) -> Result<Option<AwqWork>> {
+    let Some((mappings, duo, n_grid)) = awq_steps(steps).next() else {
         return Ok(None);
     };
     let names = smoothquant::llama_tensors(config.num_layers);
@@ -348,17 +355,7 @@ fn awq_plan(
     layout: &Layout,
     plan: &QuantPlan,
 ) -> Result<Option<Awq>> {
-    let awqs: Vec<_> = steps
-        .iter()
-        .filter_map(|s| match s {
-            CalibStep::Awq {
-                mappings,
-                duo_scaling,
-                n_grid,
-            } => Some((mappings, *duo_scaling, *n_grid)),
-            _ => None,
-        })
-        .collect();
+    let awqs: Vec<_> = awq_steps(steps).collect();
     let Some(&(mappings, duo, n_grid)) = awqs.first() else {
         return Ok(None);
     };
