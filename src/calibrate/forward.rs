@@ -24,7 +24,7 @@ use super::torch_dot;
 use crate::runtime::config::ModelConfig;
 use crate::runtime::cpu::ops::inv_freq;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The seven Linear modules of a Llama decoder layer, in module order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -260,38 +260,49 @@ fn attention_body(q: &[f32], k: &[f32], v: &[f32], t: usize, d: &Dims, out: &mut
     out.clear();
     out.resize(t * qw, 0.0);
     let mut p = vec![0f32; t];
-    // One head's queries and keys, `[t, head_dim]`, and all its scores `q·kᵀ`, `[t, t]`:
-    // each score is a Linear-shaped dot product in torch's order (`torch_dot`), so the
-    // Linear kernel computes them all at once (the masked half too, then ignored).
-    let (mut qh, mut kh, mut scores) = (vec![0f32; t * hd], vec![0f32; t * hd], vec![0f32; t * t]);
+    // One head's queries and keys, `[t, head_dim]`, and the scores `q·kᵀ` of a block of
+    // queries against the keys up to the block's last: each score is a Linear-shaped dot
+    // product in torch's order (`torch_dot`), so the Linear kernel computes them all at
+    // once (the masked corner of the block too, then ignored; the rest of the masked half
+    // is never computed).
+    let (mut qh, mut kh) = (vec![0f32; t * hd], vec![0f32; t * hd]);
+    let mut scores = vec![0f32; t.min(QUERY_BLOCK) * t];
     for h in 0..d.heads {
         let kvh = h / group;
         for i in 0..t {
             qh[i * hd..(i + 1) * hd].copy_from_slice(&q[i * qw + h * hd..][..hd]);
             kh[i * hd..(i + 1) * hd].copy_from_slice(&k[i * kw + kvh * hd..][..hd]);
         }
-        torch_dot::linear_sums(&qh, &kh, hd, &mut scores);
-        for i in 0..t {
-            let mut max = f32::NEG_INFINITY;
-            for (pj, &s) in p[..=i].iter_mut().zip(&scores[i * t..]) {
-                *pj = bf16(bf16(s) * scale);
-                max = max.max(*pj);
+        for r0 in (0..t).step_by(QUERY_BLOCK) {
+            let r1 = (r0 + QUERY_BLOCK).min(t);
+            let block = &mut scores[..(r1 - r0) * r1];
+            torch_dot::linear_sums(&qh[r0 * hd..r1 * hd], &kh[..r1 * hd], hd, block);
+            for i in r0..r1 {
+                let row = &block[(i - r0) * r1..];
+                let mut max = f32::NEG_INFINITY;
+                for (pj, &s) in p[..=i].iter_mut().zip(row) {
+                    *pj = bf16(bf16(s) * scale);
+                    max = max.max(*pj);
+                }
+                // The masked scores' exponentials are 0: the sum runs over the whole row of t.
+                for pj in &mut p[..=i] {
+                    *pj = torch_dot::exp(*pj - max);
+                }
+                let inv = 1.0 / torch_dot::reduce_all_sum(&p[..=i], t);
+                for pj in &mut p[..=i] {
+                    *pj = bf16(*pj * inv);
+                }
+                // The masked probabilities are 0 and add nothing; the sums keep their places
+                // (element j into running sum j % 4) because every row starts at j = 0.
+                let o = &mut out[i * qw + h * hd..i * qw + (h + 1) * hd];
+                probs_times_values(&p[..=i], &v[kvh * hd..], kw, o);
             }
-            // The masked scores' exponentials are 0: the sum runs over the whole row of t.
-            for pj in &mut p[..=i] {
-                *pj = torch_dot::exp(*pj - max);
-            }
-            let inv = 1.0 / torch_dot::reduce_all_sum(&p[..=i], t);
-            for pj in &mut p[..=i] {
-                *pj = bf16(*pj * inv);
-            }
-            // The masked probabilities are 0 and add nothing; the sums keep their places
-            // (element j into running sum j % 4) because every row starts at j = 0.
-            let o = &mut out[i * qw + h * hd..i * qw + (h + 1) * hd];
-            probs_times_values(&p[..=i], &v[kvh * hd..], kw, o);
         }
     }
 }
+
+/// Queries whose scores are computed together (against the keys up to the last of them).
+pub(crate) const QUERY_BLOCK: usize = 64;
 
 /// `o[c] = bf16(Σ_j p[j]·v[j·stride + c])` for each channel `c` of `o`, each sum in
 /// [`torch_dot::dot_ilp4`]'s order, computed for 16 channels at once (vectorised across
@@ -337,7 +348,9 @@ pub struct Scratch {
 }
 
 /// Runs one decoder layer over `x` (`[t, hidden]`, one sample at positions 0..t) in place,
-/// feeding the hooks' tensors to `taps`.
+/// feeding the hooks' tensors to `taps`. With `outputs` false it stops once the last hook
+/// (down_proj's input) has seen its tensor: `x` is then not the layer's output (for a
+/// calibration pass whose outputs the propagation pass recomputes).
 pub fn layer_forward(
     w: &LayerWeights,
     d: &Dims,
@@ -345,12 +358,8 @@ pub fn layer_forward(
     x: &mut [f32],
     taps: &mut dyn Taps,
     s: &mut Scratch,
+    outputs: bool,
 ) {
-    let start = Instant::now();
-    let taps = &mut TimedTaps {
-        inner: taps,
-        spent: Duration::ZERO,
-    };
     let mut n = std::mem::take(&mut s.n);
     rmsnorm(x, &w.input_norm, d.eps, &mut n);
     attention_block(w, d, rope_t, &n, taps, s);
@@ -358,47 +367,29 @@ pub fn layer_forward(
         *r = bf16(*r + o);
     }
     rmsnorm(x, &w.post_norm, d.eps, &mut n);
-    mlp_block(w, d, &n, taps, s);
-    for (r, &o) in x.iter_mut().zip(&s.o) {
-        *r = bf16(*r + o);
+    mlp_input(w, d, &n, taps, s);
+    if outputs {
+        down(w, d, s);
+        for (r, &o) in x.iter_mut().zip(&s.o) {
+            *r = bf16(*r + o);
+        }
     }
     s.n = n;
-    // The forward alone: the hooks' work (GPTQ's Hessian, observers) is not counted.
-    let forward = start.elapsed().saturating_sub(taps.spent);
-    FORWARD_NANOS.fetch_add(forward.as_nanos() as u64, Ordering::Relaxed);
-    FORWARD_TOKEN_LAYERS.fetch_add((x.len() / d.hidden) as u64, Ordering::Relaxed);
-}
-
-/// Taps that time the taps they wrap.
-struct TimedTaps<'a> {
-    inner: &'a mut dyn Taps,
-    spent: Duration,
-}
-
-impl Taps for TimedTaps<'_> {
-    fn linear_input(&mut self, proj: Proj, x: &[f32], width: usize) {
-        let start = Instant::now();
-        self.inner.linear_input(proj, x, width);
-        self.spent += start.elapsed();
-    }
-    fn key(&mut self, k: &[f32]) {
-        let start = Instant::now();
-        self.inner.key(k);
-        self.spent += start.elapsed();
-    }
-    fn value(&mut self, v: &[f32]) {
-        let start = Instant::now();
-        self.inner.value(v);
-        self.spent += start.elapsed();
-    }
 }
 
 static FORWARD_NANOS: AtomicU64 = AtomicU64::new(0);
 static FORWARD_TOKEN_LAYERS: AtomicU64 = AtomicU64::new(0);
 
+/// Counts `spent` (wall time of layer passes, their hooks' work excluded) and the tokens
+/// that went through a layer in it, for [`print_timings`].
+pub fn count_forward(spent: Duration, token_layers: u64) {
+    FORWARD_NANOS.fetch_add(spent.as_nanos() as u64, Ordering::Relaxed);
+    FORWARD_TOKEN_LAYERS.fetch_add(token_layers, Ordering::Relaxed);
+}
+
 /// With `QFORGE_TIMINGS=1` (a developer switch, for scripts/bench_calib_forward.sh), prints
-/// to stderr the time spent in [`layer_forward`] so far, less its hooks', and the tokens it
-/// ran through a layer: `calibration forward: S s, N token-layers`.
+/// to stderr the wall time spent in [`layer_forward`] so far, less its hooks', and the
+/// tokens it ran through a layer: `calibration forward: S s, N token-layers`.
 pub fn print_timings() {
     if std::env::var_os("QFORGE_TIMINGS").is_some_and(|v| v == "1") {
         eprintln!(
@@ -442,22 +433,34 @@ pub fn attention_block(
 /// transformers' `LlamaMLP` on the normed input `n` (`[t, hidden]`):
 /// `down(silu(gate(n)) * up(n))`, left in [`Scratch::out`].
 pub fn mlp_block(w: &LayerWeights, d: &Dims, n: &[f32], taps: &mut dyn Taps, s: &mut Scratch) {
+    mlp_input(w, d, n, taps, s);
+    down(w, d, s);
+}
+
+/// The MLP up to down_proj's input `silu(gate(n)) * up(n)`, left in the scratch.
+fn mlp_input(w: &LayerWeights, d: &Dims, n: &[f32], taps: &mut dyn Taps, s: &mut Scratch) {
     let t = n.len() / d.hidden;
-    let lin = |p: Proj, input: &[f32], y: &mut Vec<f32>| {
+    let lin = |p: Proj, y: &mut Vec<f32>| {
         let (o, i) = d.shape(p);
-        linear(input, w.linear(p), t, o, i, y);
+        linear(n, w.linear(p), t, o, i, y);
     };
     for p in [Proj::Gate, Proj::Up] {
         taps.linear_input(p, n, d.hidden);
     }
-    lin(Proj::Gate, n, &mut s.g);
-    lin(Proj::Up, n, &mut s.u);
+    lin(Proj::Gate, &mut s.g);
+    lin(Proj::Up, &mut s.u);
     for (g, &u) in s.g.iter_mut().zip(&s.u) {
         let silu = bf16(*g / (1.0 + (-*g).exp()));
         *g = bf16(silu * u);
     }
     taps.linear_input(Proj::Down, &s.g, d.inter);
-    lin(Proj::Down, &s.g, &mut s.o);
+}
+
+/// down_proj over the input [`mlp_input`] left, into [`Scratch::out`].
+fn down(w: &LayerWeights, d: &Dims, s: &mut Scratch) {
+    let t = s.g.len() / d.inter.max(1);
+    let (o, i) = d.shape(Proj::Down);
+    linear(&s.g, w.linear(Proj::Down), t, o, i, &mut s.o);
 }
 
 impl Scratch {

@@ -126,6 +126,11 @@ impl Calibrator for LayerCalibrator<'_> {
         Ok(&mut self.obs)
     }
 
+    /// GPTQ rewrites every Linear it quantizes ([`Self::quantize_linear`]).
+    fn propagates(&self, layer: usize) -> bool {
+        self.gptq.is_some() && self.plans[layer].iter().any(Option::is_some)
+    }
+
     fn end_layer(&mut self, layer: usize, w: &mut LayerWeights) -> Result<bool> {
         if let Some(e) = self.obs.error.take() {
             return Err(Error::Calibration(format!("model.layers.{layer}: {e}")));

@@ -5,13 +5,22 @@
 //! calibrator changed the weights (llm-compressor's default `propagate_error=True` runs this
 //! second pass; its `DisableQuantization` context means only weights rewritten in place —
 //! GPTQ's fake-quantized ones — change what propagates).
+//!
+//! Samples go through a layer several at a time, one a thread ([`Pipeline::parallel`], as
+//! the memory plan allows): each sample's arithmetic is the same as alone, and the hooks'
+//! tensors are recorded and replayed in sample order, so that every observer and Hessian
+//! sums them in the same order whatever the number of threads.
 
 pub use super::activations::{Activations, Placement};
-use super::forward::{layer_forward, BfRope, Dims, LayerWeights, NoTaps, Proj, Scratch, Taps};
+use super::forward::{
+    count_forward, layer_forward, BfRope, Dims, LayerWeights, NoTaps, Proj, Scratch, Taps,
+};
 use crate::checkpoint::{Checkpoint, TensorInfo};
 use crate::numerics;
 use crate::runtime::config::ModelConfig;
 use crate::{Error, Result};
+use rayon::prelude::*;
+use std::time::{Duration, Instant};
 
 /// What quantizes each layer from what its hooks saw.
 pub trait Calibrator {
@@ -21,6 +30,12 @@ pub trait Calibrator {
     /// parameters and hands its final tensors on. Replaces in `w` the weights that must
     /// propagate quantized and returns true if it did.
     fn end_layer(&mut self, layer: usize, w: &mut LayerWeights) -> Result<bool>;
+    /// True when `end_layer(layer)` is sure to return true: the calibration pass's outputs
+    /// are then never used, and it stops at down_proj's input (a quarter of the Linear work
+    /// of a Llama layer).
+    fn propagates(&self, _layer: usize) -> bool {
+        false
+    }
 }
 
 /// A calibrator that observes and changes nothing (a plain forward pass).
@@ -51,6 +66,8 @@ pub struct Pipeline<'a> {
     vocab: usize,
     /// Where the activations are kept (RAM unless the memory plan spills them).
     placement: Placement,
+    /// Samples run through a layer at once, one a thread.
+    parallel: usize,
 }
 
 impl<'a> Pipeline<'a> {
@@ -63,7 +80,15 @@ impl<'a> Pipeline<'a> {
             num_layers: config.num_layers,
             vocab: config.vocab_size,
             placement: Placement::Ram,
+            parallel: 1,
         }
+    }
+
+    /// Runs up to `n` samples through a layer at once, one a thread (the memory plan's
+    /// `parallel`: each holds its own forward buffers). The results do not depend on it.
+    pub fn parallel(mut self, n: usize) -> Self {
+        self.parallel = n.max(1);
+        self
     }
 
     /// Keeps the activations in a scratch file in `dir` instead of RAM.
@@ -195,18 +220,29 @@ impl<'a> Pipeline<'a> {
         cal: &mut dyn Calibrator,
         progress: &dyn Fn(u64),
     ) -> Result<()> {
-        let mut scratch = Scratch::default();
+        let mut scratch: Vec<Scratch> = (0..self.parallel).map(|_| Scratch::default()).collect();
         let mut outs = acts.empty_like()?;
+        let last = layer + 1 == self.num_layers;
         let (propagates, mut nan) = {
+            // A pass whose outputs the propagation pass recomputes stops early; the last
+            // layer has no propagation pass.
+            let outputs = last || !cal.propagates(layer);
             let taps = cal.begin_layer(layer, w)?;
-            let nan = self.pass(w, acts, &mut outs, taps, &mut scratch, progress)?;
+            let nan = self.pass(
+                w,
+                acts,
+                &mut outs,
+                Some(taps),
+                outputs,
+                &mut scratch,
+                progress,
+            )?;
             (cal.end_layer(layer, w)?, nan)
         };
-        // The last layer's outputs feed no observer: no propagation pass, no NaN check.
-        let last = layer + 1 == self.num_layers;
         if propagates && !last {
-            nan = self.pass(w, acts, &mut outs, &mut NoTaps, &mut scratch, progress)?;
+            nan = self.pass(w, acts, &mut outs, None, true, &mut scratch, progress)?;
         }
+        // The last layer's outputs feed no observer: no propagation pass, no NaN check.
         // NaN in a layer's outputs would poison every observer of the next layer: stop
         // there. (Inf is kept: llm-compressor writes the infinite scale it observes, and so
         // does qforge.)
@@ -220,28 +256,157 @@ impl<'a> Pipeline<'a> {
         Ok(())
     }
 
-    /// Runs every sample of `ins` through the layer into `outs`, one sample at a time (only
-    /// one is ever widened to f32). Returns where the first NaN output is, if any.
+    /// Runs every sample of `ins` through the layer into `outs`, `scratch.len()` samples at
+    /// once (only those are widened to f32); their hooks' tensors reach `taps` in sample
+    /// order. Returns where the first NaN output is, if any (none when `outputs` is false).
+    #[allow(clippy::too_many_arguments)]
     fn pass(
         &self,
         w: &LayerWeights,
         ins: &Activations,
         outs: &mut Activations,
-        taps: &mut dyn Taps,
-        scratch: &mut Scratch,
+        mut taps: Option<&mut dyn Taps>,
+        outputs: bool,
+        scratch: &mut [Scratch],
         progress: &dyn Fn(u64),
     ) -> Result<Option<(usize, usize)>> {
         let mut nan = None;
-        let mut y = Vec::new();
-        for i in 0..ins.len() {
-            ins.read(i, &mut y)?;
-            layer_forward(w, &self.dims, &self.rope, &mut y, taps, scratch);
-            if nan.is_none() {
-                nan = y.iter().position(|v| v.is_nan()).map(|p| (i, p));
+        let par = scratch.len().max(1);
+        let mut xs = vec![Vec::new(); par];
+        let mut recs: Vec<Recording> = (0..par).map(|_| Recording::default()).collect();
+        for start in (0..ins.len()).step_by(par) {
+            let n = par.min(ins.len() - start);
+            for (j, x) in xs[..n].iter_mut().enumerate() {
+                ins.read(start + j, x)?;
             }
-            outs.write(i, &y)?;
-            progress(1);
+            let clock = Instant::now();
+            let mut spent_in_taps = Duration::ZERO;
+            if n == 1 {
+                // Alone: the hooks see the tensors as they are made (nothing recorded).
+                let mut none = NoTaps;
+                let inner: &mut dyn Taps = match taps.as_deref_mut() {
+                    Some(t) => t,
+                    None => &mut none,
+                };
+                let mut timed = TimedTaps {
+                    inner,
+                    spent: Duration::ZERO,
+                };
+                let (x, s) = (&mut xs[0], &mut scratch[0]);
+                layer_forward(w, &self.dims, &self.rope, x, &mut timed, s, outputs);
+                spent_in_taps = timed.spent;
+            } else {
+                let observe = taps.is_some();
+                xs[..n]
+                    .par_iter_mut()
+                    .zip(scratch.par_iter_mut())
+                    .zip(recs.par_iter_mut())
+                    .for_each(|((x, s), rec)| {
+                        let t: &mut dyn Taps = if observe { rec } else { &mut NoTaps };
+                        layer_forward(w, &self.dims, &self.rope, x, t, s, outputs);
+                    });
+            }
+            let tokens: usize = xs[..n].iter().map(|x| x.len() / self.dims.hidden).sum();
+            count_forward(clock.elapsed().saturating_sub(spent_in_taps), tokens as u64);
+            if let (Some(taps), true) = (taps.as_deref_mut(), n > 1) {
+                recs[..n].iter_mut().for_each(|r| r.replay(taps));
+            }
+            for (j, x) in xs[..n].iter().enumerate() {
+                if nan.is_none() && outputs {
+                    nan = x.iter().position(|v| v.is_nan()).map(|p| (start + j, p));
+                }
+                outs.write(start + j, x)?;
+                progress(1);
+            }
         }
         Ok(nan)
+    }
+}
+
+/// Taps that time the taps they wrap (their time is not the forward's).
+struct TimedTaps<'a> {
+    inner: &'a mut dyn Taps,
+    spent: Duration,
+}
+
+impl Taps for TimedTaps<'_> {
+    fn linear_input(&mut self, proj: Proj, x: &[f32], width: usize) {
+        let start = Instant::now();
+        self.inner.linear_input(proj, x, width);
+        self.spent += start.elapsed();
+    }
+    fn key(&mut self, k: &[f32]) {
+        let start = Instant::now();
+        self.inner.key(k);
+        self.spent += start.elapsed();
+    }
+    fn value(&mut self, v: &[f32]) {
+        let start = Instant::now();
+        self.inner.value(v);
+        self.spent += start.elapsed();
+    }
+}
+
+/// One sample's hook calls, kept to be replayed in sample order once the samples run
+/// together are done. Consecutive calls with the same tensor (q/k/v's input, gate/up's)
+/// keep one copy.
+#[derive(Default)]
+struct Recording {
+    calls: Vec<(Call, usize)>,
+    tensors: Vec<Vec<f32>>,
+    used: usize,
+}
+
+#[derive(Clone, Copy)]
+enum Call {
+    Linear(Proj, usize),
+    Key,
+    Value,
+}
+
+impl Recording {
+    /// Index of a copy of `x` (the previous one if it holds the same bits).
+    fn keep(&mut self, x: &[f32]) -> usize {
+        let bits: &[u32] = bytemuck::cast_slice(x);
+        if self.used > 0 && bytemuck::cast_slice::<f32, u32>(&self.tensors[self.used - 1]) == bits {
+            return self.used - 1;
+        }
+        if self.used == self.tensors.len() {
+            self.tensors.push(Vec::new());
+        }
+        let t = &mut self.tensors[self.used];
+        t.clear();
+        t.extend_from_slice(x);
+        self.used += 1;
+        self.used - 1
+    }
+
+    /// Makes the recorded calls on `taps`, in order, and empties the recording.
+    fn replay(&mut self, taps: &mut dyn Taps) {
+        for &(call, i) in &self.calls {
+            let x = &self.tensors[i];
+            match call {
+                Call::Linear(p, width) => taps.linear_input(p, x, width),
+                Call::Key => taps.key(x),
+                Call::Value => taps.value(x),
+            }
+        }
+        self.calls.clear();
+        self.used = 0;
+    }
+}
+
+impl Taps for Recording {
+    fn linear_input(&mut self, proj: Proj, x: &[f32], width: usize) {
+        let i = self.keep(x);
+        self.calls.push((Call::Linear(proj, width), i));
+    }
+    fn key(&mut self, k: &[f32]) {
+        let i = self.keep(k);
+        self.calls.push((Call::Key, i));
+    }
+    fn value(&mut self, v: &[f32]) {
+        let i = self.keep(v);
+        self.calls.push((Call::Value, i));
     }
 }

@@ -6,7 +6,7 @@
 //! plan"); the total adds them all, so it is an upper bound of the resident memory beyond
 //! the mmapped input pages.
 
-use super::forward::{Dims, Proj};
+use super::forward::{Dims, Proj, QUERY_BLOCK};
 use super::gptq::{input_slot, F64_SOLVE_MAX_COLS, INPUT_SLOTS};
 use crate::runtime::config::ModelConfig;
 use crate::{Error, Result};
@@ -29,6 +29,8 @@ pub struct Workload {
     pub smoothquant: bool,
     /// The recipe runs AWQ: its caches and grid search.
     pub awq: Option<AwqWork>,
+    /// Threads (rayon's pool): up to one sample a thread runs through a layer at once.
+    pub threads: usize,
 }
 
 /// What AWQ (`calibrate::awq`) holds beside the activations. Its caches: at the end of a
@@ -129,7 +131,12 @@ pub struct MemoryPlan {
     pub awq_cache: u64,
     /// AWQ's grid search beside its caches: balance weights and per-thread forwards.
     pub awq_search: u64,
-    /// One sample's forward-pass buffers (`forward::Scratch`) and the sample itself in f32.
+    /// Samples run through a layer at once ([`super::Pipeline::parallel`]): one a thread,
+    /// as many as the budget holds (first with the activations in RAM, else spilled).
+    pub parallel: u64,
+    /// The forward-pass buffers (`forward::Scratch`, the attention's scores) and the sample
+    /// in f32 of each sample run at once; when more than one runs, also the hooks' tensors
+    /// each records for its replay in sample order.
     pub forward_scratch: u64,
     /// The largest output tensor handed to the writer (a Linear's codes, at most 2 bytes a
     /// weight: BF16 fake-quantized values are held while the codes are made).
@@ -152,7 +159,15 @@ impl MemoryPlan {
         // Scratch: n, q, k, v, a (attention out), o, g, u, each `tokens ×` its width; the
         // sample in f32 and its BF16 bits on their way to or from the store.
         let buffers = tokens * (h + q + kv + kv + q + h + i + i) * F32;
-        let scratch = buffers + tokens * h * (F32 + F32);
+        // Beside them, one head's scores for a block of queries and a row of probabilities.
+        let scores = (tokens.min(QUERY_BLOCK as u64) * tokens + tokens) * F32;
+        let one_sample = buffers + tokens * h * (F32 + F32) + scores;
+        // A recording: q/k/v's input, o_proj's, gate/up's, down_proj's, keys and values.
+        let recording = tokens * (h + q + h + i + kv + kv) * F32;
+        let forward = |parallel: u64| match parallel {
+            0 | 1 => one_sample,
+            p => p * (one_sample + recording),
+        };
         let largest = shapes.iter().map(|(o, n)| o * n).max().unwrap_or(0);
         let (gptq, hessians) = if work.gptq {
             gptq_peak(&shapes, tokens)
@@ -180,10 +195,27 @@ impl MemoryPlan {
             hessians,
             awq_cache,
             awq_search,
-            forward_scratch: scratch,
+            parallel: 1,
+            forward_scratch: forward(1),
             writer: largest * 2,
             budget,
         };
+        let most = work.threads.min(work.samples).max(1) as u64;
+        let fits = |plan: &mut MemoryPlan, p: u64, with_activations: bool| {
+            plan.forward_scratch = forward(p);
+            let spillable = if with_activations {
+                plan.spillable()
+            } else {
+                0
+            };
+            plan.fixed() + spillable <= budget.bytes
+        };
+        plan.parallel = (1..=most)
+            .rev()
+            .find(|&p| fits(&mut plan, p, true))
+            .or_else(|| (1..=most).rev().find(|&p| fits(&mut plan, p, false)))
+            .unwrap_or(1);
+        plan.forward_scratch = forward(plan.parallel);
         plan.spill = plan.fixed() + plan.spillable() > budget.bytes;
         plan
     }
@@ -327,7 +359,13 @@ impl fmt::Display for MemoryPlan {
             )?;
             writeln!(f, "  AWQ search               {}", gb(self.awq_search))?;
         }
-        writeln!(f, "  forward scratch          {}", gb(self.forward_scratch))?;
+        writeln!(
+            f,
+            "  forward scratch          {} ({} sample{} at once)",
+            gb(self.forward_scratch),
+            self.parallel,
+            if self.parallel == 1 { "" } else { "s" }
+        )?;
         writeln!(f, "  writer                   {}", gb(self.writer))?;
         write!(f, "  total in RAM             {}", gb(self.total()))
     }
@@ -360,6 +398,7 @@ mod tests {
             gptq,
             smoothquant: false,
             awq: None,
+            threads: 1,
         }
     }
 
@@ -382,19 +421,49 @@ mod tests {
         // the inverse is made, and the weight in f32.
         assert_eq!(p.gptq, 3 * 384 * 384 * 8 + 128 * 384 * 4);
         // n 128, q 256, k 64, v 64, a 256, o 128, g 384, u 384 per token; the sample in
-        // f32 and its bits.
-        assert_eq!(p.forward_scratch, 64 * 1664 * 4 + 64 * 128 * 8);
+        // f32 and its bits; one head's 64 × 64 scores (64 queries at a time) and a row of
+        // 64 probabilities.
+        assert_eq!(
+            p.forward_scratch,
+            64 * 1664 * 4 + 64 * 128 * 8 + (4096 + 64) * 4
+        );
+        assert_eq!(p.parallel, 1);
         assert_eq!(p.writer, 49152 * 2);
-        assert_eq!(p.fixed(), 5_243_904);
-        assert_eq!(p.total(), 5_243_904 + 2 * 524_288);
+        assert_eq!(p.fixed(), 5_260_544);
+        assert_eq!(p.total(), 5_260_544 + 2 * 524_288);
         assert!(p.check().is_ok());
+    }
+
+    #[test]
+    fn samples_run_in_parallel_as_the_budget_allows() {
+        let one = 64 * 1664 * 4 + 64 * 128 * 8 + (4096 + 64) * 4;
+        // What each of several samples also records: 128 + 256 + 128 + 384 + 64 + 64 values
+        // a token.
+        let two = 2 * (one + 64 * 1024 * 4);
+        let mut w = work(true);
+        w.threads = 2;
+        let p = MemoryPlan::new(&g128(), &w, ample());
+        assert_eq!((p.parallel, p.forward_scratch), (2, two));
+        assert_eq!(p.fixed(), 5_260_544 - one + two);
+        // A budget that holds two samples only if the activations spill: one sample, in RAM.
+        let tight = Budget::flag(5_260_544 + 2 * 524_288);
+        let p = MemoryPlan::new(&g128(), &w, tight);
+        assert_eq!((p.parallel, p.spill), (1, false));
+        // A budget that holds the activations beside no forward: spilled, two samples.
+        let spilled = Budget::flag(5_260_544 - one + two);
+        let p = MemoryPlan::new(&g128(), &w, spilled);
+        assert_eq!((p.parallel, p.spill), (2, true));
+        assert!(p.to_string().contains("(2 samples at once)"), "{p}");
+        // No more samples at once than there are samples.
+        w.samples = 1;
+        assert_eq!(MemoryPlan::new(&g128(), &w, ample()).parallel, 1);
     }
 
     #[test]
     fn without_gptq_there_are_no_hessians() {
         let p = MemoryPlan::new(&g128(), &work(false), ample());
         assert_eq!((p.gptq, p.hessians), (0, 0));
-        assert_eq!(p.total(), 5_243_904 - 3_735_552 + 2 * 524_288);
+        assert_eq!(p.total(), 5_260_544 - 3_735_552 + 2 * 524_288);
     }
 
     #[test]
@@ -407,11 +476,11 @@ mod tests {
 
     #[test]
     fn activations_spill_when_they_do_not_fit_the_budget() {
-        let fits = MemoryPlan::new(&g128(), &work(true), Budget::flag(5_243_904 + 1_048_576));
+        let fits = MemoryPlan::new(&g128(), &work(true), Budget::flag(5_260_544 + 1_048_576));
         assert!(!fits.spill);
-        let p = MemoryPlan::new(&g128(), &work(true), Budget::flag(5_243_904 + 1_048_575));
+        let p = MemoryPlan::new(&g128(), &work(true), Budget::flag(5_260_544 + 1_048_575));
         assert!(p.spill);
-        assert_eq!(p.total(), 5_243_904);
+        assert_eq!(p.total(), 5_260_544);
         assert_eq!(p.scratch_file_bytes(), 1_048_576);
         assert!(p.check().is_ok());
         assert!(p.to_string().contains("spilled to a scratch file"), "{p}");
@@ -419,10 +488,10 @@ mod tests {
 
     #[test]
     fn a_budget_below_the_parts_that_cannot_spill_is_refused() {
-        let p = MemoryPlan::new(&g128(), &work(true), Budget::flag(5_243_903));
+        let p = MemoryPlan::new(&g128(), &work(true), Budget::flag(5_260_543));
         let e = p.check().unwrap_err().to_string();
         assert!(
-            e.contains("needs 5.24 MB") && e.contains("budget is 5.24 MB"),
+            e.contains("needs 5.26 MB") && e.contains("budget is 5.26 MB"),
             "{e}"
         );
         assert!(e.contains("--max-memory") && !e.contains('\n'), "{e}");
@@ -451,6 +520,7 @@ mod tests {
             gptq: true,
             smoothquant: false,
             awq: None,
+            threads: 2,
         };
         let p = MemoryPlan::new(&config, &work, Budget::flag(16_000_000_000));
         // 512 × 2048 × 8192 BF16 per copy: too much for the budget, so they spill.
@@ -458,7 +528,9 @@ mod tests {
         assert!(p.spill);
         // down_proj's solve dominates GPTQ: 3 × 28672² f32 and its weight.
         assert_eq!(p.gptq, 3 * 28672 * 28672 * 4 + 8192 * 28672 * 4);
-        assert_eq!(p.total(), 15_586_099_200);
+        // One sample at a time: a second one's buffers and recording (1.36 GB) do not fit.
+        assert_eq!(p.parallel, 1);
+        assert_eq!(p.total(), 15_586_099_200 + (64 * 2048 + 2048) * 4);
         assert!(p.check().is_ok());
         let text = p.to_string();
         assert!(text.contains("total in RAM             15.59 GB"), "{text}");
@@ -484,6 +556,7 @@ mod tests {
                 balance_weights: 3 * 28672 * 8192,
                 threads: 2,
             }),
+            threads: 2,
         };
         let p = MemoryPlan::new(&config, &work, Budget::flag(16_000_000_000));
         let tokens = 512 * 2048;
@@ -494,10 +567,16 @@ mod tests {
         let per_thread = 2048 * 92160 * 4 + 2048 * (2 * 28672 + 3 * 8192) * 4;
         assert_eq!(p.awq_search, 3 * 28672 * 8192 * 4 + 2 * per_thread);
         assert_eq!(p.awq_search, 5_670_699_008);
-        // Layer weights 3.42 GB, forward scratch 0.89 GB, writer 0.47 GB beside.
-        assert_eq!(p.fixed(), 10_452_271_104);
+        // Layer weights 3.42 GB, writer 0.47 GB beside; two samples at once (the
+        // activations spill anyway), each with 0.89 GB of buffers (and 0.5 MB of scores for
+        // 64 queries) and a 0.45 GB recording of 8192 + 8192 + 8192 + 28672 + 1024 + 1024
+        // values a token.
+        assert_eq!(p.parallel, 2);
+        let one = 2048 * 92160 * 4 + 2048 * 8192 * 8 + (64 * 2048 + 2048) * 4;
+        assert_eq!(p.forward_scratch, 2 * (one + 2048 * 55296 * 4));
+        assert_eq!(p.fixed(), 10_452_271_104 - 889_192_448 + p.forward_scratch);
         assert!(p.spill);
-        assert_eq!(p.total(), 10_452_271_104);
+        assert_eq!(p.total(), p.fixed());
         assert_eq!(p.scratch_file_bytes(), 2 * 17_179_869_184 + 111_669_149_696);
         assert!(p.check().is_ok());
         let text = p.to_string();
@@ -506,8 +585,9 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("AWQ search               5.67 GB"), "{text}");
-        // Below the parts that cannot spill: refused.
+        // Below the parts that cannot spill even with one sample at a time: refused.
         let p = MemoryPlan::new(&config, &work, Budget::flag(10_000_000_000));
+        assert_eq!(p.parallel, 1);
         let e = p.check().unwrap_err().to_string();
         assert!(
             e.contains("needs 10.45 GB") && e.contains("AWQ search"),

@@ -47,6 +47,7 @@ pub fn memory_plan(
         gptq,
         smoothquant,
         awq: awq_work(&steps, &config)?,
+        threads: rayon::current_num_threads(),
     };
     Ok(MemoryPlan::new(&config, &work, budget))
 }
@@ -158,7 +159,7 @@ pub fn quantize_calibrated_within(
     }
 
     let max_seq = set.samples.iter().map(Vec::len).max().unwrap_or(0);
-    let mut pipe = Pipeline::new(&ck, &config, max_seq);
+    let mut pipe = Pipeline::new(&ck, &config, max_seq).parallel(memory.parallel as usize);
     if memory.spill {
         pipe = pipe.spill_to(staging.path());
     }

@@ -39,7 +39,10 @@ fn spilled_awq_caches_give_the_fixtures_bytes() {
         err.contains("AWQ caches (BF16)        3.15 MB, spilled to a scratch file"),
         "{err}"
     );
-    assert!(err.contains("total in RAM             3.54 MB"), "{err}");
+    // Two samples at once (the budget holds them with the activations spilled): each
+    // sample's arithmetic and the order the hooks see them in are those of one at a time.
+    assert!(err.contains("(2 samples at once)"), "{err}");
+    assert!(err.contains("total in RAM             4.59 MB"), "{err}");
     assert!(
         model_bytes(&out.unwrap()) == model_bytes(&case),
         "spilled AWQ output differs"

@@ -401,6 +401,7 @@ fn spilling_budget(case: &str, samples: usize, tokens: usize) -> String {
         gptq: recipe.contains("GPTQModifier"),
         smoothquant: recipe.contains("SmoothQuantModifier"),
         awq: None,
+        threads: 1,
     };
     let plan = MemoryPlan::new(&config, &work, Budget::flag(u64::MAX));
     assert!(plan.activations > 0 && !plan.spill);

@@ -16,7 +16,8 @@ const SQRT2: f32 = std::f32::consts::SQRT_2;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hessian {
     cols: usize,
-    /// `cols × cols`, row-major (symmetric).
+    /// `cols × cols`, row-major; only the lower triangle (`j <= i`) is kept up to date (the
+    /// matrix is symmetric): read it through [`Hessian::sum_at`].
     sum: Vec<f32>,
     nsamples: usize,
 }
@@ -62,22 +63,10 @@ impl Hessian {
         }
         // `hessian += inp.matmul(inp.t())`: the product first, in MKL's order (`xtx`), then
         // one rounding per sum (accumulating into the sum inside the product would fuse it
-        // and round differently). XᵀX is symmetric: only its lower half is computed, then
-        // mirrored.
-        let mut product = vec![0.0f32; self.cols * self.cols];
+        // and round differently). XᵀX is symmetric: only the lower half is kept.
         if self.cols > 0 {
             let work = tokens * self.cols * self.cols;
-            xtx::lower_product(x, SQRT2, tokens, self.cols, &mut product, work >= 1 << 16);
-        }
-        let n = self.cols;
-        for i in 0..n {
-            for j in 0..=i {
-                let v = product[i * n + j];
-                self.sum[i * n + j] += v;
-                if j != i {
-                    self.sum[j * n + i] += v;
-                }
-            }
+            xtx::add_lower_product(x, SQRT2, tokens, self.cols, &mut self.sum, work >= 1 << 16);
         }
         self.nsamples += 1;
         Ok(())
@@ -98,15 +87,22 @@ impl Hessian {
         Ok(())
     }
 
-    /// The accumulated `Σ 2·XᵀX` (row-major `cols × cols`).
-    pub fn sum(&self) -> &[f32] {
-        &self.sum
+    /// Element `(i, j)` of the accumulated `Σ 2·XᵀX`.
+    #[inline]
+    pub fn sum_at(&self, i: usize, j: usize) -> f32 {
+        self.sum[i.max(j) * self.cols + i.min(j)]
+    }
+
+    /// The accumulated `Σ 2·XᵀX`, row-major `cols × cols` (a copy).
+    pub fn sum(&self) -> Vec<f32> {
+        let n = self.cols;
+        (0..n * n).map(|k| self.sum_at(k / n, k % n)).collect()
     }
 
     /// `H / nsamples` in f32, the matrix GPTQ factors (`prepare_batch`).
     pub fn normalized(&self) -> Vec<f32> {
         let n = self.nsamples as f32;
-        self.sum.iter().map(|&v| v / n).collect()
+        self.sum().iter().map(|&v| v / n).collect()
     }
 
     /// The diagonal of [`Hessian::normalized`] (the same values, without the matrix).

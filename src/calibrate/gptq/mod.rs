@@ -178,7 +178,7 @@ pub fn quantize_weight_with(
     let mut w = solve::permute_cols(weight, cols, &perm);
     let dump = debug_dump::Dump::from_env(rows, cols);
     if let Some(d) = &dump {
-        d.write_f32("hsum", hessian.sum());
+        d.write_f32("hsum", &hessian.sum());
     }
     let h = solve::normalized_matrix(&hessian, &perm);
     drop(hessian);

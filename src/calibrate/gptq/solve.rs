@@ -22,9 +22,10 @@ pub(super) fn actorder_perm(diag: &[f32], n: usize) -> Vec<usize> {
 /// `(H / nsamples)[perm][:, perm]` as faer's matrix, made straight from the Hessian's sum
 /// (no normalised or permuted copy in between).
 pub(super) fn normalized_matrix(h: &Hessian, perm: &[usize]) -> Mat<f32> {
-    let (n, sum) = (h.cols(), h.sum());
     let count = h.nsamples() as f32;
-    Mat::from_fn(n, n, |i, j| sum[perm[i] * n + perm[j]] / count)
+    Mat::from_fn(h.cols(), h.cols(), |i, j| {
+        h.sum_at(perm[i], perm[j]) / count
+    })
 }
 
 /// The columns of row-major `w` (`cols` wide) in the order `perm`.
@@ -93,9 +94,10 @@ pub(super) fn factorize(
 /// Cholesky and inverse (llm-compressor's) land closer to the exact result than faer's f32
 /// ones, and f64 falls on MKL's side of the near-ties that decide a code (the fixtures'
 /// SmoothQuant+GPTQ and W4G64 actorder cases go from 2,168 and 12 differing codes to 0).
-/// Wider ones (a 70B's down_proj, 28,672) stay in f32: in f64 their solve would not fit
-/// the memory plan's 16 GB.
-pub(crate) const F64_SOLVE_MAX_COLS: usize = 16_384;
+/// Wider ones (the down_proj of a Llama-3.2-1B, 8,192; every down_proj from 8B up) stay in
+/// f32: the f64 solve takes twice the memory (6 × cols² f32's worth: 1.61 GB at 8,192
+/// columns, which alone would put a 1B GPTQ run past 2 GB; 19.7 GB at a 70B's 28,672).
+pub(crate) const F64_SOLVE_MAX_COLS: usize = 4_096;
 
 /// `cholesky(cholesky_inverse(cholesky(h)), upper=True)` as a row-major f32 matrix, `None`
 /// when `h` is not positive definite.

@@ -45,11 +45,12 @@ pub(super) fn k_blocks(tokens: usize) -> Vec<Range<usize>> {
 const ROWS: usize = 4;
 const COLS: usize = 16;
 
-/// The lower triangle (and a few entries above it) of `yᵀy`, `y = scale · x` (rounded to
-/// f32), `x` being `tokens × n` row-major, into `out` (`n × n`, row-major): `out[i][j]` for
-/// `j <= i` in MKL's order. The scaling is done while packing, so that the scaled copy is
-/// the only one.
-pub(super) fn lower_product(
+/// Adds the lower triangle (and a few entries above it) of `yᵀy`, `y = scale · x` (rounded
+/// to f32), `x` being `tokens × n` row-major, to `out` (`n × n`, row-major): `out[i][j]` for
+/// `j <= i` gets `yᵀy[i][j]` summed in MKL's order, then added with one rounding (as
+/// `hessian += inp.matmul(inp.t())` does: the product is made first, then added). The
+/// scaling is done while packing, so that the scaled copy is the only one.
+pub(super) fn add_lower_product(
     x: &[f32],
     scale: f32,
     tokens: usize,
@@ -101,16 +102,21 @@ impl Padded<'_> {
         let last = i0 + nrows - 1;
         for j0 in (0..=last).step_by(COLS) {
             let width = COLS.min(self.n - j0);
+            // The blocks' chains added one after another: the product's value.
+            let mut product = [[0f32; COLS]; ROWS];
             for (b, block) in blocks.iter().enumerate() {
                 let acc = self.tile(block.clone(), i0, j0);
-                for (r, row) in out.chunks_mut(self.n).enumerate() {
-                    let dst = &mut row[j0..j0 + width];
+                for (p, a) in product.iter_mut().zip(&acc) {
                     if b == 0 {
-                        dst.copy_from_slice(&acc[r][..width]);
+                        *p = *a;
                     } else {
-                        dst.iter_mut().zip(&acc[r]).for_each(|(d, s)| *d += s);
+                        p.iter_mut().zip(a).for_each(|(d, s)| *d += s);
                     }
                 }
+            }
+            for (row, p) in out.chunks_mut(self.n).zip(&product) {
+                let dst = &mut row[j0..j0 + width];
+                dst.iter_mut().zip(p).for_each(|(d, s)| *d += s);
             }
         }
     }
@@ -171,7 +177,8 @@ mod tests {
     }
 
     /// The vectorised rows against the definition, element by element: every block a chain
-    /// of fused multiply-adds from zero, the blocks added in order (n not a multiple of the
+    /// of fused multiply-adds from zero, the blocks added in order, the result added to the
+    /// sum (n not a multiple of the
     /// 4 rows done together; one, two-and-a-half and three blocks).
     #[test]
     fn product_is_the_block_chains_added() {
@@ -180,8 +187,10 @@ mod tests {
             let y: Vec<f32> = (0..tokens * n)
                 .map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 0.37)
                 .collect();
-            let mut out = vec![0f32; n * n];
-            lower_product(&y, 1.0, tokens, n, &mut out, tokens == 400);
+            // Added to a running sum that is not zero: the product is rounded first, then
+            // added once.
+            let mut out = vec![1e-3f32; n * n];
+            add_lower_product(&y, 1.0, tokens, n, &mut out, tokens == 400);
             for i in 0..n {
                 for j in 0..=i {
                     let mut c = 0f32;
@@ -191,7 +200,7 @@ mod tests {
                     }
                     assert_eq!(
                         out[i * n + j].to_bits(),
-                        c.to_bits(),
+                        (1e-3f32 + c).to_bits(),
                         "{tokens}: ({i}, {j})"
                     );
                 }
