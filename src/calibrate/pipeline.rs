@@ -223,10 +223,10 @@ impl<'a> Pipeline<'a> {
         let mut scratch: Vec<Scratch> = (0..self.parallel).map(|_| Scratch::default()).collect();
         let mut outs = acts.empty_like()?;
         let last = layer + 1 == self.num_layers;
+        // A pass whose outputs the propagation pass recomputes stops early; the last layer
+        // has no propagation pass.
+        let outputs = last || !cal.propagates(layer);
         let (propagates, mut nan) = {
-            // A pass whose outputs the propagation pass recomputes stops early; the last
-            // layer has no propagation pass.
-            let outputs = last || !cal.propagates(layer);
             let taps = cal.begin_layer(layer, w)?;
             let nan = self.pass(
                 w,
@@ -239,6 +239,12 @@ impl<'a> Pipeline<'a> {
             )?;
             (cal.end_layer(layer, w)?, nan)
         };
+        if !outputs && !propagates {
+            return Err(Error::Calibration(format!(
+                "model.layers.{layer}: the calibrator said it would change the weights and \
+                 did not (its outputs were not computed)"
+            )));
+        }
         if propagates && !last {
             nan = self.pass(w, acts, &mut outs, None, true, &mut scratch, progress)?;
         }
