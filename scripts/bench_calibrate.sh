@@ -109,7 +109,10 @@ for k in sorted(x[5:] for x in r if x.startswith("llmc-")):
     print(f"| {k} | {ls:.1f} | {qs:.1f} | {ls / qs:.1f}x | {lm} | {qm} | {qm / lm:.2f} |")
 '
 # qforge counts the tokens of each layer pass (GPTQ runs two passes per layer: calibration,
-# then propagation), transformers the tokens of each full-model forward.
+# then propagation), transformers the tokens of each full-model forward. With GPTQ, qforge's
+# calibration pass stops at down_proj's input (the propagation pass makes the outputs), so
+# its tokens/s then overstates a full forward's: compare it with transformers' on a recipe
+# without GPTQ.
 layers=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["num_hidden_layers"])' "$model/config.json")
 printf '%s\n' "${fwd[@]}" | python3 -c '
 import sys
