@@ -510,18 +510,24 @@ mod tests {
         }
     }
 
-    #[test]
-    fn llama_70b_plan_with_512_samples_of_2048_tokens_fits_16_gb() {
+    /// The llama-70b shape and 512 samples of 2048 tokens on 2 threads.
+    fn llama_70b_512x2048(gptq: bool, awq: Option<AwqWork>) -> (ModelConfig, Workload) {
         let shape = crate::synthetic::named_shape("llama-70b").unwrap();
         let config = ModelConfig::from_json(&shape.config()).unwrap();
         let work = Workload {
             samples: 512,
             tokens: 2048,
-            gptq: true,
+            gptq,
             smoothquant: false,
-            awq: None,
+            awq,
             threads: 2,
         };
+        (config, work)
+    }
+
+    #[test]
+    fn llama_70b_plan_with_512_samples_of_2048_tokens_fits_16_gb() {
+        let (config, work) = llama_70b_512x2048(true, None);
         let p = MemoryPlan::new(&config, &work, Budget::flag(16_000_000_000));
         // 512 × 2048 × 8192 BF16 per copy: too much for the budget, so they spill.
         assert_eq!(p.activations, 17_179_869_184);
@@ -543,21 +549,13 @@ mod tests {
     /// a parent forward.
     #[test]
     fn llama_70b_awq_plan_counts_its_caches_and_spills_them() {
-        let shape = crate::synthetic::named_shape("llama-70b").unwrap();
-        let config = ModelConfig::from_json(&shape.config()).unwrap();
-        let work = Workload {
-            samples: 512,
-            tokens: 2048,
-            gptq: false,
-            smoothquant: false,
-            awq: Some(AwqWork {
-                cached_width: 45056,
-                widest_input: 28672,
-                balance_weights: 3 * 28672 * 8192,
-                threads: 2,
-            }),
+        let awq = AwqWork {
+            cached_width: 45056,
+            widest_input: 28672,
+            balance_weights: 3 * 28672 * 8192,
             threads: 2,
         };
+        let (config, work) = llama_70b_512x2048(false, Some(awq));
         let p = MemoryPlan::new(&config, &work, Budget::flag(16_000_000_000));
         let tokens = 512 * 2048;
         assert_eq!(p.awq_cache, tokens * (45056 + 8192) * 2);
