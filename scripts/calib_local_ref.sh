@@ -9,8 +9,9 @@
 # Why: torch's BF16 arithmetic depends on the CPU (on AVX2 without AVX-512 its F.linear is
 # at::native's cpublas dot, with AVX-512 it is oneDNN), and the shared fixtures were made on a
 # machine whose torch rounds differently from an AVX2-only one. qforge's calibration forward
-# sums in the AVX2 order (src/calibrate/torch_dot.rs), so on such a machine its output can be
-# compared with llm-compressor's bit for bit. Needs /work/refvenv-like Python (LLMC_VENV) with
+# sums in the AVX2 order by default (src/calibrate/torch_dot.rs; `--reference-cpu avx512-bf16`
+# for the fixtures' CPU), so on such a machine its output can be compared with
+# llm-compressor's bit for bit. Needs /work/refvenv-like Python (LLMC_VENV) with
 # llm-compressor 0.14.0.1 and torch 2.14.0, and a tokenizer folder (TOKENIZER, default the
 # SmolLM2 model): the ids are used as they are. ~20 s per case.
 set -euo pipefail

@@ -5,7 +5,8 @@
 //! - RMSNorm: `w * bf16(x * rsqrt(mean(x²) + eps))` (the normalisation in f32, the mean
 //!   summed in torch's order), rounded;
 //! - Linear: f32-accumulated products rounded once, summed in the order of torch's CPU
-//!   kernel (`torch_dot`: at::native's cpublas on AVX2);
+//!   kernel ([`Dims::cpu`]: at::native's cpublas on AVX2, `torch_dot`; oneDNN on AVX-512
+//!   BF16, `onednn`);
 //! - RoPE: `cos`/`sin` rounded to BF16 (`.to(x.dtype)`), then `q·cos` and
 //!   `rotate_half(q)·sin` each rounded, and their sum rounded;
 //! - attention: transformers' *eager* attention, which llm-compressor forces during
@@ -20,7 +21,8 @@
 //! llm-compressor hooks see: each Linear's input, and the attention's key states after RoPE
 //! and its value states (`QuantizedKVCache`, compressed-tensors `register_key_hook`).
 
-use super::torch_dot;
+use super::onednn;
+use super::torch_dot::{self, TorchCpu};
 use crate::runtime::config::ModelConfig;
 use crate::runtime::cpu::ops::inv_freq;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -109,9 +111,12 @@ pub struct Dims {
     pub kv_heads: usize,
     pub head_dim: usize,
     pub eps: f32,
+    /// Whose torch arithmetic the pass reproduces (its summation orders).
+    pub cpu: TorchCpu,
 }
 
 impl Dims {
+    /// The shapes of `c`, summing as torch on an AVX2 CPU.
     pub fn new(c: &ModelConfig) -> Dims {
         Dims {
             hidden: c.hidden_size,
@@ -120,6 +125,7 @@ impl Dims {
             kv_heads: c.num_kv_heads,
             head_dim: c.head_dim,
             eps: c.rms_norm_eps as f32,
+            cpu: TorchCpu::default(),
         }
     }
 
@@ -154,23 +160,29 @@ pub fn bf16(x: f32) -> f32 {
     f32::from_bits(r)
 }
 
-/// `y[t, out] = bf16(x[t, in] · w[out, in]ᵀ)`, each output summed in f32 in torch's order
-/// ([`torch_dot::dot`]) and rounded once.
-pub fn linear(x: &[f32], w: &[f32], t: usize, out: usize, inp: usize, y: &mut Vec<f32>) {
+/// `y[t, out] = bf16(x[t, in] · w[out, in]ᵀ)`, each output summed in f32 in `cpu`'s order
+/// and rounded once.
+pub fn linear(
+    cpu: TorchCpu,
+    x: &[f32],
+    w: &[f32],
+    (t, out, inp): (usize, usize, usize),
+    y: &mut Vec<f32>,
+) {
     y.clear();
     y.resize(t * out, 0.0);
     if t == 0 || inp == 0 {
         return;
     }
     assert!(x.len() >= t * inp && w.len() >= out * inp);
-    torch_dot::linear_sums(&x[..t * inp], &w[..out * inp], inp, y);
+    cpu.linear_sums(&x[..t * inp], &w[..out * inp], inp, y);
     for v in y.iter_mut() {
         *v = bf16(*v);
     }
 }
 
 /// transformers' LlamaRMSNorm on BF16 input: `bf16(w * bf16(x * rsqrt(mean(x²) + eps)))`.
-fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut Vec<f32>) {
+fn rmsnorm(cpu: TorchCpu, x: &[f32], w: &[f32], eps: f32, out: &mut Vec<f32>) {
     out.clear();
     let d = w.len();
     let mut sq = Vec::with_capacity(d);
@@ -178,7 +190,7 @@ fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut Vec<f32>) {
         // `pow(2).mean(-1)`: f32 squares, summed in torch's order, divided by the width.
         sq.clear();
         sq.extend(row.iter().map(|&v| v * v));
-        let mean = torch_dot::sum(&sq) / d as f32;
+        let mean = cpu.sum(&sq) / d as f32;
         let r = 1.0 / (mean + eps).sqrt();
         out.extend(row.iter().zip(w).map(|(&v, &g)| bf16(g * bf16(v * r))));
     }
@@ -276,7 +288,8 @@ fn attention_body(q: &[f32], k: &[f32], v: &[f32], t: usize, d: &Dims, out: &mut
         for r0 in (0..t).step_by(QUERY_BLOCK) {
             let r1 = (r0 + QUERY_BLOCK).min(t);
             let block = &mut scores[..(r1 - r0) * r1];
-            torch_dot::linear_sums(&qh[r0 * hd..r1 * hd], &kh[..r1 * hd], hd, block);
+            d.cpu
+                .linear_sums(&qh[r0 * hd..r1 * hd], &kh[..r1 * hd], hd, block);
             for i in r0..r1 {
                 let row = &block[(i - r0) * r1..];
                 let mut max = f32::NEG_INFINITY;
@@ -288,14 +301,14 @@ fn attention_body(q: &[f32], k: &[f32], v: &[f32], t: usize, d: &Dims, out: &mut
                 for pj in &mut p[..=i] {
                     *pj = torch_dot::exp(*pj - max);
                 }
-                let inv = 1.0 / torch_dot::reduce_all_sum(&p[..=i], t);
+                let inv = 1.0 / d.cpu.reduce_all_sum(&p[..=i], t);
                 for pj in &mut p[..=i] {
                     *pj = bf16(*pj * inv);
                 }
                 // The masked probabilities are 0 and add nothing; the sums keep their places
                 // (element j into running sum j % 4) because every row starts at j = 0.
                 let o = &mut out[i * qw + h * hd..i * qw + (h + 1) * hd];
-                probs_times_values(&p[..=i], &v[kvh * hd..], kw, o);
+                probs_times_values(d.cpu, &p[..=i], &v[kvh * hd..], kw, o);
             }
         }
     }
@@ -304,12 +317,28 @@ fn attention_body(q: &[f32], k: &[f32], v: &[f32], t: usize, d: &Dims, out: &mut
 /// Queries whose scores are computed together (against the keys up to the last of them).
 pub(crate) const QUERY_BLOCK: usize = 64;
 
-/// `o[c] = bf16(Σ_j p[j]·v[j·stride + c])` for each channel `c` of `o`, each sum in
-/// [`torch_dot::dot_ilp4`]'s order, computed for 16 channels at once (vectorised across
-/// channels: each channel's additions stay in that order).
+/// `o[c] = bf16(Σ_j p[j]·v[j·stride + c])` for each channel `c` of `o`, each sum in `cpu`'s
+/// order ([`torch_dot::dot_ilp4`] on AVX2, [`onednn::pair_order`] on AVX-512 BF16),
+/// computed for 16 channels at once (vectorised across channels: each channel's additions
+/// stay in that order).
 #[inline(always)]
-fn probs_times_values(p: &[f32], v: &[f32], stride: usize, o: &mut [f32]) {
+fn probs_times_values(cpu: TorchCpu, p: &[f32], v: &[f32], stride: usize, o: &mut [f32]) {
     const CH: usize = 16;
+    if cpu == TorchCpu::Avx512Bf16 {
+        for (c0, oc) in (0..).step_by(CH).zip(o.chunks_mut(CH)) {
+            let mut s = [0f32; CH];
+            for j in onednn::pair_order(p.len()) {
+                let vr = &v[j * stride + c0..][..oc.len()];
+                for (a, &x) in s.iter_mut().zip(vr) {
+                    *a += p[j] * x;
+                }
+            }
+            for (oc, &s) in oc.iter_mut().zip(&s) {
+                *oc = bf16(s);
+            }
+        }
+        return;
+    }
     let main = p.len() & !3;
     for (c0, oc) in (0..).step_by(CH).zip(o.chunks_mut(CH)) {
         let n = oc.len();
@@ -361,12 +390,12 @@ pub fn layer_forward(
     outputs: bool,
 ) {
     let mut n = std::mem::take(&mut s.n);
-    rmsnorm(x, &w.input_norm, d.eps, &mut n);
+    rmsnorm(d.cpu, x, &w.input_norm, d.eps, &mut n);
     attention_block(w, d, rope_t, &n, taps, s);
     for (r, &o) in x.iter_mut().zip(&s.o) {
         *r = bf16(*r + o);
     }
-    rmsnorm(x, &w.post_norm, d.eps, &mut n);
+    rmsnorm(d.cpu, x, &w.post_norm, d.eps, &mut n);
     mlp_input(w, d, &n, taps, s);
     if outputs {
         down(w, d, s);
@@ -413,7 +442,7 @@ pub fn attention_block(
     let t = n.len() / d.hidden;
     let lin = |p: Proj, input: &[f32], y: &mut Vec<f32>| {
         let (o, i) = d.shape(p);
-        linear(input, w.linear(p), t, o, i, y);
+        linear(d.cpu, input, w.linear(p), (t, o, i), y);
     };
     for p in [Proj::Q, Proj::K, Proj::V] {
         taps.linear_input(p, n, d.hidden);
@@ -442,7 +471,7 @@ fn mlp_input(w: &LayerWeights, d: &Dims, n: &[f32], taps: &mut dyn Taps, s: &mut
     let t = n.len() / d.hidden;
     let lin = |p: Proj, y: &mut Vec<f32>| {
         let (o, i) = d.shape(p);
-        linear(n, w.linear(p), t, o, i, y);
+        linear(d.cpu, n, w.linear(p), (t, o, i), y);
     };
     for p in [Proj::Gate, Proj::Up] {
         taps.linear_input(p, n, d.hidden);
@@ -460,7 +489,7 @@ fn mlp_input(w: &LayerWeights, d: &Dims, n: &[f32], taps: &mut dyn Taps, s: &mut
 fn down(w: &LayerWeights, d: &Dims, s: &mut Scratch) {
     let t = s.g.len() / d.inter.max(1);
     let (o, i) = d.shape(Proj::Down);
-    linear(&s.g, w.linear(Proj::Down), t, o, i, &mut s.o);
+    linear(d.cpu, &s.g, w.linear(Proj::Down), (t, o, i), &mut s.o);
 }
 
 impl Scratch {
@@ -483,7 +512,7 @@ mod tests {
     }
 
     #[test]
-    fn probs_times_values_sums_each_channel_in_dot_ilp4s_order() {
+    fn probs_times_values_sums_each_channel_in_the_cpus_order() {
         // Large terms that cancel, so that another order shows in the last bits; lengths
         // with every remainder mod 4, channel counts with a partial block of 16.
         let mut seed = 11u64;
@@ -492,15 +521,22 @@ mod tests {
             let v = ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
             bf16(if seed >> 62 == 0 { v * 512.0 } else { v })
         };
+        type Dot = fn(&[f32], &[f32]) -> f32;
+        let orders: [(TorchCpu, Dot); 2] = [
+            (TorchCpu::Avx2, torch_dot::dot_ilp4),
+            (TorchCpu::Avx512Bf16, onednn::dot),
+        ];
         for (len, ch, stride) in [(1, 64, 64), (7, 64, 192), (130, 40, 40), (257, 21, 30)] {
             let p: Vec<f32> = (0..len).map(|_| next()).collect();
             let v: Vec<f32> = (0..len * stride).map(|_| next()).collect();
-            let mut o = vec![0f32; ch];
-            probs_times_values(&p, &v, stride, &mut o);
-            for (c, &got) in o.iter().enumerate() {
-                let col: Vec<f32> = (0..len).map(|j| v[j * stride + c]).collect();
-                let want = bf16(torch_dot::dot_ilp4(&p, &col));
-                assert_eq!(got.to_bits(), want.to_bits(), "len {len} channel {c}");
+            for (cpu, dot) in orders {
+                let mut o = vec![0f32; ch];
+                probs_times_values(cpu, &p, &v, stride, &mut o);
+                for (c, &got) in o.iter().enumerate() {
+                    let col: Vec<f32> = (0..len).map(|j| v[j * stride + c]).collect();
+                    let want = bf16(dot(&p, &col));
+                    assert_eq!(got.to_bits(), want.to_bits(), "{cpu:?} len {len} ch {c}");
+                }
             }
         }
     }
@@ -510,7 +546,7 @@ mod tests {
         let x: Vec<f32> = (0..6).map(|i| bf16(i as f32 * 0.37 - 1.0)).collect();
         let w: Vec<f32> = (0..12).map(|i| bf16((i as f32 * 0.11).sin())).collect();
         let mut y = Vec::new();
-        linear(&x, &w, 2, 4, 3, &mut y);
+        linear(TorchCpu::Avx2, &x, &w, (2, 4, 3), &mut y);
         for r in 0..2 {
             for c in 0..4 {
                 let dot: f32 = (0..3).map(|k| x[r * 3 + k] * w[c * 3 + k]).sum();

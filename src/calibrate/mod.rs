@@ -13,7 +13,9 @@
 //! - [`gptq`]: GPTQ itself (the Hessian and the column-by-column quantization);
 //! - [`smoothquant`]: SmoothQuant (its own activation stream, then the smoothed weights);
 //! - [`awq`]: AWQ (the scale grid search per mapping, then round to nearest);
-//! - [`torch_dot`]: the f32 summation orders of torch's BF16 matmuls on the CPU;
+//! - [`torch_dot`]: the f32 summation orders of torch's BF16 matmuls on the CPU, and
+//!   [`TorchCpu`](torch_dot::TorchCpu), which CPU's orders a run reproduces;
+//! - [`onednn`]: the order of oneDNN's BF16 matmul on an AVX-512 BF16 CPU;
 //! - `torch_gemm`: the same Linear sums on AVX2, vectorised across outputs (bit-identical).
 //!
 //! See docs/calibration.md.
@@ -24,6 +26,7 @@ pub mod forward;
 pub mod gptq;
 pub mod layer;
 pub mod observer;
+pub mod onednn;
 pub mod outputs;
 pub mod pipeline;
 pub mod plan;

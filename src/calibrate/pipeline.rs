@@ -15,6 +15,7 @@ pub use super::activations::{Activations, Placement};
 use super::forward::{
     count_forward, layer_forward, BfRope, Dims, LayerWeights, NoTaps, Proj, Scratch, Taps,
 };
+use super::torch_dot::TorchCpu;
 use crate::checkpoint::{Checkpoint, TensorInfo};
 use crate::numerics;
 use crate::runtime::config::ModelConfig;
@@ -88,6 +89,12 @@ impl<'a> Pipeline<'a> {
     /// `parallel`: each holds its own forward buffers). The results do not depend on it.
     pub fn parallel(mut self, n: usize) -> Self {
         self.parallel = n.max(1);
+        self
+    }
+
+    /// Reproduces torch's arithmetic on `cpu` (default: AVX2).
+    pub fn torch_cpu(mut self, cpu: TorchCpu) -> Self {
+        self.dims.cpu = cpu;
         self
     }
 

@@ -9,6 +9,7 @@ use super::layer::LayerCalibrator;
 use super::outputs::LinearPlan;
 use super::plan::{AwqWork, Budget, MemoryPlan, Workload};
 use super::smoothquant::{self, SmoothQuant};
+use super::torch_dot::TorchCpu;
 use super::{LayerTensor, Pipeline};
 use crate::checkpoint::writer::{self, OutTensor, ShardWriter};
 use crate::checkpoint::{Checkpoint, DType};
@@ -87,18 +88,20 @@ fn awq_work(steps: &[CalibStep], config: &ModelConfig) -> Result<Option<AwqWork>
 }
 
 /// Quantizes `job.model_dir` with the calibrated recipe `job.recipe`, calibrating on `data`,
-/// within the default memory budget ([`Budget::available`]).
+/// within the default memory budget ([`Budget::available`]), rounding as torch on an AVX2
+/// CPU.
 pub fn quantize_calibrated(job: &QuantizeJob, data: &CalibrationSpec) -> Result<Summary> {
-    quantize_calibrated_within(job, data, Budget::available())
+    quantize_calibrated_within(job, data, Budget::available(), TorchCpu::default())
 }
 
-/// [`quantize_calibrated`] within `budget`: refused up front if the parts of the memory
-/// plan that cannot spill exceed it; the activations spill to a scratch file in the output's
-/// temporary folder if they do not fit beside them.
+/// [`quantize_calibrated`] within `budget`, rounding as torch on `cpu`: refused up front if
+/// the parts of the memory plan that cannot spill exceed the budget; the activations spill
+/// to a scratch file in the output's temporary folder if they do not fit beside them.
 pub fn quantize_calibrated_within(
     job: &QuantizeJob,
     data: &CalibrationSpec,
     budget: Budget,
+    cpu: TorchCpu,
 ) -> Result<Summary> {
     let start = Instant::now();
     let memory = memory_plan(job, data, budget)?;
@@ -106,7 +109,7 @@ pub fn quantize_calibrated_within(
     output::check_not_input(&job.output, &job.model_dir)?;
     let recipe = job.recipe.load()?;
     let steps = recipe.calibration();
-    let gptq = gptq_options(&steps)?;
+    let gptq = gptq_options(&steps)?.map(|o| GptqOptions { cpu, ..o });
     let plan = recipe.plan()?;
     let ck = Checkpoint::open(&job.model_dir)?;
     let config = ModelConfig::from_json(&ck.config)?;
@@ -159,7 +162,9 @@ pub fn quantize_calibrated_within(
     }
 
     let max_seq = set.samples.iter().map(Vec::len).max().unwrap_or(0);
-    let mut pipe = Pipeline::new(&ck, &config, max_seq).parallel(memory.parallel as usize);
+    let mut pipe = Pipeline::new(&ck, &config, max_seq)
+        .parallel(memory.parallel as usize)
+        .torch_cpu(cpu);
     if memory.spill {
         pipe = pipe.spill_to(staging.path());
     }
@@ -291,6 +296,7 @@ fn gptq_options(steps: &[CalibStep]) -> Result<Option<GptqOptions>> {
                     block_size: *block_size as usize,
                     dampening_frac: dampening_frac.unwrap_or(0.0),
                     actorder: false,
+                    cpu: TorchCpu::default(),
                 })
             }
             CalibStep::StaticObservers => {}

@@ -20,7 +20,57 @@
 //! reproduce torch's BF16 `F.linear` and both attention matmuls in every output of
 //! adversarial inputs (large terms that cancel, so that the order shows in the rounding to
 //! BF16), for K = 16, 100, 128, 200, 384, 576, 1536; a plain running sum differs in 1.1–1.5%
-//! of those outputs. A machine whose torch uses oneDNN (AVX-512) sums in another order.
+//! of those outputs.
+//!
+//! A CPU with AVX-512 BF16 sums in other orders ([`TorchCpu::Avx512Bf16`]): torch takes
+//! oneDNN's BF16 matmul there (`super::onednn`), and its vectorised sums have 16 lanes.
+
+/// The CPU whose torch arithmetic the calibration forward reproduces: llm-compressor's
+/// result depends on it, qforge's does not (any machine can compute either order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum TorchCpu {
+    /// x86 with AVX2 + FMA and no AVX-512 (the orders of this module).
+    #[default]
+    Avx2,
+    /// x86 with AVX-512 BF16 (AMD Zen 4 and later, Intel Cooper Lake): oneDNN's BF16
+    /// matmul for `F.linear` and both attention products (`super::onednn`), 16-lane sums.
+    #[value(name = "avx512-bf16")]
+    Avx512Bf16,
+}
+
+impl TorchCpu {
+    /// The name of `--reference-cpu`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TorchCpu::Avx2 => "avx2",
+            TorchCpu::Avx512Bf16 => "avx512-bf16",
+        }
+    }
+
+    /// `y[r, o] = Σ x[r, ·]·w[o, ·]` (unrounded) as this CPU's `F.linear` sums it.
+    pub fn linear_sums(self, x: &[f32], w: &[f32], k: usize, y: &mut [f32]) {
+        match self {
+            TorchCpu::Avx2 => linear_sums(x, w, k, y),
+            TorchCpu::Avx512Bf16 => super::onednn::linear_sums(x, w, k, y),
+        }
+    }
+
+    /// `Σ x[i]` as this CPU's `sum`/`mean` over a contiguous f32 row ([`sum`]).
+    pub fn sum(self, x: &[f32]) -> f32 {
+        match self {
+            TorchCpu::Avx2 => cascade_sum::<8>(x),
+            TorchCpu::Avx512Bf16 => cascade_sum::<16>(x),
+        }
+    }
+
+    /// `Σ x[i]` as this CPU's `vec::reduce_all(+)` ([`reduce_all_sum`]).
+    pub fn reduce_all_sum(self, x: &[f32], row_len: usize) -> f32 {
+        match self {
+            TorchCpu::Avx2 => reduce_all::<8>(x, row_len),
+            TorchCpu::Avx512Bf16 => reduce_all::<16>(x, row_len),
+        }
+    }
+}
 
 /// Running sums of the main loop: 8 registers × 8 f32 lanes (AVX2).
 const BLOCK: usize = 64;
@@ -137,7 +187,7 @@ pub fn dot_ilp4(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// `to[l] += from[l]` for each lane: one vector add.
-fn add_lanes(to: &mut [f32; LANES], from: &[f32; LANES]) {
+fn add_lanes<const L: usize>(to: &mut [f32; L], from: &[f32; L]) {
     for (t, &f) in to.iter_mut().zip(from) {
         *t += f;
     }
@@ -150,7 +200,12 @@ fn add_lanes(to: &mut [f32; LANES], from: &[f32; LANES]) {
 /// sums 1..4 are added to sum 0 one by one, and the scalar tail and sum 0's lanes, in lane
 /// order, are added to 0.
 pub fn sum(x: &[f32]) -> f32 {
-    let vecs = x.len() / LANES;
+    cascade_sum::<LANES>(x)
+}
+
+/// [`sum`] with `L`-lane vectors (8 on AVX2, 16 on AVX-512: the same code in torch).
+fn cascade_sum<const L: usize>(x: &[f32]) -> f32 {
+    let vecs = x.len() / L;
     let rounds = vecs / 4;
     // multi_row_sum: `level_power = max(4, ceil_log2(rounds) / 4)`, 4 levels.
     let ceil_log2 = if rounds <= 1 {
@@ -160,9 +215,9 @@ pub fn sum(x: &[f32]) -> f32 {
     };
     let power = (ceil_log2 as usize / 4).max(4);
     let step = 1usize << power;
-    let mut acc = [[[0f32; LANES]; 4]; 4];
-    let add_vec = |to: &mut [f32; LANES], v: usize| {
-        for (t, &e) in to.iter_mut().zip(&x[v * LANES..(v + 1) * LANES]) {
+    let mut acc = [[[0f32; L]; 4]; 4];
+    let add_vec = |to: &mut [f32; L], v: usize| {
+        for (t, &e) in to.iter_mut().zip(&x[v * L..(v + 1) * L]) {
             *t += e;
         }
     };
@@ -176,7 +231,7 @@ pub fn sum(x: &[f32]) -> f32 {
         }
         for j in 1..4 {
             // Level j takes level j - 1's sums, which start again from 0.
-            let below = std::mem::replace(&mut acc[j - 1], [[0.0; LANES]; 4]);
+            let below = std::mem::replace(&mut acc[j - 1], [[0.0; L]; 4]);
             for (to, from) in acc[j].iter_mut().zip(&below) {
                 add_lanes(to, from);
             }
@@ -205,7 +260,7 @@ pub fn sum(x: &[f32]) -> f32 {
         add_lanes(&mut first[0], from);
     }
     let mut total = 0f32;
-    for &e in &x[vecs * LANES..] {
+    for &e in &x[vecs * L..] {
         total += e;
     }
     for &l in &s[0] {
@@ -218,12 +273,17 @@ pub fn sum(x: &[f32]) -> f32 {
 /// elements, the rest zeros): 8 lanes, element `j` into lane `j % 8`, then halved; a row
 /// shorter than one vector is summed in order. The softmax's `Σ exp`.
 pub fn reduce_all_sum(x: &[f32], row_len: usize) -> f32 {
-    if row_len < LANES {
+    reduce_all::<LANES>(x, row_len)
+}
+
+/// [`reduce_all_sum`] with `L` lanes.
+fn reduce_all<const L: usize>(x: &[f32], row_len: usize) -> f32 {
+    if row_len < L {
         return x.iter().fold(0.0, |s, &v| s + v);
     }
-    let mut acc = [0f32; LANES];
+    let mut acc = [0f32; L];
     for (j, &v) in x.iter().enumerate() {
-        acc[j % LANES] += v;
+        acc[j % L] += v;
     }
     halve(&mut acc)
 }
@@ -375,5 +435,29 @@ mod tests {
                 .collect();
             assert_eq!(sum(&x).to_bits(), torch_bits, "len {len}");
         }
+    }
+
+    #[test]
+    fn avx512_sums_use_16_lanes() {
+        // sum over 128: with 8 lanes, elements 0, 32 and 96 all fall in vector sum 0's lane
+        // 0, where each TINY is lost against the 1; with 16 lanes 32 and 96 share sum 2's
+        // lane 0 (2·TINY), which survives being added to the 1.
+        let mut x = vec![0f32; 128];
+        x[0] = 1.0;
+        x[32] = TINY;
+        x[96] = TINY;
+        assert_eq!(TorchCpu::Avx2.sum(&x), 1.0);
+        assert_eq!(TorchCpu::Avx512Bf16.sum(&x), 1.0 + 2.0 * TINY);
+        // reduce_all over 32: elements 8 and 24 share lane 8 of 16 (2·TINY, added to lane 0
+        // by the halving); in 8 lanes each meets the 1 alone.
+        let mut x = vec![0f32; 32];
+        x[0] = 1.0;
+        x[8] = TINY;
+        x[24] = TINY;
+        assert_eq!(TorchCpu::Avx2.reduce_all_sum(&x, 32), 1.0);
+        assert_eq!(
+            TorchCpu::Avx512Bf16.reduce_all_sum(&x, 32),
+            1.0 + 2.0 * TINY
+        );
     }
 }

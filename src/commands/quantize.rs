@@ -1,6 +1,7 @@
 //! `qforge quantize`: resolves the model, quantizes it (the library's [`quantize::quantize`]),
 //! then, with `--verify`, runs [`verify::verify`] on the output against its source.
 
+use crate::calibrate::torch_dot::TorchCpu;
 use crate::checkpoint::hub::{self, HubOptions};
 use crate::checkpoint::Checkpoint;
 use crate::numerics::Fp8Rounding;
@@ -152,6 +153,19 @@ pub struct CalibrationArgs {
     /// temporary folder, one sample in RAM at a time. Default: 3/4 of MemAvailable at start.
     #[arg(long, value_name = "SIZE", value_parser = super::parse_size, requires = "dataset")]
     pub max_memory: Option<u64>,
+    /// Whose llm-compressor run to reproduce bit for bit. torch's BF16 forward rounds
+    /// differently on an x86 CPU with AVX-512 BF16 (AMD Zen 4 and later, Intel Cooper Lake:
+    /// oneDNN's matmul, 16-lane sums) than on one with AVX2 only, and GPTQ's codes follow the
+    /// rounding. qforge computes either on any machine: its output depends on this setting,
+    /// not on the CPU it runs on.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "CPU",
+        default_value = "avx2",
+        requires = "dataset"
+    )]
+    pub reference_cpu: TorchCpu,
 }
 
 impl CalibrationArgs {
@@ -201,17 +215,19 @@ fn check_calibration(
 }
 
 /// Prints the calibration settings, defaults included, as llm-compressor logs them.
-fn print_calibration(spec: &crate::dataset::CalibrationSpec) {
+fn print_calibration(spec: &crate::dataset::CalibrationSpec, cpu: TorchCpu) {
     let order = match spec.shuffle {
         Some(seed) => format!("shuffled with seed {seed}"),
         None => "not shuffled".to_string(),
     };
     eprintln!(
-        "calibration: {} samples of at most {} tokens from {} (split {}, {order})",
+        "calibration: {} samples of at most {} tokens from {} (split {}, {order}; \
+         rounding as torch on an {} CPU)",
         spec.num_samples,
         spec.max_seq_length,
         spec.source,
-        spec.split.as_deref().unwrap_or("train")
+        spec.split.as_deref().unwrap_or("train"),
+        cpu.name()
     );
 }
 
@@ -280,7 +296,7 @@ pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
             let budget = args.calibration.budget();
             let plan = crate::calibrate::memory_plan(&job, spec, budget)?;
             if args.calibration.dry_run || progress {
-                print_calibration(spec);
+                print_calibration(spec, args.calibration.reference_cpu);
                 eprintln!("{plan}");
             }
             // A plan that cannot fit is refused before anything is read (and --dry-run
@@ -289,7 +305,8 @@ pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
             if args.calibration.dry_run {
                 return Ok(ExitCode::SUCCESS);
             }
-            crate::calibrate::quantize_calibrated_within(&job, spec, budget)?
+            let cpu = args.calibration.reference_cpu;
+            crate::calibrate::quantize_calibrated_within(&job, spec, budget, cpu)?
         }
         None => quantize::quantize(&job)?,
     };

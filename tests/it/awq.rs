@@ -2,20 +2,22 @@
 //! W4A16_ASYM) on the calibration pipeline against the `g128-awq_w4a16_asym` fixture, and
 //! the refusals of issue #22.
 
-use crate::calibrate::run_case;
+use crate::calibrate::{run_case, run_case_against};
 use crate::support::{fixture, qforge};
 use qforge::checkpoint::Checkpoint;
 
 /// config.json, recipe.yaml and the tensor list byte for byte (checked by `run_case`), and
 /// every tensor identical to llm-compressor's: the smoothed norms and the codes, scales and
-/// zero points of all fourteen Linears. (The fixture equals llm-compressor's output made on
-/// an AVX2 CPU too, so it does not depend on the CPU's BF16 summation order, which
-/// `calibrate::torch_dot` follows.) Measured 2026-12-06: 0 values differ; before the forward
-/// pass summed in torch's order, one code and one scale of layer 1's k_proj did.
+/// zero points of all fourteen Linears, summing as the fixture's AVX-512 BF16 CPU did and
+/// as an AVX2 one does (the fixture equals llm-compressor's output made on an AVX2 CPU too).
+/// Measured 2026-12-06: 0 values differ; before the forward pass summed in torch's order,
+/// one code and one scale of layer 1's k_proj did.
 #[test]
 fn awq_w4a16_asym_matches_llm_compressor() {
-    let diffs = run_case("g128-awq_w4a16_asym", |_| true);
-    for (name, d) in &diffs {
+    let case = "g128-awq_w4a16_asym";
+    let diffs = run_case(case, |_| true);
+    let avx2 = run_case_against(case, &fixture("calibration").join(case), "avx2", |_| true);
+    for (name, d) in diffs.iter().chain(&avx2) {
         assert_eq!(d.differ, 0, "{name}: {d:?}");
     }
     println!(

@@ -91,21 +91,33 @@ fn compare(ours: &Checkpoint, theirs: &Checkpoint, name: &str) -> Diff {
     d
 }
 
-/// Quantizes a fixture case and checks config.json, recipe.yaml and the tensor list byte
-/// for byte; returns the per-tensor differences (printed).
+/// The CPU the shared fixtures were made on, as `--reference-cpu` names it: their torch
+/// summed as on an x86 CPU with AVX-512 BF16 (docs/calibration.md).
+pub(crate) const FIXTURE_CPU: &str = "avx512-bf16";
+
+/// Quantizes a fixture case as its CPU summed ([`FIXTURE_CPU`]) and checks config.json,
+/// recipe.yaml and the tensor list byte for byte; returns the per-tensor differences
+/// (printed).
 pub(crate) fn run_case(case: &str, select: impl Fn(&str) -> bool) -> Vec<(String, Diff)> {
-    run_case_against(case, &fixture("calibration").join(case), select)
+    run_case_against(
+        case,
+        &fixture("calibration").join(case),
+        FIXTURE_CPU,
+        select,
+    )
 }
 
-/// [`run_case`] against another llm-compressor output of the same case (`reference`).
+/// [`run_case`] against another llm-compressor output of the same case (`reference`), made
+/// on a `cpu` CPU.
 pub(crate) fn run_case_against(
     case: &str,
     reference: &Path,
+    cpu: &str,
     select: impl Fn(&str) -> bool,
 ) -> Vec<(String, Diff)> {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    let run = quantize_fixture(case, &out);
+    let run = quantize_fixture_with(case, &out, &["--reference-cpu", cpu]);
     assert!(
         run.status.success(),
         "{}",
@@ -139,10 +151,18 @@ pub(crate) fn run_case_against(
 }
 
 /// FP8 weights and their per-tensor scales, the static input scales of all 14 Linears,
-/// `k_scale`/`v_scale` and every copied tensor: identical to llm-compressor's.
+/// `k_scale`/`v_scale` and every copied tensor: identical to llm-compressor's, in either
+/// CPU's order (min/max observers see the activations' extremes, which both round alike).
 #[test]
 fn static_fp8_with_kv_cache_matches_llm_compressor() {
-    let diffs = run_case("g128-fp8_static_kv", |_| true);
+    let case = "g128-fp8_static_kv";
+    let mut diffs = run_case(case, |_| true);
+    diffs.extend(run_case_against(
+        case,
+        &fixture("calibration").join(case),
+        "avx2",
+        |_| true,
+    ));
     let bad: Vec<&String> = diffs
         .iter()
         .filter(|(_, d)| d.differ > 0)
@@ -159,82 +179,60 @@ fn is_codes(name: &str) -> bool {
     name.ends_with(".weight_packed") || (name.ends_with("proj.weight"))
 }
 
-/// GPTQ as far as qforge matches it today: config.json and recipe.yaml byte for byte, the
-/// same tensors, every scale identical, identical codes wherever the layer's inputs are
-/// bit-identical to transformers' (layer 0's q/k/v, which see the normed embeddings) and in
-/// layer 1's down_proj (Inf inputs: llm-compressor's round-to-nearest fallback), and all
-/// codes within 2% of llm-compressor's (measured 0.49–1.27%; round to nearest differs in
-/// 17%). The remaining differences start from a few attention outputs of layer 0 that round
-/// differently (docs/calibration.md); the test prints them all.
-fn check_gptq(case: &str) {
-    let diffs = run_case(case, |_| true);
-    let exact = [
-        "model.layers.0.self_attn.q_proj",
-        "model.layers.0.self_attn.k_proj",
-        "model.layers.0.self_attn.v_proj",
-        "model.layers.1.mlp.down_proj",
-    ];
+/// The issue's bar against the shared fixtures, the forward summing as their CPU did: the
+/// same tensors, config.json and recipe.yaml byte for byte (`run_case`), every scale
+/// identical, at least 99.9% of each tensor's codes identical, and no more codes differing
+/// in all than `measured` (2026-12-06; printed, with each tensor's count). What still
+/// differs comes from GPTQ's `Hinv`: llm-compressor's is MKL's f32 Cholesky on that CPU,
+/// qforge's faer's (docs/calibration.md).
+fn check_gptq(case: &str, measured: usize) {
     let (mut differ, mut total) = (0, 0);
-    for (name, d) in &diffs {
-        if name.contains("scale") {
-            assert_eq!(d.differ, 0, "{case} {name}: {d:?}");
-        }
-        if exact.iter().any(|m| name.starts_with(m)) {
-            assert_eq!(d.differ, 0, "{case} {name}: {d:?}");
-        }
-        if is_codes(name) {
+    for (name, d) in run_case(case, |_| true) {
+        if is_codes(&name) {
+            assert!(d.differ * 1000 <= d.elements, "{case} {name}: {d:?}");
             differ += d.differ;
             total += d.elements;
+        } else {
+            assert_eq!(d.differ, 0, "{case} {name}: {d:?}");
         }
     }
     println!("{case}: {differ} of {total} codes differ from llm-compressor's");
     assert!(
-        differ * 50 < total,
+        differ <= measured,
         "{case}: {differ} of {total} codes differ"
     );
 }
 
-/// The issue's bar: at least 99.9% of each tensor's codes identical, every scale within one
-/// BF16 step.
-fn check_gptq_strict(case: &str) {
-    for (name, d) in run_case(case, |_| true) {
-        if name.contains("scale") {
-            assert!(d.max_steps <= 1, "{case} {name}: {d:?}");
-        } else {
-            assert!(d.differ * 1000 <= d.elements, "{case} {name}: {d:?}");
-        }
-    }
-}
-
+/// 31 of 458,752 codes differ (layer 1's gate_proj 18 of 49,152, up_proj 10, o_proj 2,
+/// q_proj 1); against round to nearest, GPTQ changes 17% of them.
 #[test]
 fn gptq_w4a16_matches_llm_compressor() {
-    check_gptq("g128-gptq_w4a16");
+    check_gptq("g128-gptq_w4a16", 31);
 }
 
+/// 9 of 458,752 codes differ (layer 1's o_proj).
 #[test]
 fn gptq_w8a8_matches_llm_compressor() {
-    check_gptq("g128-gptq_w8a8");
+    check_gptq("g128-gptq_w8a8", 9);
 }
 
+/// Byte for byte.
 #[test]
 fn gptq_w4g64_actorder_weight_matches_llm_compressor() {
-    check_gptq("g128-gptq_w4g64_actorder_weight");
+    check_gptq("g128-gptq_w4g64_actorder_weight", 0);
 }
 
-/// Against the shared fixtures: they were made on a CPU whose torch sums BF16 matmuls in
-/// another order than this AVX2 machine's (llm-compressor run here differs from them in
-/// 5,534 w4a16 codes, as much as qforge does), so this bar is out of reach there.
+/// The same recipes summed in the AVX2 order (the default) differ from the fixtures
+/// several hundred times more, as llm-compressor run on an AVX2 CPU does: the setting is
+/// what makes the difference.
 #[test]
-#[ignore = "the fixtures' CPU rounds differently from an AVX2 one (docs/calibration.md): \
-            up to 4.1% of a layer-1 Linear's codes differ (llm-compressor run here: same)"]
-fn gptq_codes_match_llm_compressor_to_999_per_mille() {
-    for case in [
-        "g128-gptq_w4a16",
-        "g128-gptq_w8a8",
-        "g128-gptq_w4g64_actorder_weight",
-    ] {
-        check_gptq_strict(case);
-    }
+fn the_avx2_order_does_not_reproduce_the_fixtures() {
+    let reference = fixture("calibration/g128-gptq_w4a16");
+    let differ: usize = run_case_against("g128-gptq_w4a16", &reference, "avx2", is_codes)
+        .iter()
+        .map(|(_, d)| d.differ)
+        .sum();
+    assert!(differ > 1000, "{differ} codes differ (measured 5,534)");
 }
 
 /// The issue's bar against llm-compressor run on an AVX2 CPU (without
@@ -251,13 +249,13 @@ fn gptq_reproduces_llm_compressor_run_on_an_avx2_cpu() {
         std::path::PathBuf::from,
     );
     for case in ["g128-gptq_w4a16", "g128-gptq_w4g64_actorder_weight"] {
-        for (name, d) in run_case_against(case, &refs.join(case), |_| true) {
+        for (name, d) in run_case_against(case, &refs.join(case), "avx2", |_| true) {
             assert_eq!(d.differ, 0, "{case} {name}: {d:?}");
         }
     }
     let case = "g128-gptq_w8a8";
     let mut differ = 0;
-    for (name, d) in run_case_against(case, &refs.join(case), |_| true) {
+    for (name, d) in run_case_against(case, &refs.join(case), "avx2", |_| true) {
         assert!(d.differ * 1000 <= d.elements, "{case} {name}: {d:?}");
         if name.contains("scale") {
             assert_eq!(d.differ, 0, "{case} {name}: {d:?}");

@@ -184,6 +184,7 @@ fn layer0_qkv_match_llm_compressor_gptq_w4g64_actorder_weight() {
         block_size: 128,
         dampening_frac: 0.05,
         actorder: true,
+        ..GptqOptions::default()
     };
     let worst = check_case("g128-gptq_w4g64_actorder_weight", &args, &options);
     assert!(worst <= 0.001, "{:.4}% of codes differ", worst * 100.0);

@@ -25,21 +25,26 @@ fn is_norm_or_scale(name: &str) -> bool {
 
 /// SmoothQuant 0.8 then GPTQ W8A8 (two stages, run as llm-compressor's default `independent`
 /// pipeline runs them: SmoothQuant's own sequential pass, then GPTQ's on the smoothed model)
-/// against the shared fixture, which was made on a CPU with AVX-512 (its torch sums in
-/// another order: docs/calibration.md). Measured 2026-12-06: config.json, recipe.yaml, the
-/// tensor names, every smoothed norm, every scale and every copied tensor identical; codes
-/// differ in up to 2,092 of 32,768 (6.4%, layer 1 o_proj), as llm-compressor's own run on
-/// an AVX2 CPU differs from the fixture (2,105 there).
+/// against the shared fixture, summing as its AVX-512 BF16 CPU did (`run_case`). Measured
+/// 2026-12-06: config.json, recipe.yaml, the tensor names, every smoothed norm, every scale,
+/// every copied tensor and all of layer 0 identical; 138 of 458,752 codes differ, all in
+/// layer 1 (up_proj 113 of 49,152: 0.23%, over the 0.1% per tensor). llm-compressor
+/// itself, run on this AVX2 machine with its forward summing in the fixture CPU's order
+/// (only its MKL Cholesky left as this CPU's), differs from the fixture in 139 codes, 113
+/// of them in that up_proj: the rest is MKL's AVX-512 rounding (docs/calibration.md).
 #[test]
 fn smoothquant_gptq_w8a8_reproduces_llm_compressor() {
+    let mut differ = 0;
     for (name, d) in run_case(CASE, |_| true) {
-        if is_norm_or_scale(&name) || !name.starts_with("model.layers.") {
+        if is_norm_or_scale(&name) || !name.starts_with("model.layers.1.") {
             assert_eq!(d.differ, 0, "{name}: {d:?}");
         } else {
-            // int8 codes: at least 90% identical (worst measured: 93.6%).
-            assert!(d.differ * 10 <= d.elements, "{name}: {d:?}");
+            // layer 1's int8 codes: at least 99.5% identical (worst measured: 99.77%).
+            assert!(d.differ * 200 <= d.elements, "{name}: {d:?}");
+            differ += d.differ;
         }
     }
+    assert!(differ <= 138, "{differ} codes differ (measured 138)");
 }
 
 /// Against llm-compressor run on an AVX2 CPU: every smoothed norm, scale and code is
@@ -50,7 +55,7 @@ fn smoothquant_gptq_w8a8_reproduces_llm_compressor() {
 /// codes of layer 1; in f64 (`gptq::F64_SOLVE_MAX_COLS`) it falls as in llm-compressor.
 #[test]
 fn smoothquant_gptq_w8a8_matches_llm_compressor_on_an_avx2_cpu() {
-    for (name, d) in run_case_against(CASE, &avx2_reference(), |_| true) {
+    for (name, d) in run_case_against(CASE, &avx2_reference(), "avx2", |_| true) {
         assert_eq!(d.differ, 0, "{name}: {d:?}");
     }
 }

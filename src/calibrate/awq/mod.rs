@@ -453,6 +453,7 @@ mod tests {
             kv_heads,
             head_dim: 32,
             eps: 1e-5,
+            cpu: Default::default(),
         }
     }
 

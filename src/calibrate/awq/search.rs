@@ -258,7 +258,7 @@ fn run_parent(
         Parent::Linear(p) => {
             let (o, i) = w.shapes[p as usize];
             let mut y = Vec::new();
-            linear(x, w.linear(p), x.len() / i, o, i, &mut y);
+            linear(d.cpu, x, w.linear(p), (x.len() / i, o, i), &mut y);
             y
         }
     }

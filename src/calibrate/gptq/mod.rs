@@ -63,6 +63,7 @@ mod xtx;
 pub use hessian::Hessian;
 
 use super::forward::Proj;
+use super::torch_dot::TorchCpu;
 use crate::recipe::QuantArgs;
 use crate::{Error, Result};
 use qparams::Grid;
@@ -93,6 +94,8 @@ pub struct GptqOptions {
     /// Activation ordering (`actorder: static` — the default — or `weight`; they are the
     /// same). `false` for `actorder: null`.
     pub actorder: bool,
+    /// Whose torch sums the damping's mean ([`TorchCpu::sum`]).
+    pub cpu: TorchCpu,
 }
 
 impl Default for GptqOptions {
@@ -101,6 +104,7 @@ impl Default for GptqOptions {
             block_size: 128,
             dampening_frac: 0.01,
             actorder: true,
+            cpu: TorchCpu::default(),
         }
     }
 }
@@ -182,7 +186,8 @@ pub fn quantize_weight_with(
     }
     let h = solve::normalized_matrix(&hessian, &perm);
     drop(hessian);
-    let (hinv, rtn_fallback) = solve::factorize(h, cols, &mut w, options.dampening_frac)?;
+    let (hinv, rtn_fallback) =
+        solve::factorize(h, cols, &mut w, options.dampening_frac, options.cpu)?;
     if let Some(d) = &dump {
         d.write_f32("hinv", &hinv);
     }

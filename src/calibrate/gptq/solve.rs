@@ -4,7 +4,7 @@
 
 use super::hessian::{par, Hessian};
 use super::qparams::Grid;
-use crate::calibrate::torch_dot;
+use crate::calibrate::torch_dot::TorchCpu;
 use crate::{Error, Result};
 use faer::linalg::matmul::matmul;
 use faer::linalg::solvers::DenseSolveCore;
@@ -59,6 +59,7 @@ pub(super) fn factorize(
     n: usize,
     w: &mut [f32],
     dampening_frac: f64,
+    cpu: TorchCpu,
 ) -> Result<(Vec<f32>, bool)> {
     for j in 0..n {
         if h[(j, j)] == 0.0 {
@@ -67,7 +68,7 @@ pub(super) fn factorize(
         }
     }
     let diag: Vec<f32> = (0..n).map(|j| h[(j, j)]).collect();
-    let damp = damping(&diag, dampening_frac);
+    let damp = damping(&diag, dampening_frac, cpu);
     for j in 0..n {
         h[(j, j)] += damp;
     }
@@ -77,7 +78,7 @@ pub(super) fn factorize(
     if !finite {
         return Ok((identity(n), true));
     }
-    let upper = if n <= F64_SOLVE_MAX_COLS {
+    let upper = if n <= F64_SOLVE_MAX_COLS && cpu == TorchCpu::Avx2 {
         let h64 = Mat::<f64>::from_fn(n, n, |i, j| h[(i, j)] as f64);
         drop(h);
         upper_factor_of_inverse(h64, |v| v as f32)
@@ -90,10 +91,14 @@ pub(super) fn factorize(
     }
 }
 
-/// Hessians up to this many columns are factored in f64 and rounded to f32 once: MKL's f32
-/// Cholesky and inverse (llm-compressor's) land closer to the exact result than faer's f32
-/// ones, and f64 falls on MKL's side of the near-ties that decide a code (the fixtures'
+/// Hessians up to this many columns are factored in f64 and rounded to f32 once, when the
+/// reference is an AVX2 CPU: its MKL's f32 Cholesky and inverse (llm-compressor's) land
+/// closer to the exact result than faer's f32 ones, and f64 falls on MKL's side of the
+/// near-ties that decide a code (against llm-compressor run on an AVX2 CPU, the g128
 /// SmoothQuant+GPTQ and W4G64 actorder cases go from 2,168 and 12 differing codes to 0).
+/// MKL on an AVX-512 CPU falls on faer's f32 side instead: against the shared fixtures
+/// (made there) SmoothQuant+GPTQ, W4A16 and W8A8 leave 138, 31 and 9 codes different in
+/// f32, 2,604, 33 and 10 in f64.
 /// Wider ones (the down_proj of a Llama-3.2-1B, 8,192; every down_proj from 8B up) stay in
 /// f32: the f64 solve takes twice the memory (6 × cols² f32's worth: 1.61 GB at 8,192
 /// columns, which alone would put a 1B GPTQ run past 2 GB; 19.7 GB at a 70B's 28,672).
@@ -131,10 +136,11 @@ fn identity(n: usize) -> Vec<f32> {
 }
 
 /// `percdamp * torch.mean(torch.diag(H))` of the (permuted) diagonal `diag`: torch's f32
-/// sum in its order ([`torch_dot::sum`]) divided by n, times `percdamp` rounded to f32. An
-/// exact (f64) sum moves the damping by an ulp on SmolLM2, and with it every entry of `Hinv`.
-pub(super) fn damping(diag: &[f32], dampening_frac: f64) -> f32 {
-    dampening_frac as f32 * (torch_dot::sum(diag) / diag.len() as f32)
+/// sum in `cpu`'s order ([`TorchCpu::sum`]) divided by n, times `percdamp` rounded to f32.
+/// An exact (f64) sum moves the damping by an ulp on SmolLM2, and with it every entry of
+/// `Hinv`.
+pub(super) fn damping(diag: &[f32], dampening_frac: f64, cpu: TorchCpu) -> f32 {
+    dampening_frac as f32 * (cpu.sum(diag) / diag.len() as f32)
 }
 
 fn row_major(m: MatRef<'_, f32>) -> Vec<f32> {

@@ -102,6 +102,7 @@ fn two_columns_propagate_the_error_by_h01_over_h11() {
         block_size: 128,
         dampening_frac: 0.0,
         actorder: false,
+        ..GptqOptions::default()
     };
     let r = quantize_weight(&w, 1, 2, &h, &opts, &args).unwrap();
     let s = bf16::from_f32(0.75 / 7.5).to_f32();
@@ -138,6 +139,7 @@ fn actorder_quantizes_the_busiest_column_first() {
         block_size: 128,
         dampening_frac: 0.0,
         actorder: true,
+        ..GptqOptions::default()
     };
     let ordered = quantize_weight(&w, 1, 2, &h, &opts, &args).unwrap();
     assert_eq!(ordered.codes, vec![3u8, 7]);
@@ -170,20 +172,23 @@ fn a_hessian_that_is_not_positive_definite_falls_back_to_identity() {
     // [[1, 2], [2, 1]] has a negative eigenvalue: llm-compressor's Cholesky fails and it uses
     // the identity, which makes the column loop round-to-nearest.
     let mut w = [0.5f32, 0.25];
-    let (hinv, fallback) = solve::factorize(mat2([1.0, 2.0, 2.0, 1.0]), 2, &mut w, 0.0).unwrap();
+    let (hinv, fallback) =
+        solve::factorize(mat2([1.0, 2.0, 2.0, 1.0]), 2, &mut w, 0.0, TorchCpu::Avx2).unwrap();
     assert!(fallback);
     assert_eq!(hinv, vec![1.0, 0.0, 0.0, 1.0]);
     assert_eq!(w, [0.5, 0.25]);
     // A positive definite one: H = [[4, 2], [2, 2]], H⁻¹ = [[0.5, -0.5], [-0.5, 1]], whose
     // upper Cholesky factor is [[√0.5, -√0.5], [0, √0.5]].
-    let (hinv, fallback) = solve::factorize(mat2([4.0, 2.0, 2.0, 2.0]), 2, &mut w, 0.0).unwrap();
+    let (hinv, fallback) =
+        solve::factorize(mat2([4.0, 2.0, 2.0, 2.0]), 2, &mut w, 0.0, TorchCpu::Avx2).unwrap();
     assert!(!fallback);
     let r = 0.5f32.sqrt();
     for (got, want) in hinv.iter().zip([r, -r, 0.0, r]) {
         assert!((got - want).abs() < 1e-6, "{hinv:?}");
     }
     // Dampening adds frac · mean(diag) = 0.5 · 3 to the diagonal: H = [[5.5, 2], [2, 3.5]].
-    let (hinv, _) = solve::factorize(mat2([4.0, 2.0, 2.0, 2.0]), 2, &mut w, 0.5).unwrap();
+    let (hinv, _) =
+        solve::factorize(mat2([4.0, 2.0, 2.0, 2.0]), 2, &mut w, 0.5, TorchCpu::Avx2).unwrap();
     let det = 5.5 * 3.5 - 4.0;
     assert!((hinv[0] - (3.5f32 / det).sqrt()).abs() < 1e-6, "{hinv:?}");
     assert!((hinv[3] - (1.0f32 / 3.5).sqrt()).abs() < 1e-6, "{hinv:?}");
@@ -336,7 +341,10 @@ fn damping_sums_the_diagonal_as_torch_does() {
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
         .collect();
     assert_eq!(diag.len(), 576);
-    assert_eq!(solve::damping(&diag, 0.01).to_bits(), 0x3c43_e734);
+    assert_eq!(
+        solve::damping(&diag, 0.01, TorchCpu::Avx2).to_bits(),
+        0x3c43_e734
+    );
     let exact = diag.iter().map(|&v| v as f64).sum::<f64>() as f32 / 576.0;
     assert_eq!((0.01f32 * exact).to_bits(), 0x3c43_e735);
 }
