@@ -29,11 +29,14 @@
 /// result depends on it, qforge's does not (any machine can compute either order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum TorchCpu {
-    /// x86 with AVX2 + FMA and no AVX-512 (the orders of this module).
+    /// an x86 CPU with AVX2 and FMA but no AVX-512
+    // The orders of this module.
     #[default]
     Avx2,
-    /// x86 with AVX-512 BF16 (AMD Zen 4 and later, Intel Cooper Lake): oneDNN's BF16
-    /// matmul for `F.linear` and both attention products (`super::onednn`), 16-lane sums.
+    /// an x86 CPU with AVX-512 BF16 (AMD Zen 4 and later, Intel Cooper Lake; not checked on
+    /// Intel CPUs with AMX, where oneDNN takes other kernels)
+    // oneDNN's BF16 matmul for `F.linear` and both attention products (`super::onednn`),
+    // 16-lane sums elsewhere.
     #[value(name = "avx512-bf16")]
     Avx512Bf16,
 }
