@@ -148,6 +148,7 @@ fn help_is_consistent_teaches_and_hides_developer_switches() {
         "<MODEL>",
         "DIR|REPO>",
         "HUB_ID",
+        "super::",
     ] {
         assert!(!all.contains(internal), "help shows {internal}");
     }
@@ -155,6 +156,7 @@ fn help_is_consistent_teaches_and_hides_developer_switches() {
         assert!(help(cmd).contains("--model <DIR|REPO_ID>"), "{cmd}");
     }
     assert!(help("verify").contains("--reference <DIR|REPO_ID>"));
+    assert!(help("quantize").contains("- avx512-bf16: an x86 CPU with AVX-512 BF16"));
     assert!(help("bench").contains("DeepSeek-R1-Distill-Llama-70B FP8-dynamic model card"));
 }
 
