@@ -2,6 +2,7 @@
 //! (`fixtures/calibration`, 32 samples of 64 random token ids).
 
 use crate::support::{fixture, qforge};
+use qforge::calibrate::torch_dot::TorchCpu;
 use qforge::calibrate::Pipeline;
 use qforge::checkpoint::{Checkpoint, DType};
 use qforge::runtime::config::ModelConfig;
@@ -300,7 +301,9 @@ fn a_dataset_with_a_data_free_recipe_is_refused() {
 }
 
 /// transformers' hidden states, dumped by `scripts/hf_layer_dump.py` (needs the reference
-/// Python environment, so it is not part of the default run).
+/// Python environment, so it is not part of the default run). `QFORGE_HF_MODEL` names
+/// another model than g128-bf16; `QFORGE_HF_CPU=avx512-bf16` checks that order against a
+/// dump made through `scripts/calib_avx512_emulation.py scripts/hf_layer_dump.py ...`.
 #[test]
 #[ignore = "needs QFORGE_HF_DUMP from scripts/hf_layer_dump.py (transformers)"]
 fn forward_matches_transformers_layer_by_layer() {
@@ -310,11 +313,17 @@ fn forward_matches_transformers_layer_by_layer() {
         .chunks(2)
         .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
         .collect();
-    let model = fixture("schemes/g128-bf16");
+    let model = std::env::var_os("QFORGE_HF_MODEL")
+        .map_or_else(|| fixture("schemes/g128-bf16"), std::path::PathBuf::from);
+    let cpu = match std::env::var("QFORGE_HF_CPU").as_deref() {
+        Ok("avx512-bf16") => TorchCpu::Avx512Bf16,
+        Ok("avx2") | Err(_) => TorchCpu::Avx2,
+        Ok(other) => panic!("QFORGE_HF_CPU={other}: avx2 or avx512-bf16"),
+    };
     let ck = Checkpoint::open(&model).unwrap();
     let config = ModelConfig::load(&model).unwrap();
     let ids = g128_ids();
-    let pipe = Pipeline::new(&ck, &config, 64);
+    let pipe = Pipeline::new(&ck, &config, 64).torch_cpu(cpu);
     let mut acts = pipe.embed(&ids).unwrap();
     let per_layer = (0..acts.len()).map(|i| acts.sample_len(i)).sum::<usize>();
     let report = |layer: usize, acts: &qforge::calibrate::Activations| {
@@ -339,7 +348,7 @@ fn forward_matches_transformers_layer_by_layer() {
         let mut cal = qforge::calibrate::pipeline::Passthrough;
         pipe.run_layer(layer, &mut acts, &mut cal).unwrap();
         // Bit for bit, Infs included (layer 1's 3e38 up_proj weights), when the dump was made
-        // on an AVX2 CPU without AVX-512 (`calibrate::torch_dot`).
+        // on an AVX2 CPU without AVX-512 (`calibrate::torch_dot`), or emulates the other.
         assert_eq!(report(layer + 1, &acts), 0, "after layer {layer}");
     }
 }
