@@ -2,9 +2,10 @@
 BF16, emulated on any CPU: how qforge's `--reference-cpu avx512-bf16` order was found
 (docs/calibration.md).
 
-    calib_avx512_emulation.py CALIB_REF_PY MODEL RECIPE IDS_JSON OUT
+    calib_avx512_emulation.py SCRIPT ARGS...
 
-runs CALIB_REF_PY (the shared fixtures' scripts/calib_ref.py) with, replaced:
+runs SCRIPT (the shared fixtures' scripts/calib_ref.py MODEL RECIPE IDS_JSON OUT, or
+scripts/hf_layer_dump.py MODEL IDS_JSON OUT.bin) with, replaced:
 - BF16 `F.linear` and 4-D `torch.matmul` (the attention's q·kᵀ and p·v): oneDNN's
   `vdpbf16ps` order, one running f32 sum per output over k = 1, 0, 3, 2, ...
   (ORDER=index: 0, 1, 2, ...);
