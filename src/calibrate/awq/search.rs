@@ -409,22 +409,28 @@ fn fake_quantized(
         group,
         symmetric: a.symmetric,
     };
-    let mut out = Vec::with_capacity(w.len());
-    let mut scaled = vec![0f32; cols];
-    let mut q = vec![0u8; group];
-    for row in w.chunks(cols) {
-        for ((o, &x), &s) in scaled.iter_mut().zip(row).zip(s) {
-            *o = mul_round(x, s);
-        }
-        for (j0, part) in scaled.chunks(group).enumerate() {
-            let (scale, zp) = group_qparams(DType::BF16, p, part);
-            quantize_group(DType::BF16, true, p, part, scale, zp, &mut q[..part.len()]);
-            for (k, &c) in q[..part.len()].iter().enumerate() {
-                let fq = bf16((c as i8 as f32 - zp) * scale);
-                out.push(div_round(fq, s[j0 * group + k]));
-            }
-        }
-    }
+    let mut out = vec![0f32; w.len()];
+    // Rows are independent: shared among the threads (a grid search quantizes the balance
+    // weights 20 times per mapping).
+    out.par_chunks_mut(cols)
+        .zip(w.par_chunks(cols))
+        .for_each_init(
+            || (vec![0f32; cols], vec![0u8; group]),
+            |(scaled, q), (out, row)| {
+                for ((o, &x), &s) in scaled.iter_mut().zip(row).zip(s) {
+                    *o = mul_round(x, s);
+                }
+                for (j0, (part, out)) in scaled.chunks(group).zip(out.chunks_mut(group)).enumerate()
+                {
+                    let (scale, zp) = group_qparams(DType::BF16, p, part);
+                    quantize_group(DType::BF16, true, p, part, scale, zp, &mut q[..part.len()]);
+                    for (k, (&c, o)) in q[..part.len()].iter().zip(out).enumerate() {
+                        let fq = bf16((c as i8 as f32 - zp) * scale);
+                        *o = div_round(fq, s[j0 * group + k]);
+                    }
+                }
+            },
+        );
     Ok(out)
 }
 
