@@ -17,14 +17,12 @@
 //! [`ROWS`] token rows × [`OUTS`] outputs runs the `k` chain with a broadcast `x` and
 //! contiguous weights (packed in pair order), each output in its own vector element.
 
-use rayon::prelude::*;
+use super::torch_dot::par_row_tiles;
 
 /// Token rows of a tile.
 const ROWS: usize = 4;
 /// Outputs of a tile (two AVX2 registers).
 const OUTS: usize = 16;
-/// Multiply-adds below which one thread does the whole product.
-const PARALLEL_MIN: usize = 1 << 20;
 
 /// The order in which oneDNN's kernel adds the `k` products of one output.
 pub fn pair_order(k: usize) -> impl Iterator<Item = usize> {
@@ -43,24 +41,9 @@ pub fn linear_sums(x: &[f32], w: &[f32], k: usize, y: &mut [f32]) {
     let (out, rows) = (w.len() / k, x.len() / k);
     let order: Vec<usize> = pair_order(k).collect();
     let wp = pack_weights(w, k, out, &order);
-    let tiles = rows.div_ceil(ROWS);
-    let jobs = if rows * out * k < PARALLEL_MIN {
-        1
-    } else {
-        rayon::current_num_threads().clamp(1, tiles)
-    };
-    let job_rows = tiles.div_ceil(jobs) * ROWS;
-    let run = |(j, yj): (usize, &mut [f32])| {
-        let r0 = j * job_rows;
-        let r1 = (r0 + job_rows).min(rows);
-        rows_sums(&x[r0 * k..r1 * k], &wp, k, out, &order, yj);
-    };
-    let y = &mut y[..rows * out];
-    if jobs > 1 {
-        y.par_chunks_mut(job_rows * out).enumerate().for_each(run);
-    } else {
-        run((0, y));
-    }
+    par_row_tiles(y, (rows, out, k), ROWS, |r0, r1, yj| {
+        rows_sums(&x[r0 * k..r1 * k], &wp, k, out, &order, yj)
+    });
 }
 
 /// The weights as panels of [`OUTS`] outputs, each `[k in pair order][OUTS]` (the last

@@ -75,6 +75,38 @@ impl TorchCpu {
     }
 }
 
+/// Multiply-adds below which one thread does a whole product (a rayon split costs more).
+const PARALLEL_MIN: usize = 1 << 20;
+
+/// Runs `f(r0, r1, y_rows)` over ranges of whole `tile`-row tiles of `y` (`[rows, out]`),
+/// shared among rayon's threads when the product (`rows × out × k` multiply-adds) is large
+/// enough: each output is still one thread's sum, so the result does not depend on it.
+pub(super) fn par_row_tiles(
+    y: &mut [f32],
+    (rows, out, k): (usize, usize, usize),
+    tile: usize,
+    f: impl Fn(usize, usize, &mut [f32]) + Sync,
+) {
+    use rayon::prelude::*;
+    let tiles = rows.div_ceil(tile);
+    let jobs = if rows * out * k < PARALLEL_MIN {
+        1
+    } else {
+        rayon::current_num_threads().clamp(1, tiles)
+    };
+    let job_rows = tiles.div_ceil(jobs) * tile;
+    let run = |(j, yj): (usize, &mut [f32])| {
+        let r0 = j * job_rows;
+        f(r0, (r0 + job_rows).min(rows), yj)
+    };
+    let y = &mut y[..rows * out];
+    if jobs > 1 {
+        y.par_chunks_mut(job_rows * out).enumerate().for_each(run);
+    } else {
+        run((0, y));
+    }
+}
+
 /// Running sums of the main loop: 8 registers × 8 f32 lanes (AVX2).
 const BLOCK: usize = 64;
 /// f32 lanes of one register.

@@ -16,7 +16,7 @@
 //! time as `[lane][block][OUTS]` (then the tail `[k - main][OUTS]`). Packing costs one read
 //! and write of each operand; the sums cost `rows × out × k` multiply-adds.
 
-use rayon::prelude::*;
+use super::torch_dot::par_row_tiles;
 use std::arch::x86_64::*;
 
 /// Running sums of torch's main loop (8 registers × 8 lanes).
@@ -34,9 +34,6 @@ const ACC: usize = 2 * ROWS;
 
 type Tile = [__m256; ACC];
 
-/// Multiply-adds below which one thread does the whole product (a rayon split costs more).
-const PARALLEL_MIN: usize = 1 << 20;
-
 /// `y[r, o] = Σ x[r, ·]·w[o, ·]` in torch's order ([`super::torch_dot::linear_sums`]). The
 /// row tiles are shared among rayon's threads (each output is still one thread's sum).
 ///
@@ -47,25 +44,10 @@ pub unsafe fn linear_sums(x: &[f32], w: &[f32], k: usize, y: &mut [f32]) {
     let (out, rows) = (w.len() / k, x.len() / k);
     let main = k & !(BLOCK - 1);
     let xp = pack_rows(x, k, rows, main);
-    let tiles = rows.div_ceil(ROWS);
-    let jobs = if rows * out * k < PARALLEL_MIN {
-        1
-    } else {
-        rayon::current_num_threads().clamp(1, tiles)
-    };
-    let job_rows = tiles.div_ceil(jobs) * ROWS;
-    let run = |(j, yj): (usize, &mut [f32])| {
-        let r0 = j * job_rows;
-        let r1 = (r0 + job_rows).min(rows);
+    par_row_tiles(y, (rows, out, k), ROWS, |r0, r1, yj| {
         // SAFETY: the CPU has AVX2 and FMA (this function's contract).
         unsafe { rows_sums(&xp[r0 * main..], &x[r0 * k..r1 * k], w, k, yj) }
-    };
-    let y = &mut y[..rows * out];
-    if jobs > 1 {
-        y.par_chunks_mut(job_rows * out).enumerate().for_each(run);
-    } else {
-        run((0, y));
-    }
+    });
 }
 
 /// [`linear_sums`] of the rows of `x` (a whole number of tiles from the start of `xp`, the
