@@ -33,7 +33,7 @@ pub fn memory_plan(
 ) -> Result<MemoryPlan> {
     let recipe = job.recipe.load()?;
     let steps = recipe.calibration();
-    let gptq = gptq_options(&steps)?.is_some();
+    let gptq = gptq_options(&steps, TorchCpu::default())?.is_some();
     let smoothquant = steps
         .iter()
         .any(|s| matches!(s, CalibStep::SmoothQuant { .. }));
@@ -109,7 +109,7 @@ pub fn quantize_calibrated_within(
     output::check_not_input(&job.output, &job.model_dir)?;
     let recipe = job.recipe.load()?;
     let steps = recipe.calibration();
-    let gptq = gptq_options(&steps)?.map(|o| GptqOptions { cpu, ..o });
+    let gptq = gptq_options(&steps, cpu)?;
     let plan = recipe.plan()?;
     let ck = Checkpoint::open(&job.model_dir)?;
     let config = ModelConfig::from_json(&ck.config)?;
@@ -281,9 +281,9 @@ fn finish(
     })
 }
 
-/// GPTQ's options when the recipe has a GPTQ step; other calibrated steps beyond static
-/// observers are refused here.
-fn gptq_options(steps: &[CalibStep]) -> Result<Option<GptqOptions>> {
+/// GPTQ's options when the recipe has a GPTQ step, reproducing `cpu`'s arithmetic; other
+/// calibrated steps beyond static observers are refused here.
+fn gptq_options(steps: &[CalibStep], cpu: TorchCpu) -> Result<Option<GptqOptions>> {
     let mut gptq = None;
     for s in steps {
         match s {
@@ -296,7 +296,7 @@ fn gptq_options(steps: &[CalibStep]) -> Result<Option<GptqOptions>> {
                     block_size: *block_size as usize,
                     dampening_frac: dampening_frac.unwrap_or(0.0),
                     actorder: false,
-                    cpu: TorchCpu::default(),
+                    cpu,
                 })
             }
             CalibStep::StaticObservers => {}
